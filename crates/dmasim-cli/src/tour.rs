@@ -1,0 +1,127 @@
+//! `dmasim tour`: built-in scenarios, one per DMA hazard, each run broken and fixed,
+//! with what broke, how often over seeds, and what the fix costs.
+
+use dmasim::report::Report;
+use dmasim::script::{run_source, ScriptOptions};
+
+/// One stop of the tour.
+struct Stop {
+    name: &'static str,
+    title: &'static str,
+    explain: &'static str,
+    broken: (&'static str, &'static str),
+    fixed: (&'static str, &'static str),
+}
+
+macro_rules! scenario {
+    ($f:literal) => {
+        ($f, include_str!(concat!("../../../scenarios/", $f)))
+    };
+}
+
+const STOPS: &[Stop] = &[
+    Stop {
+        name: "virtual-address",
+        title: "A CPU virtual address handed to a device",
+        explain: "On an MCU a pointer is a bus address. Under Linux the CPU uses virtual addresses; a device sees bus addresses. dma_map_single returns the address the device must use.",
+        broken: scenario!("va-as-dma.rhai"),
+        fixed: scenario!("tx-before-map.rhai"),
+    },
+    Stop {
+        name: "tx-stale",
+        title: "TX: data written after the map stays in the CPU cache",
+        explain: "dma_map_single cleans the buffer's lines (DC CVAC) at map time. Stores after it are dirty lines the non-coherent device never sees: it sends old DRAM bytes.",
+        broken: scenario!("tx-after-map.rhai"),
+        fixed: scenario!("tx-before-map.rhai"),
+    },
+    Stop {
+        name: "rx-stale",
+        title: "RX: reading without dma_sync_single_for_cpu",
+        explain: "The device writes DRAM; the CPU cache still holds the old lines (kept from before, or refilled by speculative prefetch). dma_sync_single_for_cpu invalidates them.",
+        broken: scenario!("rx-no-sync.rhai"),
+        fixed: scenario!("rx-sync.rhai"),
+    },
+    Stop {
+        name: "coherent-memory",
+        title: "Coherent memory used as CPU working memory",
+        explain: "dma_alloc_coherent on a non-coherent SoC maps the buffer non-cacheable: no syncs needed, but every CPU load goes to DRAM. Bulk data the CPU processes belongs in a streaming mapping.",
+        broken: scenario!("coherent-vs-streaming.rhai"),
+        fixed: scenario!("rx-sync.rhai"),
+    },
+];
+
+const TOUR_SEEDS: u64 = 20;
+
+fn ids(r: &Report) -> String {
+    let mut v: Vec<&str> = r.findings.iter().map(|f| f.id).collect();
+    v.dedup();
+    if v.is_empty() {
+        "no findings".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Runs the tour (all stops, or one) or lists it. Returns the exit code.
+pub fn run(name: Option<&str>, list: bool) -> Result<u8, String> {
+    if list {
+        for s in STOPS {
+            println!("{:<18} {}", s.name, s.title);
+        }
+        return Ok(0);
+    }
+    let stops: Vec<&Stop> = match name {
+        None => STOPS.iter().collect(),
+        Some(n) => vec![STOPS
+            .iter()
+            .find(|s| s.name == n)
+            .ok_or_else(|| format!("no tour stop {n:?}; `dmasim tour --list` names them"))?],
+    };
+    let mut ok = true;
+    for s in stops {
+        println!("== {} — {}\n{}\n", s.name, s.title, s.explain);
+        let mut reported = 0;
+        let mut manifested = 0;
+        let mut first: Option<Report> = None;
+        for seed in 0..TOUR_SEEDS {
+            let r = run_source(
+                s.broken.0,
+                s.broken.1,
+                &ScriptOptions {
+                    seed,
+                    ..ScriptOptions::default()
+                },
+            );
+            if r.outcome == dmasim::report::Outcome::Error {
+                return Err(format!(
+                    "tour stop {}: {}",
+                    s.name,
+                    r.error.unwrap_or_default()
+                ));
+            }
+            reported += u64::from(!r.findings.is_empty());
+            manifested += u64::from(r.findings.iter().any(|f| f.manifested == Some(true)));
+            first.get_or_insert(r);
+        }
+        let first = first.expect("at least one seed");
+        println!("  broken ({}): {}", s.broken.0, ids(&first));
+        println!("    reported on {reported}/{TOUR_SEEDS} seeds; data actually corrupted on {manifested}/{TOUR_SEEDS}");
+        if let Some(f) = first.findings.first() {
+            println!("    {}\n    help: {}", f.message, f.help);
+        }
+        for l in first.log.iter().filter(|l| l.contains("script: ")) {
+            println!("    {l}");
+        }
+        let fixed = run_source(s.fixed.0, s.fixed.1, &ScriptOptions::default());
+        println!(
+            "  fixed ({}): {}; {} expectation(s) held, simulated time {:.1} µs\n",
+            s.fixed.0,
+            ids(&fixed),
+            fixed.expectations.passed,
+            fixed.stats.sim_time_ns as f64 / 1e3
+        );
+        ok &= fixed.exit_code() == 0 && reported == TOUR_SEEDS;
+    }
+    println!("Run one yourself: cargo run --release -- run scenarios/rx-no-sync.rhai");
+    Ok(if ok { 0 } else { 1 })
+}

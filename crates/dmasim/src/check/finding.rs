@@ -1,0 +1,168 @@
+//! Findings as data: built by the sanitizer, rendered only by `report/`.
+
+use serde::Serialize;
+
+/// How bad a finding is: errors fail the run (exit 1), warnings and infos do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// A performance hint or a note.
+    Info,
+    /// Works, but costs or risks something.
+    Warning,
+    /// A bug: data corrupted now or on another machine.
+    Error,
+}
+
+/// One event in a buffer's history (dma-debug's "Mapped at:", Miri's "allocated here").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEvent {
+    /// Simulated time in ns.
+    pub time_ns: u64,
+    /// Script line (0 when the event came from the machine itself).
+    pub line: u32,
+    /// What happened.
+    pub event: String,
+}
+
+/// One reported mistake.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// Stable id (`CLI_AND_REPORTS.md`).
+    pub id: &'static str,
+    /// Severity of this id.
+    pub severity: Severity,
+    /// True: the reader got bytes that differ from the coherent truth; false: the bug
+    /// was real but hidden this time; `None`: the idea does not apply.
+    pub manifested: Option<bool>,
+    /// Device name, when a device is involved.
+    pub device: Option<String>,
+    /// Address the finding is about (bus address for DMA, else physical or virtual).
+    pub addr: Option<u64>,
+    /// Length in bytes.
+    pub len: Option<u64>,
+    /// Simulated time in ns.
+    pub time_ns: u64,
+    /// Script line.
+    pub line: u32,
+    /// What went wrong, dma-debug style: fixed phrase plus `[key=value]` facts.
+    pub message: String,
+    /// The concrete fix.
+    pub help: String,
+    /// The buffer's history up to the finding.
+    pub history: Vec<HistoryEvent>,
+}
+
+/// Every finding id with its severity and a one-line meaning; `dmasim` documents the
+/// ids from this table.
+pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
+    (
+        "unmap-unknown",
+        Severity::Error,
+        "unmap of an address that is not mapped (never, or already unmapped)",
+    ),
+    (
+        "unmap-size-mismatch",
+        Severity::Error,
+        "unmap with a size other than the mapping's",
+    ),
+    (
+        "unmap-dir-mismatch",
+        Severity::Error,
+        "unmap with a direction other than the mapping's",
+    ),
+    (
+        "unmap-type-mismatch",
+        Severity::Error,
+        "unmapped with the wrong function (single, page, sg, coherent)",
+    ),
+    (
+        "mapping-error-unchecked",
+        Severity::Error,
+        "a mapping's address was never passed to dma_mapping_error",
+    ),
+    (
+        "map-non-linear",
+        Severity::Error,
+        "dma_map_single of memory outside the linear map (vmalloc, coherent remap, user)",
+    ),
+    (
+        "sync-unknown",
+        Severity::Error,
+        "sync of an address that no mapping contains",
+    ),
+    (
+        "sync-dir-mismatch",
+        Severity::Error,
+        "sync with a direction the mapping does not allow",
+    ),
+    (
+        "sync-out-of-bounds",
+        Severity::Error,
+        "sync past the end of the mapping",
+    ),
+    (
+        "coherent-free-mismatch",
+        Severity::Error,
+        "dma_free_coherent with another size or address than allocated",
+    ),
+    (
+        "overlapping-mapping",
+        Severity::Error,
+        "two live mappings share a cache line",
+    ),
+    (
+        "mapping-leak",
+        Severity::Error,
+        "a mapping still alive at remove_device or at the end of the run",
+    ),
+    (
+        "dir-violation",
+        Severity::Error,
+        "a device wrote a DMA_TO_DEVICE mapping or read a DMA_FROM_DEVICE one",
+    ),
+    (
+        "stale-device-read",
+        Severity::Error,
+        "a device read bytes whose newest value was still in a CPU cache",
+    ),
+    (
+        "stale-cpu-read",
+        Severity::Error,
+        "the CPU read cached bytes older than what a device wrote",
+    ),
+    (
+        "cpu-access-device-owned",
+        Severity::Error,
+        "the CPU touched a streaming buffer while the device owned it",
+    ),
+    (
+        "dirty-writeback-clobber",
+        Severity::Error,
+        "a dirty line was written back over bytes a device had written",
+    ),
+    (
+        "virtual-address-as-dma",
+        Severity::Error,
+        "a device was given a CPU virtual address of a live buffer",
+    ),
+    (
+        "dma-outside-mapping",
+        Severity::Error,
+        "a device touched memory that no live mapping of it covers",
+    ),
+    (
+        "uncached-cpu-heavy",
+        Severity::Warning,
+        "heavy CPU use of uncached coherent memory",
+    ),
+    ("enomem", Severity::Warning, "an allocation failed"),
+];
+
+/// The severity of an id (unknown ids are errors).
+pub fn severity_of(id: &str) -> Severity {
+    FINDING_IDS
+        .iter()
+        .find(|(i, _, _)| *i == id)
+        .map_or(Severity::Error, |&(_, s, _)| s)
+}

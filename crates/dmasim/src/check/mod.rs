@@ -1,0 +1,1060 @@
+//! The sanitizer: dma-debug's bookkeeping plus what only a model with real caches can
+//! see.
+//!
+//! Like `kernel/dma/debug.c`, it keeps one entry per live mapping (device, bus address,
+//! size, direction, type, whether the map result was checked) and checks every unmap
+//! and sync against it with dma-debug's rules and phrases. Beside each entry it keeps
+//! an owner (CPU or device, driven by map, sync and unmap) and two byte sets: what the
+//! CPU stored since the last hand-over to the device, and what the device wrote since
+//! the last hand-over to the CPU. The [`oracle::Oracle`] holds the coherent truth.
+//!
+//! A mistake gives one finding whose existence does not depend on luck: the protocol
+//! decides that it is a bug, the oracle decides whether it `manifested` this time.
+//! The sanitizer only observes: the kernel and device layers call its hooks after the
+//! machine did the work, as mapping.c calls the `debug_dma_*` hooks.
+
+pub mod finding;
+pub mod oracle;
+pub mod ranges;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::hw::Machine;
+use crate::kernel::dma::{DmaDirection, DMA_MAPPING_ERROR};
+pub use finding::{Finding, HistoryEvent, Severity};
+use oracle::Oracle;
+use ranges::RangeSet;
+
+/// Where and when an event happens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ctx {
+    /// Simulated time in ns.
+    pub time_ns: u64,
+    /// Script line.
+    pub line: u32,
+}
+
+/// The dma-debug entry type: which API made the mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapKind {
+    /// `dma_map_single`.
+    Single,
+    /// `dma_map_page`.
+    Page,
+    /// `dma_map_sg` (one entry per segment).
+    Sg,
+    /// `dma_alloc_coherent`.
+    Coherent,
+}
+
+impl MapKind {
+    fn name(self) -> &'static str {
+        match self {
+            MapKind::Single => "single",
+            MapKind::Page => "page",
+            MapKind::Sg => "scatter-gather",
+            MapKind::Coherent => "coherent",
+        }
+    }
+}
+
+/// A buffer the kernel allocated, as the sanitizer needs to know it.
+#[derive(Debug, Clone)]
+pub struct BufferRef {
+    /// Kernel buffer id.
+    pub id: u64,
+    /// Physical address of the first byte.
+    pub pa: u64,
+    /// Length.
+    pub len: u64,
+    /// How it was allocated ("kmalloc(4096) = 0xffff...").
+    pub alloc: HistoryEvent,
+}
+
+/// A new mapping, as the map hooks receive it.
+#[derive(Debug, Clone)]
+pub struct NewMapping {
+    /// Device index.
+    pub dev: usize,
+    /// Device name.
+    pub dev_name: String,
+    /// Bus address the device uses.
+    pub dev_addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Physical address of the first byte.
+    pub phys: u64,
+    /// Direction.
+    pub dir: DmaDirection,
+    /// Which API.
+    pub kind: MapKind,
+    /// The allocation it lies in, if the kernel knows one.
+    pub buffer: Option<BufferRef>,
+    /// Text for the history ("dma_map_single TO_DEVICE").
+    pub what: String,
+}
+
+struct Entry {
+    dev: usize,
+    dev_name: String,
+    dev_addr: u64,
+    size: u64,
+    phys: u64,
+    dir: DmaDirection,
+    kind: MapKind,
+    checked: bool,
+    device_owns: bool,
+    /// CPU stores since the last hand-over to the device (offsets).
+    cpu_dirty: RangeSet,
+    /// CPU stores made while the device owned the buffer (offsets).
+    owned_writes: RangeSet,
+    /// Device writes since the last hand-over to the CPU (offsets).
+    dev_written: RangeSet,
+    history: Vec<HistoryEvent>,
+    uncached_read_bytes: u64,
+    uncached_read_ps: u64,
+    /// The last device transfer in the history, to merge its pages into one event:
+    /// (history index, line, write, first bus address, bytes so far).
+    last_dev: Option<(usize, u32, bool, u64, u64)>,
+}
+
+const HISTORY_MAX: usize = 48;
+
+impl Entry {
+    fn push(&mut self, ctx: Ctx, event: String) {
+        if self.history.len() >= HISTORY_MAX {
+            // Keep the first events (allocation, map) and the most recent ones.
+            self.history.remove(8);
+        }
+        self.history.push(HistoryEvent {
+            time_ns: ctx.time_ns,
+            line: ctx.line,
+            event,
+        });
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "[device address={:#x}] [size={} bytes] [mapped with {}] [mapped as {}]",
+            self.dev_addr,
+            self.size,
+            self.dir.name(),
+            self.kind.name()
+        )
+    }
+}
+
+/// A device access, as the device layer reports it to the sanitizer.
+#[derive(Debug)]
+pub struct DeviceAccess<'a> {
+    /// Device index.
+    pub dev: usize,
+    /// Device name.
+    pub dev_name: &'a str,
+    /// Bus address the driver programmed.
+    pub bus: u64,
+    /// Physical address the access reached (`None`: bus error).
+    pub pa: Option<u64>,
+    /// Bytes read (what the device got) or written.
+    pub data: &'a [u8],
+    /// True for a device write to memory.
+    pub write: bool,
+    /// The live buffer whose CPU virtual address `bus` is, if any: its description
+    /// and the physical address the device should have used.
+    pub va_of: Option<(String, u64)>,
+}
+
+/// The sanitizer's whole state.
+pub struct Sanitizer {
+    entries: BTreeMap<u64, Entry>,
+    next_id: u64,
+    /// The coherent truth of watched pages.
+    pub oracle: Oracle,
+    findings: Vec<Finding>,
+    seen: BTreeMap<(&'static str, u64, u32), usize>,
+    held: BTreeMap<u64, (u64, u64)>,
+    allowed: BTreeSet<String>,
+    line: u64,
+    uncached_fill_ps: u64,
+}
+
+impl Sanitizer {
+    /// An empty sanitizer for a machine with `line`-byte cache lines; `fill_ps` is the
+    /// cost of a cached line fill, used to price the alternative to uncached reads.
+    pub fn new(line: u64, fill_ps: u64) -> Sanitizer {
+        Sanitizer {
+            entries: BTreeMap::new(),
+            next_id: 1,
+            oracle: Oracle::default(),
+            findings: Vec::new(),
+            seen: BTreeMap::new(),
+            held: BTreeMap::new(),
+            allowed: BTreeSet::new(),
+            line,
+            uncached_fill_ps: fill_ps,
+        }
+    }
+
+    /// Findings so far, in the order they happened.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    /// Silences a finding id for the rest of the run (`allow(id)` in scripts).
+    pub fn allow(&mut self, id: &str) {
+        self.allowed.insert(id.to_string());
+    }
+
+    /// Number of live mappings (all devices).
+    pub fn live_mappings(&self) -> usize {
+        self.entries.len()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &mut self,
+        id: &'static str,
+        key: u64,
+        manifested: Option<bool>,
+        device: Option<&str>,
+        addr: Option<u64>,
+        len: Option<u64>,
+        ctx: Ctx,
+        message: String,
+        help: String,
+        history: Vec<HistoryEvent>,
+    ) {
+        if self.allowed.contains(id) {
+            return;
+        }
+        if let Some(&i) = self.seen.get(&(id, key, ctx.line)) {
+            // The same mistake again (a loop): keep one finding, remember if it bit.
+            if manifested == Some(true) {
+                self.findings[i].manifested = Some(true);
+            }
+            return;
+        }
+        self.seen.insert((id, key, ctx.line), self.findings.len());
+        self.findings.push(Finding {
+            id,
+            severity: finding::severity_of(id),
+            manifested,
+            device: device.map(str::to_string),
+            addr,
+            len,
+            time_ns: ctx.time_ns,
+            line: ctx.line,
+            message,
+            help,
+            history,
+        });
+    }
+
+    /// Reports a finding that no mapping entry carries (used by the kernel for
+    /// resource and misuse findings).
+    #[allow(clippy::too_many_arguments)]
+    pub fn report_plain(
+        &mut self,
+        id: &'static str,
+        manifested: Option<bool>,
+        device: Option<&str>,
+        addr: Option<u64>,
+        len: Option<u64>,
+        ctx: Ctx,
+        message: String,
+        help: String,
+        history: Vec<HistoryEvent>,
+    ) {
+        self.report(
+            id,
+            addr.unwrap_or(0),
+            manifested,
+            device,
+            addr,
+            len,
+            ctx,
+            message,
+            help,
+            history,
+        );
+    }
+
+    /// `debug_dma_map_*` / `debug_dma_alloc_coherent`: records a mapping.
+    pub fn map(&mut self, hw: &mut Machine, ctx: Ctx, m: NewMapping) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.oracle.hold(hw, m.phys, m.size);
+        let mut history = Vec::new();
+        if let Some(b) = &m.buffer {
+            if !self.held.contains_key(&b.id) {
+                self.oracle.hold(hw, b.pa, b.len);
+                self.held.insert(b.id, (b.pa, b.len));
+            }
+            history.push(b.alloc.clone());
+        }
+        // dma-debug's active-cacheline check: the first line of a mapping the device
+        // may write must not be the first line of another such mapping.
+        if m.dir != DmaDirection::ToDevice && m.kind != MapKind::Coherent {
+            let line = m.phys / self.line;
+            let clash = self.entries.values().find(|e| {
+                e.dir != DmaDirection::ToDevice
+                    && e.kind != MapKind::Coherent
+                    && e.phys / self.line == line
+            });
+            if let Some(e) = clash {
+                let msg = format!(
+                    "cacheline tracking EEXIST, overlapping mappings aren't supported [cacheline={:#x}] [first mapping: {}]",
+                    line * self.line,
+                    e.describe()
+                );
+                let hist = e.history.clone();
+                self.report(
+                    "overlapping-mapping",
+                    id,
+                    None,
+                    Some(&m.dev_name),
+                    Some(m.dev_addr),
+                    Some(m.size),
+                    ctx,
+                    msg,
+                    "give each buffer the device writes its own cache lines: allocate them separately \
+                     (kmalloc aligns to ARCH_DMA_MINALIGN) instead of mapping parts of one buffer"
+                        .into(),
+                    hist,
+                );
+            }
+        }
+        let mut e = Entry {
+            dev: m.dev,
+            dev_name: m.dev_name,
+            dev_addr: m.dev_addr,
+            size: m.size,
+            phys: m.phys,
+            dir: m.dir,
+            kind: m.kind,
+            checked: m.kind == MapKind::Coherent,
+            device_owns: m.kind != MapKind::Coherent,
+            cpu_dirty: RangeSet::default(),
+            owned_writes: RangeSet::default(),
+            dev_written: RangeSet::default(),
+            history,
+            uncached_read_bytes: 0,
+            uncached_read_ps: 0,
+            last_dev: None,
+        };
+        e.push(
+            ctx,
+            format!(
+                "{} → {:#x} [phys={:#x}] [size={}]",
+                m.what, e.dev_addr, e.phys, e.size
+            ),
+        );
+        self.entries.insert(id, e);
+        id
+    }
+
+    /// `debug_dma_mapping_error`: marks the first unchecked exact match as checked.
+    pub fn mapping_error(&mut self, dev: usize, addr: u64) {
+        if let Some(e) = self
+            .entries
+            .values_mut()
+            .find(|e| e.dev == dev && e.dev_addr == addr && !e.checked)
+        {
+            e.checked = true;
+        }
+    }
+
+    /// `check_unmap`: the unmap or free of `[addr, addr+size)` by `dev` with `dir`,
+    /// called after the kernel did the unmap's cache work.
+    #[allow(clippy::too_many_arguments)]
+    pub fn unmap(
+        &mut self,
+        hw: &mut Machine,
+        ctx: Ctx,
+        dev: usize,
+        dev_name: &str,
+        addr: u64,
+        size: u64,
+        dir: DmaDirection,
+        kind: MapKind,
+    ) {
+        let found = self
+            .entries
+            .iter()
+            .find(|(_, e)| e.dev == dev && e.dev_addr == addr)
+            .map(|(&k, _)| k);
+        let what = if kind == MapKind::Coherent {
+            "dma_free_coherent"
+        } else {
+            "unmap"
+        };
+        let Some(id) = found else {
+            let (msg, help) = if addr == DMA_MAPPING_ERROR {
+                (
+                    "device driver tries to free an invalid DMA memory address".to_string(),
+                    "check the map result with dma_mapping_error() and do not unmap a failed mapping".to_string(),
+                )
+            } else {
+                (
+                    format!(
+                        "device driver tries to free DMA memory it has not allocated [device address={addr:#x}] [size={size} bytes]"
+                    ),
+                    "unmap each mapping exactly once, with the address the map call returned".to_string(),
+                )
+            };
+            let id = if kind == MapKind::Coherent {
+                "coherent-free-mismatch"
+            } else {
+                "unmap-unknown"
+            };
+            self.report(
+                id,
+                addr,
+                None,
+                Some(dev_name),
+                Some(addr),
+                Some(size),
+                ctx,
+                msg,
+                help,
+                vec![],
+            );
+            return;
+        };
+        let e = self.entries.remove(&id).expect("entry found above");
+        let mut hist = e.history.clone();
+        hist.push(HistoryEvent {
+            time_ns: ctx.time_ns,
+            line: ctx.line,
+            event: format!("{what} {:#x} size={size} {}", addr, dir.name()),
+        });
+        if e.size != size {
+            let id_s = if kind == MapKind::Coherent {
+                "coherent-free-mismatch"
+            } else {
+                "unmap-size-mismatch"
+            };
+            self.report(
+                id_s,
+                id,
+                None,
+                Some(dev_name),
+                Some(addr),
+                Some(size),
+                ctx,
+                format!("device driver frees DMA memory with different size [device address={addr:#x}] [map size={} bytes] [unmap size={size} bytes]", e.size),
+                format!("pass the size that was mapped ({} bytes) to the unmap", e.size),
+                hist.clone(),
+            );
+        }
+        if e.kind != kind {
+            self.report(
+                "unmap-type-mismatch",
+                id,
+                None,
+                Some(dev_name),
+                Some(addr),
+                Some(size),
+                ctx,
+                format!("device driver frees DMA memory with wrong function [device address={addr:#x}] [size={size} bytes] [mapped as {}] [unmapped as {}]", e.kind.name(), kind.name()),
+                format!("undo a {} mapping with its own unmap function", e.kind.name()),
+                hist.clone(),
+            );
+        }
+        if e.dir != dir && kind != MapKind::Coherent {
+            self.report(
+                "unmap-dir-mismatch",
+                id,
+                None,
+                Some(dev_name),
+                Some(addr),
+                Some(size),
+                ctx,
+                format!("device driver frees DMA memory with different direction [device address={addr:#x}] [size={size} bytes] [mapped with {}] [unmapped with {}]", e.dir.name(), dir.name()),
+                format!("unmap with the direction used to map ({})", e.dir.name()),
+                hist.clone(),
+            );
+        }
+        if !e.checked {
+            self.report(
+                "mapping-error-unchecked",
+                id,
+                None,
+                Some(dev_name),
+                Some(addr),
+                Some(size),
+                ctx,
+                format!("device driver failed to check map error [device address={addr:#x}] [size={size} bytes] [mapped as {}]", e.kind.name()),
+                "after every dma_map_*, test the result with dma_mapping_error(dev, addr) before giving it to the device".into(),
+                hist.clone(),
+            );
+        }
+        if !e.owned_writes.is_empty() {
+            self.cpu_wrote_device_owned(hw, ctx, &e, hist);
+        }
+        self.uncached_check(ctx, id, &e);
+        self.oracle.release(hw, e.phys, e.size);
+    }
+
+    fn cpu_wrote_device_owned(
+        &mut self,
+        hw: &Machine,
+        ctx: Ctx,
+        e: &Entry,
+        hist: Vec<HistoryEvent>,
+    ) {
+        // Did the stores survive? Compare what the CPU would load now with the truth.
+        let mut bytes = 0;
+        for &(s, t) in e.owned_writes.ranges() {
+            let mut now = vec![0u8; (t - s) as usize];
+            hw.cpu_view(e.phys + s, &mut now);
+            bytes += self.oracle.diff(e.phys + s, &now, self.line).0;
+        }
+        let n = e.owned_writes.overlap(0, e.size);
+        self.report(
+            "cpu-access-device-owned",
+            e.dev_addr,
+            Some(bytes > 0),
+            Some(&e.dev_name),
+            Some(e.dev_addr),
+            Some(e.size),
+            ctx,
+            format!(
+                "CPU stored {n} bytes into a buffer while {} owned it and never handed it back with a sync_for_device [device address={:#x}] [mapped with {}]",
+                e.dev_name, e.dev_addr, e.dir.name()
+            ),
+            "write to a streaming buffer only before dma_map_* or between dma_sync_single_for_cpu and dma_sync_single_for_device".into(),
+            hist,
+        );
+    }
+
+    /// `check_sync`: a sync of `[addr, addr+size)`, called after the kernel's cache work.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sync(
+        &mut self,
+        ctx: Ctx,
+        dev: usize,
+        dev_name: &str,
+        addr: u64,
+        size: u64,
+        dir: DmaDirection,
+        for_cpu: bool,
+    ) {
+        let call = if for_cpu {
+            "dma_sync_single_for_cpu"
+        } else {
+            "dma_sync_single_for_device"
+        };
+        let found = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.kind != MapKind::Coherent)
+            .find(|(_, e)| e.dev == dev && addr >= e.dev_addr && addr - e.dev_addr < e.size.max(1))
+            .map(|(&k, _)| k);
+        let Some(id) = found else {
+            self.report(
+                "sync-unknown",
+                addr,
+                None,
+                Some(dev_name),
+                Some(addr),
+                Some(size),
+                ctx,
+                format!("device driver tries to sync DMA memory it has not allocated [device address={addr:#x}] [size={size} bytes]"),
+                "sync only addresses inside a live streaming mapping of this device".into(),
+                vec![],
+            );
+            return;
+        };
+        let mut problems = Vec::new();
+        {
+            let e = &self.entries[&id];
+            if addr + size > e.dev_addr + e.size {
+                problems.push((
+                    "sync-out-of-bounds",
+                    format!("device driver syncs DMA memory outside allocated range [device address={:#x}] [allocation size={} bytes] [sync offset+size={}]", e.dev_addr, e.size, addr - e.dev_addr + size),
+                    format!("keep the sync inside the mapping ({} bytes from {:#x})", e.size, e.dev_addr),
+                ));
+            }
+            if e.dir != DmaDirection::Bidirectional {
+                if e.dir != dir {
+                    problems.push((
+                        "sync-dir-mismatch",
+                        format!("device driver syncs DMA memory with different direction [device address={addr:#x}] [size={size} bytes] [mapped with {}] [synced with {}]", e.dir.name(), dir.name()),
+                        format!("sync with the direction used to map ({})", e.dir.name()),
+                    ));
+                } else if for_cpu
+                    && e.dir != DmaDirection::FromDevice
+                    && dir != DmaDirection::ToDevice
+                {
+                    problems.push((
+                        "sync-dir-mismatch",
+                        "device driver syncs device read-only DMA memory for cpu".into(),
+                        "only DMA_FROM_DEVICE and DMA_BIDIRECTIONAL mappings need a sync for the CPU".into(),
+                    ));
+                }
+            }
+        }
+        let hist = {
+            let e = self.entries.get_mut(&id).expect("found above");
+            e.push(ctx, format!("{call} {addr:#x} size={size} {}", dir.name()));
+            let (s, t) = (addr - e.dev_addr, (addr - e.dev_addr + size).min(e.size));
+            if for_cpu {
+                e.device_owns = false;
+                e.dev_written.remove(s, t);
+            } else {
+                e.device_owns = true;
+                e.cpu_dirty.remove(s, t);
+                e.owned_writes.remove(s, t);
+            }
+            e.history.clone()
+        };
+        for (pid, msg, help) in problems {
+            self.report(
+                pid,
+                id,
+                None,
+                Some(dev_name),
+                Some(addr),
+                Some(size),
+                ctx,
+                msg,
+                help,
+                hist.clone(),
+            );
+        }
+    }
+
+    /// A CPU load of `got` from physical `pa` (one page at most). `uncached_ps` is what
+    /// the load cost when it went to uncached memory (0 otherwise).
+    pub fn cpu_read(&mut self, hw: &Machine, ctx: Ctx, pa: u64, got: &[u8], uncached_ps: u64) {
+        if !hw.dram.is_watched(pa) {
+            return;
+        }
+        let end = pa + got.len() as u64;
+        let line = self.line;
+        let mut out = Vec::new();
+        for (&id, e) in self.entries.iter_mut() {
+            let (s, t) = (pa.max(e.phys), end.min(e.phys + e.size));
+            if s >= t {
+                continue;
+            }
+            let piece = &got[(s - pa) as usize..(t - pa) as usize];
+            let (bad, bad_lines) = self.oracle.diff(s, piece, line);
+            let (os, ot) = (s - e.phys, t - e.phys);
+            if e.kind == MapKind::Coherent {
+                e.uncached_read_bytes += t - s;
+                e.uncached_read_ps += uncached_ps * (t - s) / got.len() as u64;
+                if bad > 0 {
+                    e.push(
+                        ctx,
+                        format!("CPU read {} bytes at +{os:#x}: {bad} bytes differ", t - s),
+                    );
+                    out.push((
+                        "stale-cpu-read",
+                        id,
+                        bad > 0,
+                        bad_lines,
+                        t - s,
+                        e.dev_name.clone(),
+                        e.dev_addr + os,
+                        e.history.clone(),
+                        e.dir,
+                    ));
+                }
+                continue;
+            }
+            let stale = e.dev_written.overlap(os, ot);
+            if stale > 0 {
+                e.push(
+                    ctx,
+                    format!(
+                        "CPU read {} bytes at +{os:#x} without a sync for the CPU",
+                        t - s
+                    ),
+                );
+                out.push((
+                    "stale-cpu-read",
+                    id,
+                    bad > 0,
+                    bad_lines,
+                    t - s,
+                    e.dev_name.clone(),
+                    e.dev_addr + os,
+                    e.history.clone(),
+                    e.dir,
+                ));
+            } else if e.device_owns {
+                e.push(
+                    ctx,
+                    format!(
+                        "CPU read {} bytes at +{os:#x} while the device owns the buffer",
+                        t - s
+                    ),
+                );
+                out.push((
+                    "cpu-access-device-owned",
+                    id,
+                    bad > 0,
+                    bad_lines,
+                    t - s,
+                    e.dev_name.clone(),
+                    e.dev_addr + os,
+                    e.history.clone(),
+                    e.dir,
+                ));
+            } else if bad > 0 {
+                e.push(
+                    ctx,
+                    format!(
+                        "CPU read {} bytes at +{os:#x}: {bad} bytes differ from the truth",
+                        t - s
+                    ),
+                );
+                out.push((
+                    "stale-cpu-read",
+                    id,
+                    true,
+                    bad_lines,
+                    t - s,
+                    e.dev_name.clone(),
+                    e.dev_addr + os,
+                    e.history.clone(),
+                    e.dir,
+                ));
+            }
+        }
+        for (id, key, manifested, bad_lines, len, dev, addr, hist, dir) in out {
+            let lines = len.div_ceil(line);
+            let (msg, help) = match id {
+                "stale-cpu-read" => (
+                    format!(
+                        "CPU read {len} bytes that {dev} wrote, without dma_sync_single_for_cpu; {bad_lines} of {lines} lines held stale data [device address={addr:#x}]"
+                    ),
+                    format!(
+                        "call dma_sync_single_for_cpu(dev, addr, len, {}) after the transfer and before the CPU reads (or dma_unmap_single)",
+                        dir.const_name()
+                    ),
+                ),
+                _ => (
+                    format!("CPU read {len} bytes of a buffer that {dev} owns (mapped, not synced for the CPU) [device address={addr:#x}]"),
+                    "read a streaming buffer only after dma_sync_single_for_cpu or dma_unmap_single".into(),
+                ),
+            };
+            self.report(
+                id,
+                key,
+                Some(manifested),
+                Some(&dev),
+                Some(addr),
+                Some(len),
+                ctx,
+                msg,
+                help,
+                hist,
+            );
+        }
+    }
+
+    /// A CPU store of `data` at physical `pa` (one page at most), after the machine did it.
+    pub fn cpu_write(&mut self, hw: &Machine, ctx: Ctx, pa: u64, data: &[u8]) {
+        if !hw.dram.is_watched(pa) {
+            return;
+        }
+        self.oracle.store(pa, data);
+        let end = pa + data.len() as u64;
+        for e in self.entries.values_mut() {
+            let (s, t) = (pa.max(e.phys), end.min(e.phys + e.size));
+            if s >= t || e.kind == MapKind::Coherent {
+                continue;
+            }
+            let (os, ot) = (s - e.phys, t - e.phys);
+            e.cpu_dirty.insert(os, ot);
+            e.dev_written.remove(os, ot);
+            if e.device_owns {
+                e.owned_writes.insert(os, ot);
+                e.push(
+                    ctx,
+                    format!(
+                        "CPU wrote {} bytes at +{os:#x} while the device owns the buffer",
+                        t - s
+                    ),
+                );
+            } else {
+                e.push(ctx, format!("CPU wrote {} bytes at +{os:#x}", t - s));
+            }
+        }
+    }
+
+    /// A device access through its port (one page at most), after the machine did it.
+    pub fn device_access(&mut self, ctx: Ctx, a: DeviceAccess<'_>) {
+        let len = a.data.len() as u64;
+        let cover = self
+            .entries
+            .iter()
+            .find(|(_, e)| {
+                e.dev == a.dev
+                    && a.bus >= e.dev_addr
+                    && a.bus - e.dev_addr < e.size
+                    && len <= e.size - (a.bus - e.dev_addr)
+            })
+            .map(|(&k, _)| k);
+        let verb = if a.write { "wrote" } else { "read" };
+        let Some(id) = cover else {
+            self.unmapped_device_access(ctx, &a);
+            return;
+        };
+        let line = self.line;
+        let (bad, bad_lines) = match a.pa {
+            Some(pa) => self.oracle.diff(pa, a.data, line),
+            None => (0, 0),
+        };
+        let e = self.entries.get_mut(&id).expect("found above");
+        let (os, ot) = (a.bus - e.dev_addr, a.bus - e.dev_addr + len);
+        match e.last_dev {
+            // The next page of the same transfer: grow the event instead of adding one.
+            Some((i, l, w, start, n))
+                if l == ctx.line
+                    && w == a.write
+                    && start + n == a.bus
+                    && i + 1 == e.history.len() =>
+            {
+                e.history[i].event =
+                    format!("{} {verb} {} bytes at {start:#x}", a.dev_name, n + len);
+                e.last_dev = Some((i, l, w, start, n + len));
+            }
+            _ => {
+                e.push(
+                    ctx,
+                    format!("{} {verb} {len} bytes at {:#x}", a.dev_name, a.bus),
+                );
+                e.last_dev = Some((e.history.len() - 1, ctx.line, a.write, a.bus, len));
+            }
+        }
+        let dir = e.dir;
+        let mut out: Vec<(&'static str, Option<bool>, String, String)> = Vec::new();
+        if a.write {
+            if dir == DmaDirection::ToDevice {
+                out.push((
+                    "dir-violation",
+                    None,
+                    format!(
+                        "{} wrote {len} bytes into a DMA_TO_DEVICE mapping [device address={:#x}]",
+                        a.dev_name, a.bus
+                    ),
+                    "map with DMA_FROM_DEVICE or DMA_BIDIRECTIONAL if the device writes the buffer"
+                        .into(),
+                ));
+            }
+            if let Some(pa) = a.pa {
+                self.oracle.store(pa, a.data);
+            }
+            if e.kind != MapKind::Coherent {
+                e.dev_written.insert(os, ot);
+                e.cpu_dirty.remove(os, ot);
+                e.owned_writes.remove(os, ot);
+            }
+        } else {
+            if dir == DmaDirection::FromDevice {
+                out.push((
+                    "dir-violation",
+                    None,
+                    format!(
+                        "{} read {len} bytes of a DMA_FROM_DEVICE mapping [device address={:#x}]",
+                        a.dev_name, a.bus
+                    ),
+                    "map with DMA_TO_DEVICE or DMA_BIDIRECTIONAL if the device reads the buffer"
+                        .into(),
+                ));
+            }
+            let pending = e.cpu_dirty.overlap(os, ot);
+            if pending > 0 || bad > 0 {
+                let lines = len.div_ceil(line);
+                out.push((
+                    "stale-device-read",
+                    Some(bad > 0),
+                    format!(
+                        "{} read {len} bytes the CPU wrote after the last hand-over to the device (no dma_sync_single_for_device since); {bad_lines} of {lines} lines were stale in DRAM [device address={:#x}]",
+                        a.dev_name, a.bus
+                    ),
+                    "finish CPU writes before dma_map_single, or call dma_sync_single_for_device(dev, addr, len, DMA_TO_DEVICE) after them and before starting the device".into(),
+                ));
+                e.cpu_dirty.remove(os, ot);
+                e.owned_writes.remove(os, ot);
+            }
+        }
+        let hist = e.history.clone();
+        for (fid, manifested, msg, help) in out {
+            self.report(
+                fid,
+                id,
+                manifested,
+                Some(a.dev_name),
+                Some(a.bus),
+                Some(len),
+                ctx,
+                msg,
+                help,
+                hist.clone(),
+            );
+        }
+    }
+
+    fn unmapped_device_access(&mut self, ctx: Ctx, a: &DeviceAccess<'_>) {
+        let len = a.data.len() as u64;
+        let verb = if a.write { "write" } else { "read" };
+        let reached = match a.pa {
+            Some(pa) => format!("it reached physical {pa:#x}"),
+            None => "it got a bus error".into(),
+        };
+        if a.bus == DMA_MAPPING_ERROR || a.bus.wrapping_add(len) < a.bus {
+            self.report(
+                "mapping-error-unchecked",
+                a.bus,
+                None,
+                Some(a.dev_name),
+                Some(a.bus),
+                Some(len),
+                ctx,
+                format!("{} was given DMA_MAPPING_ERROR as a DMA address ({verb} of {len} bytes); {reached}", a.dev_name),
+                "test every map result with dma_mapping_error(dev, addr) and do not start the device when it fails".into(),
+                vec![],
+            );
+            return;
+        }
+        if let Some((what, meant)) = &a.va_of {
+            // Manifested unless the truncated number happened to hit the buffer itself.
+            let hit_wrong = a.pa.is_none_or(|pa| pa != *meant);
+            self.report(
+                "virtual-address-as-dma",
+                a.bus,
+                Some(hit_wrong),
+                Some(a.dev_name),
+                Some(a.bus),
+                Some(len),
+                ctx,
+                format!(
+                    "{} was given {:#x}, the CPU virtual address of {what}; devices see bus addresses, so the {verb} of {len} bytes did not touch that buffer: {reached}",
+                    a.dev_name, a.bus
+                ),
+                "map the buffer with dma_map_single(dev, buf, dir) and give the device the returned dma_addr_t".into(),
+                vec![],
+            );
+            return;
+        }
+        self.report(
+            "dma-outside-mapping",
+            a.bus,
+            Some(a.pa.is_some()),
+            Some(a.dev_name),
+            Some(a.bus),
+            Some(len),
+            ctx,
+            format!(
+                "{} did a {verb} of {len} bytes at bus address {:#x}, which no live mapping of it covers; {reached}",
+                a.dev_name, a.bus
+            ),
+            "give the device only addresses returned by dma_map_* or dma_alloc_coherent, and only while they are mapped".into(),
+            vec![],
+        );
+    }
+
+    /// The kernel freed buffer `id` (kfree, free_pages, dma_free_coherent).
+    pub fn free_buffer(&mut self, hw: &mut Machine, id: u64) {
+        if let Some((pa, len)) = self.held.remove(&id) {
+            self.oracle.release(hw, pa, len);
+        }
+    }
+
+    /// Reports the live mappings of `dev` (all devices for `None`) as leaks.
+    pub fn leaks(&mut self, hw: &mut Machine, ctx: Ctx, dev: Option<usize>, at: &str) {
+        let ids: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| dev.is_none_or(|d| e.dev == d))
+            .map(|(&k, _)| k)
+            .collect();
+        for id in ids {
+            let e = self.entries.remove(&id).expect("listed above");
+            let help = match e.kind {
+                MapKind::Coherent => {
+                    "free coherent buffers with dma_free_coherent before the driver goes away"
+                        .to_string()
+                }
+                _ => format!(
+                    "unmap every mapping (dma_unmap_{}) when the device is done with it",
+                    if e.kind == MapKind::Page {
+                        "page"
+                    } else {
+                        "single"
+                    }
+                ),
+            };
+            self.report(
+                "mapping-leak",
+                id,
+                None,
+                Some(&e.dev_name.clone()),
+                Some(e.dev_addr),
+                Some(e.size),
+                ctx,
+                format!(
+                    "device driver has pending DMA allocations {at} {}",
+                    e.describe()
+                ),
+                help,
+                e.history.clone(),
+            );
+            self.oracle.release(hw, e.phys, e.size);
+        }
+    }
+
+    /// End-of-run check: heavy uncached use of the coherent buffers still alive (freed
+    /// ones were checked at `dma_free_coherent`).
+    pub fn uncached_use(&mut self, ctx: Ctx) {
+        let ids: Vec<u64> = self.entries.keys().copied().collect();
+        for id in ids {
+            let e = self.entries.remove(&id).expect("listed above");
+            self.uncached_check(ctx, id, &e);
+            self.entries.insert(id, e);
+        }
+    }
+
+    fn uncached_check(&mut self, ctx: Ctx, id: u64, e: &Entry) {
+        if e.kind != MapKind::Coherent || e.uncached_read_ps == 0 {
+            return;
+        }
+        // The alternative: a streaming buffer, invalidated once, read through the
+        // cache (one line fill per line read).
+        let lines = e.uncached_read_bytes.div_ceil(self.line);
+        let cached = lines * self.uncached_fill_ps;
+        let (bytes, ps) = (e.uncached_read_bytes, e.uncached_read_ps);
+        if bytes < 4096 || ps < 2 * cached {
+            return;
+        }
+        self.report(
+            "uncached-cpu-heavy",
+            id,
+            None,
+            Some(&e.dev_name),
+            Some(e.dev_addr),
+            Some(bytes),
+            ctx,
+            format!(
+                "CPU spent {:.1} µs reading {bytes} bytes of uncached coherent memory; through a cached streaming mapping the same reads would cost about {:.1} µs ({:.1}x less)",
+                ps as f64 / 1e6,
+                cached as f64 / 1e6,
+                ps as f64 / cached.max(1) as f64
+            ),
+            "use dma_alloc_coherent for descriptors and small shared state; for bulk data the CPU processes, use kmalloc + dma_map_single with dma_sync_single_for_cpu".into(),
+            e.history.clone(),
+        );
+    }
+
+    /// Which live mapping of `dev` a coherent buffer at `dev_addr` is (for frees).
+    pub fn has_mapping(&self, dev: usize, dev_addr: u64) -> bool {
+        self.entries
+            .values()
+            .any(|e| e.dev == dev && e.dev_addr == dev_addr)
+    }
+}

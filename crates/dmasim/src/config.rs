@@ -1,0 +1,404 @@
+//! The platform: one documented configuration struct and the presets built from it.
+//!
+//! Like Miri's `MiriConfig`, every figure the model uses lives here with a comment that
+//! names its source (`../shared/reference/` or the Linux file it comes from). Scripts
+//! pick a preset with `boot(name)` and may override fields with `boot(name, #{...})`.
+//!
+//! Simplifications: RAM is one contiguous bank (x86's PCI hole below 4 GiB is not
+//! modelled); all CPUs share one clock; cache costs are per 64-byte line access, not
+//! per pipeline cycle.
+
+use serde::Serialize;
+
+/// Size of a page (4K pages, as the reference assumes throughout).
+pub const PAGE_SIZE: u64 = 4096;
+/// log2 of [`PAGE_SIZE`].
+pub const PAGE_SHIFT: u32 = 12;
+/// `MAX_PAGE_ORDER` (include/linux/mmzone.h, v6.12 default 10): the largest buddy block
+/// is 4 MiB; larger `kmalloc`/`alloc_pages` requests fail.
+pub const MAX_PAGE_ORDER: u32 = 10;
+
+/// CPU architecture of a platform: decides the linear-map layout, the cache
+/// operations of the DMA API and the kmalloc alignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// AArch64: `arch/arm64/mm/dma-mapping.c` cache operations, PAGE_OFFSET linear map.
+    Arm64,
+    /// x86-64: every device cache-coherent, direct map at `__PAGE_OFFSET_BASE_L4`.
+    X86_64,
+}
+
+/// The shape of one cache level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CacheGeometry {
+    /// Capacity in bytes.
+    pub size: u64,
+    /// Associativity.
+    pub ways: u32,
+    /// Line size in bytes (a power of two, 16..=256).
+    pub line: u32,
+}
+
+impl CacheGeometry {
+    /// Number of sets, or an explanation of why the geometry is impossible.
+    ///
+    /// # Errors
+    /// A message when the line is not a power of two in 16..=256, the ways are 0 or more
+    /// than 32, or size / (ways × line) is not a power of two ≥ 1.
+    pub fn sets(&self) -> Result<u64, String> {
+        if !self.line.is_power_of_two() || !(16..=256).contains(&self.line) {
+            return Err(format!(
+                "cache line must be a power of two from 16 to 256, not {}",
+                self.line
+            ));
+        }
+        if self.ways == 0 || self.ways > 32 {
+            return Err(format!("cache ways must be 1..=32, not {}", self.ways));
+        }
+        let per_set = u64::from(self.ways) * u64::from(self.line);
+        if self.size == 0 || self.size % per_set != 0 || !(self.size / per_set).is_power_of_two() {
+            return Err(format!(
+                "cache size {} is not a power-of-two number of sets of {} ways × {} bytes",
+                self.size, self.ways, self.line
+            ));
+        }
+        if self.size > 64 << 20 {
+            return Err(format!(
+                "cache size {} is larger than the 64 MiB the model allows",
+                self.size
+            ));
+        }
+        Ok(self.size / per_set)
+    }
+}
+
+/// Simulated costs, in picoseconds, of each hardware action.
+///
+/// Anchors (`../shared/reference/perf-anchors.md` §3.1): on Cortex-A9/A53, reads from
+/// non-cacheable memory run 3–5× slower than cached memcpy, while non-cacheable writes
+/// run at about the cached rate thanks to write buffering.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CostTable {
+    /// A load or store that hits in L1.
+    pub l1_hit_ps: u64,
+    /// A miss in L1 served by L2 (or by another CPU's L1 through a snoop).
+    pub l2_hit_ps: u64,
+    /// A line fill from DRAM (per line, streaming).
+    pub dram_fill_ps: u64,
+    /// A dirty line written back to DRAM (mostly hidden by the write buffer).
+    pub writeback_ps: u64,
+    /// One 16-byte beat of a load from Normal-NC or Device memory.
+    pub uncached_read_beat_ps: u64,
+    /// One 16-byte beat of a store to Normal-NC or Device memory.
+    pub uncached_write_beat_ps: u64,
+    /// One `DC CVAC`/`DC IVAC`/`DC CIVAC` on one line (plus a write-back if dirty).
+    pub cmo_line_ps: u64,
+    /// The fixed part of a maintenance range (`DSB` and the call).
+    pub cmo_fixed_ps: u64,
+    /// Software cost of a dma-direct map, unmap or sync call, before cache work.
+    pub dma_call_ps: u64,
+}
+
+/// Background activity drawn from the seeded stream (`noise` in `boot` overrides).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct NoiseConfig {
+    /// Probability, per noise point, that other work sweeps half of the cache sets
+    /// of the current CPU's L1 and of L2, evicting (and writing back) what is there.
+    pub evict: f64,
+    /// Probability, per noise point, that the prefetcher speculatively fills a few
+    /// lines of a page the CPU touched recently.
+    pub prefetch: f64,
+    /// Probability, per noise point, of a background page migration (used once the
+    /// mm model lands; 0 has no effect today).
+    pub migrate: f64,
+}
+
+impl NoiseConfig {
+    /// No background activity at all.
+    pub const OFF: NoiseConfig = NoiseConfig {
+        evict: 0.0,
+        prefetch: 0.0,
+        migrate: 0.0,
+    };
+
+    /// True when every rate is zero.
+    pub fn is_off(&self) -> bool {
+        self.evict == 0.0 && self.prefetch == 0.0 && self.migrate == 0.0
+    }
+}
+
+/// Everything that describes a simulated platform.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlatformConfig {
+    /// Preset name this configuration came from.
+    pub preset: String,
+    /// One line on what real hardware the preset stands for.
+    pub description: String,
+    /// CPU architecture.
+    pub arch: Arch,
+    /// Bytes of RAM.
+    pub ram: u64,
+    /// Physical address of the first byte of RAM.
+    pub ram_base: u64,
+    /// Number of CPUs (each with its own L1D).
+    pub cpus: u32,
+    /// Per-CPU L1 data cache.
+    pub l1: CacheGeometry,
+    /// Shared L2 cache.
+    pub l2: CacheGeometry,
+    /// Whether devices are cache-coherent unless `device(name, #{coherent: ...})` says
+    /// otherwise (devicetree `dma-coherent`, `dma_default_coherent`).
+    pub coherent_default: bool,
+    /// `iommu`: "none", "smmu" or "passthrough" (translation arrives with the IOMMU
+    /// model; today only "none" changes nothing and the others are recorded).
+    pub iommu: String,
+    /// Bytes reserved for the swiotlb pool (0 = off); the pool itself arrives with
+    /// the bounce-buffer model.
+    pub swiotlb: u64,
+    /// Bytes reserved for CMA (0 = none); the allocator arrives with the mm model.
+    pub cma: u64,
+    /// Top of ZONE_DMA as a physical limit (`zone_dma_limit`, v6.12).
+    pub zone_dma_limit: u64,
+    /// `ARCH_DMA_MINALIGN`: kmalloc objects are aligned to this so that a DMA buffer
+    /// never shares a cache line with other data.
+    pub dma_minalign: u64,
+    /// Virtual address of the linear map's first byte (`PAGE_OFFSET`).
+    pub page_offset: u64,
+    /// Start of the vmalloc area, where coherent remaps and vmalloc live.
+    pub vmalloc_start: u64,
+    /// Simulated costs.
+    pub cost: CostTable,
+    /// Background noise rates.
+    pub noise: NoiseConfig,
+    /// Default device DMA bandwidth in bytes per microsecond.
+    pub dev_bandwidth: u64,
+    /// Fixed latency of each device transfer, in nanoseconds.
+    pub dev_latency_ns: u64,
+}
+
+/// Names of the built-in presets, in the order `dmasim presets` lists them.
+pub const PRESET_NAMES: &[&str] = &["arm64-noncoherent", "arm64-coherent", "x86-64"];
+
+/// The Cortex-A53 class cost table (1.5 GHz, LPDDR4), used by the arm64 presets.
+const CORTEX_A53_COSTS: CostTable = CostTable {
+    // 3-cycle load-to-use at 1.5 GHz (Cortex-A53 TRM).
+    l1_hit_ps: 2_000,
+    // About 15 cycles to L2.
+    l2_hit_ps: 10_000,
+    // ~800 MB/s cached memcpy on Zynq UltraScale+ A53 (perf-anchors §3.1, udmabuf #16):
+    // 64 bytes read + 64 written per 80 ns; 60 ns of it is the fill.
+    dram_fill_ps: 60_000,
+    writeback_ps: 20_000,
+    // ~250 MB/s non-cacheable LDP/STP copy on A53 (udmabuf #16): 16 B per 64 ns.
+    uncached_read_beat_ps: 60_000,
+    // Non-cacheable stores run near the cached rate (Genode #4456: 1137 vs 1062 MiB/s).
+    uncached_write_beat_ps: 15_000,
+    // A few ns per clean line (perf-anchors §3.2, estimate marked UNVERIFIED there).
+    cmo_line_ps: 3_000,
+    cmo_fixed_ps: 100_000,
+    // dma-direct is address arithmetic plus dma-debug; "well under 1 µs" (§11.3).
+    dma_call_ps: 100_000,
+};
+
+impl PlatformConfig {
+    /// Builds a preset by name.
+    ///
+    /// # Errors
+    /// The list of known names when `name` is not one of them.
+    ///
+    /// # Examples
+    /// ```
+    /// let p = dmasim::config::PlatformConfig::preset("arm64-noncoherent").unwrap();
+    /// assert!(!p.coherent_default);
+    /// assert_eq!(p.dma_minalign, 128);
+    /// ```
+    pub fn preset(name: &str) -> Result<PlatformConfig, String> {
+        match name {
+            "arm64-noncoherent" => Ok(PlatformConfig {
+                preset: name.into(),
+                description: "i.MX8M-class SoC: 4x Cortex-A53, 32 KiB L1D, 512 KiB L2, \
+                              4 GiB LPDDR4 at 0x4000_0000, DMA masters on a non-coherent interconnect"
+                    .into(),
+                arch: Arch::Arm64,
+                ram: 4 << 30,
+                // i.MX8M DRAM starts at 0x4000_0000 (reference manual memory map).
+                ram_base: 0x4000_0000,
+                cpus: 4,
+                // Cortex-A53 L1D: 32 KiB, 4-way, 64-byte lines (Cortex-A53 TRM).
+                l1: CacheGeometry { size: 32 << 10, ways: 4, line: 64 },
+                // i.MX8M Mini: 512 KiB L2, 16-way.
+                l2: CacheGeometry { size: 512 << 10, ways: 16, line: 64 },
+                coherent_default: false,
+                iommu: "none".into(),
+                // RAM ends above 4 GiB, so arm64 creates the default 64 MiB pool
+                // (IO_TLB_DEFAULT_SIZE; arch/arm64/mm/init.c mem_init).
+                swiotlb: 64 << 20,
+                // CONFIG_CMA_SIZE_MBYTES default 16 (kernel/dma/Kconfig).
+                cma: 16 << 20,
+                // arm64 caps zone_dma_limit at 4 GiB - 1 when DRAM starts below 4 GiB.
+                zone_dma_limit: 0xffff_ffff,
+                // ARCH_DMA_MINALIGN = 128 on arm64 (arch/arm64/include/asm/cache.h).
+                dma_minalign: 128,
+                // 48-bit VA: PAGE_OFFSET = 0xffff_0000_0000_0000 (arch/arm64/include/asm/memory.h).
+                page_offset: 0xffff_0000_0000_0000,
+                // VMALLOC_START = MODULES_END, 2 GiB above _PAGE_END(48).
+                vmalloc_start: 0xffff_8000_8000_0000,
+                cost: CORTEX_A53_COSTS,
+                noise: NoiseConfig { evict: 0.05, prefetch: 0.10, migrate: 0.0 },
+                dev_bandwidth: 1000,
+                dev_latency_ns: 1000,
+            }),
+            "arm64-coherent" => {
+                let mut p = PlatformConfig::preset("arm64-noncoherent")?;
+                p.preset = name.into();
+                p.description = "Layerscape-class SoC: Cortex-A72 cores, 1 MiB L2, 4 GiB at \
+                                 0x8000_0000, DMA masters on ACE-Lite coherent ports (dma-coherent)"
+                    .into();
+                // Cortex-A72 L1D: 32 KiB, 2-way (Cortex-A72 TRM); L2 1 MiB, 16-way.
+                p.l1 = CacheGeometry { size: 32 << 10, ways: 2, line: 64 };
+                p.l2 = CacheGeometry { size: 1 << 20, ways: 16, line: 64 };
+                // LX2160A DRAM region 1 starts at 0x8000_0000.
+                p.ram_base = 0x8000_0000;
+                p.coherent_default = true;
+                Ok(p)
+            }
+            "x86-64" => Ok(PlatformConfig {
+                preset: name.into(),
+                description: "x86-64 server core: 32 KiB 8-way L1D, 1 MiB 16-way L2, \
+                              4 GiB at 0, every device cache-coherent"
+                    .into(),
+                arch: Arch::X86_64,
+                ram: 4 << 30,
+                ram_base: 0,
+                cpus: 4,
+                l1: CacheGeometry { size: 32 << 10, ways: 8, line: 64 },
+                l2: CacheGeometry { size: 1 << 20, ways: 16, line: 64 },
+                // PCIe on x86 snoops the CPU caches: every device is coherent.
+                coherent_default: true,
+                iommu: "none".into(),
+                // x86 enables swiotlb only with RAM above 4 GiB (arch/x86/kernel/pci-dma.c).
+                swiotlb: 0,
+                // CMA_SIZE_MBYTES is 0 on x86 (kernel/dma/Kconfig).
+                cma: 0,
+                // ZONE_DMA = first 16 MiB (MAX_DMA_PFN, arch/x86/include/asm/dma.h).
+                zone_dma_limit: (16 << 20) - 1,
+                // x86 has no ARCH_DMA_MINALIGN; kmalloc aligns to 8 (ARCH_KMALLOC_MINALIGN).
+                dma_minalign: 8,
+                // __PAGE_OFFSET_BASE_L4 (arch/x86/include/asm/page_64_types.h).
+                page_offset: 0xffff_8880_0000_0000,
+                // VMALLOC_BASE_L4 (arch/x86/include/asm/pgtable_64_types.h).
+                vmalloc_start: 0xffff_c900_0000_0000,
+                cost: CostTable {
+                    l1_hit_ps: 1_000,
+                    l2_hit_ps: 4_000,
+                    // ~6-8 GB/s single-core memcpy on DRAM (perf-anchors §6, LOCAL).
+                    dram_fill_ps: 10_000,
+                    writeback_ps: 5_000,
+                    // UC accesses on x86 are serialising and very slow.
+                    uncached_read_beat_ps: 100_000,
+                    uncached_write_beat_ps: 20_000,
+                    // clflush: 4 KiB in 0.6 µs, 1 MiB in 17 µs (perf-anchors §3.2).
+                    cmo_line_ps: 1_000,
+                    cmo_fixed_ps: 500_000,
+                    dma_call_ps: 100_000,
+                },
+                noise: NoiseConfig { evict: 0.05, prefetch: 0.10, migrate: 0.0 },
+                dev_bandwidth: 4000,
+                dev_latency_ns: 500,
+            }),
+            other => Err(format!(
+                "unknown preset {other:?}; known presets: {}",
+                PRESET_NAMES.join(", ")
+            )),
+        }
+    }
+
+    /// Checks the whole configuration (after overrides).
+    ///
+    /// # Errors
+    /// A message naming the first field that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        self.l1.sets().map_err(|e| format!("l1: {e}"))?;
+        self.l2.sets().map_err(|e| format!("l2: {e}"))?;
+        if self.l1.line != self.l2.line {
+            return Err("l1 and l2 must have the same line size".into());
+        }
+        if self.cpus == 0 || self.cpus > 64 {
+            return Err(format!("cpus must be 1..=64, not {}", self.cpus));
+        }
+        if self.ram < 16 << 20 {
+            return Err(format!("ram must be at least 16 MiB, not {}", self.ram));
+        }
+        if self.ram % PAGE_SIZE != 0 || self.ram_base % (2 << 20) != 0 {
+            return Err("ram must be whole pages and ram_base 2 MiB aligned".into());
+        }
+        if self.ram > 1 << 40
+            || self
+                .ram_base
+                .checked_add(self.ram)
+                .is_none_or(|e| e > 1 << 44)
+        {
+            return Err("ram must end below 16 TiB (44-bit physical addresses)".into());
+        }
+        for (n, r) in [
+            ("evict", self.noise.evict),
+            ("prefetch", self.noise.prefetch),
+            ("migrate", self.noise.migrate),
+        ] {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!("noise.{n} must be a rate from 0.0 to 1.0, not {r}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Line size shared by both cache levels.
+    pub fn line(&self) -> u64 {
+        u64::from(self.l1.line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_is_valid() {
+        for name in PRESET_NAMES {
+            let p = PlatformConfig::preset(name).unwrap();
+            p.validate().unwrap();
+            assert_eq!(&p.preset, name);
+        }
+    }
+
+    #[test]
+    fn unknown_preset_lists_the_known_ones() {
+        let e = PlatformConfig::preset("vax").unwrap_err();
+        assert!(e.contains("arm64-noncoherent"), "{e}");
+    }
+
+    #[test]
+    fn uncached_reads_cost_three_to_five_times_a_cached_fill() {
+        // perf-anchors §3.1: the model must keep this ratio.
+        let c = PlatformConfig::preset("arm64-noncoherent").unwrap().cost;
+        let nc_line = 4 * c.uncached_read_beat_ps;
+        let ratio = nc_line as f64 / c.dram_fill_ps as f64;
+        assert!((3.0..=5.0).contains(&ratio), "{ratio}");
+        let w = 4 * c.uncached_write_beat_ps;
+        assert!(w <= c.dram_fill_ps, "uncached writes near cached speed");
+    }
+
+    #[test]
+    fn bad_geometry_is_rejected() {
+        let mut p = PlatformConfig::preset("x86-64").unwrap();
+        p.l1.size = 3000;
+        assert!(p.validate().is_err());
+        p.l1 = CacheGeometry {
+            size: 32 << 10,
+            ways: 0,
+            line: 64,
+        };
+        assert!(p.validate().is_err());
+    }
+}

@@ -1,0 +1,791 @@
+//! CPU data caches that hold real bytes: a private L1D per CPU and a shared L2.
+//!
+//! Physically indexed and tagged, set-associative, write-back and write-allocate.
+//! Victims are chosen from the run's seeded stream (invalid ways first), as the
+//! pseudo-random replacement of Cortex-A cores does.
+//!
+//! Line data lives in one pool; a cache entry holds the index of its slot, so moving a
+//! line between levels moves an index, not 64 bytes. The hierarchy is *exclusive*: a
+//! line sits either in one or more L1s or in L2, never both (a victim of L1 moves into
+//! L2; an L2 hit moves the line up). This is a simplification: Cortex-A53's L2 is
+//! inclusive of L1D, Arm's DSU L3 is mostly exclusive. What matters for DMA (which
+//! copy is newest, which is dirty, what a device reading DRAM sees) is the same.
+//!
+//! Between L1s, MESI: a read that finds the line Modified in another L1 makes the owner
+//! write it back and both keep it Shared (MESI has no Owned state, so Shared lines are
+//! always clean); a write invalidates every other copy.
+//!
+//! Cache maintenance works on one line by physical address, as `DC CVAC` (clean),
+//! `DC IVAC` (invalidate) and `DC CIVAC` (clean and invalidate) do to the point of
+//! coherency; they act on every CPU's L1 and on L2 (inner-shareable broadcast).
+
+use super::dram::Dram;
+use super::rng::SimRng;
+use crate::config::CacheGeometry;
+
+const INVALID_TAG: u64 = u64::MAX;
+
+/// MESI state of a line (L2 uses Exclusive for clean and Modified for dirty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LineState {
+    /// Not present.
+    Invalid = 0,
+    /// Clean, possibly in other L1s too.
+    Shared = 1,
+    /// Clean, the only cached copy.
+    Exclusive = 2,
+    /// Dirty: newer than DRAM, the only cached copy.
+    Modified = 3,
+}
+
+/// Where an access found its line (decides its cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hit {
+    /// In this CPU's L1.
+    L1,
+    /// In the shared L2, or in another CPU's L1 through a snoop.
+    L2,
+    /// Fetched from DRAM.
+    Dram,
+}
+
+/// Counters of cache activity.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Accesses that hit in L1.
+    pub l1_hits: u64,
+    /// Accesses that hit in L2 or another CPU's L1.
+    pub l2_hits: u64,
+    /// Accesses that went to DRAM.
+    pub misses: u64,
+    /// Dirty lines written back to DRAM (evictions and cleans).
+    pub writebacks: u64,
+    /// Lines cleaned by maintenance (`DC CVAC`, and the clean half of `DC CIVAC`).
+    pub clean_lines: u64,
+    /// Lines invalidated by maintenance (`DC IVAC`, `DC CIVAC`).
+    pub invalidate_lines: u64,
+    /// Dirty lines whose data an invalidate threw away.
+    pub dirty_discards: u64,
+}
+
+struct Level {
+    ways: usize,
+    set_mask: u64,
+    tags: Vec<u64>,
+    state: Vec<LineState>,
+    slot: Vec<u32>,
+}
+
+impl Level {
+    fn new(g: &CacheGeometry, line_shift: u32) -> Level {
+        let sets = (g.size >> line_shift) as usize / g.ways as usize;
+        let n = sets * g.ways as usize;
+        Level {
+            ways: g.ways as usize,
+            set_mask: sets as u64 - 1,
+            tags: vec![INVALID_TAG; n],
+            state: vec![LineState::Invalid; n],
+            slot: vec![0; n],
+        }
+    }
+
+    #[inline(always)]
+    fn set_base(&self, line: u64) -> usize {
+        (line & self.set_mask) as usize * self.ways
+    }
+
+    #[inline(always)]
+    fn find(&self, line: u64) -> Option<usize> {
+        let base = self.set_base(line);
+        self.tags[base..base + self.ways]
+            .iter()
+            .position(|&t| t == line)
+            .map(|w| base + w)
+    }
+
+    fn sets(&self) -> usize {
+        self.set_mask as usize + 1
+    }
+
+    #[inline(always)]
+    fn clear(&mut self, i: usize) {
+        self.tags[i] = INVALID_TAG;
+        self.state[i] = LineState::Invalid;
+    }
+}
+
+/// Writes back one line (`slot` data) to DRAM at line number `line`.
+#[inline(always)]
+fn write_back(
+    pool: &[u8],
+    line_bytes: usize,
+    line_shift: u32,
+    slot: u32,
+    line: u64,
+    dram: &mut Dram,
+) {
+    let s = slot as usize * line_bytes;
+    dram.write_in_frame(line << line_shift, &pool[s..s + line_bytes]);
+}
+
+/// The whole cache hierarchy.
+pub struct Caches {
+    line_shift: u32,
+    line_bytes: usize,
+    l1: Vec<Level>,
+    l2: Level,
+    pool: Vec<u8>,
+    free: Vec<u32>,
+    /// Activity counters.
+    pub stats: CacheStats,
+    /// Lines written back to watched frames since the sanitizer last looked.
+    pub watched_writebacks: Vec<u64>,
+}
+
+impl Caches {
+    /// Builds empty caches for `cpus` CPUs. Geometries must be valid
+    /// ([`CacheGeometry::sets`]) and share one line size.
+    pub fn new(cpus: usize, l1: &CacheGeometry, l2: &CacheGeometry) -> Caches {
+        let line_shift = l1.line.trailing_zeros();
+        let line_bytes = l1.line as usize;
+        let l1s: Vec<Level> = (0..cpus).map(|_| Level::new(l1, line_shift)).collect();
+        let l2 = Level::new(l2, line_shift);
+        let slots = l1s.iter().map(|l| l.tags.len()).sum::<usize>() + l2.tags.len() + 1;
+        Caches {
+            line_shift,
+            line_bytes,
+            l1: l1s,
+            l2,
+            pool: vec![0; slots * line_bytes],
+            free: (0..slots as u32).rev().collect(),
+            stats: CacheStats::default(),
+            watched_writebacks: Vec::new(),
+        }
+    }
+
+    /// Line size in bytes.
+    #[inline]
+    pub fn line_bytes(&self) -> usize {
+        self.line_bytes
+    }
+
+    #[inline(always)]
+    fn data(&self, slot: u32) -> &[u8] {
+        let s = slot as usize * self.line_bytes;
+        &self.pool[s..s + self.line_bytes]
+    }
+
+    #[inline(always)]
+    fn alloc_slot(&mut self) -> u32 {
+        // The pool holds one slot per way of every level plus one, and the caller
+        // evicts before it allocates, so the free list is never empty here.
+        self.free.pop().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn wb(&mut self, slot: u32, line: u64, dram: &mut Dram) {
+        write_back(
+            &self.pool,
+            self.line_bytes,
+            self.line_shift,
+            slot,
+            line,
+            dram,
+        );
+        self.stats.writebacks += 1;
+        if dram.is_watched(line << self.line_shift) {
+            self.watched_writebacks.push(line << self.line_shift);
+        }
+    }
+
+    /// Moves an L1 victim out: clean Shared copies are dropped, Exclusive and
+    /// Modified lines move (by slot) into L2, whose own victim is written back if dirty.
+    fn evict_l1_entry(&mut self, cpu: usize, i: usize, dram: &mut Dram, rng: &mut SimRng) {
+        let l1 = &mut self.l1[cpu];
+        let line = l1.tags[i];
+        let st = l1.state[i];
+        let slot = l1.slot[i];
+        l1.clear(i);
+        if st == LineState::Shared {
+            self.free.push(slot);
+            return;
+        }
+        let base = self.l2.set_base(line);
+        let ways = self.l2.ways;
+        let way = match self.l2.tags[base..base + ways]
+            .iter()
+            .position(|&t| t == INVALID_TAG)
+        {
+            Some(w) => base + w,
+            None => {
+                let v = base + rng.below(ways);
+                let (vline, vslot) = (self.l2.tags[v], self.l2.slot[v]);
+                if self.l2.state[v] == LineState::Modified {
+                    self.wb(vslot, vline, dram);
+                }
+                self.free.push(vslot);
+                v
+            }
+        };
+        self.l2.tags[way] = line;
+        self.l2.slot[way] = slot;
+        self.l2.state[way] = if st == LineState::Modified {
+            LineState::Modified
+        } else {
+            LineState::Exclusive
+        };
+    }
+
+    /// Makes sure `line` is in `cpu`'s L1 in a state that allows the access, and
+    /// returns its entry index and where it was found.
+    #[inline]
+    fn ensure_l1(
+        &mut self,
+        cpu: usize,
+        line: u64,
+        write: bool,
+        dram: &mut Dram,
+        rng: &mut SimRng,
+    ) -> (usize, Hit) {
+        if let Some(i) = self.l1[cpu].find(line) {
+            if write {
+                match self.l1[cpu].state[i] {
+                    LineState::Shared => {
+                        self.invalidate_peers(cpu, line);
+                        self.l1[cpu].state[i] = LineState::Modified;
+                    }
+                    LineState::Exclusive => self.l1[cpu].state[i] = LineState::Modified,
+                    _ => {}
+                }
+            }
+            self.stats.l1_hits += 1;
+            return (i, Hit::L1);
+        }
+        // Make room first, so the slot pool always has a free slot.
+        let base = self.l1[cpu].set_base(line);
+        let ways = self.l1[cpu].ways;
+        let way = match self.l1[cpu].tags[base..base + ways]
+            .iter()
+            .position(|&t| t == INVALID_TAG)
+        {
+            Some(w) => base + w,
+            None => {
+                let v = base + rng.below(ways);
+                self.evict_l1_entry(cpu, v, dram, rng);
+                v
+            }
+        };
+        let (slot, state, hit) = self.fetch_for_l1(cpu, line, write, dram);
+        let l1 = &mut self.l1[cpu];
+        l1.tags[way] = line;
+        l1.slot[way] = slot;
+        l1.state[way] = state;
+        (way, hit)
+    }
+
+    /// Finds `line` in another L1, in L2 or in DRAM and hands back a slot with its data.
+    #[inline]
+    fn fetch_for_l1(
+        &mut self,
+        cpu: usize,
+        line: u64,
+        write: bool,
+        dram: &mut Dram,
+    ) -> (u32, LineState, Hit) {
+        if self.l1.len() > 1 {
+            let mut got: Option<(u32, LineState)> = None;
+            for p in 0..self.l1.len() {
+                if p == cpu {
+                    continue;
+                }
+                let Some(j) = self.l1[p].find(line) else {
+                    continue;
+                };
+                let st = self.l1[p].state[j];
+                let pslot = self.l1[p].slot[j];
+                if write {
+                    // Read-for-ownership: take the data, invalidate every copy.
+                    self.l1[p].clear(j);
+                    match got {
+                        None => got = Some((pslot, LineState::Modified)),
+                        Some(_) => self.free.push(pslot),
+                    }
+                } else {
+                    if st == LineState::Modified {
+                        self.wb(pslot, line, dram);
+                    }
+                    self.l1[p].state[j] = LineState::Shared;
+                    let slot = self.alloc_slot();
+                    let (src, dst) = (
+                        pslot as usize * self.line_bytes,
+                        slot as usize * self.line_bytes,
+                    );
+                    self.pool.copy_within(src..src + self.line_bytes, dst);
+                    got = Some((slot, LineState::Shared));
+                    break;
+                }
+            }
+            if let Some((slot, st)) = got {
+                self.stats.l2_hits += 1;
+                return (slot, st, Hit::L2);
+            }
+        }
+        if let Some(k) = self.l2.find(line) {
+            let slot = self.l2.slot[k];
+            let dirty = self.l2.state[k] == LineState::Modified;
+            self.l2.clear(k);
+            self.stats.l2_hits += 1;
+            let st = if write || dirty {
+                LineState::Modified
+            } else {
+                LineState::Exclusive
+            };
+            return (slot, st, Hit::L2);
+        }
+        let slot = self.alloc_slot();
+        let s = slot as usize * self.line_bytes;
+        dram.read_in_frame(
+            line << self.line_shift,
+            &mut self.pool[s..s + self.line_bytes],
+        );
+        self.stats.misses += 1;
+        let st = if write {
+            LineState::Modified
+        } else {
+            LineState::Exclusive
+        };
+        (slot, st, Hit::Dram)
+    }
+
+    fn invalidate_peers(&mut self, cpu: usize, line: u64) {
+        for p in 0..self.l1.len() {
+            if p == cpu {
+                continue;
+            }
+            if let Some(j) = self.l1[p].find(line) {
+                let slot = self.l1[p].slot[j];
+                self.l1[p].clear(j);
+                self.free.push(slot);
+            }
+        }
+    }
+
+    /// A cacheable load of `out.len()` bytes at `pa`, all inside one line.
+    #[inline]
+    pub fn read(
+        &mut self,
+        cpu: usize,
+        pa: u64,
+        out: &mut [u8],
+        dram: &mut Dram,
+        rng: &mut SimRng,
+    ) -> Hit {
+        let line = pa >> self.line_shift;
+        let (i, hit) = self.ensure_l1(cpu, line, false, dram, rng);
+        let off = (pa as usize) & (self.line_bytes - 1);
+        let s = self.l1[cpu].slot[i] as usize * self.line_bytes + off;
+        out.copy_from_slice(&self.pool[s..s + out.len()]);
+        hit
+    }
+
+    /// A cacheable store of `data` at `pa`, all inside one line.
+    #[inline]
+    pub fn write(
+        &mut self,
+        cpu: usize,
+        pa: u64,
+        data: &[u8],
+        dram: &mut Dram,
+        rng: &mut SimRng,
+    ) -> Hit {
+        let line = pa >> self.line_shift;
+        let (i, hit) = self.ensure_l1(cpu, line, true, dram, rng);
+        let off = (pa as usize) & (self.line_bytes - 1);
+        let s = self.l1[cpu].slot[i] as usize * self.line_bytes + off;
+        self.pool[s..s + data.len()].copy_from_slice(data);
+        hit
+    }
+
+    /// Speculative fill of the line holding `pa` into `cpu`'s L1 (a prefetch).
+    /// Returns true when the line was not cached before.
+    pub fn prefetch(&mut self, cpu: usize, pa: u64, dram: &mut Dram, rng: &mut SimRng) -> bool {
+        let line = pa >> self.line_shift;
+        if self.is_cached(line) {
+            return false;
+        }
+        let before = self.stats;
+        self.ensure_l1(cpu, line, false, dram, rng);
+        // A prefetch is not a demand access: keep the hit/miss counters as they were.
+        self.stats.l1_hits = before.l1_hits;
+        self.stats.l2_hits = before.l2_hits;
+        self.stats.misses = before.misses;
+        true
+    }
+
+    fn is_cached(&self, line: u64) -> bool {
+        self.l2.find(line).is_some() || self.l1.iter().any(|l| l.find(line).is_some())
+    }
+
+    /// `DC CVAC` on the line holding `pa`: write it back if dirty, keep it valid.
+    /// Returns true if a write-back happened.
+    pub fn clean(&mut self, pa: u64, dram: &mut Dram) -> bool {
+        let line = pa >> self.line_shift;
+        self.stats.clean_lines += 1;
+        for p in 0..self.l1.len() {
+            if let Some(j) = self.l1[p].find(line) {
+                if self.l1[p].state[j] == LineState::Modified {
+                    let slot = self.l1[p].slot[j];
+                    self.wb(slot, line, dram);
+                    self.l1[p].state[j] = LineState::Exclusive;
+                    return true;
+                }
+            }
+        }
+        if let Some(k) = self.l2.find(line) {
+            if self.l2.state[k] == LineState::Modified {
+                let slot = self.l2.slot[k];
+                self.wb(slot, line, dram);
+                self.l2.state[k] = LineState::Exclusive;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// `DC IVAC` on the line holding `pa`: drop every cached copy, dirty data included.
+    /// Returns true if a dirty copy was thrown away.
+    pub fn invalidate(&mut self, pa: u64) -> bool {
+        let line = pa >> self.line_shift;
+        self.stats.invalidate_lines += 1;
+        let mut discarded = false;
+        for p in 0..self.l1.len() {
+            if let Some(j) = self.l1[p].find(line) {
+                discarded |= self.l1[p].state[j] == LineState::Modified;
+                let slot = self.l1[p].slot[j];
+                self.l1[p].clear(j);
+                self.free.push(slot);
+            }
+        }
+        if let Some(k) = self.l2.find(line) {
+            discarded |= self.l2.state[k] == LineState::Modified;
+            let slot = self.l2.slot[k];
+            self.l2.clear(k);
+            self.free.push(slot);
+        }
+        if discarded {
+            self.stats.dirty_discards += 1;
+        }
+        discarded
+    }
+
+    /// `DC CIVAC` on the line holding `pa`: write back if dirty, then drop.
+    /// Returns true if a write-back happened.
+    pub fn clean_invalidate(&mut self, pa: u64, dram: &mut Dram) -> bool {
+        let wrote = self.clean(pa, dram);
+        self.invalidate(pa);
+        wrote
+    }
+
+    /// What a snooping (coherent) read of the line holding `pa` returns from the
+    /// caches: the dirty copy if one exists (clean copies equal DRAM).
+    #[inline]
+    pub fn dirty_copy(&self, pa: u64) -> Option<&[u8]> {
+        let line = pa >> self.line_shift;
+        for l in &self.l1 {
+            if let Some(j) = l.find(line) {
+                if l.state[j] == LineState::Modified {
+                    return Some(self.data(l.slot[j]));
+                }
+                // Shared or Exclusive: clean, and exclusivity means L2 has none.
+                return None;
+            }
+        }
+        match self.l2.find(line) {
+            Some(k) if self.l2.state[k] == LineState::Modified => Some(self.data(self.l2.slot[k])),
+            _ => None,
+        }
+    }
+
+    /// A coherent device write to the line holding `pa`: every cached copy is
+    /// invalidated; for a partial-line write a dirty copy is first written back so the
+    /// interconnect can merge (ACE-Lite WriteUnique).
+    #[inline]
+    pub fn snoop_write(&mut self, pa: u64, full_line: bool, dram: &mut Dram) {
+        if !full_line {
+            self.clean(pa, dram);
+            self.stats.clean_lines -= 1;
+        }
+        let line = pa >> self.line_shift;
+        for p in 0..self.l1.len() {
+            if let Some(j) = self.l1[p].find(line) {
+                let slot = self.l1[p].slot[j];
+                self.l1[p].clear(j);
+                self.free.push(slot);
+            }
+        }
+        if let Some(k) = self.l2.find(line) {
+            let slot = self.l2.slot[k];
+            self.l2.clear(k);
+            self.free.push(slot);
+        }
+    }
+
+    /// The coherent view of bytes at `pa` (inside one line): the dirty cached copy if
+    /// there is one, else DRAM. Changes nothing.
+    pub fn peek(&self, pa: u64, out: &mut [u8], dram: &Dram) {
+        let off = (pa as usize) & (self.line_bytes - 1);
+        match self.dirty_copy(pa) {
+            Some(d) => out.copy_from_slice(&d[off..off + out.len()]),
+            None => dram.read_in_frame(pa, out),
+        }
+    }
+
+    /// What a CPU load at `pa` (inside one line) would return now: any cached copy,
+    /// clean or dirty, else DRAM. Changes nothing.
+    pub fn cpu_view(&self, pa: u64, out: &mut [u8], dram: &Dram) {
+        let line = pa >> self.line_shift;
+        let off = (pa as usize) & (self.line_bytes - 1);
+        let slot = self
+            .l1
+            .iter()
+            .find_map(|l| l.find(line).map(|j| l.slot[j]))
+            .or_else(|| self.l2.find(line).map(|k| self.l2.slot[k]));
+        match slot {
+            Some(s) => out.copy_from_slice(&self.data(s)[off..off + out.len()]),
+            None => dram.read_in_frame(pa, out),
+        }
+    }
+
+    /// State of the line holding `pa` as `cpu` would find it: in its L1, another L1,
+    /// or L2. For reports.
+    pub fn state_of(&self, pa: u64) -> LineState {
+        let line = pa >> self.line_shift;
+        let mut best = LineState::Invalid;
+        for l in &self.l1 {
+            if let Some(j) = l.find(line) {
+                best = best.max_by(l.state[j]);
+            }
+        }
+        if let Some(k) = self.l2.find(line) {
+            best = best.max_by(self.l2.state[k]);
+        }
+        best
+    }
+
+    /// Writes back and drops every line (`evict_all()`, or a full cache flush).
+    pub fn evict_all(&mut self, dram: &mut Dram) {
+        for p in 0..self.l1.len() {
+            for i in 0..self.l1[p].tags.len() {
+                self.drop_entry_l1(p, i, dram);
+            }
+        }
+        for i in 0..self.l2.tags.len() {
+            self.drop_entry_l2(i, dram);
+        }
+    }
+
+    fn drop_entry_l1(&mut self, p: usize, i: usize, dram: &mut Dram) {
+        let line = self.l1[p].tags[i];
+        if line == INVALID_TAG {
+            return;
+        }
+        let slot = self.l1[p].slot[i];
+        if self.l1[p].state[i] == LineState::Modified {
+            self.wb(slot, line, dram);
+        }
+        self.l1[p].clear(i);
+        self.free.push(slot);
+    }
+
+    fn drop_entry_l2(&mut self, i: usize, dram: &mut Dram) {
+        let line = self.l2.tags[i];
+        if line == INVALID_TAG {
+            return;
+        }
+        let slot = self.l2.slot[i];
+        if self.l2.state[i] == LineState::Modified {
+            self.wb(slot, line, dram);
+        }
+        self.l2.clear(i);
+        self.free.push(slot);
+    }
+
+    /// Pollution by other work: every line in half of the sets of `cpu`'s L1 and half
+    /// of the sets of L2 (each a window starting at a random set) is written back if
+    /// dirty and dropped. Returns the number of lines dropped.
+    pub fn evict_sweep(&mut self, cpu: usize, dram: &mut Dram, rng: &mut SimRng) -> u64 {
+        let mut dropped = 0;
+        let (sets, ways) = (self.l1[cpu].sets(), self.l1[cpu].ways);
+        let start = rng.below(sets);
+        for k in 0..sets / 2 {
+            let base = ((start + k) % sets) * ways;
+            for i in base..base + ways {
+                if self.l1[cpu].tags[i] != INVALID_TAG {
+                    dropped += 1;
+                    self.drop_entry_l1(cpu, i, dram);
+                }
+            }
+        }
+        let (sets, ways) = (self.l2.sets(), self.l2.ways);
+        let start = rng.below(sets);
+        for k in 0..sets / 2 {
+            let base = ((start + k) % sets) * ways;
+            for i in base..base + ways {
+                if self.l2.tags[i] != INVALID_TAG {
+                    dropped += 1;
+                    self.drop_entry_l2(i, dram);
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Number of valid lines in all levels (tests and reports).
+    pub fn valid_lines(&self) -> usize {
+        self.l1
+            .iter()
+            .chain(std::iter::once(&self.l2))
+            .map(|l| l.tags.iter().filter(|&&t| t != INVALID_TAG).count())
+            .sum()
+    }
+}
+
+impl LineState {
+    fn max_by(self, other: LineState) -> LineState {
+        if (other as u8) > (self as u8) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(cpus: usize) -> (Caches, Dram, SimRng) {
+        let l1 = CacheGeometry {
+            size: 1024,
+            ways: 2,
+            line: 64,
+        };
+        let l2 = CacheGeometry {
+            size: 4096,
+            ways: 4,
+            line: 64,
+        };
+        (
+            Caches::new(cpus, &l1, &l2),
+            Dram::new(0, 1 << 24, 4096),
+            SimRng::new(1),
+        )
+    }
+
+    #[test]
+    fn a_store_stays_in_the_cache_until_cleaned() {
+        let (mut c, mut d, mut r) = setup(1);
+        assert_eq!(c.write(0, 0x1000, &[7; 8], &mut d, &mut r), Hit::Dram);
+        let mut b = [0u8; 8];
+        d.read(0x1000, &mut b);
+        assert_eq!(b, [0; 8], "DRAM is stale while the line is dirty");
+        assert_eq!(c.state_of(0x1000), LineState::Modified);
+        assert!(c.clean(0x1000, &mut d));
+        d.read(0x1000, &mut b);
+        assert_eq!(b, [7; 8]);
+        assert_eq!(c.state_of(0x1000), LineState::Exclusive);
+        assert!(!c.clean(0x1000, &mut d), "a clean line writes nothing back");
+    }
+
+    #[test]
+    fn invalidate_throws_dirty_data_away() {
+        let (mut c, mut d, mut r) = setup(1);
+        c.write(0, 0x40, &[9; 4], &mut d, &mut r);
+        assert!(c.invalidate(0x40));
+        let mut b = [1u8; 4];
+        c.read(0, 0x40, &mut b, &mut d, &mut r);
+        assert_eq!(b, [0; 4]);
+        assert_eq!(c.stats.dirty_discards, 1);
+    }
+
+    #[test]
+    fn a_clean_line_hides_a_newer_dram_value() {
+        let (mut c, mut d, mut r) = setup(1);
+        let mut b = [0u8; 4];
+        c.read(0, 0x80, &mut b, &mut d, &mut r);
+        d.write(0x80, &[5; 4]); // a non-coherent device writes DRAM
+        c.read(0, 0x80, &mut b, &mut d, &mut r);
+        assert_eq!(b, [0; 4], "the stale cached copy wins");
+        c.invalidate(0x80);
+        c.read(0, 0x80, &mut b, &mut d, &mut r);
+        assert_eq!(b, [5; 4]);
+    }
+
+    #[test]
+    fn data_survives_eviction_through_l2_to_dram() {
+        let (mut c, mut d, mut r) = setup(1);
+        // 64 lines: far more than L1 (16) + L2 (64) can hold with conflicts.
+        for i in 0..256u64 {
+            c.write(0, i * 64, &[i as u8; 64], &mut d, &mut r);
+        }
+        for i in 0..256u64 {
+            let mut b = [0u8; 64];
+            c.read(0, i * 64, &mut b, &mut d, &mut r);
+            assert_eq!(b, [i as u8; 64], "line {i}");
+        }
+        assert!(c.stats.writebacks > 0);
+        c.evict_all(&mut d);
+        assert_eq!(c.valid_lines(), 0);
+        let mut b = [0u8; 64];
+        d.read(255 * 64, &mut b);
+        assert_eq!(b, [255; 64]);
+    }
+
+    #[test]
+    fn mesi_keeps_two_cpus_coherent() {
+        let (mut c, mut d, mut r) = setup(2);
+        c.write(0, 0x100, &[1; 8], &mut d, &mut r);
+        let mut b = [0u8; 8];
+        c.read(1, 0x100, &mut b, &mut d, &mut r);
+        assert_eq!(b, [1; 8], "CPU1 sees CPU0's dirty line");
+        assert_eq!(c.state_of(0x100), LineState::Shared);
+        c.write(1, 0x100, &[2; 8], &mut d, &mut r);
+        c.read(0, 0x100, &mut b, &mut d, &mut r);
+        assert_eq!(b, [2; 8], "CPU0's shared copy was invalidated");
+    }
+
+    #[test]
+    fn snooped_reads_see_dirty_lines_and_snooped_writes_invalidate() {
+        let (mut c, mut d, mut r) = setup(1);
+        c.write(0, 0x200, &[3; 64], &mut d, &mut r);
+        assert_eq!(c.dirty_copy(0x200).unwrap(), &[3u8; 64][..]);
+        d.write(0x200, &[4; 64]);
+        c.snoop_write(0x200, true, &mut d);
+        let mut b = [0u8; 64];
+        c.read(0, 0x200, &mut b, &mut d, &mut r);
+        assert_eq!(b, [4; 64]);
+    }
+
+    #[test]
+    fn slots_are_never_lost() {
+        let (mut c, mut d, mut r) = setup(2);
+        let total = c.free.len();
+        for i in 0..2000u64 {
+            let pa = (i * 7919 % 512) * 64;
+            if i % 3 == 0 {
+                c.write((i % 2) as usize, pa, &[1], &mut d, &mut r);
+            } else {
+                let mut b = [0u8; 1];
+                c.read((i % 2) as usize, pa, &mut b, &mut d, &mut r);
+            }
+            if i % 97 == 0 {
+                c.invalidate(pa);
+            }
+            if i % 101 == 0 {
+                c.evict_sweep(0, &mut d, &mut r);
+            }
+        }
+        assert_eq!(c.free.len() + c.valid_lines(), total);
+    }
+}

@@ -1,0 +1,243 @@
+//! DRAM: sparse 4 KiB frames holding real bytes.
+//!
+//! Frames live in a two-level table (chunks of 512 frames = 2 MiB) and are allocated
+//! on first write; a frame never written reads as zeros. A cap on the frames a run may
+//! touch bounds host memory: past it, writes are dropped and [`Dram::cap_exceeded`]
+//! turns true, which the run turns into a clear error (exit 2).
+//!
+//! Each chunk also holds one "watched" bit per frame: the sanitizer sets it on frames
+//! that hold live DMA buffers, so the hot paths learn with one bit test whether an
+//! access needs the oracle.
+
+use crate::config::{PAGE_SHIFT, PAGE_SIZE};
+
+/// Frames per chunk (2 MiB of address space).
+const CHUNK_FRAMES: usize = 512;
+const CHUNK_SHIFT: u32 = 9;
+
+/// One 4 KiB frame of RAM.
+pub type Frame = [u8; PAGE_SIZE as usize];
+
+#[derive(Default)]
+struct Chunk {
+    frames: Vec<Option<Box<Frame>>>,
+    watched: [u64; CHUNK_FRAMES / 64],
+}
+
+impl Chunk {
+    fn new() -> Box<Chunk> {
+        Box::new(Chunk {
+            frames: (0..CHUNK_FRAMES).map(|_| None).collect(),
+            watched: [0; CHUNK_FRAMES / 64],
+        })
+    }
+}
+
+/// The RAM of the machine.
+pub struct Dram {
+    base: u64,
+    size: u64,
+    base_pfn: u64,
+    chunks: Vec<Option<Box<Chunk>>>,
+    touched: u64,
+    cap: u64,
+    cap_exceeded: bool,
+}
+
+impl Dram {
+    /// RAM of `size` bytes starting at physical `base`; at most `cap_frames` frames
+    /// may hold data.
+    pub fn new(base: u64, size: u64, cap_frames: u64) -> Dram {
+        let frames = size >> PAGE_SHIFT;
+        let nchunks = frames.div_ceil(CHUNK_FRAMES as u64) as usize;
+        Dram {
+            base,
+            size,
+            base_pfn: base >> PAGE_SHIFT,
+            chunks: (0..nchunks).map(|_| None).collect(),
+            touched: 0,
+            cap: cap_frames,
+            cap_exceeded: false,
+        }
+    }
+
+    /// Physical address of the first byte.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// True when `[pa, pa+len)` lies inside RAM.
+    #[inline]
+    pub fn contains(&self, pa: u64, len: u64) -> bool {
+        pa >= self.base && len <= self.size && pa - self.base <= self.size - len
+    }
+
+    /// Frames that hold data so far.
+    pub fn frames_touched(&self) -> u64 {
+        self.touched
+    }
+
+    /// True once a write needed a frame beyond the cap (the write was dropped).
+    pub fn cap_exceeded(&self) -> bool {
+        self.cap_exceeded
+    }
+
+    /// The frame cap.
+    pub fn cap_frames(&self) -> u64 {
+        self.cap
+    }
+
+    #[inline]
+    fn index(&self, pa: u64) -> (usize, usize) {
+        let rel = (pa >> PAGE_SHIFT) - self.base_pfn;
+        (
+            (rel >> CHUNK_SHIFT) as usize,
+            (rel as usize) & (CHUNK_FRAMES - 1),
+        )
+    }
+
+    /// The frame holding `pa`, if it was ever written. `pa` must be in RAM.
+    #[inline]
+    pub fn frame(&self, pa: u64) -> Option<&Frame> {
+        let (c, f) = self.index(pa);
+        self.chunks[c].as_ref()?.frames[f].as_deref()
+    }
+
+    /// The frame holding `pa`, allocated (zeroed) if needed; `None` past the cap.
+    #[inline]
+    pub fn frame_mut(&mut self, pa: u64) -> Option<&mut Frame> {
+        let (c, f) = self.index(pa);
+        let chunk = self.chunks[c].get_or_insert_with(Chunk::new);
+        if chunk.frames[f].is_none() {
+            if self.touched >= self.cap {
+                self.cap_exceeded = true;
+                return None;
+            }
+            self.touched += 1;
+            chunk.frames[f] = Some(Box::new([0u8; PAGE_SIZE as usize]));
+        }
+        chunk.frames[f].as_deref_mut()
+    }
+
+    /// Copies bytes at `pa` (inside one frame) into `out`.
+    #[inline]
+    pub fn read_in_frame(&self, pa: u64, out: &mut [u8]) {
+        let off = (pa & (PAGE_SIZE - 1)) as usize;
+        match self.frame(pa) {
+            Some(f) => out.copy_from_slice(&f[off..off + out.len()]),
+            None => out.fill(0),
+        }
+    }
+
+    /// Copies `data` to `pa` (inside one frame).
+    #[inline]
+    pub fn write_in_frame(&mut self, pa: u64, data: &[u8]) {
+        let off = (pa & (PAGE_SIZE - 1)) as usize;
+        if let Some(f) = self.frame_mut(pa) {
+            f[off..off + data.len()].copy_from_slice(data);
+        }
+    }
+
+    /// Reads any range of RAM (page by page). The caller checked [`Dram::contains`].
+    pub fn read(&self, mut pa: u64, out: &mut [u8]) {
+        let mut done = 0;
+        while done < out.len() {
+            let n = ((PAGE_SIZE - (pa & (PAGE_SIZE - 1))) as usize).min(out.len() - done);
+            self.read_in_frame(pa, &mut out[done..done + n]);
+            done += n;
+            pa += n as u64;
+        }
+    }
+
+    /// Writes any range of RAM (page by page). The caller checked [`Dram::contains`].
+    pub fn write(&mut self, mut pa: u64, data: &[u8]) {
+        let mut done = 0;
+        while done < data.len() {
+            let n = ((PAGE_SIZE - (pa & (PAGE_SIZE - 1))) as usize).min(data.len() - done);
+            self.write_in_frame(pa, &data[done..done + n]);
+            done += n;
+            pa += n as u64;
+        }
+    }
+
+    /// Whether the sanitizer watches the frame holding `pa`.
+    #[inline]
+    pub fn is_watched(&self, pa: u64) -> bool {
+        let (c, f) = self.index(pa);
+        match &self.chunks[c] {
+            Some(ch) => ch.watched[f / 64] & (1 << (f % 64)) != 0,
+            None => false,
+        }
+    }
+
+    /// Sets or clears the watched bit of the frame holding `pa`.
+    pub fn set_watched(&mut self, pa: u64, on: bool) {
+        let (c, f) = self.index(pa);
+        let ch = self.chunks[c].get_or_insert_with(Chunk::new);
+        if on {
+            ch.watched[f / 64] |= 1 << (f % 64);
+        } else {
+            ch.watched[f / 64] &= !(1 << (f % 64));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwritten_frames_read_zero_and_cost_nothing() {
+        let d = Dram::new(0x4000_0000, 1 << 30, 16);
+        let mut b = [0xAAu8; 64];
+        d.read(0x4000_1000, &mut b);
+        assert_eq!(b, [0u8; 64]);
+        assert_eq!(d.frames_touched(), 0);
+    }
+
+    #[test]
+    fn writes_across_frames_round_trip() {
+        let mut d = Dram::new(0, 1 << 24, 16);
+        let data: Vec<u8> = (0..6000).map(|i| i as u8).collect();
+        d.write(4000, &data);
+        let mut back = vec![0; 6000];
+        d.read(4000, &mut back);
+        assert_eq!(back, data);
+        assert_eq!(d.frames_touched(), 3);
+    }
+
+    #[test]
+    fn the_cap_drops_writes_and_says_so() {
+        let mut d = Dram::new(0, 1 << 24, 2);
+        d.write(0, &[1; 8192]);
+        assert!(!d.cap_exceeded());
+        d.write(8192, &[1; 1]);
+        assert!(d.cap_exceeded());
+        assert_eq!(d.frames_touched(), 2);
+    }
+
+    #[test]
+    fn containment_does_not_overflow() {
+        let d = Dram::new(0x4000_0000, 1 << 30, 16);
+        assert!(d.contains(0x4000_0000, 1 << 30));
+        assert!(!d.contains(0x3fff_ffff, 2));
+        assert!(!d.contains(u64::MAX, 2));
+        assert!(!d.contains(0x4000_0000, u64::MAX));
+    }
+
+    #[test]
+    fn watched_bits() {
+        let mut d = Dram::new(0, 1 << 24, 16);
+        assert!(!d.is_watched(0x3000));
+        d.set_watched(0x3000, true);
+        assert!(d.is_watched(0x3fff));
+        assert!(!d.is_watched(0x4000));
+        d.set_watched(0x3000, false);
+        assert!(!d.is_watched(0x3000));
+    }
+}

@@ -1,0 +1,412 @@
+//! The silicon: CPUs with caches that hold real bytes, DRAM, the MMU, the interconnect
+//! ports devices use, a simulated clock and the seeded background noise.
+//!
+//! Nothing here knows about Linux. The kernel layer drives the machine through what a
+//! real kernel has: loads and stores by virtual address, cache maintenance by address,
+//! page-table updates. Devices reach memory through a port that either snoops the CPU
+//! caches (coherent, ACE-Lite style) or goes straight to DRAM (non-coherent).
+
+pub mod cache;
+pub mod dram;
+pub mod mmu;
+pub mod rng;
+
+use crate::config::{CostTable, NoiseConfig, PlatformConfig, PAGE_SIZE};
+use cache::{Caches, Hit};
+use dram::Dram;
+use mmu::{MemType, Mmu};
+use rng::SimRng;
+
+/// Counters of machine activity that the cache does not keep itself.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HwStats {
+    /// CPU accesses (per 16-byte beat) to Normal-NC or Device memory.
+    pub uncached_accesses: u64,
+    /// Simulated picoseconds the CPU spent on uncached accesses.
+    pub uncached_ps: u64,
+    /// Lines filled by the prefetcher (noise or `prefetch()`).
+    pub prefetched_lines: u64,
+    /// Eviction sweeps by background noise.
+    pub evict_sweeps: u64,
+    /// Bytes devices read or wrote.
+    pub dma_bytes: u64,
+}
+
+/// Cache maintenance operations, as arm64 names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmo {
+    /// `DC CVAC`: clean to the point of coherency.
+    Clean,
+    /// `DC IVAC`: invalidate.
+    Invalidate,
+    /// `DC CIVAC`: clean and invalidate.
+    CleanInvalidate,
+}
+
+/// Result of a maintenance range.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CmoResult {
+    /// Lines operated on.
+    pub lines: u64,
+    /// Dirty lines written back.
+    pub writebacks: u64,
+    /// Dirty lines thrown away by an invalidate.
+    pub discarded: u64,
+}
+
+/// A device access outside RAM: the interconnect answers with a bus error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusError {
+    /// Physical address that decoded to nothing.
+    pub pa: u64,
+}
+
+const RECENT_PAGES: usize = 8;
+
+/// The whole machine.
+pub struct Machine {
+    /// RAM.
+    pub dram: Dram,
+    /// L1s and L2.
+    pub caches: Caches,
+    /// Page tables of every address space.
+    pub mmu: Mmu,
+    /// The seeded stream.
+    pub rng: SimRng,
+    /// Costs of each action.
+    pub cost: CostTable,
+    /// Background activity rates.
+    pub noise: NoiseConfig,
+    /// Counters.
+    pub stats: HwStats,
+    now_ps: u64,
+    line: u64,
+    recent: [u64; RECENT_PAGES],
+    recent_len: usize,
+    recent_next: usize,
+}
+
+impl Machine {
+    /// Builds the machine a platform describes; `cap_frames` bounds the DRAM frames
+    /// that may hold data. The configuration must be valid.
+    pub fn new(p: &PlatformConfig, seed: u64, cap_frames: u64) -> Machine {
+        Machine {
+            dram: Dram::new(p.ram_base, p.ram, cap_frames),
+            caches: Caches::new(p.cpus as usize, &p.l1, &p.l2),
+            mmu: Mmu::new(),
+            rng: SimRng::new(seed),
+            cost: p.cost,
+            noise: p.noise,
+            stats: HwStats::default(),
+            now_ps: 0,
+            line: p.line(),
+            recent: [0; RECENT_PAGES],
+            recent_len: 0,
+            recent_next: 0,
+        }
+    }
+
+    /// Simulated time in picoseconds.
+    #[inline]
+    pub fn now_ps(&self) -> u64 {
+        self.now_ps
+    }
+
+    /// Lets `ps` picoseconds pass.
+    #[inline]
+    pub fn advance(&mut self, ps: u64) {
+        self.now_ps = self.now_ps.saturating_add(ps);
+    }
+
+    /// Moves the clock forward to `t_ps` (never back).
+    pub fn advance_to(&mut self, t_ps: u64) {
+        self.now_ps = self.now_ps.max(t_ps);
+    }
+
+    /// Cache line size in bytes.
+    #[inline]
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
+    fn note_page(&mut self, pa: u64) {
+        let page = pa & !(PAGE_SIZE - 1);
+        let last = (self.recent_next + RECENT_PAGES - 1) % RECENT_PAGES;
+        if self.recent_len > 0 && self.recent[last] == page {
+            return;
+        }
+        self.recent[self.recent_next] = page;
+        self.recent_next = (self.recent_next + 1) % RECENT_PAGES;
+        self.recent_len = (self.recent_len + 1).min(RECENT_PAGES);
+    }
+
+    /// A CPU load of `out.len()` bytes at physical `pa` inside one page, with the
+    /// mapping's memory type. Charges the clock.
+    #[inline]
+    pub fn cpu_read_phys(&mut self, cpu: usize, pa: u64, memtype: MemType, out: &mut [u8]) {
+        if memtype != MemType::Normal {
+            self.dram.read_in_frame(pa, out);
+            self.charge_uncached(pa, out.len() as u64, self.cost.uncached_read_beat_ps);
+            return;
+        }
+        self.note_page(pa);
+        let wb0 = self.caches.stats.writebacks;
+        let mut cost = 0;
+        let mut done = 0usize;
+        let line = self.line as usize;
+        while done < out.len() {
+            let a = pa + done as u64;
+            let n = (line - (a as usize & (line - 1))).min(out.len() - done);
+            let hit = self.caches.read(
+                cpu,
+                a,
+                &mut out[done..done + n],
+                &mut self.dram,
+                &mut self.rng,
+            );
+            cost += self.hit_cost(hit);
+            done += n;
+        }
+        cost += (self.caches.stats.writebacks - wb0) * self.cost.writeback_ps;
+        self.advance(cost);
+    }
+
+    /// A CPU store of `data` at physical `pa` inside one page. Charges the clock.
+    #[inline]
+    pub fn cpu_write_phys(&mut self, cpu: usize, pa: u64, memtype: MemType, data: &[u8]) {
+        if memtype != MemType::Normal {
+            self.dram.write_in_frame(pa, data);
+            self.charge_uncached(pa, data.len() as u64, self.cost.uncached_write_beat_ps);
+            return;
+        }
+        self.note_page(pa);
+        let wb0 = self.caches.stats.writebacks;
+        let mut cost = 0;
+        let mut done = 0usize;
+        let line = self.line as usize;
+        while done < data.len() {
+            let a = pa + done as u64;
+            let n = (line - (a as usize & (line - 1))).min(data.len() - done);
+            let hit =
+                self.caches
+                    .write(cpu, a, &data[done..done + n], &mut self.dram, &mut self.rng);
+            cost += self.hit_cost(hit);
+            done += n;
+        }
+        cost += (self.caches.stats.writebacks - wb0) * self.cost.writeback_ps;
+        self.advance(cost);
+    }
+
+    #[inline(always)]
+    fn hit_cost(&self, hit: Hit) -> u64 {
+        match hit {
+            Hit::L1 => self.cost.l1_hit_ps,
+            Hit::L2 => self.cost.l2_hit_ps,
+            Hit::Dram => self.cost.dram_fill_ps,
+        }
+    }
+
+    fn charge_uncached(&mut self, pa: u64, len: u64, beat_ps: u64) {
+        // Beats are 16 bytes, aligned.
+        let first = pa / 16;
+        let last = (pa + len.max(1) - 1) / 16;
+        let beats = last - first + 1;
+        self.stats.uncached_accesses += beats;
+        let ps = beats * beat_ps;
+        self.stats.uncached_ps += ps;
+        self.advance(ps);
+    }
+
+    /// A CPU load by virtual address in address space `asid`.
+    ///
+    /// # Errors
+    /// The first virtual address that has no translation (nothing is read).
+    pub fn cpu_read(
+        &mut self,
+        cpu: usize,
+        asid: usize,
+        va: u64,
+        out: &mut [u8],
+    ) -> Result<(), u64> {
+        self.check_mapped(asid, va, out.len() as u64)?;
+        let mut done = 0usize;
+        while done < out.len() {
+            let v = va.wrapping_add(done as u64);
+            let (pa, mt) = self.mmu.translate(asid, v).ok_or(v)?;
+            let n = ((PAGE_SIZE - (v & (PAGE_SIZE - 1))) as usize).min(out.len() - done);
+            self.cpu_read_phys(cpu, pa, mt, &mut out[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Fails with the first unmapped address of the range, so that an access either
+    /// happens whole or not at all.
+    fn check_mapped(&self, asid: usize, va: u64, len: u64) -> Result<(), u64> {
+        let mut done = 0;
+        while done < len {
+            let v = va.wrapping_add(done);
+            self.mmu.translate(asid, v).ok_or(v)?;
+            done += PAGE_SIZE - (v & (PAGE_SIZE - 1));
+        }
+        Ok(())
+    }
+
+    /// A CPU store by virtual address in address space `asid`.
+    ///
+    /// # Errors
+    /// The first virtual address that has no translation (nothing is written).
+    pub fn cpu_write(&mut self, cpu: usize, asid: usize, va: u64, data: &[u8]) -> Result<(), u64> {
+        self.check_mapped(asid, va, data.len() as u64)?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let v = va.wrapping_add(done as u64);
+            let (pa, mt) = self.mmu.translate(asid, v).ok_or(v)?;
+            let n = ((PAGE_SIZE - (v & (PAGE_SIZE - 1))) as usize).min(data.len() - done);
+            self.cpu_write_phys(cpu, pa, mt, &data[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// One maintenance operation over every line that `[pa, pa+len)` touches,
+    /// charging the per-line cost (and write-backs); the fixed `DSB` cost is charged
+    /// by [`Machine::cmo_fixed`] once per range.
+    pub fn cmo_phys(&mut self, op: Cmo, pa: u64, len: u64) -> CmoResult {
+        let mut r = CmoResult::default();
+        if len == 0 {
+            return r;
+        }
+        let first = pa & !(self.line - 1);
+        let end = pa + len;
+        let mut a = first;
+        while a < end {
+            r.lines += 1;
+            match op {
+                Cmo::Clean => r.writebacks += u64::from(self.caches.clean(a, &mut self.dram)),
+                Cmo::Invalidate => r.discarded += u64::from(self.caches.invalidate(a)),
+                Cmo::CleanInvalidate => {
+                    r.writebacks += u64::from(self.caches.clean_invalidate(a, &mut self.dram))
+                }
+            }
+            a += self.line;
+        }
+        self.advance(r.lines * self.cost.cmo_line_ps + r.writebacks * self.cost.writeback_ps);
+        r
+    }
+
+    /// Charges the fixed part of a maintenance range (the barrier).
+    pub fn cmo_fixed(&mut self) {
+        self.advance(self.cost.cmo_fixed_ps);
+    }
+
+    /// A device reads `out.len()` bytes of physical memory through its port.
+    ///
+    /// # Errors
+    /// [`BusError`] when the range is not RAM (nothing is read).
+    pub fn port_read(&mut self, coherent: bool, pa: u64, out: &mut [u8]) -> Result<(), BusError> {
+        if !self.dram.contains(pa, out.len() as u64) {
+            return Err(BusError { pa });
+        }
+        self.stats.dma_bytes += out.len() as u64;
+        if !coherent {
+            self.dram.read(pa, out);
+            return Ok(());
+        }
+        let line = self.line as usize;
+        let mut done = 0usize;
+        while done < out.len() {
+            let a = pa + done as u64;
+            let n = (line - (a as usize & (line - 1))).min(out.len() - done);
+            self.caches.peek(a, &mut out[done..done + n], &self.dram);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// A device writes `data` to physical memory through its port.
+    ///
+    /// # Errors
+    /// [`BusError`] when the range is not RAM (nothing is written).
+    pub fn port_write(&mut self, coherent: bool, pa: u64, data: &[u8]) -> Result<(), BusError> {
+        if !self.dram.contains(pa, data.len() as u64) {
+            return Err(BusError { pa });
+        }
+        self.stats.dma_bytes += data.len() as u64;
+        if coherent {
+            let line = self.line as usize;
+            let mut done = 0usize;
+            while done < data.len() {
+                let a = pa + done as u64;
+                let n = (line - (a as usize & (line - 1))).min(data.len() - done);
+                self.caches.snoop_write(a, n == line, &mut self.dram);
+                done += n;
+            }
+        }
+        self.dram.write(pa, data);
+        Ok(())
+    }
+
+    /// The coherent view of physical memory (dirty cache lines over DRAM), without
+    /// changing any state. The range must be RAM.
+    pub fn peek(&self, pa: u64, out: &mut [u8]) {
+        let line = self.line as usize;
+        let mut done = 0usize;
+        while done < out.len() {
+            let a = pa + done as u64;
+            let n = (line - (a as usize & (line - 1))).min(out.len() - done);
+            self.caches.peek(a, &mut out[done..done + n], &self.dram);
+            done += n;
+        }
+    }
+
+    /// What the CPU would load at `pa` right now (the copy in any cache, else DRAM),
+    /// without changing any state. The range must be RAM.
+    pub fn cpu_view(&self, pa: u64, out: &mut [u8]) {
+        // Clean cached copies can be stale against DRAM, so look them up too.
+        let line = self.line as usize;
+        let mut done = 0usize;
+        while done < out.len() {
+            let a = pa + done as u64;
+            let n = (line - (a as usize & (line - 1))).min(out.len() - done);
+            self.caches
+                .cpu_view(a, &mut out[done..done + n], &self.dram);
+            done += n;
+        }
+    }
+
+    /// Speculatively fills the lines of `[pa, pa+len)` into `cpu`'s L1.
+    pub fn prefetch_phys(&mut self, cpu: usize, pa: u64, len: u64) {
+        let mut a = pa & !(self.line - 1);
+        while a < pa + len {
+            if self.caches.prefetch(cpu, a, &mut self.dram, &mut self.rng) {
+                self.stats.prefetched_lines += 1;
+            }
+            a += self.line;
+        }
+    }
+
+    /// Writes back and drops every cached line.
+    pub fn evict_all(&mut self) {
+        self.caches.evict_all(&mut self.dram);
+    }
+
+    /// One noise point on `cpu`: maybe an eviction sweep, maybe a prefetch of a few
+    /// lines of a page this CPU touched recently. Draws nothing when noise is off.
+    pub fn noise_point(&mut self, cpu: usize) {
+        if self.noise.evict > 0.0 && self.rng.chance(self.noise.evict) {
+            self.stats.evict_sweeps += 1;
+            self.caches.evict_sweep(cpu, &mut self.dram, &mut self.rng);
+        }
+        if self.noise.prefetch > 0.0 && self.recent_len > 0 && self.rng.chance(self.noise.prefetch)
+        {
+            let page = self.recent[self.rng.below(self.recent_len)];
+            let lines_per_page = (PAGE_SIZE / self.line) as usize;
+            let first = self.rng.below(lines_per_page) as u64;
+            let count = 1 + self.rng.below(8) as u64;
+            let start = page + first * self.line;
+            let len = (count * self.line).min(page + PAGE_SIZE - start);
+            self.prefetch_phys(cpu, start, len);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! dma-direct (`kernel/dma/direct.c`, `direct.h`, Linux v6.12): DMA mappings without an
+//! IOMMU, where the bus address is the physical address (minus a bus offset), plus the
+//! arm64 cache operations for non-coherent devices (`arch/arm64/mm/dma-mapping.c`,
+//! `arch/arm64/mm/cache.S`).
+//!
+//! Differences from Linux: no swiotlb yet (an address beyond the mask fails with the
+//! overflow warning instead of bouncing), no zones (coherent allocations take any
+//! page), no atomic pools (every GFP may block). Cache maintenance is issued on the
+//! physical address of the linear-map alias, which is what `dcache_clean_poc` on
+//! `phys_to_virt(paddr)` reaches.
+
+use crate::config::{Arch, PAGE_SIZE};
+use crate::hw::Cmo;
+use crate::kernel::device::Device;
+use crate::kernel::dma::{dma_bit_mask, DmaDirection, DMA_MAPPING_ERROR};
+use crate::system::System;
+
+/// `min_not_zero(mask, bus_dma_limit)`; there is no bus limit yet.
+fn dma_limit(mask: u64) -> u64 {
+    mask
+}
+
+/// `dma_capable()` (include/linux/dma-direct.h): the whole range is below the limit.
+pub fn dma_capable(dev: &Device, addr: u64, size: u64) -> bool {
+    if addr == DMA_MAPPING_ERROR {
+        return false;
+    }
+    let end = addr.checked_add(size.max(1) - 1);
+    end.is_some_and(|e| e <= dma_limit(dev.dma_mask))
+}
+
+impl System {
+    /// `dev_is_dma_coherent()`. On x86 the kernel has no non-coherent DMA support at
+    /// all (no `ARCH_HAS_SYNC_DMA_*`), so every device counts as coherent there —
+    /// whatever port the hardware really sits on.
+    pub fn dev_is_dma_coherent(&self, dev: usize) -> bool {
+        self.cfg.arch == Arch::X86_64 || self.kernel.devices[dev].coherent
+    }
+
+    /// `arch_sync_dma_for_device()`: arm64 cleans (`DC CVAC`) for every direction.
+    pub fn arch_sync_dma_for_device(&mut self, pa: u64, size: u64, _dir: DmaDirection) {
+        if self.cfg.arch != Arch::Arm64 || !self.kernel_owns_range(pa, size) {
+            return;
+        }
+        self.hw.cmo_phys(Cmo::Clean, pa, size);
+        self.hw.cmo_fixed();
+    }
+
+    /// `arch_sync_dma_for_cpu()`: nothing for `DMA_TO_DEVICE`; otherwise
+    /// `dcache_inval_poc`, which cleans and invalidates a partial line at either end
+    /// (so neighbouring data is not lost) and invalidates the lines in between.
+    pub fn arch_sync_dma_for_cpu(&mut self, pa: u64, size: u64, dir: DmaDirection) {
+        if self.cfg.arch != Arch::Arm64
+            || dir == DmaDirection::ToDevice
+            || !self.kernel_owns_range(pa, size)
+            || size == 0
+        {
+            return;
+        }
+        let line = self.hw.line();
+        let (mut start, end) = (pa, pa + size);
+        if start % line != 0 {
+            self.hw.cmo_phys(Cmo::CleanInvalidate, start, 1);
+            start = (start / line + 1) * line;
+        }
+        let mut stop = end;
+        if end % line != 0 && end > start {
+            self.hw.cmo_phys(Cmo::CleanInvalidate, end - 1, 1);
+            stop = end - end % line;
+        }
+        if stop > start {
+            self.hw.cmo_phys(Cmo::Invalidate, start, stop - start);
+        }
+        self.hw.cmo_fixed();
+    }
+
+    /// `arch_dma_prep_coherent()`: clean the kernel alias before remapping it
+    /// non-cacheable, so no dirty line can later be written over device data.
+    pub fn arch_dma_prep_coherent(&mut self, pa: u64, size: u64) {
+        if self.cfg.arch == Arch::Arm64 {
+            self.hw.cmo_phys(Cmo::Clean, pa, size);
+            self.hw.cmo_fixed();
+        }
+    }
+
+    fn kernel_owns_range(&self, pa: u64, size: u64) -> bool {
+        self.hw.dram.contains(pa, size)
+    }
+
+    /// `dma_direct_map_phys()` (`dma_direct_map_page` in direct.h): the bus address of
+    /// `pa`, after the cache clean a non-coherent device needs; `DMA_MAPPING_ERROR`
+    /// (with Linux's warning) when the device cannot reach it.
+    pub fn dma_direct_map_phys(
+        &mut self,
+        dev: usize,
+        pa: u64,
+        size: u64,
+        dir: DmaDirection,
+    ) -> u64 {
+        let d = &self.kernel.devices[dev];
+        let addr = d.phys_to_dma(pa);
+        if !dma_capable(d, addr, size) {
+            let (name, mask) = (d.name.clone(), d.dma_mask);
+            self.printk(
+                &name,
+                format!("DMA addr {addr:#x}+{size} overflow (mask {mask:#x}, bus limit 0). (no swiotlb bounce buffer on this path)"),
+            );
+            return DMA_MAPPING_ERROR;
+        }
+        if !self.dev_is_dma_coherent(dev) {
+            self.arch_sync_dma_for_device(pa, size, dir);
+        }
+        addr
+    }
+
+    /// `dma_direct_unmap_phys()`: a non-coherent device's buffer is synced for the CPU.
+    pub fn dma_direct_unmap_phys(&mut self, dev: usize, addr: u64, size: u64, dir: DmaDirection) {
+        let pa = self.kernel.devices[dev].dma_to_phys(addr);
+        if !self.dev_is_dma_coherent(dev) {
+            self.arch_sync_dma_for_cpu(pa, size, dir);
+        }
+    }
+
+    /// `dma_direct_supported()`: every mask of 32 bits or more is accepted; a smaller
+    /// one only if it covers ZONE_DMA (or all of RAM, if that is smaller).
+    pub fn dma_direct_supported(&self, dev: usize, mask: u64) -> bool {
+        if mask >= dma_bit_mask(32) {
+            return true;
+        }
+        let top = (self.kernel.ram_end - 1).min(self.kernel.zone_dma_limit);
+        mask >= self.kernel.devices[dev].phys_to_dma(top)
+    }
+
+    /// `dma_coherent_ok()`: the allocation's last byte is below the coherent mask.
+    pub fn dma_coherent_ok(&self, dev: usize, pa: u64, size: u64) -> bool {
+        let d = &self.kernel.devices[dev];
+        d.phys_to_dma(pa)
+            .checked_add(size - 1)
+            .is_some_and(|e| e <= dma_limit(d.coherent_dma_mask))
+    }
+}
+
+/// `PAGE_ALIGN()`.
+pub fn page_align(size: u64) -> u64 {
+    size.div_ceil(PAGE_SIZE) * PAGE_SIZE
+}

@@ -1,0 +1,476 @@
+//! The DMA mapping API's front door (`kernel/dma/mapping.c`, include/linux/dma-mapping.h).
+//!
+//! Each entry point checks its arguments as Linux does, picks the implementation
+//! (dma-direct today; dma-iommu and swiotlb plug in here), charges the call's cost and
+//! then calls the sanitizer's hook, as mapping.c calls `debug_dma_*` after each
+//! operation. Results are Linux's: a bus address or `DMA_MAPPING_ERROR`, 0 or −errno,
+//! `None` for NULL.
+
+use crate::check::{BufferRef, HistoryEvent, MapKind, NewMapping};
+use crate::config::PAGE_SIZE;
+use crate::hw::mmu::MemType;
+use crate::kernel::dma::{dma_bit_mask, DmaDirection, DMA_MAPPING_ERROR};
+use crate::kernel::mm::page_alloc::get_order;
+use crate::kernel::{errno, Backing, BufKind, Buffer};
+use crate::system::{Result, SimError, System};
+
+use super::direct::page_align;
+
+impl System {
+    fn device_checked(&self, dev: usize, call: &str) -> Result<()> {
+        match self.kernel.devices.get(dev) {
+            None => Err(SimError::Invalid(format!("{call}: no device #{dev}"))),
+            Some(d) if !d.bound => Err(SimError::Invalid(format!(
+                "{call}: device {} was removed (remove_device)",
+                d.name
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn valid_dir(call: &str, dir: DmaDirection) -> Result<()> {
+        if dir.is_valid() {
+            Ok(())
+        } else {
+            // BUG_ON(!valid_dma_direction(dir)) in mapping.c: a kernel crash.
+            Err(SimError::Invalid(format!(
+                "kernel BUG at kernel/dma/mapping.c: {call} with DMA_NONE"
+            )))
+        }
+    }
+
+    fn buffer_ref(&self, va: u64) -> Option<BufferRef> {
+        let b = self.kernel.buffer_at_va(va)?;
+        Some(BufferRef {
+            id: b.id,
+            pa: b.phys,
+            len: b.len,
+            alloc: b.alloc.clone(),
+        })
+    }
+
+    /// `dma_set_mask()`: 0, or −EIO when `dma_supported()` refuses the mask.
+    pub fn dma_set_mask(&mut self, dev: usize, bits: i64) -> Result<i64> {
+        self.device_checked(dev, "dma_set_mask")?;
+        if !(1..=64).contains(&bits) || !self.dma_direct_supported(dev, dma_bit_mask(bits as u32)) {
+            return Ok(-errno::EIO);
+        }
+        self.kernel.devices[dev].dma_mask = dma_bit_mask(bits as u32);
+        Ok(0)
+    }
+
+    /// `dma_set_coherent_mask()`: 0 or −EIO.
+    pub fn dma_set_coherent_mask(&mut self, dev: usize, bits: i64) -> Result<i64> {
+        self.device_checked(dev, "dma_set_coherent_mask")?;
+        if !(1..=64).contains(&bits) || !self.dma_direct_supported(dev, dma_bit_mask(bits as u32)) {
+            return Ok(-errno::EIO);
+        }
+        self.kernel.devices[dev].coherent_dma_mask = dma_bit_mask(bits as u32);
+        Ok(0)
+    }
+
+    /// `dma_set_mask_and_coherent()`: the coherent mask is set only if the streaming
+    /// one was; returns `dma_set_mask`'s result.
+    pub fn dma_set_mask_and_coherent(&mut self, dev: usize, bits: i64) -> Result<i64> {
+        let r = self.dma_set_mask(dev, bits)?;
+        if r == 0 {
+            self.dma_set_coherent_mask(dev, bits)?;
+        }
+        Ok(r)
+    }
+
+    /// `dma_map_single(dev, ptr, size, dir)`: maps `size` bytes at kernel virtual
+    /// address `va`. Memory outside the linear map is refused ("rejecting DMA map of
+    /// vmalloc memory") with `DMA_MAPPING_ERROR`.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for `DMA_NONE` (a kernel BUG) or an unknown device.
+    pub fn dma_map_single(
+        &mut self,
+        dev: usize,
+        va: u64,
+        size: u64,
+        dir: DmaDirection,
+    ) -> Result<u64> {
+        self.map_linear(dev, va, size, dir, MapKind::Single)
+    }
+
+    /// `dma_map_page(dev, page, offset, size, dir)`, with the page given by the linear
+    /// address of its first byte plus the offset folded into `va`.
+    ///
+    /// # Errors
+    /// As [`System::dma_map_single`].
+    pub fn dma_map_page(
+        &mut self,
+        dev: usize,
+        va: u64,
+        size: u64,
+        dir: DmaDirection,
+    ) -> Result<u64> {
+        self.map_linear(dev, va, size, dir, MapKind::Page)
+    }
+
+    fn map_linear(
+        &mut self,
+        dev: usize,
+        va: u64,
+        size: u64,
+        dir: DmaDirection,
+        kind: MapKind,
+    ) -> Result<u64> {
+        let call = if kind == MapKind::Single {
+            "dma_map_single"
+        } else {
+            "dma_map_page"
+        };
+        self.device_checked(dev, call)?;
+        Self::valid_dir(call, dir)?;
+        self.step();
+        self.hw.advance(self.cfg.cost.dma_call_ps);
+        let name = self.kernel.devices[dev].name.clone();
+        let Some(pa) = self
+            .kernel
+            .virt_to_phys(va)
+            .filter(|&pa| self.hw.dram.contains(pa, size.max(1)))
+        else {
+            self.printk(
+                &name,
+                format!("rejecting DMA map of vmalloc memory [addr={va:#x}]"),
+            );
+            let what = self
+                .kernel
+                .buffer_at_va(va)
+                .map_or("an address outside the linear map".to_string(), |b| {
+                    format!("{} buffer #{}", b.kind.name(), b.id)
+                });
+            let ctx = self.ctx();
+            self.check.report_plain(
+                "map-non-linear",
+                None,
+                Some(&name),
+                Some(va),
+                Some(size),
+                ctx,
+                format!("{call} of {what} at {va:#x}: only the linear map (kmalloc, alloc_pages) has a physical address the kernel can compute from the virtual one"),
+                "allocate DMA buffers with kmalloc/alloc_pages, or use dma_alloc_coherent; map vmalloc or user memory page by page (sg)".into(),
+                vec![],
+            );
+            return Ok(DMA_MAPPING_ERROR);
+        };
+        let addr = self.dma_direct_map_phys(dev, pa, size, dir);
+        if addr != DMA_MAPPING_ERROR {
+            let buffer = self.buffer_ref(va);
+            let ctx = self.ctx();
+            self.check.map(
+                &mut self.hw,
+                ctx,
+                NewMapping {
+                    dev,
+                    dev_name: name,
+                    dev_addr: addr,
+                    size,
+                    phys: pa,
+                    dir,
+                    kind,
+                    buffer,
+                    what: format!("{call} {}", dir.name()),
+                },
+            );
+        }
+        Ok(addr)
+    }
+
+    /// `dma_unmap_single()` / `dma_unmap_page()`.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for `DMA_NONE` or an unknown device.
+    pub fn dma_unmap(
+        &mut self,
+        dev: usize,
+        addr: u64,
+        size: u64,
+        dir: DmaDirection,
+        kind: MapKind,
+    ) -> Result<()> {
+        let call = if kind == MapKind::Page {
+            "dma_unmap_page"
+        } else {
+            "dma_unmap_single"
+        };
+        self.device_checked(dev, call)?;
+        Self::valid_dir(call, dir)?;
+        self.step();
+        self.hw.advance(self.cfg.cost.dma_call_ps);
+        self.dma_direct_unmap_phys(dev, addr, size, dir);
+        let name = self.kernel.devices[dev].name.clone();
+        let ctx = self.ctx();
+        self.check
+            .unmap(&mut self.hw, ctx, dev, &name, addr, size, dir, kind);
+        Ok(())
+    }
+
+    /// `dma_sync_single_for_cpu()` (`for_cpu` = true) or `dma_sync_single_for_device()`.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for `DMA_NONE` or an unknown device.
+    pub fn dma_sync_single(
+        &mut self,
+        dev: usize,
+        addr: u64,
+        size: u64,
+        dir: DmaDirection,
+        for_cpu: bool,
+    ) -> Result<()> {
+        let call = if for_cpu {
+            "dma_sync_single_for_cpu"
+        } else {
+            "dma_sync_single_for_device"
+        };
+        self.device_checked(dev, call)?;
+        Self::valid_dir(call, dir)?;
+        self.step();
+        self.hw.advance(self.cfg.cost.dma_call_ps);
+        if !self.dev_is_dma_coherent(dev) {
+            let pa = self.kernel.devices[dev].dma_to_phys(addr);
+            if for_cpu {
+                self.arch_sync_dma_for_cpu(pa, size, dir);
+            } else {
+                self.arch_sync_dma_for_device(pa, size, dir);
+            }
+        }
+        let name = self.kernel.devices[dev].name.clone();
+        let ctx = self.ctx();
+        self.check.sync(ctx, dev, &name, addr, size, dir, for_cpu);
+        Ok(())
+    }
+
+    /// `dma_mapping_error()`: true when `addr` is `DMA_MAPPING_ERROR` (Linux returns
+    /// −ENOMEM then); tells the sanitizer the result was checked.
+    pub fn dma_mapping_error(&mut self, dev: usize, addr: u64) -> bool {
+        self.check.mapping_error(dev, addr);
+        addr == DMA_MAPPING_ERROR
+    }
+
+    /// `dma_alloc_coherent()`: a buffer both the CPU and the device can use without
+    /// syncs. For a non-coherent device on arm64 the pages' linear alias is cleaned
+    /// (`arch_dma_prep_coherent`) and the pages are remapped Normal-NC in the vmalloc
+    /// area (`DMA_DIRECT_REMAP`); a coherent device gets cacheable linear-map memory.
+    /// The memory is zeroed. Returns the buffer id, or `None` (NULL).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown device; the memory cap.
+    pub fn dma_alloc_coherent(&mut self, dev: usize, size: u64) -> Result<Option<u64>> {
+        self.device_checked(dev, "dma_alloc_coherent")?;
+        self.step();
+        self.hw.advance(self.cfg.cost.dma_call_ps);
+        let name = self.kernel.devices[dev].name.clone();
+        let order = get_order(size);
+        let pfn = if size == 0 {
+            None
+        } else {
+            self.kernel.pages.alloc_pages(order)
+        };
+        let Some(pfn) = pfn else {
+            self.alloc_failed(&name, "dma_alloc_coherent", size, order);
+            return Ok(None);
+        };
+        let pa = pfn * PAGE_SIZE;
+        let bytes = page_align(size);
+        if !self.dma_coherent_ok(dev, pa, bytes) {
+            self.kernel.pages.free_pages(pfn, order);
+            let mask = self.kernel.devices[dev].coherent_dma_mask;
+            self.printk(&name, format!("dma_alloc_coherent: no memory below the coherent mask {mask:#x} (zones arrive with the mm model)"));
+            return Ok(None);
+        }
+        let coherent = self.dev_is_dma_coherent(dev);
+        let (va, backing) = if coherent {
+            (self.kernel.phys_to_virt(pa), Backing::Pages(order))
+        } else {
+            self.arch_dma_prep_coherent(pa, PAGE_SIZE << order);
+            let va = self.kernel.vmalloc_range(PAGE_SIZE << order);
+            for i in 0..(1u64 << order) {
+                self.hw
+                    .mmu
+                    .map_page(0, va + i * PAGE_SIZE, pa + i * PAGE_SIZE, MemType::NormalNc);
+            }
+            (va, Backing::Remapped(order))
+        };
+        // memset(ret, 0, size) through the new mapping.
+        let zeros = vec![0u8; bytes as usize];
+        self.hw
+            .cpu_write(self.cpu, 0, va, &zeros)
+            .map_err(SimError::PagingRequest)?;
+        self.check_limits()?;
+        let addr = self.kernel.devices[dev].phys_to_dma(pa);
+        let alloc = HistoryEvent {
+            time_ns: self.ctx().time_ns,
+            line: self.line,
+            event: format!("dma_alloc_coherent({size}) = {va:#x} [phys={pa:#x}] [dma={addr:#x}]"),
+        };
+        let id = self.kernel.add_buffer(Buffer {
+            id: 0,
+            kind: BufKind::Coherent,
+            va,
+            len: size,
+            phys: pa,
+            dma: Some(addr),
+            dev: Some(dev),
+            alloc: alloc.clone(),
+            backing,
+        });
+        let ctx = self.ctx();
+        self.check.map(
+            &mut self.hw,
+            ctx,
+            NewMapping {
+                dev,
+                dev_name: name,
+                dev_addr: addr,
+                size,
+                phys: pa,
+                dir: DmaDirection::Bidirectional,
+                kind: MapKind::Coherent,
+                buffer: Some(BufferRef {
+                    id,
+                    pa,
+                    len: size,
+                    alloc,
+                }),
+                what: format!(
+                    "dma_alloc_coherent{}",
+                    if coherent {
+                        " (cacheable, coherent device)"
+                    } else {
+                        " (Normal-NC remap)"
+                    }
+                ),
+            },
+        );
+        Ok(Some(id))
+    }
+
+    /// `dma_free_coherent(dev, size, cpu_addr, dma_handle)`.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown device.
+    pub fn dma_free_coherent(&mut self, dev: usize, size: u64, buffer: u64) -> Result<()> {
+        self.device_checked(dev, "dma_free_coherent")?;
+        self.step();
+        let name = self.kernel.devices[dev].name.clone();
+        let ctx = self.ctx();
+        let Some(b) = self
+            .kernel
+            .buffers
+            .get(&buffer)
+            .filter(|b| b.kind == BufKind::Coherent)
+            .cloned()
+        else {
+            self.check.report_plain(
+                "coherent-free-mismatch",
+                None,
+                Some(&name),
+                None,
+                Some(size),
+                ctx,
+                "device driver frees DMA memory it has not allocated (not a live dma_alloc_coherent buffer)".into(),
+                "free each coherent buffer once, with the device, size and buffer it was allocated with".into(),
+                vec![],
+            );
+            return Ok(());
+        };
+        let addr = b.dma.unwrap_or(DMA_MAPPING_ERROR);
+        if b.dev != Some(dev) {
+            self.check.report_plain(
+                "coherent-free-mismatch",
+                None,
+                Some(&name),
+                Some(addr),
+                Some(size),
+                ctx,
+                format!(
+                    "device driver frees DMA memory of another device [device address={addr:#x}]"
+                ),
+                "free a coherent buffer with the device that allocated it".into(),
+                vec![b.alloc.clone()],
+            );
+            return Ok(());
+        }
+        self.check.unmap(
+            &mut self.hw,
+            ctx,
+            dev,
+            &name,
+            addr,
+            size,
+            DmaDirection::Bidirectional,
+            MapKind::Coherent,
+        );
+        self.release_buffer(&b);
+        Ok(())
+    }
+
+    /// Gives a buffer's memory back and forgets it.
+    pub(crate) fn release_buffer(&mut self, b: &Buffer) {
+        match b.backing {
+            Backing::Slab(obj) => {
+                let Self { kernel, .. } = self;
+                kernel.slab.kfree(kernel.pages.as_mut(), b.phys, obj);
+            }
+            Backing::Pages(order) => self.kernel.pages.free_pages(b.phys / PAGE_SIZE, order),
+            Backing::Remapped(order) => {
+                for i in 0..(1u64 << order) {
+                    self.hw.mmu.unmap_page(0, b.va + i * PAGE_SIZE);
+                }
+                self.kernel.pages.free_pages(b.phys / PAGE_SIZE, order);
+            }
+        }
+        self.kernel.remove_buffer(b.id);
+        self.check.free_buffer(&mut self.hw, b.id);
+    }
+
+    /// Logs a failed allocation as Linux's `warn_alloc` would and reports `enomem`.
+    pub(crate) fn alloc_failed(&mut self, who: &str, call: &str, size: u64, order: u32) {
+        let why = if order > crate::config::MAX_PAGE_ORDER {
+            format!(
+                "order {order} > MAX_PAGE_ORDER {}",
+                crate::config::MAX_PAGE_ORDER
+            )
+        } else if size == 0 {
+            "size 0".to_string()
+        } else {
+            format!("no free block of order {order}")
+        };
+        self.printk(
+            who,
+            format!("{call}: page allocation failure: {size} bytes, {why}"),
+        );
+        let ctx = self.ctx();
+        self.check.report_plain(
+            "enomem",
+            None,
+            None,
+            None,
+            Some(size),
+            ctx,
+            format!("{call}({size}) failed: {why}"),
+            "check the result for NULL; large buffers need CMA (dma_alloc_coherent) or scatter-gather".into(),
+            vec![],
+        );
+    }
+
+    /// `remove_device`: driver unbind. dma-debug reports the device's live mappings.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown device.
+    pub fn remove_device(&mut self, dev: usize) -> Result<()> {
+        self.device_checked(dev, "remove_device")?;
+        self.step();
+        let ctx = self.ctx();
+        self.check
+            .leaks(&mut self.hw, ctx, Some(dev), "while released from device");
+        self.kernel.devices[dev].bound = false;
+        let name = self.kernel.devices[dev].name.clone();
+        self.printk(&name, "driver unbound".into());
+        Ok(())
+    }
+}

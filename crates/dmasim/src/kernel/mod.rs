@@ -1,0 +1,201 @@
+//! The Linux machinery above the silicon: boot-time memory layout, the page
+//! allocator and kmalloc, devices, and the DMA mapping API.
+//!
+//! File and function names mirror Linux (`kernel/dma/mapping.c`, `direct.c`,
+//! `mm/page_alloc.c`...) so a kernel engineer finds each place at once. The kernel
+//! drives the machine only through what a real kernel has: loads and stores, cache
+//! maintenance by address and page-table updates.
+
+pub mod device;
+pub mod dma;
+pub mod mm;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::check::HistoryEvent;
+use crate::config::{Arch, PlatformConfig, PAGE_SHIFT, PAGE_SIZE};
+use device::Device;
+use mm::page_alloc::{FirstFit, PageAllocator};
+use mm::slab::{Slab, SlabObj};
+
+/// Bytes at the start of RAM that the kernel image, its page tables and early
+/// allocations occupy (an arm64 defconfig Image is about 30-40 MiB).
+pub const KERNEL_RESERVED: u64 = 32 << 20;
+
+/// What kind of memory a buffer is (`Buffer.kind` in scripts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BufKind {
+    /// `kmalloc`: linear map, physically contiguous, cacheable.
+    Kmalloc,
+    /// `alloc_pages`: linear map, physically contiguous, cacheable.
+    Pages,
+    /// `dma_alloc_coherent`.
+    Coherent,
+}
+
+impl BufKind {
+    /// The script-visible name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BufKind::Kmalloc => "kmalloc",
+            BufKind::Pages => "pages",
+            BufKind::Coherent => "coherent",
+        }
+    }
+}
+
+/// A live allocation.
+#[derive(Debug, Clone)]
+pub struct Buffer {
+    /// Unique id for this run.
+    pub id: u64,
+    /// Kind.
+    pub kind: BufKind,
+    /// CPU virtual address.
+    pub va: u64,
+    /// Length asked for.
+    pub len: u64,
+    /// Physical address of the first byte.
+    pub phys: u64,
+    /// Bus address (coherent buffers).
+    pub dma: Option<u64>,
+    /// Owning device (coherent buffers).
+    pub dev: Option<usize>,
+    /// Allocation event for histories.
+    pub alloc: HistoryEvent,
+    /// How to give the memory back.
+    pub(crate) backing: Backing,
+}
+
+/// How a buffer's memory is held.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Backing {
+    Slab(SlabObj),
+    Pages(u32),
+    /// Pages of this order, remapped at `va` (the coherent remap).
+    Remapped(u32),
+}
+
+/// Kernel state.
+pub struct Kernel {
+    /// Architecture.
+    pub arch: Arch,
+    /// `PAGE_OFFSET`.
+    pub page_offset: u64,
+    /// First byte of RAM (arm64 `memstart_addr`).
+    pub ram_base: u64,
+    /// One past the last byte of RAM.
+    pub ram_end: u64,
+    /// Top of ZONE_DMA.
+    pub zone_dma_limit: u64,
+    pub(crate) vmalloc_next: u64,
+    pub(crate) pages: Box<dyn PageAllocator>,
+    pub(crate) slab: Slab,
+    /// Devices, by index.
+    pub devices: Vec<Device>,
+    /// Live buffers by id.
+    pub buffers: BTreeMap<u64, Buffer>,
+    by_va: BTreeMap<u64, u64>,
+    next_buffer: u64,
+}
+
+impl Kernel {
+    /// Sets up the memory layout of a platform.
+    pub fn new(p: &PlatformConfig) -> Kernel {
+        let reserved = KERNEL_RESERVED.min(p.ram / 4);
+        let first = (p.ram_base + reserved) >> PAGE_SHIFT;
+        let count = (p.ram - reserved) >> PAGE_SHIFT;
+        Kernel {
+            arch: p.arch,
+            page_offset: p.page_offset,
+            ram_base: p.ram_base,
+            ram_end: p.ram_base + p.ram,
+            zone_dma_limit: p.zone_dma_limit,
+            vmalloc_next: p.vmalloc_start,
+            pages: Box::new(FirstFit::new(first, count)),
+            slab: Slab::new(p.dma_minalign),
+            devices: Vec::new(),
+            buffers: BTreeMap::new(),
+            by_va: BTreeMap::new(),
+            next_buffer: 1,
+        }
+    }
+
+    /// `__va()`: the linear-map address of a physical address.
+    pub fn phys_to_virt(&self, pa: u64) -> u64 {
+        pa.wrapping_sub(self.ram_base)
+            .wrapping_add(self.page_offset)
+    }
+
+    /// `virt_to_phys()` for a linear-map address; `None` outside the linear map.
+    pub fn virt_to_phys(&self, va: u64) -> Option<u64> {
+        let off = va.wrapping_sub(self.page_offset);
+        (off < self.ram_end - self.ram_base).then(|| self.ram_base + off)
+    }
+
+    /// `virt_addr_valid()`: is `va` in the linear map.
+    pub fn is_linear(&self, va: u64) -> bool {
+        self.virt_to_phys(va).is_some()
+    }
+
+    /// Free pages in the page allocator.
+    pub fn free_pages_count(&self) -> u64 {
+        self.pages.free_count()
+    }
+
+    /// Registers a buffer and returns its id.
+    pub(crate) fn add_buffer(&mut self, mut b: Buffer) -> u64 {
+        b.id = self.next_buffer;
+        self.next_buffer += 1;
+        self.by_va.insert(b.va, b.id);
+        let id = b.id;
+        self.buffers.insert(id, b);
+        id
+    }
+
+    /// Forgets a buffer.
+    pub(crate) fn remove_buffer(&mut self, id: u64) -> Option<Buffer> {
+        let b = self.buffers.remove(&id)?;
+        self.by_va.remove(&b.va);
+        Some(b)
+    }
+
+    /// The live buffer whose virtual range contains `va`.
+    pub fn buffer_at_va(&self, va: u64) -> Option<&Buffer> {
+        let (_, id) = self.by_va.range(..=va).next_back()?;
+        let b = &self.buffers[id];
+        (va - b.va < b.len.max(1)).then_some(b)
+    }
+
+    /// A fresh range of the vmalloc area (with a guard page after it).
+    pub(crate) fn vmalloc_range(&mut self, size: u64) -> u64 {
+        let va = self.vmalloc_next;
+        self.vmalloc_next += size.next_multiple_of(PAGE_SIZE) + PAGE_SIZE;
+        va
+    }
+}
+
+/// errno values (include/uapi/asm-generic/errno-base.h); functions return them negated.
+pub mod errno {
+    /// Operation not permitted.
+    pub const EPERM: i64 = 1;
+    /// No such file or directory.
+    pub const ENOENT: i64 = 2;
+    /// I/O error.
+    pub const EIO: i64 = 5;
+    /// Out of memory.
+    pub const ENOMEM: i64 = 12;
+    /// Bad address.
+    pub const EFAULT: i64 = 14;
+    /// Device or resource busy.
+    pub const EBUSY: i64 = 16;
+    /// File exists.
+    pub const EEXIST: i64 = 17;
+    /// Invalid argument.
+    pub const EINVAL: i64 = 22;
+    /// No space left on device.
+    pub const ENOSPC: i64 = 28;
+}

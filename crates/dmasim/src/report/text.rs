@@ -1,0 +1,136 @@
+//! The text report: the dmesg-style log, then each finding as rustc prints an error
+//! (id and message, the script line, the buffer's history, a `help:` line), then a
+//! short stats block. Colour only when asked (the CLI asks on a terminal).
+
+use std::fmt::Write;
+
+use super::{Outcome, Report};
+use crate::check::Severity;
+
+struct Style {
+    on: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.on {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+}
+
+fn time(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{:.3} ms", ns as f64 / 1e6)
+    } else if ns >= 1_000 {
+        format!("{:.3} µs", ns as f64 / 1e3)
+    } else {
+        format!("{ns} ns")
+    }
+}
+
+/// Renders a report as text.
+pub fn render(r: &Report, color: bool) -> String {
+    let st = Style { on: color };
+    let mut o = String::new();
+    for l in &r.log {
+        let _ = writeln!(o, "{l}");
+    }
+    if !r.log.is_empty() {
+        o.push('\n');
+    }
+    if let Some(e) = &r.error {
+        let _ = writeln!(o, "{}: {e}\n", st.paint("1;31", "error"));
+    }
+    for f in &r.findings {
+        let (word, code) = match f.severity {
+            Severity::Error => ("error", "1;31"),
+            Severity::Warning => ("warning", "1;33"),
+            Severity::Info => ("info", "1;36"),
+        };
+        let _ = writeln!(
+            o,
+            "{}: {}",
+            st.paint(code, &format!("{word}[{}]", f.id)),
+            st.paint("1", &f.message)
+        );
+        let _ = writeln!(
+            o,
+            "  {} {}:{} at {}",
+            st.paint("34", "-->"),
+            r.script,
+            f.line,
+            time(f.time_ns)
+        );
+        match f.manifested {
+            Some(true) => {
+                let _ = writeln!(
+                    o,
+                    "   = manifested: the reader got corrupted bytes on this run"
+                );
+            }
+            Some(false) => {
+                let _ = writeln!(o, "   = latent: the bytes happened to be right on this run (cache state hid it); the bug is real");
+            }
+            None => {}
+        }
+        if !f.history.is_empty() {
+            let _ = writeln!(o, "   = history:");
+            for h in &f.history {
+                let line = if h.line > 0 {
+                    format!("line {:>3}", h.line)
+                } else {
+                    "        ".into()
+                };
+                let _ = writeln!(o, "       {:>12}  {line}  {}", time(h.time_ns), h.event);
+            }
+        }
+        let _ = writeln!(o, "   = {}: {}\n", st.paint("1;32", "help"), f.help);
+    }
+    for x in &r.expectations.failures {
+        let _ = writeln!(
+            o,
+            "{}: {}\n  {} {}:{}\n",
+            st.paint("1;31", "expectation failed"),
+            x.msg,
+            st.paint("34", "-->"),
+            r.script,
+            x.line
+        );
+    }
+    let errors = r
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    let warnings = r
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .count();
+    let s = &r.stats;
+    let verdict = match (r.outcome, r.exit_code()) {
+        (Outcome::Error, _) => st.paint("1;31", "stopped by an error"),
+        (_, 0) => st.paint("1;32", "ok"),
+        _ => st.paint("1;31", "FAILED"),
+    };
+    let _ = writeln!(
+        o,
+        "{verdict}: {errors} error(s), {warnings} warning(s); expectations {} passed, {} failed (seed {})",
+        r.expectations.passed, r.expectations.failed, r.seed
+    );
+    let _ = writeln!(
+        o,
+        "stats: sim time {}, DMA {} bytes, cache {} hits / {} misses, {} lines cleaned, {} invalidated, {} uncached accesses",
+        time(s.sim_time_ns),
+        s.dma_bytes,
+        s.cache.hits,
+        s.cache.misses,
+        s.cache.clean_lines,
+        s.cache.invalidate_lines,
+        s.cache.uncached_accesses
+    );
+    o
+}

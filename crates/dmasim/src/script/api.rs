@@ -1,0 +1,854 @@
+//! The functions scripts call (`SCRIPT_API.md`), registered on the Rhai engine.
+//!
+//! Every function takes the call's position, so the system knows the script line of
+//! each event; simulator failures become Rhai runtime errors at that position.
+
+#![allow(clippy::needless_pass_by_value)]
+
+use rhai::{Blob, Dynamic, Engine, EvalAltResult, ImmutableString, Map, NativeCallContext, INT};
+
+use super::values::{BufferObj, DeviceObj, JobObj};
+use super::Shared;
+use crate::check::MapKind;
+use crate::config::{PlatformConfig, PAGE_SIZE};
+use crate::kernel::device::Device;
+use crate::kernel::dma::{DmaDirection, DMA_MAPPING_ERROR};
+use crate::kernel::{errno, BufKind};
+use crate::report::{ExpectationFailure, Stats};
+use crate::system::{RunOptions, SimError, System, MAX_ACCESS};
+use crate::units::{parse_duration_ns, parse_size};
+
+type RResult<T> = Result<T, Box<EvalAltResult>>;
+
+fn err(ctx: &NativeCallContext, msg: impl Into<String>) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(msg.into().into(), ctx.call_position()).into()
+}
+
+fn line(ctx: &NativeCallContext) -> u32 {
+    ctx.call_position().line().unwrap_or(0) as u32
+}
+
+/// Runs `f` on the booted system with the call's line set.
+fn with_sys<T>(
+    s: &Shared,
+    ctx: &NativeCallContext,
+    f: impl FnOnce(&mut System) -> Result<T, SimError>,
+) -> RResult<T> {
+    let mut g = s.borrow_mut();
+    let sys = g
+        .sys
+        .as_mut()
+        .ok_or_else(|| err(ctx, "call boot(preset) before anything else"))?;
+    sys.line = line(ctx);
+    let r = f(sys).map_err(|e| err(ctx, e.to_string()))?;
+    sys.check_limits().map_err(|e| err(ctx, e.to_string()))?;
+    Ok(r)
+}
+
+fn size_of(ctx: &NativeCallContext, v: &Dynamic, what: &str) -> RResult<u64> {
+    if let Ok(i) = v.as_int() {
+        return u64::try_from(i)
+            .map_err(|_| err(ctx, format!("{what}: a size cannot be negative ({i})")));
+    }
+    if let Some(s) = v.read_lock::<ImmutableString>() {
+        return parse_size(&s).map_err(|e| err(ctx, format!("{what}: {e}")));
+    }
+    Err(err(
+        ctx,
+        format!(
+            "{what}: expected a size (an integer or a string like \"4 KiB\"), got {}",
+            v.type_name()
+        ),
+    ))
+}
+
+fn dir_of(ctx: &NativeCallContext, d: INT) -> RResult<DmaDirection> {
+    DmaDirection::from_int(d).ok_or_else(|| err(ctx, format!("{d} is not a DMA direction (DMA_BIDIRECTIONAL=0, DMA_TO_DEVICE=1, DMA_FROM_DEVICE=2)")))
+}
+
+fn buffer_obj(s: &Shared, id: u64) -> Dynamic {
+    let g = s.borrow();
+    let b = &g.sys.as_ref().expect("booted").kernel.buffers[&id];
+    Dynamic::from(BufferObj::of(b))
+}
+
+fn opt_buffer(s: &Shared, id: Option<u64>) -> Dynamic {
+    id.map_or(Dynamic::UNIT, |id| buffer_obj(s, id))
+}
+
+fn check_range(
+    ctx: &NativeCallContext,
+    b: &BufferObj,
+    off: u64,
+    len: u64,
+    call: &str,
+) -> RResult<()> {
+    if off.checked_add(len).is_none_or(|e| e > b.len) {
+        return Err(err(ctx, format!("{call}: bytes {off}..{} are outside buffer #{} ({} bytes); use cpu_write_va/cpu_read_va for raw addresses", off.saturating_add(len), b.id, b.len)));
+    }
+    Ok(())
+}
+
+fn blob_len(ctx: &NativeCallContext, len: u64) -> RResult<usize> {
+    if len > MAX_ACCESS {
+        return Err(err(
+            ctx,
+            format!(
+                "{len} bytes is more than the {} MiB a single access may move",
+                MAX_ACCESS >> 20
+            ),
+        ));
+    }
+    Ok(len as usize)
+}
+
+fn json_to_dynamic(v: serde_json::Value) -> Dynamic {
+    match v {
+        serde_json::Value::Null => Dynamic::UNIT,
+        serde_json::Value::Bool(b) => b.into(),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map_or_else(|| n.as_f64().unwrap_or(0.0).into(), Dynamic::from),
+        serde_json::Value::String(s) => s.into(),
+        serde_json::Value::Array(a) => {
+            Dynamic::from_array(a.into_iter().map(json_to_dynamic).collect())
+        }
+        serde_json::Value::Object(o) => {
+            let m: Map = o
+                .into_iter()
+                .map(|(k, v)| (k.into(), json_to_dynamic(v)))
+                .collect();
+            Dynamic::from_map(m)
+        }
+    }
+}
+
+fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> RResult<()> {
+    for (k, v) in m {
+        let key = k.as_str();
+        let num = |v: &Dynamic| -> RResult<u64> { size_of(ctx, v, key) };
+        match key {
+            "ram" => p.ram = num(v)?,
+            "ram_base" => p.ram_base = num(v)?,
+            "cpus" => p.cpus = u32::try_from(num(v)?).map_err(|_| err(ctx, "cpus: too many"))?,
+            "iommu" => {
+                let s = v.clone().into_string().map_err(|_| err(ctx, "iommu: expected \"none\", \"smmu\" or \"passthrough\""))?;
+                if !["none", "smmu", "passthrough"].contains(&s.as_str()) {
+                    return Err(err(ctx, format!("iommu: {s:?} is not \"none\", \"smmu\" or \"passthrough\"")));
+                }
+                p.iommu = s;
+            }
+            "swiotlb" => {
+                p.swiotlb = match v.read_lock::<ImmutableString>() {
+                    Some(s) if s.as_str() == "off" => 0,
+                    _ => num(v)?,
+                }
+            }
+            "cma" => p.cma = num(v)?,
+            "coherent" => p.coherent_default = v.as_bool().map_err(|_| err(ctx, "coherent: expected true or false"))?,
+            "zone_dma_bits" => {
+                let bits = num(v)?;
+                if !(1..=64).contains(&bits) {
+                    return Err(err(ctx, "zone_dma_bits: expected 1..=64"));
+                }
+                p.zone_dma_limit = crate::kernel::dma::dma_bit_mask(bits as u32);
+            }
+            "cache" | "l1" | "l2" => {
+                let cm = v.read_lock::<Map>().ok_or_else(|| err(ctx, format!("{key}: expected a map #{{ size, ways, line }}")))?.clone();
+                for (ck, cv) in &cm {
+                    let n = size_of(ctx, cv, ck)?;
+                    let target = if key == "l2" { &mut p.l2 } else { &mut p.l1 };
+                    match ck.as_str() {
+                        "size" => target.size = n,
+                        "ways" => target.ways = u32::try_from(n).map_err(|_| err(ctx, "ways: too many"))?,
+                        "line" => {
+                            let l = u32::try_from(n).map_err(|_| err(ctx, "line: too large"))?;
+                            p.l1.line = l;
+                            p.l2.line = l;
+                        }
+                        other => return Err(err(ctx, format!("{key}.{other}: unknown cache field (size, ways, line)"))),
+                    }
+                }
+            }
+            "noise" => {
+                if v.read_lock::<ImmutableString>().is_some_and(|s| s.as_str() == "off") {
+                    p.noise = crate::config::NoiseConfig::OFF;
+                } else {
+                    let nm = v.read_lock::<Map>().ok_or_else(|| err(ctx, "noise: expected \"off\" or #{ evict, prefetch, migrate }"))?.clone();
+                    for (nk, nv) in &nm {
+                        let r = nv.as_float().or_else(|_| nv.as_int().map(|i| i as f64)).map_err(|_| err(ctx, format!("noise.{nk}: expected a rate 0.0-1.0")))?;
+                        match nk.as_str() {
+                            "evict" => p.noise.evict = r,
+                            "prefetch" => p.noise.prefetch = r,
+                            "migrate" => p.noise.migrate = r,
+                            other => return Err(err(ctx, format!("noise.{other}: unknown (evict, prefetch, migrate)"))),
+                        }
+                    }
+                }
+            }
+            "iommu_strict" | "swiotlb_force" | "zone_dma32" | "vfio_noiommu" => {
+                // Accepted now so scripts written for later models still boot.
+            }
+            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, swiotlb, cma, zone_dma_bits, cache, l2, noise, coherent)"))),
+        }
+    }
+    Ok(())
+}
+
+fn pattern(ctx: &NativeCallContext, kind: &str, len: u64, seed: u64) -> RResult<Blob> {
+    let n = blob_len(ctx, len)?;
+    Ok(match kind {
+        "zero" => vec![0; n],
+        "ones" => vec![0xff; n],
+        "inc" => (0..n).map(|i| i as u8).collect(),
+        "random" => {
+            let mut r = crate::hw::rng::SimRng::new(seed ^ 0x5eed_da7a);
+            let mut v = Vec::with_capacity(n + 8);
+            while v.len() < n {
+                v.extend_from_slice(&r.next_u64().to_le_bytes());
+            }
+            v.truncate(n);
+            v
+        }
+        other => {
+            return Err(err(
+                ctx,
+                format!("pattern: unknown kind {other:?} (zero, ones, inc, random)"),
+            ))
+        }
+    })
+}
+
+#[allow(deprecated)]
+fn register_constants(engine: &mut Engine) {
+    engine.on_var(|name, _, _| {
+        let v: INT = match name {
+            "DMA_BIDIRECTIONAL" => 0,
+            "DMA_TO_DEVICE" => 1,
+            "DMA_FROM_DEVICE" => 2,
+            "DMA_NONE" => 3,
+            // include/linux/gfp_types.h (v6.12 bit layout).
+            "GFP_KERNEL" => 0xcc0,
+            "GFP_ATOMIC" => 0x820,
+            "GFP_DMA" => 0x01,
+            "GFP_DMA32" => 0x04,
+            "DMA_MAPPING_ERROR" => DMA_MAPPING_ERROR as INT,
+            "PAGE_SIZE" => PAGE_SIZE as INT,
+            "EPERM" => errno::EPERM,
+            "ENOENT" => errno::ENOENT,
+            "EIO" => errno::EIO,
+            "ENOMEM" => errno::ENOMEM,
+            "EFAULT" => errno::EFAULT,
+            "EBUSY" => errno::EBUSY,
+            "EEXIST" => errno::EEXIST,
+            "EINVAL" => errno::EINVAL,
+            "ENOSPC" => errno::ENOSPC,
+            _ => return Ok(None),
+        };
+        Ok(Some(Dynamic::from(v)))
+    });
+}
+
+/// Registers every script function on `engine`.
+#[allow(clippy::too_many_lines)]
+pub(super) fn register(engine: &mut Engine, s: &Shared) {
+    register_constants(engine);
+    engine.register_type_with_name::<BufferObj>("Buffer");
+    engine.register_get("va", |b: &mut BufferObj| b.va as INT);
+    engine.register_get("len", |b: &mut BufferObj| b.len as INT);
+    engine.register_get("kind", |b: &mut BufferObj| b.kind.to_string());
+    engine.register_get("phys", |b: &mut BufferObj| b.phys as INT);
+    engine.register_get("dma", |b: &mut BufferObj| {
+        b.dma.map_or(Dynamic::UNIT, |d| Dynamic::from(d as INT))
+    });
+    engine.register_fn("to_string", |b: &mut BufferObj| {
+        format!(
+            "{} buffer #{} at {:#x} ({} bytes, phys {:#x})",
+            b.kind, b.id, b.va, b.len, b.phys
+        )
+    });
+    engine.register_type_with_name::<DeviceObj>("Device");
+    engine.register_get("name", |d: &mut DeviceObj| d.name.clone());
+    engine.register_fn("to_string", |d: &mut DeviceObj| {
+        format!("device {}", d.name)
+    });
+    engine.register_type_with_name::<JobObj>("Job");
+    engine.register_fn("hex", |x: INT| format!("{:#x}", x as u64));
+
+    // ---- boot and devices ----
+    let boot =
+        |s: &Shared, ctx: &NativeCallContext, preset: &str, over: Option<Map>| -> RResult<()> {
+            let mut g = s.borrow_mut();
+            if g.sys.is_some() {
+                return Err(err(ctx, "boot() may be called only once"));
+            }
+            let mut p =
+                PlatformConfig::preset(g.opts.preset.unwrap_or(preset)).map_err(|e| err(ctx, e))?;
+            if let Some(m) = over {
+                apply_overrides(ctx, &mut p, &m)?;
+            }
+            if g.opts.noise_off {
+                p.noise = crate::config::NoiseConfig::OFF;
+            }
+            let opts = RunOptions {
+                seed: g.opts.seed,
+                memory_cap: g.opts.memory_cap,
+            };
+            let mut sys = System::boot(p, opts).map_err(|e| err(ctx, e.to_string()))?;
+            sys.line = line(ctx);
+            g.sys = Some(sys);
+            Ok(())
+        };
+    let s1 = s.clone();
+    engine.register_fn("boot", move |ctx: NativeCallContext, preset: &str| {
+        boot(&s1, &ctx, preset, None)
+    });
+    let s1 = s.clone();
+    engine.register_fn(
+        "boot",
+        move |ctx: NativeCallContext, preset: &str, m: Map| boot(&s1, &ctx, preset, Some(m)),
+    );
+
+    let device = |s: &Shared,
+                  ctx: &NativeCallContext,
+                  name: &str,
+                  opts: Option<Map>|
+     -> RResult<DeviceObj> {
+        let mut d = with_sys(s, ctx, |sys| {
+            if name.is_empty() || sys.kernel.devices.iter().any(|d| d.name == name) {
+                return Err(SimError::Invalid(format!(
+                    "device: the name {name:?} is empty or already used"
+                )));
+            }
+            if sys.kernel.devices.len() >= 256 {
+                return Err(SimError::Invalid("device: at most 256 devices".into()));
+            }
+            Ok(Device::new(
+                name,
+                sys.cfg.coherent_default,
+                sys.cfg.dev_bandwidth,
+                sys.cfg.dev_latency_ns,
+            ))
+        })?;
+        {
+            if let Some(m) = opts {
+                for (k, v) in &m {
+                    match k.as_str() {
+                        "coherent" => d.coherent = v.as_bool().map_err(|_| err(ctx, "coherent: expected true or false"))?,
+                        "dma_bits" => {
+                            let b = v.as_int().map_err(|_| err(ctx, "dma_bits: expected an integer"))?;
+                            if !(8..=64).contains(&b) {
+                                return Err(err(ctx, "dma_bits: expected 8..=64"));
+                            }
+                            d.dma_bits = b as u32;
+                        }
+                        "iommu" => d.iommu = v.as_bool().map_err(|_| err(ctx, "iommu: expected true or false"))?,
+                        "sg" => d.sg = v.as_bool().map_err(|_| err(ctx, "sg: expected true or false"))?,
+                        "dma_offset" => d.dma_offset = size_of(ctx, v, "dma_offset")?,
+                        "max_segment" => d.max_segment = size_of(ctx, v, "max_segment")?,
+                        "bandwidth" => {
+                            d.bandwidth = size_of(ctx, v, "bandwidth")?;
+                            if d.bandwidth == 0 {
+                                return Err(err(ctx, "bandwidth: must be at least 1 byte per µs"));
+                            }
+                        }
+                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, sg, dma_offset, max_segment, bandwidth)"))),
+                    }
+                }
+            }
+            let idx = with_sys(s, ctx, |sys| Ok(sys.add_device(d.clone())))?;
+            Ok(DeviceObj { idx, name: d.name })
+        }
+    };
+    let s1 = s.clone();
+    engine.register_fn("device", move |ctx: NativeCallContext, name: &str| {
+        device(&s1, &ctx, name, None)
+    });
+    let s1 = s.clone();
+    engine.register_fn(
+        "device",
+        move |ctx: NativeCallContext, name: &str, m: Map| device(&s1, &ctx, name, Some(m)),
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_set_mask",
+        move |ctx: NativeCallContext, d: DeviceObj, bits: INT| {
+            with_sys(&s1, &ctx, |sys| sys.dma_set_mask(d.idx, bits))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_set_coherent_mask",
+        move |ctx: NativeCallContext, d: DeviceObj, bits: INT| {
+            with_sys(&s1, &ctx, |sys| sys.dma_set_coherent_mask(d.idx, bits))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_set_mask_and_coherent",
+        move |ctx: NativeCallContext, d: DeviceObj, bits: INT| {
+            with_sys(&s1, &ctx, |sys| sys.dma_set_mask_and_coherent(d.idx, bits))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "remove_device",
+        move |ctx: NativeCallContext, d: DeviceObj| {
+            with_sys(&s1, &ctx, |sys| sys.remove_device(d.idx))
+        },
+    );
+
+    // ---- kernel memory ----
+    let s1 = s.clone();
+    engine.register_fn(
+        "kmalloc",
+        move |ctx: NativeCallContext, size: Dynamic| -> RResult<Dynamic> {
+            let n = size_of(&ctx, &size, "kmalloc")?;
+            let id = with_sys(&s1, &ctx, |sys| sys.kmalloc(n))?;
+            Ok(opt_buffer(&s1, id))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "kmalloc",
+        move |ctx: NativeCallContext, size: Dynamic, _gfp: INT| -> RResult<Dynamic> {
+            let n = size_of(&ctx, &size, "kmalloc")?;
+            let id = with_sys(&s1, &ctx, |sys| sys.kmalloc(n))?;
+            Ok(opt_buffer(&s1, id))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn("kfree", move |ctx: NativeCallContext, b: BufferObj| {
+        with_sys(&s1, &ctx, |sys| {
+            Ok(sys.kfree(b.id, "kfree", BufKind::Kmalloc))
+        })
+    });
+    let s1 = s.clone();
+    engine.register_fn(
+        "alloc_pages",
+        move |ctx: NativeCallContext, order: INT, _gfp: INT| -> RResult<Dynamic> {
+            let o = u32::try_from(order)
+                .map_err(|_| err(&ctx, "alloc_pages: order must be 0 or more"))?;
+            let id = with_sys(&s1, &ctx, |sys| sys.alloc_pages(o))?;
+            Ok(opt_buffer(&s1, id))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn("free_pages", move |ctx: NativeCallContext, b: BufferObj| {
+        with_sys(&s1, &ctx, |sys| {
+            Ok(sys.kfree(b.id, "free_pages", BufKind::Pages))
+        })
+    });
+    let s1 = s.clone();
+    engine.register_fn("virt_to_phys", move |ctx: NativeCallContext, va: INT| {
+        with_sys(&s1, &ctx, |sys| {
+            Ok(((va as u64)
+                .wrapping_sub(sys.kernel.page_offset)
+                .wrapping_add(sys.kernel.ram_base)) as INT)
+        })
+    });
+
+    // ---- CPU accesses ----
+    let s1 = s.clone();
+    engine.register_fn(
+        "cpu_write",
+        move |ctx: NativeCallContext, b: BufferObj, off: INT, data: Blob| {
+            let off = u64::try_from(off).map_err(|_| err(&ctx, "cpu_write: negative offset"))?;
+            check_range(&ctx, &b, off, data.len() as u64, "cpu_write")?;
+            with_sys(&s1, &ctx, |sys| sys.cpu_write_va(b.va + off, &data))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "cpu_fill",
+        move |ctx: NativeCallContext, b: BufferObj, byte: INT| {
+            let n = blob_len(&ctx, b.len)?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.cpu_write_va(b.va, &vec![byte as u8; n])
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "cpu_read",
+        move |ctx: NativeCallContext, b: BufferObj, off: INT, len: Dynamic| {
+            let off = u64::try_from(off).map_err(|_| err(&ctx, "cpu_read: negative offset"))?;
+            let n = size_of(&ctx, &len, "cpu_read")?;
+            blob_len(&ctx, n)?;
+            check_range(&ctx, &b, off, n, "cpu_read")?;
+            with_sys(&s1, &ctx, |sys| sys.cpu_read_va(b.va + off, n))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "cpu_copy",
+        move |ctx: NativeCallContext, dst: BufferObj, src: BufferObj| {
+            let n = dst.len.min(src.len);
+            blob_len(&ctx, n)?;
+            with_sys(&s1, &ctx, |sys| {
+                let data = sys.cpu_read_va(src.va, n)?;
+                sys.cpu_write_va(dst.va, &data)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "cpu_write_va",
+        move |ctx: NativeCallContext, va: INT, data: Blob| {
+            with_sys(&s1, &ctx, |sys| sys.cpu_write_va(va as u64, &data))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "cpu_read_va",
+        move |ctx: NativeCallContext, va: INT, len: Dynamic| {
+            let n = size_of(&ctx, &len, "cpu_read_va")?;
+            blob_len(&ctx, n)?;
+            with_sys(&s1, &ctx, |sys| sys.cpu_read_va(va as u64, n))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn("cpu", move |ctx: NativeCallContext, n: INT| {
+        with_sys(&s1, &ctx, |sys| {
+            if n < 0 || n >= INT::from(sys.cfg.cpus) {
+                return Err(SimError::Invalid(format!(
+                    "cpu({n}): this platform has CPUs 0..{}",
+                    sys.cfg.cpus - 1
+                )));
+            }
+            sys.cpu = n as usize;
+            Ok(())
+        })
+    });
+
+    // ---- DMA mapping API ----
+    let alloc_coherent =
+        |s: &Shared, ctx: &NativeCallContext, d: &DeviceObj, size: &Dynamic| -> RResult<Dynamic> {
+            let n = size_of(ctx, size, "dma_alloc_coherent")?;
+            if n > 1 << 40 {
+                return Ok(Dynamic::UNIT);
+            }
+            let id = with_sys(s, ctx, |sys| sys.dma_alloc_coherent(d.idx, n))?;
+            Ok(opt_buffer(s, id))
+        };
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_alloc_coherent",
+        move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic| {
+            alloc_coherent(&s1, &ctx, &d, &size)
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_alloc_coherent",
+        move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic, _gfp: INT| {
+            alloc_coherent(&s1, &ctx, &d, &size)
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_free_coherent",
+        move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic, b: BufferObj| {
+            let n = size_of(&ctx, &size, "dma_free_coherent")?;
+            with_sys(&s1, &ctx, |sys| sys.dma_free_coherent(d.idx, n, b.id))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_map_single",
+        move |ctx: NativeCallContext, d: DeviceObj, b: BufferObj, dir: INT| {
+            let dir = dir_of(&ctx, dir)?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.dma_map_single(d.idx, b.va, b.len, dir)
+                    .map(|a| a as INT)
+            })
+        },
+    );
+    let map5 = |s: &Shared,
+                ctx: &NativeCallContext,
+                d: &DeviceObj,
+                b: &Dynamic,
+                off: INT,
+                len: &Dynamic,
+                dir: INT,
+                kind: MapKind|
+     -> RResult<INT> {
+        let dir = dir_of(ctx, dir)?;
+        let n = size_of(ctx, len, "length")?;
+        let off = u64::try_from(off).map_err(|_| err(ctx, "negative offset"))?;
+        let va = if let Some(bo) = b.read_lock::<BufferObj>() {
+            check_range(ctx, &bo, off, n, "dma_map")?;
+            bo.va + off
+        } else if let Ok(va) = b.as_int() {
+            (va as u64).wrapping_add(off)
+        } else {
+            return Err(err(ctx, "expected a Buffer or a virtual address"));
+        };
+        with_sys(s, ctx, |sys| {
+            let r = if kind == MapKind::Page {
+                sys.dma_map_page(d.idx, va, n, dir)
+            } else {
+                sys.dma_map_single(d.idx, va, n, dir)
+            };
+            r.map(|a| a as INT)
+        })
+    };
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_map_single",
+        move |ctx: NativeCallContext,
+              d: DeviceObj,
+              b: Dynamic,
+              off: INT,
+              len: Dynamic,
+              dir: INT| { map5(&s1, &ctx, &d, &b, off, &len, dir, MapKind::Single) },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_map_page",
+        move |ctx: NativeCallContext,
+              d: DeviceObj,
+              b: Dynamic,
+              off: INT,
+              len: Dynamic,
+              dir: INT| { map5(&s1, &ctx, &d, &b, off, &len, dir, MapKind::Page) },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_mapping_error",
+        move |ctx: NativeCallContext, d: DeviceObj, addr: INT| {
+            with_sys(&s1, &ctx, |sys| {
+                Ok(sys.dma_mapping_error(d.idx, addr as u64))
+            })
+        },
+    );
+    for (name, kind) in [
+        ("dma_unmap_single", MapKind::Single),
+        ("dma_unmap_page", MapKind::Page),
+    ] {
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, d: DeviceObj, addr: INT, len: Dynamic, dir: INT| {
+                let dir = dir_of(&ctx, dir)?;
+                let n = size_of(&ctx, &len, name)?;
+                with_sys(&s1, &ctx, |sys| {
+                    sys.dma_unmap(d.idx, addr as u64, n, dir, kind)
+                })
+            },
+        );
+    }
+    for (name, for_cpu) in [
+        ("dma_sync_single_for_cpu", true),
+        ("dma_sync_single_for_device", false),
+    ] {
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, d: DeviceObj, addr: INT, len: Dynamic, dir: INT| {
+                let dir = dir_of(&ctx, dir)?;
+                let n = size_of(&ctx, &len, name)?;
+                with_sys(&s1, &ctx, |sys| {
+                    sys.dma_sync_single(d.idx, addr as u64, n, dir, for_cpu)
+                })
+            },
+        );
+    }
+
+    // ---- devices doing DMA ----
+    let s1 = s.clone();
+    engine.register_fn(
+        "dev_read",
+        move |ctx: NativeCallContext, d: DeviceObj, addr: INT, len: Dynamic| {
+            let n = size_of(&ctx, &len, "dev_read")?;
+            blob_len(&ctx, n)?;
+            with_sys(&s1, &ctx, |sys| {
+                let j = sys.dev_start(d.idx, addr as u64, n, None)?;
+                sys.wait(j)
+                    .map(|r| r.map_or(Dynamic::UNIT, Dynamic::from_blob))
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dev_write",
+        move |ctx: NativeCallContext, d: DeviceObj, addr: INT, data: Blob| {
+            with_sys(&s1, &ctx, |sys| {
+                let j = sys.dev_start(d.idx, addr as u64, data.len() as u64, Some(data))?;
+                sys.wait(j).map(|_| ())
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dev_start_read",
+        move |ctx: NativeCallContext, d: DeviceObj, addr: INT, len: Dynamic| {
+            let n = size_of(&ctx, &len, "dev_start_read")?;
+            blob_len(&ctx, n)?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.dev_start(d.idx, addr as u64, n, None)
+                    .map(|id| JobObj { id })
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dev_start_write",
+        move |ctx: NativeCallContext, d: DeviceObj, addr: INT, data: Blob| {
+            with_sys(&s1, &ctx, |sys| {
+                sys.dev_start(d.idx, addr as u64, data.len() as u64, Some(data))
+                    .map(|id| JobObj { id })
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn("wait", move |ctx: NativeCallContext, j: JobObj| {
+        with_sys(&s1, &ctx, |sys| {
+            sys.wait(j.id)
+                .map(|r| r.map_or(Dynamic::UNIT, Dynamic::from_blob))
+        })
+    });
+    let s1 = s.clone();
+    engine.register_fn("run_for", move |ctx: NativeCallContext, d: Dynamic| {
+        let ns = if let Ok(i) = d.as_int() {
+            u64::try_from(i).map_err(|_| err(&ctx, "run_for: negative duration"))?
+        } else if let Some(t) = d.read_lock::<ImmutableString>() {
+            parse_duration_ns(&t).map_err(|e| err(&ctx, e.to_string()))?
+        } else {
+            return Err(err(
+                &ctx,
+                "run_for: expected a duration like \"10 us\" or nanoseconds",
+            ));
+        };
+        with_sys(&s1, &ctx, |sys| sys.run_for(ns))
+    });
+
+    // ---- machine events ----
+    let s1 = s.clone();
+    engine.register_fn("evict_all", move |ctx: NativeCallContext| {
+        with_sys(&s1, &ctx, |sys| {
+            sys.step();
+            sys.hw.evict_all();
+            Ok(())
+        })
+    });
+    let s1 = s.clone();
+    engine.register_fn("prefetch", move |ctx: NativeCallContext, b: BufferObj| {
+        with_sys(&s1, &ctx, |sys| sys.prefetch_va(b.va, b.len))
+    });
+    let s1 = s.clone();
+    engine.register_fn("now", move |ctx: NativeCallContext| {
+        with_sys(&s1, &ctx, |sys| Ok((sys.hw.now_ps() / 1000) as INT))
+    });
+
+    // ---- values, expectations, results ----
+    engine.register_fn(
+        "pattern",
+        |ctx: NativeCallContext, kind: &str, len: Dynamic| {
+            let n = size_of(&ctx, &len, "pattern")?;
+            pattern(&ctx, kind, n, 0)
+        },
+    );
+    engine.register_fn(
+        "pattern",
+        |ctx: NativeCallContext, kind: &str, len: Dynamic, seed: INT| {
+            let n = size_of(&ctx, &len, "pattern")?;
+            pattern(&ctx, kind, n, seed as u64)
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "expect",
+        move |ctx: NativeCallContext, cond: bool, msg: &str| {
+            record_expectation(&s1, &ctx, cond, msg);
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "expect_eq",
+        move |ctx: NativeCallContext, a: Dynamic, b: Dynamic, msg: &str| {
+            let same = match (a.read_lock::<Blob>(), b.read_lock::<Blob>()) {
+                (Some(x), Some(y)) => *x == *y,
+                _ => a.type_name() == b.type_name() && a.to_string() == b.to_string(),
+            };
+            let msg = if same {
+                msg.to_string()
+            } else {
+                format!("{msg} (left: {}, right: {})", short(&a), short(&b))
+            };
+            record_expectation(&s1, &ctx, same, &msg);
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn("stats", move |ctx: NativeCallContext| -> RResult<Dynamic> {
+        let g = s1.borrow();
+        let sys = g
+            .sys
+            .as_ref()
+            .ok_or_else(|| err(&ctx, "call boot(preset) before anything else"))?;
+        Ok(json_to_dynamic(
+            serde_json::to_value(Stats::of(sys)).unwrap_or_default(),
+        ))
+    });
+    let s1 = s.clone();
+    engine.register_fn("allow", move |ctx: NativeCallContext, id: &str| {
+        if !crate::check::finding::FINDING_IDS
+            .iter()
+            .any(|(i, _, _)| *i == id)
+        {
+            return Err(err(&ctx, format!("allow: unknown finding id {id:?}")));
+        }
+        with_sys(&s1, &ctx, |sys| {
+            sys.check.allow(id);
+            Ok(())
+        })
+    });
+    let s1 = s.clone();
+    engine.on_print(move |text| {
+        if let Ok(mut g) = s1.try_borrow_mut() {
+            match g.sys.as_mut() {
+                Some(sys) => sys.printk("script", text.to_string()),
+                None => g.early_log.push(format!("[    0.000000] script: {text}")),
+            }
+        }
+    });
+    engine.on_debug(|_, _, _| {});
+}
+
+fn short(v: &Dynamic) -> String {
+    if let Some(b) = v.read_lock::<Blob>() {
+        let head: Vec<String> = b.iter().take(8).map(|x| format!("{x:02x}")).collect();
+        return format!(
+            "blob[{}] {}{}",
+            b.len(),
+            head.join(" "),
+            if b.len() > 8 { " …" } else { "" }
+        );
+    }
+    let s = v.to_string();
+    if s.len() > 60 {
+        format!("{}…", &s[..60])
+    } else {
+        s
+    }
+}
+
+fn record_expectation(s: &Shared, ctx: &NativeCallContext, ok: bool, msg: &str) {
+    let mut g = s.borrow_mut();
+    if ok {
+        g.expectations.passed += 1;
+    } else {
+        g.expectations.failed += 1;
+        let line = line(ctx);
+        g.expectations.failures.push(ExpectationFailure {
+            msg: msg.to_string(),
+            line,
+        });
+        if let Some(sys) = g.sys.as_mut() {
+            sys.printk(
+                "script",
+                format!("expectation failed at line {line}: {msg}"),
+            );
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Scenario scripts: Rhai with the kernel's function names (`SCRIPT_API.md`).
+//!
+//! A script boots a preset, declares devices and then reads like driver code. The
+//! engine runs with resource limits (operations, call depth, string, array and map
+//! sizes), so an endless loop or a hostile size ends in a clear error (exit 2), never
+//! a hang or a host out-of-memory. Errors point at `file:line:col`.
+
+mod api;
+mod values;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use rhai::{Engine, EvalAltResult, Position};
+
+use crate::report::{Expectations, Outcome, PlatformSummary, Report, Stats, SCHEMA};
+use crate::system::{System, DEFAULT_MEMORY_CAP};
+
+pub use values::{BufferObj, DeviceObj, JobObj};
+
+/// Limits and options of a script run.
+#[derive(Debug, Clone, Copy)]
+pub struct ScriptOptions {
+    /// Seed of the random stream.
+    pub seed: u64,
+    /// Host bytes of simulated DRAM that may hold data.
+    pub memory_cap: u64,
+    /// Rhai operations before the run is stopped (an endless loop ends here).
+    pub max_operations: u64,
+    /// Boot this preset whatever the script's `boot()` names (its overrides still apply).
+    pub preset: Option<&'static str>,
+    /// Force background noise off (`noise: "off"`), after the script's overrides.
+    pub noise_off: bool,
+}
+
+impl Default for ScriptOptions {
+    fn default() -> Self {
+        ScriptOptions {
+            seed: 0,
+            memory_cap: DEFAULT_MEMORY_CAP,
+            max_operations: 20_000_000,
+            preset: None,
+            noise_off: false,
+        }
+    }
+}
+
+/// The state a running script shares with its functions.
+pub(crate) struct Session {
+    pub(crate) sys: Option<System>,
+    pub(crate) opts: ScriptOptions,
+    pub(crate) expectations: Expectations,
+    pub(crate) early_log: Vec<String>,
+}
+
+pub(crate) type Shared = Rc<RefCell<Session>>;
+
+fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(opts.max_operations)
+        .set_max_call_levels(64)
+        .set_max_expr_depths(128, 64)
+        .set_max_string_size(1 << 20)
+        .set_max_array_size(1 << 20)
+        .set_max_map_size(1 << 14);
+    api::register(&mut engine, session);
+    engine
+}
+
+/// Builds the engine without running anything (for `dmasim check` and docs tools).
+pub fn engine_for_check() -> Engine {
+    let s: Shared = Rc::new(RefCell::new(Session {
+        sys: None,
+        opts: ScriptOptions::default(),
+        expectations: Expectations::default(),
+        early_log: Vec::new(),
+    }));
+    build_engine(&s, &ScriptOptions::default())
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" (line ") {
+        Some(i) if msg.ends_with(')') => msg[..i].to_string(),
+        _ => msg.to_string(),
+    }
+}
+
+/// `file:line:col: message` for a Rhai error.
+fn describe_error(name: &str, err: &EvalAltResult) -> String {
+    let inner = err.unwrap_inner();
+    let pos = if inner.position().is_none() {
+        err.position()
+    } else {
+        inner.position()
+    };
+    let msg = match inner {
+        EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
+        EvalAltResult::ErrorTooManyOperations(_) => {
+            "the script ran out of operations (an endless loop?); raise the limit with --max-ops"
+                .to_string()
+        }
+        other => strip_position(&other.to_string()),
+    };
+    locate(name, pos, &msg)
+}
+
+fn locate(name: &str, pos: Position, msg: &str) -> String {
+    match (pos.line(), pos.position()) {
+        (Some(l), Some(c)) => format!("{name}:{l}:{c}: {msg}"),
+        (Some(l), None) => format!("{name}:{l}: {msg}"),
+        _ => format!("{name}: {msg}"),
+    }
+}
+
+/// Compiles a script without running it.
+///
+/// # Errors
+/// `file:line:col: message` for the first syntax error.
+pub fn check_source(name: &str, src: &str) -> Result<(), String> {
+    let engine = engine_for_check();
+    engine.compile(src).map(|_| ()).map_err(|e| {
+        let pos = e.position();
+        locate(name, pos, &strip_position(&e.to_string()))
+    })
+}
+
+/// Runs a script and returns its report. Never panics on bad input: syntax errors,
+/// unknown functions, wrong types and limits end in a report with outcome `error`.
+pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
+    let session: Shared = Rc::new(RefCell::new(Session {
+        sys: None,
+        opts: *opts,
+        expectations: Expectations::default(),
+        early_log: Vec::new(),
+    }));
+    let engine = build_engine(&session, opts);
+    let error = match engine.compile(src) {
+        Err(e) => Some(locate(name, e.position(), &strip_position(&e.to_string()))),
+        Ok(ast) => engine.run_ast(&ast).err().map(|e| describe_error(name, &e)),
+    };
+    drop(engine);
+    let mut s = session.borrow_mut();
+    if error.is_none() {
+        if let Some(sys) = s.sys.as_mut() {
+            sys.line = 0;
+            sys.finish();
+        }
+    }
+    let expectations = std::mem::take(&mut s.expectations);
+    let mut log = std::mem::take(&mut s.early_log);
+    let (platform, findings, stats) = match s.sys.as_mut() {
+        Some(sys) => {
+            log.append(&mut sys.log);
+            (
+                Some(PlatformSummary::of(&sys.cfg)),
+                sys.check.findings().to_vec(),
+                Stats::of(sys),
+            )
+        }
+        None => (None, Vec::new(), Stats::default()),
+    };
+    let outcome = if error.is_some() {
+        Outcome::Error
+    } else if findings.is_empty() {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    };
+    Report {
+        schema: SCHEMA,
+        script: name.to_string(),
+        seed: opts.seed,
+        platform,
+        outcome,
+        error,
+        expectations,
+        findings,
+        stats,
+        log,
+    }
+}
+
+/// Reads and runs a script file; an unreadable file gives an error report.
+pub fn run_file(path: &std::path::Path, opts: &ScriptOptions) -> Report {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(src) => run_source(&name, &src, opts),
+        Err(e) => Report {
+            schema: SCHEMA,
+            script: name.clone(),
+            seed: opts.seed,
+            platform: None,
+            outcome: Outcome::Error,
+            error: Some(format!("{name}: cannot read the script: {e}")),
+            expectations: Expectations::default(),
+            findings: Vec::new(),
+            stats: Stats::default(),
+            log: Vec::new(),
+        },
+    }
+}

@@ -1,0 +1,524 @@
+//! The simulated system: the machine, the kernel on it, the sanitizer beside it, and
+//! the devices' DMA engines running on the simulated clock.
+//!
+//! Device transfers are jobs on a queue. A job moves its bytes a page at a time, each
+//! piece at the simulated time the transfer reaches it (latency + bytes / bandwidth),
+//! so CPU work and background noise interleave with the transfer as on a real bus.
+//! Pending pieces run whenever the CPU's clock passes them.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+use crate::check::{Ctx, DeviceAccess, Sanitizer};
+use crate::config::{PlatformConfig, PAGE_SIZE};
+use crate::hw::mmu::{Block, MemType};
+use crate::hw::Machine;
+use crate::kernel::device::Device;
+use crate::kernel::Kernel;
+use crate::units::human_size;
+
+/// Default cap on DRAM frames with data: 4 GiB of host memory.
+pub const DEFAULT_MEMORY_CAP: u64 = 4 << 30;
+/// Largest single CPU or device access a script may ask for.
+pub const MAX_ACCESS: u64 = 256 << 20;
+/// Noise points at most per `run_for`/`wait` (one per simulated µs up to this).
+const MAX_NOISE_POINTS_PER_WAIT: u64 = 256;
+
+/// Failures of the simulation itself (exit 2), as opposed to kernel-level results.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SimError {
+    /// The run touched more DRAM frames than the cap allows.
+    #[error("memory limit: the run needed more than {cap} of simulated DRAM with data (raise it with --max-memory)")]
+    MemoryCap {
+        /// The cap, formatted.
+        cap: String,
+    },
+    /// A CPU access to an address with no mapping: a kernel oops in Linux.
+    #[error("Unable to handle kernel paging request at virtual address {0:#018x}")]
+    PagingRequest(u64),
+    /// An argument no kernel function could accept (Linux would BUG or not compile).
+    #[error("{0}")]
+    Invalid(String),
+    /// A bad platform configuration.
+    #[error("platform: {0}")]
+    Config(String),
+}
+
+/// Result alias for simulator failures.
+pub type Result<T> = std::result::Result<T, SimError>;
+
+/// Options of one run that are not part of the platform.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Seed of the random stream.
+    pub seed: u64,
+    /// Host bytes of simulated DRAM that may hold data.
+    pub memory_cap: u64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            seed: 0,
+            memory_cap: DEFAULT_MEMORY_CAP,
+        }
+    }
+}
+
+/// A device transfer in flight.
+#[derive(Debug, Clone)]
+pub struct Job {
+    dev: usize,
+    write: bool,
+    bus: u64,
+    len: u64,
+    data: Vec<u8>,
+    done: u64,
+    start_ps: u64,
+    ps_per_kib: u64,
+    latency_ps: u64,
+    bus_error: bool,
+    line: u32,
+}
+
+impl Job {
+    fn time_at(&self, bytes: u64) -> u64 {
+        self.start_ps
+            + self.latency_ps
+            + (u128::from(bytes) * u128::from(self.ps_per_kib) / 1024) as u64
+    }
+
+    fn next_time(&self) -> Option<u64> {
+        if self.done >= self.len {
+            return None;
+        }
+        let bus = self.bus.wrapping_add(self.done);
+        let n = (PAGE_SIZE - (bus & (PAGE_SIZE - 1))).min(self.len - self.done);
+        Some(self.time_at(self.done + n))
+    }
+
+    /// Completion time in ps.
+    pub fn end_ps(&self) -> u64 {
+        self.time_at(self.len)
+    }
+}
+
+/// The whole simulated system.
+pub struct System {
+    /// The platform it was booted with.
+    pub cfg: PlatformConfig,
+    /// The silicon.
+    pub hw: Machine,
+    /// Linux.
+    pub kernel: Kernel,
+    /// The observer.
+    pub check: Sanitizer,
+    /// dmesg.
+    pub log: Vec<String>,
+    /// Script line of the call being run.
+    pub line: u32,
+    /// CPU the script runs on.
+    pub cpu: usize,
+    jobs: BTreeMap<u64, Job>,
+    next_job: u64,
+}
+
+impl System {
+    /// Boots a platform: RAM, caches, the linear map, the kernel's allocators.
+    ///
+    /// # Errors
+    /// [`SimError::Config`] when the configuration cannot work.
+    ///
+    /// # Examples
+    /// ```
+    /// use dmasim::config::PlatformConfig;
+    /// use dmasim::system::{RunOptions, System};
+    /// let sys = System::boot(PlatformConfig::preset("arm64-noncoherent").unwrap(), RunOptions::default()).unwrap();
+    /// assert_eq!(sys.kernel.virt_to_phys(sys.kernel.page_offset), Some(0x4000_0000));
+    /// ```
+    pub fn boot(cfg: PlatformConfig, opts: RunOptions) -> Result<System> {
+        cfg.validate().map_err(SimError::Config)?;
+        let cap_frames = (opts.memory_cap / PAGE_SIZE).max(16);
+        let mut hw = Machine::new(&cfg, opts.seed, cap_frames);
+        let kernel = Kernel::new(&cfg);
+        hw.mmu.map_block(
+            0,
+            Block {
+                va: cfg.page_offset,
+                pa: cfg.ram_base,
+                len: cfg.ram,
+                memtype: MemType::Normal,
+            },
+        );
+        let check = Sanitizer::new(cfg.line(), cfg.cost.dram_fill_ps);
+        let mut sys = System {
+            cfg,
+            hw,
+            kernel,
+            check,
+            log: Vec::new(),
+            line: 0,
+            cpu: 0,
+            jobs: BTreeMap::new(),
+            next_job: 1,
+        };
+        sys.printk(
+            "",
+            "Booting Linux on physical CPU 0x0000000000 [dmasim]".into(),
+        );
+        sys.printk("", format!("Machine model: {}", sys.cfg.description));
+        let (ram, base) = (sys.cfg.ram, sys.cfg.ram_base);
+        sys.printk(
+            "",
+            format!(
+                "Memory: {} at {:#x}-{:#x}, {} CPUs, L1D {} / L2 {}",
+                human_size(ram),
+                base,
+                base + ram - 1,
+                sys.cfg.cpus,
+                human_size(sys.cfg.l1.size),
+                human_size(sys.cfg.l2.size)
+            ),
+        );
+        let coherent = if sys.cfg.coherent_default {
+            "coherent (dma-coherent)"
+        } else {
+            "non-coherent"
+        };
+        sys.printk("", format!("DMA: devices are {coherent} by default"));
+        if !sys.cfg.noise.is_off() {
+            let n = sys.cfg.noise;
+            sys.printk(
+                "dmasim",
+                format!(
+                    "background noise: evict {} prefetch {} per noise point",
+                    n.evict, n.prefetch
+                ),
+            );
+        }
+        Ok(sys)
+    }
+
+    /// Context for sanitizer events: now and the current script line.
+    pub fn ctx(&self) -> Ctx {
+        Ctx {
+            time_ns: self.hw.now_ps() / 1000,
+            line: self.line,
+        }
+    }
+
+    /// Appends a dmesg line: `[ seconds.micros] subsystem: message`.
+    pub fn printk(&mut self, subsys: &str, msg: String) {
+        let us = self.hw.now_ps() / 1_000_000;
+        let prefix = if subsys.is_empty() {
+            String::new()
+        } else {
+            format!("{subsys}: ")
+        };
+        self.log.push(format!(
+            "[{:5}.{:06}] {prefix}{msg}",
+            us / 1_000_000,
+            us % 1_000_000
+        ));
+    }
+
+    /// Fails when a simulator limit was hit during the last operation.
+    pub fn check_limits(&self) -> Result<()> {
+        if self.hw.dram.cap_exceeded() {
+            return Err(SimError::MemoryCap {
+                cap: human_size(self.hw.dram.cap_frames() * PAGE_SIZE),
+            });
+        }
+        Ok(())
+    }
+
+    /// Registers a device and returns its index.
+    pub fn add_device(&mut self, dev: Device) -> usize {
+        let kind = if dev.coherent {
+            "coherent"
+        } else {
+            "non-coherent"
+        };
+        self.printk(
+            &dev.name.clone(),
+            format!(
+                "DMA master, {kind} port, {}-bit bus, mask {:#x}",
+                dev.dma_bits, dev.dma_mask
+            ),
+        );
+        self.kernel.devices.push(dev);
+        self.kernel.devices.len() - 1
+    }
+
+    /// Runs pending device pieces up to now, then one noise point: what happens
+    /// "between" two script operations.
+    pub fn step(&mut self) {
+        self.run_devices(self.hw.now_ps());
+        self.hw.noise_point(self.cpu);
+    }
+
+    // ---- CPU accesses -------------------------------------------------------------
+
+    /// A CPU load by virtual address (through the MMU and the caches).
+    ///
+    /// # Errors
+    /// [`SimError::PagingRequest`] for an unmapped address; [`SimError::Invalid`] for a
+    /// length over [`MAX_ACCESS`].
+    pub fn cpu_read_va(&mut self, va: u64, len: u64) -> Result<Vec<u8>> {
+        if len > MAX_ACCESS {
+            return Err(SimError::Invalid(format!(
+                "a single CPU access is limited to {}",
+                human_size(MAX_ACCESS)
+            )));
+        }
+        self.step();
+        let segs = self
+            .hw
+            .mmu
+            .segments(0, va, len)
+            .map_err(SimError::PagingRequest)?;
+        let mut out = vec![0u8; len as usize];
+        let mut done = 0usize;
+        for s in segs {
+            let n = s.len as usize;
+            let before = self.hw.stats.uncached_ps;
+            self.hw
+                .cpu_read_phys(self.cpu, s.pa, s.memtype, &mut out[done..done + n]);
+            let unc = self.hw.stats.uncached_ps - before;
+            let ctx = self.ctx();
+            self.check
+                .cpu_read(&self.hw, ctx, s.pa, &out[done..done + n], unc);
+            done += n;
+        }
+        Ok(out)
+    }
+
+    /// A CPU store by virtual address.
+    ///
+    /// # Errors
+    /// As [`System::cpu_read_va`], plus the memory cap.
+    pub fn cpu_write_va(&mut self, va: u64, data: &[u8]) -> Result<()> {
+        if data.len() as u64 > MAX_ACCESS {
+            return Err(SimError::Invalid(format!(
+                "a single CPU access is limited to {}",
+                human_size(MAX_ACCESS)
+            )));
+        }
+        self.step();
+        let segs = self
+            .hw
+            .mmu
+            .segments(0, va, data.len() as u64)
+            .map_err(SimError::PagingRequest)?;
+        let mut done = 0usize;
+        for s in segs {
+            let n = s.len as usize;
+            self.hw
+                .cpu_write_phys(self.cpu, s.pa, s.memtype, &data[done..done + n]);
+            let ctx = self.ctx();
+            self.check
+                .cpu_write(&self.hw, ctx, s.pa, &data[done..done + n]);
+            done += n;
+        }
+        self.check_limits()
+    }
+
+    /// Speculative fill of the cacheable lines of `[va, va+len)`.
+    ///
+    /// # Errors
+    /// [`SimError::PagingRequest`] for an unmapped address.
+    pub fn prefetch_va(&mut self, va: u64, len: u64) -> Result<()> {
+        self.step();
+        let segs = self
+            .hw
+            .mmu
+            .segments(0, va, len.min(MAX_ACCESS))
+            .map_err(SimError::PagingRequest)?;
+        for s in segs.iter().filter(|s| s.memtype == MemType::Normal) {
+            self.hw.prefetch_phys(self.cpu, s.pa, s.len);
+        }
+        Ok(())
+    }
+
+    // ---- Devices doing DMA --------------------------------------------------------
+
+    /// Starts a device transfer at bus address `addr`: a read of `len` bytes from
+    /// memory (`data` = None) or a write of `data`. Returns the job id.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown or removed device or an oversized transfer.
+    pub fn dev_start(
+        &mut self,
+        dev: usize,
+        addr: u64,
+        len: u64,
+        data: Option<Vec<u8>>,
+    ) -> Result<u64> {
+        let d = self
+            .kernel
+            .devices
+            .get(dev)
+            .ok_or_else(|| SimError::Invalid(format!("no device #{dev}")))?;
+        if !d.bound {
+            return Err(SimError::Invalid(format!("device {} was removed", d.name)));
+        }
+        if len > MAX_ACCESS {
+            return Err(SimError::Invalid(format!(
+                "a single transfer is limited to {}",
+                human_size(MAX_ACCESS)
+            )));
+        }
+        let ps_per_kib = 1024 * 1_000_000 / d.bandwidth.max(1);
+        let latency_ps = d.latency_ns * 1000;
+        self.step();
+        let job = Job {
+            dev,
+            write: data.is_some(),
+            bus: addr,
+            len,
+            data: data.unwrap_or_else(|| vec![0; len as usize]),
+            done: 0,
+            start_ps: self.hw.now_ps(),
+            ps_per_kib,
+            latency_ps,
+            bus_error: false,
+            line: self.line,
+        };
+        let id = self.next_job;
+        self.next_job += 1;
+        self.jobs.insert(id, job);
+        Ok(id)
+    }
+
+    /// Waits for a job: the CPU idles until it completes. Returns the bytes a read
+    /// got, `None` for a write or a transfer that ended in a bus error.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown job.
+    pub fn wait(&mut self, job: u64) -> Result<Option<Vec<u8>>> {
+        let end = self
+            .jobs
+            .get(&job)
+            .ok_or_else(|| SimError::Invalid(format!("no DMA job #{job} (already waited for?)")))?
+            .end_ps();
+        self.idle_until(end);
+        let j = self.jobs.remove(&job).expect("job checked above");
+        self.check_limits()?;
+        Ok((!j.write && !j.bus_error).then_some(j.data))
+    }
+
+    /// Lets `ns` of simulated time pass with background activity.
+    pub fn run_for(&mut self, ns: u64) -> Result<()> {
+        let end = self.hw.now_ps().saturating_add(ns.saturating_mul(1000));
+        self.idle_until(end);
+        self.check_limits()
+    }
+
+    fn idle_until(&mut self, end_ps: u64) {
+        let now = self.hw.now_ps();
+        let span = end_ps.saturating_sub(now);
+        let points = (span / 1_000_000).clamp(1, MAX_NOISE_POINTS_PER_WAIT);
+        for k in 1..=points {
+            let t = now + span / points * k;
+            self.run_devices(t);
+            self.hw.advance_to(t);
+            self.hw.noise_point(self.cpu);
+        }
+        self.run_devices(end_ps);
+        self.hw.advance_to(end_ps);
+    }
+
+    /// Runs every pending device piece whose time is ≤ `t_ps`, in time order.
+    pub fn run_devices(&mut self, t_ps: u64) {
+        loop {
+            let next = self
+                .jobs
+                .iter()
+                .filter_map(|(&id, j)| j.next_time().map(|t| (t, id)))
+                .min();
+            match next {
+                Some((t, id)) if t <= t_ps => self.device_piece(id),
+                _ => break,
+            }
+        }
+    }
+
+    fn device_piece(&mut self, id: u64) {
+        let j = self.jobs.get(&id).expect("pending job");
+        let (devi, write, line) = (j.dev, j.write, j.line);
+        let bus = j.bus.wrapping_add(j.done);
+        let n = (PAGE_SIZE - (bus & (PAGE_SIZE - 1))).min(j.len - j.done);
+        let t = j.time_at(j.done + n);
+        let dev = &self.kernel.devices[devi];
+        let pa = dev.dma_to_phys(dev.bus_lines(bus));
+        let coherent = dev.coherent;
+        let off = j.done as usize;
+        let mut piece = j.data[off..off + n as usize].to_vec();
+        let ok = if write {
+            self.hw.port_write(coherent, pa, &piece).is_ok()
+        } else {
+            self.hw.port_read(coherent, pa, &mut piece).is_ok()
+        };
+        let va_of = self.kernel.buffer_at_va(bus).map(|b| {
+            (
+                format!(
+                    "{} buffer #{} (allocated at line {})",
+                    b.kind.name(),
+                    b.id,
+                    b.alloc.line
+                ),
+                b.phys + (bus - b.va),
+            )
+        });
+        let dev_name = self.kernel.devices[devi].name.clone();
+        let ctx = Ctx {
+            time_ns: t / 1000,
+            line,
+        };
+        self.check.device_access(
+            ctx,
+            DeviceAccess {
+                dev: devi,
+                dev_name: &dev_name,
+                bus,
+                pa: ok.then_some(pa),
+                data: &piece,
+                write,
+                va_of,
+            },
+        );
+        if !ok {
+            let us = t / 1_000_000;
+            self.log.push(format!(
+                "[{:5}.{:06}] {dev_name}: DMA bus error at {:#x} (physical {pa:#x} is not RAM)",
+                us / 1_000_000,
+                us % 1_000_000,
+                bus
+            ));
+        }
+        let j = self.jobs.get_mut(&id).expect("pending job");
+        if !write {
+            j.data[off..off + n as usize].copy_from_slice(&piece);
+        }
+        j.bus_error |= !ok;
+        j.done += n;
+        if j.bus_error {
+            // The engine stops at the first error.
+            j.done = j.len;
+        }
+    }
+
+    /// End of run: waits for transfers still in flight, then reports leaks and
+    /// heavy uncached use.
+    pub fn finish(&mut self) {
+        let last = self.jobs.values().map(Job::end_ps).max().unwrap_or(0);
+        if last > self.hw.now_ps() {
+            self.idle_until(last);
+        }
+        let ctx = self.ctx();
+        self.check.uncached_use(ctx);
+        self.check
+            .leaks(&mut self.hw, ctx, None, "at the end of the run");
+    }
+}
