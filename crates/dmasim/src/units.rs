@@ -87,7 +87,7 @@ pub fn parse_duration_ns(text: &str) -> Result<u64, UnitError> {
         _ => return Err(UnitError::BadDuration(text.to_string())),
     };
     let ns = value * scale;
-    if !ns.is_finite() || ns < 0.0 || ns > 1e18 {
+    if !ns.is_finite() || !(0.0..=1e18).contains(&ns) {
         return Err(UnitError::Overflow(text.to_string()));
     }
     Ok(ns.round() as u64)

@@ -420,7 +420,8 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     let s1 = s.clone();
     engine.register_fn("kfree", move |ctx: NativeCallContext, b: BufferObj| {
         with_sys(&s1, &ctx, |sys| {
-            Ok(sys.kfree(b.id, "kfree", BufKind::Kmalloc))
+            sys.kfree(b.id, "kfree", BufKind::Kmalloc);
+            Ok(())
         })
     });
     let s1 = s.clone();
@@ -436,7 +437,8 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     let s1 = s.clone();
     engine.register_fn("free_pages", move |ctx: NativeCallContext, b: BufferObj| {
         with_sys(&s1, &ctx, |sys| {
-            Ok(sys.kfree(b.id, "free_pages", BufKind::Pages))
+            sys.kfree(b.id, "free_pages", BufKind::Pages);
+            Ok(())
         })
     });
     let s1 = s.clone();

@@ -1,0 +1,192 @@
+//! Integration tests that drive the built `dmasim` binary and assert on its JSON and
+//! exit codes (ripgrep's tests/json.rs style).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn dmasim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dmasim"))
+        .args(args)
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the binary runs")
+}
+
+fn show(args: &[&str], out: &Output) -> String {
+    format!(
+        "dmasim {}\nstatus: {:?}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn json_run(args: &[&str]) -> (i32, Value) {
+    let out = dmasim(args);
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{}", show(args, &out)));
+    (out.status.code().expect("exit code"), v)
+}
+
+#[test]
+fn broken_tx_exits_1_with_a_manifested_stale_device_read() {
+    let args = [
+        "run",
+        "scenarios/tx-after-map.rhai",
+        "--json",
+        "--noise",
+        "off",
+    ];
+    let (code, v) = json_run(&args);
+    assert_eq!(code, 1);
+    assert_eq!(v["schema"], "dmasim.report/v1");
+    assert_eq!(v["outcome"], "findings");
+    assert_eq!(v["platform"]["preset"], "arm64-noncoherent");
+    let f = &v["findings"][0];
+    assert_eq!(f["id"], "stale-device-read");
+    assert_eq!(f["severity"], "error");
+    assert_eq!(f["manifested"], true);
+    assert_eq!(f["device"], "eth0");
+    assert_eq!(f["line"], 13);
+    assert!(f["help"]
+        .as_str()
+        .unwrap()
+        .contains("dma_sync_single_for_device"));
+    assert!(f["history"].as_array().unwrap().len() >= 3);
+    assert_eq!(v["stats"]["dma_bytes"], 1500);
+}
+
+#[test]
+fn on_the_coherent_preset_the_same_bug_is_latent() {
+    let (code, v) = json_run(&[
+        "run",
+        "scenarios/tx-after-map.rhai",
+        "--json",
+        "--noise",
+        "off",
+        "--preset",
+        "arm64-coherent",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(v["findings"][0]["id"], "stale-device-read");
+    assert_eq!(v["findings"][0]["manifested"], false);
+}
+
+#[test]
+fn fixed_scenarios_exit_0_with_no_findings() {
+    for s in ["scenarios/tx-before-map.rhai", "scenarios/rx-sync.rhai"] {
+        let (code, v) = json_run(&["run", s, "--json", "--seed", "3"]);
+        assert_eq!(code, 0, "{s}");
+        assert_eq!(v["outcome"], "clean");
+        assert_eq!(v["findings"].as_array().unwrap().len(), 0);
+        assert_eq!(v["expectations"]["failed"], 0);
+        assert!(v["stats"]["sim_time_ns"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn same_seed_same_bytes() {
+    let a = dmasim(&["run", "scenarios/rx-no-sync.rhai", "--json", "--seed", "11"]);
+    let b = dmasim(&["run", "scenarios/rx-no-sync.rhai", "--json", "--seed", "11"]);
+    assert_eq!(a.stdout, b.stdout);
+}
+
+#[test]
+fn text_report_reads_like_rustc() {
+    let args = ["run", "scenarios/rx-no-sync.rhai", "--noise", "off"];
+    let out = dmasim(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
+    assert!(text.contains("error[stale-cpu-read]"), "{text}");
+    assert!(text.contains("--> scenarios/rx-no-sync.rhai:16"), "{text}");
+    assert!(
+        text.contains("= help: call dma_sync_single_for_cpu"),
+        "{text}"
+    );
+    assert!(
+        text.contains("] adc0: DMA master"),
+        "dmesg-style log: {text}"
+    );
+    assert!(!text.contains('\x1b'), "no colour off a terminal");
+}
+
+#[test]
+fn script_errors_exit_2_with_file_line_col() {
+    let dir = std::env::temp_dir().join(format!("dmasim-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.rhai");
+    std::fs::write(
+        &bad,
+        "boot(\"arm64-noncoherent\");\nlet x = dma_map_single(;\n",
+    )
+    .unwrap();
+    let p = bad.to_str().unwrap();
+    let out = dmasim(&["check", p]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.rhai:2:"),
+        "{}",
+        show(&["check", p], &out)
+    );
+    let (code, v) = json_run(&["run", p, "--json"]);
+    assert_eq!(code, 2);
+    assert_eq!(v["outcome"], "error");
+    assert!(v["error"].as_str().unwrap().contains("bad.rhai:2:"));
+    let unknown = dir.join("unknown.rhai");
+    std::fs::write(&unknown, "boot(\"x86-64\");\n\nno_such_call(1, 2);\n").unwrap();
+    let (code, v) = json_run(&["run", unknown.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 2);
+    assert!(
+        v["error"].as_str().unwrap().contains("unknown.rhai:3:"),
+        "{v}"
+    );
+    let out = dmasim(&["run", "does-not-exist.rhai"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = dmasim(&["run", "scenarios/rx-sync.rhai", "--preset", "vax"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown preset"));
+    let good = dmasim(&["check", "scenarios/rx-sync.rhai"]);
+    assert_eq!(good.status.code(), Some(0));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn presets_list_every_field() {
+    let out = dmasim(&["presets", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["preset"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["arm64-noncoherent", "arm64-coherent", "x86-64"]);
+    assert_eq!(v[0]["coherent_default"], false);
+    assert_eq!(v[1]["coherent_default"], true);
+    assert!(v[0]["cost"]["uncached_read_beat_ps"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn the_tour_lists_and_runs_its_stops() {
+    let out = dmasim(&["tour", "--list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("tx-stale") && text.contains("rx-stale"),
+        "{text}"
+    );
+    let args = ["tour", "rx-stale"];
+    let out = dmasim(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+    assert!(text.contains("stale-cpu-read"), "{text}");
+    assert!(text.contains("reported on 20/20 seeds"), "{text}");
+}
