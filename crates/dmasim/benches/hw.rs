@@ -1,17 +1,24 @@
-//! Hot-path benchmarks of the machine model, each beside a host baseline.
-//!
-//! Run with `cargo bench -p dmasim --bench hw`; BENCHMARKS.md records the figures.
+//! Hot-path benchmarks of the model, each beside a host baseline measured in the same
+//! run. `cargo bench -p dmasim --bench hw`; BENCHMARKS.md records the figures.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use dmasim::config::PlatformConfig;
+use dmasim::config::{NoiseConfig, PlatformConfig};
 use dmasim::hw::mmu::{Block, MemType};
 use dmasim::hw::Machine;
+use dmasim::kernel::device::Device;
+use dmasim::kernel::dma::DmaDirection;
+use dmasim::system::{RunOptions, System};
 
 const VA: u64 = 0xffff_0000_0000_0000;
 
+fn quiet(preset: &str) -> PlatformConfig {
+    let mut p = PlatformConfig::preset(preset).unwrap();
+    p.noise = NoiseConfig::OFF;
+    p
+}
+
 fn machine() -> Machine {
-    let mut p = PlatformConfig::preset("arm64-noncoherent").unwrap();
-    p.noise = dmasim::config::NoiseConfig::OFF;
+    let p = quiet("arm64-noncoherent");
     let mut m = Machine::new(&p, 1, 1 << 20);
     m.mmu.map_block(
         0,
@@ -25,14 +32,15 @@ fn machine() -> Machine {
     m
 }
 
+/// CPU stores through L1+L2 with line data, counted in line accesses.
 fn cpu_lines(c: &mut Criterion) {
     let mut g = c.benchmark_group("cpu_line_writes");
     g.sample_size(10);
-    // 64 MiB sequential stream: every access misses L1 and L2.
+    let page = [0xa5u8; 4096];
+    // 64 MiB sequential stream: every line misses L1 and L2, evicts a dirty victim.
     let lines = (64u64 << 20) / 64;
     g.throughput(Throughput::Elements(lines));
     let mut m = machine();
-    let page = [0xa5u8; 4096];
     g.bench_function("all_miss_64MiB_stream", |b| {
         b.iter(|| {
             for i in 0..(64u64 << 20) / 4096 {
@@ -40,26 +48,24 @@ fn cpu_lines(c: &mut Criterion) {
             }
         })
     });
-    let data = [0x5au8; 64];
-    // 16 KiB working set: every access hits L1.
-    let lines = 256u64;
-    g.throughput(Throughput::Elements(lines * 64));
+    // 16 KiB working set written a page at a time: every line hits L1.
+    g.throughput(Throughput::Elements(64 * 256));
     g.bench_function("l1_resident_16KiB", |b| {
         b.iter(|| {
             for _ in 0..64 {
-                for i in 0..lines {
-                    m.cpu_write(0, 0, VA + i * 64, black_box(&data)).unwrap();
+                for i in 0..4 {
+                    m.cpu_write(0, 0, VA + i * 4096, black_box(&page)).unwrap();
                 }
             }
         })
     });
-    // Host baseline: the same line-sized stores into a host buffer.
+    // Host baseline: the same stores into a host buffer of the same size.
     let mut host = vec![0u8; 16 << 10];
-    g.bench_function("host_baseline_l1_resident_16KiB", |b| {
+    g.bench_function("host_baseline_16KiB_page_copies", |b| {
         b.iter(|| {
             for _ in 0..64 {
-                for i in 0..lines as usize {
-                    host[i * 64..i * 64 + 64].copy_from_slice(black_box(&data));
+                for i in 0..4 {
+                    host[i * 4096..i * 4096 + 4096].copy_from_slice(black_box(&page));
                 }
             }
             black_box(&host);
@@ -68,5 +74,48 @@ fn cpu_lines(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cpu_lines);
+fn dma_system(coherent: bool) -> (System, usize, u64) {
+    let mut sys = System::boot(quiet("arm64-noncoherent"), RunOptions::default()).unwrap();
+    let dev = sys.add_device(Device::new("dev0", coherent, 1_000_000, 0));
+    let id = sys.kmalloc(64 << 10).unwrap().unwrap();
+    let va = sys.kernel.buffers[&id].va;
+    sys.cpu_write_va(va, &vec![0x42; 64 << 10]).unwrap();
+    let addr = sys
+        .dma_map_single(dev, va, 64 << 10, DmaDirection::Bidirectional)
+        .unwrap();
+    (sys, dev, addr)
+}
+
+/// A device moves 64 KiB through its port with the sanitizer watching.
+fn device_dma(c: &mut Criterion) {
+    let mut g = c.benchmark_group("device_dma_64KiB");
+    g.throughput(Throughput::Bytes(64 << 10));
+    let (mut sys, dev, addr) = dma_system(false);
+    g.bench_function("noncoherent_read_sanitizer_on", |b| {
+        b.iter(|| {
+            let j = sys.dev_start(dev, addr, 64 << 10, None).unwrap();
+            black_box(sys.wait(j).unwrap());
+        })
+    });
+    let data = vec![0x17u8; 64 << 10];
+    g.bench_function("noncoherent_write_sanitizer_on", |b| {
+        b.iter(|| {
+            let j = sys
+                .dev_start(dev, addr, 64 << 10, Some(data.clone()))
+                .unwrap();
+            black_box(sys.wait(j).unwrap());
+        })
+    });
+    let src = vec![0x42u8; 64 << 10];
+    let mut dst = vec![0u8; 64 << 10];
+    g.bench_function("host_baseline_memcpy", |b| {
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&dst);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, cpu_lines, device_dma);
 criterion_main!(benches);

@@ -256,6 +256,18 @@ impl System {
     pub fn step(&mut self) {
         self.run_devices(self.hw.now_ps());
         self.hw.noise_point(self.cpu);
+        Self::drain_writebacks(&mut self.hw, &mut self.check);
+    }
+
+    /// Tells the oracle where dirty lines were written back into watched frames.
+    fn drain_writebacks(hw: &mut Machine, check: &mut Sanitizer) {
+        if hw.caches.watched_writebacks.is_empty() {
+            return;
+        }
+        let line = hw.line();
+        for pa in hw.caches.watched_writebacks.drain(..) {
+            check.oracle.mark_may_differ(pa, line);
+        }
     }
 
     // ---- CPU accesses -------------------------------------------------------------
@@ -377,7 +389,7 @@ impl System {
             write: data.is_some(),
             bus: addr,
             len,
-            data: data.unwrap_or_else(|| vec![0; len as usize]),
+            data: data.unwrap_or_else(|| Vec::with_capacity(len as usize)),
             done: 0,
             start_ps: self.hw.now_ps(),
             ps_per_kib,
@@ -445,33 +457,42 @@ impl System {
     }
 
     fn device_piece(&mut self, id: u64) {
-        let j = self.jobs.get(&id).expect("pending job");
+        let j = self.jobs.get_mut(&id).expect("pending job");
         let (devi, write, line) = (j.dev, j.write, j.line);
         let bus = j.bus.wrapping_add(j.done);
         let n = (PAGE_SIZE - (bus & (PAGE_SIZE - 1))).min(j.len - j.done);
         let t = j.time_at(j.done + n);
         let dev = &self.kernel.devices[devi];
         let pa = dev.dma_to_phys(dev.bus_lines(bus));
-        let coherent = dev.coherent;
         let off = j.done as usize;
-        let mut piece = j.data[off..off + n as usize].to_vec();
+        Self::drain_writebacks(&mut self.hw, &mut self.check);
         let ok = if write {
-            self.hw.port_write(coherent, pa, &piece).is_ok()
+            self.hw
+                .port_write(dev.coherent, pa, &j.data[off..off + n as usize])
+                .is_ok()
         } else {
-            self.hw.port_read(coherent, pa, &mut piece).is_ok()
+            // Pieces run in order, so a read's bytes are appended.
+            self.hw
+                .port_read_append(dev.coherent, pa, n as usize, &mut j.data)
+                .is_ok()
         };
-        let va_of = self.kernel.buffer_at_va(bus).map(|b| {
-            (
-                format!(
-                    "{} buffer #{} (allocated at line {})",
-                    b.kind.name(),
-                    b.id,
-                    b.alloc.line
-                ),
-                b.phys + (bus - b.va),
-            )
-        });
-        let dev_name = self.kernel.devices[devi].name.clone();
+        let piece = &j.data[off..off + n as usize];
+        // Only an access no mapping covers needs to know whose virtual address it was.
+        let va_of = if self.check.covers(devi, bus, n) {
+            None
+        } else {
+            self.kernel.buffer_at_va(bus).map(|b| {
+                (
+                    format!(
+                        "{} buffer #{} (allocated at line {})",
+                        b.kind.name(),
+                        b.id,
+                        b.alloc.line
+                    ),
+                    b.phys + (bus - b.va),
+                )
+            })
+        };
         let ctx = Ctx {
             time_ns: t / 1000,
             line,
@@ -480,10 +501,10 @@ impl System {
             ctx,
             DeviceAccess {
                 dev: devi,
-                dev_name: &dev_name,
+                dev_name: &dev.name,
                 bus,
                 pa: ok.then_some(pa),
-                data: &piece,
+                data: piece,
                 write,
                 va_of,
             },
@@ -491,15 +512,12 @@ impl System {
         if !ok {
             let us = t / 1_000_000;
             self.log.push(format!(
-                "[{:5}.{:06}] {dev_name}: DMA bus error at {:#x} (physical {pa:#x} is not RAM)",
+                "[{:5}.{:06}] {}: DMA bus error at {:#x} (physical {pa:#x} is not RAM)",
                 us / 1_000_000,
                 us % 1_000_000,
+                dev.name,
                 bus
             ));
-        }
-        let j = self.jobs.get_mut(&id).expect("pending job");
-        if !write {
-            j.data[off..off + n as usize].copy_from_slice(&piece);
         }
         j.bus_error |= !ok;
         j.done += n;

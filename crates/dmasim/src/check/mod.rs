@@ -122,6 +122,12 @@ const HISTORY_MAX: usize = 48;
 
 impl Entry {
     fn push(&mut self, ctx: Ctx, event: String) {
+        if let Some((i, _, write, start, n)) = self.last_dev.take() {
+            let verb = if write { "wrote" } else { "read" };
+            if let Some(ev) = self.history.get_mut(i) {
+                ev.event = format!("{} {verb} {n} bytes at {start:#x}", self.dev_name);
+            }
+        }
         if self.history.len() >= HISTORY_MAX {
             // Keep the first events (allocation, map) and the most recent ones.
             self.history.remove(8);
@@ -131,6 +137,18 @@ impl Entry {
             line: ctx.line,
             event,
         });
+    }
+
+    /// The history with the last device transfer's event brought up to date.
+    fn snapshot(&self) -> Vec<HistoryEvent> {
+        let mut h = self.history.clone();
+        if let Some((i, _, write, start, n)) = self.last_dev {
+            if let Some(ev) = h.get_mut(i) {
+                let verb = if write { "wrote" } else { "read" };
+                ev.event = format!("{} {verb} {n} bytes at {start:#x}", self.dev_name);
+            }
+        }
+        h
     }
 
     fn describe(&self) -> String {
@@ -307,7 +325,7 @@ impl Sanitizer {
                     line * self.line,
                     e.describe()
                 );
-                let hist = e.history.clone();
+                let hist = e.snapshot();
                 self.report(
                     "overlapping-mapping",
                     id,
@@ -422,7 +440,7 @@ impl Sanitizer {
             return;
         };
         let e = self.entries.remove(&id).expect("entry found above");
-        let mut hist = e.history.clone();
+        let mut hist = e.snapshot();
         hist.push(HistoryEvent {
             time_ns: ctx.time_ns,
             line: ctx.line,
@@ -607,7 +625,10 @@ impl Sanitizer {
                 e.cpu_dirty.remove(s, t);
                 e.owned_writes.remove(s, t);
             }
-            e.history.clone()
+            if problems.is_empty() {
+                return;
+            }
+            e.snapshot()
         };
         for (pid, msg, help) in problems {
             self.report(
@@ -658,7 +679,7 @@ impl Sanitizer {
                         t - s,
                         e.dev_name.clone(),
                         e.dev_addr + os,
-                        e.history.clone(),
+                        e.snapshot(),
                         e.dir,
                     ));
                 }
@@ -681,7 +702,7 @@ impl Sanitizer {
                     t - s,
                     e.dev_name.clone(),
                     e.dev_addr + os,
-                    e.history.clone(),
+                    e.snapshot(),
                     e.dir,
                 ));
             } else if e.device_owns {
@@ -700,7 +721,7 @@ impl Sanitizer {
                     t - s,
                     e.dev_name.clone(),
                     e.dev_addr + os,
-                    e.history.clone(),
+                    e.snapshot(),
                     e.dir,
                 ));
             } else if bad > 0 {
@@ -719,7 +740,7 @@ impl Sanitizer {
                     t - s,
                     e.dev_name.clone(),
                     e.dev_addr + os,
-                    e.history.clone(),
+                    e.snapshot(),
                     e.dir,
                 ));
             }
@@ -761,7 +782,7 @@ impl Sanitizer {
         if !hw.dram.is_watched(pa) {
             return;
         }
-        self.oracle.store(pa, data);
+        self.oracle.store_cpu(pa, data);
         let end = pa + data.len() as u64;
         for e in self.entries.values_mut() {
             let (s, t) = (pa.max(e.phys), end.min(e.phys + e.size));
@@ -799,14 +820,13 @@ impl Sanitizer {
                     && len <= e.size - (a.bus - e.dev_addr)
             })
             .map(|(&k, _)| k);
-        let verb = if a.write { "wrote" } else { "read" };
         let Some(id) = cover else {
             self.unmapped_device_access(ctx, &a);
             return;
         };
         let line = self.line;
         let (bad, bad_lines) = match a.pa {
-            Some(pa) => self.oracle.diff(pa, a.data, line),
+            Some(pa) => self.oracle.diff_dram(pa, a.data, line),
             None => (0, 0),
         };
         let e = self.entries.get_mut(&id).expect("found above");
@@ -819,15 +839,10 @@ impl Sanitizer {
                     && start + n == a.bus
                     && i + 1 == e.history.len() =>
             {
-                e.history[i].event =
-                    format!("{} {verb} {} bytes at {start:#x}", a.dev_name, n + len);
                 e.last_dev = Some((i, l, w, start, n + len));
             }
             _ => {
-                e.push(
-                    ctx,
-                    format!("{} {verb} {len} bytes at {:#x}", a.dev_name, a.bus),
-                );
+                e.push(ctx, String::new());
                 e.last_dev = Some((e.history.len() - 1, ctx.line, a.write, a.bus, len));
             }
         }
@@ -883,7 +898,10 @@ impl Sanitizer {
                 e.owned_writes.remove(os, ot);
             }
         }
-        let hist = e.history.clone();
+        if out.is_empty() {
+            return;
+        }
+        let hist = e.snapshot();
         for (fid, manifested, msg, help) in out {
             self.report(
                 fid,
@@ -1003,7 +1021,7 @@ impl Sanitizer {
                     e.describe()
                 ),
                 help,
-                e.history.clone(),
+                e.snapshot(),
             );
             self.oracle.release(hw, e.phys, e.size);
         }
@@ -1047,8 +1065,18 @@ impl Sanitizer {
                 ps as f64 / cached.max(1) as f64
             ),
             "use dma_alloc_coherent for descriptors and small shared state; for bulk data the CPU processes, use kmalloc + dma_map_single with dma_sync_single_for_cpu".into(),
-            e.history.clone(),
+            e.snapshot(),
         );
+    }
+
+    /// True when a live mapping of `dev` covers `[bus, bus+len)`.
+    pub fn covers(&self, dev: usize, bus: u64, len: u64) -> bool {
+        self.entries.values().any(|e| {
+            e.dev == dev
+                && bus >= e.dev_addr
+                && bus - e.dev_addr < e.size
+                && len <= e.size - (bus - e.dev_addr)
+        })
     }
 
     /// Which live mapping of `dev` a coherent buffer at `dev_addr` is (for frees).

@@ -9,6 +9,7 @@
 //! "watched" bit so that unwatched accesses pay one bit test.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::config::PAGE_SIZE;
 use crate::hw::Machine;
@@ -16,12 +17,35 @@ use crate::hw::Machine;
 struct Page {
     data: Box<[u8; PAGE_SIZE as usize]>,
     refs: u32,
+    /// DRAM may hold other bytes than the truth here: set by cacheable CPU stores
+    /// (the new bytes may sit in a dirty line) and by write-backs; cleared when a
+    /// whole-page comparison found them equal. While it is clear, a device read of
+    /// DRAM needs no comparison.
+    dram_may_differ: bool,
+}
+
+/// Multiply-shift hashing of page addresses (they are already well spread).
+#[derive(Default)]
+struct PageHasher(u64);
+
+impl Hasher for PageHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (x >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 /// Shadow memory for watched pages.
 #[derive(Default)]
 pub struct Oracle {
-    pages: HashMap<u64, Page>,
+    pages: HashMap<u64, Page, BuildHasherDefault<PageHasher>>,
 }
 
 fn page_of(pa: u64) -> u64 {
@@ -42,7 +66,14 @@ impl Oracle {
                 None => {
                     let mut data = Box::new([0u8; PAGE_SIZE as usize]);
                     hw.peek(p, &mut data[..]);
-                    self.pages.insert(p, Page { data, refs: 1 });
+                    self.pages.insert(
+                        p,
+                        Page {
+                            data,
+                            refs: 1,
+                            dram_may_differ: true,
+                        },
+                    );
                     hw.dram.set_watched(p, true);
                 }
             }
@@ -66,6 +97,43 @@ impl Oracle {
             }
             p += PAGE_SIZE;
         }
+    }
+
+    /// Records a cacheable CPU store: the truth changes, DRAM may lag behind.
+    pub fn store_cpu(&mut self, pa: u64, data: &[u8]) {
+        self.store(pa, data);
+        self.mark_may_differ(pa, data.len() as u64);
+    }
+
+    /// Notes that DRAM under `[pa, pa+len)` may no longer equal the truth (a
+    /// write-back happened there).
+    pub fn mark_may_differ(&mut self, pa: u64, len: u64) {
+        let mut p = page_of(pa);
+        while p < pa + len.max(1) {
+            if let Some(pg) = self.pages.get_mut(&p) {
+                pg.dram_may_differ = true;
+            }
+            p += PAGE_SIZE;
+        }
+    }
+
+    /// Like [`Oracle::diff`] for bytes read from DRAM by a device (one page at most):
+    /// skips the comparison while DRAM is known to equal the truth, and learns that it
+    /// does when a whole page compares equal.
+    pub fn diff_dram(&mut self, pa: u64, got: &[u8], line: u64) -> (u64, u64) {
+        let Some(pg) = self.pages.get(&page_of(pa)) else {
+            return (0, 0);
+        };
+        if !pg.dram_may_differ {
+            return (0, 0);
+        }
+        let r = self.diff(pa, got, line);
+        if r.0 == 0 && got.len() as u64 == PAGE_SIZE {
+            if let Some(pg) = self.pages.get_mut(&page_of(pa)) {
+                pg.dram_may_differ = false;
+            }
+        }
+        r
     }
 
     /// Records that `data` was stored at `pa` (any length; unwatched parts ignored).

@@ -75,6 +75,8 @@ struct Level {
     tags: Vec<u64>,
     state: Vec<LineState>,
     slot: Vec<u32>,
+    /// Valid lines: a level with none is skipped by snoops (a cheap snoop filter).
+    count: usize,
 }
 
 impl Level {
@@ -87,6 +89,7 @@ impl Level {
             tags: vec![INVALID_TAG; n],
             state: vec![LineState::Invalid; n],
             slot: vec![0; n],
+            count: 0,
         }
     }
 
@@ -97,6 +100,9 @@ impl Level {
 
     #[inline(always)]
     fn find(&self, line: u64) -> Option<usize> {
+        if self.count == 0 {
+            return None;
+        }
         let base = self.set_base(line);
         self.tags[base..base + self.ways]
             .iter()
@@ -110,8 +116,21 @@ impl Level {
 
     #[inline(always)]
     fn clear(&mut self, i: usize) {
+        if self.tags[i] != INVALID_TAG {
+            self.count -= 1;
+        }
         self.tags[i] = INVALID_TAG;
         self.state[i] = LineState::Invalid;
+    }
+
+    #[inline(always)]
+    fn fill(&mut self, i: usize, line: u64, slot: u32, state: LineState) {
+        if self.tags[i] == INVALID_TAG {
+            self.count += 1;
+        }
+        self.tags[i] = line;
+        self.slot[i] = slot;
+        self.state[i] = state;
     }
 }
 
@@ -228,13 +247,12 @@ impl Caches {
                 v
             }
         };
-        self.l2.tags[way] = line;
-        self.l2.slot[way] = slot;
-        self.l2.state[way] = if st == LineState::Modified {
+        let st2 = if st == LineState::Modified {
             LineState::Modified
         } else {
             LineState::Exclusive
         };
+        self.l2.fill(way, line, slot, st2);
     }
 
     /// Makes sure `line` is in `cpu`'s L1 in a state that allows the access, and
@@ -277,10 +295,7 @@ impl Caches {
             }
         };
         let (slot, state, hit) = self.fetch_for_l1(cpu, line, write, dram);
-        let l1 = &mut self.l1[cpu];
-        l1.tags[way] = line;
-        l1.slot[way] = slot;
-        l1.state[way] = state;
+        self.l1[cpu].fill(way, line, slot, state);
         (way, hit)
     }
 

@@ -143,6 +143,37 @@ impl Dram {
         }
     }
 
+    /// Copies `data` to `pa` (inside one frame) and tells whether the frame is watched,
+    /// with one table lookup (the write-back path).
+    #[inline]
+    pub fn write_in_frame_watched(&mut self, pa: u64, data: &[u8]) -> bool {
+        let (c, f) = self.index(pa);
+        let off = (pa & (PAGE_SIZE - 1)) as usize;
+        let chunk = self.chunks[c].get_or_insert_with(Chunk::new);
+        if chunk.frames[f].is_none() {
+            if self.touched >= self.cap {
+                self.cap_exceeded = true;
+                return chunk.watched[f / 64] & (1 << (f % 64)) != 0;
+            }
+            self.touched += 1;
+            chunk.frames[f] = Some(Box::new([0u8; PAGE_SIZE as usize]));
+        }
+        if let Some(fr) = chunk.frames[f].as_deref_mut() {
+            fr[off..off + data.len()].copy_from_slice(data);
+        }
+        chunk.watched[f / 64] & (1 << (f % 64)) != 0
+    }
+
+    /// Appends `len` bytes at `pa` (inside one frame) to `out`, without zeroing first.
+    #[inline]
+    pub fn read_append(&self, pa: u64, len: usize, out: &mut Vec<u8>) {
+        let off = (pa & (PAGE_SIZE - 1)) as usize;
+        match self.frame(pa) {
+            Some(f) => out.extend_from_slice(&f[off..off + len]),
+            None => out.resize(out.len() + len, 0),
+        }
+    }
+
     /// Reads any range of RAM (page by page). The caller checked [`Dram::contains`].
     pub fn read(&self, mut pa: u64, out: &mut [u8]) {
         let mut done = 0;

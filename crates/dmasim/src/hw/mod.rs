@@ -324,6 +324,33 @@ impl Machine {
         Ok(())
     }
 
+    /// A device reads `len` bytes (inside one page) at `pa` and appends them to `out`
+    /// (no zero-fill first: the DMA hot path).
+    ///
+    /// # Errors
+    /// [`BusError`] when the range is not RAM (`out` grows by `len` zero bytes).
+    pub fn port_read_append(
+        &mut self,
+        coherent: bool,
+        pa: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BusError> {
+        if !self.dram.contains(pa, len as u64) {
+            out.resize(out.len() + len, 0);
+            return Err(BusError { pa });
+        }
+        self.stats.dma_bytes += len as u64;
+        if !coherent {
+            self.dram.read_append(pa, len, out);
+            return Ok(());
+        }
+        let start = out.len();
+        out.resize(start + len, 0);
+        self.peek(pa, &mut out[start..]);
+        Ok(())
+    }
+
     /// A device writes `data` to physical memory through its port.
     ///
     /// # Errors
