@@ -118,4 +118,26 @@ fn device_dma(c: &mut Criterion) {
 }
 
 criterion_group!(benches, cpu_lines, device_dma);
-criterion_main!(benches);
+
+/// Diagnostic: an all-miss stream whose frames fit the host's caches (2 MiB), to
+/// separate the model's own work from host memory traffic.
+fn cpu_lines_small(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cpu_line_writes_diag");
+    g.sample_size(10);
+    let page = [0xa5u8; 4096];
+    let mut m = machine();
+    g.throughput(Throughput::Elements((2u64 << 20) / 64 * 8));
+    g.bench_function("all_miss_2MiB_stream_x8", |b| {
+        b.iter(|| {
+            for _ in 0..8 {
+                for i in 0..(2u64 << 20) / 4096 {
+                    m.cpu_write(0, 0, VA + i * 4096, black_box(&page)).unwrap();
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(diag, cpu_lines_small);
+criterion_main!(benches, diag);

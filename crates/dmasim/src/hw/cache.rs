@@ -77,6 +77,8 @@ struct Level {
     slot: Vec<u32>,
     /// Valid lines: a level with none is skipped by snoops (a cheap snoop filter).
     count: usize,
+    /// Valid ways per set: a full set needs no scan for a free way.
+    set_valid: Vec<u8>,
 }
 
 impl Level {
@@ -90,6 +92,7 @@ impl Level {
             state: vec![LineState::Invalid; n],
             slot: vec![0; n],
             count: 0,
+            set_valid: vec![0; sets],
         }
     }
 
@@ -104,9 +107,35 @@ impl Level {
             return None;
         }
         let base = self.set_base(line);
+        if self.ways <= 8 {
+            // Small sets (L1): stop at the hit, the common case there.
+            return self.tags[base..base + self.ways]
+                .iter()
+                .position(|&t| t == line)
+                .map(|w| base + w);
+        }
+        // Large sets (L2): branch-free scan of the whole set (vector compares), so a
+        // miss, the common case on streams, costs no mispredicted early exit.
+        let mut hit = usize::MAX;
+        for (w, &t) in self.tags[base..base + self.ways].iter().enumerate() {
+            if t == line {
+                hit = w;
+            }
+        }
+        (hit != usize::MAX).then_some(base + hit)
+    }
+
+    /// A free way in the set of `line`, if the set is not full.
+    #[inline(always)]
+    fn free_way(&self, line: u64) -> Option<usize> {
+        let set = (line & self.set_mask) as usize;
+        if self.set_valid[set] as usize == self.ways {
+            return None;
+        }
+        let base = set * self.ways;
         self.tags[base..base + self.ways]
             .iter()
-            .position(|&t| t == line)
+            .position(|&t| t == INVALID_TAG)
             .map(|w| base + w)
     }
 
@@ -118,6 +147,7 @@ impl Level {
     fn clear(&mut self, i: usize) {
         if self.tags[i] != INVALID_TAG {
             self.count -= 1;
+            self.set_valid[(self.tags[i] & self.set_mask) as usize] -= 1;
         }
         self.tags[i] = INVALID_TAG;
         self.state[i] = LineState::Invalid;
@@ -127,6 +157,7 @@ impl Level {
     fn fill(&mut self, i: usize, line: u64, slot: u32, state: LineState) {
         if self.tags[i] == INVALID_TAG {
             self.count += 1;
+            self.set_valid[(line & self.set_mask) as usize] += 1;
         }
         self.tags[i] = line;
         self.slot[i] = slot;
@@ -134,7 +165,8 @@ impl Level {
     }
 }
 
-/// Writes back one line (`slot` data) to DRAM at line number `line`.
+/// Writes back one line (`slot` data) to DRAM at line number `line`; true when the
+/// frame is watched by the sanitizer.
 #[inline(always)]
 fn write_back(
     pool: &[u8],
@@ -143,9 +175,9 @@ fn write_back(
     slot: u32,
     line: u64,
     dram: &mut Dram,
-) {
+) -> bool {
     let s = slot as usize * line_bytes;
-    dram.write_in_frame(line << line_shift, &pool[s..s + line_bytes]);
+    dram.write_in_frame_watched(line << line_shift, &pool[s..s + line_bytes])
 }
 
 /// The whole cache hierarchy.
@@ -204,18 +236,17 @@ impl Caches {
 
     #[inline(always)]
     fn wb(&mut self, slot: u32, line: u64, dram: &mut Dram) {
-        write_back(
+        if write_back(
             &self.pool,
             self.line_bytes,
             self.line_shift,
             slot,
             line,
             dram,
-        );
-        self.stats.writebacks += 1;
-        if dram.is_watched(line << self.line_shift) {
+        ) {
             self.watched_writebacks.push(line << self.line_shift);
         }
+        self.stats.writebacks += 1;
     }
 
     /// Moves an L1 victim out: clean Shared copies are dropped, Exclusive and
@@ -230,15 +261,10 @@ impl Caches {
             self.free.push(slot);
             return;
         }
-        let base = self.l2.set_base(line);
-        let ways = self.l2.ways;
-        let way = match self.l2.tags[base..base + ways]
-            .iter()
-            .position(|&t| t == INVALID_TAG)
-        {
-            Some(w) => base + w,
+        let way = match self.l2.free_way(line) {
+            Some(w) => w,
             None => {
-                let v = base + rng.below(ways);
+                let v = self.l2.set_base(line) + rng.below(self.l2.ways);
                 let (vline, vslot) = (self.l2.tags[v], self.l2.slot[v]);
                 if self.l2.state[v] == LineState::Modified {
                     self.wb(vslot, vline, dram);
@@ -281,15 +307,10 @@ impl Caches {
             return (i, Hit::L1);
         }
         // Make room first, so the slot pool always has a free slot.
-        let base = self.l1[cpu].set_base(line);
-        let ways = self.l1[cpu].ways;
-        let way = match self.l1[cpu].tags[base..base + ways]
-            .iter()
-            .position(|&t| t == INVALID_TAG)
-        {
-            Some(w) => base + w,
+        let way = match self.l1[cpu].free_way(line) {
+            Some(w) => w,
             None => {
-                let v = base + rng.below(ways);
+                let v = self.l1[cpu].set_base(line) + rng.below(self.l1[cpu].ways);
                 self.evict_l1_entry(cpu, v, dram, rng);
                 v
             }
@@ -359,6 +380,9 @@ impl Caches {
             return (slot, st, Hit::L2);
         }
         let slot = self.alloc_slot();
+        // Even a store that replaces the whole line reads it (write-allocate): besides
+        // being what the core does, on the host it warms the frame's line for the
+        // later write-back.
         let s = slot as usize * self.line_bytes;
         dram.read_in_frame(
             line << self.line_shift,
@@ -400,7 +424,7 @@ impl Caches {
         let (i, hit) = self.ensure_l1(cpu, line, false, dram, rng);
         let off = (pa as usize) & (self.line_bytes - 1);
         let s = self.l1[cpu].slot[i] as usize * self.line_bytes + off;
-        out.copy_from_slice(&self.pool[s..s + out.len()]);
+        super::copy_bytes(out, &self.pool[s..s + out.len()]);
         hit
     }
 
@@ -418,7 +442,7 @@ impl Caches {
         let (i, hit) = self.ensure_l1(cpu, line, true, dram, rng);
         let off = (pa as usize) & (self.line_bytes - 1);
         let s = self.l1[cpu].slot[i] as usize * self.line_bytes + off;
-        self.pool[s..s + data.len()].copy_from_slice(data);
+        super::copy_bytes(&mut self.pool[s..s + data.len()], data);
         hit
     }
 

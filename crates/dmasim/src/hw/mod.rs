@@ -63,6 +63,21 @@ pub struct BusError {
 
 const RECENT_PAGES: usize = 8;
 
+/// Copies `src` into `dst` (same length). Whole 64-byte lines — the common case on
+/// the hot paths — are copied as one fixed-size block, which the compiler inlines
+/// instead of calling `memmove`.
+#[inline(always)]
+pub(crate) fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+    if let (Ok(d), Ok(s)) = (
+        <&mut [u8; 64]>::try_from(&mut *dst),
+        <&[u8; 64]>::try_from(src),
+    ) {
+        *d = *s;
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
 /// The whole machine.
 pub struct Machine {
     /// RAM.
