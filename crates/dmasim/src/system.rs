@@ -6,7 +6,7 @@
 //! so CPU work and background noise interleave with the transfer as on a real bus.
 //! Pending pieces run whenever the CPU's clock passes them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
@@ -22,6 +22,8 @@ use crate::units::human_size;
 pub const DEFAULT_MEMORY_CAP: u64 = 4 << 30;
 /// Largest single CPU or device access a script may ask for.
 pub const MAX_ACCESS: u64 = 256 << 20;
+/// Device transfers that may be in flight at once.
+pub const MAX_JOBS_IN_FLIGHT: usize = 4096;
 /// Noise points at most per `run_for`/`wait` (one per simulated µs up to this).
 const MAX_NOISE_POINTS_PER_WAIT: u64 = 256;
 
@@ -121,6 +123,8 @@ pub struct System {
     /// CPU the script runs on.
     pub cpu: usize,
     jobs: BTreeMap<u64, Job>,
+    /// Pending pieces in time order: (time in ps, job id).
+    queue: BTreeSet<(u64, u64)>,
     next_job: u64,
 }
 
@@ -161,6 +165,7 @@ impl System {
             line: 0,
             cpu: 0,
             jobs: BTreeMap::new(),
+            queue: BTreeSet::new(),
             next_job: 1,
         };
         sys.printk(
@@ -381,6 +386,11 @@ impl System {
                 human_size(MAX_ACCESS)
             )));
         }
+        if self.jobs.len() >= MAX_JOBS_IN_FLIGHT {
+            return Err(SimError::Invalid(format!(
+                "more than {MAX_JOBS_IN_FLIGHT} DMA transfers in flight: wait() for them"
+            )));
+        }
         let ps_per_kib = 1024 * 1_000_000 / d.bandwidth.max(1);
         let latency_ps = d.latency_ns * 1000;
         self.step();
@@ -399,6 +409,9 @@ impl System {
         };
         let id = self.next_job;
         self.next_job += 1;
+        if let Some(t) = job.next_time() {
+            self.queue.insert((t, id));
+        }
         self.jobs.insert(id, job);
         Ok(id)
     }
@@ -443,16 +456,12 @@ impl System {
 
     /// Runs every pending device piece whose time is ≤ `t_ps`, in time order.
     pub fn run_devices(&mut self, t_ps: u64) {
-        loop {
-            let next = self
-                .jobs
-                .iter()
-                .filter_map(|(&id, j)| j.next_time().map(|t| (t, id)))
-                .min();
-            match next {
-                Some((t, id)) if t <= t_ps => self.device_piece(id),
-                _ => break,
+        while let Some(&(t, id)) = self.queue.first() {
+            if t > t_ps {
+                break;
             }
+            self.queue.pop_first();
+            self.device_piece(id);
         }
     }
 
@@ -524,6 +533,9 @@ impl System {
         if j.bus_error {
             // The engine stops at the first error.
             j.done = j.len;
+        }
+        if let Some(next) = j.next_time() {
+            self.queue.insert((next, id));
         }
     }
 

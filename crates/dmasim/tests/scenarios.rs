@@ -357,3 +357,25 @@ fn a_dirty_line_written_back_over_device_data_is_seen_by_the_next_device_read() 
     assert_eq!(f.manifested, Some(true));
     assert_eq!(f.line, 10);
 }
+
+#[test]
+fn hostile_numbers_of_transfers_end_the_run_not_the_host() {
+    let r = misuse("let a = dma_map_single(d, b, DMA_TO_DEVICE);\nfor i in 0..5000 { dev_start_read(d, a, 64); }");
+    assert_eq!(r.exit_code(), 2);
+    assert!(r.error.unwrap().contains("in flight"));
+}
+
+#[test]
+fn thousands_of_live_mappings_stay_fast_and_exact() {
+    // Indexed lookups: each unmap, sync and device access finds its mapping among
+    // thousands without scanning them all (a quadratic scan would take minutes here).
+    let r = misuse(
+        "let addrs = [];\n\
+         for i in 0..3000 { let a = dma_map_single(d, b, DMA_TO_DEVICE); dma_mapping_error(d, a); addrs.push(a); }\n\
+         for a in addrs { let x = dev_read(d, a, 64); }\n\
+         for a in addrs { dma_unmap_single(d, a, 4096, DMA_TO_DEVICE); }",
+    );
+    assert_eq!(r.exit_code(), 0, "{:?} {:?}", r.error, ids(&r));
+    assert!(r.findings.is_empty());
+    assert_eq!(r.stats.dma_bytes, 3000 * 64);
+}

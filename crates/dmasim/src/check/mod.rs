@@ -13,11 +13,14 @@
 //! The sanitizer only observes: the kernel and device layers call its hooks after the
 //! machine did the work, as mapping.c calls the `debug_dma_*` hooks.
 
+mod entries;
 pub mod finding;
 pub mod oracle;
 pub mod ranges;
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use entries::{Entries, Indexed};
 
 use crate::hw::Machine;
 use crate::kernel::dma::{DmaDirection, DMA_MAPPING_ERROR};
@@ -162,6 +165,25 @@ impl Entry {
     }
 }
 
+impl Indexed for Entry {
+    fn dev(&self) -> usize {
+        self.dev
+    }
+    fn dev_addr(&self) -> u64 {
+        self.dev_addr
+    }
+    fn phys(&self) -> u64 {
+        self.phys
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// Most live mappings a run may hold (a driver that never unmaps ends the run
+/// instead of eating host memory); dma-debug preallocates 65536 entries.
+pub const MAX_LIVE_MAPPINGS: usize = 1 << 18;
+
 /// A device access, as the device layer reports it to the sanitizer.
 #[derive(Debug)]
 pub struct DeviceAccess<'a> {
@@ -184,7 +206,7 @@ pub struct DeviceAccess<'a> {
 
 /// The sanitizer's whole state.
 pub struct Sanitizer {
-    entries: BTreeMap<u64, Entry>,
+    entries: Entries<Entry>,
     next_id: u64,
     /// The coherent truth of watched pages.
     pub oracle: Oracle,
@@ -201,7 +223,7 @@ impl Sanitizer {
     /// cost of a cached line fill, used to price the alternative to uncached reads.
     pub fn new(line: u64, fill_ps: u64) -> Sanitizer {
         Sanitizer {
-            entries: BTreeMap::new(),
+            entries: Entries::new(),
             next_id: 1,
             oracle: Oracle::default(),
             findings: Vec::new(),
@@ -314,11 +336,10 @@ impl Sanitizer {
         // may write must not be the first line of another such mapping.
         if m.dir != DmaDirection::ToDevice && m.kind != MapKind::Coherent {
             let line = m.phys / self.line;
-            let clash = self.entries.values().find(|e| {
-                e.dir != DmaDirection::ToDevice
-                    && e.kind != MapKind::Coherent
-                    && e.phys / self.line == line
-            });
+            let clash = self
+                .entries
+                .with_first_line(line)
+                .map(|cid| self.entries.get(cid));
             if let Some(e) = clash {
                 let msg = format!(
                     "cacheline tracking EEXIST, overlapping mappings aren't supported [cacheline={:#x}] [first mapping: {}]",
@@ -367,18 +388,19 @@ impl Sanitizer {
                 m.what, e.dev_addr, e.phys, e.size
             ),
         );
-        self.entries.insert(id, e);
+        let first_line = (e.dir != DmaDirection::ToDevice && e.kind != MapKind::Coherent)
+            .then(|| e.phys / self.line);
+        self.entries.insert(id, e, first_line);
         id
     }
 
     /// `debug_dma_mapping_error`: marks the first unchecked exact match as checked.
     pub fn mapping_error(&mut self, dev: usize, addr: u64) {
-        if let Some(e) = self
+        if let Some(id) = self
             .entries
-            .values_mut()
-            .find(|e| e.dev == dev && e.dev_addr == addr && !e.checked)
+            .containing(dev, addr, None, |e| e.dev_addr == addr && !e.checked)
         {
-            e.checked = true;
+            self.entries.get_mut(id).checked = true;
         }
     }
 
@@ -396,11 +418,7 @@ impl Sanitizer {
         dir: DmaDirection,
         kind: MapKind,
     ) {
-        let found = self
-            .entries
-            .iter()
-            .find(|(_, e)| e.dev == dev && e.dev_addr == addr)
-            .map(|(&k, _)| k);
+        let found = self.entries.exact(dev, addr);
         let what = if kind == MapKind::Coherent {
             "dma_free_coherent"
         } else {
@@ -439,7 +457,7 @@ impl Sanitizer {
             );
             return;
         };
-        let e = self.entries.remove(&id).expect("entry found above");
+        let e = self.entries.remove(id).expect("entry found above");
         let mut hist = e.snapshot();
         hist.push(HistoryEvent {
             time_ns: ctx.time_ns,
@@ -565,10 +583,7 @@ impl Sanitizer {
         };
         let found = self
             .entries
-            .iter()
-            .filter(|(_, e)| e.kind != MapKind::Coherent)
-            .find(|(_, e)| e.dev == dev && addr >= e.dev_addr && addr - e.dev_addr < e.size.max(1))
-            .map(|(&k, _)| k);
+            .containing(dev, addr, None, |e| e.kind != MapKind::Coherent);
         let Some(id) = found else {
             self.report(
                 "sync-unknown",
@@ -586,7 +601,7 @@ impl Sanitizer {
         };
         let mut problems = Vec::new();
         {
-            let e = &self.entries[&id];
+            let e = self.entries.get(id);
             if addr + size > e.dev_addr + e.size {
                 problems.push((
                     "sync-out-of-bounds",
@@ -614,7 +629,7 @@ impl Sanitizer {
             }
         }
         let hist = {
-            let e = self.entries.get_mut(&id).expect("found above");
+            let e = self.entries.get_mut(id);
             e.push(ctx, format!("{call} {addr:#x} size={size} {}", dir.name()));
             let (s, t) = (addr - e.dev_addr, (addr - e.dev_addr + size).min(e.size));
             if for_cpu {
@@ -655,7 +670,8 @@ impl Sanitizer {
         let end = pa + got.len() as u64;
         let line = self.line;
         let mut out = Vec::new();
-        for (&id, e) in self.entries.iter_mut() {
+        for id in self.entries.overlapping_phys(pa, end) {
+            let e = self.entries.get_mut(id);
             let (s, t) = (pa.max(e.phys), end.min(e.phys + e.size));
             if s >= t {
                 continue;
@@ -784,7 +800,8 @@ impl Sanitizer {
         }
         self.oracle.store_cpu(pa, data);
         let end = pa + data.len() as u64;
-        for e in self.entries.values_mut() {
+        for id in self.entries.overlapping_phys(pa, end) {
+            let e = self.entries.get_mut(id);
             let (s, t) = (pa.max(e.phys), end.min(e.phys + e.size));
             if s >= t || e.kind == MapKind::Coherent {
                 continue;
@@ -810,16 +827,7 @@ impl Sanitizer {
     /// A device access through its port (one page at most), after the machine did it.
     pub fn device_access(&mut self, ctx: Ctx, a: DeviceAccess<'_>) {
         let len = a.data.len() as u64;
-        let cover = self
-            .entries
-            .iter()
-            .find(|(_, e)| {
-                e.dev == a.dev
-                    && a.bus >= e.dev_addr
-                    && a.bus - e.dev_addr < e.size
-                    && len <= e.size - (a.bus - e.dev_addr)
-            })
-            .map(|(&k, _)| k);
+        let cover = self.entries.containing(a.dev, a.bus, Some(len), |_| true);
         let Some(id) = cover else {
             self.unmapped_device_access(ctx, &a);
             return;
@@ -829,7 +837,7 @@ impl Sanitizer {
             Some(pa) => self.oracle.diff_dram(pa, a.data, line),
             None => (0, 0),
         };
-        let e = self.entries.get_mut(&id).expect("found above");
+        let e = self.entries.get_mut(id);
         let (os, ot) = (a.bus - e.dev_addr, a.bus - e.dev_addr + len);
         match e.last_dev {
             // The next page of the same transfer: grow the event instead of adding one.
@@ -986,14 +994,9 @@ impl Sanitizer {
 
     /// Reports the live mappings of `dev` (all devices for `None`) as leaks.
     pub fn leaks(&mut self, hw: &mut Machine, ctx: Ctx, dev: Option<usize>, at: &str) {
-        let ids: Vec<u64> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| dev.is_none_or(|d| e.dev == d))
-            .map(|(&k, _)| k)
-            .collect();
+        let ids = self.entries.of_device(dev);
         for id in ids {
-            let e = self.entries.remove(&id).expect("listed above");
+            let e = self.entries.remove(id).expect("listed above");
             let help = match e.kind {
                 MapKind::Coherent => {
                     "free coherent buffers with dma_free_coherent before the driver goes away"
@@ -1030,11 +1033,14 @@ impl Sanitizer {
     /// End-of-run check: heavy uncached use of the coherent buffers still alive (freed
     /// ones were checked at `dma_free_coherent`).
     pub fn uncached_use(&mut self, ctx: Ctx) {
-        let ids: Vec<u64> = self.entries.keys().copied().collect();
-        for id in ids {
-            let e = self.entries.remove(&id).expect("listed above");
+        for id in self.entries.ids() {
+            let e = self.entries.get(id);
+            if e.kind != MapKind::Coherent || e.uncached_read_ps == 0 {
+                continue;
+            }
+            let e = self.entries.remove(id).expect("listed above");
             self.uncached_check(ctx, id, &e);
-            self.entries.insert(id, e);
+            self.entries.insert(id, e, None);
         }
     }
 
@@ -1071,18 +1077,13 @@ impl Sanitizer {
 
     /// True when a live mapping of `dev` covers `[bus, bus+len)`.
     pub fn covers(&self, dev: usize, bus: u64, len: u64) -> bool {
-        self.entries.values().any(|e| {
-            e.dev == dev
-                && bus >= e.dev_addr
-                && bus - e.dev_addr < e.size
-                && len <= e.size - (bus - e.dev_addr)
-        })
+        self.entries
+            .containing(dev, bus, Some(len), |_| true)
+            .is_some()
     }
 
     /// Which live mapping of `dev` a coherent buffer at `dev_addr` is (for frees).
     pub fn has_mapping(&self, dev: usize, dev_addr: u64) -> bool {
-        self.entries
-            .values()
-            .any(|e| e.dev == dev && e.dev_addr == dev_addr)
+        self.entries.exact(dev, dev_addr).is_some()
     }
 }

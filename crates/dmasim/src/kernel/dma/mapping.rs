@@ -17,6 +17,16 @@ use crate::system::{Result, SimError, System};
 use super::direct::page_align;
 
 impl System {
+    fn mapping_room(&self) -> Result<()> {
+        if self.check.live_mappings() >= crate::check::MAX_LIVE_MAPPINGS {
+            return Err(SimError::Invalid(format!(
+                "more than {} live DMA mappings: the driver maps without unmapping",
+                crate::check::MAX_LIVE_MAPPINGS
+            )));
+        }
+        Ok(())
+    }
+
     fn device_checked(&self, dev: usize, call: &str) -> Result<()> {
         match self.kernel.devices.get(dev) {
             None => Err(SimError::Invalid(format!("{call}: no device #{dev}"))),
@@ -125,6 +135,7 @@ impl System {
         };
         self.device_checked(dev, call)?;
         Self::valid_dir(call, dir)?;
+        self.mapping_room()?;
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
         let name = self.kernel.devices[dev].name.clone();
@@ -261,6 +272,7 @@ impl System {
     /// [`SimError::Invalid`] for an unknown device; the memory cap.
     pub fn dma_alloc_coherent(&mut self, dev: usize, size: u64) -> Result<Option<u64>> {
         self.device_checked(dev, "dma_alloc_coherent")?;
+        self.mapping_room()?;
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
         let name = self.kernel.devices[dev].name.clone();

@@ -1,0 +1,131 @@
+//! The live mappings, indexed by bus address, by physical address and by first cache
+//! line, so that every lookup costs a short ordered-map walk instead of a scan of all
+//! mappings (dma-debug hashes by `dev_addr >> 13` for the same reason).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the index needs to know of an entry.
+pub(super) trait Indexed {
+    fn dev(&self) -> usize;
+    fn dev_addr(&self) -> u64;
+    fn phys(&self) -> u64;
+    fn size(&self) -> u64;
+}
+
+/// Live entries with their indexes.
+pub(super) struct Entries<E> {
+    map: BTreeMap<u64, E>,
+    by_bus: BTreeSet<(usize, u64, u64)>,
+    by_phys: BTreeSet<(u64, u64)>,
+    by_first_line: BTreeMap<u64, BTreeSet<u64>>,
+    /// Largest size ever inserted: bounds how far back a containing lookup looks.
+    max_size: u64,
+}
+
+impl<E: Indexed> Entries<E> {
+    pub(super) fn new() -> Self {
+        Entries {
+            map: BTreeMap::new(),
+            by_bus: BTreeSet::new(),
+            by_phys: BTreeSet::new(),
+            by_first_line: BTreeMap::new(),
+            max_size: 1,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Inserts entry `id`; `first_line` indexes it for the overlap check when given.
+    pub(super) fn insert(&mut self, id: u64, e: E, first_line: Option<u64>) {
+        self.max_size = self.max_size.max(e.size().max(1));
+        self.by_bus.insert((e.dev(), e.dev_addr(), id));
+        self.by_phys.insert((e.phys(), id));
+        if let Some(l) = first_line {
+            self.by_first_line.entry(l).or_default().insert(id);
+        }
+        self.map.insert(id, e);
+    }
+
+    pub(super) fn remove(&mut self, id: u64) -> Option<E> {
+        let e = self.map.remove(&id)?;
+        self.by_bus.remove(&(e.dev(), e.dev_addr(), id));
+        self.by_phys.remove(&(e.phys(), id));
+        self.by_first_line.retain(|_, ids| {
+            ids.remove(&id);
+            !ids.is_empty()
+        });
+        Some(e)
+    }
+
+    pub(super) fn get(&self, id: u64) -> &E {
+        &self.map[&id]
+    }
+
+    pub(super) fn get_mut(&mut self, id: u64) -> &mut E {
+        self.map.get_mut(&id).expect("live entry")
+    }
+
+    /// Every live id, in order.
+    pub(super) fn ids(&self) -> Vec<u64> {
+        self.map.keys().copied().collect()
+    }
+
+    /// The first entry of `dev` mapped exactly at `addr`.
+    pub(super) fn exact(&self, dev: usize, addr: u64) -> Option<u64> {
+        self.by_bus
+            .range((dev, addr, 0)..=(dev, addr, u64::MAX))
+            .next()
+            .map(|&(_, _, id)| id)
+    }
+
+    /// The first entry of `dev` (in bus-address order) whose range holds `addr` (and
+    /// `len` bytes from it, when `len` is given) and that `pred` accepts.
+    pub(super) fn containing(
+        &self,
+        dev: usize,
+        addr: u64,
+        len: Option<u64>,
+        pred: impl Fn(&E) -> bool,
+    ) -> Option<u64> {
+        let from = addr.saturating_sub(self.max_size - 1);
+        self.by_bus
+            .range((dev, from, 0)..=(dev, addr, u64::MAX))
+            .map(|&(_, _, id)| id)
+            .find(|id| {
+                let e = &self.map[id];
+                let off = addr - e.dev_addr();
+                off < e.size().max(1) && len.is_none_or(|l| l <= e.size() - off) && pred(e)
+            })
+    }
+
+    /// Ids of the entries whose physical range overlaps `[pa, end)`.
+    pub(super) fn overlapping_phys(&self, pa: u64, end: u64) -> Vec<u64> {
+        let from = pa.saturating_sub(self.max_size - 1);
+        self.by_phys
+            .range((from, 0)..(end, 0))
+            .map(|&(_, id)| id)
+            .filter(|id| {
+                let e = &self.map[id];
+                e.phys() + e.size() > pa
+            })
+            .collect()
+    }
+
+    /// An entry whose first line is `line`, if any.
+    pub(super) fn with_first_line(&self, line: u64) -> Option<u64> {
+        self.by_first_line
+            .get(&line)
+            .and_then(|s| s.iter().next().copied())
+    }
+
+    /// Ids of `dev`'s entries (all devices for `None`).
+    pub(super) fn of_device(&self, dev: Option<usize>) -> Vec<u64> {
+        self.map
+            .iter()
+            .filter(|(_, e)| dev.is_none_or(|d| e.dev() == d))
+            .map(|(&id, _)| id)
+            .collect()
+    }
+}
