@@ -15,6 +15,20 @@ use dmasim::units::parse_size;
 
 mod tour;
 
+/// Writes to stdout; a closed pipe (`dmasim presets | head`) is not an error.
+pub(crate) fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// `emit` with `format!` arguments and a newline.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::emit("\n") };
+    ($($arg:tt)*) => { $crate::emit(&format!("{}\n", format!($($arg)*))) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "dmasim",
@@ -61,6 +75,15 @@ enum Command {
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// The model's own speed on this host, each figure beside a host baseline.
+    Bench {
+        /// JSON (schema dmasim.bench/v1) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Divide the work by this factor for a quicker, rougher look.
+        #[arg(long, default_value_t = 1)]
+        quick: u64,
     },
     /// Built-in scenarios, one per DMA hazard, each run broken and fixed with an explanation.
     Tour {
@@ -123,9 +146,9 @@ fn try_main() -> Result<u8, String> {
             };
             let report = script::run_file(&script, &opts);
             if json {
-                println!("{}", report.to_json());
+                outln!("{}", report.to_json());
             } else {
-                print!("{}", text::render(&report, std::io::stdout().is_terminal()));
+                emit(&text::render(&report, std::io::stdout().is_terminal()));
             }
             Ok(report.exit_code() as u8)
         }
@@ -134,7 +157,7 @@ fn try_main() -> Result<u8, String> {
                 .map_err(|e| format!("{}: {e}", script.display()))?;
             match script::check_source(&script.display().to_string(), &src) {
                 Ok(()) => {
-                    println!("{}: ok", script.display());
+                    outln!("{}: ok", script.display());
                     Ok(0)
                 }
                 Err(e) => {
@@ -149,27 +172,79 @@ fn try_main() -> Result<u8, String> {
                 .map(|n| PlatformConfig::preset(n).expect("built-in preset"))
                 .collect();
             if json {
-                println!(
+                let out: Vec<serde_json::Value> = presets
+                    .iter()
+                    .map(|p| {
+                        let mut v = serde_json::to_value(p).unwrap_or_default();
+                        let src: serde_json::Map<String, serde_json::Value> = p
+                            .sources()
+                            .into_iter()
+                            .map(|(k, s)| (k.to_string(), s.into()))
+                            .collect();
+                        v["sources"] = src.into();
+                        v
+                    })
+                    .collect();
+                outln!(
                     "{}",
-                    serde_json::to_string_pretty(&presets).map_err(|e| e.to_string())?
+                    serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
                 );
             } else {
                 for p in &presets {
-                    println!("{}\n  {}", p.preset, p.description);
+                    outln!("{}\n  {}", p.preset, p.description);
                     let v = serde_json::to_value(p).map_err(|e| e.to_string())?;
+                    let sources = p.sources();
                     if let Some(m) = v.as_object() {
                         for (k, v) in m
                             .iter()
                             .filter(|(k, _)| *k != "preset" && *k != "description")
                         {
-                            println!("  {k:<16} {v}");
+                            let shown = match (k.as_str(), v.as_u64()) {
+                                (
+                                    "ram_base" | "page_offset" | "vmalloc_start" | "zone_dma_limit",
+                                    Some(x),
+                                ) => format!("{x:#x}"),
+                                _ => v.to_string(),
+                            };
+                            outln!("  {k:<16} {shown}");
+                            if let Some((_, s)) = sources.iter().find(|(f, _)| f == k) {
+                                outln!("  {:<16} ↳ {s}", "");
+                            }
                         }
                     }
-                    println!();
+                    outln!();
                 }
             }
             Ok(0)
         }
         Command::Tour { name, list } => tour::run(name.as_deref(), list),
+        Command::Bench { json, quick } => {
+            let r = dmasim::bench::run(quick);
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
+                );
+            } else {
+                outln!(
+                    "{:<48} {:>12} {:>12} {:>8}",
+                    "figure",
+                    "model",
+                    "host",
+                    "ratio"
+                );
+                for f in &r.figures {
+                    outln!(
+                        "{:<48} {:>12.1} {:>12.1} {:>7.3}x  ({})",
+                        f.name,
+                        f.model,
+                        f.host,
+                        f.ratio,
+                        f.unit
+                    );
+                }
+            }
+            Ok(0)
+        }
     }
 }

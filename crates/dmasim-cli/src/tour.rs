@@ -66,7 +66,7 @@ fn ids(r: &Report) -> String {
 pub fn run(name: Option<&str>, list: bool) -> Result<u8, String> {
     if list {
         for s in STOPS {
-            println!("{:<18} {}", s.name, s.title);
+            crate::outln!("{:<18} {}", s.name, s.title);
         }
         return Ok(0);
     }
@@ -79,7 +79,7 @@ pub fn run(name: Option<&str>, list: bool) -> Result<u8, String> {
     };
     let mut ok = true;
     for s in stops {
-        println!("== {} — {}\n{}\n", s.name, s.title, s.explain);
+        crate::outln!("== {} — {}\n{}\n", s.name, s.title, s.explain);
         let mut reported = 0;
         let mut manifested = 0;
         let mut first: Option<Report> = None;
@@ -104,16 +104,16 @@ pub fn run(name: Option<&str>, list: bool) -> Result<u8, String> {
             first.get_or_insert(r);
         }
         let first = first.expect("at least one seed");
-        println!("  broken ({}): {}", s.broken.0, ids(&first));
-        println!("    reported on {reported}/{TOUR_SEEDS} seeds; data actually corrupted on {manifested}/{TOUR_SEEDS}");
+        crate::outln!("  broken ({}): {}", s.broken.0, ids(&first));
+        crate::outln!("    reported on {reported}/{TOUR_SEEDS} seeds; data actually corrupted on {manifested}/{TOUR_SEEDS}");
         if let Some(f) = first.findings.first() {
-            println!("    {}\n    help: {}", f.message, f.help);
+            crate::outln!("    {}\n    help: {}", f.message, f.help);
         }
         for l in first.log.iter().filter(|l| l.contains("script: ")) {
-            println!("    {l}");
+            crate::outln!("    {l}");
         }
         let fixed = run_source(s.fixed.0, s.fixed.1, &ScriptOptions::default());
-        println!(
+        crate::outln!(
             "  fixed ({}): {}; {} expectation(s) held, simulated time {:.1} µs\n",
             s.fixed.0,
             ids(&fixed),
@@ -122,6 +122,6 @@ pub fn run(name: Option<&str>, list: bool) -> Result<u8, String> {
         );
         ok &= fixed.exit_code() == 0 && reported == TOUR_SEEDS;
     }
-    println!("Run one yourself: cargo run --release -- run scenarios/rx-no-sync.rhai");
+    crate::outln!("Run one yourself: cargo run --release -- run scenarios/rx-no-sync.rhai");
     Ok(if ok { 0 } else { 1 })
 }

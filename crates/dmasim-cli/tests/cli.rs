@@ -190,3 +190,50 @@ fn the_tour_lists_and_runs_its_stops() {
     assert!(text.contains("stale-cpu-read"), "{text}");
     assert!(text.contains("reported on 20/20 seeds"), "{text}");
 }
+
+#[test]
+fn presets_name_the_source_of_each_figure() {
+    let out = dmasim(&["presets", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v[0]["sources"]["dma_minalign"]
+        .as_str()
+        .unwrap()
+        .contains("ARCH_DMA_MINALIGN"));
+    assert!(v[2]["sources"]["zone_dma_limit"]
+        .as_str()
+        .unwrap()
+        .contains("16 MiB"));
+}
+
+#[test]
+fn a_closed_pipe_is_not_a_crash() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dmasim"))
+        .args(["presets"])
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bench_reports_each_figure_beside_the_host() {
+    let out = dmasim(&["bench", "--json", "--quick", "64"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema"], "dmasim.bench/v1");
+    let figs = v["figures"].as_array().unwrap();
+    assert_eq!(figs.len(), 3);
+    assert!(figs
+        .iter()
+        .all(|f| f["host"].as_f64().unwrap() > 0.0 && f["model"].as_f64().unwrap() > 0.0));
+}

@@ -353,6 +353,44 @@ impl PlatformConfig {
         Ok(())
     }
 
+    /// Where each figure of the preset comes from, field by field (`dmasim presets`).
+    pub fn sources(&self) -> Vec<(&'static str, &'static str)> {
+        let common: &[(&'static str, &'static str)] = &[
+            ("noise", "dmasim's own background model: evict = chance of a sweep over half the sets of L1 and L2 per noise point, prefetch = chance of a speculative fill near a recently touched page"),
+            ("dev_bandwidth", "a generic on-chip DMA master (1 GB/s) or PCIe device (4 GB/s); set per device with bandwidth"),
+            ("dev_latency_ns", "setup latency of a descriptor-driven transfer, order of magnitude"),
+        ];
+        let specific: &[(&'static str, &'static str)] = match self.arch {
+            Arch::Arm64 => &[
+                ("ram_base", "SoC memory map (i.MX8M: 0x4000_0000; LX2160A: 0x8000_0000)"),
+                ("l1", "Cortex-A53 / Cortex-A72 TRM: 32 KiB L1D, 64-byte lines"),
+                ("l2", "i.MX8M Mini 512 KiB / LX2160A 1 MiB per cluster, 16-way"),
+                ("coherent_default", "devicetree dma-coherent (of_dma_is_coherent, drivers/of/address.c)"),
+                ("swiotlb", "IO_TLB_DEFAULT_SIZE 64 MiB, created when RAM ends above the DMA limit (arch/arm64/mm/init.c mem_init)"),
+                ("cma", "CONFIG_CMA_SIZE_MBYTES default 16 (kernel/dma/Kconfig)"),
+                ("zone_dma_limit", "arm64 caps zone_dma_limit at 4 GiB - 1 when DRAM starts below 4 GiB (arch/arm64/mm/init.c)"),
+                ("dma_minalign", "ARCH_DMA_MINALIGN 128 (arch/arm64/include/asm/cache.h)"),
+                ("page_offset", "PAGE_OFFSET for 48-bit VA (arch/arm64/include/asm/memory.h)"),
+                ("vmalloc_start", "VMALLOC_START = MODULES_END (arch/arm64/include/asm/pgtable.h)"),
+                ("cost", "Cortex-A53 at 1.5 GHz; uncached read/write beats from perf-anchors §3.1 (udmabuf #16, Genode #4456); cache maintenance per line from perf-anchors §3.2 (estimate)"),
+            ],
+            Arch::X86_64 => &[
+                ("ram_base", "RAM from 0 (the PCI hole below 4 GiB is not modelled)"),
+                ("l1", "32 KiB 8-way L1D, 64-byte lines (Intel/AMD server cores)"),
+                ("l2", "1 MiB 16-way L2 (Skylake-SP class)"),
+                ("coherent_default", "PCIe snoops the CPU caches; the kernel has no non-coherent DMA on x86"),
+                ("swiotlb", "x86 creates swiotlb only with RAM above 4 GiB (arch/x86/kernel/pci-dma.c)"),
+                ("cma", "CONFIG_CMA_SIZE_MBYTES is 0 on x86 (kernel/dma/Kconfig)"),
+                ("zone_dma_limit", "ZONE_DMA = first 16 MiB, MAX_DMA_PFN (arch/x86/include/asm/dma.h)"),
+                ("dma_minalign", "no ARCH_DMA_MINALIGN on x86; ARCH_KMALLOC_MINALIGN 8"),
+                ("page_offset", "__PAGE_OFFSET_BASE_L4 (arch/x86/include/asm/page_64_types.h)"),
+                ("vmalloc_start", "VMALLOC_BASE_L4 (arch/x86/include/asm/pgtable_64_types.h)"),
+                ("cost", "DRAM fill from single-core memcpy rates (perf-anchors §6, LOCAL); clflush per line from perf-anchors §3.2"),
+            ],
+        };
+        specific.iter().chain(common).copied().collect()
+    }
+
     /// Line size shared by both cache levels.
     pub fn line(&self) -> u64 {
         u64::from(self.l1.line)

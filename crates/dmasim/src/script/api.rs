@@ -123,7 +123,14 @@ fn json_to_dynamic(v: serde_json::Value) -> Dynamic {
     }
 }
 
-fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> RResult<()> {
+/// Applies `boot` overrides; `later` collects those the model records but does not act
+/// on yet, so the run can say so.
+fn apply_overrides(
+    ctx: &NativeCallContext,
+    p: &mut PlatformConfig,
+    m: &Map,
+    later: &mut Vec<String>,
+) -> RResult<()> {
     for (k, v) in m {
         let key = k.as_str();
         let num = |v: &Dynamic| -> RResult<u64> { size_of(ctx, v, key) };
@@ -135,6 +142,9 @@ fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> 
                 let s = v.clone().into_string().map_err(|_| err(ctx, "iommu: expected \"none\", \"smmu\" or \"passthrough\""))?;
                 if !["none", "smmu", "passthrough"].contains(&s.as_str()) {
                     return Err(err(ctx, format!("iommu: {s:?} is not \"none\", \"smmu\" or \"passthrough\"")));
+                }
+                if s != "none" {
+                    later.push(format!("iommu={s}"));
                 }
                 p.iommu = s;
             }
@@ -187,7 +197,8 @@ fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> 
                 }
             }
             "iommu_strict" | "swiotlb_force" | "zone_dma32" | "vfio_noiommu" => {
-                // Accepted now so scripts written for later models still boot.
+                // Accepted so scripts written for later models still boot.
+                later.push(key.to_string());
             }
             other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, swiotlb, cma, zone_dma_bits, cache, l2, noise, coherent)"))),
         }
@@ -284,8 +295,9 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             }
             let mut p =
                 PlatformConfig::preset(g.opts.preset.unwrap_or(preset)).map_err(|e| err(ctx, e))?;
+            let mut later = Vec::new();
             if let Some(m) = over {
-                apply_overrides(ctx, &mut p, &m)?;
+                apply_overrides(ctx, &mut p, &m, &mut later)?;
             }
             if g.opts.noise_off {
                 p.noise = crate::config::NoiseConfig::OFF;
@@ -296,6 +308,12 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             };
             let mut sys = System::boot(p, opts).map_err(|e| err(ctx, e.to_string()))?;
             sys.line = line(ctx);
+            if !later.is_empty() {
+                sys.printk(
+                    "dmasim",
+                    format!("not modelled yet, recorded only: {}", later.join(", ")),
+                );
+            }
             g.sys = Some(sys);
             Ok(())
         };
