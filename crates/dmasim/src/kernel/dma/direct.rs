@@ -5,9 +5,9 @@
 //!
 //! Differences from Linux: no swiotlb yet (an address beyond the mask fails with the
 //! overflow warning instead of bouncing), no zones (coherent allocations take any
-//! page), no atomic pools (every GFP may block). Cache maintenance is issued on the
-//! physical address of the linear-map alias, which is what `dcache_clean_poc` on
-//! `phys_to_virt(paddr)` reaches.
+//! page), no atomic pools (every GFP may block). Cache maintenance is issued by
+//! virtual address on the linear-map alias, as `dcache_clean_poc(phys_to_virt(paddr))`
+//! does.
 
 use crate::config::{Arch, PAGE_SIZE};
 use crate::hw::Cmo;
@@ -42,8 +42,15 @@ impl System {
         if self.cfg.arch != Arch::Arm64 || !self.kernel_owns_range(pa, size) {
             return;
         }
-        self.hw.cmo_phys(Cmo::Clean, pa, size);
+        self.dc_by_va(Cmo::Clean, pa, size);
         self.hw.cmo_fixed();
+    }
+
+    /// `DC <op>` over the linear-map alias of `[pa, pa+size)`.
+    fn dc_by_va(&mut self, op: Cmo, pa: u64, size: u64) {
+        let va = self.kernel.phys_to_virt(pa);
+        // The linear map covers all of RAM and the callers checked the range is RAM.
+        let _ = self.hw.cmo_va(0, op, va, size);
     }
 
     /// `arch_sync_dma_for_cpu()`: nothing for `DMA_TO_DEVICE`; otherwise
@@ -60,16 +67,16 @@ impl System {
         let line = self.hw.line();
         let (mut start, end) = (pa, pa + size);
         if start % line != 0 {
-            self.hw.cmo_phys(Cmo::CleanInvalidate, start, 1);
+            self.dc_by_va(Cmo::CleanInvalidate, start, 1);
             start = (start / line + 1) * line;
         }
         let mut stop = end;
         if end % line != 0 && end > start {
-            self.hw.cmo_phys(Cmo::CleanInvalidate, end - 1, 1);
+            self.dc_by_va(Cmo::CleanInvalidate, end - 1, 1);
             stop = end - end % line;
         }
         if stop > start {
-            self.hw.cmo_phys(Cmo::Invalidate, start, stop - start);
+            self.dc_by_va(Cmo::Invalidate, start, stop - start);
         }
         self.hw.cmo_fixed();
     }
@@ -78,7 +85,7 @@ impl System {
     /// non-cacheable, so no dirty line can later be written over device data.
     pub fn arch_dma_prep_coherent(&mut self, pa: u64, size: u64) {
         if self.cfg.arch == Arch::Arm64 {
-            self.hw.cmo_phys(Cmo::Clean, pa, size);
+            self.dc_by_va(Cmo::Clean, pa, size);
             self.hw.cmo_fixed();
         }
     }
