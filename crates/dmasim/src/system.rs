@@ -461,7 +461,20 @@ impl System {
                 break;
             }
             self.queue.pop_first();
-            self.device_piece(id);
+            // Run this job's pieces for as long as it stays first in line, without
+            // a queue round trip per piece.
+            loop {
+                self.device_piece(id);
+                let Some(next) = self.jobs.get(&id).and_then(Job::next_time) else {
+                    break;
+                };
+                let first = self.queue.first().copied();
+                if next <= t_ps && first.is_none_or(|f| (next, id) < f) {
+                    continue;
+                }
+                self.queue.insert((next, id));
+                break;
+            }
         }
     }
 
@@ -533,9 +546,6 @@ impl System {
         if j.bus_error {
             // The engine stops at the first error.
             j.done = j.len;
-        }
-        if let Some(next) = j.next_time() {
-            self.queue.insert((next, id));
         }
     }
 

@@ -2,6 +2,7 @@
 //! line, so that every lookup costs a short ordered-map walk instead of a scan of all
 //! mappings (dma-debug hashes by `dev_addr >> 13` for the same reason).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the index needs to know of an entry.
@@ -20,6 +21,11 @@ pub(super) struct Entries<E> {
     by_first_line: BTreeMap<u64, BTreeSet<u64>>,
     /// Largest size ever inserted: bounds how far back a containing lookup looks.
     max_size: u64,
+    /// The entry the last containing lookup found: consecutive pieces of one
+    /// transfer hit the same mapping, so it is tried first. (With overlapping
+    /// mappings this may pick another valid container than the walk would; the
+    /// choice still depends only on the run's history, so runs stay deterministic.)
+    last: Cell<u64>,
 }
 
 impl<E: Indexed> Entries<E> {
@@ -30,6 +36,7 @@ impl<E: Indexed> Entries<E> {
             by_phys: BTreeSet::new(),
             by_first_line: BTreeMap::new(),
             max_size: 1,
+            last: Cell::new(0),
         }
     }
 
@@ -89,15 +96,27 @@ impl<E: Indexed> Entries<E> {
         len: Option<u64>,
         pred: impl Fn(&E) -> bool,
     ) -> Option<u64> {
+        let fits = |e: &E| {
+            e.dev() == dev
+                && addr >= e.dev_addr()
+                && addr - e.dev_addr() < e.size().max(1)
+                && len.is_none_or(|l| l <= e.size() - (addr - e.dev_addr()))
+                && pred(e)
+        };
+        let last = self.last.get();
+        if self.map.get(&last).is_some_and(&fits) {
+            return Some(last);
+        }
         let from = addr.saturating_sub(self.max_size - 1);
-        self.by_bus
+        let found = self
+            .by_bus
             .range((dev, from, 0)..=(dev, addr, u64::MAX))
             .map(|&(_, _, id)| id)
-            .find(|id| {
-                let e = &self.map[id];
-                let off = addr - e.dev_addr();
-                off < e.size().max(1) && len.is_none_or(|l| l <= e.size() - off) && pred(e)
-            })
+            .find(|id| fits(&self.map[id]));
+        if let Some(id) = found {
+            self.last.set(id);
+        }
+        found
     }
 
     /// Ids of the entries whose physical range overlaps `[pa, end)`.

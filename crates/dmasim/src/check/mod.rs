@@ -678,82 +678,35 @@ impl Sanitizer {
             }
             let piece = &got[(s - pa) as usize..(t - pa) as usize];
             let (bad, bad_lines) = self.oracle.diff(s, piece, line);
-            let (os, ot) = (s - e.phys, t - e.phys);
+            let (os, len) = (s - e.phys, t - s);
             if e.kind == MapKind::Coherent {
-                e.uncached_read_bytes += t - s;
-                e.uncached_read_ps += uncached_ps * (t - s) / got.len() as u64;
-                if bad > 0 {
-                    e.push(
-                        ctx,
-                        format!("CPU read {} bytes at +{os:#x}: {bad} bytes differ", t - s),
-                    );
-                    out.push((
-                        "stale-cpu-read",
-                        id,
-                        bad > 0,
-                        bad_lines,
-                        t - s,
-                        e.dev_name.clone(),
-                        e.dev_addr + os,
-                        e.snapshot(),
-                        e.dir,
-                    ));
-                }
-                continue;
+                e.uncached_read_bytes += len;
+                e.uncached_read_ps += uncached_ps * len / got.len() as u64;
             }
-            let stale = e.dev_written.overlap(os, ot);
-            if stale > 0 {
-                e.push(
-                    ctx,
-                    format!(
-                        "CPU read {} bytes at +{os:#x} without a sync for the CPU",
-                        t - s
-                    ),
-                );
-                out.push((
-                    "stale-cpu-read",
-                    id,
-                    bad > 0,
-                    bad_lines,
-                    t - s,
-                    e.dev_name.clone(),
-                    e.dev_addr + os,
-                    e.snapshot(),
-                    e.dir,
-                ));
-            } else if e.device_owns {
-                e.push(
-                    ctx,
-                    format!(
-                        "CPU read {} bytes at +{os:#x} while the device owns the buffer",
-                        t - s
-                    ),
-                );
-                out.push((
+            // Which rule this read breaks, if any: bytes the device wrote and nobody
+            // synced for the CPU; any read while the device owns a streaming buffer;
+            // or, with no rule broken, bytes that still differ from the truth.
+            let verdict = if e.kind != MapKind::Coherent && e.dev_written.overlap(os, os + len) > 0
+            {
+                Some(("stale-cpu-read", "without a sync for the CPU"))
+            } else if e.kind != MapKind::Coherent && e.device_owns {
+                Some((
                     "cpu-access-device-owned",
+                    "while the device owns the buffer",
+                ))
+            } else if bad > 0 {
+                Some(("stale-cpu-read", "and got bytes that differ from the truth"))
+            } else {
+                None
+            };
+            if let Some((fid, why)) = verdict {
+                e.push(ctx, format!("CPU read {len} bytes at +{os:#x} {why}"));
+                out.push((
+                    fid,
                     id,
                     bad > 0,
                     bad_lines,
-                    t - s,
-                    e.dev_name.clone(),
-                    e.dev_addr + os,
-                    e.snapshot(),
-                    e.dir,
-                ));
-            } else if bad > 0 {
-                e.push(
-                    ctx,
-                    format!(
-                        "CPU read {} bytes at +{os:#x}: {bad} bytes differ from the truth",
-                        t - s
-                    ),
-                );
-                out.push((
-                    "stale-cpu-read",
-                    id,
-                    true,
-                    bad_lines,
-                    t - s,
+                    len,
                     e.dev_name.clone(),
                     e.dev_addr + os,
                     e.snapshot(),

@@ -63,6 +63,26 @@ pub struct BusError {
 
 const RECENT_PAGES: usize = 8;
 
+/// Splits `[pa, pa+len)` into pieces that stay inside one `line`-byte cache line:
+/// (address of the piece, range of the piece within the whole access).
+#[inline(always)]
+fn line_pieces(
+    pa: u64,
+    len: usize,
+    line: usize,
+) -> impl Iterator<Item = (u64, std::ops::Range<usize>)> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        (done < len).then(|| {
+            let a = pa.wrapping_add(done as u64);
+            let n = (line - (a as usize & (line - 1))).min(len - done);
+            let r = done..done + n;
+            done += n;
+            (a, r)
+        })
+    })
+}
+
 /// Copies `src` into `dst` (same length). Whole 64-byte lines — the common case on
 /// the hot paths — are copied as one fixed-size block, which the compiler inlines
 /// instead of calling `memmove`.
@@ -167,20 +187,11 @@ impl Machine {
         self.note_page(pa);
         let wb0 = self.caches.stats.writebacks;
         let mut cost = 0;
-        let mut done = 0usize;
-        let line = self.line as usize;
-        while done < out.len() {
-            let a = pa + done as u64;
-            let n = (line - (a as usize & (line - 1))).min(out.len() - done);
-            let hit = self.caches.read(
-                cpu,
-                a,
-                &mut out[done..done + n],
-                &mut self.dram,
-                &mut self.rng,
-            );
+        for (a, r) in line_pieces(pa, out.len(), self.line as usize) {
+            let hit = self
+                .caches
+                .read(cpu, a, &mut out[r], &mut self.dram, &mut self.rng);
             cost += self.hit_cost(hit);
-            done += n;
         }
         cost += (self.caches.stats.writebacks - wb0) * self.cost.writeback_ps;
         self.advance(cost);
@@ -197,16 +208,11 @@ impl Machine {
         self.note_page(pa);
         let wb0 = self.caches.stats.writebacks;
         let mut cost = 0;
-        let mut done = 0usize;
-        let line = self.line as usize;
-        while done < data.len() {
-            let a = pa + done as u64;
-            let n = (line - (a as usize & (line - 1))).min(data.len() - done);
-            let hit =
-                self.caches
-                    .write(cpu, a, &data[done..done + n], &mut self.dram, &mut self.rng);
+        for (a, r) in line_pieces(pa, data.len(), self.line as usize) {
+            let hit = self
+                .caches
+                .write(cpu, a, &data[r], &mut self.dram, &mut self.rng);
             cost += self.hit_cost(hit);
-            done += n;
         }
         cost += (self.caches.stats.writebacks - wb0) * self.cost.writeback_ps;
         self.advance(cost);
@@ -244,13 +250,9 @@ impl Machine {
         out: &mut [u8],
     ) -> Result<(), u64> {
         self.check_mapped(asid, va, out.len() as u64)?;
-        let mut done = 0usize;
-        while done < out.len() {
-            let v = va.wrapping_add(done as u64);
+        for (v, r) in line_pieces(va, out.len(), PAGE_SIZE as usize) {
             let (pa, mt) = self.mmu.translate(asid, v).ok_or(v)?;
-            let n = ((PAGE_SIZE - (v & (PAGE_SIZE - 1))) as usize).min(out.len() - done);
-            self.cpu_read_phys(cpu, pa, mt, &mut out[done..done + n]);
-            done += n;
+            self.cpu_read_phys(cpu, pa, mt, &mut out[r]);
         }
         Ok(())
     }
@@ -273,13 +275,9 @@ impl Machine {
     /// The first virtual address that has no translation (nothing is written).
     pub fn cpu_write(&mut self, cpu: usize, asid: usize, va: u64, data: &[u8]) -> Result<(), u64> {
         self.check_mapped(asid, va, data.len() as u64)?;
-        let mut done = 0usize;
-        while done < data.len() {
-            let v = va.wrapping_add(done as u64);
+        for (v, r) in line_pieces(va, data.len(), PAGE_SIZE as usize) {
             let (pa, mt) = self.mmu.translate(asid, v).ok_or(v)?;
-            let n = ((PAGE_SIZE - (v & (PAGE_SIZE - 1))) as usize).min(data.len() - done);
-            self.cpu_write_phys(cpu, pa, mt, &data[done..done + n]);
-            done += n;
+            self.cpu_write_phys(cpu, pa, mt, &data[r]);
         }
         Ok(())
     }
@@ -346,17 +344,10 @@ impl Machine {
             return Err(BusError { pa });
         }
         self.stats.dma_bytes += out.len() as u64;
-        if !coherent {
+        if coherent {
+            self.peek(pa, out);
+        } else {
             self.dram.read(pa, out);
-            return Ok(());
-        }
-        let line = self.line as usize;
-        let mut done = 0usize;
-        while done < out.len() {
-            let a = pa + done as u64;
-            let n = (line - (a as usize & (line - 1))).min(out.len() - done);
-            self.caches.peek(a, &mut out[done..done + n], &self.dram);
-            done += n;
         }
         Ok(())
     }
@@ -399,12 +390,8 @@ impl Machine {
         self.stats.dma_bytes += data.len() as u64;
         if coherent {
             let line = self.line as usize;
-            let mut done = 0usize;
-            while done < data.len() {
-                let a = pa + done as u64;
-                let n = (line - (a as usize & (line - 1))).min(data.len() - done);
-                self.caches.snoop_write(a, n == line, &mut self.dram);
-                done += n;
+            for (a, r) in line_pieces(pa, data.len(), line) {
+                self.caches.snoop_write(a, r.len() == line, &mut self.dram);
             }
         }
         self.dram.write(pa, data);
@@ -414,13 +401,8 @@ impl Machine {
     /// The coherent view of physical memory (dirty cache lines over DRAM), without
     /// changing any state. The range must be RAM.
     pub fn peek(&self, pa: u64, out: &mut [u8]) {
-        let line = self.line as usize;
-        let mut done = 0usize;
-        while done < out.len() {
-            let a = pa + done as u64;
-            let n = (line - (a as usize & (line - 1))).min(out.len() - done);
-            self.caches.peek(a, &mut out[done..done + n], &self.dram);
-            done += n;
+        for (a, r) in line_pieces(pa, out.len(), self.line as usize) {
+            self.caches.peek(a, &mut out[r], &self.dram);
         }
     }
 
@@ -428,14 +410,8 @@ impl Machine {
     /// without changing any state. The range must be RAM.
     pub fn cpu_view(&self, pa: u64, out: &mut [u8]) {
         // Clean cached copies can be stale against DRAM, so look them up too.
-        let line = self.line as usize;
-        let mut done = 0usize;
-        while done < out.len() {
-            let a = pa + done as u64;
-            let n = (line - (a as usize & (line - 1))).min(out.len() - done);
-            self.caches
-                .cpu_view(a, &mut out[done..done + n], &self.dram);
-            done += n;
+        for (a, r) in line_pieces(pa, out.len(), self.line as usize) {
+            self.caches.cpu_view(a, &mut out[r], &self.dram);
         }
     }
 
