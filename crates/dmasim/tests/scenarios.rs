@@ -408,7 +408,11 @@ fn transfers_move_a_page_at_a_time_on_the_clock() {
          expect_eq(cpu_read(c, 0, 4096), pattern(\"inc\", 4096), \"the second device's transfer\");\n\
          expect(now() >= 16000, \"the clock ran through both transfers\");",
     );
-    assert_eq!(r.expectations.failed, 0, "{:?} {:?}", r.error, r.expectations.failures);
+    assert_eq!(
+        r.expectations.failed, 0,
+        "{:?} {:?}",
+        r.error, r.expectations.failures
+    );
     assert_eq!(r.expectations.passed, 5);
 }
 
@@ -425,7 +429,14 @@ fn cpus_share_data_through_mesi_and_maintenance_reaches_every_l1() {
          dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);\n\
          expect_eq(got, pattern(\"ones\", 64), \"the map's clean reached CPU 1's dirty line\");",
     );
-    assert_eq!(r.exit_code(), 0, "{:?} {:?} {:?}", r.error, r.expectations.failures, ids(&r));
+    assert_eq!(
+        r.exit_code(),
+        0,
+        "{:?} {:?} {:?}",
+        r.error,
+        r.expectations.failures,
+        ids(&r)
+    );
     let r = src("boot(\"arm64-noncoherent\");\ncpu(4);");
     assert_eq!(r.exit_code(), 2);
 }

@@ -62,7 +62,7 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
         .set_max_call_levels(64)
         .set_max_expr_depths(128, 64)
         .set_max_string_size(1 << 20)
-        .set_max_array_size(1 << 20)
+        .set_max_array_size(1 << 24)
         .set_max_map_size(1 << 14);
     api::register(&mut engine, session);
     engine

@@ -1,0 +1,90 @@
+//! No panic on input: random, often wrong, sequences of script calls with hostile
+//! arguments must end in a report with exit 0, 1 or 2 — never a panic or a hang.
+
+use dmasim::hw::rng::SimRng;
+use dmasim::script::{run_source, ScriptOptions};
+
+/// Values a correct driver could pass, then hostile ones (the last `BAD`).
+const SIZES: &[&str] = &[
+    "0",
+    "1",
+    "63",
+    "64",
+    "100",
+    "4096",
+    "4097",
+    "65536",
+    "\"4 MiB\"",
+    "\"5 MiB\"",
+    "\"900 TiB\"",
+    "-1",
+    "\"x\"",
+];
+const DIRS: &[&str] = &["0", "1", "2", "0", "1", "2", "3", "7", "-1"];
+const BAD: usize = 3;
+
+/// Mostly sensible values, sometimes hostile ones, so runs get deep before they fail.
+fn pick<'a>(r: &mut SimRng, xs: &[&'a str]) -> &'a str {
+    if r.below(10) == 0 {
+        xs[r.below(xs.len())]
+    } else {
+        xs[r.below(xs.len() - BAD)]
+    }
+}
+
+fn random_script(seed: u64) -> String {
+    let mut r = SimRng::new(seed);
+    let preset = pick(&mut r, &["arm64-noncoherent", "arm64-coherent", "x86-64"]);
+    let mut s = format!("boot(\"{preset}\");\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\n", r.below(2) == 1);
+    for _ in 0..40 {
+        let size = pick(&mut r, SIZES);
+        let dir = pick(&mut r, DIRS);
+        let line = match r.below(16) {
+            0 => format!("let b = kmalloc({size}); if b != () {{ bufs.push(b); }}"),
+            1 => format!("let b = dma_alloc_coherent(d, {size}); if b != () {{ bufs.push(b); addrs.push(b.dma); }}"),
+            2 => format!("if bufs.len() > 0 {{ let a = dma_map_single(d, bufs[-1], {dir}); addrs.push(a); }}"),
+            3 => format!("dma_unmap_single(d, addrs[-1], {size}, {dir});"),
+            4 => format!("dma_sync_single_for_cpu(d, addrs[-1], {size}, {dir});"),
+            5 => format!("dma_sync_single_for_device(d, addrs[-1], {size}, {dir});"),
+            6 => format!("let x = dev_read(d, addrs[-1], {size});"),
+            7 => format!("dev_write(d, addrs[-1], pattern(\"random\", {size}));"),
+            8 => "if bufs.len() > 0 { cpu_fill(bufs[-1], 7); }".into(),
+            9 => format!("if bufs.len() > 0 {{ let x = cpu_read(bufs[-1], 0, {size}); }}"),
+            10 => "if bufs.len() > 0 { kfree(bufs.pop()); }".into(),
+            11 => "evict_all(); prefetch(if bufs.len() > 0 { bufs[0] } else { kmalloc(64) });".into(),
+            12 => format!("run_for({});", pick(&mut r, &["\"1 us\"", "\"50 us\"", "100", "\"2 ms\"", "\"1e9 s\"", "-5", "\"soon\""])),
+            13 => format!("dma_set_mask(d, {dir}{dir});"),
+            14 => format!("let x = dev_read(d, {}, 64);", r.next_u64() as i64),
+            _ => format!("dma_free_coherent(d, {size}, if bufs.len() > 0 {{ bufs[-1] }} else {{ kmalloc(8) }});"),
+        };
+        s.push_str(&line);
+        s.push('\n');
+    }
+    s
+}
+
+#[test]
+fn random_call_sequences_never_panic() {
+    for seed in 0..150 {
+        let text = random_script(seed);
+        let opts = ScriptOptions {
+            seed,
+            max_operations: 200_000,
+            ..ScriptOptions::default()
+        };
+        let r = run_source("chaos.rhai", &text, &opts);
+        let code = r.exit_code();
+        assert!((0..=2).contains(&code), "seed {seed}");
+        if code == 2 {
+            assert!(
+                r.error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("chaos.rhai")),
+                "seed {seed}: {:?}\n{text}",
+                r.error
+            );
+        }
+        // The report always serializes.
+        assert!(r.to_json().contains("dmasim.report/v1"));
+    }
+}
