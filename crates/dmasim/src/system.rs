@@ -529,6 +529,7 @@ impl System {
                 data: piece,
                 write,
                 va_of,
+                dma_bits: dev.dma_bits,
             },
         );
         if !ok {

@@ -440,3 +440,24 @@ fn cpus_share_data_through_mesi_and_maintenance_reaches_every_l1() {
     let r = src("boot(\"arm64-noncoherent\");\ncpu(4);");
     assert_eq!(r.exit_code(), 2);
 }
+
+#[test]
+fn a_mask_wider_than_the_device_can_drive_sends_dma_elsewhere() {
+    // RAM above 4 GiB, a 32-bit DMA engine, and a driver that claims 64 bits.
+    let r = src(
+        "boot(\"arm64-noncoherent\", #{ ram_base: 0x100000000 });\n\
+         let d = device(\"d\", #{ dma_bits: 32 });\n\
+         expect_eq(dma_set_mask(d, 64), 0, \"the kernel believes the driver\");\n\
+         let b = kmalloc(4096);\n\
+         let a = dma_map_single(d, b, DMA_FROM_DEVICE); dma_mapping_error(d, a);\n\
+         expect(a > 0xffffffff, \"the buffer is above 4 GiB\");\n\
+         dev_write(d, a, pattern(\"ones\", 4096));\n\
+         dma_sync_single_for_cpu(d, a, 4096, DMA_FROM_DEVICE);\n\
+         expect(cpu_read(b, 0, 64) != pattern(\"ones\", 64), \"the data never arrived\");\n\
+         dma_unmap_single(d, a, 4096, DMA_FROM_DEVICE);",
+    );
+    assert_eq!(r.expectations.failed, 0, "{:?} {:?}", r.error, r.expectations.failures);
+    assert_eq!(ids(&r), vec!["dma-outside-mapping"]);
+    assert_eq!(r.findings[0].manifested, Some(true));
+    assert!(r.findings[0].help.contains("dma_set_mask(dev, 32)"));
+}

@@ -202,6 +202,8 @@ pub struct DeviceAccess<'a> {
     /// The live buffer whose CPU virtual address `bus` is, if any: its description
     /// and the physical address the device should have used.
     pub va_of: Option<(String, u64)>,
+    /// Address bits the device drives; a bus address above them is cut short.
+    pub dma_bits: u32,
 }
 
 /// The sanitizer's whole state.
@@ -785,6 +787,37 @@ impl Sanitizer {
             self.unmapped_device_access(ctx, &a);
             return;
         };
+        if a.dma_bits < 64 && a.bus >> a.dma_bits != 0 {
+            // The mapping is right, but the hardware cannot put this address on the
+            // bus: the access went to the address with the high bits cut off.
+            let (e, len) = (self.entries.get(id), a.data.len() as u64);
+            let hist = e.snapshot();
+            let reached =
+                a.pa.map_or("a bus error".to_string(), |pa| format!("physical {pa:#x}"));
+            let msg = format!(
+                "{} drives only {} address bits: bus address {:#x} of a live mapping became {reached} [device address={:#x}] [mask set by the driver covers it]",
+                a.dev_name, a.dma_bits, a.bus, e.dev_addr
+            );
+            self.report(
+                "dma-outside-mapping",
+                id,
+                Some(true),
+                Some(a.dev_name),
+                Some(a.bus),
+                Some(len),
+                ctx,
+                msg,
+                format!(
+                    "set the DMA mask to what the device can address: dma_set_mask(dev, {})",
+                    a.dma_bits
+                ),
+                hist,
+            );
+            if let (true, Some(pa)) = (a.write, a.pa) {
+                self.oracle.store(pa, a.data);
+            }
+            return;
+        }
         let line = self.line;
         let (bad, bad_lines) = match a.pa {
             Some(pa) => self.oracle.diff_dram(pa, a.data, line),
