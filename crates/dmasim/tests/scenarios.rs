@@ -444,8 +444,7 @@ fn cpus_share_data_through_mesi_and_maintenance_reaches_every_l1() {
 #[test]
 fn a_mask_wider_than_the_device_can_drive_sends_dma_elsewhere() {
     // RAM above 4 GiB, a 32-bit DMA engine, and a driver that claims 64 bits.
-    let r = src(
-        "boot(\"arm64-noncoherent\", #{ ram_base: 0x100000000 });\n\
+    let r = src("boot(\"arm64-noncoherent\", #{ ram_base: 0x100000000 });\n\
          let d = device(\"d\", #{ dma_bits: 32 });\n\
          expect_eq(dma_set_mask(d, 64), 0, \"the kernel believes the driver\");\n\
          let b = kmalloc(4096);\n\
@@ -454,10 +453,37 @@ fn a_mask_wider_than_the_device_can_drive_sends_dma_elsewhere() {
          dev_write(d, a, pattern(\"ones\", 4096));\n\
          dma_sync_single_for_cpu(d, a, 4096, DMA_FROM_DEVICE);\n\
          expect(cpu_read(b, 0, 64) != pattern(\"ones\", 64), \"the data never arrived\");\n\
-         dma_unmap_single(d, a, 4096, DMA_FROM_DEVICE);",
+         dma_unmap_single(d, a, 4096, DMA_FROM_DEVICE);");
+    assert_eq!(
+        r.expectations.failed, 0,
+        "{:?} {:?}",
+        r.error, r.expectations.failures
     );
-    assert_eq!(r.expectations.failed, 0, "{:?} {:?}", r.error, r.expectations.failures);
     assert_eq!(ids(&r), vec!["dma-outside-mapping"]);
     assert_eq!(r.findings[0].manifested, Some(true));
     assert!(r.findings[0].help.contains("dma_set_mask(dev, 32)"));
+}
+
+#[test]
+fn writing_a_device_owned_buffer_then_syncing_is_still_a_finding_but_latent() {
+    let r = misuse(
+        "let a = dma_map_single(d, b, DMA_TO_DEVICE);\ndma_mapping_error(d, a);\n\
+         cpu_write(b, 0, pattern(\"inc\", 256));\n\
+         dma_sync_single_for_device(d, a, 4096, DMA_TO_DEVICE);\n\
+         expect_eq(dev_read(d, a, 256), pattern(\"inc\", 256), \"the sync made the bytes right\");\n\
+         dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);",
+    );
+    assert_eq!(r.expectations.failed, 0);
+    assert_eq!(ids(&r), vec!["cpu-access-device-owned"]);
+    assert_eq!(r.findings[0].manifested, Some(false));
+    // The same with the hand-back first is clean.
+    let r = misuse(
+        "let a = dma_map_single(d, b, DMA_TO_DEVICE);\ndma_mapping_error(d, a);\n\
+         dma_sync_single_for_cpu(d, a, 4096, DMA_TO_DEVICE);\n\
+         cpu_write(b, 0, pattern(\"inc\", 256));\n\
+         dma_sync_single_for_device(d, a, 4096, DMA_TO_DEVICE);\n\
+         expect_eq(dev_read(d, a, 256), pattern(\"inc\", 256), \"right bytes\");\n\
+         dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);",
+    );
+    assert_eq!(r.exit_code(), 0, "{:?}", ids(&r));
 }

@@ -640,6 +640,20 @@ impl Sanitizer {
             } else {
                 e.device_owns = true;
                 e.cpu_dirty.remove(s, t);
+                let touched = e.owned_writes.overlap(s, t);
+                if touched > 0 {
+                    // Stored while the device owned the buffer, then handed over: the
+                    // bytes are right this time (the sync cleaned them), the protocol
+                    // was not followed.
+                    problems.push((
+                        "cpu-access-device-owned",
+                        format!(
+                            "CPU stored {touched} bytes into a buffer {} owned, without dma_sync_single_for_cpu first [device address={:#x}] [mapped with {}]",
+                            e.dev_name, e.dev_addr, e.dir.name()
+                        ),
+                        "call dma_sync_single_for_cpu before the CPU touches a mapped buffer, and dma_sync_single_for_device when it is done".into(),
+                    ));
+                }
                 e.owned_writes.remove(s, t);
             }
             if problems.is_empty() {
@@ -648,10 +662,11 @@ impl Sanitizer {
             e.snapshot()
         };
         for (pid, msg, help) in problems {
+            let manifested = (pid == "cpu-access-device-owned").then_some(false);
             self.report(
                 pid,
                 id,
-                None,
+                manifested,
                 Some(dev_name),
                 Some(addr),
                 Some(size),
