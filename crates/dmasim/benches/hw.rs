@@ -77,7 +77,10 @@ fn cpu_lines(c: &mut Criterion) {
 fn dma_system(coherent: bool) -> (System, usize, u64) {
     let mut sys = System::boot(quiet("arm64-noncoherent"), RunOptions::default()).unwrap();
     let dev = sys.add_device(Device::new("dev0", coherent, 1_000_000, 0));
-    let id = sys.kmalloc(64 << 10).unwrap().unwrap();
+    let id = sys
+        .kmalloc(64 << 10, dmasim::kernel::mm::gfp::GFP_KERNEL)
+        .unwrap()
+        .unwrap();
     let va = sys.kernel.buffers[&id].va;
     sys.cpu_write_va(va, &vec![0x42; 64 << 10]).unwrap();
     let addr = sys

@@ -132,7 +132,7 @@ pub fn run(scale: u64) -> BenchReport {
     // A device reads 64 KiB through a non-coherent port with the sanitizer on.
     if let Ok(mut sys) = System::boot(p.clone(), RunOptions::default()) {
         let dev = sys.add_device(Device::new("bench0", false, 1_000_000, 0));
-        if let Ok(Some(id)) = sys.kmalloc(64 << 10) {
+        if let Ok(Some(id)) = sys.kmalloc(64 << 10, crate::kernel::mm::gfp::GFP_KERNEL) {
             let va = sys.kernel.buffers[&id].va;
             let addr = sys
                 .dma_map_single(dev, va, 64 << 10, DmaDirection::ToDevice)

@@ -218,10 +218,11 @@ impl PlatformConfig {
             "arm64-noncoherent" => Ok(PlatformConfig {
                 preset: name.into(),
                 description: "i.MX8M-class SoC: 4x Cortex-A53, 32 KiB L1D, 512 KiB L2, \
-                              4 GiB LPDDR4 at 0x4000_0000, DMA masters on a non-coherent interconnect"
+                              2 GiB LPDDR4 at 0x4000_0000, DMA masters on a non-coherent interconnect"
                     .into(),
                 arch: Arch::Arm64,
-                ram: 4 << 30,
+                // i.MX8M Mini EVK: 2 GiB LPDDR4, all of it below 4 GiB (ZONE_DMA).
+                ram: 2 << 30,
                 // i.MX8M DRAM starts at 0x4000_0000 (reference manual memory map).
                 ram_base: 0x4000_0000,
                 cpus: 4,
@@ -231,9 +232,9 @@ impl PlatformConfig {
                 l2: CacheGeometry { size: 512 << 10, ways: 16, line: 64 },
                 coherent_default: false,
                 iommu: "none".into(),
-                // RAM ends above 4 GiB, so arm64 creates the default 64 MiB pool
-                // (IO_TLB_DEFAULT_SIZE; arch/arm64/mm/init.c mem_init).
-                swiotlb: 64 << 20,
+                // RAM ends below 4 GiB, so arm64 creates only the small pool for
+                // kmalloc bouncing, 1 MiB per GiB of RAM (arch/arm64/mm/init.c mem_init).
+                swiotlb: 2 << 20,
                 // CONFIG_CMA_SIZE_MBYTES default 16 (kernel/dma/Kconfig).
                 cma: 16 << 20,
                 // arm64 caps zone_dma_limit at 4 GiB - 1 when DRAM starts below 4 GiB.
@@ -252,7 +253,7 @@ impl PlatformConfig {
             "arm64-coherent" => {
                 let mut p = PlatformConfig::preset("arm64-noncoherent")?;
                 p.preset = name.into();
-                p.description = "Layerscape-class SoC: Cortex-A72 cores, 1 MiB L2, 4 GiB at \
+                p.description = "Layerscape-class SoC: Cortex-A72 cores, 1 MiB L2, 2 GiB at \
                                  0x8000_0000, DMA masters on ACE-Lite coherent ports (dma-coherent)"
                     .into();
                 // Cortex-A72 L1D: 32 KiB, 2-way (Cortex-A72 TRM); L2 1 MiB, 16-way.
@@ -366,7 +367,8 @@ impl PlatformConfig {
                 ("l1", "Cortex-A53 / Cortex-A72 TRM: 32 KiB L1D, 64-byte lines"),
                 ("l2", "i.MX8M Mini 512 KiB / LX2160A 1 MiB per cluster, 16-way"),
                 ("coherent_default", "devicetree dma-coherent (of_dma_is_coherent, drivers/of/address.c)"),
-                ("swiotlb", "IO_TLB_DEFAULT_SIZE 64 MiB, created when RAM ends above the DMA limit (arch/arm64/mm/init.c mem_init)"),
+                ("swiotlb", "1 MiB per GiB for kmalloc bouncing when all RAM is below the DMA limit; IO_TLB_DEFAULT_SIZE 64 MiB when it ends above (arch/arm64/mm/init.c mem_init)"),
+                ("ram", "i.MX8M Mini EVK / LX2160A boards with 2 GiB; override with ram to see ZONE_NORMAL above 4 GiB"),
                 ("cma", "CONFIG_CMA_SIZE_MBYTES default 16 (kernel/dma/Kconfig)"),
                 ("zone_dma_limit", "arm64 caps zone_dma_limit at 4 GiB - 1 when DRAM starts below 4 GiB (arch/arm64/mm/init.c)"),
                 ("dma_minalign", "ARCH_DMA_MINALIGN 128 (arch/arm64/include/asm/cache.h)"),

@@ -156,6 +156,8 @@ impl System {
             },
         );
         let check = Sanitizer::new(cfg.line(), cfg.cost.dram_fill_ps);
+        let mut kernel = kernel;
+        let aged = kernel.pages.age(&mut hw.rng);
         let mut sys = System {
             cfg,
             hw,
@@ -192,6 +194,23 @@ impl System {
             "non-coherent"
         };
         sys.printk("", format!("DMA: devices are {coherent} by default"));
+        for z in sys.kernel.pages.zones.iter().filter(|z| z.managed > 0) {
+            let line = format!(
+                "  {:<7} [mem {:#012x}-{:#012x}] {} managed",
+                z.kind.name(),
+                z.start_pfn * PAGE_SIZE,
+                z.end_pfn * PAGE_SIZE - 1,
+                human_size(z.managed * PAGE_SIZE)
+            );
+            sys.log.push(format!("[    0.000000] {line}"));
+        }
+        sys.printk(
+            "",
+            format!(
+                "Memory: {} in use since boot (kernel data, page cache), scattered over RAM",
+                human_size(aged * PAGE_SIZE)
+            ),
+        );
         if !sys.cfg.noise.is_off() {
             let n = sys.cfg.noise;
             sys.printk(

@@ -156,6 +156,11 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         Severity::Warning,
         "heavy CPU use of uncached coherent memory",
     ),
+    (
+        "zone-exhausted",
+        Severity::Warning,
+        "an allocation failed in its zone while other zones had free memory",
+    ),
     ("enomem", Severity::Warning, "an allocation failed"),
 ];
 

@@ -8,10 +8,8 @@
 //! (a live mapping, or the buffer until it is freed) and their DRAM frames carry the
 //! "watched" bit so that unwatched accesses pay one bit test.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use crate::config::PAGE_SIZE;
+use crate::fasthash::PageMap;
 use crate::hw::Machine;
 
 struct Page {
@@ -24,28 +22,10 @@ struct Page {
     dram_may_differ: bool,
 }
 
-/// Multiply-shift hashing of page addresses (they are already well spread).
-#[derive(Default)]
-struct PageHasher(u64);
-
-impl Hasher for PageHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, x: u64) {
-        self.0 = (x >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 /// Shadow memory for watched pages.
 #[derive(Default)]
 pub struct Oracle {
-    pages: HashMap<u64, Page, BuildHasherDefault<PageHasher>>,
+    pages: PageMap<Page>,
 }
 
 fn page_of(pa: u64) -> u64 {

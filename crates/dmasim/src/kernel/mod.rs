@@ -15,14 +15,34 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::check::HistoryEvent;
-use crate::config::{Arch, PlatformConfig, PAGE_SHIFT, PAGE_SIZE};
+use crate::config::{Arch, PlatformConfig, PAGE_SIZE};
 use device::Device;
-use mm::page_alloc::{FirstFit, PageAllocator};
+use mm::gfp::MAX_NR_ZONES;
+use mm::page_alloc::{Node, ZoneLayout};
 use mm::slab::{Slab, SlabObj};
 
 /// Bytes at the start of RAM that the kernel image, its page tables and early
 /// allocations occupy (an arm64 defconfig Image is about 30-40 MiB).
 pub const KERNEL_RESERVED: u64 = 32 << 20;
+
+/// Where the zones end on a platform (`zone_sizes_init` of each arch): ZONE_DMA up to
+/// `zone_dma_limit`, ZONE_DMA32 up to 4 GiB (empty when ZONE_DMA already reaches it,
+/// as on arm64), ZONE_NORMAL the rest.
+pub fn zone_layout(p: &PlatformConfig) -> ZoneLayout {
+    let ram_end = p.ram_base + p.ram;
+    let mut configured = [false; MAX_NR_ZONES];
+    let mut ends = [ram_end; MAX_NR_ZONES];
+    match p.arch {
+        Arch::Arm64 | Arch::X86_64 => {
+            configured[0] = true;
+            configured[1] = true;
+            configured[2] = true;
+            ends[0] = p.zone_dma_limit.saturating_add(1);
+            ends[1] = 1 << 32;
+        }
+    }
+    ZoneLayout { configured, ends }
+}
 
 /// What kind of memory a buffer is (`Buffer.kind` in scripts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,6 +54,8 @@ pub enum BufKind {
     Pages,
     /// `dma_alloc_coherent`.
     Coherent,
+    /// `vmalloc`: virtually contiguous, physically scattered.
+    Vmalloc,
 }
 
 impl BufKind {
@@ -43,6 +65,7 @@ impl BufKind {
             BufKind::Kmalloc => "kmalloc",
             BufKind::Pages => "pages",
             BufKind::Coherent => "coherent",
+            BufKind::Vmalloc => "vmalloc",
         }
     }
 }
@@ -71,12 +94,14 @@ pub struct Buffer {
 }
 
 /// How a buffer's memory is held.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Backing {
     Slab(SlabObj),
     Pages(u32),
     /// Pages of this order, remapped at `va` (the coherent remap).
     Remapped(u32),
+    /// Single pages mapped one after the other at `va`.
+    Vmalloc(Vec<u64>),
 }
 
 /// Kernel state.
@@ -92,7 +117,8 @@ pub struct Kernel {
     /// Top of ZONE_DMA.
     pub zone_dma_limit: u64,
     pub(crate) vmalloc_next: u64,
-    pub(crate) pages: Box<dyn PageAllocator>,
+    /// The page allocator: zones and their buddy free lists.
+    pub pages: Node,
     pub(crate) slab: Slab,
     /// Devices, by index.
     pub devices: Vec<Device>,
@@ -106,8 +132,8 @@ impl Kernel {
     /// Sets up the memory layout of a platform.
     pub fn new(p: &PlatformConfig) -> Kernel {
         let reserved = KERNEL_RESERVED.min(p.ram / 4);
-        let first = (p.ram_base + reserved) >> PAGE_SHIFT;
-        let count = (p.ram - reserved) >> PAGE_SHIFT;
+        let ram_end = p.ram_base + p.ram;
+        let layout = zone_layout(p);
         Kernel {
             arch: p.arch,
             page_offset: p.page_offset,
@@ -115,7 +141,12 @@ impl Kernel {
             ram_end: p.ram_base + p.ram,
             zone_dma_limit: p.zone_dma_limit,
             vmalloc_next: p.vmalloc_start,
-            pages: Box::new(FirstFit::new(first, count)),
+            pages: Node::new(
+                p.ram_base,
+                ram_end,
+                &layout,
+                &[(p.ram_base, p.ram_base + reserved)],
+            ),
             slab: Slab::new(p.dma_minalign),
             devices: Vec::new(),
             buffers: BTreeMap::new(),

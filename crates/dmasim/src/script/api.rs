@@ -13,6 +13,7 @@ use crate::check::MapKind;
 use crate::config::{PlatformConfig, PAGE_SIZE};
 use crate::kernel::device::Device;
 use crate::kernel::dma::{DmaDirection, DMA_MAPPING_ERROR};
+use crate::kernel::mm::gfp::GFP_KERNEL;
 use crate::kernel::{errno, BufKind};
 use crate::report::{ExpectationFailure, Stats};
 use crate::system::{RunOptions, SimError, System, MAX_ACCESS};
@@ -422,16 +423,16 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         "kmalloc",
         move |ctx: NativeCallContext, size: Dynamic| -> RResult<Dynamic> {
             let n = size_of(&ctx, &size, "kmalloc")?;
-            let id = with_sys(&s1, &ctx, |sys| sys.kmalloc(n))?;
+            let id = with_sys(&s1, &ctx, |sys| sys.kmalloc(n, GFP_KERNEL))?;
             Ok(opt_buffer(&s1, id))
         },
     );
     let s1 = s.clone();
     engine.register_fn(
         "kmalloc",
-        move |ctx: NativeCallContext, size: Dynamic, _gfp: INT| -> RResult<Dynamic> {
+        move |ctx: NativeCallContext, size: Dynamic, gfp: INT| -> RResult<Dynamic> {
             let n = size_of(&ctx, &size, "kmalloc")?;
-            let id = with_sys(&s1, &ctx, |sys| sys.kmalloc(n))?;
+            let id = with_sys(&s1, &ctx, |sys| sys.kmalloc(n, gfp as u64))?;
             Ok(opt_buffer(&s1, id))
         },
     );
@@ -445,13 +446,53 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     let s1 = s.clone();
     engine.register_fn(
         "alloc_pages",
-        move |ctx: NativeCallContext, order: INT, _gfp: INT| -> RResult<Dynamic> {
+        move |ctx: NativeCallContext, order: INT, gfp: INT| -> RResult<Dynamic> {
             let o = u32::try_from(order)
                 .map_err(|_| err(&ctx, "alloc_pages: order must be 0 or more"))?;
-            let id = with_sys(&s1, &ctx, |sys| sys.alloc_pages(o))?;
+            let id = with_sys(&s1, &ctx, |sys| sys.alloc_pages(o, gfp as u64))?;
             Ok(opt_buffer(&s1, id))
         },
     );
+    let s1 = s.clone();
+    engine.register_fn(
+        "vmalloc",
+        move |ctx: NativeCallContext, size: Dynamic| -> RResult<Dynamic> {
+            let n = size_of(&ctx, &size, "vmalloc")?;
+            let id = with_sys(&s1, &ctx, |sys| sys.vmalloc(n))?;
+            Ok(opt_buffer(&s1, id))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn("vfree", move |ctx: NativeCallContext, b: BufferObj| {
+        with_sys(&s1, &ctx, |sys| {
+            sys.kfree(b.id, "vfree", BufKind::Vmalloc);
+            Ok(())
+        })
+    });
+    let s1 = s.clone();
+    engine.register_fn("zoneinfo", move |ctx: NativeCallContext| {
+        with_sys(&s1, &ctx, |sys| {
+            let mut m = Map::new();
+            for z in sys.kernel.pages.zones.iter().filter(|z| z.managed > 0) {
+                let mut zm = Map::new();
+                zm.insert(
+                    "free".into(),
+                    Dynamic::from((z.free_pages() * PAGE_SIZE) as INT),
+                );
+                zm.insert(
+                    "managed".into(),
+                    Dynamic::from((z.managed * PAGE_SIZE) as INT),
+                );
+                zm.insert(
+                    "start".into(),
+                    Dynamic::from((z.start_pfn * PAGE_SIZE) as INT),
+                );
+                zm.insert("end".into(), Dynamic::from((z.end_pfn * PAGE_SIZE) as INT));
+                m.insert(z.kind.name().into(), Dynamic::from_map(zm));
+            }
+            Ok(m)
+        })
+    });
     let s1 = s.clone();
     engine.register_fn("free_pages", move |ctx: NativeCallContext, b: BufferObj| {
         with_sys(&s1, &ctx, |sys| {

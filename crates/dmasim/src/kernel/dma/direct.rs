@@ -147,6 +147,60 @@ impl System {
     }
 }
 
+impl System {
+    /// `__dma_direct_alloc_pages()`: the zone comes from the coherent mask
+    /// (`dma_direct_optimal_gfp_mask`: ZONE_DMA when the limit is within it, ZONE_DMA32
+    /// when within 4 GiB); pages that end above the mask are given back and the
+    /// allocation retried with `GFP_DMA32`, then `GFP_DMA`.
+    pub(crate) fn dma_direct_alloc_pages(
+        &mut self,
+        dev: usize,
+        name: &str,
+        bytes: u64,
+        order: u32,
+    ) -> crate::system::Result<Option<u64>> {
+        use crate::kernel::mm::gfp::{GFP_DMA, GFP_DMA32, GFP_KERNEL};
+        let d = &self.kernel.devices[dev];
+        let phys_limit = d.dma_to_phys(dma_limit(d.coherent_dma_mask));
+        let mut gfp = GFP_KERNEL
+            | if phys_limit <= self.kernel.zone_dma_limit {
+                GFP_DMA
+            } else if phys_limit <= dma_bit_mask(32) {
+                GFP_DMA32
+            } else {
+                0
+            };
+        loop {
+            match self.kernel.pages.alloc_pages(order, gfp, &mut self.hw.rng) {
+                Ok(pfn) if self.dma_coherent_ok(dev, pfn * PAGE_SIZE, bytes) => {
+                    return Ok(Some(pfn))
+                }
+                Ok(pfn) => {
+                    self.kernel.pages.free_pages(pfn, order);
+                    if gfp & (GFP_DMA32 | GFP_DMA) == 0 {
+                        gfp |= GFP_DMA32;
+                    } else if gfp & GFP_DMA == 0 {
+                        gfp = (gfp & !GFP_DMA32) | GFP_DMA;
+                    } else {
+                        let mask = self.kernel.devices[dev].coherent_dma_mask;
+                        self.printk(
+                            name,
+                            format!(
+                                "dma_alloc_coherent: no page below the coherent mask {mask:#x}"
+                            ),
+                        );
+                        return Ok(None);
+                    }
+                }
+                Err(f) => {
+                    self.alloc_failed(name, "dma_alloc_coherent", bytes, order, Some(&f));
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
 /// `PAGE_ALIGN()`.
 pub fn page_align(size: u64) -> u64 {
     size.div_ceil(PAGE_SIZE) * PAGE_SIZE

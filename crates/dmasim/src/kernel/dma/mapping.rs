@@ -277,23 +277,15 @@ impl System {
         self.hw.advance(self.cfg.cost.dma_call_ps);
         let name = self.kernel.devices[dev].name.clone();
         let order = get_order(size);
-        let pfn = if size == 0 {
-            None
-        } else {
-            self.kernel.pages.alloc_pages(order)
-        };
-        let Some(pfn) = pfn else {
-            self.alloc_failed(&name, "dma_alloc_coherent", size, order);
+        let bytes = page_align(size);
+        if size == 0 {
+            self.alloc_failed(&name, "dma_alloc_coherent", size, order, None);
+            return Ok(None);
+        }
+        let Some(pfn) = self.dma_direct_alloc_pages(dev, &name, bytes, order)? else {
             return Ok(None);
         };
         let pa = pfn * PAGE_SIZE;
-        let bytes = page_align(size);
-        if !self.dma_coherent_ok(dev, pa, bytes) {
-            self.kernel.pages.free_pages(pfn, order);
-            let mask = self.kernel.devices[dev].coherent_dma_mask;
-            self.printk(&name, format!("dma_alloc_coherent: no memory below the coherent mask {mask:#x} (zones arrive with the mm model)"));
-            return Ok(None);
-        }
         let coherent = self.dev_is_dma_coherent(dev);
         let (va, backing) = if coherent {
             (self.kernel.phys_to_virt(pa), Backing::Pages(order))
@@ -423,51 +415,27 @@ impl System {
 
     /// Gives a buffer's memory back and forgets it.
     pub(crate) fn release_buffer(&mut self, b: &Buffer) {
-        match b.backing {
-            Backing::Slab(obj) => {
+        match &b.backing {
+            &Backing::Slab(obj) => {
                 let Self { kernel, .. } = self;
-                kernel.slab.kfree(kernel.pages.as_mut(), b.phys, obj);
+                kernel.slab.kfree(&mut kernel.pages, b.phys, obj);
             }
-            Backing::Pages(order) => self.kernel.pages.free_pages(b.phys / PAGE_SIZE, order),
-            Backing::Remapped(order) => {
+            &Backing::Pages(order) => self.kernel.pages.free_pages(b.phys / PAGE_SIZE, order),
+            &Backing::Remapped(order) => {
                 for i in 0..(1u64 << order) {
                     self.hw.mmu.unmap_page(0, b.va + i * PAGE_SIZE);
                 }
                 self.kernel.pages.free_pages(b.phys / PAGE_SIZE, order);
             }
+            Backing::Vmalloc(pfns) => {
+                for (i, &pfn) in pfns.iter().enumerate() {
+                    self.hw.mmu.unmap_page(0, b.va + i as u64 * PAGE_SIZE);
+                    self.kernel.pages.free_pages(pfn, 0);
+                }
+            }
         }
         self.kernel.remove_buffer(b.id);
         self.check.free_buffer(&mut self.hw, b.id);
-    }
-
-    /// Logs a failed allocation as Linux's `warn_alloc` would and reports `enomem`.
-    pub(crate) fn alloc_failed(&mut self, who: &str, call: &str, size: u64, order: u32) {
-        let why = if order > crate::config::MAX_PAGE_ORDER {
-            format!(
-                "order {order} > MAX_PAGE_ORDER {}",
-                crate::config::MAX_PAGE_ORDER
-            )
-        } else if size == 0 {
-            "size 0".to_string()
-        } else {
-            format!("no free block of order {order}")
-        };
-        self.printk(
-            who,
-            format!("{call}: page allocation failure: {size} bytes, {why}"),
-        );
-        let ctx = self.ctx();
-        self.check.report_plain(
-            "enomem",
-            None,
-            None,
-            None,
-            Some(size),
-            ctx,
-            format!("{call}({size}) failed: {why}"),
-            "check the result for NULL; large buffers need CMA (dma_alloc_coherent) or scatter-gather".into(),
-            vec![],
-        );
     }
 
     /// `remove_device`: driver unbind. dma-debug reports the device's live mappings.

@@ -1,89 +1,36 @@
-//! The page allocator (`mm/page_alloc.c`), behind the [`PageAllocator`] interface.
+//! The page allocator (`mm/page_alloc.c`, v6.12): zones, the buddy allocator with a
+//! free list per order and migratetype, watermarks and lowmem protection.
 //!
-//! Today a simple first-fit allocator over free ranges, naturally aligned to the
-//! order like the buddy allocator's blocks, deterministic and without zones or
-//! migratetypes. The real buddy allocator with zones, migratetypes and shuffled
-//! placement replaces it behind the same trait.
+//! What it keeps from Linux: orders 0..=`MAX_PAGE_ORDER`; a free block's buddy is
+//! `pfn ^ (1 << order)` and merges when free at the same order; `expand()` returns
+//! the upper halves of a split; pageblocks (2 MiB) carry a migratetype, boot memory
+//! is `MIGRATE_MOVABLE`; an empty list falls back per `fallbacks[]`, taking the
+//! largest block and claiming its pageblock when the block is at least half a
+//! pageblock; the zonelist runs from the highest zone the GFP flags allow down to
+//! ZONE_DMA, each zone guarded by its min watermark plus `lowmem_reserve`
+//! (`__zone_watermark_ok`, `setup_per_zone_lowmem_reserve`,
+//! `__setup_per_zone_wmarks` with `min_free_kbytes = sqrt(lowmem_kbytes * 16)`).
+//!
+//! Where it differs: one NUMA node and no per-CPU page lists; no reclaim or compaction
+//! on failure (the caller gets NULL at once); which free block of an order is taken
+//! is drawn from the run's seeded stream — Linux's `CONFIG_SHUFFLE_PAGE_ALLOCATOR`
+//! shuffles free lists to the same end, so that physically scattered pages are the
+//! normal case. Free blocks live in per-list vectors plus a position map keyed by pfn
+//! (the PageBuddy flag and order), so memory use follows the number of free blocks,
+//! not the size of RAM.
 
-use std::collections::BTreeMap;
+use serde::Serialize;
 
-use crate::config::{MAX_PAGE_ORDER, PAGE_SHIFT};
+use super::gfp::{
+    gfp_migratetype, gfp_zone, MigrateType, ZoneType, GFP_HIGH, MAX_NR_ZONES, NR_MIGRATETYPES,
+};
+use crate::config::{MAX_PAGE_ORDER, PAGE_SHIFT, PAGE_SIZE};
+use crate::fasthash::PageMap;
+use crate::hw::rng::SimRng;
 
-/// What the kernel needs from a page allocator.
-pub trait PageAllocator {
-    /// `alloc_pages(order)`: 2^order contiguous pages aligned to their size; the
-    /// first page frame number, or `None` (Linux's NULL) when none is free or the
-    /// order is above `MAX_PAGE_ORDER`.
-    fn alloc_pages(&mut self, order: u32) -> Option<u64>;
-    /// `__free_pages(pfn, order)`.
-    fn free_pages(&mut self, pfn: u64, order: u32);
-    /// Free pages left.
-    fn free_count(&self) -> u64;
-}
-
-/// First-fit allocator over a set of free page ranges.
-pub struct FirstFit {
-    free: BTreeMap<u64, u64>,
-    free_count: u64,
-}
-
-impl FirstFit {
-    /// Pages `[first_pfn, first_pfn + count)` start free.
-    pub fn new(first_pfn: u64, count: u64) -> FirstFit {
-        let mut free = BTreeMap::new();
-        if count > 0 {
-            free.insert(first_pfn, count);
-        }
-        FirstFit {
-            free,
-            free_count: count,
-        }
-    }
-}
-
-impl PageAllocator for FirstFit {
-    fn alloc_pages(&mut self, order: u32) -> Option<u64> {
-        if order > MAX_PAGE_ORDER {
-            return None;
-        }
-        let n = 1u64 << order;
-        let (start, len, at) = self.free.iter().find_map(|(&s, &l)| {
-            let at = s.next_multiple_of(n);
-            (at + n <= s + l).then_some((s, l, at))
-        })?;
-        self.free.remove(&start);
-        if at > start {
-            self.free.insert(start, at - start);
-        }
-        if at + n < start + len {
-            self.free.insert(at + n, start + len - at - n);
-        }
-        self.free_count -= n;
-        Some(at)
-    }
-
-    fn free_pages(&mut self, pfn: u64, order: u32) {
-        let mut s = pfn;
-        let mut l = 1u64 << order;
-        if let Some((&ps, &pl)) = self.free.range(..s).next_back() {
-            if ps + pl == s {
-                self.free.remove(&ps);
-                s = ps;
-                l += pl;
-            }
-        }
-        if let Some(&nl) = self.free.get(&(s + l)) {
-            self.free.remove(&(s + l));
-            l += nl;
-        }
-        self.free.insert(s, l);
-        self.free_count += 1 << order;
-    }
-
-    fn free_count(&self) -> u64 {
-        self.free_count
-    }
-}
+/// `pageblock_order` with 4K pages: 2 MiB blocks (`HUGETLB_PAGE_ORDER`).
+pub const PAGEBLOCK_ORDER: u32 = 9;
+const ORDERS: usize = MAX_PAGE_ORDER as usize + 1;
 
 /// `get_order(size)`: the smallest order whose block holds `size` bytes.
 pub fn get_order(size: u64) -> u32 {
@@ -91,9 +38,506 @@ pub fn get_order(size: u64) -> u32 {
     64 - (pages - 1).leading_zeros()
 }
 
+/// The free blocks of one zone.
+#[derive(Default)]
+struct FreeArea {
+    /// One list per (order, migratetype).
+    lists: Vec<Vec<u64>>,
+    /// Free block starting at pfn → (order, migratetype, index in its list).
+    pos: PageMap<(u8, u8, u32)>,
+    /// Free pages.
+    nr_free: u64,
+}
+
+impl FreeArea {
+    fn new() -> FreeArea {
+        FreeArea {
+            lists: (0..ORDERS * NR_MIGRATETYPES).map(|_| Vec::new()).collect(),
+            pos: PageMap::default(),
+            nr_free: 0,
+        }
+    }
+
+    #[inline]
+    fn list(order: u32, mt: MigrateType) -> usize {
+        order as usize * NR_MIGRATETYPES + mt as usize
+    }
+
+    fn add(&mut self, pfn: u64, order: u32, mt: MigrateType) {
+        let l = Self::list(order, mt);
+        self.pos
+            .insert(pfn, (order as u8, mt as u8, self.lists[l].len() as u32));
+        self.lists[l].push(pfn);
+        self.nr_free += 1 << order;
+    }
+
+    fn del(&mut self, pfn: u64) -> Option<(u32, MigrateType)> {
+        let (order, mt, idx) = self.pos.remove(&pfn)?;
+        let mt = mt_from(mt);
+        let l = Self::list(u32::from(order), mt);
+        let list = &mut self.lists[l];
+        list.swap_remove(idx as usize);
+        if let Some(&moved) = list.get(idx as usize) {
+            if let Some(p) = self.pos.get_mut(&moved) {
+                p.2 = idx;
+            }
+        }
+        self.nr_free -= 1 << order;
+        Some((u32::from(order), mt))
+    }
+
+    /// Takes a block of exactly `order` and `mt`, chosen by the seeded stream.
+    fn take(&mut self, order: u32, mt: MigrateType, rng: &mut SimRng) -> Option<u64> {
+        let l = Self::list(order, mt);
+        let n = self.lists[l].len();
+        if n == 0 {
+            return None;
+        }
+        let pfn = self.lists[l][rng.below(n)];
+        self.del(pfn);
+        Some(pfn)
+    }
+
+    fn is_free_at(&self, pfn: u64, order: u32) -> Option<MigrateType> {
+        self.pos
+            .get(&pfn)
+            .filter(|p| u32::from(p.0) == order)
+            .map(|p| mt_from(p.1))
+    }
+
+    fn has(&self, order: u32, mt: MigrateType) -> bool {
+        !self.lists[Self::list(order, mt)].is_empty()
+    }
+}
+
+fn mt_from(v: u8) -> MigrateType {
+    match v {
+        0 => MigrateType::Unmovable,
+        1 => MigrateType::Movable,
+        2 => MigrateType::Reclaimable,
+        _ => MigrateType::Cma,
+    }
+}
+
+/// One zone (`struct zone`).
+pub struct Zone {
+    /// Which zone.
+    pub kind: ZoneType,
+    /// First pfn of the span.
+    pub start_pfn: u64,
+    /// One past the last pfn.
+    pub end_pfn: u64,
+    /// Pages the allocator manages (the span minus boot reservations).
+    pub managed: u64,
+    /// `_watermark[WMARK_MIN]` in pages.
+    pub watermark_min: u64,
+    /// `lowmem_reserve[classzone]` in pages.
+    pub lowmem_reserve: [u64; MAX_NR_ZONES],
+    /// Pages handed out.
+    pub allocated: u64,
+    free: FreeArea,
+    /// Pageblocks whose migratetype is not the boot default (MOVABLE).
+    pageblock_mt: PageMap<MigrateType>,
+}
+
+impl Zone {
+    fn empty(kind: ZoneType) -> Zone {
+        Zone {
+            kind,
+            start_pfn: 0,
+            end_pfn: 0,
+            managed: 0,
+            watermark_min: 0,
+            lowmem_reserve: [0; MAX_NR_ZONES],
+            allocated: 0,
+            free: FreeArea::new(),
+            pageblock_mt: PageMap::default(),
+        }
+    }
+
+    /// Free pages.
+    pub fn free_pages(&self) -> u64 {
+        self.free.nr_free
+    }
+
+    fn contains(&self, pfn: u64) -> bool {
+        (self.start_pfn..self.end_pfn).contains(&pfn)
+    }
+
+    fn pageblock_mt(&self, pfn: u64) -> MigrateType {
+        self.pageblock_mt
+            .get(&(pfn >> PAGEBLOCK_ORDER))
+            .copied()
+            .unwrap_or(MigrateType::Movable)
+    }
+
+    fn set_pageblock_mt(&mut self, pfn: u64, order: u32, mt: MigrateType) {
+        let first = pfn >> PAGEBLOCK_ORDER;
+        let n = 1u64 << order.saturating_sub(PAGEBLOCK_ORDER);
+        for b in first..first + n {
+            if mt == MigrateType::Movable {
+                self.pageblock_mt.remove(&b);
+            } else {
+                self.pageblock_mt.insert(b, mt);
+            }
+        }
+    }
+
+    /// Frees `[s, e)` in the largest naturally aligned blocks.
+    fn free_range(&mut self, mut s: u64, e: u64) {
+        while s < e {
+            let mut order = (s.trailing_zeros()).min(MAX_PAGE_ORDER);
+            while s + (1 << order) > e {
+                order -= 1;
+            }
+            let mt = self.pageblock_mt(s);
+            self.free.add(s, order, mt);
+            s += 1 << order;
+        }
+    }
+
+    /// `expand()`: splits a block of `high` down to `low`, returning the upper halves.
+    fn expand(&mut self, pfn: u64, mut high: u32, low: u32, mt: MigrateType) {
+        while high > low {
+            high -= 1;
+            self.free.add(pfn + (1 << high), high, mt);
+        }
+    }
+
+    /// `__rmqueue`: own list first, then the fallbacks.
+    fn rmqueue(&mut self, order: u32, mt: MigrateType, rng: &mut SimRng) -> Option<u64> {
+        for o in order..=MAX_PAGE_ORDER {
+            if let Some(pfn) = self.free.take(o, mt, rng) {
+                self.expand(pfn, o, order, mt);
+                return Some(pfn);
+            }
+        }
+        // __rmqueue_fallback: the largest block of another type, so that one
+        // stolen pageblock serves many later requests.
+        for &ft in mt.fallbacks() {
+            for o in (order..=MAX_PAGE_ORDER).rev() {
+                if !self.free.has(o, ft) {
+                    continue;
+                }
+                let pfn = self.free.take(o, ft, rng)?;
+                let claim = o >= PAGEBLOCK_ORDER / 2;
+                let rest = if claim {
+                    self.set_pageblock_mt(pfn, o.max(PAGEBLOCK_ORDER), mt);
+                    mt
+                } else {
+                    ft
+                };
+                self.expand(pfn, o, order, rest);
+                return Some(pfn);
+            }
+        }
+        None
+    }
+
+    /// Takes the single page `pfn` out of the free block that holds it, giving the
+    /// rest of the block back in aligned pieces. `false` when `pfn` is not free.
+    fn take_page(&mut self, pfn: u64) -> bool {
+        for o in 0..=MAX_PAGE_ORDER {
+            let start = pfn & !((1u64 << o) - 1);
+            if self.free.is_free_at(start, o).is_some() {
+                let (_, mt) = self.free.del(start).expect("free block");
+                let end = start + (1 << o);
+                for (a, b) in [(start, pfn), (pfn + 1, end)] {
+                    let mut s = a;
+                    while s < b {
+                        let mut order = s.trailing_zeros().min(o);
+                        while s + (1 << order) > b {
+                            order -= 1;
+                        }
+                        self.free.add(s, order, mt);
+                        s += 1 << order;
+                    }
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// `__free_one_page`: merges with free buddies inside the zone.
+    fn free_one(&mut self, mut pfn: u64, mut order: u32) {
+        let mt = self.pageblock_mt(pfn);
+        while order < MAX_PAGE_ORDER {
+            let buddy = pfn ^ (1 << order);
+            if !self.contains(buddy) || buddy + (1 << order) > self.end_pfn {
+                break;
+            }
+            match self.free.is_free_at(buddy, order) {
+                // CMA blocks never merge with other types (they must stay CMA).
+                Some(bmt) if (bmt == MigrateType::Cma) == (mt == MigrateType::Cma) => {}
+                _ => break,
+            }
+            self.free.del(buddy);
+            pfn = pfn.min(buddy);
+            order += 1;
+        }
+        let mt = if mt == MigrateType::Cma {
+            mt
+        } else {
+            self.pageblock_mt(pfn)
+        };
+        self.free.add(pfn, order, mt);
+    }
+}
+
+/// Why an allocation failed: the zones it could use and what they had.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AllocFailure {
+    /// The highest zone the request allowed.
+    pub classzone: ZoneType,
+    /// The order asked for.
+    pub order: u32,
+    /// Every populated zone: (zone, free pages, managed pages, usable by this request).
+    pub zones: Vec<(ZoneType, u64, u64, bool)>,
+}
+
+impl AllocFailure {
+    /// True when memory was free in zones this request could not use.
+    pub fn free_elsewhere(&self) -> u64 {
+        self.zones.iter().filter(|z| !z.3).map(|z| z.1).sum()
+    }
+}
+
+/// One memory node (`pglist_data`): its zones.
+pub struct Node {
+    /// All zone types, indexed by `ZoneType as usize`; absent ones are empty.
+    pub zones: Vec<Zone>,
+    configured: [bool; MAX_NR_ZONES],
+}
+
+/// Where each zone ends, as the arch sets it up.
+#[derive(Debug, Clone, Copy)]
+pub struct ZoneLayout {
+    /// Zones the kernel is built with.
+    pub configured: [bool; MAX_NR_ZONES],
+    /// One past the last byte of each configured zone (physical); ZONE_NORMAL's and
+    /// ZONE_HIGHMEM's end is the end of RAM or of lowmem.
+    pub ends: [u64; MAX_NR_ZONES],
+}
+
+impl Node {
+    /// Lays RAM `[ram_start, ram_end)` out in zones and frees everything but the
+    /// `reserved` physical ranges (the kernel image, boot allocations).
+    pub fn new(ram_start: u64, ram_end: u64, layout: &ZoneLayout, reserved: &[(u64, u64)]) -> Node {
+        let mut zones: Vec<Zone> = ZoneType::ALL.iter().map(|&z| Zone::empty(z)).collect();
+        let mut start = ram_start;
+        for z in ZoneType::ALL {
+            if !layout.configured[z as usize] {
+                continue;
+            }
+            let end = layout.ends[z as usize].clamp(start, ram_end);
+            let zone = &mut zones[z as usize];
+            zone.start_pfn = start >> PAGE_SHIFT;
+            zone.end_pfn = end >> PAGE_SHIFT;
+            // Free what is not reserved, range by range.
+            let mut cur = start;
+            let mut res: Vec<(u64, u64)> = reserved
+                .iter()
+                .map(|&(a, b)| (a.clamp(start, end), b.clamp(start, end)))
+                .filter(|r| r.0 < r.1)
+                .collect();
+            res.sort_unstable();
+            for (a, b) in res {
+                if a > cur {
+                    zone.free_range(cur >> PAGE_SHIFT, a >> PAGE_SHIFT);
+                }
+                cur = cur.max(b.next_multiple_of(PAGE_SIZE));
+            }
+            if end > cur {
+                zone.free_range(cur >> PAGE_SHIFT, end >> PAGE_SHIFT);
+            }
+            zone.managed = zone.free.nr_free;
+            start = end;
+        }
+        let mut node = Node {
+            zones,
+            configured: layout.configured,
+        };
+        node.setup_watermarks();
+        node
+    }
+
+    /// `calculate_min_free_kbytes` + `__setup_per_zone_wmarks` +
+    /// `setup_per_zone_lowmem_reserve`.
+    fn setup_watermarks(&mut self) {
+        let lowmem: u64 = self
+            .zones
+            .iter()
+            .filter(|z| z.kind != ZoneType::HighMem)
+            .map(|z| z.managed)
+            .sum();
+        let min_free_kbytes = isqrt(lowmem * (PAGE_SIZE >> 10) * 16).clamp(128, 262_144);
+        let pages_min = min_free_kbytes >> (PAGE_SHIFT - 10);
+        for z in &mut self.zones {
+            z.watermark_min = if z.kind == ZoneType::HighMem {
+                // SWAP_CLUSTER_MAX..=128 pages, a 1024th of the zone.
+                (z.managed / 1024).clamp(32, 128).min(z.managed)
+            } else {
+                (pages_min * z.managed).checked_div(lowmem).unwrap_or(0)
+            };
+        }
+        for i in 0..MAX_NR_ZONES {
+            let ratio = self.zones[i].kind.lowmem_reserve_ratio();
+            let clear = ratio == 0 || self.zones[i].managed == 0;
+            let mut upper = 0;
+            for j in i + 1..MAX_NR_ZONES {
+                upper += self.zones[j].managed;
+                self.zones[i].lowmem_reserve[j] = if clear { 0 } else { upper / ratio };
+            }
+        }
+    }
+
+    /// Ages a freshly booted node: the kernel and the page cache have used memory
+    /// since boot. About 1/512 of each zone (at most 16 MiB) is taken a page at a
+    /// time, 64 random pages in each of a few random 4 MiB regions, and half of it is
+    /// given back. Later single-page allocations then come from scattered holes, as
+    /// on a system that has been running, while most large blocks stay whole.
+    /// Returns the pages left in use.
+    pub fn age(&mut self, rng: &mut SimRng) -> u64 {
+        const PER_REGION: u64 = 64;
+        let region = 1u64 << MAX_PAGE_ORDER;
+        let mut kept = 0;
+        for z in &mut self.zones {
+            let span = z.end_pfn - z.start_pfn;
+            if z.managed == 0 || span < region {
+                continue;
+            }
+            let regions = ((z.managed / 512).min(4096) / PER_REGION).max(1);
+            let mut taken = Vec::new();
+            for r in 0..regions {
+                let base = z.start_pfn + (rng.next_u64() % (span - region + 1));
+                // Every other region holds kernel data: its pageblocks are unmovable,
+                // so kernel allocations find scattered holes too.
+                let aligned = base & !(region - 1);
+                if r % 2 == 1
+                    && aligned >= z.start_pfn
+                    && z.free.is_free_at(aligned, MAX_PAGE_ORDER).is_some()
+                {
+                    z.free.del(aligned);
+                    z.set_pageblock_mt(aligned, MAX_PAGE_ORDER, MigrateType::Unmovable);
+                    z.free.add(aligned, MAX_PAGE_ORDER, MigrateType::Unmovable);
+                }
+                for _ in 0..PER_REGION {
+                    let pfn = base + rng.next_u64() % region;
+                    if z.take_page(pfn) {
+                        taken.push(pfn);
+                    }
+                }
+            }
+            z.allocated += taken.len() as u64;
+            for (i, &pfn) in taken.iter().enumerate() {
+                if i % 2 == 0 {
+                    z.allocated -= 1;
+                    z.free_one(pfn, 0);
+                } else {
+                    kept += 1;
+                }
+            }
+        }
+        kept
+    }
+
+    /// The zone holding `pfn`.
+    pub fn zone_of(&self, pfn: u64) -> Option<ZoneType> {
+        self.zones.iter().find(|z| z.contains(pfn)).map(|z| z.kind)
+    }
+
+    /// Zones the kernel is configured with.
+    pub fn configured(&self) -> [bool; MAX_NR_ZONES] {
+        self.configured
+    }
+
+    /// Free pages in all zones.
+    pub fn free_count(&self) -> u64 {
+        self.zones.iter().map(Zone::free_pages).sum()
+    }
+
+    /// `alloc_pages(gfp, order)`: walks the zonelist from the highest zone `gfp`
+    /// allows down to ZONE_DMA, taking from the first zone whose free pages stay
+    /// above its min watermark plus its `lowmem_reserve` for that class.
+    ///
+    /// # Errors
+    /// [`AllocFailure`] with each zone's free and managed pages.
+    pub fn alloc_pages(
+        &mut self,
+        order: u32,
+        gfp: u64,
+        rng: &mut SimRng,
+    ) -> Result<u64, AllocFailure> {
+        let classzone = gfp_zone(gfp, &self.configured);
+        let mt = gfp_migratetype(gfp);
+        let fail = |node: &Node| AllocFailure {
+            classzone,
+            order,
+            zones: node
+                .zones
+                .iter()
+                .filter(|z| z.managed > 0)
+                .map(|z| (z.kind, z.free_pages(), z.managed, z.kind <= classzone))
+                .collect(),
+        };
+        if order > MAX_PAGE_ORDER {
+            return Err(fail(self));
+        }
+        for zi in (0..=classzone as usize).rev() {
+            let zone = &mut self.zones[zi];
+            if zone.managed == 0 {
+                continue;
+            }
+            let mut mark = zone.watermark_min;
+            if gfp & GFP_HIGH != 0 {
+                mark -= mark / 2;
+            }
+            let free_after = zone.free.nr_free as i64 - (1i64 << order) + 1;
+            if free_after <= (mark + zone.lowmem_reserve[classzone as usize]) as i64 {
+                continue;
+            }
+            if let Some(pfn) = zone.rmqueue(order, mt, rng) {
+                zone.allocated += 1 << order;
+                return Ok(pfn);
+            }
+        }
+        Err(fail(self))
+    }
+
+    /// `__free_pages(pfn, order)`.
+    pub fn free_pages(&mut self, pfn: u64, order: u32) {
+        if let Some(z) = self.zone_of(pfn) {
+            let zone = &mut self.zones[z as usize];
+            zone.allocated -= 1 << order;
+            zone.free_one(pfn, order);
+        }
+    }
+}
+
+/// Integer square root (`int_sqrt`).
+fn isqrt(x: u64) -> u64 {
+    let mut r = (x as f64).sqrt() as u64;
+    while r * r > x {
+        r -= 1;
+    }
+    while (r + 1) * (r + 1) <= x {
+        r += 1;
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::mm::gfp::{GFP_ATOMIC, GFP_DMA, GFP_HIGHUSER_MOVABLE, GFP_KERNEL};
+
+    fn layout(dma_end: u64, ram_end: u64) -> ZoneLayout {
+        ZoneLayout {
+            configured: [true, true, true, false],
+            ends: [dma_end, 4 << 30, ram_end, ram_end],
+        }
+    }
 
     #[test]
     fn orders() {
@@ -104,23 +548,125 @@ mod tests {
     }
 
     #[test]
-    fn blocks_are_aligned_and_merge_back() {
-        let mut a = FirstFit::new(1, 1000);
-        let x = a.alloc_pages(3).unwrap();
-        assert_eq!(x % 8, 0);
-        let y = a.alloc_pages(0).unwrap();
-        assert_eq!(a.free_count(), 1000 - 9);
-        a.free_pages(x, 3);
-        a.free_pages(y, 0);
-        assert_eq!(a.free_count(), 1000);
-        assert_eq!(a.free.len(), 1, "free ranges merged");
-        assert!(a.alloc_pages(MAX_PAGE_ORDER + 1).is_none());
+    fn boot_frees_everything_but_the_reservations_in_the_right_zones() {
+        // 1 GiB at 0x4000_0000, ZONE_DMA up to 0x5000_0000, 32 MiB kernel image.
+        let n = Node::new(
+            0x4000_0000,
+            0x8000_0000,
+            &layout(0x5000_0000, 0x8000_0000),
+            &[(0x4000_0000, 0x4200_0000)],
+        );
+        assert_eq!(n.zones[0].managed, (0x1000_0000 - 0x200_0000) >> 12);
+        assert_eq!(n.zones[1].managed, (0x3000_0000) >> 12, "DMA32 up to 4 GiB");
+        assert_eq!(n.zones[2].managed, 0);
+        assert_eq!(n.zone_of(0x4100_0000 >> 12), Some(ZoneType::Dma));
+        assert!(n.zones[0].watermark_min > 0);
+        assert_eq!(n.zones[0].lowmem_reserve[1], n.zones[1].managed / 256);
     }
 
     #[test]
-    fn exhaustion_gives_none() {
-        let mut a = FirstFit::new(0, 4);
-        assert!(a.alloc_pages(2).is_some());
-        assert!(a.alloc_pages(0).is_none());
+    fn min_free_kbytes_follows_the_kernel_formula() {
+        // 1 GiB of lowmem: sqrt(1048576 * 16) = 4096 KiB = 1024 pages.
+        let n = Node::new(0, 1 << 30, &layout(16 << 20, 1 << 30), &[]);
+        let total: u64 = n.zones.iter().map(|z| z.watermark_min).sum();
+        assert!((1020..=1024).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn blocks_are_aligned_scattered_and_merge_back() {
+        let mut n = Node::new(0, 256 << 20, &layout(16 << 20, 256 << 20), &[]);
+        let mut r = SimRng::new(3);
+        let kept = n.age(&mut r);
+        assert!(kept >= 32, "{kept}");
+        let total = n.free_count();
+        let mut got = Vec::new();
+        for (order, gfp) in [
+            (0, GFP_HIGHUSER_MOVABLE),
+            (0, GFP_HIGHUSER_MOVABLE),
+            (0, GFP_HIGHUSER_MOVABLE),
+            (0, GFP_HIGHUSER_MOVABLE),
+            (3, GFP_KERNEL),
+            (9, GFP_KERNEL),
+            (10, GFP_KERNEL),
+        ] {
+            let pfn = n.alloc_pages(order, gfp, &mut r).unwrap();
+            assert_eq!(pfn % (1 << order), 0);
+            got.push((pfn, order));
+        }
+        let four: Vec<u64> = got[..4].iter().map(|g| g.0).collect();
+        assert!(
+            four.windows(2).any(|w| w[1] != w[0] + 1),
+            "order-0 pages are scattered: {four:?}"
+        );
+        for (pfn, order) in got {
+            n.free_pages(pfn, order);
+        }
+        assert_eq!(n.free_count(), total);
+        assert_eq!(n.zones.iter().map(|z| z.allocated).sum::<u64>(), kept);
+    }
+
+    #[test]
+    fn gfp_dma_stays_in_zone_dma_and_fails_when_it_is_full() {
+        let mut n = Node::new(0, 256 << 20, &layout(16 << 20, 256 << 20), &[]);
+        let mut r = SimRng::new(1);
+        let mut count = 0;
+        while let Ok(pfn) = n.alloc_pages(0, GFP_KERNEL | GFP_DMA, &mut r) {
+            assert_eq!(n.zone_of(pfn), Some(ZoneType::Dma));
+            count += 1;
+        }
+        let f = n.alloc_pages(0, GFP_KERNEL | GFP_DMA, &mut r).unwrap_err();
+        assert!(f.free_elsewhere() > 50_000, "{f:?}");
+        assert!(
+            count > 3000 && count < 4096,
+            "the min watermark keeps a reserve: {count}"
+        );
+        // GFP_ATOMIC may dig into half of the reserve.
+        assert!(n.alloc_pages(0, GFP_ATOMIC | GFP_DMA, &mut r).is_ok());
+    }
+
+    #[test]
+    fn lowmem_reserve_protects_zone_dma_from_normal_allocations() {
+        let mut n = Node::new(0, 64 << 20, &layout(16 << 20, 64 << 20), &[]);
+        let mut r = SimRng::new(2);
+        while n.alloc_pages(0, GFP_HIGHUSER_MOVABLE, &mut r).is_ok() {}
+        let dma = &n.zones[0];
+        assert!(
+            dma.free_pages() >= dma.watermark_min + dma.lowmem_reserve[ZoneType::Normal as usize]
+        );
+        assert!(
+            n.alloc_pages(0, GFP_KERNEL | GFP_DMA, &mut r).is_ok(),
+            "GFP_DMA still gets ZONE_DMA pages"
+        );
+    }
+
+    #[test]
+    fn conservation_under_random_traffic() {
+        let mut n = Node::new(0, 64 << 20, &layout(16 << 20, 64 << 20), &[(0, 1 << 20)]);
+        let managed: Vec<u64> = n.zones.iter().map(|z| z.managed).collect();
+        let mut r = SimRng::new(9);
+        let mut ops = SimRng::new(10);
+        let mut live: Vec<(u64, u32)> = Vec::new();
+        let mut owned = std::collections::BTreeSet::new();
+        for _ in 0..20_000 {
+            if live.is_empty() || ops.below(3) > 0 {
+                let order = [0, 0, 0, 1, 2, 4, 9][ops.below(7)];
+                let gfp = [GFP_KERNEL, GFP_KERNEL | GFP_DMA, GFP_HIGHUSER_MOVABLE][ops.below(3)];
+                if let Ok(pfn) = n.alloc_pages(order, gfp, &mut r) {
+                    for p in pfn..pfn + (1 << order) {
+                        assert!(owned.insert(p), "pfn {p} handed out twice");
+                    }
+                    live.push((pfn, order));
+                }
+            } else {
+                let (pfn, order) = live.swap_remove(ops.below(live.len()));
+                for p in pfn..pfn + (1 << order) {
+                    owned.remove(&p);
+                }
+                n.free_pages(pfn, order);
+            }
+            for (z, &m) in n.zones.iter().zip(&managed) {
+                assert_eq!(z.free_pages() + z.allocated, m, "zone {:?}", z.kind);
+            }
+        }
     }
 }

@@ -9,8 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use super::page_alloc::{get_order, PageAllocator};
+use super::gfp::{GFP_DMA, GFP_DMA32, GFP_HIGHMEM, GFP_MOVABLE};
+use super::page_alloc::{get_order, AllocFailure, Node};
 use crate::config::{PAGE_SHIFT, PAGE_SIZE};
+use crate::hw::rng::SimRng;
 
 /// `KMALLOC_MAX_CACHE_SIZE` with SLUB: two pages; above it kmalloc uses whole pages.
 pub const KMALLOC_MAX_CACHE_SIZE: u64 = 2 * PAGE_SIZE;
@@ -22,8 +24,8 @@ const CLASSES: &[u64] = &[
 /// How an object was allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlabObj {
-    /// From a size class (`kmalloc-<size>`).
-    Cache(u64),
+    /// From a size class (`kmalloc-<size>`, or `dma-kmalloc-<size>` when `true`).
+    Cache(u64, bool),
     /// Whole pages of this order (`kmalloc_large`).
     Large(u32),
 }
@@ -31,7 +33,8 @@ pub enum SlabObj {
 /// The kmalloc caches.
 pub struct Slab {
     min_align: u64,
-    free: BTreeMap<u64, Vec<u64>>,
+    /// Free objects per (size class, from ZONE_DMA).
+    free: BTreeMap<(u64, bool), Vec<u64>>,
 }
 
 impl Slab {
@@ -53,30 +56,45 @@ impl Slab {
             .filter(|&c| c <= KMALLOC_MAX_CACHE_SIZE)
     }
 
-    /// Allocates `size` bytes; the physical address of the object, or `None`.
-    pub fn kmalloc(&mut self, pages: &mut dyn PageAllocator, size: u64) -> Option<(u64, SlabObj)> {
+    /// Allocates `size` bytes with `gfp`; the physical address of the object.
+    /// `GFP_DMA` objects come from their own caches backed by ZONE_DMA
+    /// (`kmalloc_caches[KMALLOC_DMA]`); slab pages are unmovable, so `__GFP_HIGHMEM`,
+    /// `__GFP_MOVABLE` and `__GFP_DMA32` are dropped (the kernel warns about the last).
+    ///
+    /// # Errors
+    /// The page allocator's [`AllocFailure`].
+    pub fn kmalloc(
+        &mut self,
+        pages: &mut Node,
+        size: u64,
+        gfp: u64,
+        rng: &mut SimRng,
+    ) -> Result<(u64, SlabObj), AllocFailure> {
+        let gfp = gfp & !(GFP_HIGHMEM | GFP_MOVABLE | GFP_DMA32);
+        let dma = gfp & GFP_DMA != 0;
         let Some(class) = self.class_for(size) else {
             let order = get_order(size);
-            let pfn = pages.alloc_pages(order)?;
-            return Some((pfn << PAGE_SHIFT, SlabObj::Large(order)));
+            let pfn = pages.alloc_pages(order, gfp, rng)?;
+            return Ok((pfn << PAGE_SHIFT, SlabObj::Large(order)));
         };
-        let list = self.free.entry(class).or_default();
+        let list = self.free.entry((class, dma)).or_default();
         if list.is_empty() {
             let order = get_order(class);
-            let pfn = pages.alloc_pages(order)?;
+            let pfn = pages.alloc_pages(order, gfp, rng)?;
             let base = pfn << PAGE_SHIFT;
             let bytes = PAGE_SIZE << order;
             let n = bytes / class;
             // Pushed in reverse so the first object handed out is the lowest address.
             list.extend((0..n).rev().map(|i| base + i * class));
         }
-        list.pop().map(|pa| (pa, SlabObj::Cache(class)))
+        let pa = list.pop().expect("refilled above");
+        Ok((pa, SlabObj::Cache(class, dma)))
     }
 
     /// Frees an object that [`Slab::kmalloc`] returned.
-    pub fn kfree(&mut self, pages: &mut dyn PageAllocator, pa: u64, obj: SlabObj) {
+    pub fn kfree(&mut self, pages: &mut Node, pa: u64, obj: SlabObj) {
         match obj {
-            SlabObj::Cache(class) => self.free.entry(class).or_default().push(pa),
+            SlabObj::Cache(class, dma) => self.free.entry((class, dma)).or_default().push(pa),
             SlabObj::Large(order) => pages.free_pages(pa >> PAGE_SHIFT, order),
         }
     }
@@ -85,7 +103,16 @@ impl Slab {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::mm::page_alloc::FirstFit;
+    use crate::kernel::mm::gfp::GFP_KERNEL;
+    use crate::kernel::mm::page_alloc::ZoneLayout;
+
+    fn node() -> Node {
+        let l = ZoneLayout {
+            configured: [true, true, true, false],
+            ends: [16 << 20, 1 << 32, 64 << 20, 64 << 20],
+        };
+        Node::new(0, 64 << 20, &l, &[])
+    }
 
     #[test]
     fn arm64_classes_start_at_dma_minalign() {
@@ -100,17 +127,21 @@ mod tests {
     }
 
     #[test]
-    fn objects_do_not_overlap_and_are_reused() {
-        let mut p = FirstFit::new(16, 64);
+    fn objects_do_not_overlap_are_reused_and_dma_ones_come_from_zone_dma() {
+        let mut p = node();
+        let mut r = SimRng::new(1);
         let mut s = Slab::new(128);
-        let (a, oa) = s.kmalloc(&mut p, 100).unwrap();
-        let (b, _) = s.kmalloc(&mut p, 100).unwrap();
+        let (a, oa) = s.kmalloc(&mut p, 100, GFP_KERNEL, &mut r).unwrap();
+        let (b, _) = s.kmalloc(&mut p, 100, GFP_KERNEL, &mut r).unwrap();
         assert_eq!(b - a, 128);
         assert_eq!(a % 128, 0);
         s.kfree(&mut p, a, oa);
-        assert_eq!(s.kmalloc(&mut p, 120).unwrap().0, a);
-        let (big, ob) = s.kmalloc(&mut p, 20000).unwrap();
+        assert_eq!(s.kmalloc(&mut p, 120, GFP_KERNEL, &mut r).unwrap().0, a);
+        let (big, ob) = s.kmalloc(&mut p, 20000, GFP_KERNEL, &mut r).unwrap();
         assert_eq!(ob, SlabObj::Large(3));
         assert_eq!(big % (8 * 4096), 0);
+        let (d, od) = s.kmalloc(&mut p, 64, GFP_KERNEL | GFP_DMA, &mut r).unwrap();
+        assert_eq!(od, SlabObj::Cache(128, true));
+        assert!(d < 16 << 20);
     }
 }
