@@ -487,3 +487,75 @@ fn writing_a_device_owned_buffer_then_syncing_is_still_a_finding_but_latent() {
     );
     assert_eq!(r.exit_code(), 0, "{:?}", ids(&r));
 }
+
+#[test]
+fn vmalloc_is_scattered_and_dma_map_single_refuses_it() {
+    let r = src("boot(\"arm64-noncoherent\");\nlet d = device(\"d\");\n\
+         let v = vmalloc(\"64 KiB\");\n\
+         expect(v.kind == \"vmalloc\", \"kind\");\n\
+         cpu_write(v, 0, pattern(\"inc\", 65536));\n\
+         expect_eq(cpu_read(v, 0, 65536), pattern(\"inc\", 65536), \"virtually contiguous\");\n\
+         let a = dma_map_single(d, v, DMA_TO_DEVICE);\n\
+         expect_eq(a, DMA_MAPPING_ERROR, \"rejecting DMA map of vmalloc memory\");\n\
+         vfree(v);");
+    assert_eq!(
+        r.expectations.failed, 0,
+        "{:?} {:?}",
+        r.error, r.expectations.failures
+    );
+    assert_eq!(ids(&r), vec!["map-non-linear"]);
+    let alloc = r
+        .log
+        .iter()
+        .any(|l| l.contains("rejecting DMA map of vmalloc memory"));
+    assert!(alloc);
+}
+
+#[test]
+fn gfp_dma_runs_out_while_other_zones_have_plenty() {
+    // x86-64: ZONE_DMA is the first 16 MiB.
+    let r = src("boot(\"x86-64\");\n\
+         let got = 0;\n\
+         for i in 0..8 { if kmalloc(\"4 MiB\", GFP_KERNEL | GFP_DMA) != () { got += 1; } }\n\
+         expect(got < 4, \"16 MiB of ZONE_DMA holds fewer than four 4 MiB blocks\");\n\
+         let z = zoneinfo();\n\
+         expect(z.DMA32.free > 1000000000, \"DMA32 has plenty\");");
+    assert_eq!(
+        r.expectations.failed, 0,
+        "{:?} {:?}",
+        r.error, r.expectations.failures
+    );
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.id == "zone-exhausted")
+        .expect("zone-exhausted");
+    assert!(
+        f.message.contains("free in zones this request may not use"),
+        "{}",
+        f.message
+    );
+    assert!(f.message.contains("DMA32"), "{}", f.message);
+    assert_eq!(r.exit_code(), 0, "a warning, not an error");
+}
+
+#[test]
+fn dma_alloc_coherent_picks_the_zone_from_the_coherent_mask() {
+    let r = src("boot(\"x86-64\");\nlet d = device(\"isa\");\n\
+         expect_eq(dma_set_coherent_mask(d, 24), 0, \"a 24-bit mask covers ZONE_DMA\");\n\
+         let c = dma_alloc_coherent(d, 8192);\n\
+         expect(c.phys + 8192 <= 16777216, \"below 16 MiB\");\n\
+         let e = device(\"pcie\");\n\
+         let c2 = dma_alloc_coherent(e, 8192);\n\
+         expect(c2.phys + 8192 <= 4294967296, \"a 32-bit mask stays below 4 GiB\");\n\
+         dma_free_coherent(d, 8192, c);\n\
+         dma_free_coherent(e, 8192, c2);");
+    assert_eq!(
+        r.exit_code(),
+        0,
+        "{:?} {:?} {:?}",
+        r.error,
+        r.expectations.failures,
+        ids(&r)
+    );
+}

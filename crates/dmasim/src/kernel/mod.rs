@@ -44,6 +44,21 @@ pub fn zone_layout(p: &PlatformConfig) -> ZoneLayout {
     ZoneLayout { configured, ends }
 }
 
+/// Memory the kernel holds from boot (memblock reservations): the kernel image, and
+/// on x86 the first MiB (real-mode and BIOS data); the x86 kernel is loaded at
+/// `CONFIG_PHYSICAL_START` = 16 MiB, above ZONE_DMA, the arm64 Image near the start
+/// of RAM.
+pub fn boot_reservations(p: &PlatformConfig) -> Vec<(u64, u64)> {
+    let image = KERNEL_RESERVED.min(p.ram / 4);
+    match p.arch {
+        Arch::Arm64 => vec![(p.ram_base, p.ram_base + image)],
+        Arch::X86_64 => vec![
+            (p.ram_base, p.ram_base + (1 << 20)),
+            (16 << 20, (16 << 20) + image),
+        ],
+    }
+}
+
 /// What kind of memory a buffer is (`Buffer.kind` in scripts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -131,7 +146,6 @@ pub struct Kernel {
 impl Kernel {
     /// Sets up the memory layout of a platform.
     pub fn new(p: &PlatformConfig) -> Kernel {
-        let reserved = KERNEL_RESERVED.min(p.ram / 4);
         let ram_end = p.ram_base + p.ram;
         let layout = zone_layout(p);
         Kernel {
@@ -141,12 +155,7 @@ impl Kernel {
             ram_end: p.ram_base + p.ram,
             zone_dma_limit: p.zone_dma_limit,
             vmalloc_next: p.vmalloc_start,
-            pages: Node::new(
-                p.ram_base,
-                ram_end,
-                &layout,
-                &[(p.ram_base, p.ram_base + reserved)],
-            ),
+            pages: Node::new(p.ram_base, ram_end, &layout, &boot_reservations(p)),
             slab: Slab::new(p.dma_minalign),
             devices: Vec::new(),
             buffers: BTreeMap::new(),
