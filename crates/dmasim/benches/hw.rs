@@ -142,5 +142,51 @@ fn cpu_lines_small(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(diag, cpu_lines_small);
+/// The buddy allocator: order-0 alloc+free pairs; and booting a 16 GiB platform.
+fn page_alloc(c: &mut Criterion) {
+    use dmasim::hw::rng::SimRng;
+    use dmasim::kernel::mm::gfp::{GFP_HIGHUSER_MOVABLE, GFP_KERNEL};
+    let mut g = c.benchmark_group("page_alloc");
+    let p = quiet("arm64-noncoherent");
+    let mut node = dmasim::kernel::mm::page_alloc::Node::new(
+        p.ram_base,
+        p.ram_base + p.ram,
+        &dmasim::kernel::zone_layout(&p),
+        &[],
+    );
+    let mut rng = SimRng::new(1);
+    node.age(&mut rng);
+    let mut live = Vec::with_capacity(64);
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("order0_alloc_free_pairs_x64", |b| {
+        b.iter(|| {
+            for i in 0..64 {
+                let gfp = if i % 2 == 0 {
+                    GFP_KERNEL
+                } else {
+                    GFP_HIGHUSER_MOVABLE
+                };
+                live.push(node.alloc_pages(0, gfp, &mut rng).unwrap());
+            }
+            for pfn in live.drain(..) {
+                node.free_pages(pfn, 0);
+            }
+        })
+    });
+    g.bench_function("host_baseline_box_page_x64", |b| {
+        b.iter(|| {
+            let v: Vec<Box<[u8; 4096]>> = (0..64).map(|_| Box::new([0u8; 4096])).collect();
+            black_box(v);
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    let mut big = quiet("arm64-noncoherent");
+    big.ram = 16 << 30;
+    g.bench_function("boot_16GiB_platform", |b| {
+        b.iter(|| black_box(System::boot(big.clone(), RunOptions::default()).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(diag, cpu_lines_small, page_alloc);
 criterion_main!(benches, diag);

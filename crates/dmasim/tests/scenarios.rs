@@ -559,3 +559,43 @@ fn dma_alloc_coherent_picks_the_zone_from_the_coherent_mask() {
         ids(&r)
     );
 }
+
+#[test]
+fn sg_on_dma_direct_gives_one_segment_per_contiguous_run() {
+    for seed in 0..20 {
+        let r = run("sg-vmalloc.rhai", seed, None, false);
+        assert_eq!(
+            r.exit_code(),
+            0,
+            "seed {seed}: {:?} {:?} {:?}",
+            r.error,
+            r.expectations.failures,
+            ids(&r)
+        );
+        assert_eq!(r.expectations.passed, 4);
+        assert_eq!(r.stats.dma_bytes, 256 * 1024);
+    }
+}
+
+#[test]
+fn a_device_without_sg_given_several_segments_is_a_finding() {
+    let r = src(
+        "boot(\"arm64-noncoherent\");\nlet d = device(\"d\", #{ sg: false, max_segment: \"64 KiB\" });\n\
+         let v = vmalloc(\"256 KiB\");\nlet t = sg_from_buffer(v);\n\
+         let n = dma_map_sg(d, t, DMA_TO_DEVICE);\n\
+         expect(n > 1, \"scattered\");\n\
+         let got = dev_read_sg(d, t, 262144);\n\
+         expect(got.len() < 262144, \"only the first segment reached the device\");\n\
+         dma_unmap_sg(d, t, DMA_TO_DEVICE);\n\
+         let k = kmalloc(\"128 KiB\");\nlet t2 = sg_from_buffer(k);\n\
+         expect_eq(sg_nents(t2), 1, \"kmalloc memory is one run\");\n\
+         let n2 = dma_map_sg(d, t2, DMA_TO_DEVICE);\n\
+         dma_unmap_sg(d, t2, DMA_TO_DEVICE);",
+    );
+    assert_eq!(
+        r.expectations.failed, 0,
+        "{:?} {:?}",
+        r.error, r.expectations.failures
+    );
+    assert_eq!(ids(&r), vec!["sg-unsupported", "sg-segment-too-long"]);
+}

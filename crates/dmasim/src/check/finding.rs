@@ -117,6 +117,16 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "a mapping still alive at remove_device or at the end of the run",
     ),
     (
+        "sg-unsupported",
+        Severity::Error,
+        "a device without scatter-gather was given more than one DMA segment",
+    ),
+    (
+        "sg-segment-too-long",
+        Severity::Error,
+        "an sg segment is longer than the device's max_segment",
+    ),
+    (
         "dir-violation",
         Severity::Error,
         "a device wrote a DMA_TO_DEVICE mapping or read a DMA_FROM_DEVICE one",

@@ -141,6 +141,9 @@ pub struct Kernel {
     pub buffers: BTreeMap<u64, Buffer>,
     by_va: BTreeMap<u64, u64>,
     next_buffer: u64,
+    /// Scatterlists by id.
+    pub sg_tables: BTreeMap<u64, dma::sg::SgTable>,
+    pub(crate) next_sg: u64,
 }
 
 impl Kernel {
@@ -161,6 +164,8 @@ impl Kernel {
             buffers: BTreeMap::new(),
             by_va: BTreeMap::new(),
             next_buffer: 1,
+            sg_tables: BTreeMap::new(),
+            next_sg: 1,
         }
     }
 
@@ -208,6 +213,13 @@ impl Kernel {
         let (_, id) = self.by_va.range(..=va).next_back()?;
         let b = &self.buffers[id];
         (va - b.va < b.len.max(1)).then_some(b)
+    }
+
+    /// The live physically contiguous buffer (kmalloc, pages, coherent) holding `pa`.
+    pub fn buffer_at_phys(&self, pa: u64) -> Option<&Buffer> {
+        self.buffers
+            .values()
+            .find(|b| b.kind != BufKind::Vmalloc && pa >= b.phys && pa - b.phys < b.len.max(1))
     }
 
     /// A fresh range of the vmalloc area (with a guard page after it).

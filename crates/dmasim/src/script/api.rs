@@ -7,7 +7,7 @@
 
 use rhai::{Blob, Dynamic, Engine, EvalAltResult, ImmutableString, Map, NativeCallContext, INT};
 
-use super::values::{BufferObj, DeviceObj, JobObj};
+use super::values::{BufferObj, DeviceObj, JobObj, SgObj};
 use super::Shared;
 use crate::check::MapKind;
 use crate::config::{PlatformConfig, PAGE_SIZE};
@@ -715,6 +715,128 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             },
         );
     }
+
+    // ---- scatter-gather ----
+    engine.register_type_with_name::<SgObj>("SgTable");
+    let sg_build =
+        |s: &Shared, ctx: &NativeCallContext, b: &BufferObj, max: u64| -> RResult<SgObj> {
+            with_sys(s, ctx, |sys| {
+                sys.sg_from_range(b.va, b.len, max).map(|id| SgObj { id })
+            })
+        };
+    let s1 = s.clone();
+    engine.register_fn(
+        "sg_from_buffer",
+        move |ctx: NativeCallContext, b: BufferObj| sg_build(&s1, &ctx, &b, u64::from(u32::MAX)),
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "sg_from_buffer",
+        move |ctx: NativeCallContext, b: BufferObj, max: Dynamic| {
+            let m = size_of(&ctx, &max, "sg_from_buffer")?;
+            sg_build(&s1, &ctx, &b, m)
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_map_sg",
+        move |ctx: NativeCallContext, d: DeviceObj, t: SgObj, dir: INT| {
+            let dir = dir_of(&ctx, dir)?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.dma_map_sg(d.idx, t.id, dir).map(|n| n as INT)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_unmap_sg",
+        move |ctx: NativeCallContext, d: DeviceObj, t: SgObj, dir: INT| {
+            let dir = dir_of(&ctx, dir)?;
+            with_sys(&s1, &ctx, |sys| sys.dma_unmap_sg(d.idx, t.id, dir))
+        },
+    );
+    for (name, for_cpu) in [
+        ("dma_sync_sg_for_cpu", true),
+        ("dma_sync_sg_for_device", false),
+    ] {
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, d: DeviceObj, t: SgObj, dir: INT| {
+                let dir = dir_of(&ctx, dir)?;
+                with_sys(&s1, &ctx, |sys| sys.dma_sync_sg(d.idx, t.id, dir, for_cpu))
+            },
+        );
+    }
+    let s1 = s.clone();
+    engine.register_fn("sg_nents", move |ctx: NativeCallContext, t: SgObj| {
+        with_sys(&s1, &ctx, |sys| {
+            sys.sg(t.id).map(|t| t.entries.len() as INT)
+        })
+    });
+    let sg_field = |s: &Shared,
+                    ctx: &NativeCallContext,
+                    t: &SgObj,
+                    i: INT,
+                    f: fn(&crate::kernel::dma::sg::SgEntry) -> u64|
+     -> RResult<INT> {
+        with_sys(s, ctx, |sys| {
+            let tbl = sys.sg(t.id)?;
+            let e = usize::try_from(i)
+                .ok()
+                .and_then(|i| tbl.entries.get(i))
+                .ok_or_else(|| {
+                    SimError::Invalid(format!(
+                        "scatterlist entry {i} out of 0..{}",
+                        tbl.entries.len()
+                    ))
+                })?;
+            Ok(f(e) as INT)
+        })
+    };
+    let s1 = s.clone();
+    engine.register_fn(
+        "sg_dma_address",
+        move |ctx: NativeCallContext, t: SgObj, i: INT| {
+            sg_field(&s1, &ctx, &t, i, |e| e.dma_address)
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "sg_dma_len",
+        move |ctx: NativeCallContext, t: SgObj, i: INT| sg_field(&s1, &ctx, &t, i, |e| e.dma_len),
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "sg_phys",
+        move |ctx: NativeCallContext, t: SgObj, i: INT| sg_field(&s1, &ctx, &t, i, |e| e.phys),
+    );
+    let s1 = s.clone();
+    engine.register_fn("sg_len", move |ctx: NativeCallContext, t: SgObj, i: INT| {
+        sg_field(&s1, &ctx, &t, i, |e| e.len)
+    });
+    let s1 = s.clone();
+    engine.register_fn(
+        "dev_read_sg",
+        move |ctx: NativeCallContext, d: DeviceObj, t: SgObj, len: Dynamic| {
+            let n = size_of(&ctx, &len, "dev_read_sg")?;
+            blob_len(&ctx, n)?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.dev_sg(d.idx, t.id, n, None)
+                    .map(|r| r.map_or(Dynamic::UNIT, Dynamic::from_blob))
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dev_write_sg",
+        move |ctx: NativeCallContext, d: DeviceObj, t: SgObj, data: Blob| {
+            with_sys(&s1, &ctx, |sys| {
+                sys.dev_sg(d.idx, t.id, data.len() as u64, Some(data))
+                    .map(|_| ())
+            })
+        },
+    );
 
     // ---- devices doing DMA ----
     let s1 = s.clone();

@@ -48,3 +48,10 @@ pub struct JobObj {
     /// Job id.
     pub id: u64,
 }
+
+/// A scatterlist (`struct sg_table`) handle.
+#[derive(Debug, Clone)]
+pub struct SgObj {
+    /// Table id in the kernel model.
+    pub id: u64,
+}

@@ -49,6 +49,16 @@ impl System {
         }
     }
 
+    pub(crate) fn buffer_ref_phys(&self, pa: u64) -> Option<BufferRef> {
+        let b = self.kernel.buffer_at_phys(pa)?;
+        Some(BufferRef {
+            id: b.id,
+            pa: b.phys,
+            len: b.len,
+            alloc: b.alloc.clone(),
+        })
+    }
+
     fn buffer_ref(&self, va: u64) -> Option<BufferRef> {
         let b = self.kernel.buffer_at_va(va)?;
         Some(BufferRef {

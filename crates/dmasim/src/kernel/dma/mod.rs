@@ -3,6 +3,7 @@
 
 pub mod direct;
 pub mod mapping;
+pub mod sg;
 
 use serde::Serialize;
 

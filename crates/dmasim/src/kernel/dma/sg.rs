@@ -1,0 +1,291 @@
+//! Scatter-gather (`lib/scatterlist.c`, `dma_map_sg` in `kernel/dma/mapping.c` and
+//! `dma_direct_map_sg` in `kernel/dma/direct.c`).
+//!
+//! A table is built from a buffer's pages, one entry per physically contiguous run
+//! (`sg_alloc_table_from_pages_segment`, runs cut at `max_segment`). dma-direct maps
+//! each entry on its own and never merges: `dma_map_sg` returns `nents`, and on the
+//! first failure unmaps what it mapped and returns 0. `dma_unmap_sg` and the sg syncs
+//! take the original table. Differences: the table lives in the kernel model, keyed by
+//! an id the script holds.
+
+use crate::check::{MapKind, NewMapping};
+use crate::config::PAGE_SIZE;
+use crate::kernel::dma::{DmaDirection, DMA_MAPPING_ERROR};
+use crate::system::{Result, SimError, System};
+
+/// One scatterlist entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SgEntry {
+    /// `sg_phys(sg)`.
+    pub phys: u64,
+    /// `sg->length`.
+    pub len: u64,
+    /// `sg_dma_address(sg)` once mapped.
+    pub dma_address: u64,
+    /// `sg_dma_len(sg)` once mapped.
+    pub dma_len: u64,
+}
+
+/// `struct sg_table`.
+#[derive(Debug, Clone, Default)]
+pub struct SgTable {
+    /// The entries (`orig_nents` of them).
+    pub entries: Vec<SgEntry>,
+    /// DMA segments after `dma_map_sg` (`nents`), 0 while unmapped.
+    pub mapped: usize,
+    /// The device it is mapped for.
+    pub dev: Option<usize>,
+}
+
+/// Most entries one table may have.
+pub const MAX_SG_ENTRIES: usize = 1 << 16;
+
+impl System {
+    /// `sg_alloc_table_from_pages_segment()` over the pages of `[va, va+len)`: one
+    /// entry per physically contiguous run, no entry longer than `max_segment`.
+    /// Returns the table id.
+    ///
+    /// # Errors
+    /// [`SimError::PagingRequest`] for an unmapped page, [`SimError::Invalid`] for a
+    /// table over [`MAX_SG_ENTRIES`] entries.
+    pub fn sg_from_range(&mut self, va: u64, len: u64, max_segment: u64) -> Result<u64> {
+        let segs = self
+            .hw
+            .mmu
+            .segments(0, va, len)
+            .map_err(SimError::PagingRequest)?;
+        let max_segment = max_segment.max(PAGE_SIZE);
+        let mut entries: Vec<SgEntry> = Vec::new();
+        for s in segs {
+            match entries.last_mut() {
+                Some(e) if e.phys + e.len == s.pa && e.len + s.len <= max_segment => e.len += s.len,
+                _ => entries.push(SgEntry {
+                    phys: s.pa,
+                    len: s.len,
+                    dma_address: DMA_MAPPING_ERROR,
+                    dma_len: 0,
+                }),
+            }
+            if entries.len() > MAX_SG_ENTRIES {
+                return Err(SimError::Invalid(format!(
+                    "a scatterlist is limited to {MAX_SG_ENTRIES} entries"
+                )));
+            }
+        }
+        let id = self.kernel.next_sg;
+        self.kernel.next_sg += 1;
+        self.kernel.sg_tables.insert(
+            id,
+            SgTable {
+                entries,
+                mapped: 0,
+                dev: None,
+            },
+        );
+        Ok(id)
+    }
+
+    fn sg_table(&self, id: u64) -> Result<&SgTable> {
+        self.kernel
+            .sg_tables
+            .get(&id)
+            .ok_or_else(|| SimError::Invalid(format!("no scatterlist #{id}")))
+    }
+
+    /// The table itself (for scripts' `sg_nents`, `sg_dma_address`, `sg_dma_len`).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown table.
+    pub fn sg(&self, id: u64) -> Result<&SgTable> {
+        self.sg_table(id)
+    }
+
+    /// `dma_map_sg()`: the number of DMA segments, 0 on failure. dma-direct maps
+    /// every entry separately (`dma_direct_map_sg`).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for `DMA_NONE`, an unknown device or table.
+    pub fn dma_map_sg(&mut self, dev: usize, id: u64, dir: DmaDirection) -> Result<u64> {
+        self.sg_checks(dev, "dma_map_sg", dir)?;
+        let entries = self.sg_table(id)?.entries.clone();
+        self.step();
+        self.hw.advance(self.cfg.cost.dma_call_ps);
+        let name = self.kernel.devices[dev].name.clone();
+        let max_seg = self.kernel.devices[dev].max_segment;
+        let mut mapped = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let addr = self.dma_direct_map_phys(dev, e.phys, e.len, dir);
+            if addr == DMA_MAPPING_ERROR {
+                // dma_direct_map_sg unmaps what it mapped with SKIP_CPU_SYNC (no cache
+                // work, nothing recorded yet) and the whole call fails.
+                self.printk(
+                    &name,
+                    format!("dma_map_sg: entry at {:#x} cannot be mapped", e.phys),
+                );
+                return Ok(0);
+            }
+            mapped.push((addr, e.len));
+        }
+        let ctx = self.ctx();
+        let n = mapped.len();
+        for (i, (&(addr, len), e)) in mapped.iter().zip(&entries).enumerate() {
+            let buffer = self.buffer_ref_phys(e.phys);
+            self.check.map(
+                &mut self.hw,
+                ctx,
+                NewMapping {
+                    dev,
+                    dev_name: name.clone(),
+                    dev_addr: addr,
+                    size: len,
+                    phys: e.phys,
+                    dir,
+                    kind: MapKind::Sg,
+                    buffer,
+                    what: format!("dma_map_sg {} [entry {i} of {n}]", dir.name()),
+                },
+            );
+            // dma_map_sg's result is checked by testing for 0, not dma_mapping_error.
+            self.check.mapping_error(dev, addr);
+            if len > max_seg {
+                self.check.report_plain(
+                    "sg-segment-too-long",
+                    None,
+                    Some(&name),
+                    Some(addr),
+                    Some(len),
+                    ctx,
+                    format!("mapping sg segment longer than device claims to support [len={len}] [max={max_seg}]"),
+                    "build the table with the device's limit: sg_from_buffer(buf, max_segment)".into(),
+                    vec![],
+                );
+            }
+        }
+        if n > 1 && !self.kernel.devices[dev].sg {
+            self.check.report_plain(
+                "sg-unsupported",
+                None,
+                Some(&name),
+                Some(mapped[0].0),
+                Some(entries.iter().map(|e| e.len).sum()),
+                ctx,
+                format!("{name} cannot do scatter-gather, but dma_map_sg returned {n} segments: it will transfer only the first"),
+                "give such a device physically contiguous memory (dma_alloc_coherent, or kmalloc/alloc_pages), or put it behind an IOMMU that merges the segments".into(),
+                vec![],
+            );
+        }
+        let t = self.kernel.sg_tables.get_mut(&id).expect("checked above");
+        for (e, &(addr, len)) in t.entries.iter_mut().zip(&mapped) {
+            e.dma_address = addr;
+            e.dma_len = len;
+        }
+        t.mapped = n;
+        t.dev = Some(dev);
+        Ok(n as u64)
+    }
+
+    /// `dma_unmap_sg()` with the original table.
+    ///
+    /// # Errors
+    /// As [`System::dma_map_sg`].
+    pub fn dma_unmap_sg(&mut self, dev: usize, id: u64, dir: DmaDirection) -> Result<()> {
+        self.sg_checks(dev, "dma_unmap_sg", dir)?;
+        let entries = self.sg_table(id)?.entries.clone();
+        self.step();
+        self.hw.advance(self.cfg.cost.dma_call_ps);
+        let name = self.kernel.devices[dev].name.clone();
+        for e in &entries {
+            self.dma_direct_unmap_phys(dev, e.dma_address, e.dma_len, dir);
+            let ctx = self.ctx();
+            self.check.unmap(
+                &mut self.hw,
+                ctx,
+                dev,
+                &name,
+                e.dma_address,
+                e.dma_len,
+                dir,
+                MapKind::Sg,
+            );
+        }
+        let t = self.kernel.sg_tables.get_mut(&id).expect("checked above");
+        t.mapped = 0;
+        t.dev = None;
+        Ok(())
+    }
+
+    /// `dma_sync_sg_for_cpu()` / `dma_sync_sg_for_device()`: every entry.
+    ///
+    /// # Errors
+    /// As [`System::dma_map_sg`].
+    pub fn dma_sync_sg(
+        &mut self,
+        dev: usize,
+        id: u64,
+        dir: DmaDirection,
+        for_cpu: bool,
+    ) -> Result<()> {
+        let entries = self.sg_table(id)?.entries.clone();
+        for e in entries {
+            self.dma_sync_single(dev, e.dma_address, e.dma_len, dir, for_cpu)?;
+        }
+        Ok(())
+    }
+
+    /// The device walks the table's DMA segments: reads `len` bytes (`data` = None)
+    /// or writes `data`, segment after segment. Returns what a read got.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown device or table.
+    pub fn dev_sg(
+        &mut self,
+        dev: usize,
+        id: u64,
+        len: u64,
+        data: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>> {
+        let t = self.sg_table(id)?;
+        let n = if self.kernel.devices.get(dev).is_some_and(|d| !d.sg) {
+            1
+        } else {
+            t.mapped.max(1)
+        };
+        let segs: Vec<(u64, u64)> = t
+            .entries
+            .iter()
+            .take(n)
+            .map(|e| (e.dma_address, e.dma_len))
+            .collect();
+        let mut out = Vec::new();
+        let mut done = 0u64;
+        for (addr, seg_len) in segs {
+            if done >= len {
+                break;
+            }
+            let m = seg_len.min(len - done);
+            let piece = data
+                .as_ref()
+                .map(|d| d[done as usize..(done + m) as usize].to_vec());
+            let job = self.dev_start(dev, addr, m, piece)?;
+            if let Some(bytes) = self.wait(job)? {
+                out.extend_from_slice(&bytes);
+            }
+            done += m;
+        }
+        Ok(data.is_none().then_some(out))
+    }
+
+    fn sg_checks(&self, dev: usize, call: &str, dir: DmaDirection) -> Result<()> {
+        if self.kernel.devices.get(dev).is_none_or(|d| !d.bound) {
+            return Err(SimError::Invalid(format!(
+                "{call}: no such device, or it was removed"
+            )));
+        }
+        if !dir.is_valid() {
+            return Err(SimError::Invalid(format!(
+                "kernel BUG at kernel/dma/mapping.c: {call} with DMA_NONE"
+            )));
+        }
+        Ok(())
+    }
+}
