@@ -36,4 +36,5 @@ pub mod kernel;
 pub mod report;
 pub mod script;
 pub mod system;
+pub mod uapi;
 pub mod units;

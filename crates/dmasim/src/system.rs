@@ -10,11 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
-use crate::check::{Ctx, DeviceAccess, Sanitizer};
+use crate::check::{Ctx, DeviceAccess, Sanitizer, UserHit};
 use crate::config::{PlatformConfig, PAGE_SIZE};
 use crate::hw::mmu::{Block, MemType};
 use crate::hw::Machine;
 use crate::kernel::device::Device;
+use crate::kernel::mm::page::Vacated;
 use crate::kernel::Kernel;
 use crate::units::human_size;
 
@@ -280,6 +281,9 @@ impl System {
     pub fn step(&mut self) {
         self.run_devices(self.hw.now_ps());
         self.hw.noise_point(self.cpu);
+        if self.cfg.noise.migrate > 0.0 {
+            self.noise_migrate();
+        }
         Self::drain_writebacks(&mut self.hw, &mut self.check);
     }
 
@@ -302,6 +306,14 @@ impl System {
     /// [`SimError::PagingRequest`] for an unmapped address; [`SimError::Invalid`] for a
     /// length over [`MAX_ACCESS`].
     pub fn cpu_read_va(&mut self, va: u64, len: u64) -> Result<Vec<u8>> {
+        self.cpu_read_as(0, va, len)
+    }
+
+    /// A CPU load in address space `asid` (0 is the kernel's).
+    ///
+    /// # Errors
+    /// As [`System::cpu_read_va`].
+    pub fn cpu_read_as(&mut self, asid: usize, va: u64, len: u64) -> Result<Vec<u8>> {
         if len > MAX_ACCESS {
             return Err(SimError::Invalid(format!(
                 "a single CPU access is limited to {}",
@@ -312,7 +324,7 @@ impl System {
         let segs = self
             .hw
             .mmu
-            .segments(0, va, len)
+            .segments(asid, va, len)
             .map_err(SimError::PagingRequest)?;
         let mut out = vec![0u8; len as usize];
         let mut done = 0usize;
@@ -335,6 +347,14 @@ impl System {
     /// # Errors
     /// As [`System::cpu_read_va`], plus the memory cap.
     pub fn cpu_write_va(&mut self, va: u64, data: &[u8]) -> Result<()> {
+        self.cpu_write_as(0, va, data)
+    }
+
+    /// A CPU store in address space `asid` (0 is the kernel's).
+    ///
+    /// # Errors
+    /// As [`System::cpu_write_va`].
+    pub fn cpu_write_as(&mut self, asid: usize, va: u64, data: &[u8]) -> Result<()> {
         if data.len() as u64 > MAX_ACCESS {
             return Err(SimError::Invalid(format!(
                 "a single CPU access is limited to {}",
@@ -345,7 +365,7 @@ impl System {
         let segs = self
             .hw
             .mmu
-            .segments(0, va, data.len() as u64)
+            .segments(asid, va, data.len() as u64)
             .map_err(SimError::PagingRequest)?;
         let mut done = 0usize;
         for s in segs {
@@ -519,7 +539,46 @@ impl System {
         };
         let piece = &j.data[off..off + n as usize];
         // Only an access no mapping covers needs to know whose virtual address it was.
-        let va_of = if self.check.covers(devi, bus, n) {
+        let covered = self.check.covers(devi, bus, n);
+        let user = if covered || !ok {
+            None
+        } else {
+            let pfn = pa >> crate::config::PAGE_SHIFT;
+            let name_of = |pid: u32| {
+                self.kernel
+                    .procs
+                    .iter()
+                    .find(|p| p.pid == pid)
+                    .map_or(format!("pid {pid}"), |p| format!("{} (pid {pid})", p.name))
+            };
+            match (
+                self.kernel.user_pages.get(pfn),
+                self.kernel.user_pages.tombstones.get(&pfn),
+            ) {
+                (Some(pg), _) if pg.maybe_dma_pinned() => Some(UserHit::Pinned),
+                (Some(pg), None) => Some(UserHit::Unpinned(format!(
+                    "the user page at {:#x} of {}",
+                    pg.owner.va,
+                    name_of(pg.owner.pid)
+                ))),
+                (_, Some(t)) => {
+                    let why = match t.why {
+                        Vacated::Migrated { to_pfn } => {
+                            format!("was migrated to frame {to_pfn:#x}")
+                        }
+                        Vacated::Unmapped => "was unmapped".to_string(),
+                    };
+                    Some(UserHit::Gone(format!(
+                        "the user page at {:#x} of {} used to be; it {why} at {} ns",
+                        t.owner.va,
+                        name_of(t.owner.pid),
+                        t.time_ns
+                    )))
+                }
+                _ => None,
+            }
+        };
+        let va_of = if covered {
             None
         } else {
             self.kernel.buffer_at_va(bus).map(|b| {
@@ -549,6 +608,7 @@ impl System {
                 write,
                 va_of,
                 dma_bits: dev.dma_bits,
+                user,
             },
         );
         if !ok {

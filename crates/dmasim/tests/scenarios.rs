@@ -599,3 +599,88 @@ fn a_device_without_sg_given_several_segments_is_a_finding() {
     );
     assert_eq!(ids(&r), vec!["sg-unsupported", "sg-segment-too-long"]);
 }
+
+#[test]
+fn a_malloc_buffer_is_scattered_and_sg_gives_one_segment_per_run() {
+    let mut scattered = 0;
+    for seed in 0..20 {
+        let r = run("malloc-pagemap-sg.rhai", seed, None, false);
+        assert_eq!(
+            r.exit_code(),
+            0,
+            "seed {seed}: {:?} {:?} {:?}",
+            r.error,
+            r.expectations.failures,
+            ids(&r)
+        );
+        assert_eq!(r.stats.mm.pinned_pages, 4);
+        let line = r
+            .log
+            .iter()
+            .find(|l| l.contains("neighbours adjacent"))
+            .unwrap();
+        scattered += u32::from(!line.contains("3 of 3"));
+    }
+    assert!(
+        scattered >= 15,
+        "4 frames not all adjacent on most seeds: {scattered}/20"
+    );
+}
+
+#[test]
+fn unpinned_user_dma_corrupts_another_owner_and_pinning_prevents_it() {
+    for seed in 0..10 {
+        let r = run("unpinned-dma.rhai", seed, None, false);
+        assert_eq!(
+            r.expectations.failed, 0,
+            "seed {seed}: {:?} {:?}",
+            r.error, r.expectations.failures
+        );
+        assert_eq!(ids(&r), vec!["unpinned-user-dma"]);
+        assert_eq!(r.findings[0].manifested, Some(true));
+        assert_eq!(r.stats.mm.migrated_pages, 1);
+        let f = run("unpinned-dma-fixed.rhai", seed, None, false);
+        assert_eq!(
+            f.exit_code(),
+            0,
+            "seed {seed}: {:?} {:?} {:?}",
+            f.error,
+            f.expectations.failures,
+            ids(&f)
+        );
+        assert_eq!(f.stats.mm.migrated_pages, 0);
+    }
+}
+
+#[test]
+fn mlock_does_not_stop_migration_but_a_reference_does() {
+    let r = src("boot(\"arm64-noncoherent\");\nlet p = process(\"p\");\n\
+         let a = p.malloc(4096); p.write(a, 0, pattern(\"inc\", 4096));\n\
+         expect_eq(p.mlock(a), 0, \"mlock\");\n\
+         let before = pagemap(p, a.va);\n\
+         expect_eq(compact(), 1, \"the mlocked page was migrated\");\n\
+         expect(pagemap(p, a.va) != before, \"it has a new frame\");\n\
+         expect_eq(p.read(a, 0, 4096), pattern(\"inc\", 4096), \"with its data\");\n\
+         let g = get_user_pages(p, a);\n\
+         expect_eq(compact(), 0, \"a get_user_pages reference keeps it in place\");\n\
+         put_page(g);\n\
+         expect_eq(compact(), 1, \"movable again\");\n\
+         expect_eq(p.munmap(a), 0, \"munmap\");");
+    assert_eq!(
+        r.exit_code(),
+        0,
+        "{:?} {:?} {:?}",
+        r.error,
+        r.expectations.failures,
+        ids(&r)
+    );
+    assert_eq!(r.stats.mm.migrated_pages, 2);
+    let r = src("boot(\"arm64-noncoherent\");\nlet p = process(\"p\");\nlet a = p.malloc(4096);\nlet g = pin_user_pages(p, a);\nput_page(g);");
+    assert_eq!(
+        r.exit_code(),
+        2,
+        "pins must be released with unpin_user_pages"
+    );
+    let r = src("boot(\"arm64-noncoherent\");\nlet p = process(\"p\");\nlet a = p.malloc(4096);\nlet x = p.read(a, 4096, 1);");
+    assert_eq!(r.exit_code(), 2);
+}

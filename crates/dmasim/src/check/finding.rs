@@ -162,6 +162,11 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "a device touched memory that no live mapping of it covers",
     ),
     (
+        "unpinned-user-dma",
+        Severity::Error,
+        "a device used the physical address of a user page that was not pinned",
+    ),
+    (
         "uncached-cpu-heavy",
         Severity::Warning,
         "heavy CPU use of uncached coherent memory",

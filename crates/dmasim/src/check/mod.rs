@@ -184,6 +184,17 @@ impl Indexed for Entry {
 /// instead of eating host memory); dma-debug preallocates 65536 entries.
 pub const MAX_LIVE_MAPPINGS: usize = 1 << 18;
 
+/// A device reached a frame that holds, or held, a user page.
+#[derive(Debug, Clone)]
+pub enum UserHit {
+    /// A pinned user page: a valid target for DMA programmed from its physical address.
+    Pinned,
+    /// A user page that is not pinned: it may move at any time.
+    Unpinned(String),
+    /// The frame held a user page that has moved or gone since.
+    Gone(String),
+}
+
 /// A device access, as the device layer reports it to the sanitizer.
 #[derive(Debug)]
 pub struct DeviceAccess<'a> {
@@ -204,6 +215,9 @@ pub struct DeviceAccess<'a> {
     pub va_of: Option<(String, u64)>,
     /// Address bits the device drives; a bus address above them is cut short.
     pub dma_bits: u32,
+    /// When no mapping covers the access: the user page at (or formerly at) the
+    /// frame the device reached.
+    pub user: Option<UserHit>,
 }
 
 /// The sanitizer's whole state.
@@ -948,6 +962,31 @@ impl Sanitizer {
                 vec![],
             );
             return;
+        }
+        match &a.user {
+            Some(UserHit::Pinned) => return,
+            Some(UserHit::Unpinned(what) | UserHit::Gone(what)) => {
+                let gone = matches!(a.user, Some(UserHit::Gone(_)));
+                let msg = if gone {
+                    format!("{} did a {verb} of {len} bytes at {:#x}, where {what}; the bytes went to a frame that is no longer that buffer", a.dev_name, a.bus)
+                } else {
+                    format!("{} did a {verb} of {len} bytes at {:#x}, the frame of {what}, which is not pinned: the kernel may migrate, swap or reuse it at any moment", a.dev_name, a.bus)
+                };
+                self.report(
+                    "unpinned-user-dma",
+                    a.bus,
+                    Some(gone),
+                    Some(a.dev_name),
+                    Some(a.bus),
+                    Some(len),
+                    ctx,
+                    msg,
+                    "pin user pages for as long as a device may use them (pin_user_pages with FOLL_LONGTERM for long-lived DMA) and map them (dma_map_sg), or use VFIO".into(),
+                    vec![],
+                );
+                return;
+            }
+            None => {}
         }
         if let Some((what, meant)) = &a.va_of {
             // Manifested unless the truncated number happened to hit the buffer itself.

@@ -144,6 +144,17 @@ pub struct Kernel {
     /// Scatterlists by id.
     pub sg_tables: BTreeMap<u64, dma::sg::SgTable>,
     pub(crate) next_sg: u64,
+    /// Processes.
+    pub procs: Vec<crate::uapi::process::Process>,
+    /// `struct page` of every user page, and the frames user pages left.
+    pub user_pages: mm::page::Pages,
+    /// Page sets taken with get_user_pages / pin_user_pages, by id.
+    pub pins: BTreeMap<u64, crate::uapi::process::PinnedPages>,
+    pub(crate) next_pins: u64,
+    /// Pages migrated so far.
+    pub migrated_pages: u64,
+    /// Pages pinned so far (`nr_foll_pin_acquired`).
+    pub pins_acquired: u64,
 }
 
 impl Kernel {
@@ -166,6 +177,12 @@ impl Kernel {
             next_buffer: 1,
             sg_tables: BTreeMap::new(),
             next_sg: 1,
+            procs: Vec::new(),
+            user_pages: mm::page::Pages::default(),
+            pins: BTreeMap::new(),
+            next_pins: 1,
+            migrated_pages: 0,
+            pins_acquired: 0,
         }
     }
 

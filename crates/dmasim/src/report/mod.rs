@@ -159,7 +159,7 @@ pub struct MmStatsOut {
     pub migrated_pages: u64,
     /// Pages swapped out.
     pub swapped_pages: u64,
-    /// Pages pinned.
+    /// Pages pinned with FOLL_PIN during the run (`nr_foll_pin_acquired`).
     pub pinned_pages: u64,
 }
 
@@ -193,6 +193,11 @@ impl Stats {
         Stats {
             sim_time_ns: sys.hw.now_ps() / 1000,
             dma_bytes: sys.hw.stats.dma_bytes,
+            mm: MmStatsOut {
+                migrated_pages: sys.kernel.migrated_pages,
+                swapped_pages: 0,
+                pinned_pages: sys.kernel.pins_acquired,
+            },
             cache: CacheStatsOut {
                 hits: c.l1_hits + c.l2_hits,
                 misses: c.misses,

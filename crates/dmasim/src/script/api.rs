@@ -7,7 +7,7 @@
 
 use rhai::{Blob, Dynamic, Engine, EvalAltResult, ImmutableString, Map, NativeCallContext, INT};
 
-use super::values::{BufferObj, DeviceObj, JobObj, SgObj};
+use super::values::{BufferObj, DeviceObj, JobObj, PagesObj, ProcessObj, SgObj};
 use super::Shared;
 use crate::check::MapKind;
 use crate::config::{PlatformConfig, PAGE_SIZE};
@@ -837,6 +837,187 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             })
         },
     );
+
+    // ---- processes and pinning ----
+    engine.register_type_with_name::<ProcessObj>("Process");
+    engine.register_get("pid", |p: &mut ProcessObj| INT::from(p.pid));
+    engine.register_get("name", |p: &mut ProcessObj| p.name.clone());
+    engine.register_type_with_name::<PagesObj>("Pages");
+    engine.register_get("count", |p: &mut PagesObj| p.count as INT);
+    let s1 = s.clone();
+    engine.register_fn("process", move |ctx: NativeCallContext, name: &str| {
+        with_sys(&s1, &ctx, |sys| {
+            Ok(ProcessObj {
+                pid: sys.process_new(name),
+                name: name.to_string(),
+            })
+        })
+    });
+    let s1 = s.clone();
+    engine.register_fn(
+        "process",
+        move |ctx: NativeCallContext, name: &str, _opts: Map| {
+            with_sys(&s1, &ctx, |sys| {
+                Ok(ProcessObj {
+                    pid: sys.process_new(name),
+                    name: name.to_string(),
+                })
+            })
+        },
+    );
+    let user_buf = |va: u64, len: u64| BufferObj {
+        id: 0,
+        va,
+        len,
+        kind: "user",
+        phys: 0,
+        dma: None,
+    };
+    let mmap = move |s: &Shared,
+                     ctx: &NativeCallContext,
+                     p: &ProcessObj,
+                     size: &Dynamic,
+                     opts: Option<Map>|
+          -> RResult<BufferObj> {
+        let n = size_of(ctx, size, "mmap")?;
+        let mut locked = false;
+        if let Some(m) = opts {
+            for (k, v) in &m {
+                match k.as_str() {
+                    "locked" => {
+                        locked = v
+                            .as_bool()
+                            .map_err(|_| err(ctx, "locked: expected true or false"))?
+                    }
+                    "hugetlb" => {
+                        if v.as_bool().unwrap_or(false) {
+                            return Err(err(ctx, "mmap: hugetlb pages are not modelled yet"));
+                        }
+                    }
+                    other => {
+                        return Err(err(
+                            ctx,
+                            format!("mmap: unknown option {other:?} (locked, hugetlb)"),
+                        ))
+                    }
+                }
+            }
+        }
+        with_sys(s, ctx, |sys| {
+            sys.mmap(p.pid, n, locked).map(|va| user_buf(va, n))
+        })
+    };
+    for name in ["malloc", "mmap"] {
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, p: &mut ProcessObj, size: Dynamic| {
+                mmap(&s1, &ctx, p, &size, None)
+            },
+        );
+    }
+    let s1 = s.clone();
+    engine.register_fn(
+        "mmap",
+        move |ctx: NativeCallContext, p: &mut ProcessObj, size: Dynamic, opts: Map| {
+            mmap(&s1, &ctx, p, &size, Some(opts))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "mlock",
+        move |ctx: NativeCallContext, p: &mut ProcessObj, b: BufferObj| {
+            with_sys(&s1, &ctx, |sys| sys.mlock(p.pid, b.va, b.len))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "munmap",
+        move |ctx: NativeCallContext, p: &mut ProcessObj, b: BufferObj| {
+            with_sys(&s1, &ctx, |sys| sys.munmap(p.pid, b.va))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "write",
+        move |ctx: NativeCallContext, p: &mut ProcessObj, b: BufferObj, off: INT, data: Blob| {
+            let off = u64::try_from(off).map_err(|_| err(&ctx, "write: negative offset"))?;
+            check_range(&ctx, &b, off, data.len() as u64, "write")?;
+            with_sys(&s1, &ctx, |sys| sys.user_write(p.pid, b.va + off, &data))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "read",
+        move |ctx: NativeCallContext, p: &mut ProcessObj, b: BufferObj, off: INT, len: Dynamic| {
+            let off = u64::try_from(off).map_err(|_| err(&ctx, "read: negative offset"))?;
+            let n = size_of(&ctx, &len, "read")?;
+            blob_len(&ctx, n)?;
+            check_range(&ctx, &b, off, n, "read")?;
+            with_sys(&s1, &ctx, |sys| sys.user_read(p.pid, b.va + off, n))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "pagemap",
+        move |ctx: NativeCallContext, p: ProcessObj, va: INT| {
+            with_sys(&s1, &ctx, |sys| {
+                sys.pagemap(p.pid, va as u64).map(|pfn| pfn as INT)
+            })
+        },
+    );
+    for (name, pin) in [("pin_user_pages", true), ("get_user_pages", false)] {
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, p: ProcessObj, b: BufferObj, _opts: Map| {
+                with_sys(&s1, &ctx, |sys| {
+                    sys.gup(p.pid, b.va, b.len, pin).map(|id| PagesObj {
+                        id,
+                        count: b.len.div_ceil(PAGE_SIZE),
+                    })
+                })
+            },
+        );
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, p: ProcessObj, b: BufferObj| {
+                with_sys(&s1, &ctx, |sys| {
+                    sys.gup(p.pid, b.va, b.len, pin).map(|id| PagesObj {
+                        id,
+                        count: b.len.div_ceil(PAGE_SIZE),
+                    })
+                })
+            },
+        );
+    }
+    for (name, unpin) in [("unpin_user_pages", true), ("put_page", false)] {
+        let s1 = s.clone();
+        engine.register_fn(name, move |ctx: NativeCallContext, pg: PagesObj| {
+            with_sys(&s1, &ctx, |sys| sys.gup_release(pg.id, unpin))
+        });
+    }
+    let s1 = s.clone();
+    engine.register_fn(
+        "sg_from_pages",
+        move |ctx: NativeCallContext, pg: PagesObj| {
+            with_sys(&s1, &ctx, |sys| {
+                let pfns = sys
+                    .kernel
+                    .pins
+                    .get(&pg.id)
+                    .map(|p| p.pfns.clone())
+                    .ok_or_else(|| SimError::Invalid(format!("no pinned-pages set #{}", pg.id)))?;
+                sys.sg_from_pfns(&pfns, u64::from(u32::MAX))
+                    .map(|id| SgObj { id })
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn("compact", move |ctx: NativeCallContext| {
+        with_sys(&s1, &ctx, |sys| Ok(sys.compact() as INT))
+    });
 
     // ---- devices doing DMA ----
     let s1 = s.clone();

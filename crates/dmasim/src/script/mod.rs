@@ -16,7 +16,7 @@ use rhai::{Engine, EvalAltResult, Position};
 use crate::report::{Expectations, Outcome, PlatformSummary, Report, Stats, SCHEMA};
 use crate::system::{System, DEFAULT_MEMORY_CAP};
 
-pub use values::{BufferObj, DeviceObj, JobObj, SgObj};
+pub use values::{BufferObj, DeviceObj, JobObj, PagesObj, ProcessObj, SgObj};
 
 /// Limits and options of a script run.
 #[derive(Debug, Clone, Copy)]

@@ -55,3 +55,21 @@ pub struct SgObj {
     /// Table id in the kernel model.
     pub id: u64,
 }
+
+/// A process handle.
+#[derive(Debug, Clone)]
+pub struct ProcessObj {
+    /// Process id.
+    pub pid: u32,
+    /// Name.
+    pub name: String,
+}
+
+/// Pages taken with `get_user_pages` / `pin_user_pages`.
+#[derive(Debug, Clone)]
+pub struct PagesObj {
+    /// Set id in the kernel model.
+    pub id: u64,
+    /// Number of pages.
+    pub count: u64,
+}

@@ -85,6 +85,44 @@ impl System {
         Ok(id)
     }
 
+    /// `sg_alloc_table_from_pages()` over whole pages (a pinned-pages set).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for a table over [`MAX_SG_ENTRIES`] entries.
+    pub fn sg_from_pfns(&mut self, pfns: &[u64], max_segment: u64) -> Result<u64> {
+        let mut entries: Vec<SgEntry> = Vec::new();
+        for &pfn in pfns {
+            let pa = pfn * PAGE_SIZE;
+            match entries.last_mut() {
+                Some(e) if e.phys + e.len == pa && e.len + PAGE_SIZE <= max_segment => {
+                    e.len += PAGE_SIZE
+                }
+                _ => entries.push(SgEntry {
+                    phys: pa,
+                    len: PAGE_SIZE,
+                    dma_address: DMA_MAPPING_ERROR,
+                    dma_len: 0,
+                }),
+            }
+        }
+        if entries.len() > MAX_SG_ENTRIES {
+            return Err(SimError::Invalid(format!(
+                "a scatterlist is limited to {MAX_SG_ENTRIES} entries"
+            )));
+        }
+        let id = self.kernel.next_sg;
+        self.kernel.next_sg += 1;
+        self.kernel.sg_tables.insert(
+            id,
+            SgTable {
+                entries,
+                mapped: 0,
+                dev: None,
+            },
+        );
+        Ok(id)
+    }
+
     fn sg_table(&self, id: u64) -> Result<&SgTable> {
         self.kernel
             .sg_tables

@@ -2,6 +2,7 @@
 //! and their entry points.
 
 pub mod gfp;
+pub mod page;
 pub mod page_alloc;
 pub mod slab;
 

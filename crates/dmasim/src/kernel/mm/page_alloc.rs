@@ -30,6 +30,12 @@ use crate::hw::rng::SimRng;
 
 /// `pageblock_order` with 4K pages: 2 MiB blocks (`HUGETLB_PAGE_ORDER`).
 pub const PAGEBLOCK_ORDER: u32 = 9;
+/// Per-CPU page list: most order-0 pages kept before a batch goes back to the buddy
+/// (`pcp->high`; Linux sizes it from the zone, this is a small fixed figure).
+pub const PCP_HIGH: usize = 64;
+/// Pages returned to the buddy lists at once when the list is over `PCP_HIGH`
+/// (`pcp->batch`).
+pub const PCP_BATCH: usize = 16;
 const ORDERS: usize = MAX_PAGE_ORDER as usize + 1;
 
 /// `get_order(size)`: the smallest order whose block holds `size` bytes.
@@ -138,6 +144,9 @@ pub struct Zone {
     free: FreeArea,
     /// Pageblocks whose migratetype is not the boot default (MOVABLE).
     pageblock_mt: PageMap<MigrateType>,
+    /// `per_cpu_pages` lists of order-0 pages per migratetype, hottest last: a freed
+    /// page is the next one handed out (one list for all CPUs here).
+    pcp: Vec<Vec<u64>>,
 }
 
 impl Zone {
@@ -152,12 +161,30 @@ impl Zone {
             allocated: 0,
             free: FreeArea::new(),
             pageblock_mt: PageMap::default(),
+            pcp: (0..NR_MIGRATETYPES).map(|_| Vec::new()).collect(),
         }
     }
 
-    /// Free pages.
+    /// Free pages (buddy lists and per-CPU lists).
     pub fn free_pages(&self) -> u64 {
-        self.free.nr_free
+        self.free.nr_free + self.pcp.iter().map(|l| l.len() as u64).sum::<u64>()
+    }
+
+    /// `free_unref_page`: an order-0 page goes to the per-CPU list of its pageblock's
+    /// migratetype; past `PCP_HIGH` the oldest `PCP_BATCH` go back to the buddy.
+    fn free_pcp(&mut self, pfn: u64) {
+        let mt = self.pageblock_mt(pfn);
+        if mt == MigrateType::Cma {
+            self.free_one(pfn, 0);
+            return;
+        }
+        self.pcp[mt as usize].push(pfn);
+        if self.pcp[mt as usize].len() > PCP_HIGH {
+            let batch: Vec<u64> = self.pcp[mt as usize].drain(..PCP_BATCH).collect();
+            for p in batch {
+                self.free_one(p, 0);
+            }
+        }
     }
 
     fn contains(&self, pfn: u64) -> bool {
@@ -493,13 +520,30 @@ impl Node {
             if gfp & GFP_HIGH != 0 {
                 mark -= mark / 2;
             }
-            let free_after = zone.free.nr_free as i64 - (1i64 << order) + 1;
+            let free_after = zone.free_pages() as i64 - (1i64 << order) + 1;
             if free_after <= (mark + zone.lowmem_reserve[classzone as usize]) as i64 {
                 continue;
+            }
+            if order == 0 {
+                if let Some(pfn) = zone.pcp[mt as usize].pop() {
+                    zone.allocated += 1;
+                    return Ok(pfn);
+                }
             }
             if let Some(pfn) = zone.rmqueue(order, mt, rng) {
                 zone.allocated += 1 << order;
                 return Ok(pfn);
+            }
+            // The slow path drains the per-CPU lists so their pages can merge.
+            if zone.pcp.iter().any(|l| !l.is_empty()) {
+                let cached: Vec<u64> = zone.pcp.iter_mut().flat_map(std::mem::take).collect();
+                for p in cached {
+                    zone.free_one(p, 0);
+                }
+                if let Some(pfn) = zone.rmqueue(order, mt, rng) {
+                    zone.allocated += 1 << order;
+                    return Ok(pfn);
+                }
             }
         }
         Err(fail(self))
@@ -510,7 +554,11 @@ impl Node {
         if let Some(z) = self.zone_of(pfn) {
             let zone = &mut self.zones[z as usize];
             zone.allocated -= 1 << order;
-            zone.free_one(pfn, order);
+            if order == 0 {
+                zone.free_pcp(pfn);
+            } else {
+                zone.free_one(pfn, order);
+            }
         }
     }
 }

@@ -1,0 +1,4 @@
+//! User space: processes, their address spaces and what user space can ask of the
+//! kernel (mmap, mlock, pagemap, pinning).
+
+pub mod process;

@@ -1,0 +1,439 @@
+//! Processes: address spaces with VMAs, demand-faulted anonymous memory, `mlock`,
+//! `munmap` and `/proc/PID/pagemap`; and what the kernel does to their pages:
+//! `get_user_pages`/`pin_user_pages` (`mm/gup.c`) and migration (`mm/migrate.c`,
+//! `compact()` and background migration).
+//!
+//! A user buffer's pages appear at the first touch, one `GFP_HIGHUSER_MOVABLE` page
+//! at a time wherever the page allocator finds it, so they are physically scattered.
+//! Migration copies a page through the CPU (as `folio_copy` does, so dirty cache lines
+//! come along), points the PTE at the new frame and frees the old one; it skips every
+//! page whose refcount holds more than its mapping (pinned or `get_user_pages`'d),
+//! and it does not care about `mlock` (which only stops reclaim).
+//!
+//! Simplifications: private anonymous memory only (no sharing, no fork, no file
+//! mappings); `malloc` is an `mmap`; no swap yet.
+
+use std::collections::BTreeMap;
+
+use crate::config::{PAGE_SHIFT, PAGE_SIZE};
+use crate::hw::mmu::MemType;
+use crate::kernel::errno;
+use crate::kernel::mm::gfp::GFP_HIGHUSER_MOVABLE;
+use crate::kernel::mm::page::{Owner, Vacated, GUP_PIN_COUNTING_BIAS};
+use crate::system::{Result, SimError, System};
+
+/// Lowest user address handed out by `mmap` here.
+const MMAP_BASE: u64 = 0x0000_ffff_0000_0000;
+/// Largest single mapping.
+const MAX_MMAP: u64 = 1 << 32;
+
+/// One mapping of a process (`struct vm_area_struct`).
+#[derive(Debug, Clone, Copy)]
+pub struct Vma {
+    /// First address.
+    pub start: u64,
+    /// Length (whole pages).
+    pub len: u64,
+    /// `VM_LOCKED` (mlock).
+    pub locked: bool,
+}
+
+/// A process.
+#[derive(Debug, Clone)]
+pub struct Process {
+    /// Process id.
+    pub pid: u32,
+    /// Name.
+    pub name: String,
+    /// Its MMU address space.
+    pub asid: usize,
+    /// Mappings by start address.
+    pub vmas: BTreeMap<u64, Vma>,
+    next_va: u64,
+    /// Present pages: virtual page number → pfn.
+    pub present: BTreeMap<u64, u64>,
+}
+
+/// A set of pages taken with `get_user_pages` or `pin_user_pages`.
+#[derive(Debug, Clone)]
+pub struct PinnedPages {
+    /// The frames, in buffer order.
+    pub pfns: Vec<u64>,
+    /// FOLL_PIN (true) or FOLL_GET (false).
+    pub pinned: bool,
+    /// Whose pages.
+    pub pid: u32,
+}
+
+impl System {
+    /// `fork`+`exec` of a new process with an empty address space; returns its pid.
+    pub fn process_new(&mut self, name: &str) -> u32 {
+        let asid = self.hw.mmu.new_space();
+        let pid = 100 + self.kernel.procs.len() as u32;
+        self.kernel.procs.push(Process {
+            pid,
+            name: name.to_string(),
+            asid,
+            vmas: BTreeMap::new(),
+            next_va: MMAP_BASE,
+            present: BTreeMap::new(),
+        });
+        pid
+    }
+
+    fn proc_index(&self, pid: u32) -> Result<usize> {
+        self.kernel
+            .procs
+            .iter()
+            .position(|p| p.pid == pid)
+            .ok_or_else(|| SimError::Invalid(format!("no process {pid}")))
+    }
+
+    /// `mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS)`: reserves
+    /// the range; pages come at the first touch. Returns the address.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for a size of 0 or over 4 GiB.
+    pub fn mmap(&mut self, pid: u32, size: u64, locked: bool) -> Result<u64> {
+        if size == 0 || size > MAX_MMAP {
+            return Err(SimError::Invalid(format!(
+                "mmap of {size} bytes (1 byte to 4 GiB)"
+            )));
+        }
+        let i = self.proc_index(pid)?;
+        let p = &mut self.kernel.procs[i];
+        let len = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let start = p.next_va;
+        p.next_va += len + PAGE_SIZE;
+        p.vmas.insert(start, Vma { start, len, locked });
+        Ok(start)
+    }
+
+    /// `mlock()`: marks the range locked (reclaim will not take it; migration still
+    /// may, as in Linux).
+    ///
+    /// # Errors
+    /// `-ENOMEM` as Linux when the range is not mapped: returned as `Ok(-ENOMEM)`.
+    pub fn mlock(&mut self, pid: u32, va: u64, len: u64) -> Result<i64> {
+        let i = self.proc_index(pid)?;
+        let Some(vma) = self.kernel.procs[i]
+            .vmas
+            .values_mut()
+            .find(|v| va >= v.start && va + len <= v.start + v.len)
+        else {
+            return Ok(-errno::ENOMEM);
+        };
+        vma.locked = true;
+        let pages: Vec<u64> = self.kernel.procs[i]
+            .present
+            .range(va >> PAGE_SHIFT..(va + len).div_ceil(PAGE_SIZE))
+            .map(|(_, &pfn)| pfn)
+            .collect();
+        for pfn in pages {
+            if let Some(pg) = self.kernel.user_pages.get_mut(pfn) {
+                pg.mlocked = true;
+            }
+        }
+        Ok(0)
+    }
+
+    /// `munmap()`: frees the pages of the mapping at `va` (a pinned page stays
+    /// allocated until unpinned, as its refcount says).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown process.
+    pub fn munmap(&mut self, pid: u32, va: u64) -> Result<i64> {
+        let i = self.proc_index(pid)?;
+        let Some(vma) = self.kernel.procs[i].vmas.remove(&va) else {
+            return Ok(-errno::EINVAL);
+        };
+        let vpns: Vec<(u64, u64)> = self.kernel.procs[i]
+            .present
+            .range(vma.start >> PAGE_SHIFT..(vma.start + vma.len) >> PAGE_SHIFT)
+            .map(|(&v, &p)| (v, p))
+            .collect();
+        let asid = self.kernel.procs[i].asid;
+        let now = self.ctx().time_ns;
+        for (vpn, pfn) in vpns {
+            self.kernel.procs[i].present.remove(&vpn);
+            self.hw.mmu.unmap_page(asid, vpn << PAGE_SHIFT);
+            let extra = self
+                .kernel
+                .user_pages
+                .get(pfn)
+                .map_or(0, |p| p.refcount - 1);
+            self.kernel.user_pages.vacate(pfn, Vacated::Unmapped, now);
+            if extra == 0 {
+                self.kernel.pages.free_pages(pfn, 0);
+            }
+        }
+        Ok(0)
+    }
+
+    /// Makes the page at `va` present in process `pid` (a page fault), returning its pfn.
+    fn fault_in(&mut self, i: usize, va: u64) -> Result<u64> {
+        let vpn = va >> PAGE_SHIFT;
+        if let Some(&pfn) = self.kernel.procs[i].present.get(&vpn) {
+            return Ok(pfn);
+        }
+        let p = &self.kernel.procs[i];
+        let in_vma = p
+            .vmas
+            .range(..=va)
+            .next_back()
+            .is_some_and(|(_, v)| va < v.start + v.len);
+        if !in_vma {
+            return Err(SimError::Invalid(format!(
+                "{} (pid {}): segmentation fault at {va:#x} (no mapping there)",
+                p.name, p.pid
+            )));
+        }
+        let (pid, asid, locked) = (
+            p.pid,
+            p.asid,
+            p.vmas
+                .range(..=va)
+                .next_back()
+                .is_some_and(|(_, v)| v.locked),
+        );
+        let pfn = match self
+            .kernel
+            .pages
+            .alloc_pages(0, GFP_HIGHUSER_MOVABLE, &mut self.hw.rng)
+        {
+            Ok(pfn) => pfn,
+            Err(f) => {
+                self.alloc_failed("", "page fault", PAGE_SIZE, 0, Some(&f));
+                return Err(SimError::Invalid(format!(
+                    "out of memory: the page fault at {va:#x} of pid {pid} cannot be served"
+                )));
+            }
+        };
+        // clear_user_highpage through the kernel's alias.
+        let kva = self.kernel.phys_to_virt(pfn << PAGE_SHIFT);
+        let _ = self
+            .hw
+            .cpu_write(self.cpu, 0, kva, &[0u8; PAGE_SIZE as usize]);
+        self.hw
+            .mmu
+            .map_page(asid, vpn << PAGE_SHIFT, pfn << PAGE_SHIFT, MemType::Normal);
+        self.kernel.procs[i].present.insert(vpn, pfn);
+        self.kernel.user_pages.insert(
+            pfn,
+            Owner {
+                pid,
+                va: vpn << PAGE_SHIFT,
+            },
+        );
+        if locked {
+            if let Some(pg) = self.kernel.user_pages.get_mut(pfn) {
+                pg.mlocked = true;
+            }
+        }
+        Ok(pfn)
+    }
+
+    /// A store by process `pid` (page faults first, then the CPU through its caches).
+    ///
+    /// # Errors
+    /// A segmentation fault outside the process's mappings.
+    pub fn user_write(&mut self, pid: u32, va: u64, data: &[u8]) -> Result<()> {
+        let i = self.proc_index(pid)?;
+        let mut off = 0;
+        while off < data.len() as u64 {
+            self.fault_in(i, va + off)?;
+            off += PAGE_SIZE - ((va + off) & (PAGE_SIZE - 1));
+        }
+        let asid = self.kernel.procs[i].asid;
+        self.cpu_write_as(asid, va, data)
+    }
+
+    /// A load by process `pid`.
+    ///
+    /// # Errors
+    /// A segmentation fault outside the process's mappings.
+    pub fn user_read(&mut self, pid: u32, va: u64, len: u64) -> Result<Vec<u8>> {
+        let i = self.proc_index(pid)?;
+        let mut off = 0;
+        while off < len {
+            self.fault_in(i, va + off)?;
+            off += PAGE_SIZE - ((va + off) & (PAGE_SIZE - 1));
+        }
+        let asid = self.kernel.procs[i].asid;
+        self.cpu_read_as(asid, va, len)
+    }
+
+    /// `/proc/PID/pagemap` as root: the frame number of the page at `va`, 0 when
+    /// the page is not present.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown process.
+    pub fn pagemap(&self, pid: u32, va: u64) -> Result<u64> {
+        let i = self.proc_index(pid)?;
+        Ok(self.kernel.procs[i]
+            .present
+            .get(&(va >> PAGE_SHIFT))
+            .copied()
+            .unwrap_or(0))
+    }
+
+    /// `get_user_pages()` (`pin` = false) or `pin_user_pages()` (`pin` = true) over
+    /// `[va, va+len)`: faults the pages in and takes a reference on each (a pin adds
+    /// `GUP_PIN_COUNTING_BIAS`). Returns the pinned-pages id.
+    ///
+    /// # Errors
+    /// A segmentation fault outside the mappings.
+    pub fn gup(&mut self, pid: u32, va: u64, len: u64, pin: bool) -> Result<u64> {
+        let i = self.proc_index(pid)?;
+        let first = va & !(PAGE_SIZE - 1);
+        let mut pfns = Vec::new();
+        let mut a = first;
+        while a < va + len.max(1) {
+            pfns.push(self.fault_in(i, a)?);
+            a += PAGE_SIZE;
+        }
+        let add = if pin { GUP_PIN_COUNTING_BIAS } else { 1 };
+        if pin {
+            self.kernel.pins_acquired += pfns.len() as u64;
+        }
+        for &pfn in &pfns {
+            if let Some(pg) = self.kernel.user_pages.get_mut(pfn) {
+                pg.refcount += add;
+            }
+        }
+        let id = self.kernel.next_pins;
+        self.kernel.next_pins += 1;
+        self.kernel.pins.insert(
+            id,
+            PinnedPages {
+                pfns,
+                pinned: pin,
+                pid,
+            },
+        );
+        Ok(id)
+    }
+
+    /// `unpin_user_pages()` / `put_page()` on a set from [`System::gup`]. Releasing
+    /// pins with `put_page` (or the other way round) is the kernel's refcount
+    /// imbalance; it is refused here with an error.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown set or the wrong release call.
+    pub fn gup_release(&mut self, id: u64, unpin: bool) -> Result<()> {
+        let set = self.kernel.pins.get(&id).ok_or_else(|| {
+            SimError::Invalid(format!("no pinned-pages set #{id} (released twice?)"))
+        })?;
+        if set.pinned != unpin {
+            let (got, want) = if set.pinned {
+                ("put_page", "unpin_user_pages")
+            } else {
+                ("unpin_user_pages", "put_page")
+            };
+            return Err(SimError::Invalid(format!(
+                "{got} on pages taken with {}: release them with {want}",
+                if set.pinned {
+                    "pin_user_pages"
+                } else {
+                    "get_user_pages"
+                }
+            )));
+        }
+        let set = self.kernel.pins.remove(&id).expect("checked above");
+        let sub = if set.pinned { GUP_PIN_COUNTING_BIAS } else { 1 };
+        for pfn in set.pfns {
+            match self.kernel.user_pages.get_mut(pfn) {
+                Some(pg) => pg.refcount -= sub,
+                // Unmapped while pinned: the last reference frees the frame.
+                None => self.kernel.pages.free_pages(pfn, 0),
+            }
+        }
+        Ok(())
+    }
+
+    /// Migrates one user page to a new frame (`migrate_pages` for one folio): copy
+    /// through the CPU, switch the PTE, free the old frame. `false` when the page is
+    /// not movable (pinned or referenced) or no frame is free.
+    pub fn migrate_page(&mut self, pfn: u64) -> bool {
+        let Some(pg) = self.kernel.user_pages.get(pfn).copied() else {
+            return false;
+        };
+        if !pg.movable() {
+            return false;
+        }
+        let Ok(new) = self
+            .kernel
+            .pages
+            .alloc_pages(0, GFP_HIGHUSER_MOVABLE, &mut self.hw.rng)
+        else {
+            return false;
+        };
+        let (old_kva, new_kva) = (
+            self.kernel.phys_to_virt(pfn << PAGE_SHIFT),
+            self.kernel.phys_to_virt(new << PAGE_SHIFT),
+        );
+        let mut buf = vec![0u8; PAGE_SIZE as usize];
+        let _ = self.hw.cpu_read(self.cpu, 0, old_kva, &mut buf);
+        let _ = self.hw.cpu_write(self.cpu, 0, new_kva, &buf);
+        let Some(i) = self.kernel.procs.iter().position(|p| p.pid == pg.owner.pid) else {
+            return false;
+        };
+        let asid = self.kernel.procs[i].asid;
+        self.hw
+            .mmu
+            .map_page(asid, pg.owner.va, new << PAGE_SHIFT, MemType::Normal);
+        self.kernel.procs[i]
+            .present
+            .insert(pg.owner.va >> PAGE_SHIFT, new);
+        let now = self.ctx().time_ns;
+        self.kernel
+            .user_pages
+            .vacate(pfn, Vacated::Migrated { to_pfn: new }, now);
+        self.kernel.user_pages.insert(new, pg.owner);
+        if let Some(n) = self.kernel.user_pages.get_mut(new) {
+            n.mlocked = pg.mlocked;
+        }
+        self.kernel.pages.free_pages(pfn, 0);
+        self.kernel.migrated_pages += 1;
+        true
+    }
+
+    /// `compact()`: migrates every movable user page (in pfn order), as a full
+    /// compaction pass would move the movable pages of the zone. Returns how many moved.
+    pub fn compact(&mut self) -> u64 {
+        self.step();
+        let mut pfns: Vec<u64> = self
+            .kernel
+            .procs
+            .iter()
+            .flat_map(|p| p.present.values().copied())
+            .collect();
+        pfns.sort_unstable();
+        let moved = pfns
+            .into_iter()
+            .filter(|&pfn| self.migrate_page(pfn))
+            .count() as u64;
+        self.printk("compaction", format!("migrated {moved} pages"));
+        moved
+    }
+
+    /// One background migration (the `migrate` noise rate): a random movable user page.
+    pub(crate) fn noise_migrate(&mut self) {
+        let total: usize = self.kernel.procs.iter().map(|p| p.present.len()).sum();
+        if total == 0 || !self.hw.rng.chance(self.cfg.noise.migrate) {
+            return;
+        }
+        let mut k = self.hw.rng.below(total);
+        let pfn = self.kernel.procs.iter().find_map(|p| {
+            if k < p.present.len() {
+                p.present.values().nth(k).copied()
+            } else {
+                k -= p.present.len();
+                None
+            }
+        });
+        if let Some(pfn) = pfn {
+            self.migrate_page(pfn);
+        }
+    }
+}
