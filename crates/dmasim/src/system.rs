@@ -158,6 +158,15 @@ impl System {
         );
         let check = Sanitizer::new(cfg.line(), cfg.cost.dram_fill_ps);
         let mut kernel = kernel;
+        // dma_contiguous_reserve(limit): arm64 passes arm64_dma_phys_limit, x86 the
+        // end of mapped memory.
+        let cma = (cfg.cma > 0).then(|| {
+            let limit = match cfg.arch {
+                crate::config::Arch::Arm64 => cfg.zone_dma_limit.saturating_add(1),
+                crate::config::Arch::X86_64 => cfg.ram_base + cfg.ram,
+            };
+            kernel.pages.reserve_cma(cfg.cma, limit)
+        });
         let aged = kernel.pages.age(&mut hw.rng);
         let mut sys = System {
             cfg,
@@ -195,6 +204,16 @@ impl System {
             "non-coherent"
         };
         sys.printk("", format!("DMA: devices are {coherent} by default"));
+        match cma {
+            Some(Ok((a, b))) => {
+                sys.printk("cma", format!("Reserved {} at {a:#x}", human_size(b - a)))
+            }
+            Some(Err(e)) => sys.printk(
+                "cma",
+                format!("Failed to reserve {}: {e}", human_size(sys.cfg.cma)),
+            ),
+            None => {}
+        }
         for z in sys.kernel.pages.zones.iter().filter(|z| z.managed > 0) {
             let line = format!(
                 "  {:<7} [mem {:#012x}-{:#012x}] {} managed",

@@ -684,3 +684,55 @@ fn mlock_does_not_stop_migration_but_a_reference_does() {
     let r = src("boot(\"arm64-noncoherent\");\nlet p = process(\"p\");\nlet a = p.malloc(4096);\nlet x = p.read(a, 4096, 1);");
     assert_eq!(r.exit_code(), 2);
 }
+
+#[test]
+fn cma_is_a_fixed_pool_the_third_camera_buffer_fails() {
+    let r = run("cma-camera.rhai", 0, None, false);
+    assert_eq!(
+        r.exit_code(),
+        0,
+        "{:?} {:?}",
+        r.error,
+        r.expectations.failures
+    );
+    assert_eq!(ids(&r), vec!["cma-exhausted"]);
+    assert!(
+        r.findings[0].message.contains("16 MiB"),
+        "{}",
+        r.findings[0].message
+    );
+    assert_eq!(r.stats.cma.total_pages, 4096);
+    assert_eq!(r.stats.cma.used_pages, 4096);
+    assert_eq!(r.stats.cma.failures, 1);
+}
+
+#[test]
+fn cma_lends_its_pages_to_user_space_and_takes_them_back() {
+    // A small board: CMA is more than half of free memory, so movable allocations
+    // use it first; cma_alloc then migrates them out; a longterm pin moves its page
+    // out of CMA before pinning, and a short-term pin in CMA makes cma_alloc fail.
+    let r = src(
+        "boot(\"arm64-noncoherent\", #{ ram: \"64 MiB\", cma: \"32 MiB\" });\n\
+         let cam = device(\"csi0\");\n\
+         let app = process(\"app\");\n\
+         let b = app.malloc(\"8 MiB\");\n\
+         app.write(b, 0, pattern(\"random\", 8388608, 3));\n\
+         let z = zoneinfo();\n\
+         let f = dma_alloc_coherent(cam, \"16 MiB\");\n\
+         expect(f != (), \"the allocation succeeds by migrating user pages out\");\n\
+         expect_eq(app.read(b, 0, 8388608), pattern(\"random\", 8388608, 3), \"the app's data moved with its pages\");\n\
+         dma_free_coherent(cam, \"16 MiB\", f);\n\
+         let c = app.malloc(4096); app.write(c, 0, pattern(\"ones\", 4096));\n\
+         let pins = pin_user_pages(app, c, #{ write: true, longterm: true });\n\
+         unpin_user_pages(pins);",
+    );
+    assert_eq!(
+        r.exit_code(),
+        0,
+        "{:?} {:?} {:?}",
+        r.error,
+        r.expectations.failures,
+        ids(&r)
+    );
+    assert!(r.stats.cma.migrated_pages > 0, "{:?}", r.stats.cma);
+}

@@ -172,6 +172,11 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "heavy CPU use of uncached coherent memory",
     ),
     (
+        "cma-exhausted",
+        Severity::Warning,
+        "CMA could not provide a contiguous allocation",
+    ),
+    (
         "zone-exhausted",
         Severity::Warning,
         "an allocation failed in its zone while other zones had free memory",

@@ -117,6 +117,13 @@ pub(crate) enum Backing {
     Remapped(u32),
     /// Single pages mapped one after the other at `va`.
     Vmalloc(Vec<u64>),
+    /// `count` pages from CMA, remapped at `va` when `remapped`.
+    Cma {
+        /// Pages.
+        count: u64,
+        /// Remapped non-cacheable (non-coherent device).
+        remapped: bool,
+    },
 }
 
 /// Kernel state.
@@ -155,6 +162,12 @@ pub struct Kernel {
     pub migrated_pages: u64,
     /// Pages pinned so far (`nr_foll_pin_acquired`).
     pub pins_acquired: u64,
+    /// Pages `cma_alloc` migrated out of its way.
+    pub cma_migrated: u64,
+    /// Failed `cma_alloc` calls.
+    pub cma_failures: u64,
+    /// Most CMA pages allocated at once.
+    pub cma_used_max: u64,
 }
 
 impl Kernel {
@@ -183,6 +196,9 @@ impl Kernel {
             next_pins: 1,
             migrated_pages: 0,
             pins_acquired: 0,
+            cma_migrated: 0,
+            cma_failures: 0,
+            cma_used_max: 0,
         }
     }
 

@@ -193,6 +193,12 @@ impl Stats {
         Stats {
             sim_time_ns: sys.hw.now_ps() / 1000,
             dma_bytes: sys.hw.stats.dma_bytes,
+            cma: CmaStatsOut {
+                total_pages: sys.kernel.pages.cma.as_ref().map_or(0, |c| c.count),
+                used_pages: sys.kernel.cma_used_max,
+                migrated_pages: sys.kernel.cma_migrated,
+                failures: sys.kernel.cma_failures,
+            },
             mm: MmStatsOut {
                 migrated_pages: sys.kernel.migrated_pages,
                 swapped_pages: 0,

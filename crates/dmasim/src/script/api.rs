@@ -972,7 +972,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             name,
             move |ctx: NativeCallContext, p: ProcessObj, b: BufferObj, _opts: Map| {
                 with_sys(&s1, &ctx, |sys| {
-                    sys.gup(p.pid, b.va, b.len, pin).map(|id| PagesObj {
+                    sys.gup(p.pid, b.va, b.len, pin, false).map(|id| PagesObj {
                         id,
                         count: b.len.div_ceil(PAGE_SIZE),
                     })
@@ -984,7 +984,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             name,
             move |ctx: NativeCallContext, p: ProcessObj, b: BufferObj| {
                 with_sys(&s1, &ctx, |sys| {
-                    sys.gup(p.pid, b.va, b.len, pin).map(|id| PagesObj {
+                    sys.gup(p.pid, b.va, b.len, pin, false).map(|id| PagesObj {
                         id,
                         count: b.len.div_ceil(PAGE_SIZE),
                     })

@@ -279,17 +279,28 @@ impl System {
 
     /// `get_user_pages()` (`pin` = false) or `pin_user_pages()` (`pin` = true) over
     /// `[va, va+len)`: faults the pages in and takes a reference on each (a pin adds
-    /// `GUP_PIN_COUNTING_BIAS`). Returns the pinned-pages id.
+    /// `GUP_PIN_COUNTING_BIAS`); with `longterm` (FOLL_LONGTERM), pages in CMA are
+    /// migrated out first. Returns the pinned-pages id, or `u64::MAX` when a page
+    /// could not leave CMA (Linux's -ENOMEM).
     ///
     /// # Errors
     /// A segmentation fault outside the mappings.
-    pub fn gup(&mut self, pid: u32, va: u64, len: u64, pin: bool) -> Result<u64> {
+    pub fn gup(&mut self, pid: u32, va: u64, len: u64, pin: bool, longterm: bool) -> Result<u64> {
         let i = self.proc_index(pid)?;
         let first = va & !(PAGE_SIZE - 1);
         let mut pfns = Vec::new();
         let mut a = first;
         while a < va + len.max(1) {
-            pfns.push(self.fault_in(i, a)?);
+            let mut pfn = self.fault_in(i, a)?;
+            // FOLL_LONGTERM: a page in CMA moves out before it is pinned
+            // (check_and_migrate_movable_folios).
+            if longterm && self.kernel.pages.in_cma(pfn) {
+                if !self.migrate_out_of_cma(pfn) {
+                    return Ok(u64::MAX);
+                }
+                pfn = self.kernel.procs[i].present[&(a >> PAGE_SHIFT)];
+            }
+            pfns.push(pfn);
             a += PAGE_SIZE;
         }
         let add = if pin { GUP_PIN_COUNTING_BIAS } else { 1 };
@@ -355,17 +366,24 @@ impl System {
     /// through the CPU, switch the PTE, free the old frame. `false` when the page is
     /// not movable (pinned or referenced) or no frame is free.
     pub fn migrate_page(&mut self, pfn: u64) -> bool {
+        self.migrate_page_to(pfn, true)
+    }
+
+    /// [`System::migrate_page`], with the new frame allowed to come from CMA or not
+    /// (moving out of CMA takes a non-movable target, which CMA never serves).
+    pub fn migrate_page_to(&mut self, pfn: u64, allow_cma: bool) -> bool {
         let Some(pg) = self.kernel.user_pages.get(pfn).copied() else {
             return false;
         };
         if !pg.movable() {
             return false;
         }
-        let Ok(new) = self
-            .kernel
-            .pages
-            .alloc_pages(0, GFP_HIGHUSER_MOVABLE, &mut self.hw.rng)
-        else {
+        let gfp = if allow_cma {
+            GFP_HIGHUSER_MOVABLE
+        } else {
+            GFP_HIGHUSER_MOVABLE & !crate::kernel::mm::gfp::GFP_MOVABLE
+        };
+        let Ok(new) = self.kernel.pages.alloc_pages(0, gfp, &mut self.hw.rng) else {
             return false;
         };
         let (old_kva, new_kva) = (

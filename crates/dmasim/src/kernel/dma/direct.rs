@@ -148,6 +148,35 @@ impl System {
 }
 
 impl System {
+    /// `dma_alloc_contiguous()`: multi-page requests from a blocking context try the
+    /// CMA area first (single pages never do); the alignment is the size's order,
+    /// capped at `CONFIG_CMA_ALIGNMENT`. The pages must also suit the coherent mask.
+    pub(crate) fn dma_alloc_contiguous(
+        &mut self,
+        dev: usize,
+        name: &str,
+        bytes: u64,
+    ) -> Option<u64> {
+        use crate::kernel::mm::cma::CMA_ALIGNMENT;
+        use crate::kernel::mm::page_alloc::get_order;
+        self.kernel.pages.cma.as_ref()?;
+        if bytes <= PAGE_SIZE {
+            return None;
+        }
+        let count = bytes / PAGE_SIZE;
+        match self.cma_alloc(count, get_order(bytes).min(CMA_ALIGNMENT)) {
+            Ok(pfn) if self.dma_coherent_ok(dev, pfn * PAGE_SIZE, bytes) => Some(pfn),
+            Ok(pfn) => {
+                self.cma_release(pfn, count);
+                None
+            }
+            Err(f) => {
+                self.cma_failed(name, count, f);
+                None
+            }
+        }
+    }
+
     /// `__dma_direct_alloc_pages()`: the zone comes from the coherent mask
     /// (`dma_direct_optimal_gfp_mask`: ZONE_DMA when the limit is within it, ZONE_DMA32
     /// when within 4 GiB); pages that end above the mask are given back and the

@@ -292,22 +292,47 @@ impl System {
             self.alloc_failed(&name, "dma_alloc_coherent", size, order, None);
             return Ok(None);
         }
-        let Some(pfn) = self.dma_direct_alloc_pages(dev, &name, bytes, order)? else {
+        let cma = self.dma_alloc_contiguous(dev, &name, bytes);
+        if cma.is_none() && self.kernel.pages.cma.is_some() && order > crate::config::MAX_PAGE_ORDER
+        {
+            // Only CMA could serve a block this large; its failure was reported.
             return Ok(None);
+        }
+        let (pfn, cma_pages) = match cma {
+            Some(pfn) => (pfn, Some(bytes / PAGE_SIZE)),
+            None => match self.dma_direct_alloc_pages(dev, &name, bytes, order)? {
+                Some(pfn) => (pfn, None),
+                None => return Ok(None),
+            },
         };
         let pa = pfn * PAGE_SIZE;
+        let span = cma_pages.map_or(PAGE_SIZE << order, |c| c * PAGE_SIZE);
         let coherent = self.dev_is_dma_coherent(dev);
         let (va, backing) = if coherent {
-            (self.kernel.phys_to_virt(pa), Backing::Pages(order))
+            let b = match cma_pages {
+                Some(count) => Backing::Cma {
+                    count,
+                    remapped: false,
+                },
+                None => Backing::Pages(order),
+            };
+            (self.kernel.phys_to_virt(pa), b)
         } else {
-            self.arch_dma_prep_coherent(pa, PAGE_SIZE << order);
-            let va = self.kernel.vmalloc_range(PAGE_SIZE << order);
-            for i in 0..(1u64 << order) {
+            self.arch_dma_prep_coherent(pa, span);
+            let va = self.kernel.vmalloc_range(span);
+            for i in 0..span / PAGE_SIZE {
                 self.hw
                     .mmu
                     .map_page(0, va + i * PAGE_SIZE, pa + i * PAGE_SIZE, MemType::NormalNc);
             }
-            (va, Backing::Remapped(order))
+            let b = match cma_pages {
+                Some(count) => Backing::Cma {
+                    count,
+                    remapped: true,
+                },
+                None => Backing::Remapped(order),
+            };
+            (va, b)
         };
         // memset(ret, 0, size) through the new mapping.
         let zeros = vec![0u8; bytes as usize];
@@ -436,6 +461,14 @@ impl System {
                     self.hw.mmu.unmap_page(0, b.va + i * PAGE_SIZE);
                 }
                 self.kernel.pages.free_pages(b.phys / PAGE_SIZE, order);
+            }
+            &Backing::Cma { count, remapped } => {
+                if remapped {
+                    for i in 0..count {
+                        self.hw.mmu.unmap_page(0, b.va + i * PAGE_SIZE);
+                    }
+                }
+                self.cma_release(b.phys / PAGE_SIZE, count);
             }
             Backing::Vmalloc(pfns) => {
                 for (i, &pfn) in pfns.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! Memory management: GFP flags, the zoned buddy page allocator, kmalloc and vmalloc,
 //! and their entry points.
 
+pub mod cma;
 pub mod gfp;
 pub mod page;
 pub mod page_alloc;

@@ -114,6 +114,13 @@ impl FreeArea {
     fn has(&self, order: u32, mt: MigrateType) -> bool {
         !self.lists[Self::list(order, mt)].is_empty()
     }
+
+    /// Free pages on the CMA lists (`NR_FREE_CMA_PAGES`).
+    fn free_cma(&self) -> u64 {
+        (0..ORDERS as u32)
+            .map(|o| (self.lists[Self::list(o, MigrateType::Cma)].len() as u64) << o)
+            .sum()
+    }
 }
 
 fn mt_from(v: u8) -> MigrateType {
@@ -231,11 +238,34 @@ impl Zone {
         }
     }
 
-    /// `__rmqueue`: own list first, then the fallbacks.
+    /// `__rmqueue_smallest` on the CMA lists.
+    fn rmqueue_cma(&mut self, order: u32, rng: &mut SimRng) -> Option<u64> {
+        for o in order..=MAX_PAGE_ORDER {
+            if let Some(pfn) = self.free.take(o, MigrateType::Cma, rng) {
+                self.expand(pfn, o, order, MigrateType::Cma);
+                return Some(pfn);
+            }
+        }
+        None
+    }
+
+    /// `__rmqueue`: own list first, then the fallbacks. Movable requests may use CMA
+    /// pageblocks: first when more than half of the zone's free memory is CMA, else
+    /// after their own lists (`__rmqueue_cma_fallback`).
     fn rmqueue(&mut self, order: u32, mt: MigrateType, rng: &mut SimRng) -> Option<u64> {
+        if mt == MigrateType::Movable && self.free.free_cma() > self.free_pages() / 2 {
+            if let Some(pfn) = self.rmqueue_cma(order, rng) {
+                return Some(pfn);
+            }
+        }
         for o in order..=MAX_PAGE_ORDER {
             if let Some(pfn) = self.free.take(o, mt, rng) {
                 self.expand(pfn, o, order, mt);
+                return Some(pfn);
+            }
+        }
+        if mt == MigrateType::Movable {
+            if let Some(pfn) = self.rmqueue_cma(order, rng) {
                 return Some(pfn);
             }
         }
@@ -330,11 +360,34 @@ impl AllocFailure {
     }
 }
 
+/// The CMA area (`struct cma`, mm/cma.c): a fixed range of pageblocks marked
+/// MIGRATE_CMA, lent to movable allocations while `cma_alloc` does not need them.
+#[derive(Debug, Clone)]
+pub struct CmaArea {
+    /// First pfn.
+    pub base_pfn: u64,
+    /// Pages.
+    pub count: u64,
+    /// One bit per page (`order_per_bit` = 0): taken by `cma_alloc`.
+    pub bitmap: Vec<bool>,
+    /// The zone it lies in.
+    pub zone: ZoneType,
+}
+
+impl CmaArea {
+    /// Pages taken by `cma_alloc`.
+    pub fn used(&self) -> u64 {
+        self.bitmap.iter().filter(|&&b| b).count() as u64
+    }
+}
+
 /// One memory node (`pglist_data`): its zones.
 pub struct Node {
     /// All zone types, indexed by `ZoneType as usize`; absent ones are empty.
     pub zones: Vec<Zone>,
     configured: [bool; MAX_NR_ZONES],
+    /// The global CMA area, if one was reserved.
+    pub cma: Option<CmaArea>,
 }
 
 /// Where each zone ends, as the arch sets it up.
@@ -384,6 +437,7 @@ impl Node {
         let mut node = Node {
             zones,
             configured: layout.configured,
+            cma: None,
         };
         node.setup_watermarks();
         node
@@ -469,6 +523,98 @@ impl Node {
         kept
     }
 
+    /// `cma_declare_contiguous` + `cma_activate_area`: reserves `bytes` (rounded up
+    /// to 4 MiB) ending at or below `limit`, top-down as memblock allocates, and turns
+    /// its pageblocks into MIGRATE_CMA. The area lies in one zone and was free.
+    /// Returns its physical range, or why it could not be placed.
+    pub fn reserve_cma(
+        &mut self,
+        bytes: u64,
+        limit: u64,
+    ) -> std::result::Result<(u64, u64), String> {
+        let block = 1u64 << MAX_PAGE_ORDER;
+        let count = (bytes >> PAGE_SHIFT).div_ceil(block) * block;
+        for zi in (0..MAX_NR_ZONES).rev() {
+            let z = &self.zones[zi];
+            let top = z.end_pfn.min(limit >> PAGE_SHIFT) & !(block - 1);
+            if z.managed == 0 || top < z.start_pfn + count {
+                continue;
+            }
+            // Highest fully free run of max-order blocks below the limit.
+            let mut base = top - count;
+            while base >= z.start_pfn {
+                if (base..base + count)
+                    .step_by(block as usize)
+                    .all(|p| z.free.is_free_at(p, MAX_PAGE_ORDER).is_some())
+                {
+                    let z = &mut self.zones[zi];
+                    for p in (base..base + count).step_by(block as usize) {
+                        z.free.del(p);
+                        z.set_pageblock_mt(p, MAX_PAGE_ORDER, MigrateType::Cma);
+                        z.free.add(p, MAX_PAGE_ORDER, MigrateType::Cma);
+                    }
+                    self.cma = Some(CmaArea {
+                        base_pfn: base,
+                        count,
+                        bitmap: vec![false; count as usize],
+                        zone: z.kind,
+                    });
+                    return Ok((base << PAGE_SHIFT, (base + count) << PAGE_SHIFT));
+                }
+                if base < block {
+                    break;
+                }
+                base -= block;
+            }
+        }
+        Err(format!(
+            "no free {} below {limit:#x}",
+            crate::units::human_size(count << PAGE_SHIFT)
+        ))
+    }
+
+    /// If `pfn` is free in the buddy or per-CPU lists, takes it (for
+    /// `alloc_contig_range`).
+    pub fn take_free_page(&mut self, pfn: u64) -> bool {
+        let Some(z) = self.zone_of(pfn) else {
+            return false;
+        };
+        let zone = &mut self.zones[z as usize];
+        for l in &mut zone.pcp {
+            if let Some(i) = l.iter().position(|&p| p == pfn) {
+                l.remove(i);
+                zone.allocated += 1;
+                return true;
+            }
+        }
+        if zone.take_page(pfn) {
+            zone.allocated += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Frees one page straight into the buddy lists (CMA pages skip the per-CPU lists).
+    pub fn free_page_buddy(&mut self, pfn: u64) {
+        if let Some(z) = self.zone_of(pfn) {
+            let zone = &mut self.zones[z as usize];
+            zone.allocated -= 1;
+            zone.free_one(pfn, 0);
+        }
+    }
+
+    /// Free pages on the CMA lists.
+    pub fn free_cma_pages(&self) -> u64 {
+        self.zones.iter().map(|z| z.free.free_cma()).sum()
+    }
+
+    /// True when `pfn` lies in the CMA area.
+    pub fn in_cma(&self, pfn: u64) -> bool {
+        self.cma
+            .as_ref()
+            .is_some_and(|c| pfn >= c.base_pfn && pfn < c.base_pfn + c.count)
+    }
+
     /// The zone holding `pfn`.
     pub fn zone_of(&self, pfn: u64) -> Option<ZoneType> {
         self.zones.iter().find(|z| z.contains(pfn)).map(|z| z.kind)
@@ -520,7 +666,14 @@ impl Node {
             if gfp & GFP_HIGH != 0 {
                 mark -= mark / 2;
             }
-            let free_after = zone.free_pages() as i64 - (1i64 << order) + 1;
+            // Free CMA pages are no use to a request that may not take them
+            // (`__zone_watermark_unusable_free`).
+            let unusable = if mt == MigrateType::Movable {
+                0
+            } else {
+                zone.free.free_cma()
+            };
+            let free_after = zone.free_pages() as i64 - unusable as i64 - (1i64 << order) + 1;
             if free_after <= (mark + zone.lowmem_reserve[classzone as usize]) as i64 {
                 continue;
             }
