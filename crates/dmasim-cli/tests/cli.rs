@@ -187,7 +187,10 @@ fn presets_list_every_field() {
         .iter()
         .map(|p| p["preset"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["arm64-noncoherent", "arm64-coherent", "x86-64"]);
+    assert_eq!(
+        names,
+        ["arm64-noncoherent", "arm64-coherent", "rpi4", "x86-64"]
+    );
     assert_eq!(v[0]["coherent_default"], false);
     assert_eq!(v[1]["coherent_default"], true);
     assert!(v[0]["cost"]["uncached_read_beat_ps"].as_u64().unwrap() > 0);

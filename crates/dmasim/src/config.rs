@@ -175,10 +175,13 @@ pub struct PlatformConfig {
     pub dev_bandwidth: u64,
     /// Fixed latency of each device transfer, in nanoseconds.
     pub dev_latency_ns: u64,
+    /// Default device bus offset: bus address = physical − `dma_offset` (wrapping;
+    /// devicetree `dma-ranges`).
+    pub dma_offset: u64,
 }
 
 /// Names of the built-in presets, in the order `dmasim presets` lists them.
-pub const PRESET_NAMES: &[&str] = &["arm64-noncoherent", "arm64-coherent", "x86-64"];
+pub const PRESET_NAMES: &[&str] = &["arm64-noncoherent", "arm64-coherent", "rpi4", "x86-64"];
 
 /// The Cortex-A53 class cost table (1.5 GHz, LPDDR4), used by the arm64 presets.
 const CORTEX_A53_COSTS: CostTable = CostTable {
@@ -249,6 +252,7 @@ impl PlatformConfig {
                 noise: NoiseConfig { evict: 0.05, prefetch: 0.10, migrate: 0.0 },
                 dev_bandwidth: 1000,
                 dev_latency_ns: 1000,
+                dma_offset: 0,
             }),
             "arm64-coherent" => {
                 let mut p = PlatformConfig::preset("arm64-noncoherent")?;
@@ -262,6 +266,30 @@ impl PlatformConfig {
                 // LX2160A DRAM region 1 starts at 0x8000_0000.
                 p.ram_base = 0x8000_0000;
                 p.coherent_default = true;
+                Ok(p)
+            }
+            "rpi4" => {
+                let mut p = PlatformConfig::preset("arm64-noncoherent")?;
+                p.preset = name.into();
+                p.description = "Raspberry Pi 4 (BCM2711): 4x Cortex-A72, 4 GiB at 0; legacy DMA \
+                                 masters see the first GiB at bus 0xC000_0000, non-coherent"
+                    .into();
+                p.ram = 4 << 30;
+                // BCM2711: DRAM from physical 0.
+                p.ram_base = 0;
+                // Cortex-A72: 32 KiB 2-way L1D; BCM2711 has 1 MiB of shared L2.
+                p.l1 = CacheGeometry { size: 32 << 10, ways: 2, line: 64 };
+                p.l2 = CacheGeometry { size: 1 << 20, ways: 16, line: 64 };
+                // dma-ranges limit the SoC's DMA to 30 bits: ZONE_DMA is the first GiB
+                // (of_dma_get_max_cpu_address; linux-dma-facts §4.3).
+                p.zone_dma_limit = (1 << 30) - 1;
+                // RAM ends above the DMA limit: the default 64 MiB swiotlb pool.
+                p.swiotlb = 64 << 20;
+                // bcm283x.dtsi: linux,cma shared-dma-pool of 64 MiB.
+                p.cma = 64 << 20;
+                // dma-ranges = <0xc0000000 0x0 0x0 0x40000000>: bus 0xC000_0000 is
+                // physical 0, so bus = physical + 0xC000_0000.
+                p.dma_offset = 0u64.wrapping_sub(0xC000_0000);
                 Ok(p)
             }
             "x86-64" => Ok(PlatformConfig {
@@ -307,6 +335,7 @@ impl PlatformConfig {
                 noise: NoiseConfig { evict: 0.05, prefetch: 0.10, migrate: 0.0 },
                 dev_bandwidth: 4000,
                 dev_latency_ns: 500,
+                dma_offset: 0,
             }),
             other => Err(format!(
                 "unknown preset {other:?}; known presets: {}",
@@ -368,7 +397,8 @@ impl PlatformConfig {
                 ("l2", "i.MX8M Mini 512 KiB / LX2160A 1 MiB per cluster, 16-way"),
                 ("coherent_default", "devicetree dma-coherent (of_dma_is_coherent, drivers/of/address.c)"),
                 ("swiotlb", "1 MiB per GiB for kmalloc bouncing when all RAM is below the DMA limit; IO_TLB_DEFAULT_SIZE 64 MiB when it ends above (arch/arm64/mm/init.c mem_init)"),
-                ("ram", "i.MX8M Mini EVK / LX2160A boards with 2 GiB; override with ram to see ZONE_NORMAL above 4 GiB"),
+                ("ram", "i.MX8M Mini EVK / LX2160A boards with 2 GiB, Raspberry Pi 4 with 4 GiB; override with ram"),
+                ("dma_offset", "devicetree dma-ranges: Raspberry Pi 4 legacy DMA sees physical 0 at bus 0xC000_0000"),
                 ("cma", "CONFIG_CMA_SIZE_MBYTES default 16 (kernel/dma/Kconfig)"),
                 ("zone_dma_limit", "arm64 caps zone_dma_limit at 4 GiB - 1 when DRAM starts below 4 GiB (arch/arm64/mm/init.c)"),
                 ("dma_minalign", "ARCH_DMA_MINALIGN 128 (arch/arm64/include/asm/cache.h)"),

@@ -736,3 +736,44 @@ fn cma_lends_its_pages_to_user_space_and_takes_them_back() {
     );
     assert!(r.stats.cma.migrated_pages > 0, "{:?}", r.stats.cma);
 }
+
+#[test]
+fn dma_into_freed_memory_is_use_after_free() {
+    let r = misuse(
+        "let a = dma_map_single(d, b, DMA_FROM_DEVICE);\ndma_mapping_error(d, a);\n\
+         kfree(b);\n\
+         let other = kmalloc(4096);\n\
+         dev_write(d, a, pattern(\"ones\", 4096));\n\
+         dma_unmap_single(d, a, 4096, DMA_FROM_DEVICE);",
+    );
+    assert_eq!(ids(&r), vec!["use-after-free-dma"]);
+    assert_eq!(r.findings[0].manifested, Some(true));
+    assert!(r.findings[0]
+        .history
+        .iter()
+        .any(|h| h.event.contains("freed while still mapped")));
+}
+
+#[test]
+fn rpi4_sees_its_first_gib_through_a_bus_offset() {
+    let r = src("boot(\"rpi4\");\nlet d = device(\"dma\");\n\
+         let c = dma_alloc_coherent(d, 8192);\n\
+         expect(c.phys + 8192 <= 1073741824, \"coherent memory from ZONE_DMA (the first GiB)\");\n\
+         expect_eq(c.dma, c.phys + 0xC0000000, \"bus address = physical + 0xC000_0000\");\n\
+         let z = zoneinfo();\n\
+         expect_eq(z.DMA.end, 1073741824, \"ZONE_DMA is 30 bits\");\n\
+         expect(z.DMA32.free > 2000000000, \"DMA32 holds the rest below 4 GiB\");\n\
+         dma_free_coherent(d, 8192, c);");
+    assert_eq!(
+        r.exit_code(),
+        0,
+        "{:?} {:?} {:?}",
+        r.error,
+        r.expectations.failures,
+        ids(&r)
+    );
+    assert_eq!(
+        r.stats.cma.total_pages, 16384,
+        "64 MiB of CMA from the devicetree"
+    );
+}

@@ -152,6 +152,11 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "a dirty line was written back over bytes a device had written",
     ),
     (
+        "use-after-free-dma",
+        Severity::Error,
+        "a device used a mapping of memory that had been freed",
+    ),
+    (
         "virtual-address-as-dma",
         Severity::Error,
         "a device was given a CPU virtual address of a live buffer",

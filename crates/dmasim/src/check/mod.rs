@@ -119,6 +119,10 @@ struct Entry {
     /// The last device transfer in the history, to merge its pages into one event:
     /// (history index, line, write, first bus address, bytes so far).
     last_dev: Option<(usize, u32, bool, u64, u64)>,
+    /// The allocation the mapping lies in, if known.
+    buffer: Option<u64>,
+    /// When that allocation was freed while still mapped: (time ns, line).
+    freed: Option<(u64, u32)>,
 }
 
 const HISTORY_MAX: usize = 48;
@@ -337,6 +341,7 @@ impl Sanitizer {
 
     /// `debug_dma_map_*` / `debug_dma_alloc_coherent`: records a mapping.
     pub fn map(&mut self, hw: &mut Machine, ctx: Ctx, m: NewMapping) -> u64 {
+        let buffer_id = m.buffer.as_ref().map(|b| b.id);
         let id = self.next_id;
         self.next_id += 1;
         self.oracle.hold(hw, m.phys, m.size);
@@ -396,6 +401,8 @@ impl Sanitizer {
             uncached_read_bytes: 0,
             uncached_read_ps: 0,
             last_dev: None,
+            buffer: buffer_id,
+            freed: None,
         };
         e.push(
             ctx,
@@ -847,6 +854,28 @@ impl Sanitizer {
             }
             return;
         }
+        if let Some((t, l)) = self.entries.get(id).freed {
+            let e = self.entries.get(id);
+            let hist = e.snapshot();
+            let verb = if a.write { "wrote" } else { "read" };
+            let msg = format!(
+                "{} {verb} {len} bytes at {:#x}, a mapping of memory freed at line {l} ({t} ns) [device address={:#x}] [mapped with {}]",
+                a.dev_name, a.bus, e.dev_addr, e.dir.name()
+            );
+            self.report(
+                "use-after-free-dma",
+                id,
+                Some(true),
+                Some(a.dev_name),
+                Some(a.bus),
+                Some(len),
+                ctx,
+                msg,
+                "stop the device and unmap the buffer (dma_unmap_*) before freeing it".into(),
+                hist,
+            );
+            return;
+        }
         let line = self.line;
         let (bad, bad_lines) = match a.pa {
             Some(pa) => self.oracle.diff_dram(pa, a.data, line),
@@ -1026,9 +1055,18 @@ impl Sanitizer {
     }
 
     /// The kernel freed buffer `id` (kfree, free_pages, dma_free_coherent).
-    pub fn free_buffer(&mut self, hw: &mut Machine, id: u64) {
+    pub fn free_buffer(&mut self, hw: &mut Machine, ctx: Ctx, id: u64) {
         if let Some((pa, len)) = self.held.remove(&id) {
             self.oracle.release(hw, pa, len);
+        }
+        // Mappings still alive over the freed memory: a device using them writes into
+        // memory the allocator may already have handed to someone else.
+        for eid in self.entries.ids() {
+            let e = self.entries.get_mut(eid);
+            if e.buffer == Some(id) && e.freed.is_none() {
+                e.freed = Some((ctx.time_ns, ctx.line));
+                e.push(ctx, "the buffer was freed while still mapped".into());
+            }
         }
     }
 

@@ -342,12 +342,14 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             if sys.kernel.devices.len() >= 256 {
                 return Err(SimError::Invalid("device: at most 256 devices".into()));
             }
-            Ok(Device::new(
+            let mut d = Device::new(
                 name,
                 sys.cfg.coherent_default,
                 sys.cfg.dev_bandwidth,
                 sys.cfg.dev_latency_ns,
-            ))
+            );
+            d.dma_offset = sys.cfg.dma_offset;
+            Ok(d)
         })?;
         {
             if let Some(m) = opts {

@@ -478,7 +478,8 @@ impl System {
             }
         }
         self.kernel.remove_buffer(b.id);
-        self.check.free_buffer(&mut self.hw, b.id);
+        let ctx = self.ctx();
+        self.check.free_buffer(&mut self.hw, ctx, b.id);
     }
 
     /// `remove_device`: driver unbind. dma-debug reports the device's live mappings.
