@@ -220,7 +220,7 @@ fn presets_name_the_source_of_each_figure() {
         .as_str()
         .unwrap()
         .contains("ARCH_DMA_MINALIGN"));
-    assert!(v[2]["sources"]["zone_dma_limit"]
+    assert!(v[3]["sources"]["zone_dma_limit"]
         .as_str()
         .unwrap()
         .contains("16 MiB"));
