@@ -34,12 +34,25 @@ fn pick<'a>(r: &mut SimRng, xs: &[&'a str]) -> &'a str {
 
 fn random_script(seed: u64) -> String {
     let mut r = SimRng::new(seed);
-    let preset = pick(&mut r, &["arm64-noncoherent", "arm64-coherent", "x86-64"]);
-    let mut s = format!("boot(\"{preset}\");\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\n", r.below(2) == 1);
+    let preset = ["arm64-noncoherent", "arm64-coherent", "x86-64", "rpi4"][r.below(4)];
+    let mut s = format!(
+        "boot(\"{preset}\");\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\n",
+        r.below(2) == 1
+    );
     for _ in 0..40 {
         let size = pick(&mut r, SIZES);
         let dir = pick(&mut r, DIRS);
-        let line = match r.below(16) {
+        let line = match r.below(26) {
+            16 => format!("ubufs.push(p.malloc({size}));"),
+            17 => "if ubufs.len() > 0 { p.write(ubufs[-1], 0, pattern(\"inc\", 16)); }".into(),
+            18 => "if ubufs.len() > 0 { pins.push(pin_user_pages(p, ubufs[-1], #{ longterm: true })); }".into(),
+            19 => "if pins.len() > 0 { unpin_user_pages(pins.pop()); }".into(),
+            20 => "compact();".into(),
+            21 => "if ubufs.len() > 0 { let x = dev_read(d, pagemap(p, ubufs[-1].va) * PAGE_SIZE, 64); }".into(),
+            22 => "if pins.len() > 0 { let t = sg_from_pages(pins[-1]); let n = dma_map_sg(d, t, 1); sgs.push(t); }".into(),
+            23 => "if sgs.len() > 0 { dma_unmap_sg(d, sgs.pop(), 1); }".into(),
+            24 => format!("let v = vmalloc({size}); if v != () {{ bufs.push(v); }}"),
+            25 => "if ubufs.len() > 0 { p.munmap(ubufs.pop()); }".into(),
             0 => format!("let b = kmalloc({size}); if b != () {{ bufs.push(b); }}"),
             1 => format!("let b = dma_alloc_coherent(d, {size}); if b != () {{ bufs.push(b); addrs.push(b.dma); }}"),
             2 => format!("if bufs.len() > 0 {{ let a = dma_map_single(d, bufs[-1], {dir}); addrs.push(a); }}"),
