@@ -179,6 +179,24 @@ fn page_alloc(c: &mut Criterion) {
             black_box(v);
         })
     });
+    // Migration with data: 10,000 touched user pages moved by compact().
+    let mut sys = System::boot(quiet("arm64-noncoherent"), RunOptions::default()).unwrap();
+    let pid = sys.process_new("bench");
+    let va = sys.mmap(pid, 10_000 * 4096, false).unwrap();
+    sys.user_write(pid, va, &vec![0x3c; 10_000 * 4096]).unwrap();
+    g.throughput(Throughput::Elements(10_000));
+    g.sample_size(10);
+    g.bench_function("migrate_10000_pages", |b| {
+        b.iter(|| assert_eq!(sys.compact(), 10_000))
+    });
+    let src = vec![0x3cu8; 10_000 * 4096];
+    let mut dst = vec![0u8; 10_000 * 4096];
+    g.bench_function("host_baseline_copy_10000_pages", |b| {
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&dst);
+        })
+    });
     g.throughput(Throughput::Elements(1));
     let mut big = quiet("arm64-noncoherent");
     big.ram = 16 << 30;

@@ -13,19 +13,35 @@ use dmasim::system::{RunOptions, System};
 
 fn check(sys: &System, pinned_at: &BTreeMap<u64, Vec<(u32, u64, u64)>>, step: usize) {
     for z in &sys.kernel.pages.zones {
-        assert_eq!(z.free_pages() + z.allocated, z.managed, "step {step}: zone {:?}", z.kind);
+        assert_eq!(
+            z.free_pages() + z.allocated,
+            z.managed,
+            "step {step}: zone {:?}",
+            z.kind
+        );
     }
     let mut owned = BTreeSet::new();
     for p in &sys.kernel.procs {
         for &pfn in p.present.values() {
-            assert!(owned.insert(pfn), "step {step}: frame {pfn:#x} mapped twice");
-            let pg = sys.kernel.user_pages.get(pfn).expect("a present page has a struct page");
+            assert!(
+                owned.insert(pfn),
+                "step {step}: frame {pfn:#x} mapped twice"
+            );
+            let pg = sys
+                .kernel
+                .user_pages
+                .get(pfn)
+                .expect("a present page has a struct page");
             assert!(pg.refcount >= 1, "step {step}: refcount underflow");
         }
     }
     for pages in pinned_at.values() {
         for &(pid, va, pfn) in pages {
-            assert_eq!(sys.pagemap(pid, va).unwrap(), pfn, "step {step}: a pinned page moved");
+            assert_eq!(
+                sys.pagemap(pid, va).unwrap(),
+                pfn,
+                "step {step}: a pinned page moved"
+            );
             assert!(sys.kernel.user_pages.get(pfn).unwrap().refcount >= GUP_PIN_COUNTING_BIAS);
         }
     }
@@ -34,11 +50,24 @@ fn check(sys: &System, pinned_at: &BTreeMap<u64, Vec<(u32, u64, u64)>>, step: us
 #[test]
 fn memory_is_conserved_under_random_traffic() {
     for seed in 0..6u64 {
-        let mut p = PlatformConfig::preset(["arm64-noncoherent", "x86-64", "rpi4"][seed as usize % 3]).unwrap();
-        p.noise = NoiseConfig { evict: 0.0, prefetch: 0.0, migrate: 0.2 };
+        let mut p =
+            PlatformConfig::preset(["arm64-noncoherent", "x86-64", "rpi4"][seed as usize % 3])
+                .unwrap();
+        p.noise = NoiseConfig {
+            evict: 0.0,
+            prefetch: 0.0,
+            migrate: 0.2,
+        };
         p.ram = 256 << 20;
         p.cma = 32 << 20;
-        let mut sys = System::boot(p, RunOptions { seed, ..RunOptions::default() }).unwrap();
+        let mut sys = System::boot(
+            p,
+            RunOptions {
+                seed,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
         let mut ops = SimRng::new(seed + 77);
         let pids = [sys.process_new("a"), sys.process_new("b")];
         let mut bufs: Vec<(u32, u64, u64)> = Vec::new();
@@ -50,7 +79,8 @@ fn memory_is_conserved_under_random_traffic() {
                     let pid = pids[ops.below(2)];
                     let len = (1 + ops.below(16) as u64) * PAGE_SIZE;
                     let va = sys.mmap(pid, len, ops.below(4) == 0).unwrap();
-                    sys.user_write(pid, va, &vec![step as u8; len as usize]).unwrap();
+                    sys.user_write(pid, va, &vec![step as u8; len as usize])
+                        .unwrap();
                     bufs.push((pid, va, len));
                 }
                 2 if !bufs.is_empty() => {
@@ -58,7 +88,11 @@ fn memory_is_conserved_under_random_traffic() {
                     let id = sys.gup(pid, va, len, true, ops.below(2) == 0).unwrap();
                     if id != u64::MAX {
                         let pfns = sys.kernel.pins[&id].pfns.clone();
-                        let pages = pfns.iter().enumerate().map(|(i, &pfn)| (pid, va + i as u64 * PAGE_SIZE, pfn)).collect();
+                        let pages = pfns
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &pfn)| (pid, va + i as u64 * PAGE_SIZE, pfn))
+                            .collect();
                         pins.insert(id, pages);
                     }
                 }
@@ -74,11 +108,19 @@ fn memory_is_conserved_under_random_traffic() {
                     let i = ops.below(bufs.len());
                     let (pid, va, _) = bufs.swap_remove(i);
                     // Pinned ranges stay pinned (their frames outlive the mapping).
-                    pins.retain(|_, pages| !pages.iter().any(|&(p, v, _)| p == pid && v >= va && v < va + (1 << 30)));
+                    pins.retain(|_, pages| {
+                        !pages
+                            .iter()
+                            .any(|&(p, v, _)| p == pid && v >= va && v < va + (1 << 30))
+                    });
                     sys.munmap(pid, va).unwrap();
                 }
                 6 => {
-                    let gfp = if ops.below(3) == 0 { GFP_KERNEL | GFP_DMA } else { GFP_KERNEL };
+                    let gfp = if ops.below(3) == 0 {
+                        GFP_KERNEL | GFP_DMA
+                    } else {
+                        GFP_KERNEL
+                    };
                     if let Some(id) = sys.kmalloc(1 + ops.below(20_000) as u64, gfp).unwrap() {
                         kbufs.push(id);
                     }
