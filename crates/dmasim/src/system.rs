@@ -586,6 +586,7 @@ impl System {
                             format!("was migrated to frame {to_pfn:#x}")
                         }
                         Vacated::Unmapped => "was unmapped".to_string(),
+                        Vacated::Swapped => "was swapped out".to_string(),
                     };
                     Some(UserHit::Gone(format!(
                         "the user page at {:#x} of {} used to be; it {why} at {} ns",

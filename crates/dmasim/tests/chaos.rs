@@ -42,7 +42,7 @@ fn random_script(seed: u64) -> String {
     for _ in 0..40 {
         let size = pick(&mut r, SIZES);
         let dir = pick(&mut r, DIRS);
-        let line = match r.below(26) {
+        let line = match r.below(27) {
             16 => format!("ubufs.push(p.malloc({size}));"),
             17 => "if ubufs.len() > 0 { p.write(ubufs[-1], 0, pattern(\"inc\", 16)); }".into(),
             18 => "if ubufs.len() > 0 { pins.push(pin_user_pages(p, ubufs[-1], #{ longterm: true })); }".into(),
@@ -53,6 +53,7 @@ fn random_script(seed: u64) -> String {
             23 => "if sgs.len() > 0 { dma_unmap_sg(d, sgs.pop(), 1); }".into(),
             24 => format!("let v = vmalloc({size}); if v != () {{ bufs.push(v); }}"),
             25 => "if ubufs.len() > 0 { p.munmap(ubufs.pop()); }".into(),
+            26 => format!("reclaim({size});"),
             0 => format!("let b = kmalloc({size}); if b != () {{ bufs.push(b); }}"),
             1 => format!("let b = dma_alloc_coherent(d, {size}); if b != () {{ bufs.push(b); addrs.push(b.dma); }}"),
             2 => format!("if bufs.len() > 0 {{ let a = dma_map_single(d, bufs[-1], {dir}); addrs.push(a); }}"),

@@ -777,3 +777,29 @@ fn rpi4_sees_its_first_gib_through_a_bus_offset() {
         "64 MiB of CMA from the devicetree"
     );
 }
+
+#[test]
+fn reclaim_swaps_unpinned_unlocked_pages_and_they_fault_back_elsewhere() {
+    let r = src(
+        "boot(\"arm64-noncoherent\", #{ coherent: true });\nlet d = device(\"d\");\nlet p = process(\"p\");\n\
+         let a = p.malloc(4096); p.write(a, 0, pattern(\"inc\", 4096));\n\
+         let l = p.malloc(4096); p.write(l, 0, pattern(\"ones\", 4096)); p.mlock(l);\n\
+         let k = p.malloc(4096); p.write(k, 0, pattern(\"ones\", 4096));\n\
+         let pins = pin_user_pages(p, k, #{ write: true });\n\
+         let pa = pagemap(p, a.va) * PAGE_SIZE;\n\
+         expect_eq(reclaim(\"1 MiB\"), 1, \"only the unpinned, unlocked page goes to swap\");\n\
+         expect_eq(pagemap(p, a.va), 0, \"not present while swapped out\");\n\
+         dev_write(d, pa, pattern(\"zero\", 64));\n\
+         expect_eq(p.read(a, 0, 4096), pattern(\"inc\", 4096), \"faulted back in with its data\");\n\
+         unpin_user_pages(pins);",
+    );
+    assert_eq!(
+        r.expectations.failed, 0,
+        "{:?} {:?}",
+        r.error, r.expectations.failures
+    );
+    assert_eq!(ids(&r), vec!["unpinned-user-dma"]);
+    assert_eq!(r.findings[0].manifested, Some(true));
+    assert!(r.findings[0].message.contains("swapped out"));
+    assert_eq!(r.stats.mm.swapped_pages, 1);
+}

@@ -168,6 +168,10 @@ pub struct Kernel {
     pub cma_failures: u64,
     /// Most CMA pages allocated at once.
     pub cma_used_max: u64,
+    /// Swapped-out user pages: (pid, virtual page number) → contents.
+    pub swap: BTreeMap<(u32, u64), Box<[u8; PAGE_SIZE as usize]>>,
+    /// Pages swapped out so far.
+    pub swapped_pages: u64,
 }
 
 impl Kernel {
@@ -199,6 +203,8 @@ impl Kernel {
             cma_migrated: 0,
             cma_failures: 0,
             cma_used_max: 0,
+            swap: BTreeMap::new(),
+            swapped_pages: 0,
         }
     }
 

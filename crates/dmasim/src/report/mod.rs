@@ -201,7 +201,7 @@ impl Stats {
             },
             mm: MmStatsOut {
                 migrated_pages: sys.kernel.migrated_pages,
-                swapped_pages: 0,
+                swapped_pages: sys.kernel.swapped_pages,
                 pinned_pages: sys.kernel.pins_acquired,
             },
             cache: CacheStatsOut {

@@ -1017,6 +1017,11 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         },
     );
     let s1 = s.clone();
+    engine.register_fn("reclaim", move |ctx: NativeCallContext, size: Dynamic| {
+        let n = size_of(&ctx, &size, "reclaim")?;
+        with_sys(&s1, &ctx, |sys| Ok(sys.reclaim(n) as INT))
+    });
+    let s1 = s.clone();
     engine.register_fn("compact", move |ctx: NativeCallContext| {
         with_sys(&s1, &ctx, |sys| Ok(sys.compact() as INT))
     });

@@ -154,6 +154,10 @@ impl System {
             .collect();
         let asid = self.kernel.procs[i].asid;
         let now = self.ctx().time_ns;
+        let (first, last) = (vma.start >> PAGE_SHIFT, (vma.start + vma.len) >> PAGE_SHIFT);
+        self.kernel
+            .swap
+            .retain(|&(p, v), _| p != pid || v < first || v >= last);
         for (vpn, pfn) in vpns {
             self.kernel.procs[i].present.remove(&vpn);
             self.hw.mmu.unmap_page(asid, vpn << PAGE_SHIFT);
@@ -209,11 +213,19 @@ impl System {
                 )));
             }
         };
-        // clear_user_highpage through the kernel's alias.
+        // clear_user_highpage, or the swapped-out contents (swap_read_folio), through
+        // the kernel's alias.
         let kva = self.kernel.phys_to_virt(pfn << PAGE_SHIFT);
-        let _ = self
-            .hw
-            .cpu_write(self.cpu, 0, kva, &[0u8; PAGE_SIZE as usize]);
+        match self.kernel.swap.remove(&(pid, vpn)) {
+            Some(data) => {
+                let _ = self.hw.cpu_write(self.cpu, 0, kva, &data[..]);
+            }
+            None => {
+                let _ = self
+                    .hw
+                    .cpu_write(self.cpu, 0, kva, &[0u8; PAGE_SIZE as usize]);
+            }
+        }
         self.hw
             .mmu
             .map_page(asid, vpn << PAGE_SHIFT, pfn << PAGE_SHIFT, MemType::Normal);
@@ -414,6 +426,46 @@ impl System {
         self.kernel.pages.free_pages(pfn, 0);
         self.kernel.migrated_pages += 1;
         true
+    }
+
+    /// `reclaim(bytes)`: swaps out up to `bytes` of user pages that are neither
+    /// referenced beyond their mapping (pinned, `get_user_pages`) nor mlocked
+    /// (`shrink_folio_list` skips both). The next access faults them back in, into
+    /// whatever frame the allocator gives. Returns the pages swapped out.
+    pub fn reclaim(&mut self, bytes: u64) -> u64 {
+        self.step();
+        let want = bytes.div_ceil(PAGE_SIZE);
+        let mut candidates: Vec<(usize, u64, u64)> = Vec::new();
+        for (i, p) in self.kernel.procs.iter().enumerate() {
+            for (&vpn, &pfn) in &p.present {
+                let ok = self
+                    .kernel
+                    .user_pages
+                    .get(pfn)
+                    .is_some_and(|pg| pg.movable() && !pg.mlocked);
+                if ok {
+                    candidates.push((i, vpn, pfn));
+                }
+            }
+        }
+        let mut done = 0;
+        for (i, vpn, pfn) in candidates.into_iter().take(want as usize) {
+            // swap_writepage: the contents as the CPU sees them, then the frame goes.
+            let mut data = Box::new([0u8; PAGE_SIZE as usize]);
+            let kva = self.kernel.phys_to_virt(pfn << PAGE_SHIFT);
+            let _ = self.hw.cpu_read(self.cpu, 0, kva, &mut data[..]);
+            let (pid, asid) = (self.kernel.procs[i].pid, self.kernel.procs[i].asid);
+            self.kernel.swap.insert((pid, vpn), data);
+            self.kernel.procs[i].present.remove(&vpn);
+            self.hw.mmu.unmap_page(asid, vpn << PAGE_SHIFT);
+            let now = self.ctx().time_ns;
+            self.kernel.user_pages.vacate(pfn, Vacated::Swapped, now);
+            self.kernel.pages.free_pages(pfn, 0);
+            done += 1;
+        }
+        self.kernel.swapped_pages += done;
+        self.printk("kswapd", format!("reclaimed {done} pages to swap"));
+        done
     }
 
     /// `compact()`: migrates every movable user page (in pfn order), as a full

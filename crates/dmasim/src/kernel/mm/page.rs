@@ -53,6 +53,8 @@ pub enum Vacated {
     },
     /// The process unmapped it.
     Unmapped,
+    /// Reclaim swapped it out.
+    Swapped,
 }
 
 /// A frame that held a user page once.
