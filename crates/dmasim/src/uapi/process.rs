@@ -448,8 +448,10 @@ impl System {
                 }
             }
         }
+        // The swap device is as large as RAM, at most 4 GiB; a full device stops reclaim.
+        let room = ((self.cfg.ram.min(4 << 30)) / PAGE_SIZE).saturating_sub(self.kernel.swap.len() as u64);
         let mut done = 0;
-        for (i, vpn, pfn) in candidates.into_iter().take(want as usize) {
+        for (i, vpn, pfn) in candidates.into_iter().take(want.min(room) as usize) {
             // swap_writepage: the contents as the CPU sees them, then the frame goes.
             let mut data = Box::new([0u8; PAGE_SIZE as usize]);
             let kva = self.kernel.phys_to_virt(pfn << PAGE_SHIFT);
