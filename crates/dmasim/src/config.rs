@@ -178,6 +178,8 @@ pub struct PlatformConfig {
     /// Default device bus offset: bus address = physical − `dma_offset` (wrapping;
     /// devicetree `dma-ranges`).
     pub dma_offset: u64,
+    /// 2 MiB huge pages reserved at boot (`vm.nr_hugepages`; Linux's default is 0).
+    pub hugepages: u64,
 }
 
 /// Names of the built-in presets, in the order `dmasim presets` lists them.
@@ -253,6 +255,7 @@ impl PlatformConfig {
                 dev_bandwidth: 1000,
                 dev_latency_ns: 1000,
                 dma_offset: 0,
+                hugepages: 0,
             }),
             "arm64-coherent" => {
                 let mut p = PlatformConfig::preset("arm64-noncoherent")?;
@@ -336,6 +339,7 @@ impl PlatformConfig {
                 dev_bandwidth: 4000,
                 dev_latency_ns: 500,
                 dma_offset: 0,
+                hugepages: 0,
             }),
             other => Err(format!(
                 "unknown preset {other:?}; known presets: {}",
@@ -398,6 +402,7 @@ impl PlatformConfig {
                 ("coherent_default", "devicetree dma-coherent (of_dma_is_coherent, drivers/of/address.c)"),
                 ("swiotlb", "1 MiB per GiB for kmalloc bouncing when all RAM is below the DMA limit; IO_TLB_DEFAULT_SIZE 64 MiB when it ends above (arch/arm64/mm/init.c mem_init)"),
                 ("ram", "i.MX8M Mini EVK / LX2160A boards with 2 GiB, Raspberry Pi 4 with 4 GiB; override with ram"),
+                ("hugepages", "vm.nr_hugepages, 0 by default; set it with boot(preset, #{ hugepages: N })"),
                 ("dma_offset", "devicetree dma-ranges: Raspberry Pi 4 legacy DMA sees physical 0 at bus 0xC000_0000"),
                 ("cma", "CONFIG_CMA_SIZE_MBYTES default 16 (kernel/dma/Kconfig)"),
                 ("zone_dma_limit", "arm64 caps zone_dma_limit at 4 GiB - 1 when DRAM starts below 4 GiB (arch/arm64/mm/init.c)"),

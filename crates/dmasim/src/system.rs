@@ -168,6 +168,17 @@ impl System {
             kernel.pages.reserve_cma(cfg.cma, limit)
         });
         let aged = kernel.pages.age(&mut hw.rng);
+        // hugetlb_hstate_alloc_pages: the boot pool of 2 MiB pages.
+        for _ in 0..cfg.hugepages {
+            match kernel.pages.alloc_pages(
+                crate::kernel::mm::page_alloc::PAGEBLOCK_ORDER,
+                crate::kernel::mm::gfp::GFP_KERNEL,
+                &mut hw.rng,
+            ) {
+                Ok(pfn) => kernel.hugepool.push(pfn),
+                Err(_) => break,
+            }
+        }
         let mut sys = System {
             cfg,
             hw,
@@ -204,6 +215,13 @@ impl System {
             "non-coherent"
         };
         sys.printk("", format!("DMA: devices are {coherent} by default"));
+        if sys.cfg.hugepages > 0 {
+            let got = sys.kernel.hugepool.len();
+            sys.printk(
+                "HugeTLB",
+                format!("registered 2.00 MiB page size, pre-allocated {got} pages"),
+            );
+        }
         match cma {
             Some(Ok((a, b))) => {
                 sys.printk("cma", format!("Reserved {} at {a:#x}", human_size(b - a)))

@@ -36,13 +36,13 @@ fn random_script(seed: u64) -> String {
     let mut r = SimRng::new(seed);
     let preset = ["arm64-noncoherent", "arm64-coherent", "x86-64", "rpi4"][r.below(4)];
     let mut s = format!(
-        "boot(\"{preset}\");\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\n",
+        "boot(\"{preset}\", #{{ hugepages: 2 }});\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\n",
         r.below(2) == 1
     );
     for _ in 0..40 {
         let size = pick(&mut r, SIZES);
         let dir = pick(&mut r, DIRS);
-        let line = match r.below(27) {
+        let line = match r.below(28) {
             16 => format!("ubufs.push(p.malloc({size}));"),
             17 => "if ubufs.len() > 0 { p.write(ubufs[-1], 0, pattern(\"inc\", 16)); }".into(),
             18 => "if ubufs.len() > 0 { pins.push(pin_user_pages(p, ubufs[-1], #{ longterm: true })); }".into(),
@@ -54,6 +54,7 @@ fn random_script(seed: u64) -> String {
             24 => format!("let v = vmalloc({size}); if v != () {{ bufs.push(v); }}"),
             25 => "if ubufs.len() > 0 { p.munmap(ubufs.pop()); }".into(),
             26 => format!("reclaim({size});"),
+            27 => format!("let h = p.mmap({size}, #{{ hugetlb: true }}); if type_of(h) == \"Buffer\" {{ ubufs.push(h); }}"),
             0 => format!("let b = kmalloc({size}); if b != () {{ bufs.push(b); }}"),
             1 => format!("let b = dma_alloc_coherent(d, {size}); if b != () {{ bufs.push(b); addrs.push(b.dma); }}"),
             2 => format!("if bufs.len() > 0 {{ let a = dma_map_single(d, bufs[-1], {dir}); addrs.push(a); }}"),
@@ -79,7 +80,7 @@ fn random_script(seed: u64) -> String {
 
 #[test]
 fn random_call_sequences_never_panic() {
-    for seed in 0..150 {
+    for seed in 0..300 {
         let text = random_script(seed);
         let opts = ScriptOptions {
             seed,

@@ -803,3 +803,30 @@ fn reclaim_swaps_unpinned_unlocked_pages_and_they_fault_back_elsewhere() {
     assert!(r.findings[0].message.contains("swapped out"));
     assert_eq!(r.stats.mm.swapped_pages, 1);
 }
+
+#[test]
+fn hugetlb_mappings_are_physically_contiguous_and_stay_put() {
+    let r = src(
+        "boot(\"arm64-noncoherent\", #{ hugepages: 4 });\nlet p = process(\"pmd\");\n\
+         let h = p.mmap(\"4 MiB\", #{ hugetlb: true });\n\
+         expect_eq(h.len, 4194304, \"two 2 MiB pages\");\n\
+         let first = pagemap(p, h.va);\n\
+         expect_eq(pagemap(p, h.va + 2093056), first + 511, \"2 MiB physically contiguous\");\n\
+         expect_eq(first % 512, 0, \"2 MiB aligned\");\n\
+         p.write(h, 0, pattern(\"inc\", 4096));\n\
+         expect_eq(compact(), 0, \"huge pages are not migrated\");\n\
+         expect_eq(reclaim(\"8 MiB\"), 0, \"nor swapped\");\n\
+         expect_eq(p.mmap(\"6 MiB\", #{ hugetlb: true }), -ENOMEM, \"the pool has two pages left\");\n\
+         expect_eq(p.munmap(h), 0, \"munmap\");\n\
+         expect(p.mmap(\"8 MiB\", #{ hugetlb: true }) != -ENOMEM, \"all four are back\");",
+    );
+    assert_eq!(
+        r.exit_code(),
+        0,
+        "{:?} {:?} {:?}",
+        r.error,
+        r.expectations.failures,
+        ids(&r)
+    );
+    assert!(r.log.iter().any(|l| l.contains("pre-allocated 4 pages")));
+}

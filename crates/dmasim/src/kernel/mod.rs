@@ -172,6 +172,10 @@ pub struct Kernel {
     pub swap: BTreeMap<(u32, u64), Box<[u8; PAGE_SIZE as usize]>>,
     /// Pages swapped out so far.
     pub swapped_pages: u64,
+    /// Free 2 MiB hugetlb pages (first pfns) in the boot pool.
+    pub hugepool: Vec<u64>,
+    /// Huge pages unmapped while pinned: they stay out of the pool (first pfns).
+    pub huge_orphans: std::collections::BTreeSet<u64>,
 }
 
 impl Kernel {
@@ -205,6 +209,8 @@ impl Kernel {
             cma_used_max: 0,
             swap: BTreeMap::new(),
             swapped_pages: 0,
+            hugepool: Vec::new(),
+            huge_orphans: std::collections::BTreeSet::new(),
         }
     }
 

@@ -156,6 +156,7 @@ fn apply_overrides(
                 }
             }
             "cma" => p.cma = num(v)?,
+            "hugepages" => p.hugepages = num(v)?.min(1 << 16),
             "coherent" => p.coherent_default = v.as_bool().map_err(|_| err(ctx, "coherent: expected true or false"))?,
             "zone_dma_bits" => {
                 let bits = num(v)?;
@@ -201,7 +202,7 @@ fn apply_overrides(
                 // Accepted so scripts written for later models still boot.
                 later.push(key.to_string());
             }
-            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, swiotlb, cma, zone_dma_bits, cache, l2, noise, coherent)"))),
+            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, swiotlb, cma, hugepages, zone_dma_bits, cache, l2, noise, coherent)"))),
         }
     }
     Ok(())
@@ -880,22 +881,17 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                      p: &ProcessObj,
                      size: &Dynamic,
                      opts: Option<Map>|
-          -> RResult<BufferObj> {
+          -> RResult<Dynamic> {
         let n = size_of(ctx, size, "mmap")?;
-        let mut locked = false;
+        let (mut locked, mut huge) = (false, false);
         if let Some(m) = opts {
             for (k, v) in &m {
+                let flag = v
+                    .as_bool()
+                    .map_err(|_| err(ctx, format!("{k}: expected true or false")))?;
                 match k.as_str() {
-                    "locked" => {
-                        locked = v
-                            .as_bool()
-                            .map_err(|_| err(ctx, "locked: expected true or false"))?
-                    }
-                    "hugetlb" => {
-                        if v.as_bool().unwrap_or(false) {
-                            return Err(err(ctx, "mmap: hugetlb pages are not modelled yet"));
-                        }
-                    }
+                    "locked" => locked = flag,
+                    "hugetlb" => huge = flag,
                     other => {
                         return Err(err(
                             ctx,
@@ -906,7 +902,14 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             }
         }
         with_sys(s, ctx, |sys| {
-            sys.mmap(p.pid, n, locked).map(|va| user_buf(va, n))
+            if huge {
+                return sys.mmap_huge(p.pid, n).map(|r| match r {
+                    Ok(va) => Dynamic::from(user_buf(va, n.next_multiple_of(2 << 20))),
+                    Err(e) => Dynamic::from(e),
+                });
+            }
+            sys.mmap(p.pid, n, locked)
+                .map(|va| Dynamic::from(user_buf(va, n)))
         })
     };
     for name in ["malloc", "mmap"] {

@@ -36,6 +36,8 @@ pub struct Vma {
     pub len: u64,
     /// `VM_LOCKED` (mlock).
     pub locked: bool,
+    /// `VM_HUGETLB`: backed by 2 MiB pages from the boot pool.
+    pub huge: bool,
 }
 
 /// A process.
@@ -105,8 +107,71 @@ impl System {
         let len = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let start = p.next_va;
         p.next_va += len + PAGE_SIZE;
-        p.vmas.insert(start, Vma { start, len, locked });
+        p.vmas.insert(
+            start,
+            Vma {
+                start,
+                len,
+                locked,
+                huge: false,
+            },
+        );
         Ok(start)
+    }
+
+    /// `mmap(MAP_HUGETLB)`: `size` rounded up to 2 MiB pages taken from the boot pool
+    /// and mapped at once (the reservation happens at mmap time, as hugetlbfs does).
+    /// Returns the address, or `-ENOMEM` when the pool has too few pages.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for a size of 0 or over 4 GiB.
+    pub fn mmap_huge(&mut self, pid: u32, size: u64) -> Result<std::result::Result<u64, i64>> {
+        const HUGE: u64 = 2 << 20;
+        if size == 0 || size > MAX_MMAP {
+            return Err(SimError::Invalid(format!(
+                "mmap of {size} bytes (1 byte to 4 GiB)"
+            )));
+        }
+        let i = self.proc_index(pid)?;
+        let n = size.div_ceil(HUGE);
+        if (self.kernel.hugepool.len() as u64) < n {
+            return Ok(Err(-errno::ENOMEM));
+        }
+        let p = &mut self.kernel.procs[i];
+        let start = p.next_va.next_multiple_of(HUGE);
+        p.next_va = start + n * HUGE + HUGE;
+        p.vmas.insert(
+            start,
+            Vma {
+                start,
+                len: n * HUGE,
+                locked: true,
+                huge: true,
+            },
+        );
+        let (asid, pid) = (p.asid, p.pid);
+        for h in 0..n {
+            let base = self.kernel.hugepool.pop().expect("checked above");
+            // clear_huge_page through the kernel's alias.
+            let kva = self.kernel.phys_to_virt(base << PAGE_SHIFT);
+            let _ = self
+                .hw
+                .cpu_write(self.cpu, 0, kva, &vec![0u8; HUGE as usize]);
+            for k in 0..HUGE / PAGE_SIZE {
+                let va = start + h * HUGE + k * PAGE_SIZE;
+                let pfn = base + k;
+                self.hw
+                    .mmu
+                    .map_page(asid, va, pfn << PAGE_SHIFT, MemType::Normal);
+                self.kernel.procs[i].present.insert(va >> PAGE_SHIFT, pfn);
+                self.kernel.user_pages.insert(pfn, Owner { pid, va });
+                if let Some(pg) = self.kernel.user_pages.get_mut(pfn) {
+                    pg.hugetlb = true;
+                    pg.mlocked = true;
+                }
+            }
+        }
+        Ok(Ok(start))
     }
 
     /// `mlock()`: marks the range locked (reclaim will not take it; migration still
@@ -147,6 +212,37 @@ impl System {
         let Some(vma) = self.kernel.procs[i].vmas.remove(&va) else {
             return Ok(-errno::EINVAL);
         };
+        if vma.huge {
+            // Huge pages go back to the pool, whole.
+            let now = self.ctx().time_ns;
+            let asid = self.kernel.procs[i].asid;
+            for hoff in (0..vma.len).step_by(2 << 20) {
+                let mut base = None;
+                let mut busy = false;
+                for off in (hoff..hoff + (2 << 20)).step_by(PAGE_SIZE as usize) {
+                    let v = vma.start + off;
+                    if let Some(pfn) = self.kernel.procs[i].present.remove(&(v >> PAGE_SHIFT)) {
+                        self.hw.mmu.unmap_page(asid, v);
+                        busy |= self
+                            .kernel
+                            .user_pages
+                            .get(pfn)
+                            .is_some_and(|p| p.refcount > 1);
+                        self.kernel.user_pages.vacate(pfn, Vacated::Unmapped, now);
+                        base.get_or_insert(pfn);
+                    }
+                }
+                if let Some(b) = base {
+                    // A pinned huge page stays allocated: the device may still use it.
+                    if busy {
+                        self.kernel.huge_orphans.insert(b);
+                    } else {
+                        self.kernel.hugepool.push(b);
+                    }
+                }
+            }
+            return Ok(0);
+        }
         let vpns: Vec<(u64, u64)> = self.kernel.procs[i]
             .present
             .range(vma.start >> PAGE_SHIFT..(vma.start + vma.len) >> PAGE_SHIFT)
@@ -365,8 +461,16 @@ impl System {
         let set = self.kernel.pins.remove(&id).expect("checked above");
         let sub = if set.pinned { GUP_PIN_COUNTING_BIAS } else { 1 };
         for pfn in set.pfns {
+            let orphan_huge = self
+                .kernel
+                .huge_orphans
+                .range(..=pfn)
+                .next_back()
+                .is_some_and(|&b| pfn < b + 512);
             match self.kernel.user_pages.get_mut(pfn) {
-                Some(pg) => pg.refcount -= sub,
+                Some(pg) => pg.refcount = pg.refcount.saturating_sub(sub).max(1),
+                // Part of a huge page unmapped while pinned: it stays out of the pool.
+                None if orphan_huge => {}
                 // Unmapped while pinned: the last reference frees the frame.
                 None => self.kernel.pages.free_pages(pfn, 0),
             }
@@ -449,7 +553,8 @@ impl System {
             }
         }
         // The swap device is as large as RAM, at most 4 GiB; a full device stops reclaim.
-        let room = ((self.cfg.ram.min(4 << 30)) / PAGE_SIZE).saturating_sub(self.kernel.swap.len() as u64);
+        let room =
+            ((self.cfg.ram.min(4 << 30)) / PAGE_SIZE).saturating_sub(self.kernel.swap.len() as u64);
         let mut done = 0;
         for (i, vpn, pfn) in candidates.into_iter().take(want.min(room) as usize) {
             // swap_writepage: the contents as the CPU sees them, then the frame goes.

@@ -26,6 +26,8 @@ pub struct Page {
     pub owner: Owner,
     /// `PG_mlocked`.
     pub mlocked: bool,
+    /// Part of a hugetlb page (never migrated or swapped here).
+    pub hugetlb: bool,
 }
 
 impl Page {
@@ -39,7 +41,7 @@ impl Page {
     /// (`folio_migrate_mapping` fails with -EAGAIN otherwise): any extra reference,
     /// a pin or a plain `get_user_pages`, keeps the page where it is.
     pub fn movable(&self) -> bool {
-        self.refcount == 1
+        self.refcount == 1 && !self.hugetlb
     }
 }
 
@@ -94,6 +96,7 @@ impl Pages {
             pfn,
             Page {
                 refcount: 1,
+                hugetlb: false,
                 owner,
                 mlocked: false,
             },
