@@ -189,7 +189,13 @@ fn presets_list_every_field() {
         .collect();
     assert_eq!(
         names,
-        ["arm64-noncoherent", "arm64-coherent", "rpi4", "x86-64"]
+        [
+            "arm64-noncoherent",
+            "arm64-coherent",
+            "rpi4",
+            "arm32",
+            "x86-64"
+        ]
     );
     assert_eq!(v[0]["coherent_default"], false);
     assert_eq!(v[1]["coherent_default"], true);
@@ -220,7 +226,7 @@ fn presets_name_the_source_of_each_figure() {
         .as_str()
         .unwrap()
         .contains("ARCH_DMA_MINALIGN"));
-    assert!(v[3]["sources"]["zone_dma_limit"]
+    assert!(v[4]["sources"]["zone_dma_limit"]
         .as_str()
         .unwrap()
         .contains("16 MiB"));

@@ -27,6 +27,9 @@ pub enum Arch {
     Arm64,
     /// x86-64: every device cache-coherent, direct map at `__PAGE_OFFSET_BASE_L4`.
     X86_64,
+    /// 32-bit ARMv7: `arch/arm/mm/cache-v7.S` cache operations, a 3G/1G split with
+    /// lowmem linearly mapped and the rest of RAM in ZONE_HIGHMEM.
+    Arm32,
 }
 
 /// The shape of one cache level.
@@ -180,10 +183,19 @@ pub struct PlatformConfig {
     pub dma_offset: u64,
     /// 2 MiB huge pages reserved at boot (`vm.nr_hugepages`; Linux's default is 0).
     pub hugepages: u64,
+    /// Bytes of RAM the kernel maps linearly (lowmem); the rest is ZONE_HIGHMEM.
+    /// Only 32-bit platforms set it below `ram`.
+    pub lowmem: u64,
 }
 
 /// Names of the built-in presets, in the order `dmasim presets` lists them.
-pub const PRESET_NAMES: &[&str] = &["arm64-noncoherent", "arm64-coherent", "rpi4", "x86-64"];
+pub const PRESET_NAMES: &[&str] = &[
+    "arm64-noncoherent",
+    "arm64-coherent",
+    "rpi4",
+    "arm32",
+    "x86-64",
+];
 
 /// The Cortex-A53 class cost table (1.5 GHz, LPDDR4), used by the arm64 presets.
 const CORTEX_A53_COSTS: CostTable = CostTable {
@@ -256,6 +268,7 @@ impl PlatformConfig {
                 dev_latency_ns: 1000,
                 dma_offset: 0,
                 hugepages: 0,
+                lowmem: u64::MAX,
             }),
             "arm64-coherent" => {
                 let mut p = PlatformConfig::preset("arm64-noncoherent")?;
@@ -293,6 +306,52 @@ impl PlatformConfig {
                 // dma-ranges = <0xc0000000 0x0 0x0 0x40000000>: bus 0xC000_0000 is
                 // physical 0, so bus = physical + 0xC000_0000.
                 p.dma_offset = 0u64.wrapping_sub(0xC000_0000);
+                Ok(p)
+            }
+            "arm32" => {
+                let mut p = PlatformConfig::preset("arm64-noncoherent")?;
+                p.preset = name.into();
+                p.description = "RealView-class Cortex-A9 board: 32-bit ARMv7, 1 GiB at 0x6000_0000, \
+                                 256 MiB ZONE_DMA, 760 MiB lowmem and the rest HIGHMEM, non-coherent DMA"
+                    .into();
+                p.arch = Arch::Arm32;
+                p.ram = 1 << 30;
+                // Versatile Express / RealView DRAM at 0x6000_0000.
+                p.ram_base = 0x6000_0000;
+                p.cpus = 2;
+                // Cortex-A9: 32 KiB 4-way L1D with 32-byte lines; PL310 L2, 512 KiB 8-way.
+                p.l1 = CacheGeometry { size: 32 << 10, ways: 4, line: 32 };
+                p.l2 = CacheGeometry { size: 512 << 10, ways: 8, line: 32 };
+                // machine_desc->dma_zone_size = SZ_256M (mach-realview), so
+                // arm_dma_limit = PHYS_OFFSET + 256 MiB - 1.
+                p.zone_dma_limit = 0x6000_0000 + (256 << 20) - 1;
+                // No swiotlb on 32-bit ARM without LPAE.
+                p.swiotlb = 0;
+                p.cma = 16 << 20;
+                // ARCH_DMA_MINALIGN = L1_CACHE_BYTES = 64 (CONFIG_ARM_L1_CACHE_SHIFT 6).
+                p.dma_minalign = 64;
+                // VMSPLIT_3G: PAGE_OFFSET 0xC000_0000; 240 MiB of vmalloc leaves 760 MiB
+                // of lowmem (arch/arm/mm/mmu.c, vmalloc_size default).
+                p.page_offset = 0xC000_0000;
+                p.lowmem = 760 << 20;
+                // VMALLOC_START = high_memory + VMALLOC_OFFSET (8 MiB).
+                p.vmalloc_start = 0xC000_0000 + (760 << 20) + (8 << 20);
+                p.cost = CostTable {
+                    l1_hit_ps: 6_000,
+                    l2_hit_ps: 40_000,
+                    // Zynq-7000 A9 at 666 MHz: cached memcpy 1062 MiB/s (perf-anchors
+                    // §3.1, Genode #4456): about 30 ns per 32-byte line read.
+                    dram_fill_ps: 30_000,
+                    writeback_ps: 15_000,
+                    // Uncached reads ~210 MiB/s (5x slower): 16 bytes per 75 ns.
+                    uncached_read_beat_ps: 75_000,
+                    // Uncached writes ~1137 MiB/s.
+                    uncached_write_beat_ps: 14_000,
+                    cmo_line_ps: 6_000,
+                    cmo_fixed_ps: 200_000,
+                    dma_call_ps: 200_000,
+                };
+                p.dev_bandwidth = 400;
                 Ok(p)
             }
             "x86-64" => Ok(PlatformConfig {
@@ -340,6 +399,7 @@ impl PlatformConfig {
                 dev_latency_ns: 500,
                 dma_offset: 0,
                 hugepages: 0,
+                lowmem: u64::MAX,
             }),
             other => Err(format!(
                 "unknown preset {other:?}; known presets: {}",
@@ -395,6 +455,18 @@ impl PlatformConfig {
             ("dev_latency_ns", "setup latency of a descriptor-driven transfer, order of magnitude"),
         ];
         let specific: &[(&'static str, &'static str)] = match self.arch {
+            Arch::Arm32 => &[
+                ("ram_base", "Versatile Express / RealView: DRAM at 0x6000_0000"),
+                ("l1", "Cortex-A9 TRM: 32 KiB 4-way L1D, 32-byte lines"),
+                ("l2", "PL310 L2 cache controller, 512 KiB 8-way"),
+                ("zone_dma_limit", "machine_desc->dma_zone_size SZ_256M (arch/arm/mach-realview)"),
+                ("lowmem", "VMSPLIT_3G with 240 MiB of vmalloc: 760 MiB of lowmem, the rest ZONE_HIGHMEM (arch/arm/mm/mmu.c)"),
+                ("dma_minalign", "L1_CACHE_BYTES 64 (CONFIG_ARM_L1_CACHE_SHIFT=6)"),
+                ("page_offset", "CONFIG_PAGE_OFFSET 0xC0000000 (VMSPLIT_3G)"),
+                ("swiotlb", "none: 32-bit ARM without LPAE has no swiotlb"),
+                ("cma", "CONFIG_CMA_SIZE_MBYTES default 16 (kernel/dma/Kconfig)"),
+                ("cost", "Zynq-7000 Cortex-A9 at 666 MHz: cached 1062 MiB/s, uncached reads 210 MiB/s, uncached writes 1137 MiB/s (perf-anchors §3.1, Genode #4456)"),
+            ],
             Arch::Arm64 => &[
                 ("ram_base", "SoC memory map (i.MX8M: 0x4000_0000; LX2160A: 0x8000_0000)"),
                 ("l1", "Cortex-A53 / Cortex-A72 TRM: 32 KiB L1D, 64-byte lines"),

@@ -152,7 +152,7 @@ impl System {
             Block {
                 va: cfg.page_offset,
                 pa: cfg.ram_base,
-                len: cfg.ram,
+                len: cfg.ram.min(cfg.lowmem),
                 memtype: MemType::Normal,
             },
         );
@@ -162,7 +162,9 @@ impl System {
         // end of mapped memory.
         let cma = (cfg.cma > 0).then(|| {
             let limit = match cfg.arch {
-                crate::config::Arch::Arm64 => cfg.zone_dma_limit.saturating_add(1),
+                crate::config::Arch::Arm64 | crate::config::Arch::Arm32 => {
+                    cfg.zone_dma_limit.saturating_add(1)
+                }
                 crate::config::Arch::X86_64 => cfg.ram_base + cfg.ram,
             };
             kernel.pages.reserve_cma(cfg.cma, limit)

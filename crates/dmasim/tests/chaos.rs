@@ -34,7 +34,13 @@ fn pick<'a>(r: &mut SimRng, xs: &[&'a str]) -> &'a str {
 
 fn random_script(seed: u64) -> String {
     let mut r = SimRng::new(seed);
-    let preset = ["arm64-noncoherent", "arm64-coherent", "x86-64", "rpi4"][r.below(4)];
+    let preset = [
+        "arm64-noncoherent",
+        "arm64-coherent",
+        "x86-64",
+        "rpi4",
+        "arm32",
+    ][r.below(5)];
     let mut s = format!(
         "boot(\"{preset}\", #{{ hugepages: 2 }});\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\n",
         r.below(2) == 1

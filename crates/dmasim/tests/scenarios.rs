@@ -830,3 +830,60 @@ fn hugetlb_mappings_are_physically_contiguous_and_stay_put() {
     );
     assert!(r.log.iter().any(|l| l.contains("pre-allocated 4 pages")));
 }
+
+#[test]
+fn arm32_runs_out_of_zone_dma_while_hundreds_of_mib_are_free() {
+    let r = src(
+        "boot(\"arm32\");\n\
+         let got = 0;\n\
+         for i in 0..100 { if kmalloc(\"4 MiB\", GFP_KERNEL | GFP_DMA) != () { got += 1; } else { break; } }\n\
+         expect(got < 64, \"256 MiB of ZONE_DMA\");\n\
+         let z = zoneinfo();\n\
+         expect(z.HighMem.free > 200000000, \"HIGHMEM is free\");\n\
+         expect(z.Normal.free > 400000000, \"so is Normal\");\n\
+         let p = process(\"p\"); let b = p.malloc(4096); p.write(b, 0, pattern(\"inc\", 4096));\n\
+         expect(pagemap(p, b.va) * PAGE_SIZE >= z.HighMem.start, \"user pages live in HIGHMEM\");\n\
+         expect_eq(p.read(b, 0, 4096), pattern(\"inc\", 4096), \"kmap'd highmem pages work\");",
+    );
+    assert_eq!(
+        r.exit_code(),
+        0,
+        "{:?} {:?} {:?}",
+        r.error,
+        r.expectations.failures,
+        ids(&r)
+    );
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.id == "zone-exhausted")
+        .expect("zone-exhausted");
+    assert!(
+        f.message.contains("HighMem") && f.message.contains("Normal"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn armv7_cache_operations_keep_correct_drivers_clean_and_catch_broken_ones() {
+    for seed in 0..40 {
+        for file in ["tx-before-map.rhai", "rx-sync.rhai"] {
+            let r = run(file, seed, Some("arm32"), false);
+            assert_eq!(
+                r.exit_code(),
+                0,
+                "{file} seed {seed}: {:?} {:?} {:?}",
+                r.error,
+                r.expectations.failures,
+                ids(&r)
+            );
+        }
+    }
+    let r = run("rx-no-sync.rhai", 0, Some("arm32"), true);
+    assert_eq!(ids(&r), vec!["stale-cpu-read"]);
+    assert_eq!(r.findings[0].manifested, Some(true));
+    let r = run("tx-after-map.rhai", 0, Some("arm32"), true);
+    assert_eq!(ids(&r), vec!["stale-device-read"]);
+    assert_eq!(r.findings[0].manifested, Some(true));
+}

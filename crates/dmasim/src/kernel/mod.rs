@@ -40,6 +40,15 @@ pub fn zone_layout(p: &PlatformConfig) -> ZoneLayout {
             ends[0] = p.zone_dma_limit.saturating_add(1);
             ends[1] = 1 << 32;
         }
+        Arch::Arm32 => {
+            // ZONE_DMA only where the machine selects it, no ZONE_DMA32 on arm,
+            // ZONE_HIGHMEM past lowmem (arch/arm/mm/init.c).
+            configured[0] = true;
+            configured[2] = true;
+            configured[3] = true;
+            ends[0] = p.zone_dma_limit.saturating_add(1);
+            ends[2] = p.ram_base + p.lowmem.min(p.ram);
+        }
     }
     ZoneLayout { configured, ends }
 }
@@ -51,7 +60,7 @@ pub fn zone_layout(p: &PlatformConfig) -> ZoneLayout {
 pub fn boot_reservations(p: &PlatformConfig) -> Vec<(u64, u64)> {
     let image = KERNEL_RESERVED.min(p.ram / 4);
     match p.arch {
-        Arch::Arm64 => vec![(p.ram_base, p.ram_base + image)],
+        Arch::Arm64 | Arch::Arm32 => vec![(p.ram_base, p.ram_base + image)],
         Arch::X86_64 => vec![
             (p.ram_base, p.ram_base + (1 << 20)),
             (16 << 20, (16 << 20) + image),
@@ -136,6 +145,8 @@ pub struct Kernel {
     pub ram_base: u64,
     /// One past the last byte of RAM.
     pub ram_end: u64,
+    /// One past the last byte of lowmem (the linear map); `ram_end` on 64-bit.
+    pub lowmem_end: u64,
     /// Top of ZONE_DMA.
     pub zone_dma_limit: u64,
     pub(crate) vmalloc_next: u64,
@@ -188,6 +199,7 @@ impl Kernel {
             page_offset: p.page_offset,
             ram_base: p.ram_base,
             ram_end: p.ram_base + p.ram,
+            lowmem_end: p.ram_base + p.lowmem.min(p.ram),
             zone_dma_limit: p.zone_dma_limit,
             vmalloc_next: p.vmalloc_start,
             pages: Node::new(p.ram_base, ram_end, &layout, &boot_reservations(p)),
@@ -223,7 +235,7 @@ impl Kernel {
     /// `virt_to_phys()` for a linear-map address; `None` outside the linear map.
     pub fn virt_to_phys(&self, va: u64) -> Option<u64> {
         let off = va.wrapping_sub(self.page_offset);
-        (off < self.ram_end - self.ram_base).then(|| self.ram_base + off)
+        (off < self.lowmem_end - self.ram_base).then(|| self.ram_base + off)
     }
 
     /// `virt_addr_valid()`: is `va` in the linear map.

@@ -67,7 +67,47 @@ pub struct PinnedPages {
     pub pid: u32,
 }
 
+/// A fixmap slot for `kmap_local_page` of highmem pages (arm32 `FIXADDR_START`).
+const KMAP_VA: u64 = 0xfff0_0000;
+
 impl System {
+    /// Kernel stores into any page: through the linear map for lowmem, page by page
+    /// through a temporary kmap slot for highmem (`kmap_local_page`).
+    pub(crate) fn kmap_write(&mut self, pa: u64, data: &[u8]) {
+        if pa + data.len() as u64 <= self.kernel.lowmem_end {
+            let _ = self
+                .hw
+                .cpu_write(self.cpu, 0, self.kernel.phys_to_virt(pa), data);
+            return;
+        }
+        for (k, chunk) in data.chunks(PAGE_SIZE as usize).enumerate() {
+            let page = pa + k as u64 * PAGE_SIZE;
+            self.hw.mmu.map_page(0, KMAP_VA, page, MemType::Normal);
+            let _ = self
+                .hw
+                .cpu_write(self.cpu, 0, KMAP_VA + (page & (PAGE_SIZE - 1)), chunk);
+            self.hw.mmu.unmap_page(0, KMAP_VA);
+        }
+    }
+
+    /// Kernel loads from any page (see [`System::kmap_write`]).
+    pub(crate) fn kmap_read(&mut self, pa: u64, out: &mut [u8]) {
+        if pa + out.len() as u64 <= self.kernel.lowmem_end {
+            let _ = self
+                .hw
+                .cpu_read(self.cpu, 0, self.kernel.phys_to_virt(pa), out);
+            return;
+        }
+        for (k, chunk) in out.chunks_mut(PAGE_SIZE as usize).enumerate() {
+            let page = pa + k as u64 * PAGE_SIZE;
+            self.hw.mmu.map_page(0, KMAP_VA, page, MemType::Normal);
+            let _ = self
+                .hw
+                .cpu_read(self.cpu, 0, KMAP_VA + (page & (PAGE_SIZE - 1)), chunk);
+            self.hw.mmu.unmap_page(0, KMAP_VA);
+        }
+    }
+
     /// `fork`+`exec` of a new process with an empty address space; returns its pid.
     pub fn process_new(&mut self, name: &str) -> u32 {
         let asid = self.hw.mmu.new_space();
@@ -153,10 +193,7 @@ impl System {
         for h in 0..n {
             let base = self.kernel.hugepool.pop().expect("checked above");
             // clear_huge_page through the kernel's alias.
-            let kva = self.kernel.phys_to_virt(base << PAGE_SHIFT);
-            let _ = self
-                .hw
-                .cpu_write(self.cpu, 0, kva, &vec![0u8; HUGE as usize]);
+            self.kmap_write(base << PAGE_SHIFT, &vec![0u8; HUGE as usize]);
             for k in 0..HUGE / PAGE_SIZE {
                 let va = start + h * HUGE + k * PAGE_SIZE;
                 let pfn = base + k;
@@ -311,16 +348,9 @@ impl System {
         };
         // clear_user_highpage, or the swapped-out contents (swap_read_folio), through
         // the kernel's alias.
-        let kva = self.kernel.phys_to_virt(pfn << PAGE_SHIFT);
         match self.kernel.swap.remove(&(pid, vpn)) {
-            Some(data) => {
-                let _ = self.hw.cpu_write(self.cpu, 0, kva, &data[..]);
-            }
-            None => {
-                let _ = self
-                    .hw
-                    .cpu_write(self.cpu, 0, kva, &[0u8; PAGE_SIZE as usize]);
-            }
+            Some(data) => self.kmap_write(pfn << PAGE_SHIFT, &data[..]),
+            None => self.kmap_write(pfn << PAGE_SHIFT, &[0u8; PAGE_SIZE as usize]),
         }
         self.hw
             .mmu
@@ -502,13 +532,9 @@ impl System {
         let Ok(new) = self.kernel.pages.alloc_pages(0, gfp, &mut self.hw.rng) else {
             return false;
         };
-        let (old_kva, new_kva) = (
-            self.kernel.phys_to_virt(pfn << PAGE_SHIFT),
-            self.kernel.phys_to_virt(new << PAGE_SHIFT),
-        );
         let mut buf = vec![0u8; PAGE_SIZE as usize];
-        let _ = self.hw.cpu_read(self.cpu, 0, old_kva, &mut buf);
-        let _ = self.hw.cpu_write(self.cpu, 0, new_kva, &buf);
+        self.kmap_read(pfn << PAGE_SHIFT, &mut buf);
+        self.kmap_write(new << PAGE_SHIFT, &buf);
         let Some(i) = self.kernel.procs.iter().position(|p| p.pid == pg.owner.pid) else {
             return false;
         };
@@ -559,8 +585,7 @@ impl System {
         for (i, vpn, pfn) in candidates.into_iter().take(want.min(room) as usize) {
             // swap_writepage: the contents as the CPU sees them, then the frame goes.
             let mut data = Box::new([0u8; PAGE_SIZE as usize]);
-            let kva = self.kernel.phys_to_virt(pfn << PAGE_SHIFT);
-            let _ = self.hw.cpu_read(self.cpu, 0, kva, &mut data[..]);
+            self.kmap_read(pfn << PAGE_SHIFT, &mut data[..]);
             let (pid, asid) = (self.kernel.procs[i].pid, self.kernel.procs[i].asid);
             self.kernel.swap.insert((pid, vpn), data);
             self.kernel.procs[i].present.remove(&vpn);

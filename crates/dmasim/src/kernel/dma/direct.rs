@@ -37,31 +37,38 @@ impl System {
         self.cfg.arch == Arch::X86_64 || self.kernel.devices[dev].coherent
     }
 
-    /// `arch_sync_dma_for_device()`: arm64 cleans (`DC CVAC`) for every direction.
-    pub fn arch_sync_dma_for_device(&mut self, pa: u64, size: u64, _dir: DmaDirection) {
-        if self.cfg.arch != Arch::Arm64 || !self.kernel_owns_range(pa, size) {
+    /// `arch_sync_dma_for_device()`: arm64 cleans (`DC CVAC`) for every direction;
+    /// 32-bit ARMv7 (`v7_dma_map_area`) invalidates for `DMA_FROM_DEVICE` and cleans
+    /// otherwise, in L1 and in the outer cache alike.
+    pub fn arch_sync_dma_for_device(&mut self, pa: u64, size: u64, dir: DmaDirection) {
+        if !self.kernel_owns_range(pa, size) {
             return;
         }
-        self.dc_by_va(Cmo::Clean, pa, size);
+        match self.cfg.arch {
+            Arch::Arm64 => self.dc_by_va(Cmo::Clean, pa, size),
+            Arch::Arm32 if dir == DmaDirection::FromDevice => self.dcache_inval(pa, size),
+            Arch::Arm32 => self.dc_by_va(Cmo::Clean, pa, size),
+            Arch::X86_64 => return,
+        }
         self.hw.cmo_fixed();
     }
 
-    /// `DC <op>` over the linear-map alias of `[pa, pa+size)`.
+    /// `DC <op>` over the linear-map alias of `[pa, pa+size)`; highmem pages (no
+    /// linear alias) are maintained by physical address, as `kmap_atomic` would let
+    /// the kernel do.
     fn dc_by_va(&mut self, op: Cmo, pa: u64, size: u64) {
-        let va = self.kernel.phys_to_virt(pa);
-        // The linear map covers all of RAM and the callers checked the range is RAM.
-        let _ = self.hw.cmo_va(0, op, va, size);
+        if pa + size <= self.kernel.lowmem_end {
+            let va = self.kernel.phys_to_virt(pa);
+            let _ = self.hw.cmo_va(0, op, va, size);
+        } else {
+            self.hw.cmo_phys(op, pa, size);
+        }
     }
 
-    /// `arch_sync_dma_for_cpu()`: nothing for `DMA_TO_DEVICE`; otherwise
-    /// `dcache_inval_poc`, which cleans and invalidates a partial line at either end
-    /// (so neighbouring data is not lost) and invalidates the lines in between.
-    pub fn arch_sync_dma_for_cpu(&mut self, pa: u64, size: u64, dir: DmaDirection) {
-        if self.cfg.arch != Arch::Arm64
-            || dir == DmaDirection::ToDevice
-            || !self.kernel_owns_range(pa, size)
-            || size == 0
-        {
+    /// `dcache_inval_poc` / `v7_dma_inv_range`: invalidate, cleaning and invalidating
+    /// a partial line at either end so that neighbouring data is not lost.
+    fn dcache_inval(&mut self, pa: u64, size: u64) {
+        if size == 0 {
             return;
         }
         let line = self.hw.line();
@@ -78,13 +85,27 @@ impl System {
         if stop > start {
             self.dc_by_va(Cmo::Invalidate, start, stop - start);
         }
+    }
+
+    /// `arch_sync_dma_for_cpu()`: nothing for `DMA_TO_DEVICE`; otherwise an
+    /// invalidate (arm64 `dcache_inval_poc`, ARMv7 `v7_dma_unmap_area`).
+    pub fn arch_sync_dma_for_cpu(&mut self, pa: u64, size: u64, dir: DmaDirection) {
+        if self.cfg.arch == Arch::X86_64
+            || dir == DmaDirection::ToDevice
+            || !self.kernel_owns_range(pa, size)
+            || size == 0
+        {
+            return;
+        }
+        self.dcache_inval(pa, size);
         self.hw.cmo_fixed();
     }
 
-    /// `arch_dma_prep_coherent()`: clean the kernel alias before remapping it
-    /// non-cacheable, so no dirty line can later be written over device data.
+    /// `arch_dma_prep_coherent()` (arm64) / `__dma_clear_buffer` (arm): clean the
+    /// kernel alias before remapping it non-cacheable, so no dirty line can later be
+    /// written over device data.
     pub fn arch_dma_prep_coherent(&mut self, pa: u64, size: u64) {
-        if self.cfg.arch == Arch::Arm64 {
+        if self.cfg.arch != Arch::X86_64 {
             self.dc_by_va(Cmo::Clean, pa, size);
             self.hw.cmo_fixed();
         }
