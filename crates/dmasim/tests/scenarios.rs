@@ -887,3 +887,50 @@ fn armv7_cache_operations_keep_correct_drivers_clean_and_catch_broken_ones() {
     assert_eq!(ids(&r), vec!["stale-device-read"]);
     assert_eq!(r.findings[0].manifested, Some(true));
 }
+
+#[test]
+fn dma_map_single_of_user_memory_is_map_non_linear() {
+    let r = src(
+        "boot(\"arm64-noncoherent\");\nlet d = device(\"d\");\nlet p = process(\"p\");\n\
+         let b = p.malloc(4096); p.write(b, 0, pattern(\"inc\", 4096));\n\
+         let a = dma_map_single(d, b, DMA_TO_DEVICE);\n\
+         expect_eq(a, DMA_MAPPING_ERROR, \"the bogus physical address is not reachable\");",
+    );
+    assert_eq!(
+        r.expectations.failed, 0,
+        "{:?} {:?}",
+        r.error, r.expectations.failures
+    );
+    assert_eq!(ids(&r), vec!["map-non-linear"]);
+    assert!(
+        r.findings[0]
+            .message
+            .contains("virt_to_page made it physical"),
+        "{}",
+        r.findings[0].message
+    );
+}
+
+#[test]
+fn a_long_term_pin_moves_the_page_out_of_cma_first() {
+    let r = src(
+        "boot(\"arm64-noncoherent\", #{ ram: \"64 MiB\", cma: \"32 MiB\" });\n\
+         let app = process(\"app\");\nlet c = app.malloc(4096); app.write(c, 0, pattern(\"ones\", 4096));\n\
+         let z = zoneinfo();\n\
+         let before = pagemap(app, c.va) * PAGE_SIZE;\n\
+         expect(before >= z.CMA.start && before < z.CMA.end, \"movable pages borrow CMA here\");\n\
+         let pins = pin_user_pages(app, c, #{ write: true, longterm: true });\n\
+         let after = pagemap(app, c.va) * PAGE_SIZE;\n\
+         expect(after < z.CMA.start || after >= z.CMA.end, \"FOLL_LONGTERM moved it out of CMA\");\n\
+         expect_eq(app.read(c, 0, 4096), pattern(\"ones\", 4096), \"with its data\");\n\
+         unpin_user_pages(pins);",
+    );
+    assert_eq!(
+        r.exit_code(),
+        0,
+        "{:?} {:?} {:?}",
+        r.error,
+        r.expectations.failures,
+        ids(&r)
+    );
+}

@@ -238,6 +238,15 @@ impl Kernel {
         (off < self.lowmem_end - self.ram_base).then(|| self.ram_base + off)
     }
 
+    /// `__pa()` without the check: the arithmetic `virt_to_phys` does on any number,
+    /// cut to the physical address width (32 bits on arm32, 48 elsewhere).
+    pub fn virt_to_phys_unchecked(&self, va: u64) -> u64 {
+        let bits = if self.arch == Arch::Arm32 { 32 } else { 48 };
+        va.wrapping_sub(self.page_offset)
+            .wrapping_add(self.ram_base)
+            & ((1u64 << bits) - 1)
+    }
+
     /// `virt_addr_valid()`: is `va` in the linear map.
     pub fn is_linear(&self, va: u64) -> bool {
         self.virt_to_phys(va).is_some()

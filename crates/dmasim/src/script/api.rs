@@ -493,6 +493,19 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                 zm.insert("end".into(), Dynamic::from((z.end_pfn * PAGE_SIZE) as INT));
                 m.insert(z.kind.name().into(), Dynamic::from_map(zm));
             }
+            if let Some(c) = &sys.kernel.pages.cma {
+                let mut cm = Map::new();
+                cm.insert(
+                    "start".into(),
+                    Dynamic::from((c.base_pfn * PAGE_SIZE) as INT),
+                );
+                cm.insert(
+                    "end".into(),
+                    Dynamic::from(((c.base_pfn + c.count) * PAGE_SIZE) as INT),
+                );
+                cm.insert("used".into(), Dynamic::from((c.used() * PAGE_SIZE) as INT));
+                m.insert("CMA".into(), Dynamic::from_map(cm));
+            }
             Ok(m)
         })
     });
@@ -975,12 +988,29 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         let s1 = s.clone();
         engine.register_fn(
             name,
-            move |ctx: NativeCallContext, p: ProcessObj, b: BufferObj, _opts: Map| {
+            move |ctx: NativeCallContext, p: ProcessObj, b: BufferObj, opts: Map| {
+                let mut longterm = false;
+                for (k, v) in &opts {
+                    let flag = v
+                        .as_bool()
+                        .map_err(|_| err(&ctx, format!("{k}: expected true or false")))?;
+                    match k.as_str() {
+                        "longterm" => longterm = flag,
+                        "write" => {}
+                        other => {
+                            return Err(err(
+                                &ctx,
+                                format!("{name}: unknown option {other:?} (write, longterm)"),
+                            ))
+                        }
+                    }
+                }
                 with_sys(&s1, &ctx, |sys| {
-                    sys.gup(p.pid, b.va, b.len, pin, false).map(|id| PagesObj {
-                        id,
-                        count: b.len.div_ceil(PAGE_SIZE),
-                    })
+                    sys.gup(p.pid, b.va, b.len, pin, longterm)
+                        .map(|id| PagesObj {
+                            id,
+                            count: b.len.div_ceil(PAGE_SIZE),
+                        })
                 })
             },
         );

@@ -149,34 +149,53 @@ impl System {
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
         let name = self.kernel.devices[dev].name.clone();
-        let Some(pa) = self
+        let linear = self
             .kernel
             .virt_to_phys(va)
-            .filter(|&pa| self.hw.dram.contains(pa, size.max(1)))
-        else {
-            self.printk(
-                &name,
-                format!("rejecting DMA map of vmalloc memory [addr={va:#x}]"),
-            );
-            let what = self
-                .kernel
-                .buffer_at_va(va)
-                .map_or("an address outside the linear map".to_string(), |b| {
-                    format!("{} buffer #{}", b.kind.name(), b.id)
-                });
-            let ctx = self.ctx();
-            self.check.report_plain(
-                "map-non-linear",
-                None,
-                Some(&name),
-                Some(va),
-                Some(size),
-                ctx,
-                format!("{call} of {what} at {va:#x}: only the linear map (kmalloc, alloc_pages) has a physical address the kernel can compute from the virtual one"),
-                "allocate DMA buffers with kmalloc/alloc_pages, or use dma_alloc_coherent; map vmalloc or user memory page by page (sg)".into(),
-                vec![],
-            );
-            return Ok(DMA_MAPPING_ERROR);
+            .filter(|&pa| self.hw.dram.contains(pa, size.max(1)));
+        let pa = match linear {
+            Some(pa) => pa,
+            None => {
+                // dma_map_single refuses vmalloc addresses (WARN, DMA_MAPPING_ERROR);
+                // any other address goes through virt_to_page unchecked and yields a
+                // physical address that has nothing to do with the buffer.
+                let vmalloc = va >= self.cfg.vmalloc_start
+                    && va < self.cfg.vmalloc_start.saturating_add(1 << 40);
+                let bogus = self.kernel.virt_to_phys_unchecked(va);
+                let what = self
+                    .kernel
+                    .buffer_at_va(va)
+                    .map_or("an address outside the linear map".to_string(), |b| {
+                        format!("{} buffer #{}", b.kind.name(), b.id)
+                    });
+                let reached = if vmalloc {
+                    self.printk(
+                        &name,
+                        format!("rejecting DMA map of vmalloc memory [addr={va:#x}]"),
+                    );
+                    "the kernel refused it (DMA_MAPPING_ERROR)".to_string()
+                } else if self.hw.dram.contains(bogus, size.max(1)) {
+                    format!("virt_to_page made it physical {bogus:#x}, someone else's memory, which the device will now really use")
+                } else {
+                    format!("virt_to_page made it physical {bogus:#x}, which is not RAM")
+                };
+                let ctx = self.ctx();
+                self.check.report_plain(
+                    "map-non-linear",
+                    None,
+                    Some(&name),
+                    Some(va),
+                    Some(size),
+                    ctx,
+                    format!("{call} of {what} at {va:#x}: only the linear map (kmalloc, alloc_pages) has a physical address the kernel can compute from the virtual one; {reached}"),
+                    "allocate DMA buffers with kmalloc/alloc_pages, or use dma_alloc_coherent; map vmalloc or user memory page by page (pin_user_pages + sg)".into(),
+                    vec![],
+                );
+                if vmalloc || !self.hw.dram.contains(bogus, size.max(1)) {
+                    return Ok(DMA_MAPPING_ERROR);
+                }
+                bogus
+            }
         };
         let addr = self.dma_direct_map_phys(dev, pa, size, dir);
         if addr != DMA_MAPPING_ERROR {
