@@ -264,3 +264,33 @@ fn bench_reports_each_figure_beside_the_host() {
         .iter()
         .all(|f| f["host"].as_f64().unwrap() > 0.0 && f["model"].as_f64().unwrap() > 0.0));
 }
+
+#[test]
+fn memory_scenarios_report_what_the_issue_promises() {
+    let (code, v) = json_run(&["run", "scenarios/arm32-zone-dma.rhai", "--json"]);
+    assert_eq!(code, 0, "zone exhaustion is a warning: {v}");
+    assert_eq!(v["findings"][0]["id"], "zone-exhausted");
+    assert!(v["findings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("HighMem"));
+    let (code, v) = json_run(&["run", "scenarios/cma-borrowed.rhai", "--json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["outcome"], "clean");
+    assert!(v["stats"]["cma"]["migrated_pages"].as_u64().unwrap() >= 2048);
+    let (code, v) = json_run(&["run", "scenarios/mlock-migrates.rhai", "--json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["stats"]["mm"]["migrated_pages"], 1);
+    let (code, v) = json_run(&["run", "scenarios/cma-camera.rhai", "--json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["findings"][0]["id"], "cma-exhausted");
+    let (code, v) = json_run(&["run", "scenarios/unpinned-dma.rhai", "--json"]);
+    assert_eq!(code, 1);
+    assert_eq!(v["findings"][0]["id"], "unpinned-user-dma");
+    assert_eq!(v["findings"][0]["manifested"], true);
+    let (code, v) = json_run(&["run", "scenarios/unpinned-dma-fixed.rhai", "--json"]);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = json_run(&["run", "scenarios/malloc-pagemap-sg.rhai", "--json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["stats"]["mm"]["pinned_pages"], 4);
+}
