@@ -117,6 +117,31 @@ pub struct Buffer {
     pub(crate) backing: Backing,
 }
 
+impl Buffer {
+    /// A CPU-side allocation (no device, no bus address); the id is set when the
+    /// kernel registers it.
+    pub(crate) fn cpu(
+        kind: BufKind,
+        va: u64,
+        len: u64,
+        phys: u64,
+        alloc: HistoryEvent,
+        backing: Backing,
+    ) -> Buffer {
+        Buffer {
+            id: 0,
+            kind,
+            va,
+            len,
+            phys,
+            dma: None,
+            dev: None,
+            alloc,
+            backing,
+        }
+    }
+}
+
 /// How a buffer's memory is held.
 #[derive(Debug, Clone)]
 pub(crate) enum Backing {

@@ -54,14 +54,35 @@ impl System {
             .mmu
             .segments(0, va, len)
             .map_err(SimError::PagingRequest)?;
+        self.sg_build(segs.iter().map(|s| (s.pa, s.len)), max_segment)
+    }
+
+    /// `sg_alloc_table_from_pages()` over whole pages (a pinned-pages set).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for a table over [`MAX_SG_ENTRIES`] entries.
+    pub fn sg_from_pfns(&mut self, pfns: &[u64], max_segment: u64) -> Result<u64> {
+        self.sg_build(
+            pfns.iter().map(|&pfn| (pfn * PAGE_SIZE, PAGE_SIZE)),
+            max_segment,
+        )
+    }
+
+    /// Merges physically contiguous pieces into entries of at most `max_segment`
+    /// bytes and registers the table.
+    fn sg_build(
+        &mut self,
+        pieces: impl Iterator<Item = (u64, u64)>,
+        max_segment: u64,
+    ) -> Result<u64> {
         let max_segment = max_segment.max(PAGE_SIZE);
         let mut entries: Vec<SgEntry> = Vec::new();
-        for s in segs {
+        for (pa, len) in pieces {
             match entries.last_mut() {
-                Some(e) if e.phys + e.len == s.pa && e.len + s.len <= max_segment => e.len += s.len,
+                Some(e) if e.phys + e.len == pa && e.len + len <= max_segment => e.len += len,
                 _ => entries.push(SgEntry {
-                    phys: s.pa,
-                    len: s.len,
+                    phys: pa,
+                    len,
                     dma_address: DMA_MAPPING_ERROR,
                     dma_len: 0,
                 }),
@@ -71,44 +92,6 @@ impl System {
                     "a scatterlist is limited to {MAX_SG_ENTRIES} entries"
                 )));
             }
-        }
-        let id = self.kernel.next_sg;
-        self.kernel.next_sg += 1;
-        self.kernel.sg_tables.insert(
-            id,
-            SgTable {
-                entries,
-                mapped: 0,
-                dev: None,
-            },
-        );
-        Ok(id)
-    }
-
-    /// `sg_alloc_table_from_pages()` over whole pages (a pinned-pages set).
-    ///
-    /// # Errors
-    /// [`SimError::Invalid`] for a table over [`MAX_SG_ENTRIES`] entries.
-    pub fn sg_from_pfns(&mut self, pfns: &[u64], max_segment: u64) -> Result<u64> {
-        let mut entries: Vec<SgEntry> = Vec::new();
-        for &pfn in pfns {
-            let pa = pfn * PAGE_SIZE;
-            match entries.last_mut() {
-                Some(e) if e.phys + e.len == pa && e.len + PAGE_SIZE <= max_segment => {
-                    e.len += PAGE_SIZE
-                }
-                _ => entries.push(SgEntry {
-                    phys: pa,
-                    len: PAGE_SIZE,
-                    dma_address: DMA_MAPPING_ERROR,
-                    dma_len: 0,
-                }),
-            }
-        }
-        if entries.len() > MAX_SG_ENTRIES {
-            return Err(SimError::Invalid(format!(
-                "a scatterlist is limited to {MAX_SG_ENTRIES} entries"
-            )));
         }
         let id = self.kernel.next_sg;
         self.kernel.next_sg += 1;

@@ -67,17 +67,14 @@ impl System {
         let alloc = self.alloc_event(format!(
             "kmalloc({size}) = {va:#x} [phys={pa:#x}] [{class}]"
         ));
-        Ok(Some(self.kernel.add_buffer(Buffer {
-            id: 0,
-            kind: BufKind::Kmalloc,
+        Ok(Some(self.kernel.add_buffer(Buffer::cpu(
+            BufKind::Kmalloc,
             va,
-            len: size,
-            phys: pa,
-            dma: None,
-            dev: None,
+            size,
+            pa,
             alloc,
-            backing: Backing::Slab(obj),
-        })))
+            Backing::Slab(obj),
+        ))))
     }
 
     /// `alloc_pages(gfp, order)` with the pages' linear address as the buffer.
@@ -106,17 +103,14 @@ impl System {
         let alloc = self.alloc_event(format!(
             "alloc_pages(order {order}) = {va:#x} [phys={pa:#x}] [zone {zone}]"
         ));
-        Ok(Some(self.kernel.add_buffer(Buffer {
-            id: 0,
-            kind: BufKind::Pages,
+        Ok(Some(self.kernel.add_buffer(Buffer::cpu(
+            BufKind::Pages,
             va,
             len,
-            phys: pa,
-            dma: None,
-            dev: None,
+            pa,
             alloc,
-            backing: Backing::Pages(order),
-        })))
+            Backing::Pages(order),
+        ))))
     }
 
     /// `vmalloc(size)`: virtually contiguous memory in the vmalloc area, built from
@@ -169,17 +163,14 @@ impl System {
         let alloc = self.alloc_event(format!(
             "vmalloc({size}) = {va:#x} [{n} pages in {runs} physically contiguous runs]"
         ));
-        Ok(Some(self.kernel.add_buffer(Buffer {
-            id: 0,
-            kind: BufKind::Vmalloc,
+        Ok(Some(self.kernel.add_buffer(Buffer::cpu(
+            BufKind::Vmalloc,
             va,
-            len: size,
-            phys: pa,
-            dma: None,
-            dev: None,
+            size,
+            pa,
             alloc,
-            backing: Backing::Vmalloc(pfns),
-        })))
+            Backing::Vmalloc(pfns),
+        ))))
     }
 
     /// `kfree()` / `free_pages()` / `vfree()`: gives a buffer back. Freeing a buffer
