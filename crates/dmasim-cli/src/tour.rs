@@ -48,6 +48,34 @@ const STOPS: &[Stop] = &[
         broken: scenario!("coherent-vs-streaming.rhai"),
         fixed: scenario!("rx-sync.rhai"),
     },
+    Stop {
+        name: "scatter-gather",
+        title: "Scatter-gather: a buffer contiguous in virtual memory is scattered in physical memory",
+        explain: "vmalloc and user buffers are built from single pages found anywhere. Without an IOMMU, dma_map_sg returns one DMA segment per physically contiguous run; a device must walk them all.",
+        broken: scenario!("sg-no-sg-device.rhai"),
+        fixed: scenario!("sg-vmalloc.rhai"),
+    },
+    Stop {
+        name: "unpinned-pages",
+        title: "Pages move unless pinned",
+        explain: "A user page's physical address is only a snapshot: compaction, migration and swap move the page and hand the frame to someone else. pin_user_pages keeps it in place for as long as a device uses it.",
+        broken: scenario!("unpinned-dma.rhai"),
+        fixed: scenario!("unpinned-dma-fixed.rhai"),
+    },
+    Stop {
+        name: "cma-pool",
+        title: "CMA is a fixed pool reserved at boot",
+        explain: "Large physically contiguous buffers come from CMA. Its size is set at boot; movable pages borrow it and are migrated out when a driver needs it, but what is allocated is gone.",
+        broken: scenario!("cma-camera.rhai"),
+        fixed: scenario!("cma-borrowed.rhai"),
+    },
+    Stop {
+        name: "arm32-zones",
+        title: "32-bit ARM: ZONE_DMA runs out while memory is free",
+        explain: "GFP_DMA allocations must come from the machine's small ZONE_DMA. Drivers whose devices can address more should set their DMA mask and allocate normally.",
+        broken: scenario!("arm32-zone-dma.rhai"),
+        fixed: scenario!("arm32-zone-dma-fixed.rhai"),
+    },
 ];
 
 const TOUR_SEEDS: u64 = 20;
