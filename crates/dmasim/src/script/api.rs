@@ -1007,10 +1007,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                 }
                 with_sys(&s1, &ctx, |sys| {
                     sys.gup(p.pid, b.va, b.len, pin, longterm)
-                        .map(|id| PagesObj {
-                            id,
-                            count: b.len.div_ceil(PAGE_SIZE),
-                        })
+                        .map(|id| pages_result(id, b.len))
                 })
             },
         );
@@ -1019,10 +1016,8 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             name,
             move |ctx: NativeCallContext, p: ProcessObj, b: BufferObj| {
                 with_sys(&s1, &ctx, |sys| {
-                    sys.gup(p.pid, b.va, b.len, pin, false).map(|id| PagesObj {
-                        id,
-                        count: b.len.div_ceil(PAGE_SIZE),
-                    })
+                    sys.gup(p.pid, b.va, b.len, pin, false)
+                        .map(|id| pages_result(id, b.len))
                 })
             },
         );
@@ -1217,6 +1212,19 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         }
     });
     engine.on_debug(|_, _, _| {});
+}
+
+/// A pinned-pages object, or `-ENOMEM` when a long-term pin could not move a page
+/// out of CMA (what `pin_user_pages` returns then).
+fn pages_result(id: u64, len: u64) -> Dynamic {
+    if id == u64::MAX {
+        Dynamic::from(-errno::ENOMEM)
+    } else {
+        Dynamic::from(PagesObj {
+            id,
+            count: len.div_ceil(PAGE_SIZE),
+        })
+    }
 }
 
 fn short(v: &Dynamic) -> String {
