@@ -186,6 +186,8 @@ pub struct PlatformConfig {
     /// Bytes of RAM the kernel maps linearly (lowmem); the rest is ZONE_HIGHMEM.
     /// Only 32-bit platforms set it below `ram`.
     pub lowmem: u64,
+    /// `CONFIG_ZONE_DMA32` (64-bit platforms; `zone_dma32: false` builds without it).
+    pub zone_dma32: bool,
 }
 
 /// Names of the built-in presets, in the order `dmasim presets` lists them.
@@ -269,6 +271,7 @@ impl PlatformConfig {
                 dma_offset: 0,
                 hugepages: 0,
                 lowmem: u64::MAX,
+                zone_dma32: true,
             }),
             "arm64-coherent" => {
                 let mut p = PlatformConfig::preset("arm64-noncoherent")?;
@@ -400,6 +403,7 @@ impl PlatformConfig {
                 dma_offset: 0,
                 hugepages: 0,
                 lowmem: u64::MAX,
+                zone_dma32: true,
             }),
             other => Err(format!(
                 "unknown preset {other:?}; known presets: {}",

@@ -934,3 +934,22 @@ fn a_long_term_pin_moves_the_page_out_of_cma_first() {
         ids(&r)
     );
 }
+
+#[test]
+fn without_zone_dma32_gfp_dma32_falls_to_zone_normal() {
+    let r = src(
+        "boot(\"x86-64\", #{ ram: \"8 GiB\", zone_dma32: false });\n\
+         let z = zoneinfo();\n\
+         expect(!z.contains(\"DMA32\"), \"no ZONE_DMA32\");\n\
+         let b = alloc_pages(0, GFP_KERNEL | GFP_DMA32);\n\
+         expect(b != (), \"GFP_ZONE_TABLE maps DMA32 to Normal\");",
+    );
+    assert_eq!(
+        r.exit_code(),
+        0,
+        "{:?} {:?} {:?}",
+        r.error,
+        r.expectations.failures,
+        ids(&r)
+    );
+}

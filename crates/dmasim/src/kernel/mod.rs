@@ -35,7 +35,7 @@ pub fn zone_layout(p: &PlatformConfig) -> ZoneLayout {
     match p.arch {
         Arch::Arm64 | Arch::X86_64 => {
             configured[0] = true;
-            configured[1] = true;
+            configured[1] = p.zone_dma32;
             configured[2] = true;
             ends[0] = p.zone_dma_limit.saturating_add(1);
             ends[1] = 1 << 32;

@@ -198,11 +198,12 @@ fn apply_overrides(
                     }
                 }
             }
-            "iommu_strict" | "swiotlb_force" | "zone_dma32" | "vfio_noiommu" => {
+            "zone_dma32" => p.zone_dma32 = v.as_bool().map_err(|_| err(ctx, "zone_dma32: expected true or false"))?,
+            "iommu_strict" | "swiotlb_force" | "vfio_noiommu" => {
                 // Accepted so scripts written for later models still boot.
                 later.push(key.to_string());
             }
-            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, swiotlb, cma, hugepages, zone_dma_bits, cache, l2, noise, coherent)"))),
+            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, swiotlb, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, noise, coherent)"))),
         }
     }
     Ok(())
