@@ -65,6 +65,24 @@ enum Command {
         #[arg(long)]
         noise: Option<String>,
     },
+    /// Run a script over many seeds in parallel: how often each finding was reported and
+    /// how often the corruption manifested, with the command that replays it.
+    Explore {
+        /// The script (*.rhai).
+        script: PathBuf,
+        /// Number of seeds.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Worker threads (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Print only the JSON summary (schema dmasim.explore/v1).
+        #[arg(long)]
+        json: bool,
+    },
     /// Compile a script and report syntax errors without running it.
     Check {
         /// The script (*.rhai).
@@ -151,6 +169,72 @@ fn try_main() -> Result<u8, String> {
                 emit(&text::render(&report, std::io::stdout().is_terminal()));
             }
             Ok(report.exit_code() as u8)
+        }
+        Command::Explore {
+            script,
+            seeds,
+            from,
+            jobs,
+            json,
+        } => {
+            let src = std::fs::read_to_string(&script)
+                .map_err(|e| format!("{}: {e}", script.display()))?;
+            let name = script.display().to_string();
+            let jobs =
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let tty = std::io::stderr().is_terminal();
+            let progress = |done: u64| {
+                if tty && (done % 10 == 0 || done == seeds) {
+                    eprint!("\r{done}/{seeds} runs");
+                }
+            };
+            let r = dmasim::explore::explore(
+                &name,
+                &src,
+                &ScriptOptions::default(),
+                from,
+                seeds,
+                jobs,
+                &progress,
+            );
+            if tty {
+                eprintln!();
+            }
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
+                );
+            } else {
+                outln!(
+                    "{name}: {} runs from seed {}: {} failed, {} errors",
+                    r.runs,
+                    r.from,
+                    r.failed_runs,
+                    r.errors
+                );
+                for (id, f) in &r.findings {
+                    outln!(
+                        "  {id:<26} reported {:>5}/{}  manifested {:>5}/{}   {}",
+                        f.reported,
+                        r.runs,
+                        f.manifested,
+                        r.runs,
+                        f.reproduce
+                    );
+                }
+                if r.expectations.failed_runs > 0 {
+                    outln!(
+                        "  expectations failed on {} runs, first seed {}",
+                        r.expectations.failed_runs,
+                        r.expectations.first_seed.unwrap_or(0)
+                    );
+                }
+                if let Some(e) = &r.first_error {
+                    outln!("  first error: {e}");
+                }
+            }
+            Ok(r.exit_code() as u8)
         }
         Command::Check { script } => {
             let src = std::fs::read_to_string(&script)

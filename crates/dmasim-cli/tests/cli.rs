@@ -294,3 +294,46 @@ fn memory_scenarios_report_what_the_issue_promises() {
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["stats"]["mm"]["pinned_pages"], 4);
 }
+
+#[test]
+fn explore_counts_reports_and_manifestations_over_seeds() {
+    let (code, v) = json_run(&[
+        "explore",
+        "scenarios/tx-after-map.rhai",
+        "--seeds",
+        "30",
+        "--jobs",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(v["schema"], "dmasim.explore/v1");
+    assert_eq!(v["runs"], 30);
+    let f = &v["findings"]["stale-device-read"];
+    assert_eq!(f["reported"], 30);
+    let m = f["manifested"].as_u64().unwrap();
+    assert!(m > 0 && m <= 30);
+    let seed = f["first_manifested_seed"].as_u64().unwrap();
+    assert_eq!(
+        f["reproduce"],
+        format!("dmasim run scenarios/tx-after-map.rhai --seed {seed}")
+    );
+    let (_, one) = json_run(&[
+        "explore",
+        "scenarios/tx-after-map.rhai",
+        "--seeds",
+        "30",
+        "--jobs",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(one, v, "identical whatever --jobs is");
+    let (code, _) = json_run(&[
+        "explore",
+        "scenarios/rx-sync.rhai",
+        "--seeds",
+        "10",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+}

@@ -30,6 +30,7 @@
 pub mod bench;
 pub mod check;
 pub mod config;
+pub mod explore;
 pub mod fasthash;
 pub mod hw;
 pub mod kernel;
