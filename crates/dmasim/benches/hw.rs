@@ -18,7 +18,10 @@ fn quiet(preset: &str) -> PlatformConfig {
 }
 
 fn machine() -> Machine {
-    let p = quiet("arm64-noncoherent");
+    let mut p = quiet("arm64-noncoherent");
+    if std::env::var("DMASIM_BENCH_CPUS").is_ok() {
+        p.cpus = 1;
+    }
     let mut m = Machine::new(&p, 1, 1 << 20);
     m.mmu.map_block(
         0,

@@ -192,6 +192,8 @@ pub struct Caches {
     pub stats: CacheStats,
     /// Lines written back to watched frames since the sanitizer last looked.
     pub watched_writebacks: Vec<u64>,
+    /// Bit `p` set when CPU `p`'s L1 holds any line: snoops skip the empty ones.
+    l1_busy: u64,
 }
 
 impl Caches {
@@ -212,6 +214,7 @@ impl Caches {
             free: (0..slots as u32).rev().collect(),
             stats: CacheStats::default(),
             watched_writebacks: Vec::new(),
+            l1_busy: 0,
         }
     }
 
@@ -234,6 +237,16 @@ impl Caches {
         self.free.pop().unwrap_or(0)
     }
 
+    /// Keeps the `l1_busy` bit of CPU `p` in step with its L1's line count.
+    #[inline(always)]
+    fn l1_update(&mut self, p: usize) {
+        if self.l1[p].count > 0 {
+            self.l1_busy |= 1 << p;
+        } else {
+            self.l1_busy &= !(1 << p);
+        }
+    }
+
     #[inline(always)]
     fn wb(&mut self, slot: u32, line: u64, dram: &mut Dram) {
         if write_back(
@@ -251,12 +264,14 @@ impl Caches {
 
     /// Moves an L1 victim out: clean Shared copies are dropped, Exclusive and
     /// Modified lines move (by slot) into L2, whose own victim is written back if dirty.
+    #[inline]
     fn evict_l1_entry(&mut self, cpu: usize, i: usize, dram: &mut Dram, rng: &mut SimRng) {
         let l1 = &mut self.l1[cpu];
         let line = l1.tags[i];
         let st = l1.state[i];
         let slot = l1.slot[i];
         l1.clear(i);
+        self.l1_update(cpu);
         if st == LineState::Shared {
             self.free.push(slot);
             return;
@@ -317,6 +332,7 @@ impl Caches {
         };
         let (slot, state, hit) = self.fetch_for_l1(cpu, line, write, dram);
         self.l1[cpu].fill(way, line, slot, state);
+        self.l1_busy |= 1 << cpu;
         (way, hit)
     }
 
@@ -329,10 +345,11 @@ impl Caches {
         write: bool,
         dram: &mut Dram,
     ) -> (u32, LineState, Hit) {
-        if self.l1.len() > 1 {
+        let peers = self.l1_busy & !(1u64 << cpu);
+        if peers != 0 {
             let mut got: Option<(u32, LineState)> = None;
             for p in 0..self.l1.len() {
-                if p == cpu {
+                if p == cpu || peers & (1 << p) == 0 {
                     continue;
                 }
                 let Some(j) = self.l1[p].find(line) else {
@@ -343,6 +360,7 @@ impl Caches {
                 if write {
                     // Read-for-ownership: take the data, invalidate every copy.
                     self.l1[p].clear(j);
+                    self.l1_update(p);
                     match got {
                         None => got = Some((pslot, LineState::Modified)),
                         Some(_) => self.free.push(pslot),
@@ -405,6 +423,7 @@ impl Caches {
             if let Some(j) = self.l1[p].find(line) {
                 let slot = self.l1[p].slot[j];
                 self.l1[p].clear(j);
+                self.l1_update(p);
                 self.free.push(slot);
             }
         }
@@ -503,6 +522,7 @@ impl Caches {
                 discarded |= self.l1[p].state[j] == LineState::Modified;
                 let slot = self.l1[p].slot[j];
                 self.l1[p].clear(j);
+                self.l1_update(p);
                 self.free.push(slot);
             }
         }
@@ -560,6 +580,7 @@ impl Caches {
             if let Some(j) = self.l1[p].find(line) {
                 let slot = self.l1[p].slot[j];
                 self.l1[p].clear(j);
+                self.l1_update(p);
                 self.free.push(slot);
             }
         }
@@ -634,6 +655,7 @@ impl Caches {
             self.wb(slot, line, dram);
         }
         self.l1[p].clear(i);
+        self.l1_update(p);
         self.free.push(slot);
     }
 
