@@ -19,6 +19,7 @@ fn quiet(preset: &str) -> PlatformConfig {
 
 fn machine() -> Machine {
     let mut p = quiet("arm64-noncoherent");
+    // DMASIM_BENCH_CPUS=1 measures a one-CPU machine (no L1 snoops at all).
     if std::env::var("DMASIM_BENCH_CPUS").is_ok() {
         p.cpus = 1;
     }
