@@ -726,7 +726,7 @@ impl LineState {
 mod tests {
     use super::*;
 
-    fn setup(cpus: usize) -> (Caches, Dram, SimRng) {
+    pub(super) fn setup(cpus: usize) -> (Caches, Dram, SimRng) {
         let l1 = CacheGeometry {
             size: 1024,
             ways: 2,
@@ -861,18 +861,7 @@ mod coherence_property {
     #[test]
     fn cpu_loads_always_see_the_last_store() {
         for seed in 0..12u64 {
-            let l1 = CacheGeometry {
-                size: 1024,
-                ways: 2,
-                line: 64,
-            };
-            let l2 = CacheGeometry {
-                size: 4096,
-                ways: 4,
-                line: 64,
-            };
-            let mut c = Caches::new(3, &l1, &l2);
-            let mut d = Dram::new(0, 1 << 24, 4096);
+            let (mut c, mut d, _) = super::tests::setup(3);
             let mut r = SimRng::new(seed);
             let mut ops = SimRng::new(seed + 1000);
             let mut shadow = vec![0u8; 64 * 1024];
