@@ -113,6 +113,15 @@ enum Command {
     },
 }
 
+/// Prints a value as pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
+    outln!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     match try_main() {
         Ok(code) => ExitCode::from(code),
@@ -201,10 +210,7 @@ fn try_main() -> Result<u8, String> {
                 eprintln!();
             }
             if json {
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
-                );
+                print_json(&r)?;
             } else {
                 outln!(
                     "{name}: {} runs from seed {}: {} failed, {} errors",
@@ -269,10 +275,7 @@ fn try_main() -> Result<u8, String> {
                         v
                     })
                     .collect();
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-                );
+                print_json(&out)?;
             } else {
                 for p in &presets {
                     outln!("{}\n  {}", p.preset, p.description);
@@ -305,10 +308,7 @@ fn try_main() -> Result<u8, String> {
         Command::Bench { json, quick } => {
             let r = dmasim::bench::run(quick);
             if json {
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
-                );
+                print_json(&r)?;
             } else {
                 outln!(
                     "{:<48} {:>12} {:>12} {:>8}",

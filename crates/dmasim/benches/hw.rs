@@ -3,13 +3,12 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use dmasim::config::{NoiseConfig, PlatformConfig};
-use dmasim::hw::mmu::{Block, MemType};
 use dmasim::hw::Machine;
 use dmasim::kernel::device::Device;
 use dmasim::kernel::dma::DmaDirection;
 use dmasim::system::{RunOptions, System};
 
-const VA: u64 = 0xffff_0000_0000_0000;
+use dmasim::bench::VA;
 
 fn quiet(preset: &str) -> PlatformConfig {
     let mut p = PlatformConfig::preset(preset).unwrap();
@@ -23,17 +22,7 @@ fn machine() -> Machine {
     if std::env::var("DMASIM_BENCH_CPUS").is_ok() {
         p.cpus = 1;
     }
-    let mut m = Machine::new(&p, 1, 1 << 20);
-    m.mmu.map_block(
-        0,
-        Block {
-            va: VA,
-            pa: p.ram_base,
-            len: p.ram,
-            memtype: MemType::Normal,
-        },
-    );
-    m
+    dmasim::bench::linear_machine(&p)
 }
 
 /// CPU stores through L1+L2 with line data, counted in line accesses.

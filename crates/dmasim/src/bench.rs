@@ -61,7 +61,24 @@ fn figure(name: &'static str, unit: &'static str, work: f64, model_s: f64, host_
     }
 }
 
-const VA: u64 = 0xffff_0000_0000_0000;
+/// Where [`linear_machine`] maps RAM (arm64's `PAGE_OFFSET`).
+pub const VA: u64 = 0xffff_0000_0000_0000;
+
+/// A bare machine of preset `p` with all of RAM mapped at [`VA`] (the setup of every
+/// CPU-side benchmark, here and in `benches/`).
+pub fn linear_machine(p: &PlatformConfig) -> Machine {
+    let mut m = Machine::new(p, 1, 1 << 20);
+    m.mmu.map_block(
+        0,
+        Block {
+            va: VA,
+            pa: p.ram_base,
+            len: p.ram,
+            memtype: MemType::Normal,
+        },
+    );
+    m
+}
 
 /// Runs the measurements. `scale` divides the work (1 = full size, larger = quicker).
 pub fn run(scale: u64) -> BenchReport {
@@ -72,16 +89,7 @@ pub fn run(scale: u64) -> BenchReport {
 
     // CPU stores streaming through L1 and L2, every line a miss.
     let bytes = (64u64 << 20) / scale;
-    let mut m = Machine::new(&p, 1, 1 << 20);
-    m.mmu.map_block(
-        0,
-        Block {
-            va: VA,
-            pa: p.ram_base,
-            len: p.ram,
-            memtype: MemType::Normal,
-        },
-    );
+    let mut m = linear_machine(&p);
     let page = [0xa5u8; 4096];
     let model = best_secs(3, || {
         for i in 0..bytes / 4096 {

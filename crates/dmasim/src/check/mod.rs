@@ -310,6 +310,35 @@ impl Sanitizer {
         });
     }
 
+    /// Reports a finding about a device access: the device, bus address and length
+    /// come from the access itself.
+    #[allow(clippy::too_many_arguments)]
+    fn report_access(
+        &mut self,
+        id: &'static str,
+        key: u64,
+        manifested: Option<bool>,
+        a: &DeviceAccess<'_>,
+        ctx: Ctx,
+        message: String,
+        help: String,
+        history: Vec<HistoryEvent>,
+    ) {
+        let len = a.data.len() as u64;
+        self.report(
+            id,
+            key,
+            manifested,
+            Some(a.dev_name),
+            Some(a.bus),
+            Some(len),
+            ctx,
+            message,
+            help,
+            history,
+        );
+    }
+
     /// Reports a finding that no mapping entry carries (used by the kernel for
     /// resource and misuse findings).
     #[allow(clippy::too_many_arguments)]
@@ -826,7 +855,7 @@ impl Sanitizer {
         if a.dma_bits < 64 && a.bus >> a.dma_bits != 0 {
             // The mapping is right, but the hardware cannot put this address on the
             // bus: the access went to the address with the high bits cut off.
-            let (e, len) = (self.entries.get(id), a.data.len() as u64);
+            let e = self.entries.get(id);
             let hist = e.snapshot();
             let reached =
                 a.pa.map_or("a bus error".to_string(), |pa| format!("physical {pa:#x}"));
@@ -834,13 +863,11 @@ impl Sanitizer {
                 "{} drives only {} address bits: bus address {:#x} of a live mapping became {reached} [device address={:#x}] [mask set by the driver covers it]",
                 a.dev_name, a.dma_bits, a.bus, e.dev_addr
             );
-            self.report(
+            self.report_access(
                 "dma-outside-mapping",
                 id,
                 Some(true),
-                Some(a.dev_name),
-                Some(a.bus),
-                Some(len),
+                &a,
                 ctx,
                 msg,
                 format!(
@@ -862,13 +889,11 @@ impl Sanitizer {
                 "{} {verb} {len} bytes at {:#x}, a mapping of memory freed at line {l} ({t} ns) [device address={:#x}] [mapped with {}]",
                 a.dev_name, a.bus, e.dev_addr, e.dir.name()
             );
-            self.report(
+            self.report_access(
                 "use-after-free-dma",
                 id,
                 Some(true),
-                Some(a.dev_name),
-                Some(a.bus),
-                Some(len),
+                &a,
                 ctx,
                 msg,
                 "stop the device and unmap the buffer (dma_unmap_*) before freeing it".into(),
@@ -955,18 +980,7 @@ impl Sanitizer {
         }
         let hist = e.snapshot();
         for (fid, manifested, msg, help) in out {
-            self.report(
-                fid,
-                id,
-                manifested,
-                Some(a.dev_name),
-                Some(a.bus),
-                Some(len),
-                ctx,
-                msg,
-                help,
-                hist.clone(),
-            );
+            self.report_access(fid, id, manifested, &a, ctx, msg, help, hist.clone());
         }
     }
 
@@ -978,15 +992,7 @@ impl Sanitizer {
             None => "it got a bus error".into(),
         };
         if a.bus == DMA_MAPPING_ERROR || a.bus.wrapping_add(len) < a.bus {
-            self.report(
-                "mapping-error-unchecked",
-                a.bus,
-                None,
-                Some(a.dev_name),
-                Some(a.bus),
-                Some(len),
-                ctx,
-                format!("{} was given DMA_MAPPING_ERROR as a DMA address ({verb} of {len} bytes); {reached}", a.dev_name),
+            self.report_access("mapping-error-unchecked", a.bus, None, a, ctx, format!("{} was given DMA_MAPPING_ERROR as a DMA address ({verb} of {len} bytes); {reached}", a.dev_name),
                 "test every map result with dma_mapping_error(dev, addr) and do not start the device when it fails".into(),
                 vec![],
             );
@@ -1001,15 +1007,7 @@ impl Sanitizer {
                 } else {
                     format!("{} did a {verb} of {len} bytes at {:#x}, the frame of {what}, which is not pinned: the kernel may migrate, swap or reuse it at any moment", a.dev_name, a.bus)
                 };
-                self.report(
-                    "unpinned-user-dma",
-                    a.bus,
-                    Some(gone),
-                    Some(a.dev_name),
-                    Some(a.bus),
-                    Some(len),
-                    ctx,
-                    msg,
+                self.report_access("unpinned-user-dma", a.bus, Some(gone), a, ctx, msg,
                     "pin user pages for as long as a device may use them (pin_user_pages with FOLL_LONGTERM for long-lived DMA) and map them (dma_map_sg), or use VFIO".into(),
                     vec![],
                 );
@@ -1020,15 +1018,7 @@ impl Sanitizer {
         if let Some((what, meant)) = &a.va_of {
             // Manifested unless the truncated number happened to hit the buffer itself.
             let hit_wrong = a.pa.is_none_or(|pa| pa != *meant);
-            self.report(
-                "virtual-address-as-dma",
-                a.bus,
-                Some(hit_wrong),
-                Some(a.dev_name),
-                Some(a.bus),
-                Some(len),
-                ctx,
-                format!(
+            self.report_access("virtual-address-as-dma", a.bus, Some(hit_wrong), a, ctx, format!(
                     "{} was given {:#x}, the CPU virtual address of {what}; devices see bus addresses, so the {verb} of {len} bytes did not touch that buffer: {reached}",
                     a.dev_name, a.bus
                 ),
@@ -1037,15 +1027,7 @@ impl Sanitizer {
             );
             return;
         }
-        self.report(
-            "dma-outside-mapping",
-            a.bus,
-            Some(a.pa.is_some()),
-            Some(a.dev_name),
-            Some(a.bus),
-            Some(len),
-            ctx,
-            format!(
+        self.report_access("dma-outside-mapping", a.bus, Some(a.pa.is_some()), a, ctx, format!(
                 "{} did a {verb} of {len} bytes at bus address {:#x}, which no live mapping of it covers; {reached}",
                 a.dev_name, a.bus
             ),
