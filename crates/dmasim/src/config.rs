@@ -156,9 +156,19 @@ pub struct PlatformConfig {
     /// `iommu`: "none", "smmu" or "passthrough" (translation arrives with the IOMMU
     /// model; today only "none" changes nothing and the others are recorded).
     pub iommu: String,
-    /// Bytes reserved for the swiotlb pool (0 = off); the pool itself arrives with
-    /// the bounce-buffer model.
-    pub swiotlb: u64,
+    /// `swiotlb=`: the bounce-buffer pool size in bytes; `None` lets the platform
+    /// decide as Linux does (64 MiB when RAM reaches past what 32-bit DMA or the
+    /// DMA zone covers, arm64's small kmalloc-bounce pool otherwise), `Some(0)` is
+    /// `swiotlb=noforce` (no pool at all).
+    pub swiotlb: Option<u64>,
+    /// `swiotlb=force` (or a confidential guest's `SWIOTLB_FORCE`): every streaming
+    /// mapping bounces.
+    pub swiotlb_force: bool,
+    /// `swiotlb=,<nareas>`: areas (per-CPU search domains); 0 = one per CPU.
+    pub swiotlb_areas: u32,
+    /// Devicetree `dma-ranges` limit: the highest bus address devices can reach
+    /// (`dev->bus_dma_limit`); 0 = none.
+    pub bus_dma_limit: u64,
     /// Bytes reserved for CMA (0 = none); the allocator arrives with the mm model.
     pub cma: u64,
     /// Top of ZONE_DMA as a physical limit (`zone_dma_limit`, v6.12).
@@ -251,9 +261,13 @@ impl PlatformConfig {
                 l2: CacheGeometry { size: 512 << 10, ways: 16, line: 64 },
                 coherent_default: false,
                 iommu: "none".into(),
-                // RAM ends below 4 GiB, so arm64 creates only the small pool for
-                // kmalloc bouncing, 1 MiB per GiB of RAM (arch/arm64/mm/init.c mem_init).
-                swiotlb: 2 << 20,
+                // Decided at boot: with all RAM below 4 GiB arm64 creates only the
+                // small pool for kmalloc bouncing, 1 MiB per GiB of RAM
+                // (arch/arm64/mm/init.c mem_init); with more RAM, 64 MiB.
+                swiotlb: None,
+                swiotlb_force: false,
+                swiotlb_areas: 0,
+                bus_dma_limit: 0,
                 // CONFIG_CMA_SIZE_MBYTES default 16 (kernel/dma/Kconfig).
                 cma: 16 << 20,
                 // arm64 caps zone_dma_limit at 4 GiB - 1 when DRAM starts below 4 GiB.
@@ -302,8 +316,11 @@ impl PlatformConfig {
                 // dma-ranges limit the SoC's DMA to 30 bits: ZONE_DMA is the first GiB
                 // (of_dma_get_max_cpu_address; linux-dma-facts §4.3).
                 p.zone_dma_limit = (1 << 30) - 1;
-                // RAM ends above the DMA limit: the default 64 MiB swiotlb pool.
-                p.swiotlb = 64 << 20;
+                // dma-ranges end at bus 0xFFFF_FFFF: devices reach the first GiB
+                // only, whatever mask the driver sets (of_dma_configure_id sets
+                // bus_dma_limit). RAM ends above the DMA limit, so Linux creates the
+                // default 64 MiB swiotlb pool in the first GiB.
+                p.bus_dma_limit = 0xFFFF_FFFF;
                 // bcm283x.dtsi: linux,cma shared-dma-pool of 64 MiB.
                 p.cma = 64 << 20;
                 // dma-ranges = <0xc0000000 0x0 0x0 0x40000000>: bus 0xC000_0000 is
@@ -328,8 +345,8 @@ impl PlatformConfig {
                 // machine_desc->dma_zone_size = SZ_256M (mach-realview), so
                 // arm_dma_limit = PHYS_OFFSET + 256 MiB - 1.
                 p.zone_dma_limit = 0x6000_0000 + (256 << 20) - 1;
-                // No swiotlb on 32-bit ARM without LPAE.
-                p.swiotlb = 0;
+                // No swiotlb on 32-bit ARM without LPAE (CONFIG_SWIOTLB not selected).
+                p.swiotlb = Some(0);
                 p.cma = 16 << 20;
                 // ARCH_DMA_MINALIGN = L1_CACHE_BYTES = 64 (CONFIG_ARM_L1_CACHE_SHIFT 6).
                 p.dma_minalign = 64;
@@ -371,8 +388,12 @@ impl PlatformConfig {
                 // PCIe on x86 snoops the CPU caches: every device is coherent.
                 coherent_default: true,
                 iommu: "none".into(),
-                // x86 enables swiotlb only with RAM above 4 GiB (arch/x86/kernel/pci-dma.c).
-                swiotlb: 0,
+                // x86 enables swiotlb only with RAM above 4 GiB (arch/x86/kernel/pci-dma.c
+                // pci_swiotlb_detect); decided at boot.
+                swiotlb: None,
+                swiotlb_force: false,
+                swiotlb_areas: 0,
+                bus_dma_limit: 0,
                 // CMA_SIZE_MBYTES is 0 on x86 (kernel/dma/Kconfig).
                 cma: 0,
                 // ZONE_DMA = first 16 MiB (MAX_DMA_PFN, arch/x86/include/asm/dma.h).
@@ -467,7 +488,7 @@ impl PlatformConfig {
                 ("lowmem", "VMSPLIT_3G with 240 MiB of vmalloc: 760 MiB of lowmem, the rest ZONE_HIGHMEM (arch/arm/mm/mmu.c)"),
                 ("dma_minalign", "L1_CACHE_BYTES 64 (CONFIG_ARM_L1_CACHE_SHIFT=6)"),
                 ("page_offset", "CONFIG_PAGE_OFFSET 0xC0000000 (VMSPLIT_3G)"),
-                ("swiotlb", "none: 32-bit ARM without LPAE has no swiotlb"),
+                ("swiotlb", "none: 32-bit ARM without LPAE has no swiotlb (CONFIG_SWIOTLB is selected only with ARM_LPAE)"),
                 ("cma", "CONFIG_CMA_SIZE_MBYTES default 16 (kernel/dma/Kconfig)"),
                 ("cost", "Zynq-7000 Cortex-A9 at 666 MHz: cached 1062 MiB/s, uncached reads 210 MiB/s, uncached writes 1137 MiB/s (perf-anchors §3.1, Genode #4456)"),
             ],
@@ -480,6 +501,7 @@ impl PlatformConfig {
                 ("ram", "i.MX8M Mini EVK / LX2160A boards with 2 GiB, Raspberry Pi 4 with 4 GiB; override with ram"),
                 ("hugepages", "vm.nr_hugepages, 0 by default; set it with boot(preset, #{ hugepages: N })"),
                 ("dma_offset", "devicetree dma-ranges: Raspberry Pi 4 legacy DMA sees physical 0 at bus 0xC000_0000"),
+                ("bus_dma_limit", "devicetree dma-ranges end (of_dma_configure_id): Raspberry Pi 4 legacy DMA reaches bus 0xFFFF_FFFF, the first GiB"),
                 ("cma", "CONFIG_CMA_SIZE_MBYTES default 16 (kernel/dma/Kconfig)"),
                 ("zone_dma_limit", "arm64 caps zone_dma_limit at 4 GiB - 1 when DRAM starts below 4 GiB (arch/arm64/mm/init.c)"),
                 ("dma_minalign", "ARCH_DMA_MINALIGN 128 (arch/arm64/include/asm/cache.h)"),

@@ -37,5 +37,6 @@ pub mod kernel;
 pub mod report;
 pub mod script;
 pub mod system;
+pub mod throughput;
 pub mod uapi;
 pub mod units;

@@ -123,6 +123,8 @@ pub struct System {
     pub line: u32,
     /// CPU the script runs on.
     pub cpu: usize,
+    /// Streaming throughput runs, in order (`streams` in the report).
+    pub streams: Vec<crate::throughput::StreamResult>,
     jobs: BTreeMap<u64, Job>,
     /// Pending pieces in time order: (time in ps, job id).
     queue: BTreeSet<(u64, u64)>,
@@ -169,6 +171,8 @@ impl System {
             };
             kernel.pages.reserve_cma(cfg.cma, limit)
         });
+        let swiotlb = crate::kernel::dma::swiotlb::boot_plan(&cfg);
+        let swiotlb_pool = kernel.swiotlb_init(&swiotlb);
         let aged = kernel.pages.age(&mut hw.rng);
         // hugetlb_hstate_alloc_pages: the boot pool of 2 MiB pages.
         for _ in 0..cfg.hugepages {
@@ -189,6 +193,7 @@ impl System {
             log: Vec::new(),
             line: 0,
             cpu: 0,
+            streams: Vec::new(),
             jobs: BTreeMap::new(),
             queue: BTreeSet::new(),
             next_job: 1,
@@ -234,6 +239,7 @@ impl System {
             ),
             None => {}
         }
+        sys.log_swiotlb(&swiotlb, swiotlb_pool);
         for z in sys.kernel.pages.zones.iter().filter(|z| z.managed > 0) {
             let line = format!(
                 "  {:<7} [mem {:#012x}-{:#012x}] {} managed",
@@ -676,6 +682,7 @@ impl System {
         if last > self.hw.now_ps() {
             self.idle_until(last);
         }
+        self.report_bounce_buffering();
         let ctx = self.ctx();
         self.check.uncached_use(ctx);
         self.check

@@ -187,6 +187,21 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "an allocation failed in its zone while other zones had free memory",
     ),
     ("enomem", Severity::Warning, "an allocation failed"),
+    (
+        "swiotlb-full",
+        Severity::Warning,
+        "a mapping needed a bounce buffer and the swiotlb pool had none (or it was over 256 KiB)",
+    ),
+    (
+        "bounce-buffering",
+        Severity::Warning,
+        "mappings were copied through swiotlb bounce buffers (costs CPU time and throughput)",
+    ),
+    (
+        "dma-mask-default",
+        Severity::Warning,
+        "a device kept the default 32-bit DMA mask on a machine with RAM above 4 GiB",
+    ),
 ];
 
 /// The severity of an id (unknown ids are errors).

@@ -93,6 +93,9 @@ pub struct NewMapping {
     pub kind: MapKind,
     /// The allocation it lies in, if the kernel knows one.
     pub buffer: Option<BufferRef>,
+    /// The swiotlb bounce buffer the device really uses (physical address of the
+    /// mapping's first byte), when the mapping bounced.
+    pub bounce: Option<u64>,
     /// Text for the history ("dma_map_single TO_DEVICE").
     pub what: String,
 }
@@ -123,6 +126,9 @@ struct Entry {
     buffer: Option<u64>,
     /// When that allocation was freed while still mapped: (time ns, line).
     freed: Option<(u64, u32)>,
+    /// The swiotlb slots the device really uses, when the mapping bounced: device
+    /// accesses there stand for the buffer bytes at the same offset.
+    bounce: Option<u64>,
 }
 
 const HISTORY_MAX: usize = 48;
@@ -384,7 +390,12 @@ impl Sanitizer {
         }
         // dma-debug's active-cacheline check: the first line of a mapping the device
         // may write must not be the first line of another such mapping.
-        if m.dir != DmaDirection::ToDevice && m.kind != MapKind::Coherent {
+        // A bounced mapping's device writes land in swiotlb slots, never in the
+        // buffer's lines, so it cannot clash (dma-debug skips the check whenever
+        // kmalloc bouncing is possible; this is the precise version).
+        let tracked =
+            m.dir != DmaDirection::ToDevice && m.kind != MapKind::Coherent && m.bounce.is_none();
+        if tracked {
             let line = m.phys / self.line;
             let clash = self
                 .entries
@@ -432,16 +443,19 @@ impl Sanitizer {
             last_dev: None,
             buffer: buffer_id,
             freed: None,
+            bounce: m.bounce,
         };
+        let via = m
+            .bounce
+            .map_or(String::new(), |b| format!(" [bounced via swiotlb {b:#x}]"));
         e.push(
             ctx,
             format!(
-                "{} → {:#x} [phys={:#x}] [size={}]",
+                "{} → {:#x} [phys={:#x}] [size={}]{via}",
                 m.what, e.dev_addr, e.phys, e.size
             ),
         );
-        let first_line = (e.dir != DmaDirection::ToDevice && e.kind != MapKind::Coherent)
-            .then(|| e.phys / self.line);
+        let first_line = tracked.then(|| e.phys / self.line);
         self.entries.insert(id, e, first_line);
         id
     }
@@ -902,12 +916,21 @@ impl Sanitizer {
             return;
         }
         let line = self.line;
-        let (bad, bad_lines) = match a.pa {
-            Some(pa) => self.oracle.diff_dram(pa, a.data, line),
-            None => (0, 0),
+        // The buffer byte this access stands for: the frame it reached, or for a
+        // bounced mapping the original buffer at the same offset (the slots are a
+        // copy; the truth is kept for the buffer).
+        let (os, logical) = {
+            let e = self.entries.get(id);
+            let os = a.bus - e.dev_addr;
+            (os, e.bounce.map(|_| e.phys + os))
+        };
+        let (bad, bad_lines) = match (logical, a.pa) {
+            (Some(lpa), Some(_)) if !a.write => self.oracle.diff(lpa, a.data, line),
+            (None, Some(pa)) => self.oracle.diff_dram(pa, a.data, line),
+            _ => (0, 0),
         };
         let e = self.entries.get_mut(id);
-        let (os, ot) = (a.bus - e.dev_addr, a.bus - e.dev_addr + len);
+        let ot = os + len;
         match e.last_dev {
             // The next page of the same transfer: grow the event instead of adding one.
             Some((i, l, w, start, n))
@@ -938,8 +961,11 @@ impl Sanitizer {
                         .into(),
                 ));
             }
-            if let Some(pa) = a.pa {
-                self.oracle.store(pa, a.data);
+            match (logical, a.pa) {
+                // The buffer itself is not written until the copy back.
+                (Some(lpa), Some(_)) => self.oracle.store_cpu(lpa, a.data),
+                (None, Some(pa)) => self.oracle.store(pa, a.data),
+                _ => {}
             }
             if e.kind != MapKind::Coherent {
                 e.dev_written.insert(os, ot);

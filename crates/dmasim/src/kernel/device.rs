@@ -20,6 +20,18 @@ pub struct Device {
     pub coherent_dma_mask: u64,
     /// Bus address = physical address − `dma_offset` (DT `dma-ranges`).
     pub dma_offset: u64,
+    /// `dev->bus_dma_limit` (DT `dma-ranges`): the highest bus address the
+    /// interconnect lets the device reach whatever its mask; 0 = none.
+    pub bus_dma_limit: u64,
+    /// `dma_get_min_align_mask()`: address bits a bounce buffer must keep (NVMe
+    /// sets 4 KiB − 1); 0 by default.
+    pub min_align_mask: u64,
+    /// `dma_get_seg_boundary()`: no segment may cross a multiple of this + 1.
+    pub seg_boundary_mask: u64,
+    /// The driver called `dma_set_mask*` (else the 32-bit default stands).
+    pub mask_set: bool,
+    /// What this device's mappings cost in bounce copies.
+    pub bounce: BounceTally,
     /// Can the device do scatter-gather.
     pub sg: bool,
     /// Behind the IOMMU when the platform has one.
@@ -45,6 +57,11 @@ impl Device {
             dma_mask: dma_bit_mask(32),
             coherent_dma_mask: dma_bit_mask(32),
             dma_offset: 0,
+            bus_dma_limit: 0,
+            min_align_mask: 0,
+            seg_boundary_mask: u64::MAX,
+            mask_set: false,
+            bounce: BounceTally::default(),
             sg: true,
             iommu: true,
             max_segment: 64 << 10,
@@ -52,6 +69,17 @@ impl Device {
             latency_ns,
             bound: true,
         }
+    }
+
+    /// `min_not_zero(*dev->dma_mask, dev->bus_dma_limit)`: the highest bus address
+    /// a streaming mapping may use.
+    pub fn dma_limit(&self) -> u64 {
+        min_not_zero(self.dma_mask, self.bus_dma_limit)
+    }
+
+    /// The same limit for coherent allocations (`dma_coherent_ok`).
+    pub fn coherent_limit(&self) -> u64 {
+        min_not_zero(self.coherent_dma_mask, self.bus_dma_limit)
     }
 
     /// `phys_to_dma()` for dma-direct.
@@ -68,4 +96,36 @@ impl Device {
     pub fn bus_lines(&self, addr: u64) -> u64 {
         addr & dma_bit_mask(self.dma_bits)
     }
+}
+
+/// `min_not_zero()`.
+fn min_not_zero(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (x, y) => x.min(y),
+    }
+}
+
+/// Why a device's mappings bounced, and what it cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BounceTally {
+    /// Mappings that went through swiotlb.
+    pub maps: u64,
+    /// Bytes copied between the buffers and the slots.
+    pub bytes: u64,
+    /// Simulated time the copies took, in ps.
+    pub copy_ps: u64,
+    /// Bounced because the address was beyond the mask or bus limit.
+    pub beyond_limit: u64,
+    /// Bounced because of `swiotlb=force`.
+    pub forced: u64,
+    /// Bounced because a small kmalloc buffer was not cache-line aligned.
+    pub kmalloc_unaligned: u64,
+    /// Mapping failures because the pool was full.
+    pub full: u64,
+    /// The device's reach (`min_not_zero(mask, bus limit)`) at the first bounce
+    /// beyond it.
+    pub limit_at_first: u64,
+    /// The first bounced mapping: (time ns, script line, what).
+    pub first: Option<(u64, u32, String)>,
 }

@@ -68,6 +68,20 @@ pub fn boot_reservations(p: &PlatformConfig) -> Vec<(u64, u64)> {
     }
 }
 
+/// `__kmalloc_minalign()` (mm/slab_common.c): with
+/// `CONFIG_DMA_BOUNCE_UNALIGNED_KMALLOC` (arm64) and a swiotlb pool, small kmalloc
+/// caches are only `ARCH_KMALLOC_MINALIGN` (8) aligned, because dma-direct bounces
+/// the unaligned ones a non-coherent device writes; otherwise objects are aligned
+/// for DMA (`ARCH_DMA_MINALIGN`; Linux uses the runtime cache line size, which the
+/// model takes as the compile-time bound).
+pub fn kmalloc_minalign(p: &PlatformConfig) -> u64 {
+    if p.arch == Arch::Arm64 && dma::swiotlb::boot_plan(p).nslabs > 0 {
+        8
+    } else {
+        p.dma_minalign
+    }
+}
+
 /// What kind of memory a buffer is (`Buffer.kind` in scripts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -212,6 +226,8 @@ pub struct Kernel {
     pub hugepool: Vec<u64>,
     /// Huge pages unmapped while pinned: they stay out of the pool (first pfns).
     pub huge_orphans: std::collections::BTreeSet<u64>,
+    /// The swiotlb bounce-buffer pool, when the platform has one.
+    pub swiotlb: Option<dma::swiotlb::IoTlbPool>,
 }
 
 impl Kernel {
@@ -228,7 +244,7 @@ impl Kernel {
             zone_dma_limit: p.zone_dma_limit,
             vmalloc_next: p.vmalloc_start,
             pages: Node::new(p.ram_base, ram_end, &layout, &boot_reservations(p)),
-            slab: Slab::new(p.dma_minalign),
+            slab: Slab::new(kmalloc_minalign(p)),
             devices: Vec::new(),
             buffers: BTreeMap::new(),
             by_va: BTreeMap::new(),
@@ -248,6 +264,7 @@ impl Kernel {
             swapped_pages: 0,
             hugepool: Vec::new(),
             huge_orphans: std::collections::BTreeSet::new(),
+            swiotlb: None,
         }
     }
 

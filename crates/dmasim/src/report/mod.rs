@@ -44,8 +44,11 @@ pub struct PlatformSummary {
     pub iommu: String,
     /// Devices coherent by default.
     pub coherent_default: bool,
-    /// swiotlb bytes.
-    pub swiotlb: u64,
+    /// The `swiotlb` boot setting in bytes (`null`: the platform's default; the
+    /// pool really made is in `stats.swiotlb.slots_total`).
+    pub swiotlb: Option<u64>,
+    /// `swiotlb=force`.
+    pub swiotlb_force: bool,
     /// CMA bytes.
     pub cma: u64,
     /// L1D geometry.
@@ -68,6 +71,7 @@ impl PlatformSummary {
             iommu: p.iommu.clone(),
             coherent_default: p.coherent_default,
             swiotlb: p.swiotlb,
+            swiotlb_force: p.swiotlb_force,
             cma: p.cma,
             l1: p.l1,
             l2: p.l2,
@@ -137,6 +141,10 @@ pub struct SwiotlbStatsOut {
     pub slots_used_max: u64,
     /// "swiotlb buffer is full" errors.
     pub full_errors: u64,
+    /// Slots in use at the end of the run.
+    pub slots_used: u64,
+    /// Simulated time the CPU spent on bounce copies, in ns.
+    pub copy_ns: u64,
 }
 
 /// CMA counters.
@@ -204,6 +212,19 @@ impl Stats {
                 swapped_pages: sys.kernel.swapped_pages,
                 pinned_pages: sys.kernel.pins_acquired,
             },
+            bounce_bytes: sys.kernel.swiotlb.as_ref().map_or(0, |p| p.bounce_bytes),
+            bounced_maps: sys.kernel.swiotlb.as_ref().map_or(0, |p| p.bounced_maps),
+            swiotlb: sys
+                .kernel
+                .swiotlb
+                .as_ref()
+                .map_or_else(SwiotlbStatsOut::default, |p| SwiotlbStatsOut {
+                    slots_total: p.nslabs as u64,
+                    slots_used_max: p.used_hiwater,
+                    full_errors: p.full_errors,
+                    slots_used: p.used,
+                    copy_ns: p.copy_ps / 1000,
+                }),
             cache: CacheStatsOut {
                 hits: c.l1_hits + c.l2_hits,
                 misses: c.misses,
@@ -237,6 +258,8 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Counters.
     pub stats: Stats,
+    /// Streaming throughput runs (`stream_to_device` / `stream_from_device`).
+    pub streams: Vec<crate::throughput::StreamResult>,
     /// dmesg-style log.
     pub log: Vec<String>,
 }

@@ -132,5 +132,24 @@ pub fn render(r: &Report, color: bool) -> String {
         s.cache.invalidate_lines,
         s.cache.uncached_accesses
     );
+    if s.swiotlb.slots_total > 0 {
+        let _ = writeln!(
+            o,
+            "swiotlb: {} slots, at most {} in use, {} full error(s); {} mappings bounced, {} bytes copied in {}",
+            s.swiotlb.slots_total,
+            s.swiotlb.slots_used_max,
+            s.swiotlb.full_errors,
+            s.bounced_maps,
+            s.bounce_bytes,
+            time(s.swiotlb.copy_ns)
+        );
+    }
+    for t in &r.streams {
+        let _ = writeln!(
+            o,
+            "stream {} {} {} bytes x {}: {:.1} MB/s in simulated time. {}",
+            t.device, t.dir, t.size, t.done, t.mb_s, t.explain
+        );
+    }
     o
 }

@@ -151,10 +151,24 @@ fn apply_overrides(
             }
             "swiotlb" => {
                 p.swiotlb = match v.read_lock::<ImmutableString>() {
-                    Some(s) if s.as_str() == "off" => 0,
-                    _ => num(v)?,
+                    Some(s) if s.as_str() == "off" || s.as_str() == "noforce" => Some(0),
+                    Some(s) if s.as_str() == "force" => {
+                        p.swiotlb_force = true;
+                        None
+                    }
+                    // A size; 0 is the same as "off".
+                    _ => Some(num(v)?),
                 }
             }
+            "swiotlb_force" => p.swiotlb_force = v.as_bool().map_err(|_| err(ctx, "swiotlb_force: expected true or false"))?,
+            "swiotlb_areas" => {
+                let n = num(v)?;
+                if !(1..=1024).contains(&n) {
+                    return Err(err(ctx, "swiotlb_areas: expected 1..=1024"));
+                }
+                p.swiotlb_areas = n as u32;
+            }
+            "bus_dma_limit" => p.bus_dma_limit = num(v)?,
             "cma" => p.cma = num(v)?,
             "hugepages" => p.hugepages = num(v)?.min(1 << 16),
             "coherent" => p.coherent_default = v.as_bool().map_err(|_| err(ctx, "coherent: expected true or false"))?,
@@ -199,11 +213,11 @@ fn apply_overrides(
                 }
             }
             "zone_dma32" => p.zone_dma32 = v.as_bool().map_err(|_| err(ctx, "zone_dma32: expected true or false"))?,
-            "iommu_strict" | "swiotlb_force" | "vfio_noiommu" => {
+            "iommu_strict" | "vfio_noiommu" => {
                 // Accepted so scripts written for later models still boot.
                 later.push(key.to_string());
             }
-            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, swiotlb, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, noise, coherent)"))),
+            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, noise, coherent)"))),
         }
     }
     Ok(())
@@ -351,6 +365,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                 sys.cfg.dev_latency_ns,
             );
             d.dma_offset = sys.cfg.dma_offset;
+            d.bus_dma_limit = sys.cfg.bus_dma_limit;
             Ok(d)
         })?;
         {
@@ -369,13 +384,27 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                         "sg" => d.sg = v.as_bool().map_err(|_| err(ctx, "sg: expected true or false"))?,
                         "dma_offset" => d.dma_offset = size_of(ctx, v, "dma_offset")?,
                         "max_segment" => d.max_segment = size_of(ctx, v, "max_segment")?,
+                        "bus_dma_limit" => d.bus_dma_limit = size_of(ctx, v, "bus_dma_limit")?,
+                        "min_align_mask" => {
+                            d.min_align_mask = size_of(ctx, v, "min_align_mask")?;
+                            if d.min_align_mask >= 1 << 20 || !(d.min_align_mask + 1).is_power_of_two() {
+                                return Err(err(ctx, "min_align_mask: expected 2^n - 1 below 1 MiB (NVMe uses 0xfff)"));
+                            }
+                        }
+                        "seg_boundary" => {
+                            let m = size_of(ctx, v, "seg_boundary")?;
+                            if m < 0xfff || m.checked_add(1).is_some_and(|x| !x.is_power_of_two()) {
+                                return Err(err(ctx, "seg_boundary: expected a mask 2^n - 1 of at least 0xfff"));
+                            }
+                            d.seg_boundary_mask = m;
+                        }
                         "bandwidth" => {
                             d.bandwidth = size_of(ctx, v, "bandwidth")?;
                             if d.bandwidth == 0 {
                                 return Err(err(ctx, "bandwidth: must be at least 1 byte per µs"));
                             }
                         }
-                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, sg, dma_offset, max_segment, bandwidth)"))),
+                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, sg, dma_offset, max_segment, bandwidth, bus_dma_limit, min_align_mask, seg_boundary)"))),
                     }
                 }
             }
@@ -413,6 +442,46 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             with_sys(&s1, &ctx, |sys| sys.dma_set_mask_and_coherent(d.idx, bits))
         },
     );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_max_mapping_size",
+        move |ctx: NativeCallContext, d: DeviceObj| {
+            with_sys(&s1, &ctx, |sys| Ok(sys.dma_max_mapping_size(d.idx) as INT))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "is_swiotlb_buffer",
+        move |ctx: NativeCallContext, d: DeviceObj, addr: INT| {
+            with_sys(&s1, &ctx, |sys| {
+                let pa = sys.kernel.devices[d.idx].dma_to_phys(addr as u64);
+                Ok(sys.is_swiotlb_buffer(pa))
+            })
+        },
+    );
+    for (fname, dir) in [
+        ("stream_to_device", DmaDirection::ToDevice),
+        ("stream_from_device", DmaDirection::FromDevice),
+    ] {
+        let s1 = s.clone();
+        engine.register_fn(
+            fname,
+            move |ctx: NativeCallContext,
+                  d: DeviceObj,
+                  what: Dynamic,
+                  count: INT|
+                  -> RResult<Dynamic> {
+                let buf = match what.clone().try_cast::<BufferObj>() {
+                    Some(b) => crate::throughput::StreamBuffer::Existing(b.id),
+                    None => crate::throughput::StreamBuffer::Fresh(size_of(&ctx, &what, fname)?),
+                };
+                let count = u64::try_from(count)
+                    .map_err(|_| err(&ctx, format!("{fname}: negative count")))?;
+                let r = with_sys(&s1, &ctx, |sys| sys.stream(d.idx, buf, count, dir))?;
+                Ok(json_to_dynamic(serde_json::to_value(r).unwrap_or_default()))
+            },
+        );
+    }
     let s1 = s.clone();
     engine.register_fn(
         "remove_device",

@@ -149,16 +149,17 @@ pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
     }
     let expectations = std::mem::take(&mut s.expectations);
     let mut log = std::mem::take(&mut s.early_log);
-    let (platform, findings, stats) = match s.sys.as_mut() {
+    let (platform, findings, stats, streams) = match s.sys.as_mut() {
         Some(sys) => {
             log.append(&mut sys.log);
             (
                 Some(PlatformSummary::of(&sys.cfg)),
                 sys.check.findings().to_vec(),
                 Stats::of(sys),
+                std::mem::take(&mut sys.streams),
             )
         }
-        None => (None, Vec::new(), Stats::default()),
+        None => (None, Vec::new(), Stats::default(), Vec::new()),
     };
     let outcome = if error.is_some() {
         Outcome::Error
@@ -177,6 +178,7 @@ pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
         expectations,
         findings,
         stats,
+        streams,
         log,
     }
 }
@@ -196,6 +198,7 @@ pub fn run_file(path: &std::path::Path, opts: &ScriptOptions) -> Report {
             expectations: Expectations::default(),
             findings: Vec::new(),
             stats: Stats::default(),
+            streams: Vec::new(),
             log: Vec::new(),
         },
     }

@@ -3,30 +3,30 @@
 //! arm64 cache operations for non-coherent devices (`arch/arm64/mm/dma-mapping.c`,
 //! `arch/arm64/mm/cache.S`).
 //!
-//! Differences from Linux: no swiotlb yet (an address beyond the mask fails with the
-//! overflow warning instead of bouncing), no zones (coherent allocations take any
-//! page), no atomic pools (every GFP may block). Cache maintenance is issued by
-//! virtual address on the linear-map alias, as `dcache_clean_poc(phys_to_virt(paddr))`
-//! does.
+//! When an address is out of the device's reach (`dma_capable`), when swiotlb is
+//! forced, or when a small kmalloc buffer the device writes is not a whole number of
+//! cache lines (`dma_kmalloc_needs_bounce`, arm64), the mapping goes through the
+//! swiotlb pool ([`super::bounce`]).
+//!
+//! Differences from Linux: no atomic pools (every GFP may block); no P2PDMA pages.
+//! Cache maintenance is issued by virtual address on the linear-map alias, as
+//! `dcache_clean_poc(phys_to_virt(paddr))` does.
 
 use crate::config::{Arch, PAGE_SIZE};
 use crate::hw::Cmo;
 use crate::kernel::device::Device;
+use crate::kernel::dma::bounce::BounceWhy;
 use crate::kernel::dma::{dma_bit_mask, DmaDirection, DMA_MAPPING_ERROR};
 use crate::system::System;
 
-/// `min_not_zero(mask, bus_dma_limit)`; there is no bus limit yet.
-fn dma_limit(mask: u64) -> u64 {
-    mask
-}
-
-/// `dma_capable()` (include/linux/dma-direct.h): the whole range is below the limit.
+/// `dma_capable()` (include/linux/dma-direct.h): the whole range is at or below
+/// `min_not_zero(*dev->dma_mask, dev->bus_dma_limit)`.
 pub fn dma_capable(dev: &Device, addr: u64, size: u64) -> bool {
     if addr == DMA_MAPPING_ERROR {
         return false;
     }
     let end = addr.checked_add(size.max(1) - 1);
-    end.is_some_and(|e| e <= dma_limit(dev.dma_mask))
+    end.is_some_and(|e| e <= dev.dma_limit())
 }
 
 impl System {
@@ -115,37 +115,94 @@ impl System {
         self.hw.dram.contains(pa, size)
     }
 
-    /// `dma_direct_map_phys()` (`dma_direct_map_page` in direct.h): the bus address of
-    /// `pa`, after the cache clean a non-coherent device needs; `DMA_MAPPING_ERROR`
-    /// (with Linux's warning) when the device cannot reach it.
+    /// `dma_kmalloc_needs_bounce()` (include/linux/dma-map-ops.h; arm64 selects
+    /// `CONFIG_DMA_BOUNCE_UNALIGNED_KMALLOC`): a non-coherent device may write a
+    /// buffer smaller than 2 × `ARCH_DMA_MINALIGN` whose kmalloc size class is not a
+    /// whole number of cache lines, so invalidating it could destroy a neighbour.
+    pub fn dma_kmalloc_needs_bounce(&self, dev: usize, size: u64, dir: DmaDirection) -> bool {
+        if self.cfg.arch != Arch::Arm64
+            || self.dev_is_dma_coherent(dev)
+            || dir == DmaDirection::ToDevice
+            || size >= 2 * self.cfg.dma_minalign
+        {
+            return false;
+        }
+        let rounded = self.kernel.slab.class_for(size).unwrap_or(size);
+        rounded % self.hw.line() != 0
+    }
+
+    /// `dma_direct_map_phys()` (`dma_direct_map_page` in direct.h): the bus address
+    /// of `pa` — through a swiotlb bounce buffer when the device cannot reach it, when
+    /// swiotlb is forced or for an unaligned small kmalloc buffer — after the cache
+    /// clean a non-coherent device needs. Also returns the bounce buffer's physical
+    /// address when there is one. `DMA_MAPPING_ERROR` (with Linux's warning) when
+    /// neither works.
     pub fn dma_direct_map_phys(
         &mut self,
         dev: usize,
         pa: u64,
         size: u64,
         dir: DmaDirection,
-    ) -> u64 {
+    ) -> (u64, Option<u64>) {
         let d = &self.kernel.devices[dev];
         let addr = d.phys_to_dma(pa);
-        if !dma_capable(d, addr, size) {
-            let (name, mask) = (d.name.clone(), d.dma_mask);
+        if self.kernel.swiotlb.as_ref().is_some_and(|p| p.force) {
+            return self.swiotlb_map(dev, pa, size, dir, BounceWhy::Forced);
+        }
+        let capable = dma_capable(d, addr, size);
+        if !capable || self.dma_kmalloc_needs_bounce(dev, size, dir) {
+            if self.kernel.swiotlb.is_some() {
+                let why = if capable {
+                    BounceWhy::KmallocUnaligned
+                } else {
+                    BounceWhy::BeyondLimit
+                };
+                return self.swiotlb_map(dev, pa, size, dir, why);
+            }
+            let d = &self.kernel.devices[dev];
+            let (name, mask, limit) = (d.name.clone(), d.dma_mask, d.bus_dma_limit);
             self.printk(
                 &name,
-                format!("DMA addr {addr:#x}+{size} overflow (mask {mask:#x}, bus limit 0). (no swiotlb bounce buffer on this path)"),
+                format!("DMA addr {addr:#x}+{size} overflow (mask {mask:x}, bus limit {limit:x})."),
             );
-            return DMA_MAPPING_ERROR;
+            return (DMA_MAPPING_ERROR, None);
         }
         if !self.dev_is_dma_coherent(dev) {
             self.arch_sync_dma_for_device(pa, size, dir);
         }
-        addr
+        (addr, None)
     }
 
-    /// `dma_direct_unmap_phys()`: a non-coherent device's buffer is synced for the CPU.
+    /// `dma_direct_unmap_phys()`: the sync for the CPU (cache invalidate, then the
+    /// copy back out of a bounce buffer), then the slots are released.
     pub fn dma_direct_unmap_phys(&mut self, dev: usize, addr: u64, size: u64, dir: DmaDirection) {
+        self.dma_direct_sync(dev, addr, size, dir, true);
         let pa = self.kernel.devices[dev].dma_to_phys(addr);
-        if !self.dev_is_dma_coherent(dev) {
-            self.arch_sync_dma_for_cpu(pa, size, dir);
+        self.swiotlb_release(dev, pa);
+    }
+
+    /// `dma_direct_sync_single_for_cpu()` / `_for_device()`: for the CPU, invalidate
+    /// then copy out of a bounce buffer; for the device, copy in then clean.
+    pub fn dma_direct_sync(
+        &mut self,
+        dev: usize,
+        addr: u64,
+        size: u64,
+        dir: DmaDirection,
+        for_cpu: bool,
+    ) {
+        let pa = self.kernel.devices[dev].dma_to_phys(addr);
+        let coherent = self.dev_is_dma_coherent(dev);
+        if for_cpu {
+            if !coherent {
+                self.arch_sync_dma_for_cpu(pa, size, dir);
+            }
+            self.swiotlb_sync_for_cpu(dev, pa, size, dir);
+        } else {
+            self.swiotlb_sync_for_device(dev, pa, size, dir);
+            if !coherent {
+                self.arch_sync_dma_for_device(pa, size, dir);
+            }
         }
     }
 
@@ -164,7 +221,7 @@ impl System {
         let d = &self.kernel.devices[dev];
         d.phys_to_dma(pa)
             .checked_add(size - 1)
-            .is_some_and(|e| e <= dma_limit(d.coherent_dma_mask))
+            .is_some_and(|e| e <= d.coherent_limit())
     }
 }
 
@@ -211,7 +268,7 @@ impl System {
     ) -> crate::system::Result<Option<u64>> {
         use crate::kernel::mm::gfp::{GFP_DMA, GFP_DMA32, GFP_KERNEL};
         let d = &self.kernel.devices[dev];
-        let phys_limit = d.dma_to_phys(dma_limit(d.coherent_dma_mask));
+        let phys_limit = d.dma_to_phys(d.coherent_limit());
         let mut gfp = GFP_KERNEL
             | if phys_limit <= self.kernel.zone_dma_limit {
                 GFP_DMA

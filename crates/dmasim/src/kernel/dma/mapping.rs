@@ -69,6 +69,58 @@ impl System {
         })
     }
 
+    /// `dma-mask-default`: the first mapping or allocation of a device whose driver
+    /// never set a mask, on a machine with RAM above 4 GiB (where the 32-bit
+    /// default means bounce buffers or failed allocations).
+    fn dma_mask_default_check(&mut self, dev: usize) {
+        let d = &self.kernel.devices[dev];
+        if d.mask_set || self.kernel.ram_end <= 1 << 32 || d.dma_mask > dma_bit_mask(32) {
+            return;
+        }
+        let name = d.name.clone();
+        let above = self.kernel.ram_end - (1 << 32);
+        self.kernel.devices[dev].mask_set = true; // once per device
+        let ctx = self.ctx();
+        self.check.report_plain(
+            "dma-mask-default",
+            None,
+            Some(&name),
+            None,
+            None,
+            ctx,
+            format!("{name} maps DMA with the default 32-bit mask on a machine with {} of RAM above 4 GiB: buffers there will bounce through swiotlb (or fail without it) and coherent allocations are squeezed into ZONE_DMA/ZONE_DMA32", crate::units::human_size(above)),
+            "in probe, call dma_set_mask_and_coherent(dev, DMA_BIT_MASK(n)) with the address width the hardware really drives, and check its result".into(),
+            vec![],
+        );
+    }
+
+    /// `dma_max_mapping_size()` (`dma_direct_max_mapping_size`): the swiotlb limit
+    /// (256 KiB less `min_align_mask` padding) when the pool exists and the device
+    /// is addressing-limited or forced to bounce; otherwise unlimited (`SIZE_MAX`,
+    /// shown as `i64::MAX` to scripts).
+    pub fn dma_max_mapping_size(&self, dev: usize) -> u64 {
+        let d = &self.kernel.devices[dev];
+        match self.kernel.swiotlb.as_ref() {
+            Some(p) if p.force || self.dma_addressing_limited(dev) => {
+                crate::kernel::dma::swiotlb::swiotlb_max_mapping_size(d.min_align_mask)
+            }
+            _ => i64::MAX as u64,
+        }
+    }
+
+    /// `dma_addressing_limited()`: the device's limit is below the highest RAM
+    /// address as a bus address (`dma_direct_get_required_mask`).
+    pub fn dma_addressing_limited(&self, dev: usize) -> bool {
+        let d = &self.kernel.devices[dev];
+        let top = d.phys_to_dma(self.kernel.ram_end - 1);
+        let required = if top == 0 {
+            0
+        } else {
+            u64::MAX >> top.leading_zeros()
+        };
+        d.dma_limit() < required
+    }
+
     /// `dma_set_mask()`: 0, or −EIO when `dma_supported()` refuses the mask.
     pub fn dma_set_mask(&mut self, dev: usize, bits: i64) -> Result<i64> {
         self.device_checked(dev, "dma_set_mask")?;
@@ -76,6 +128,7 @@ impl System {
             return Ok(-errno::EIO);
         }
         self.kernel.devices[dev].dma_mask = dma_bit_mask(bits as u32);
+        self.kernel.devices[dev].mask_set = true;
         Ok(0)
     }
 
@@ -86,6 +139,7 @@ impl System {
             return Ok(-errno::EIO);
         }
         self.kernel.devices[dev].coherent_dma_mask = dma_bit_mask(bits as u32);
+        self.kernel.devices[dev].mask_set = true;
         Ok(0)
     }
 
@@ -197,7 +251,8 @@ impl System {
                 bogus
             }
         };
-        let addr = self.dma_direct_map_phys(dev, pa, size, dir);
+        self.dma_mask_default_check(dev);
+        let (addr, bounce) = self.dma_direct_map_phys(dev, pa, size, dir);
         if addr != DMA_MAPPING_ERROR {
             let buffer = self.buffer_ref(va);
             let ctx = self.ctx();
@@ -213,6 +268,7 @@ impl System {
                     dir,
                     kind,
                     buffer,
+                    bounce,
                     what: format!("{call} {}", dir.name()),
                 },
             );
@@ -270,14 +326,7 @@ impl System {
         Self::valid_dir(call, dir)?;
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
-        if !self.dev_is_dma_coherent(dev) {
-            let pa = self.kernel.devices[dev].dma_to_phys(addr);
-            if for_cpu {
-                self.arch_sync_dma_for_cpu(pa, size, dir);
-            } else {
-                self.arch_sync_dma_for_device(pa, size, dir);
-            }
-        }
+        self.dma_direct_sync(dev, addr, size, dir, for_cpu);
         let name = self.kernel.devices[dev].name.clone();
         let ctx = self.ctx();
         self.check.sync(ctx, dev, &name, addr, size, dir, for_cpu);
@@ -304,6 +353,7 @@ impl System {
         self.mapping_room()?;
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
+        self.dma_mask_default_check(dev);
         let name = self.kernel.devices[dev].name.clone();
         let order = get_order(size);
         let bytes = page_align(size);
@@ -394,6 +444,7 @@ impl System {
                     len: size,
                     alloc,
                 }),
+                bounce: None,
                 what: format!(
                     "dma_alloc_coherent{}",
                     if coherent {

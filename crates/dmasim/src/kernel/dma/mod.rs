@@ -1,9 +1,11 @@
 //! The DMA mapping API (`kernel/dma/` in Linux): the entry points in [`mapping`], the
 //! direct-mapping implementation in [`direct`] and the arm64 cache operations it uses.
 
+pub mod bounce;
 pub mod direct;
 pub mod mapping;
 pub mod sg;
+pub mod swiotlb;
 
 use serde::Serialize;
 

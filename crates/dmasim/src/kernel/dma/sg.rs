@@ -135,21 +135,27 @@ impl System {
         let max_seg = self.kernel.devices[dev].max_segment;
         let mut mapped = Vec::with_capacity(entries.len());
         for e in &entries {
-            let addr = self.dma_direct_map_phys(dev, e.phys, e.len, dir);
+            let (addr, bounce) = self.dma_direct_map_phys(dev, e.phys, e.len, dir);
             if addr == DMA_MAPPING_ERROR {
                 // dma_direct_map_sg unmaps what it mapped with SKIP_CPU_SYNC (no cache
-                // work, nothing recorded yet) and the whole call fails.
+                // work, nothing recorded yet, bounce slots given back) and the whole
+                // call fails.
+                for &(_, _, b) in &mapped {
+                    if let Some(tlb) = b {
+                        self.swiotlb_release(dev, tlb);
+                    }
+                }
                 self.printk(
                     &name,
                     format!("dma_map_sg: entry at {:#x} cannot be mapped", e.phys),
                 );
                 return Ok(0);
             }
-            mapped.push((addr, e.len));
+            mapped.push((addr, e.len, bounce));
         }
         let ctx = self.ctx();
         let n = mapped.len();
-        for (i, (&(addr, len), e)) in mapped.iter().zip(&entries).enumerate() {
+        for (i, (&(addr, len, bounce), e)) in mapped.iter().zip(&entries).enumerate() {
             let buffer = self.buffer_ref_phys(e.phys);
             self.check.map(
                 &mut self.hw,
@@ -163,6 +169,7 @@ impl System {
                     dir,
                     kind: MapKind::Sg,
                     buffer,
+                    bounce,
                     what: format!("dma_map_sg {} [entry {i} of {n}]", dir.name()),
                 },
             );
@@ -196,7 +203,7 @@ impl System {
             );
         }
         let t = self.kernel.sg_tables.get_mut(&id).expect("checked above");
-        for (e, &(addr, len)) in t.entries.iter_mut().zip(&mapped) {
+        for (e, &(addr, len, _)) in t.entries.iter_mut().zip(&mapped) {
             e.dma_address = addr;
             e.dma_len = len;
         }

@@ -291,6 +291,11 @@ impl Zone {
         None
     }
 
+    /// Is `pfn` inside a free buddy block.
+    fn is_page_free(&self, pfn: u64) -> bool {
+        (0..=MAX_PAGE_ORDER).any(|o| self.free.is_free_at(pfn & !((1u64 << o) - 1), o).is_some())
+    }
+
     /// Takes the single page `pfn` out of the free block that holds it, giving the
     /// rest of the block back in aligned pieces. `false` when `pfn` is not free.
     fn take_page(&mut self, pfn: u64) -> bool {
@@ -483,6 +488,12 @@ impl Node {
         const PER_REGION: u64 = 64;
         let region = 1u64 << MAX_PAGE_ORDER;
         let mut kept = 0;
+        // CMA pageblocks hold only movable allocations, which cma_alloc migrates
+        // away; kernel data aged in here would wrongly pin the pool.
+        let cma = self
+            .cma
+            .as_ref()
+            .map_or(0..0, |c| c.base_pfn..c.base_pfn + c.count);
         for z in &mut self.zones {
             let span = z.end_pfn - z.start_pfn;
             if z.managed == 0 || span < region {
@@ -505,7 +516,7 @@ impl Node {
                 }
                 for _ in 0..PER_REGION {
                     let pfn = base + rng.next_u64() % region;
-                    if z.take_page(pfn) {
+                    if !cma.contains(&pfn) && z.take_page(pfn) {
                         taken.push(pfn);
                     }
                 }
@@ -571,6 +582,43 @@ impl Node {
             "no free {} below {limit:#x}",
             crate::units::human_size(count << PAGE_SHIFT)
         ))
+    }
+
+    /// `memblock_alloc_low()` at boot: the highest run of `bytes` (whole pages) of free
+    /// memory ending at or below `limit`, inside one zone, taken out of the allocator
+    /// for good (the pages stop being managed, as memblock reservations never reach
+    /// the buddy allocator). Returns the first byte, or `None` when no run fits.
+    pub fn memblock_alloc_low(&mut self, bytes: u64, limit: u64) -> Option<u64> {
+        let count = bytes.div_ceil(PAGE_SIZE);
+        // The CMA area is a memblock reservation too: never free for memblock.
+        let cma = self
+            .cma
+            .as_ref()
+            .map_or(0..0, |c| c.base_pfn..c.base_pfn + c.count);
+        for zi in (0..MAX_NR_ZONES).rev() {
+            let z = &self.zones[zi];
+            let mut top = z.end_pfn.min(limit >> PAGE_SHIFT);
+            while top >= z.start_pfn + count {
+                let base = top - count;
+                // The highest page of the candidate run that is not free, if any.
+                match (base..top)
+                    .rev()
+                    .find(|&p| cma.contains(&p) || !z.is_page_free(p))
+                {
+                    Some(busy) => top = busy,
+                    None => {
+                        let z = &mut self.zones[zi];
+                        for p in base..top {
+                            z.take_page(p);
+                        }
+                        z.managed -= count;
+                        self.setup_watermarks();
+                        return Some(base << PAGE_SHIFT);
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// If `pfn` is free in the buddy or per-CPU lists, takes it (for
