@@ -2,6 +2,7 @@
 //! run. `cargo bench -p dmasim --bench hw`; BENCHMARKS.md records the figures.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use dmasim::check::MapKind;
 use dmasim::config::{NoiseConfig, PlatformConfig};
 use dmasim::hw::Machine;
 use dmasim::kernel::device::Device;
@@ -113,7 +114,54 @@ fn device_dma(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cpu_lines, device_dma);
+/// A 32-bit device on an 8 GiB arm64 machine maps and unmaps a 4 KiB buffer above
+/// 4 GiB: every map goes through swiotlb and copies 4 KiB in.
+fn bounce_map_unmap(c: &mut Criterion) {
+    let mut g = c.benchmark_group("swiotlb_4KiB");
+    g.throughput(Throughput::Elements(1));
+    let mut p = quiet("arm64-coherent");
+    p.ram = 8 << 30;
+    let mut sys = System::boot(p, RunOptions::default()).unwrap();
+    let dev = sys.add_device(Device::new("nic0", true, 1_000_000, 0));
+    let id = sys
+        .kmalloc(4096, dmasim::kernel::mm::gfp::GFP_KERNEL)
+        .unwrap()
+        .unwrap();
+    let va = sys.kernel.buffers[&id].va;
+    assert!(sys.kernel.buffers[&id].phys >= 1 << 32);
+    sys.cpu_write_va(va, &[0x42; 4096]).unwrap();
+    g.bench_function("bounced_map_unmap_to_device", |b| {
+        b.iter(|| {
+            let a = sys
+                .dma_map_single(dev, va, 4096, DmaDirection::ToDevice)
+                .unwrap();
+            assert!(!sys.dma_mapping_error(dev, a));
+            sys.dma_unmap(dev, a, 4096, DmaDirection::ToDevice, MapKind::Single)
+                .unwrap();
+        })
+    });
+    g.bench_function("bounced_map_unmap_bidirectional", |b| {
+        b.iter(|| {
+            let a = sys
+                .dma_map_single(dev, va, 4096, DmaDirection::Bidirectional)
+                .unwrap();
+            assert!(!sys.dma_mapping_error(dev, a));
+            sys.dma_unmap(dev, a, 4096, DmaDirection::Bidirectional, MapKind::Single)
+                .unwrap();
+        })
+    });
+    let src = vec![0x42u8; 4096];
+    let mut dst = vec![0u8; 4096];
+    g.bench_function("host_baseline_memcpy_4KiB", |b| {
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&dst);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, cpu_lines, device_dma, bounce_map_unmap);
 
 /// Diagnostic: an all-miss stream whose frames fit the host's caches (2 MiB), to
 /// separate the model's own work from host memory traffic.

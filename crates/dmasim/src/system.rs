@@ -687,5 +687,15 @@ impl System {
         self.check.uncached_use(ctx);
         self.check
             .leaks(&mut self.hw, ctx, None, "at the end of the run");
+        if self.check.suppressed > 0 {
+            let n = self.check.suppressed;
+            self.printk(
+                "dmasim",
+                format!(
+                    "{n} more findings were not kept (at most {} per run)",
+                    crate::check::MAX_FINDINGS
+                ),
+            );
+        }
     }
 }

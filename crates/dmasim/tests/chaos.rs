@@ -41,14 +41,22 @@ fn random_script(seed: u64) -> String {
         "rpi4",
         "arm32",
     ][r.below(5)];
+    let swiotlb = ["\"1 MiB\"", "\"off\"", "\"64 MiB\"", "0"][r.below(4)];
     let mut s = format!(
-        "boot(\"{preset}\", #{{ hugepages: 2 }});\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\n",
+        "boot(\"{preset}\", #{{ hugepages: 2, swiotlb: {swiotlb}, swiotlb_force: {} }});\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\n",
+        r.below(3) == 0,
         r.below(2) == 1
     );
     for _ in 0..40 {
         let size = pick(&mut r, SIZES);
         let dir = pick(&mut r, DIRS);
-        let line = match r.below(28) {
+        let line = match r.below(30) {
+            28 => format!(
+                "let t = stream_{}_device(d, {size}, {});",
+                ["to", "from"][r.below(2)],
+                pick(&mut r, &["1", "3", "17", "0", "-4", "2000000"])
+            ),
+            29 => format!("dma_set_mask_and_coherent(d, {}); let m = dma_max_mapping_size(d);", pick(&mut r, &["64", "32", "40", "20", "0", "99"])),
             16 => format!("ubufs.push(p.malloc({size}));"),
             17 => "if ubufs.len() > 0 { p.write(ubufs[-1], 0, pattern(\"inc\", 16)); }".into(),
             18 => "if ubufs.len() > 0 { pins.push(pin_user_pages(p, ubufs[-1], #{ longterm: true })); }".into(),

@@ -194,6 +194,9 @@ impl Indexed for Entry {
 /// instead of eating host memory); dma-debug preallocates 65536 entries.
 pub const MAX_LIVE_MAPPINGS: usize = 1 << 18;
 
+/// Most findings one run keeps; later ones are only counted.
+pub const MAX_FINDINGS: usize = 10_000;
+
 /// A device reached a frame that holds, or held, a user page.
 #[derive(Debug, Clone)]
 pub enum UserHit {
@@ -240,6 +243,8 @@ pub struct Sanitizer {
     seen: BTreeMap<(&'static str, u64, u32), usize>,
     held: BTreeMap<u64, (u64, u64)>,
     allowed: BTreeSet<String>,
+    /// Findings not kept because [`MAX_FINDINGS`] were already recorded.
+    pub suppressed: u64,
     line: u64,
     uncached_fill_ps: u64,
 }
@@ -256,6 +261,7 @@ impl Sanitizer {
             seen: BTreeMap::new(),
             held: BTreeMap::new(),
             allowed: BTreeSet::new(),
+            suppressed: 0,
             line,
             uncached_fill_ps: fill_ps,
         }
@@ -298,6 +304,11 @@ impl Sanitizer {
             if manifested == Some(true) {
                 self.findings[i].manifested = Some(true);
             }
+            return;
+        }
+        if self.findings.len() >= MAX_FINDINGS {
+            // A loop making a new mistake each time: keep the host's memory bounded.
+            self.suppressed += 1;
             return;
         }
         self.seen.insert((id, key, ctx.line), self.findings.len());
@@ -524,6 +535,17 @@ impl Sanitizer {
             return;
         };
         let e = self.entries.remove(id).expect("entry found above");
+        let clean = e.size == size
+            && e.kind == kind
+            && (e.dir == dir || kind == MapKind::Coherent)
+            && e.checked
+            && e.owned_writes.is_empty();
+        if clean {
+            // The common case: nothing to report, so no history to build.
+            self.uncached_check(ctx, id, &e);
+            self.oracle.release(hw, e.phys, e.size);
+            return;
+        }
         let mut hist = e.snapshot();
         hist.push(HistoryEvent {
             time_ns: ctx.time_ns,

@@ -368,7 +368,7 @@ impl System {
                 help.push("give receive buffers at least 2 × ARCH_DMA_MINALIGN (256 bytes on arm64) or a whole number of cache lines".to_string());
             }
             let msg = format!(
-                "{name}: {} mappings bounced through swiotlb, {} copied by the CPU in {} µs of simulated time ({})",
+                "{name}: {} mapping(s) bounced through swiotlb, {} copied by the CPU in {} µs of simulated time ({})",
                 t.maps,
                 human_size(t.bytes),
                 copy_ns / 1000,

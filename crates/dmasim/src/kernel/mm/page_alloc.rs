@@ -291,9 +291,12 @@ impl Zone {
         None
     }
 
-    /// Is `pfn` inside a free buddy block.
-    fn is_page_free(&self, pfn: u64) -> bool {
-        (0..=MAX_PAGE_ORDER).any(|o| self.free.is_free_at(pfn & !((1u64 << o) - 1), o).is_some())
+    /// The free buddy block holding `pfn`: (first pfn, order).
+    fn free_block_of(&self, pfn: u64) -> Option<(u64, u32)> {
+        (0..=MAX_PAGE_ORDER).find_map(|o| {
+            let start = pfn & !((1u64 << o) - 1);
+            self.free.is_free_at(start, o).map(|_| (start, o))
+        })
     }
 
     /// Takes the single page `pfn` out of the free block that holds it, giving the
@@ -600,22 +603,45 @@ impl Node {
             let mut top = z.end_pfn.min(limit >> PAGE_SHIFT);
             while top >= z.start_pfn + count {
                 let base = top - count;
-                // The highest page of the candidate run that is not free, if any.
-                match (base..top)
-                    .rev()
-                    .find(|&p| cma.contains(&p) || !z.is_page_free(p))
-                {
-                    Some(busy) => top = busy,
-                    None => {
-                        let z = &mut self.zones[zi];
-                        for p in base..top {
-                            z.take_page(p);
+                // The highest busy page of the run, walking down a free block at a
+                // time (a CMA page counts as busy, and so does the whole area).
+                let mut p = top;
+                let mut busy = None;
+                while p > base {
+                    let q = p - 1;
+                    if cma.contains(&q) {
+                        busy = Some(cma.start);
+                        break;
+                    }
+                    match z.free_block_of(q) {
+                        Some((start, _)) => p = start,
+                        None => {
+                            busy = Some(q);
+                            break;
                         }
-                        z.managed -= count;
-                        self.setup_watermarks();
-                        return Some(base << PAGE_SHIFT);
                     }
                 }
+                if let Some(b) = busy {
+                    // Any run that fits must end at or below it.
+                    top = b;
+                    continue;
+                }
+                let z = &mut self.zones[zi];
+                let mut p = base;
+                while p < top {
+                    let (start, order) = z.free_block_of(p).expect("checked free");
+                    let end = start + (1 << order);
+                    if start >= base && end <= top {
+                        z.free.del(start);
+                        p = end;
+                    } else {
+                        z.take_page(p);
+                        p += 1;
+                    }
+                }
+                z.managed -= count;
+                self.setup_watermarks();
+                return Some(base << PAGE_SHIFT);
             }
         }
         None
@@ -811,6 +837,34 @@ mod tests {
         assert_eq!(n.zone_of(0x4100_0000 >> 12), Some(ZoneType::Dma));
         assert!(n.zones[0].watermark_min > 0);
         assert_eq!(n.zones[0].lowmem_reserve[1], n.zones[1].managed / 256);
+    }
+
+    #[test]
+    fn memblock_alloc_low_takes_the_highest_free_run_below_the_limit_outside_cma() {
+        let mut n = Node::new(
+            0x4000_0000,
+            0x8000_0000,
+            &layout(0x5000_0000, 0x8000_0000),
+            &[(0x4000_0000, 0x4200_0000)],
+        );
+        n.reserve_cma(16 << 20, 0x5000_0000).unwrap();
+        let cma = n.cma.as_ref().map(|c| (c.base_pfn, c.count)).unwrap();
+        // A busy page just below the CMA area pushes the run under it.
+        let busy = cma.0 - 3;
+        assert!(n.take_free_page(busy));
+        let before = n.free_count();
+        let managed = n.zones[0].managed;
+        let start = n.memblock_alloc_low(2 << 20, 0x5000_0000).unwrap();
+        let (first, last) = (start >> 12, (start + (2 << 20)) >> 12);
+        assert_eq!(last, busy, "highest run below the busy page");
+        assert!(last <= cma.0 && start >= 0x4200_0000);
+        assert_eq!(n.free_count(), before - 512);
+        assert_eq!(n.zones[0].managed, managed - 512);
+        for p in first..last {
+            assert!(!n.take_free_page(p), "pfn {p:#x} still free");
+        }
+        // Below 0x4300_0000 only 16 MiB are free (the image takes 32): 64 MiB never fit.
+        assert_eq!(n.memblock_alloc_low(64 << 20, 0x4300_0000), None);
     }
 
     #[test]

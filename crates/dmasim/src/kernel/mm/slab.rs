@@ -1,11 +1,12 @@
 //! kmalloc (`mm/slab_common.c`, SLUB): power-of-two size classes plus 96 and 192,
 //! objects carved from slab pages; larger requests go to the page allocator.
 //!
-//! Objects are aligned to the architecture's kmalloc minimum alignment; on arm64 that
-//! is `ARCH_DMA_MINALIGN` (128) here, as Linux does when it has no bounce buffers for
-//! small unaligned kmalloc buffers (`dma_kmalloc_needs_bounce`), so a kmalloc'd DMA
-//! buffer never shares a cache line with another object. Freed objects are reused
-//! last-in first-out, like SLUB's per-CPU freelist.
+//! Objects are aligned to the kmalloc minimum alignment the kernel chose at boot
+//! ([`crate::kernel::kmalloc_minalign`]): on arm64 with a swiotlb pool that is 8
+//! bytes, because dma-direct bounces the small unaligned buffers a non-coherent
+//! device writes (`dma_kmalloc_needs_bounce`); otherwise `ARCH_DMA_MINALIGN`, so a
+//! kmalloc'd DMA buffer never shares a cache line with another object. Freed objects
+//! are reused last-in first-out, like SLUB's per-CPU freelist.
 
 use std::collections::BTreeMap;
 
