@@ -288,9 +288,23 @@ fn try_main() -> Result<u8, String> {
                         {
                             let shown = match (k.as_str(), v.as_u64()) {
                                 (
-                                    "ram_base" | "page_offset" | "vmalloc_start" | "zone_dma_limit",
+                                    "ram_base" | "page_offset" | "vmalloc_start" | "zone_dma_limit"
+                                    | "bus_dma_limit",
                                     Some(x),
                                 ) => format!("{x:#x}"),
+                                ("swiotlb", _) => {
+                                    let plan = dmasim::kernel::dma::swiotlb::boot_plan(p);
+                                    let setting = if v.is_null() {
+                                        "default".to_string()
+                                    } else {
+                                        v.to_string()
+                                    };
+                                    format!(
+                                        "{setting}: {} ({})",
+                                        dmasim::units::human_size((plan.nslabs as u64) * 2048),
+                                        plan.why
+                                    )
+                                }
                                 _ => v.to_string(),
                             };
                             outln!("  {k:<16} {shown}");

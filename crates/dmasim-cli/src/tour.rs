@@ -76,6 +76,13 @@ const STOPS: &[Stop] = &[
         broken: scenario!("arm32-zone-dma.rhai"),
         fixed: scenario!("arm32-zone-dma-fixed.rhai"),
     },
+    Stop {
+        name: "bounce-buffers",
+        title: "Bounce buffers: a device that cannot reach the buffer gets a copy",
+        explain: "A 32-bit DMA mask with RAM above 4 GiB, or a bus that sees only part of RAM: dma-direct copies the data through the swiotlb pool. Until the sync for the CPU copies it back, the buffer holds old bytes on every platform, coherent or not; and the copies cost throughput until the driver sets the mask the hardware really has.",
+        broken: scenario!("bounce-rx-no-sync.rhai"),
+        fixed: scenario!("bounce-nic.rhai"),
+    },
 ];
 
 const TOUR_SEEDS: u64 = 20;
@@ -134,7 +141,12 @@ pub fn run(name: Option<&str>, list: bool) -> Result<u8, String> {
         let first = first.expect("at least one seed");
         crate::outln!("  broken ({}): {}", s.broken.0, ids(&first));
         crate::outln!("    reported on {reported}/{TOUR_SEEDS} seeds; data actually corrupted on {manifested}/{TOUR_SEEDS}");
-        if let Some(f) = first.findings.first() {
+        let worst = first
+            .findings
+            .iter()
+            .find(|f| f.severity == dmasim::check::Severity::Error)
+            .or(first.findings.first());
+        if let Some(f) = worst {
             crate::outln!("    {}\n    help: {}", f.message, f.help);
         }
         for l in first.log.iter().filter(|l| l.contains("script: ")) {
@@ -142,12 +154,16 @@ pub fn run(name: Option<&str>, list: bool) -> Result<u8, String> {
         }
         let fixed = run_source(s.fixed.0, s.fixed.1, &ScriptOptions::default());
         crate::outln!(
-            "  fixed ({}): {}; {} expectation(s) held, simulated time {:.1} µs\n",
+            "  fixed ({}): {}; {} expectation(s) held, simulated time {:.1} µs",
             s.fixed.0,
             ids(&fixed),
             fixed.expectations.passed,
             fixed.stats.sim_time_ns as f64 / 1e3
         );
+        for l in fixed.log.iter().filter(|l| l.contains("script: ")) {
+            crate::outln!("    {l}");
+        }
+        crate::outln!("");
         ok &= fixed.exit_code() == 0 && reported == TOUR_SEEDS;
     }
     crate::outln!("Run one yourself: cargo run --release -- run scenarios/rx-no-sync.rhai");
