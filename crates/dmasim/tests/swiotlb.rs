@@ -314,3 +314,36 @@ fn min_align_mask_keeps_the_offset_in_the_bounce_buffer() {
     );
     all_passed(&r);
 }
+
+#[test]
+fn scatter_gather_entries_bounce_one_by_one_and_round_trip() {
+    let (r, j) = src(
+        r#"boot("arm64-noncoherent", #{ swiotlb_force: true, noise: "off" });
+        let d = device("d");
+        let buf = vmalloc(16384);
+        let t = sg_from_buffer(buf);
+        let n = dma_map_sg(d, t, DMA_FROM_DEVICE);
+        expect_eq(n, sg_nents(t), "dma-direct never merges: one segment per entry");
+        for i in 0..n { expect(is_swiotlb_buffer(d, sg_dma_address(t, i)), "each entry bounced"); }
+        let data = pattern("random", 16384, 3);
+        dev_write_sg(d, t, data);
+        dma_sync_sg_for_cpu(d, t, DMA_FROM_DEVICE);
+        expect_eq(cpu_read(buf, 0, 16384), data, "the sync copied every entry back");
+        dma_unmap_sg(d, t, DMA_FROM_DEVICE);
+        expect_eq(stats().swiotlb.slots_used, 0, "all slots back");"#,
+    );
+    all_passed(&r);
+    assert_eq!(r.expectations.passed as usize, 3 + sg_entries(&j));
+    let errors: Vec<&str> = r
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .map(|f| f.id)
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// Entries of the 16 KiB vmalloc table: the bounced-map count of the run.
+fn sg_entries(j: &Value) -> usize {
+    j["stats"]["bounced_maps"].as_u64().unwrap() as usize
+}
