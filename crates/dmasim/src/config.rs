@@ -153,9 +153,26 @@ pub struct PlatformConfig {
     /// Whether devices are cache-coherent unless `device(name, #{coherent: ...})` says
     /// otherwise (devicetree `dma-coherent`, `dma_default_coherent`).
     pub coherent_default: bool,
-    /// `iommu`: "none", "smmu" or "passthrough" (translation arrives with the IOMMU
-    /// model; today only "none" changes nothing and the others are recorded).
+    /// `iommu`: "none" (no IOMMU), "smmu" (devices translated through an SMMU with
+    /// the kernel's DMA domains) or "passthrough" (an SMMU in identity mode,
+    /// `iommu.passthrough=1`).
     pub iommu: String,
+    /// `iommu.strict`: invalidate the IOTLB at every unmap (true) or queue it in a
+    /// flush queue (false, "lazy"); `None` is the arch default: strict on arm64,
+    /// lazy on x86 (`IOMMU_DEFAULT_DMA_STRICT` / `_LAZY`, drivers/iommu/Kconfig).
+    pub iommu_strict: Option<bool>,
+    /// IOTLB entries (a pcie-bench-derived 64 by default, perf-anchors §1.2).
+    pub iotlb_entries: u32,
+    /// IOTLB associativity (ways per set; `iotlb_entries` = fully associative).
+    pub iotlb_ways: u32,
+    /// The table walker snoops the CPU caches (SMMU_IDR0.COHACC on a coherent port);
+    /// `None` follows `coherent_default`.
+    pub iommu_coherent_walk: Option<bool>,
+    /// A broken io-pgtable driver that forgets to clean the table lines it writes on
+    /// a non-coherent walker (`__arm_lpae_sync_pte`): for demonstrations only.
+    pub iommu_skip_pte_sync: bool,
+    /// IOMMU costs.
+    pub iommu_cost: crate::hw::iommu::IommuCost,
     /// `swiotlb=`: the bounce-buffer pool size in bytes; `None` lets the platform
     /// decide as Linux does (64 MiB when RAM reaches past what 32-bit DMA or the
     /// DMA zone covers, arm64's small kmalloc-bounce pool otherwise), `Some(0)` is
@@ -261,6 +278,12 @@ impl PlatformConfig {
                 l2: CacheGeometry { size: 512 << 10, ways: 16, line: 64 },
                 coherent_default: false,
                 iommu: "none".into(),
+                iommu_strict: None,
+                iotlb_entries: 64,
+                iotlb_ways: 64,
+                iommu_coherent_walk: None,
+                iommu_skip_pte_sync: false,
+                iommu_cost: crate::hw::iommu::IommuCost::default(),
                 // Decided at boot: with all RAM below 4 GiB arm64 creates only the
                 // small pool for kmalloc bouncing, 1 MiB per GiB of RAM
                 // (arch/arm64/mm/init.c mem_init); with more RAM, 64 MiB.
@@ -388,6 +411,12 @@ impl PlatformConfig {
                 // PCIe on x86 snoops the CPU caches: every device is coherent.
                 coherent_default: true,
                 iommu: "none".into(),
+                iommu_strict: None,
+                iotlb_entries: 64,
+                iotlb_ways: 64,
+                iommu_coherent_walk: None,
+                iommu_skip_pte_sync: false,
+                iommu_cost: crate::hw::iommu::IommuCost::default(),
                 // x86 enables swiotlb only with RAM above 4 GiB (arch/x86/kernel/pci-dma.c
                 // pci_swiotlb_detect); decided at boot.
                 swiotlb: None,
@@ -478,6 +507,9 @@ impl PlatformConfig {
             ("noise", "dmasim's own background model: evict = chance of a sweep over half the sets of L1 and L2 per noise point, prefetch = chance of a speculative fill near a recently touched page"),
             ("dev_bandwidth", "a generic on-chip DMA master (1 GB/s) or PCIe device (4 GB/s); set per device with bandwidth"),
             ("dev_latency_ns", "setup latency of a descriptor-driven transfer, order of magnitude"),
+            ("iotlb_entries", "pcie-bench: 64 B random DMA reads lose nothing up to a 256 KiB window of 4 KiB pages and fall off beyond, i.e. about 64 IOTLB entries (perf-anchors §1.2, DERIVED)"),
+            ("iommu_cost", "walk_level_ps: pcie-bench 0.35x at a 64 MiB window = ~33 ns throughput cost per miss over 4 levels; inv_page_ps and sync_ps: Morello SMMUv3 strict unmap 0.6 us at 4 KiB, +80 ns per extra page (perf-anchors §1.2, §1.3)"),
+            ("iommu_strict", "null = arch default: strict on arm64, lazy on x86 (drivers/iommu/Kconfig IOMMU_DEFAULT_DMA_STRICT / _LAZY)"),
         ];
         let specific: &[(&'static str, &'static str)] = match self.arch {
             Arch::Arm32 => &[

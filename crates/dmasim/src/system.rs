@@ -240,6 +240,7 @@ impl System {
             None => {}
         }
         sys.log_swiotlb(&swiotlb, swiotlb_pool);
+        sys.iommu_init();
         for z in sys.kernel.pages.zones.iter().filter(|z| z.managed > 0) {
             let line = format!(
                 "  {:<7} [mem {:#012x}-{:#012x}] {} managed",
@@ -268,6 +269,56 @@ impl System {
             );
         }
         Ok(sys)
+    }
+
+    /// `iommu_subsys_init` with the platform's `iommu` setting: the default domain
+    /// type and invalidation policy, logged as Linux does.
+    fn iommu_init(&mut self) {
+        if self.cfg.iommu == "none" {
+            return;
+        }
+        let passthrough = self.cfg.iommu == "passthrough";
+        let strict = self
+            .cfg
+            .iommu_strict
+            .unwrap_or(self.cfg.arch != crate::config::Arch::X86_64);
+        self.kernel.iommu = Some(crate::kernel::iommu::IommuState {
+            strict,
+            passthrough,
+            ..Default::default()
+        });
+        let walk = if self.hw.iommu.coherent_walk {
+            "coherent"
+        } else {
+            "non-coherent"
+        };
+        self.printk(
+            "arm-smmu-v3",
+            format!(
+                "SMMUv3: {} IOTLB entries ({}-way), {walk} table walk, stage-1 4K/2M/1G pages",
+                self.cfg.iotlb_entries, self.cfg.iotlb_ways
+            ),
+        );
+        self.printk(
+            "iommu",
+            format!(
+                "Default domain type: {}",
+                if passthrough {
+                    "Passthrough"
+                } else {
+                    "Translated"
+                }
+            ),
+        );
+        if !passthrough {
+            self.printk(
+                "iommu",
+                format!(
+                    "DMA domain TLB invalidation policy: {} mode",
+                    if strict { "strict" } else { "lazy" }
+                ),
+            );
+        }
     }
 
     /// Context for sanitizer events: now and the current script line.
@@ -317,8 +368,13 @@ impl System {
                 dev.dma_bits, dev.dma_mask
             ),
         );
+        let behind = dev.iommu;
         self.kernel.devices.push(dev);
-        self.kernel.devices.len() - 1
+        let idx = self.kernel.devices.len() - 1;
+        if behind && self.kernel.iommu.is_some() {
+            self.iommu_probe_device(idx);
+        }
+        idx
     }
 
     /// Runs pending device pieces up to now, then one noise point: what happens
@@ -506,12 +562,20 @@ impl System {
     /// # Errors
     /// [`SimError::Invalid`] for an unknown job.
     pub fn wait(&mut self, job: u64) -> Result<Option<Vec<u8>>> {
-        let end = self
+        let mut end = self
             .jobs
             .get(&job)
             .ok_or_else(|| SimError::Invalid(format!("no DMA job #{job} (already waited for?)")))?
             .end_ps();
-        self.idle_until(end);
+        loop {
+            self.idle_until(end);
+            // IOTLB misses may have pushed the end back.
+            let j = &self.jobs[&job];
+            if j.done >= j.len || j.end_ps() <= end {
+                break;
+            }
+            end = j.end_ps();
+        }
         let j = self.jobs.remove(&job).expect("job checked above");
         self.check_limits()?;
         Ok((!j.write && !j.bus_error).then_some(j.data))
@@ -563,16 +627,40 @@ impl System {
     }
 
     fn device_piece(&mut self, id: u64) {
+        let (devi, write, bus, n, t) = {
+            let j = &self.jobs[&id];
+            let bus = j.bus.wrapping_add(j.done);
+            let n = (PAGE_SIZE - (bus & (PAGE_SIZE - 1))).min(j.len - j.done);
+            (j.dev, j.write, bus, n, j.time_at(j.done + n))
+        };
+        // Through the IOMMU when the device sits behind one: a translation (which
+        // may walk the tables and delays the rest of the transfer) or a fault.
+        let lines = self.kernel.devices[devi].bus_lines(bus);
+        let (pa, fault, translated) = if self.dev_domain(devi).is_some() {
+            self.iommu_timers(t);
+            match self.hw.iommu_translate(devi, lines, write) {
+                Ok(tr) => {
+                    if let Some(j) = self.jobs.get_mut(&id) {
+                        j.start_ps += tr.cost_ps;
+                    }
+                    (tr.pa, None, self.use_dma_iommu(devi))
+                }
+                Err(k) => (0, Some(k), true),
+            }
+        } else {
+            (self.kernel.devices[devi].dma_to_phys(lines), None, false)
+        };
         let j = self.jobs.get_mut(&id).expect("pending job");
-        let (devi, write, line) = (j.dev, j.write, j.line);
-        let bus = j.bus.wrapping_add(j.done);
-        let n = (PAGE_SIZE - (bus & (PAGE_SIZE - 1))).min(j.len - j.done);
-        let t = j.time_at(j.done + n);
+        let line = j.line;
         let dev = &self.kernel.devices[devi];
-        let pa = dev.dma_to_phys(dev.bus_lines(bus));
         let off = j.done as usize;
         Self::drain_writebacks(&mut self.hw, &mut self.check);
-        let ok = if write {
+        let ok = if fault.is_some() {
+            if !write {
+                j.data.resize(j.data.len() + n as usize, 0);
+            }
+            false
+        } else if write {
             self.hw
                 .port_write(dev.coherent, pa, &j.data[off..off + n as usize])
                 .is_ok()
@@ -655,9 +743,28 @@ impl System {
                 va_of,
                 dma_bits: dev.dma_bits,
                 user,
+                translated,
+                fault,
             },
         );
-        if !ok {
+        if let Some(k) = fault {
+            let us = t / 1_000_000;
+            // SMMUv3 event record types (Arm IHI 0070, "Event records").
+            let (code, name) = match k {
+                crate::hw::iommu::FaultKind::Translation => (0x10, "F_TRANSLATION"),
+                crate::hw::iommu::FaultKind::AddressSize => (0x11, "F_ADDR_SIZE"),
+                crate::hw::iommu::FaultKind::Permission => (0x13, "F_PERMISSION"),
+                crate::hw::iommu::FaultKind::Blocked => (0x04, "C_BAD_STE"),
+            };
+            self.log.push(format!(
+                "[{:5}.{:06}] arm-smmu-v3: event {code:#04x} received ({name}): {} {} at IOVA {:#x}",
+                us / 1_000_000,
+                us % 1_000_000,
+                dev.name,
+                if write { "write" } else { "read" },
+                bus
+            ));
+        } else if !ok {
             let us = t / 1_000_000;
             self.log.push(format!(
                 "[{:5}.{:06}] {}: DMA bus error at {:#x} (physical {pa:#x} is not RAM)",

@@ -198,6 +198,21 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "mappings were copied through swiotlb bounce buffers (costs CPU time and throughput)",
     ),
     (
+        "iommu-fault",
+        Severity::Error,
+        "the IOMMU stopped a device access (no mapping, or a write to a read-only one)",
+    ),
+    (
+        "dma-after-unmap",
+        Severity::Error,
+        "a device used an address after its unmap (lazy invalidation may let it through)",
+    ),
+    (
+        "iova-exhausted",
+        Severity::Warning,
+        "no IOVA space was left below the device's limit",
+    ),
+    (
         "dma-mask-default",
         Severity::Warning,
         "a device kept the default 32-bit DMA mask on a machine with RAM above 4 GiB",

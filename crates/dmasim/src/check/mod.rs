@@ -96,6 +96,9 @@ pub struct NewMapping {
     /// The swiotlb bounce buffer the device really uses (physical address of the
     /// mapping's first byte), when the mapping bounced.
     pub bounce: Option<u64>,
+    /// The pages of a physically scattered mapping (an IOMMU coherent buffer): the
+    /// oracle watches these instead of `[phys, phys+size)`.
+    pub pages: Option<Vec<u64>>,
     /// Text for the history ("dma_map_single TO_DEVICE").
     pub what: String,
 }
@@ -129,6 +132,8 @@ struct Entry {
     /// The swiotlb slots the device really uses, when the mapping bounced: device
     /// accesses there stand for the buffer bytes at the same offset.
     bounce: Option<u64>,
+    /// The frames of a physically scattered mapping, watched one by one.
+    pages: Option<Vec<u64>>,
 }
 
 const HISTORY_MAX: usize = 48;
@@ -231,7 +236,25 @@ pub struct DeviceAccess<'a> {
     /// When no mapping covers the access: the user page at (or formerly at) the
     /// frame the device reached.
     pub user: Option<UserHit>,
+    /// The device sits behind a translating IOMMU domain.
+    pub translated: bool,
+    /// The IOMMU refused the access (it never reached memory).
+    pub fault: Option<crate::hw::iommu::FaultKind>,
 }
+
+/// An unmap the sanitizer remembers, to tell a device's use of a stale address.
+#[derive(Debug, Clone)]
+struct RecentUnmap {
+    dev: usize,
+    dev_addr: u64,
+    size: u64,
+    time_ns: u64,
+    line: u32,
+    history: Vec<HistoryEvent>,
+}
+
+/// Unmaps remembered per run (most recent first out).
+const RECENT_UNMAPS: usize = 64;
 
 /// The sanitizer's whole state.
 pub struct Sanitizer {
@@ -245,6 +268,7 @@ pub struct Sanitizer {
     allowed: BTreeSet<String>,
     /// Findings not kept because [`MAX_FINDINGS`] were already recorded.
     pub suppressed: u64,
+    recent_unmaps: std::collections::VecDeque<RecentUnmap>,
     line: u64,
     uncached_fill_ps: u64,
 }
@@ -262,6 +286,7 @@ impl Sanitizer {
             held: BTreeMap::new(),
             allowed: BTreeSet::new(),
             suppressed: 0,
+            recent_unmaps: std::collections::VecDeque::new(),
             line,
             uncached_fill_ps: fill_ps,
         }
@@ -390,7 +415,15 @@ impl Sanitizer {
         let buffer_id = m.buffer.as_ref().map(|b| b.id);
         let id = self.next_id;
         self.next_id += 1;
-        self.oracle.hold(hw, m.phys, m.size);
+        match &m.pages {
+            Some(pfns) => {
+                for &p in pfns {
+                    self.oracle
+                        .hold(hw, p << crate::config::PAGE_SHIFT, crate::config::PAGE_SIZE);
+                }
+            }
+            None => self.oracle.hold(hw, m.phys, m.size),
+        }
         let mut history = Vec::new();
         if let Some(b) = &m.buffer {
             if !self.held.contains_key(&b.id) {
@@ -455,6 +488,7 @@ impl Sanitizer {
             buffer: buffer_id,
             freed: None,
             bounce: m.bounce,
+            pages: m.pages,
         };
         let via = m
             .bounce
@@ -469,6 +503,17 @@ impl Sanitizer {
         let first_line = tracked.then(|| e.phys / self.line);
         self.entries.insert(id, e, first_line);
         id
+    }
+
+    fn release_entry(oracle: &mut Oracle, hw: &mut Machine, e: &Entry) {
+        match &e.pages {
+            Some(pfns) => {
+                for &p in pfns {
+                    oracle.release(hw, p << crate::config::PAGE_SHIFT, crate::config::PAGE_SIZE);
+                }
+            }
+            None => oracle.release(hw, e.phys, e.size),
+        }
     }
 
     /// `debug_dma_mapping_error`: marks the first unchecked exact match as checked.
@@ -535,6 +580,17 @@ impl Sanitizer {
             return;
         };
         let e = self.entries.remove(id).expect("entry found above");
+        if self.recent_unmaps.len() >= RECENT_UNMAPS {
+            self.recent_unmaps.pop_front();
+        }
+        self.recent_unmaps.push_back(RecentUnmap {
+            dev,
+            dev_addr: e.dev_addr,
+            size: e.size,
+            time_ns: ctx.time_ns,
+            line: ctx.line,
+            history: e.history.clone(),
+        });
         let clean = e.size == size
             && e.kind == kind
             && (e.dir == dir || kind == MapKind::Coherent)
@@ -543,7 +599,7 @@ impl Sanitizer {
         if clean {
             // The common case: nothing to report, so no history to build.
             self.uncached_check(ctx, id, &e);
-            self.oracle.release(hw, e.phys, e.size);
+            Self::release_entry(&mut self.oracle, hw, &e);
             return;
         }
         let mut hist = e.snapshot();
@@ -617,7 +673,7 @@ impl Sanitizer {
             self.cpu_wrote_device_owned(hw, ctx, &e, hist);
         }
         self.uncached_check(ctx, id, &e);
-        self.oracle.release(hw, e.phys, e.size);
+        Self::release_entry(&mut self.oracle, hw, &e);
     }
 
     fn cpu_wrote_device_owned(
@@ -884,7 +940,17 @@ impl Sanitizer {
     pub fn device_access(&mut self, ctx: Ctx, a: DeviceAccess<'_>) {
         let len = a.data.len() as u64;
         let cover = self.entries.containing(a.dev, a.bus, Some(len), |_| true);
+        if let Some(kind) = a.fault {
+            self.iommu_fault(ctx, &a, kind, cover);
+            return;
+        }
         let Some(id) = cover else {
+            if a.translated {
+                // The IOMMU translated an address no live mapping covers: only a
+                // stale IOTLB entry (lazy invalidation) can do that.
+                self.after_unmap(ctx, &a, true);
+                return;
+            }
             self.unmapped_device_access(ctx, &a);
             return;
         };
@@ -1032,6 +1098,109 @@ impl Sanitizer {
         }
     }
 
+    /// The IOMMU stopped an access: `dma-after-unmap` (latent) when the address was
+    /// this device's until a recent unmap, else `iommu-fault`.
+    fn iommu_fault(
+        &mut self,
+        ctx: Ctx,
+        a: &DeviceAccess<'_>,
+        kind: crate::hw::iommu::FaultKind,
+        cover: Option<u64>,
+    ) {
+        use crate::hw::iommu::FaultKind;
+        let len = a.data.len() as u64;
+        let verb = if a.write { "write" } else { "read" };
+        if cover.is_none() && self.recent_unmap(a).is_some() {
+            self.after_unmap(ctx, a, false);
+            return;
+        }
+        let (why, help, hist) = match (kind, cover) {
+            (FaultKind::Permission, Some(id)) => {
+                let e = self.entries.get(id);
+                (
+                    format!("a {verb} into a mapping the IOMMU maps read-only (mapped with {})", e.dir.name()),
+                    "map with DMA_FROM_DEVICE or DMA_BIDIRECTIONAL if the device writes the buffer".to_string(),
+                    e.snapshot(),
+                )
+            }
+            (FaultKind::Blocked, _) => (
+                "the device's domain blocks all DMA".to_string(),
+                "a device is blocked while its group has no owner (VFIO took it, or the driver unbound); attach a domain first".to_string(),
+                vec![],
+            ),
+            _ => (
+                "no mapping at that IOVA".to_string(),
+                "give the device only addresses returned by dma_map_* or dma_alloc_coherent, and only while they are mapped; without an IOMMU this access would have reached memory".to_string(),
+                vec![],
+            ),
+        };
+        let code = match kind {
+            FaultKind::Translation => "F_TRANSLATION",
+            FaultKind::Permission => "F_PERMISSION",
+            FaultKind::Blocked => "C_BAD_STE",
+            FaultKind::AddressSize => "F_ADDR_SIZE",
+        };
+        self.report_access(
+            "iommu-fault",
+            a.bus,
+            None,
+            a,
+            ctx,
+            format!(
+                "{}: IOMMU fault {code}: {verb} of {len} bytes at IOVA {:#x} stopped, nothing reached memory ({why})",
+                a.dev_name, a.bus
+            ),
+            help,
+            hist,
+        );
+    }
+
+    fn recent_unmap(&self, a: &DeviceAccess<'_>) -> Option<&RecentUnmap> {
+        self.recent_unmaps
+            .iter()
+            .rev()
+            .find(|u| u.dev == a.dev && a.bus >= u.dev_addr && a.bus - u.dev_addr < u.size.max(1))
+    }
+
+    /// `dma-after-unmap`: a device used an address after its unmap; `through` when the
+    /// IOMMU (a stale IOTLB entry) let it reach memory.
+    fn after_unmap(&mut self, ctx: Ctx, a: &DeviceAccess<'_>, through: bool) {
+        let len = a.data.len() as u64;
+        let verb = if a.write { "wrote" } else { "read" };
+        let (when, mut hist) = match self.recent_unmap(a) {
+            Some(u) => (
+                format!("unmapped at line {} ({} ns)", u.line, u.time_ns),
+                u.history.clone(),
+            ),
+            None => ("no longer mapped".to_string(), vec![]),
+        };
+        let outcome = match (through, a.pa) {
+            (true, Some(pa)) => format!("the IOTLB still held the translation, so the access reached physical {pa:#x}, memory that may belong to someone else by now"),
+            _ => "the IOMMU blocked it".to_string(),
+        };
+        hist.push(HistoryEvent {
+            time_ns: ctx.time_ns,
+            line: ctx.line,
+            event: format!(
+                "{} {verb} {len} bytes at IOVA {:#x} after the unmap",
+                a.dev_name, a.bus
+            ),
+        });
+        self.report_access(
+            "dma-after-unmap",
+            a.bus,
+            Some(through),
+            a,
+            ctx,
+            format!(
+                "{} {verb} {len} bytes at IOVA {:#x}, {when}: {outcome}",
+                a.dev_name, a.bus
+            ),
+            "stop the device (and wait for it) before dma_unmap_*; with lazy invalidation (iommu.strict=0) an unmapped buffer stays reachable until the flush queue's next IOTLB flush".into(),
+            hist,
+        );
+    }
+
     fn unmapped_device_access(&mut self, ctx: Ctx, a: &DeviceAccess<'_>) {
         let len = a.data.len() as u64;
         let verb = if a.write { "write" } else { "read" };
@@ -1134,7 +1303,7 @@ impl Sanitizer {
                 help,
                 e.snapshot(),
             );
-            self.oracle.release(hw, e.phys, e.size);
+            Self::release_entry(&mut self.oracle, hw, &e);
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod dram;
+pub mod iommu;
 pub mod mmu;
 pub mod rng;
 
@@ -106,6 +107,8 @@ pub struct Machine {
     pub caches: Caches,
     /// Page tables of every address space.
     pub mmu: Mmu,
+    /// The IOMMU (bypasses every stream until the kernel attaches domains).
+    pub iommu: iommu::Iommu,
     /// The seeded stream.
     pub rng: SimRng,
     /// Costs of each action.
@@ -129,6 +132,12 @@ impl Machine {
             dram: Dram::new(p.ram_base, p.ram, cap_frames),
             caches: Caches::new(p.cpus as usize, &p.l1, &p.l2),
             mmu: Mmu::new(),
+            iommu: iommu::Iommu::new(
+                p.iommu_coherent_walk.unwrap_or(p.coherent_default),
+                p.iotlb_entries as usize,
+                p.iotlb_ways as usize,
+                p.iommu_cost,
+            ),
             rng: SimRng::new(seed),
             cost: p.cost,
             noise: p.noise,
@@ -377,6 +386,32 @@ impl Machine {
         out.resize(start + len, 0);
         self.peek(pa, &mut out[start..]);
         Ok(())
+    }
+
+    /// Translates one device access through the IOMMU; the walker reads the tables
+    /// through its port (snooping the CPU caches only when `coherent_walk`).
+    ///
+    /// # Errors
+    /// The fault, recorded by the IOMMU.
+    pub fn iommu_translate(
+        &mut self,
+        stream: usize,
+        iova: u64,
+        write: bool,
+    ) -> Result<iommu::Translation, iommu::FaultKind> {
+        let coherent = self.iommu.coherent_walk;
+        let (caches, dram) = (&self.caches, &self.dram);
+        self.iommu.translate(stream, iova, write, |pa| {
+            let mut b = [0u8; 8];
+            if dram.contains(pa, 8) {
+                if coherent {
+                    caches.peek(pa, &mut b, dram);
+                } else {
+                    dram.read_in_frame(pa, &mut b);
+                }
+            }
+            u64::from_le_bytes(b)
+        })
     }
 
     /// A device writes `data` to physical memory through its port.

@@ -8,6 +8,7 @@
 
 pub mod device;
 pub mod dma;
+pub mod iommu;
 pub mod mm;
 
 use std::collections::BTreeMap;
@@ -228,6 +229,8 @@ pub struct Kernel {
     pub huge_orphans: std::collections::BTreeSet<u64>,
     /// The swiotlb bounce-buffer pool, when the platform has one.
     pub swiotlb: Option<dma::swiotlb::IoTlbPool>,
+    /// The IOMMU's kernel side, when the platform has one.
+    pub iommu: Option<iommu::IommuState>,
 }
 
 impl Kernel {
@@ -265,6 +268,7 @@ impl Kernel {
             hugepool: Vec::new(),
             huge_orphans: std::collections::BTreeSet::new(),
             swiotlb: None,
+            iommu: None,
         }
     }
 
@@ -356,6 +360,8 @@ pub mod errno {
     pub const EEXIST: i64 = 17;
     /// Invalid argument.
     pub const EINVAL: i64 = 22;
+    /// Math result not representable (`iommu_map` beyond the address size).
+    pub const ERANGE: i64 = 34;
     /// No space left on device.
     pub const ENOSPC: i64 = 28;
 }

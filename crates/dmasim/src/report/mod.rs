@@ -115,7 +115,7 @@ pub struct CacheStatsOut {
     pub uncached_accesses: u64,
 }
 
-/// IOMMU counters (the IOMMU model is not there yet: all zero).
+/// IOMMU counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct IommuStatsOut {
     /// IOTLB hits.
@@ -212,6 +212,22 @@ impl Stats {
                 swapped_pages: sys.kernel.swapped_pages,
                 pinned_pages: sys.kernel.pins_acquired,
             },
+            iommu: {
+                let h = sys.hw.iommu.stats;
+                let (maps, unmaps) = sys
+                    .kernel
+                    .iommu
+                    .as_ref()
+                    .map_or((0, 0), |s| (s.maps, s.unmaps));
+                IommuStatsOut {
+                    iotlb_hits: h.iotlb_hits,
+                    iotlb_misses: h.iotlb_misses,
+                    walks: h.walks,
+                    faults: h.faults,
+                    maps,
+                    unmaps,
+                }
+            },
             bounce_bytes: sys.kernel.swiotlb.as_ref().map_or(0, |p| p.bounce_bytes),
             bounced_maps: sys.kernel.swiotlb.as_ref().map_or(0, |p| p.bounced_maps),
             swiotlb: sys
@@ -232,7 +248,6 @@ impl Stats {
                 invalidate_lines: c.invalidate_lines,
                 uncached_accesses: sys.hw.stats.uncached_accesses,
             },
-            ..Stats::default()
         }
     }
 }

@@ -72,7 +72,12 @@ pub fn render(r: &Report, color: bool) -> String {
                 );
             }
             Some(false) => {
-                let _ = writeln!(o, "   = latent: the bytes happened to be right on this run (cache state hid it); the bug is real");
+                let why = match f.id {
+                    "dma-after-unmap" => "the IOMMU blocked the access on this run; with lazy invalidation, or without an IOMMU, it gets through",
+                    "unpinned-user-dma" => "the page had not moved yet on this run",
+                    _ => "the bytes happened to be right on this run (cache state hid it)",
+                };
+                let _ = writeln!(o, "   = latent: {why}; the bug is real");
             }
             None => {}
         }

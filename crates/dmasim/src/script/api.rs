@@ -144,9 +144,6 @@ fn apply_overrides(
                 if !["none", "smmu", "passthrough"].contains(&s.as_str()) {
                     return Err(err(ctx, format!("iommu: {s:?} is not \"none\", \"smmu\" or \"passthrough\"")));
                 }
-                if s != "none" {
-                    later.push(format!("iommu={s}"));
-                }
                 p.iommu = s;
             }
             "swiotlb" => {
@@ -213,11 +210,34 @@ fn apply_overrides(
                 }
             }
             "zone_dma32" => p.zone_dma32 = v.as_bool().map_err(|_| err(ctx, "zone_dma32: expected true or false"))?,
-            "iommu_strict" | "vfio_noiommu" => {
+            "iommu_strict" => p.iommu_strict = Some(v.as_bool().map_err(|_| err(ctx, "iommu_strict: expected true or false"))?),
+            "iommu_coherent_walk" => p.iommu_coherent_walk = Some(v.as_bool().map_err(|_| err(ctx, "iommu_coherent_walk: expected true or false"))?),
+            "iommu_skip_pte_sync" => p.iommu_skip_pte_sync = v.as_bool().map_err(|_| err(ctx, "iommu_skip_pte_sync: expected true or false"))?,
+            "iotlb" => {
+                let m = v.read_lock::<Map>().ok_or_else(|| err(ctx, "iotlb: expected #{ entries, ways }"))?.clone();
+                for (ik, iv) in &m {
+                    let n = size_of(ctx, iv, ik)?;
+                    if !(1..=65536).contains(&n) {
+                        return Err(err(ctx, format!("iotlb.{ik}: expected 1..=65536")));
+                    }
+                    match ik.as_str() {
+                        "entries" => {
+                            p.iotlb_entries = n as u32;
+                            p.iotlb_ways = p.iotlb_ways.min(n as u32);
+                        }
+                        "ways" => p.iotlb_ways = n as u32,
+                        other => return Err(err(ctx, format!("iotlb.{other}: unknown (entries, ways)"))),
+                    }
+                }
+                if p.iotlb_ways > p.iotlb_entries || p.iotlb_entries % p.iotlb_ways != 0 {
+                    return Err(err(ctx, "iotlb: ways must divide entries"));
+                }
+            }
+            "vfio_noiommu" => {
                 // Accepted so scripts written for later models still boot.
                 later.push(key.to_string());
             }
-            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, noise, coherent)"))),
+            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, noise, coherent)"))),
         }
     }
     Ok(())

@@ -97,25 +97,24 @@ impl System {
         self.printk("dmasim", format!("swiotlb: {}", plan.why));
     }
 
-    /// `swiotlb_map()`: slots for `[pa, pa+size)`, the copy in, the address check
-    /// and, for a non-coherent device, the clean of the slots. Returns the bus
-    /// address and the bounce buffer's physical address, or `DMA_MAPPING_ERROR`
-    /// with the log line Linux prints.
-    pub(crate) fn swiotlb_map(
+    /// `swiotlb_tbl_map_single()` with its copy in: slots for `[pa, pa+size)` whose
+    /// allocation starts on `align_mask + 1`, or `None` (with Linux's log line and
+    /// the `swiotlb-full` finding). Counts the bounce for the device.
+    pub(crate) fn swiotlb_tbl_map(
         &mut self,
         dev: usize,
         pa: u64,
         size: u64,
-        dir: DmaDirection,
+        align_mask: u64,
         why: BounceWhy,
-    ) -> (u64, Option<u64>) {
+    ) -> Option<u64> {
         let name = self.kernel.devices[dev].name.clone();
         let Some(pool) = self.kernel.swiotlb.as_mut() else {
             self.printk(
                 &name,
                 "Can not allocate SWIOTLB buffer earlier and can't now provide you with the DMA bounce buffer".into(),
             );
-            return (DMA_MAPPING_ERROR, None);
+            return None;
         };
         let d = &self.kernel.devices[dev];
         let limits = DevLimits {
@@ -123,7 +122,7 @@ impl System {
             seg_boundary_mask: d.seg_boundary_mask,
             pool_dma: d.phys_to_dma(pool.start),
         };
-        let tlb = match pool.tbl_map_single(&limits, self.cpu, pa, size, 0) {
+        let tlb = match pool.tbl_map_single(&limits, self.cpu, pa, size, align_mask) {
             Ok(tlb) => tlb,
             Err(MapFailure::Full {
                 size: sz,
@@ -136,29 +135,10 @@ impl System {
                     format!("swiotlb buffer is full (sz: {sz} bytes), total {total} (slots), used {used} (slots)"),
                 );
                 self.swiotlb_full_finding(dev, pa, size, sz, total, used);
-                return (DMA_MAPPING_ERROR, None);
+                return None;
             }
         };
         self.swiotlb_bounce(dev, tlb, size, true);
-        let d = &self.kernel.devices[dev];
-        let addr = d.phys_to_dma(tlb);
-        if !super::direct::dma_capable(d, addr, size) {
-            let (mask, limit) = (d.dma_mask, d.bus_dma_limit);
-            let min_align = d.min_align_mask;
-            if let Some(pool) = self.kernel.swiotlb.as_mut() {
-                pool.release(min_align, tlb);
-            }
-            self.printk(
-                &name,
-                format!(
-                    "swiotlb addr {addr:#x}+{size} overflow (mask {mask:x}, bus limit {limit:x})."
-                ),
-            );
-            return (DMA_MAPPING_ERROR, None);
-        }
-        if !self.dev_is_dma_coherent(dev) {
-            self.arch_sync_dma_for_device(tlb, size, dir);
-        }
         let ctx = self.ctx();
         let d = &mut self.kernel.devices[dev];
         let limit = d.dma_limit();
@@ -178,6 +158,44 @@ impl System {
             BounceWhy::Forced => t.forced += 1,
             BounceWhy::BeyondLimit => t.beyond_limit += 1,
             BounceWhy::KmallocUnaligned => t.kmalloc_unaligned += 1,
+        }
+        Some(tlb)
+    }
+
+    /// `swiotlb_map()`: slots for `[pa, pa+size)`, the copy in, the address check
+    /// and, for a non-coherent device, the clean of the slots. Returns the bus
+    /// address and the bounce buffer's physical address, or `DMA_MAPPING_ERROR`
+    /// with the log line Linux prints.
+    pub(crate) fn swiotlb_map(
+        &mut self,
+        dev: usize,
+        pa: u64,
+        size: u64,
+        dir: DmaDirection,
+        why: BounceWhy,
+    ) -> (u64, Option<u64>) {
+        let Some(tlb) = self.swiotlb_tbl_map(dev, pa, size, 0, why) else {
+            return (DMA_MAPPING_ERROR, None);
+        };
+        let d = &self.kernel.devices[dev];
+        let addr = d.phys_to_dma(tlb);
+        if !super::direct::dma_capable(d, addr, size) {
+            let (mask, limit) = (d.dma_mask, d.bus_dma_limit);
+            let name = d.name.clone();
+            let min_align = d.min_align_mask;
+            if let Some(pool) = self.kernel.swiotlb.as_mut() {
+                pool.release(min_align, tlb);
+            }
+            self.printk(
+                &name,
+                format!(
+                    "swiotlb addr {addr:#x}+{size} overflow (mask {mask:x}, bus limit {limit:x})."
+                ),
+            );
+            return (DMA_MAPPING_ERROR, None);
+        }
+        if !self.dev_is_dma_coherent(dev) {
+            self.arch_sync_dma_for_device(tlb, size, dir);
         }
         (addr, Some(tlb))
     }

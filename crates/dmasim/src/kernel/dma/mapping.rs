@@ -252,7 +252,11 @@ impl System {
             }
         };
         self.dma_mask_default_check(dev);
-        let (addr, bounce) = self.dma_direct_map_phys(dev, pa, size, dir);
+        let (addr, bounce) = if self.use_dma_iommu(dev) {
+            self.iommu_dma_map_phys(dev, pa, size, dir)
+        } else {
+            self.dma_direct_map_phys(dev, pa, size, dir)
+        };
         if addr != DMA_MAPPING_ERROR {
             let buffer = self.buffer_ref(va);
             let ctx = self.ctx();
@@ -269,6 +273,7 @@ impl System {
                     kind,
                     buffer,
                     bounce,
+                    pages: None,
                     what: format!("{call} {}", dir.name()),
                 },
             );
@@ -297,7 +302,13 @@ impl System {
         Self::valid_dir(call, dir)?;
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
-        self.dma_direct_unmap_phys(dev, addr, size, dir);
+        if self.use_dma_iommu(dev) {
+            if addr != DMA_MAPPING_ERROR {
+                self.iommu_dma_unmap_phys(dev, addr, size, dir);
+            }
+        } else {
+            self.dma_direct_unmap_phys(dev, addr, size, dir);
+        }
         let name = self.kernel.devices[dev].name.clone();
         let ctx = self.ctx();
         self.check
@@ -326,7 +337,11 @@ impl System {
         Self::valid_dir(call, dir)?;
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
-        self.dma_direct_sync(dev, addr, size, dir, for_cpu);
+        if self.use_dma_iommu(dev) {
+            self.iommu_dma_sync(dev, addr, size, dir, for_cpu);
+        } else {
+            self.dma_direct_sync(dev, addr, size, dir, for_cpu);
+        }
         let name = self.kernel.devices[dev].name.clone();
         let ctx = self.ctx();
         self.check.sync(ctx, dev, &name, addr, size, dir, for_cpu);
@@ -360,6 +375,9 @@ impl System {
         if size == 0 {
             self.alloc_failed(&name, "dma_alloc_coherent", size, order, None);
             return Ok(None);
+        }
+        if self.use_dma_iommu(dev) {
+            return self.iommu_dma_alloc(dev, size);
         }
         let cma = self.dma_alloc_contiguous(dev, &name, bytes);
         if cma.is_none() && self.kernel.pages.cma.is_some() && order > crate::config::MAX_PAGE_ORDER
@@ -445,6 +463,7 @@ impl System {
                     alloc,
                 }),
                 bounce: None,
+                pages: None,
                 what: format!(
                     "dma_alloc_coherent{}",
                     if coherent {
@@ -514,6 +533,9 @@ impl System {
             DmaDirection::Bidirectional,
             MapKind::Coherent,
         );
+        if self.use_dma_iommu(dev) {
+            self.iommu_dma_unmap_raw(dev, addr, b.len);
+        }
         self.release_buffer(&b);
         Ok(())
     }

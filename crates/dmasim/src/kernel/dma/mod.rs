@@ -3,6 +3,7 @@
 
 pub mod bounce;
 pub mod direct;
+pub mod iommu;
 pub mod mapping;
 pub mod sg;
 pub mod swiotlb;

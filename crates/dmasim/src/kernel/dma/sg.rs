@@ -24,6 +24,9 @@ pub struct SgEntry {
     pub dma_address: u64,
     /// `sg_dma_len(sg)` once mapped.
     pub dma_len: u64,
+    /// The bus address of this entry's own first byte once mapped (equal to
+    /// `dma_address` on dma-direct; inside a merged segment under an IOMMU).
+    pub iova: u64,
 }
 
 /// `struct sg_table`.
@@ -35,6 +38,8 @@ pub struct SgTable {
     pub mapped: usize,
     /// The device it is mapped for.
     pub dev: Option<usize>,
+    /// Mapped entry by entry (dma-iommu's swiotlb layout): no merged IOVA range.
+    pub per_entry: bool,
 }
 
 /// Most entries one table may have.
@@ -85,6 +90,7 @@ impl System {
                     len,
                     dma_address: DMA_MAPPING_ERROR,
                     dma_len: 0,
+                    iova: DMA_MAPPING_ERROR,
                 }),
             }
             if entries.len() > MAX_SG_ENTRIES {
@@ -101,6 +107,7 @@ impl System {
                 entries,
                 mapped: 0,
                 dev: None,
+                per_entry: false,
             },
         );
         Ok(id)
@@ -122,68 +129,89 @@ impl System {
     }
 
     /// `dma_map_sg()`: the number of DMA segments, 0 on failure. dma-direct maps
-    /// every entry separately (`dma_direct_map_sg`).
+    /// every entry separately (`dma_direct_map_sg`); dma-iommu maps the list into one
+    /// IOVA range and merges (`iommu_dma_map_sg`).
     ///
     /// # Errors
     /// [`SimError::Invalid`] for `DMA_NONE`, an unknown device or table.
     pub fn dma_map_sg(&mut self, dev: usize, id: u64, dir: DmaDirection) -> Result<u64> {
         self.sg_checks(dev, "dma_map_sg", dir)?;
-        let entries = self.sg_table(id)?.entries.clone();
+        let mut entries = self.sg_table(id)?.entries.clone();
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
         let name = self.kernel.devices[dev].name.clone();
         let max_seg = self.kernel.devices[dev].max_segment;
-        let mut mapped = Vec::with_capacity(entries.len());
-        for e in &entries {
-            let (addr, bounce) = self.dma_direct_map_phys(dev, e.phys, e.len, dir);
-            if addr == DMA_MAPPING_ERROR {
-                // dma_direct_map_sg unmaps what it mapped with SKIP_CPU_SYNC (no cache
-                // work, nothing recorded yet, bounce slots given back) and the whole
-                // call fails.
-                for &(_, _, b) in &mapped {
-                    if let Some(tlb) = b {
-                        self.swiotlb_release(dev, tlb);
-                    }
-                }
-                self.printk(
-                    &name,
-                    format!("dma_map_sg: entry at {:#x} cannot be mapped", e.phys),
-                );
+        let (n, per_entry) = if self.use_dma_iommu(dev) {
+            let (n, per_entry) = self.iommu_dma_map_sg(dev, &mut entries, dir);
+            if n == 0 {
+                self.printk(&name, "dma_map_sg: iommu_dma_map_sg failed".into());
                 return Ok(0);
             }
-            mapped.push((addr, e.len, bounce));
-        }
+            (n, per_entry)
+        } else {
+            let mut bounced: Vec<Option<u64>> = Vec::new();
+            for e in entries.iter_mut() {
+                let (addr, bounce) = self.dma_direct_map_phys(dev, e.phys, e.len, dir);
+                if addr == DMA_MAPPING_ERROR {
+                    // dma_direct_map_sg unmaps what it mapped with SKIP_CPU_SYNC (no
+                    // cache work, nothing recorded yet, bounce slots given back) and
+                    // the whole call fails.
+                    for tlb in bounced.iter().flatten() {
+                        self.swiotlb_release(dev, *tlb);
+                    }
+                    self.printk(
+                        &name,
+                        format!("dma_map_sg: entry at {:#x} cannot be mapped", e.phys),
+                    );
+                    return Ok(0);
+                }
+                bounced.push(bounce);
+                e.dma_address = addr;
+                e.dma_len = e.len;
+                e.iova = addr;
+            }
+            (entries.len(), false)
+        };
         let ctx = self.ctx();
-        let n = mapped.len();
-        for (i, (&(addr, len, bounce), e)) in mapped.iter().zip(&entries).enumerate() {
+        let total = entries.len();
+        for (i, e) in entries.iter().enumerate() {
             let buffer = self.buffer_ref_phys(e.phys);
+            let bounce = if self.use_dma_iommu(dev) {
+                None
+            } else {
+                let pa = self.kernel.devices[dev].dma_to_phys(e.iova);
+                (pa != e.phys).then_some(pa)
+            };
             self.check.map(
                 &mut self.hw,
                 ctx,
                 NewMapping {
                     dev,
                     dev_name: name.clone(),
-                    dev_addr: addr,
-                    size: len,
+                    dev_addr: e.iova,
+                    size: e.len,
                     phys: e.phys,
                     dir,
                     kind: MapKind::Sg,
                     buffer,
                     bounce,
-                    what: format!("dma_map_sg {} [entry {i} of {n}]", dir.name()),
+                    pages: None,
+                    what: format!("dma_map_sg {} [entry {i} of {total}]", dir.name()),
                 },
             );
             // dma_map_sg's result is checked by testing for 0, not dma_mapping_error.
-            self.check.mapping_error(dev, addr);
-            if len > max_seg {
+            self.check.mapping_error(dev, e.iova);
+        }
+        for e in entries.iter().take(n) {
+            if e.dma_len > max_seg {
                 self.check.report_plain(
                     "sg-segment-too-long",
                     None,
                     Some(&name),
-                    Some(addr),
-                    Some(len),
+                    Some(e.dma_address),
+                    Some(e.dma_len),
                     ctx,
-                    format!("mapping sg segment longer than device claims to support [len={len}] [max={max_seg}]"),
+                    format!("mapping sg segment longer than device claims to support [len={}] [max={max_seg}]", e.dma_len),
                     "build the table with the device's limit: sg_from_buffer(buf, max_segment)".into(),
                     vec![],
                 );
@@ -194,7 +222,7 @@ impl System {
                 "sg-unsupported",
                 None,
                 Some(&name),
-                Some(mapped[0].0),
+                Some(entries[0].dma_address),
                 Some(entries.iter().map(|e| e.len).sum()),
                 ctx,
                 format!("{name} cannot do scatter-gather, but dma_map_sg returned {n} segments: it will transfer only the first"),
@@ -203,12 +231,10 @@ impl System {
             );
         }
         let t = self.kernel.sg_tables.get_mut(&id).expect("checked above");
-        for (e, &(addr, len, _)) in t.entries.iter_mut().zip(&mapped) {
-            e.dma_address = addr;
-            e.dma_len = len;
-        }
+        t.entries = entries;
         t.mapped = n;
         t.dev = Some(dev);
+        t.per_entry = per_entry;
         Ok(n as u64)
     }
 
@@ -218,20 +244,26 @@ impl System {
     /// As [`System::dma_map_sg`].
     pub fn dma_unmap_sg(&mut self, dev: usize, id: u64, dir: DmaDirection) -> Result<()> {
         self.sg_checks(dev, "dma_unmap_sg", dir)?;
-        let entries = self.sg_table(id)?.entries.clone();
+        let t = self.sg_table(id)?.clone();
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
         let name = self.kernel.devices[dev].name.clone();
-        for e in &entries {
-            self.dma_direct_unmap_phys(dev, e.dma_address, e.dma_len, dir);
+        let iommu = self.use_dma_iommu(dev) && t.mapped > 0;
+        if iommu {
+            self.iommu_dma_unmap_sg(dev, &t.entries, t.mapped, dir, t.per_entry);
+        }
+        for e in &t.entries {
+            if !iommu {
+                self.dma_direct_unmap_phys(dev, e.iova, e.len, dir);
+            }
             let ctx = self.ctx();
             self.check.unmap(
                 &mut self.hw,
                 ctx,
                 dev,
                 &name,
-                e.dma_address,
-                e.dma_len,
+                e.iova,
+                e.len,
                 dir,
                 MapKind::Sg,
             );
@@ -242,7 +274,8 @@ impl System {
         Ok(())
     }
 
-    /// `dma_sync_sg_for_cpu()` / `dma_sync_sg_for_device()`: every entry.
+    /// `dma_sync_sg_for_cpu()` / `dma_sync_sg_for_device()`: every entry of the
+    /// original list, by its physical address.
     ///
     /// # Errors
     /// As [`System::dma_map_sg`].
@@ -254,8 +287,34 @@ impl System {
         for_cpu: bool,
     ) -> Result<()> {
         let entries = self.sg_table(id)?.entries.clone();
+        if !self.use_dma_iommu(dev) {
+            for e in entries {
+                self.dma_sync_single(dev, e.iova, e.len, dir, for_cpu)?;
+            }
+            return Ok(());
+        }
+        let call = if for_cpu {
+            "dma_sync_sg_for_cpu"
+        } else {
+            "dma_sync_sg_for_device"
+        };
+        self.sg_checks(dev, call, dir)?;
+        self.step();
+        self.hw.advance(self.cfg.cost.dma_call_ps);
+        let name = self.kernel.devices[dev].name.clone();
         for e in entries {
-            self.dma_sync_single(dev, e.dma_address, e.dma_len, dir, for_cpu)?;
+            // A bounced entry's bytes sit in slots the tables point at.
+            let domain = self.dev_domain(dev).expect("iommu");
+            let phys = self.iommu_iova_to_phys(domain, e.iova);
+            let at = if phys != 0 && self.is_swiotlb_buffer(phys) {
+                phys
+            } else {
+                e.phys
+            };
+            self.sync_phys(dev, at, e.len, dir, for_cpu);
+            let ctx = self.ctx();
+            self.check
+                .sync(ctx, dev, &name, e.iova, e.len, dir, for_cpu);
         }
         Ok(())
     }

@@ -1,0 +1,519 @@
+//! dma-iommu (`drivers/iommu/dma-iommu.c`, Linux v6.12): the DMA API on top of an
+//! IOMMU domain. A mapping gets an IOVA from the domain's allocator (top-down below
+//! the device's limit, size-aligned), the pages are mapped with the direction's
+//! permissions, and the device uses the IOVA. Non-coherent devices still get the
+//! arm64 cache maintenance; small unaligned kmalloc buffers a non-coherent device
+//! writes still bounce (`dev_use_swiotlb`), granule-aligned. `dma_map_sg` maps the
+//! whole list into one IOVA range and merges what `__finalise_sg` allows;
+//! `dma_alloc_coherent` maps scattered pages into contiguous IOVA.
+//!
+//! Simplifications: platform devices only (no PCI SAC-address first try, no
+//! untrusted devices); the coherent allocation takes order-0 pages (Linux tries the
+//! domain's larger page sizes first) and always blocks (no atomic pool).
+
+use crate::check::{HistoryEvent, MapKind, NewMapping};
+use crate::config::{PAGE_SHIFT, PAGE_SIZE};
+use crate::hw::mmu::MemType;
+use crate::kernel::dma::bounce::BounceWhy;
+use crate::kernel::dma::sg::SgEntry;
+use crate::kernel::dma::{DmaDirection, DMA_MAPPING_ERROR};
+use crate::kernel::iommu::{dma_info_to_prot, DomainType, GRANULE};
+use crate::kernel::{Backing, BufKind, Buffer};
+use crate::system::{Result, SimError, System};
+
+fn granule_align(x: u64) -> u64 {
+    x.div_ceil(GRANULE) * GRANULE
+}
+
+impl System {
+    fn domain_of(&self, dev: usize) -> usize {
+        self.dev_domain(dev).expect("dma-iommu path needs a domain")
+    }
+
+    /// `dma_limit` of `iommu_dma_alloc_iova`: `min_not_zero(mask, bus_dma_limit)`,
+    /// capped at the aperture (48-bit IAS).
+    fn iommu_dma_limit(&self, dev: usize, coherent_mask: bool) -> u64 {
+        let d = &self.kernel.devices[dev];
+        let l = if coherent_mask {
+            d.coherent_limit()
+        } else {
+            d.dma_limit()
+        };
+        l.min((1u64 << crate::hw::iommu::IAS) - 1)
+    }
+
+    /// `iommu_dma_alloc_iova`: `len` bytes (granule multiple) of IOVA below the
+    /// limit, or `None` with the `iova-exhausted` finding.
+    fn iommu_dma_alloc_iova(
+        &mut self,
+        dev: usize,
+        domain: usize,
+        len: u64,
+        limit: u64,
+    ) -> Option<u64> {
+        let cpu = self.cpu;
+        let st = self.kernel.iommu.as_mut().expect("IOMMU");
+        let pfn =
+            st.domains[domain]
+                .iovad
+                .alloc_fast(cpu, len >> PAGE_SHIFT, limit >> PAGE_SHIFT, true);
+        if let Some(p) = pfn {
+            return Some(p << PAGE_SHIFT);
+        }
+        st.iova_failures += 1;
+        let name = self.kernel.devices[dev].name.clone();
+        let ctx = self.ctx();
+        self.check.report_plain(
+            "iova-exhausted",
+            None,
+            Some(&name),
+            None,
+            Some(len),
+            ctx,
+            format!("no {} of IOVA space left below {limit:#x} in {name}'s domain: the map fails with DMA_MAPPING_ERROR", crate::units::human_size(len)),
+            "unmap what the device no longer uses (a leak exhausts IOVA space as surely as memory); check every map with dma_mapping_error(); a wider DMA mask gives the allocator more room".into(),
+            vec![],
+        );
+        None
+    }
+
+    /// `__iommu_dma_map`: IOVA for `[phys, phys+size)` mapped with `prot`; the
+    /// returned address keeps the offset inside the granule.
+    fn iommu_dma_map_raw(
+        &mut self,
+        dev: usize,
+        phys: u64,
+        size: u64,
+        prot: u32,
+        limit: u64,
+    ) -> Option<u64> {
+        let domain = self.domain_of(dev);
+        let off = phys & (GRANULE - 1);
+        let len = granule_align(size + off);
+        let iova = self.iommu_dma_alloc_iova(dev, domain, len, limit)?;
+        if let Err(e) = self.iommu_map(domain, iova, phys - off, len, prot) {
+            let cpu = self.cpu;
+            let st = self.kernel.iommu.as_mut().expect("IOMMU");
+            st.domains[domain]
+                .iovad
+                .free_fast(cpu, iova >> PAGE_SHIFT, len >> PAGE_SHIFT);
+            let name = self.kernel.devices[dev].name.clone();
+            self.printk(
+                &name,
+                format!("iommu_map of {len:#x} bytes at IOVA {iova:#x} failed: {e}"),
+            );
+            return None;
+        }
+        Some(iova + off)
+    }
+
+    /// `iommu_dma_map_page`: bounce a small unaligned kmalloc buffer a non-coherent
+    /// device writes (granule-aligned slots), clean for a non-coherent device, map.
+    /// Returns the IOVA and the bounce buffer, or `DMA_MAPPING_ERROR`.
+    pub(crate) fn iommu_dma_map_phys(
+        &mut self,
+        dev: usize,
+        pa: u64,
+        size: u64,
+        dir: DmaDirection,
+    ) -> (u64, Option<u64>) {
+        let coherent = self.dev_is_dma_coherent(dev);
+        let mut phys = pa;
+        let mut bounce = None;
+        if self.dma_kmalloc_needs_bounce(dev, size, dir) && (pa | size) & (GRANULE - 1) != 0 {
+            match self.swiotlb_tbl_map(dev, pa, size, GRANULE - 1, BounceWhy::KmallocUnaligned) {
+                Some(tlb) => {
+                    phys = tlb;
+                    bounce = Some(tlb);
+                }
+                None => return (DMA_MAPPING_ERROR, None),
+            }
+        }
+        if !coherent {
+            self.arch_sync_dma_for_device(phys, size, dir);
+        }
+        let prot = dma_info_to_prot(dir, coherent);
+        let limit = self.iommu_dma_limit(dev, false);
+        match self.iommu_dma_map_raw(dev, phys, size, prot, limit) {
+            Some(iova) => (iova, bounce),
+            None => {
+                if let Some(t) = bounce {
+                    self.swiotlb_release(dev, t);
+                }
+                (DMA_MAPPING_ERROR, None)
+            }
+        }
+    }
+
+    /// `__iommu_dma_unmap`: clears the page tables of the granule-aligned range and
+    /// invalidates the IOTLB at once (strict) or queues the IOVA (lazy).
+    pub(crate) fn iommu_dma_unmap_raw(&mut self, dev: usize, addr: u64, size: u64) {
+        let domain = self.domain_of(dev);
+        let off = addr & (GRANULE - 1);
+        let iova = addr - off;
+        let len = granule_align(size + off);
+        let (unmapped, leaves) = self.iommu_unmap_range(domain, iova, len);
+        let st = self.kernel.iommu.as_mut().expect("IOMMU");
+        st.unmaps += 1;
+        let lazy = st.domains[domain].kind == DomainType::DmaFq;
+        if unmapped != len {
+            let name = self.kernel.devices[dev].name.clone();
+            self.printk(
+                &name,
+                format!("WARNING: dma-iommu: unmapped {unmapped:#x} of {len:#x} bytes at IOVA {iova:#x}"),
+            );
+        }
+        if unmapped == 0 {
+            // Nothing was mapped there (a double unmap): no IOVA to give back.
+            return;
+        }
+        if lazy {
+            self.iommu_queue_iova(domain, iova >> PAGE_SHIFT, len >> PAGE_SHIFT);
+        } else {
+            self.iommu_tlb_inv_range(domain, iova, len, leaves);
+            let cpu = self.cpu;
+            let st = self.kernel.iommu.as_mut().expect("IOMMU");
+            st.domains[domain]
+                .iovad
+                .free_fast(cpu, iova >> PAGE_SHIFT, len >> PAGE_SHIFT);
+        }
+    }
+
+    /// `iommu_dma_unmap_page`: the physical address from the tables (a WARN and
+    /// nothing more when there is none), the sync for the CPU, then the unmap.
+    pub(crate) fn iommu_dma_unmap_phys(
+        &mut self,
+        dev: usize,
+        addr: u64,
+        size: u64,
+        dir: DmaDirection,
+    ) {
+        let domain = self.domain_of(dev);
+        let phys = self.iommu_iova_to_phys(domain, addr);
+        if phys == 0 {
+            let name = self.kernel.devices[dev].name.clone();
+            self.printk(
+                &name,
+                format!("WARNING: iommu_dma_unmap_page: no mapping at IOVA {addr:#x}"),
+            );
+            return;
+        }
+        self.iommu_dma_sync(dev, addr, size, dir, true);
+        self.iommu_dma_unmap_raw(dev, addr, size);
+        self.swiotlb_release(dev, phys);
+    }
+
+    /// `iommu_dma_sync_single_for_{cpu,device}`: cache maintenance by the physical
+    /// address behind the IOVA, and the swiotlb copies of a bounced mapping.
+    pub(crate) fn iommu_dma_sync(
+        &mut self,
+        dev: usize,
+        addr: u64,
+        size: u64,
+        dir: DmaDirection,
+        for_cpu: bool,
+    ) {
+        let domain = self.domain_of(dev);
+        let phys = self.iommu_iova_to_phys(domain, addr);
+        if phys == 0 {
+            return;
+        }
+        self.sync_phys(dev, phys, size, dir, for_cpu);
+    }
+
+    /// The cache and bounce work of a sync at a physical address.
+    pub(crate) fn sync_phys(
+        &mut self,
+        dev: usize,
+        phys: u64,
+        size: u64,
+        dir: DmaDirection,
+        for_cpu: bool,
+    ) {
+        let coherent = self.dev_is_dma_coherent(dev);
+        if for_cpu {
+            if !coherent {
+                self.arch_sync_dma_for_cpu(phys, size, dir);
+            }
+            self.swiotlb_sync_for_cpu(dev, phys, size, dir);
+        } else {
+            self.swiotlb_sync_for_device(dev, phys, size, dir);
+            if !coherent {
+                self.arch_sync_dma_for_device(phys, size, dir);
+            }
+        }
+    }
+
+    /// `iommu_dma_map_sg`: one IOVA range for the whole list, each entry's
+    /// granule-padded pages mapped one after the other, then `__finalise_sg` joins
+    /// entries into as few DMA segments as the device's `max_segment` and segment
+    /// boundary allow. Fills `dma_address`/`dma_len` (output segments, in order) and
+    /// each entry's own `iova`. Returns the segment count, 0 on failure.
+    pub(crate) fn iommu_dma_map_sg(
+        &mut self,
+        dev: usize,
+        entries: &mut [SgEntry],
+        dir: DmaDirection,
+    ) -> (usize, bool) {
+        let coherent = self.dev_is_dma_coherent(dev);
+        // sg_dma_mark_swiotlb: any entry that must bounce makes every entry map on
+        // its own, without merging.
+        if entries.iter().any(|e| {
+            self.dma_kmalloc_needs_bounce(dev, e.len, dir) && (e.phys | e.len) & (GRANULE - 1) != 0
+        }) {
+            for i in 0..entries.len() {
+                let (addr, _) = self.iommu_dma_map_phys(dev, entries[i].phys, entries[i].len, dir);
+                if addr == DMA_MAPPING_ERROR {
+                    for e in entries[..i].iter() {
+                        self.iommu_dma_unmap_phys(dev, e.iova, e.len, dir);
+                    }
+                    return (0, true);
+                }
+                entries[i].iova = addr;
+                entries[i].dma_address = addr;
+                entries[i].dma_len = entries[i].len;
+            }
+            return (entries.len(), true);
+        }
+        if !coherent {
+            for e in entries.iter() {
+                self.arch_sync_dma_for_device(e.phys, e.len, dir);
+            }
+        }
+        let d = &self.kernel.devices[dev];
+        let (seg_mask, max_len) = (d.seg_boundary_mask, d.max_segment);
+        // Pad each entry to whole granules; pad the previous one when the next would
+        // cross a segment boundary.
+        let mut padded: Vec<u64> = Vec::with_capacity(entries.len());
+        let mut iova_len = 0u64;
+        for e in entries.iter() {
+            let off = e.phys & (GRANULE - 1);
+            let s_len = granule_align(e.len + off);
+            let pad = (seg_mask.wrapping_sub(iova_len).wrapping_add(1)) & seg_mask;
+            if pad != 0 && pad < s_len.saturating_sub(1) {
+                if let Some(p) = padded.last_mut() {
+                    *p += pad;
+                    iova_len += pad;
+                }
+            }
+            padded.push(s_len);
+            iova_len += s_len;
+        }
+        let limit = self.iommu_dma_limit(dev, false);
+        let domain = self.domain_of(dev);
+        let Some(base) = self.iommu_dma_alloc_iova(dev, domain, iova_len, limit) else {
+            return (0, false);
+        };
+        let prot = dma_info_to_prot(dir, coherent);
+        let mut cursor = base;
+        for (e, &len) in entries.iter().zip(&padded) {
+            let phys = e.phys & !(GRANULE - 1);
+            if let Err(err) = self.iommu_map(domain, cursor, phys, len, prot) {
+                if cursor > base {
+                    self.iommu_unmap_range(domain, base, cursor - base);
+                }
+                let cpu = self.cpu;
+                let st = self.kernel.iommu.as_mut().expect("IOMMU");
+                st.domains[domain]
+                    .iovad
+                    .free_fast(cpu, base >> PAGE_SHIFT, iova_len >> PAGE_SHIFT);
+                let name = self.kernel.devices[dev].name.clone();
+                self.printk(
+                    &name,
+                    format!("iommu_dma_map_sg: iommu_map_sg failed: {err}"),
+                );
+                return (0, false);
+            }
+            cursor += len;
+        }
+        // __finalise_sg
+        let mut dma_addr = base;
+        let mut cur = 0usize;
+        let mut cur_len = 0u64;
+        let mut count = 0usize;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (i, e) in entries.iter_mut().enumerate() {
+            let s_off = e.phys & (GRANULE - 1);
+            let s_len = e.len;
+            let s_iova_len = padded[i];
+            e.iova = dma_addr + s_off;
+            if cur_len != 0 && s_off == 0 && dma_addr & seg_mask != 0 && max_len - cur_len >= s_len
+            {
+                cur_len += s_len;
+            } else {
+                if i > 0 {
+                    cur += 1;
+                }
+                cur_len = s_len;
+                count += 1;
+                out.push((dma_addr + s_off, 0));
+            }
+            out[cur].1 = cur_len;
+            dma_addr += s_iova_len;
+            if s_len + s_off < s_iova_len {
+                cur_len = 0;
+            }
+        }
+        for (i, e) in entries.iter_mut().enumerate() {
+            match out.get(i) {
+                Some(&(a, l)) => {
+                    e.dma_address = a;
+                    e.dma_len = l;
+                }
+                None => {
+                    e.dma_address = DMA_MAPPING_ERROR;
+                    e.dma_len = 0;
+                }
+            }
+        }
+        (count, false)
+    }
+
+    /// `iommu_dma_unmap_sg`: the sync for the CPU of every entry, then one unmap of
+    /// the range from the first segment's start to the last segment's end.
+    pub(crate) fn iommu_dma_unmap_sg(
+        &mut self,
+        dev: usize,
+        entries: &[SgEntry],
+        mapped: usize,
+        dir: DmaDirection,
+        per_entry: bool,
+    ) {
+        if per_entry {
+            // iommu_dma_unmap_sg_swiotlb: each entry was mapped on its own.
+            for e in entries {
+                self.iommu_dma_unmap_phys(dev, e.iova, e.len, dir);
+            }
+            return;
+        }
+        for e in entries {
+            self.sync_phys(dev, e.phys, e.len, dir, true);
+        }
+        let segs: Vec<&SgEntry> = entries
+            .iter()
+            .take(mapped)
+            .filter(|e| e.dma_len > 0)
+            .collect();
+        if let (Some(first), Some(last)) = (segs.first(), segs.last()) {
+            let start = first.dma_address;
+            let end = last.dma_address + last.dma_len;
+            self.iommu_dma_unmap_raw(dev, start, end - start);
+        }
+    }
+
+    /// `iommu_dma_alloc`: zeroed order-0 pages wherever the allocator finds them,
+    /// mapped at one contiguous IOVA range below the coherent mask, and a CPU
+    /// mapping in the vmalloc area (Normal-NC for a non-coherent device, after
+    /// cleaning each page). Returns the buffer id, or `None`.
+    ///
+    /// # Errors
+    /// The memory cap.
+    pub(crate) fn iommu_dma_alloc(&mut self, dev: usize, size: u64) -> Result<Option<u64>> {
+        let name = self.kernel.devices[dev].name.clone();
+        let bytes = granule_align(size);
+        let count = bytes / PAGE_SIZE;
+        let mut pfns = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            match self.kernel.pages.alloc_pages(
+                0,
+                crate::kernel::mm::gfp::GFP_KERNEL,
+                &mut self.hw.rng,
+            ) {
+                Ok(p) => pfns.push(p),
+                Err(f) => {
+                    for &p in &pfns {
+                        self.kernel.pages.free_pages(p, 0);
+                    }
+                    self.alloc_failed(&name, "dma_alloc_coherent", bytes, 0, Some(&f));
+                    return Ok(None);
+                }
+            }
+        }
+        let coherent = self.dev_is_dma_coherent(dev);
+        let limit = self.iommu_dma_limit(dev, true);
+        let domain = self.domain_of(dev);
+        let Some(iova) = self.iommu_dma_alloc_iova(dev, domain, bytes, limit) else {
+            for &p in &pfns {
+                self.kernel.pages.free_pages(p, 0);
+            }
+            return Ok(None);
+        };
+        let prot = dma_info_to_prot(DmaDirection::Bidirectional, coherent);
+        for (i, &p) in pfns.iter().enumerate() {
+            if self
+                .iommu_map(
+                    domain,
+                    iova + i as u64 * PAGE_SIZE,
+                    p << PAGE_SHIFT,
+                    PAGE_SIZE,
+                    prot,
+                )
+                .is_err()
+            {
+                self.iommu_unmap_range(domain, iova, i as u64 * PAGE_SIZE);
+                for &q in &pfns {
+                    self.kernel.pages.free_pages(q, 0);
+                }
+                return Ok(None);
+            }
+        }
+        let va = self.kernel.vmalloc_range(bytes);
+        let memtype = if coherent {
+            MemType::Normal
+        } else {
+            MemType::NormalNc
+        };
+        for (i, &p) in pfns.iter().enumerate() {
+            if !coherent {
+                self.arch_dma_prep_coherent(p << PAGE_SHIFT, PAGE_SIZE);
+            }
+            self.hw
+                .mmu
+                .map_page(0, va + i as u64 * PAGE_SIZE, p << PAGE_SHIFT, memtype);
+        }
+        let zeros = vec![0u8; bytes as usize];
+        self.hw
+            .cpu_write(self.cpu, 0, va, &zeros)
+            .map_err(SimError::PagingRequest)?;
+        self.check_limits()?;
+        let pa = pfns[0] << PAGE_SHIFT;
+        let alloc = HistoryEvent {
+            time_ns: self.ctx().time_ns,
+            line: self.line,
+            event: format!("dma_alloc_coherent({size}) = {va:#x} [{count} scattered pages, first phys={pa:#x}] [iova={iova:#x}]"),
+        };
+        let id = self.kernel.add_buffer(Buffer {
+            id: 0,
+            kind: BufKind::Coherent,
+            va,
+            len: size,
+            phys: pa,
+            dma: Some(iova),
+            dev: Some(dev),
+            alloc: alloc.clone(),
+            backing: Backing::Vmalloc(pfns.clone()),
+        });
+        let ctx = self.ctx();
+        self.check.map(
+            &mut self.hw,
+            ctx,
+            NewMapping {
+                dev,
+                dev_name: name,
+                dev_addr: iova,
+                size,
+                phys: pa,
+                dir: DmaDirection::Bidirectional,
+                kind: MapKind::Coherent,
+                buffer: None,
+                bounce: None,
+                pages: Some(pfns),
+                what: format!(
+                    "dma_alloc_coherent through the IOMMU{}",
+                    if coherent { "" } else { " (Normal-NC vmap)" }
+                ),
+            },
+        );
+        Ok(Some(id))
+    }
+}
