@@ -570,11 +570,11 @@ impl System {
         loop {
             self.idle_until(end);
             // IOTLB misses may have pushed the end back.
-            let j = &self.jobs[&job];
-            if j.done >= j.len || j.end_ps() <= end {
+            let later = self.jobs[&job].end_ps();
+            if later <= end {
                 break;
             }
-            end = j.end_ps();
+            end = later;
         }
         let j = self.jobs.remove(&job).expect("job checked above");
         self.check_limits()?;
@@ -785,8 +785,12 @@ impl System {
     /// End of run: waits for transfers still in flight, then reports leaks and
     /// heavy uncached use.
     pub fn finish(&mut self) {
-        let last = self.jobs.values().map(Job::end_ps).max().unwrap_or(0);
-        if last > self.hw.now_ps() {
+        // IOTLB misses may push transfers back while they run: wait until none is left.
+        loop {
+            let last = self.jobs.values().map(Job::end_ps).max().unwrap_or(0);
+            if last <= self.hw.now_ps() {
+                break;
+            }
             self.idle_until(last);
         }
         self.report_bounce_buffering();

@@ -121,10 +121,16 @@ impl System {
         d.dma_limit() < required
     }
 
+    /// `dma_supported()`: dma-iommu accepts every mask (the IOVA allocator honours
+    /// it); dma-direct asks `dma_direct_supported`.
+    pub fn dma_supported(&self, dev: usize, mask: u64) -> bool {
+        self.use_dma_iommu(dev) || self.dma_direct_supported(dev, mask)
+    }
+
     /// `dma_set_mask()`: 0, or −EIO when `dma_supported()` refuses the mask.
     pub fn dma_set_mask(&mut self, dev: usize, bits: i64) -> Result<i64> {
         self.device_checked(dev, "dma_set_mask")?;
-        if !(1..=64).contains(&bits) || !self.dma_direct_supported(dev, dma_bit_mask(bits as u32)) {
+        if !(1..=64).contains(&bits) || !self.dma_supported(dev, dma_bit_mask(bits as u32)) {
             return Ok(-errno::EIO);
         }
         self.kernel.devices[dev].dma_mask = dma_bit_mask(bits as u32);
@@ -135,7 +141,7 @@ impl System {
     /// `dma_set_coherent_mask()`: 0 or −EIO.
     pub fn dma_set_coherent_mask(&mut self, dev: usize, bits: i64) -> Result<i64> {
         self.device_checked(dev, "dma_set_coherent_mask")?;
-        if !(1..=64).contains(&bits) || !self.dma_direct_supported(dev, dma_bit_mask(bits as u32)) {
+        if !(1..=64).contains(&bits) || !self.dma_supported(dev, dma_bit_mask(bits as u32)) {
             return Ok(-errno::EIO);
         }
         self.kernel.devices[dev].coherent_dma_mask = dma_bit_mask(bits as u32);

@@ -300,11 +300,14 @@ impl System {
 
     /// Writes a descriptor (a CPU store, cleaned for a non-coherent walker).
     fn iopt_write(&mut self, pa: u64, desc: u64) {
+        self.iopt_store(pa, desc);
+        self.iopt_sync_walker(pa, 8);
+    }
+
+    /// Writes a descriptor without the clean (the caller syncs a run).
+    fn iopt_store(&mut self, pa: u64, desc: u64) {
         self.hw
             .cpu_write_phys(self.cpu, pa, MemType::Normal, &desc.to_le_bytes());
-        if !self.hw.iommu.coherent_walk && !self.cfg.iommu_skip_pte_sync {
-            self.iopt_sync(pa, 8);
-        }
     }
 
     /// `iommu_map(domain, iova, paddr, size, prot)`: 0 or −EINVAL (unaligned, no
@@ -342,36 +345,76 @@ impl System {
         {
             return Err(-crate::kernel::errno::ERANGE);
         }
+        // __arm_lpae_map maps a run of pages in one table after one descent, and
+        // syncs the run's descriptors for a non-coherent walker once.
         let mut done = 0;
+        let mut memo: Option<(u32, u64, u64)> = None; // (leaf level, iova >> parent shift, table)
+        let mut run: Option<(u64, u64)> = None; // dirty descriptor range to sync
+        let mut result = Ok(());
         while done < size {
-            let pg = pgsize(iova + done, pa + done, size - done);
-            let leaf_level = match pg {
+            let (a, p) = (iova + done, pa + done);
+            let pg = pgsize(a, p, size - done);
+            let leaf = match pg {
                 0x4000_0000 => 1,
                 0x20_0000 => 2,
                 _ => 3,
             };
-            let r = self.iopt_map_one(domain, pgd, iova + done, pa + done, leaf_level, prot);
-            if let Err(e) = r {
-                if done > 0 {
-                    self.iommu_unmap_range(domain, iova, done);
-                }
-                return Err(e);
+            let key = a >> level_shift(leaf - 1);
+            let table = match memo {
+                Some((l, k, t)) if l == leaf && k == key => t,
+                _ => match self.iopt_walk_alloc(domain, pgd, a, leaf) {
+                    Ok(t) => {
+                        memo = Some((leaf, key, t));
+                        t
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                },
+            };
+            let slot = table + ((a >> level_shift(leaf)) & 511) * 8;
+            if self.iopt_read(slot) & DESC_VALID != 0 {
+                self.printk(
+                    "iommu",
+                    format!("io-pgtable: map over a live entry at iova {a:#x}: -EEXIST"),
+                );
+                result = Err(-crate::kernel::errno::EEXIST);
+                break;
             }
+            self.iopt_store(slot, (p & OA_MASK) | prot_to_pte(prot, leaf));
+            run = match run {
+                Some((s0, e0)) if e0 == slot => Some((s0, slot + 8)),
+                Some((s0, e0)) => {
+                    self.iopt_sync_walker(s0, e0 - s0);
+                    Some((slot, slot + 8))
+                }
+                None => Some((slot, slot + 8)),
+            };
             done += pg;
+        }
+        if let Some((s0, e0)) = run {
+            self.iopt_sync_walker(s0, e0 - s0);
+        }
+        if let Err(e) = result {
+            if done > 0 {
+                self.iommu_unmap_range(domain, iova, done);
+            }
+            return Err(e);
         }
         self.kernel.iommu.as_mut().expect("IOMMU").maps += 1;
         Ok(())
     }
 
-    fn iopt_map_one(
+    /// Descends to the table that holds `iova`'s leaf at `leaf`, allocating the
+    /// missing tables; −EEXIST when a block is in the way, −ENOMEM without memory.
+    fn iopt_walk_alloc(
         &mut self,
         domain: usize,
         pgd: u64,
         iova: u64,
-        pa: u64,
         leaf: u32,
-        prot: u32,
-    ) -> MapResult {
+    ) -> Result<u64, i64> {
         use crate::kernel::errno::{EEXIST, ENOMEM};
         let mut table = pgd;
         for level in 0..leaf {
@@ -379,7 +422,6 @@ impl System {
             let d = self.iopt_read(slot);
             if d & DESC_VALID != 0 {
                 if d & 0b11 != DESC_TABLE {
-                    // A block is in the way.
                     return Err(-EEXIST);
                 }
                 table = d & OA_MASK;
@@ -392,17 +434,14 @@ impl System {
             self.iopt_write(slot, t | DESC_TABLE);
             table = t;
         }
-        let slot = table + ((iova >> level_shift(leaf)) & 511) * 8;
-        let old = self.iopt_read(slot);
-        if old & DESC_VALID != 0 {
-            self.printk(
-                "iommu",
-                format!("io-pgtable: map over a live entry at iova {iova:#x}: -EEXIST"),
-            );
-            return Err(-EEXIST);
+        Ok(table)
+    }
+
+    /// Cleans a run of descriptors for a non-coherent walker.
+    fn iopt_sync_walker(&mut self, pa: u64, len: u64) {
+        if !self.hw.iommu.coherent_walk && !self.cfg.iommu_skip_pte_sync {
+            self.iopt_sync(pa, len);
         }
-        self.iopt_write(slot, (pa & OA_MASK) | prot_to_pte(prot, leaf));
-        Ok(())
     }
 
     /// `iommu_unmap` of the page tables only (no IOTLB work): clears the leaves of
@@ -412,6 +451,7 @@ impl System {
         let pgd = self.kernel.iommu.as_ref().expect("IOMMU").domains[domain].pgd;
         let mut done = 0;
         let mut leaves = 0;
+        let mut run: Option<(u64, u64)> = None;
         'outer: while done < size {
             let a = iova + done;
             let mut table = pgd;
@@ -431,11 +471,23 @@ impl System {
                     // Would split a block.
                     break 'outer;
                 }
-                self.iopt_write(slot, 0);
+                // __arm_lpae_clear_pte: the run of cleared entries is synced once.
+                self.iopt_store(slot, 0);
+                run = match run {
+                    Some((s0, e0)) if e0 == slot => Some((s0, slot + 8)),
+                    Some((s0, e0)) => {
+                        self.iopt_sync_walker(s0, e0 - s0);
+                        Some((slot, slot + 8))
+                    }
+                    None => Some((slot, slot + 8)),
+                };
                 leaves += 1;
                 done += pg;
                 continue 'outer;
             }
+        }
+        if let Some((s0, e0)) = run {
+            self.iopt_sync_walker(s0, e0 - s0);
         }
         (done, leaves)
     }

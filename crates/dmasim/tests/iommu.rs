@@ -1,0 +1,541 @@
+//! The IOMMU (issue 5): page tables in simulated DRAM, the IOTLB's measured shape,
+//! strict and lazy invalidation, protection, sg merging, IOVA limits — through the
+//! Rust API where a figure is measured, and through scripts and their JSON reports
+//! where a user would look.
+
+use dmasim::check::MapKind;
+use dmasim::config::PlatformConfig;
+use dmasim::hw::iommu::{FaultKind, AF, AP_RDONLY, AP_UNPRIV, NG, OA_MASK, SH_IS, SH_OS};
+use dmasim::kernel::device::Device;
+use dmasim::kernel::dma::DmaDirection;
+use dmasim::kernel::iommu::{IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE};
+use dmasim::kernel::mm::gfp::GFP_KERNEL;
+use dmasim::report::Report;
+use dmasim::script::{run_source, ScriptOptions};
+use dmasim::system::{RunOptions, System};
+use serde_json::Value;
+
+fn boot_with(preset: &str, f: impl FnOnce(&mut PlatformConfig)) -> System {
+    let mut p = PlatformConfig::preset(preset).unwrap();
+    p.noise = dmasim::config::NoiseConfig::OFF;
+    p.iommu = "smmu".into();
+    f(&mut p);
+    System::boot(p, RunOptions::default()).unwrap()
+}
+
+/// The 8-byte descriptor at `pa` as the hardware would read it (cache over DRAM).
+fn desc(sys: &System, pa: u64) -> u64 {
+    let mut b = [0u8; 8];
+    sys.hw.peek(pa, &mut b);
+    u64::from_le_bytes(b)
+}
+
+/// The leaf descriptor for `iova` and its level, walking the tables in memory.
+fn leaf(sys: &System, domain: usize, iova: u64) -> (u64, u32) {
+    let mut t = sys.kernel.iommu.as_ref().unwrap().domains[domain].pgd;
+    for level in 0..4 {
+        let d = desc(
+            sys,
+            t + ((iova >> dmasim::hw::iommu::level_shift(level)) & 511) * 8,
+        );
+        if level == 3 || d & 0b11 == 0b01 || d & 1 == 0 {
+            return (d, level);
+        }
+        t = d & OA_MASK;
+    }
+    unreachable!()
+}
+
+#[test]
+fn page_table_descriptors_follow_the_lpae_format_and_the_walker_reads_them_from_dram() {
+    let mut sys = boot_with("arm64-coherent", |_| {});
+    let d = sys.add_device(Device::new("d", true, 1000, 0));
+    let dom = sys.dev_domain(d).unwrap();
+    // A 4 KiB read-only, cacheable page (what DMA_TO_DEVICE on a coherent device asks).
+    sys.iommu_map(
+        dom,
+        0x10_0000,
+        0x9_8765_4000,
+        4096,
+        IOMMU_READ | IOMMU_CACHE,
+    )
+    .unwrap();
+    let (d4k, level) = leaf(&sys, dom, 0x10_0000);
+    assert_eq!(level, 3);
+    assert_eq!(d4k & 0b11, 0b11, "level-3 page descriptor");
+    assert_eq!(d4k & OA_MASK, 0x9_8765_4000);
+    assert_eq!(d4k & AP_RDONLY, AP_RDONLY, "read-only");
+    assert_eq!(d4k & (AF | NG | AP_UNPRIV), AF | NG | AP_UNPRIV);
+    assert_eq!((d4k >> 2) & 7, 1, "AttrIndx 1: Normal write-back");
+    assert_eq!(d4k & (3 << 8), SH_IS);
+    // A 2 MiB read-write, non-cacheable block.
+    sys.iommu_map(
+        dom,
+        0x4000_0000,
+        0x8020_0000,
+        2 << 20,
+        IOMMU_READ | IOMMU_WRITE,
+    )
+    .unwrap();
+    let (d2m, level) = leaf(&sys, dom, 0x4000_0000 + 12345);
+    assert_eq!(level, 2);
+    assert_eq!(d2m & 0b11, 0b01, "level-2 block descriptor");
+    assert_eq!(d2m & OA_MASK, 0x8020_0000);
+    assert_eq!(d2m & AP_RDONLY, 0, "writable");
+    assert_eq!((d2m >> 2) & 7, 0, "AttrIndx 0: Normal non-cacheable");
+    assert_eq!(d2m & (3 << 8), SH_OS);
+    // iova -> phys, as the kernel and as the hardware walker compute it.
+    assert_eq!(sys.iommu_iova_to_phys(dom, 0x10_0123), 0x9_8765_4123);
+    assert_eq!(sys.iommu_iova_to_phys(dom, 0x401f_fff0), 0x803f_fff0);
+    let walks = sys.hw.iommu.stats.walks;
+    let t = sys.hw.iommu_translate(d, 0x4000_0040, true).unwrap();
+    assert_eq!(t.pa, 0x8020_0040);
+    assert_eq!(
+        sys.hw.iommu.stats.walks - walks,
+        3,
+        "a block ends the walk at level 2"
+    );
+    // Permission: the walker refuses a write to the read-only page.
+    assert_eq!(
+        sys.hw.iommu_translate(d, 0x10_0000, true),
+        Err(FaultKind::Permission)
+    );
+    // Mapping over a live entry needs an unmap first.
+    assert_eq!(
+        sys.iommu_map(dom, 0x10_0000, 0x1000, 4096, IOMMU_READ),
+        Err(-dmasim::kernel::errno::EEXIST)
+    );
+    // Unaligned and permission-less maps are refused.
+    assert!(sys
+        .iommu_map(dom, 0x20_0800, 0x1000, 4096, IOMMU_READ)
+        .is_err());
+    assert!(sys.iommu_map(dom, 0x20_0000, 0x1000, 4096, 0).is_err());
+}
+
+#[test]
+fn a_non_coherent_walker_needs_the_table_lines_cleaned() {
+    for skip in [false, true] {
+        let mut sys = boot_with("arm64-noncoherent", |p| p.iommu_skip_pte_sync = skip);
+        let d = sys.add_device(Device::new("d", false, 1000, 0));
+        let id = sys.kmalloc(4096, GFP_KERNEL).unwrap().unwrap();
+        let va = sys.kernel.buffers[&id].va;
+        let a = sys
+            .dma_map_single(d, va, 4096, DmaDirection::ToDevice)
+            .unwrap();
+        let j = sys.dev_start(d, a, 64, None).unwrap();
+        sys.wait(j).unwrap();
+        let faults = sys.hw.iommu.stats.faults;
+        if skip {
+            // The descriptors sit dirty in the CPU cache; DRAM still holds zeros.
+            assert_eq!(faults, 1, "stale tables: translation fault");
+            assert!(sys
+                .check
+                .findings()
+                .iter()
+                .any(|f| f.id == "iommu-fault" && f.message.contains("F_TRANSLATION")));
+        } else {
+            assert_eq!(faults, 0);
+            assert!(
+                sys.check.findings().is_empty(),
+                "{:?}",
+                sys.check.findings()
+            );
+        }
+    }
+}
+
+/// Simulated ns per random 64 B device read over a `window` (bytes) that the
+/// device reaches through `bases` (each mapping `span` bytes).
+fn random_reads(sys: &mut System, dev: usize, bases: &[u64], span: u64, n: u64) -> f64 {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let t0 = sys.hw.now_ps();
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = bases[(x % bases.len() as u64) as usize];
+        let off = ((x >> 20) % (span / 64)) * 64;
+        let j = sys.dev_start(dev, b + off, 64, None).unwrap();
+        sys.wait(j).unwrap();
+    }
+    (sys.hw.now_ps() - t0) as f64 / 1000.0 / n as f64
+}
+
+/// A device that streams 64 B reads at about 3.5 GB/s (18 ns each), as the
+/// pcie-bench NFP-6000 did.
+fn nic(sys: &mut System, iommu: bool) -> usize {
+    let mut d = Device::new("nfp0", true, 3500, 0);
+    d.iommu = iommu;
+    sys.add_device(d)
+}
+
+/// 4 KiB IO pages over `window` bytes: scattered vmalloc pages mapped with
+/// dma_map_sg into one IOVA range.
+fn window_4k(sys: &mut System, dev: usize, window: u64) -> u64 {
+    let id = sys.vmalloc(window).unwrap().unwrap();
+    let va = sys.kernel.buffers[&id].va;
+    let t = sys.sg_from_range(va, window, 64 << 10).unwrap();
+    assert!(sys.dma_map_sg(dev, t, DmaDirection::ToDevice).unwrap() > 0);
+    sys.sg(t).unwrap().entries[0].iova
+}
+
+#[test]
+fn the_iotlb_reproduces_the_pcie_bench_shape() {
+    const N: u64 = 20_000;
+    let mut sys = boot_with("arm64-coherent", |_| {});
+    let plain = nic(&mut sys, false);
+    let id = sys.kmalloc(4096, GFP_KERNEL).unwrap().unwrap();
+    let va = sys.kernel.buffers[&id].va;
+    let a = sys
+        .dma_map_single(plain, va, 4096, DmaDirection::ToDevice)
+        .unwrap();
+    let base_ns = random_reads(&mut sys, plain, &[a], 4096, N);
+    assert!((17.0..20.0).contains(&base_ns), "{base_ns}");
+
+    let dev = nic(&mut sys, true);
+    let small = window_4k(&mut sys, dev, 256 << 10);
+    let r256k = base_ns / random_reads(&mut sys, dev, &[small], 256 << 10, N);
+    let large = window_4k(&mut sys, dev, 64 << 20);
+    let r64m = base_ns / random_reads(&mut sys, dev, &[large], 64 << 20, N);
+    assert!(r256k >= 0.97, "256 KiB window of 4 KiB pages: {r256k}");
+    assert!(
+        (0.30..=0.40).contains(&r64m),
+        "64 MiB window of 4 KiB pages: {r64m}"
+    );
+
+    // 2 MiB IO pages: sixteen 4 MiB blocks, each mapped with two 2 MiB blocks.
+    let mut bases = Vec::new();
+    for _ in 0..16 {
+        let id = sys.alloc_pages(10, GFP_KERNEL).unwrap().unwrap();
+        let va = sys.kernel.buffers[&id].va;
+        let a = sys
+            .dma_map_single(dev, va, 4 << 20, DmaDirection::ToDevice)
+            .unwrap();
+        assert_eq!(a % (2 << 20), 0);
+        bases.push(a);
+    }
+    let dom = sys.dev_domain(dev).unwrap();
+    assert_eq!(leaf(&sys, dom, bases[0]).1, 2, "mapped with 2 MiB blocks");
+    let r64m_huge = base_ns / random_reads(&mut sys, dev, &bases, 4 << 20, N);
+    assert!(
+        r64m_huge >= 0.97,
+        "64 MiB window of 2 MiB pages: {r64m_huge}"
+    );
+    let st = sys.hw.iommu.stats;
+    assert!(st.iotlb_misses > N / 2 && st.iotlb_hits > N, "{st:?}");
+    eprintln!("IOTLB: no IOMMU {base_ns:.1} ns/read; 4K pages 256 KiB {r256k:.3}x, 64 MiB {r64m:.3}x; 2M pages 64 MiB {r64m_huge:.3}x");
+}
+
+#[test]
+fn strict_unmap_grows_with_the_size_and_map_barely_does() {
+    let mut sys = boot_with("arm64-coherent", |_| {});
+    let d = sys.add_device(Device::new("d", true, 1000, 0));
+    let mut cost = |order: u32| {
+        let id = sys.alloc_pages(order, GFP_KERNEL).unwrap().unwrap();
+        let va = sys.kernel.buffers[&id].va;
+        let size = 4096u64 << order;
+        // Warm the tables once, then measure.
+        let a = sys
+            .dma_map_single(d, va, size, DmaDirection::ToDevice)
+            .unwrap();
+        sys.dma_unmap(d, a, size, DmaDirection::ToDevice, MapKind::Page)
+            .unwrap();
+        let t0 = sys.hw.now_ps();
+        let a = sys
+            .dma_map_single(d, va, size, DmaDirection::ToDevice)
+            .unwrap();
+        let t1 = sys.hw.now_ps();
+        sys.dma_unmap(d, a, size, DmaDirection::ToDevice, MapKind::Page)
+            .unwrap();
+        let t2 = sys.hw.now_ps();
+        ((t1 - t0) as f64 / 1e6, (t2 - t1) as f64 / 1e6)
+    };
+    let (map4k, unmap4k) = cost(0);
+    let (map1m, unmap1m) = cost(8);
+    // Morello SMMUv3 (perf-anchors §1.3): 0.1/0.6 µs at 4 KiB, 0.8/21 µs at 1 MiB.
+    assert!((0.4..=1.0).contains(&unmap4k), "unmap 4 KiB {unmap4k} µs");
+    assert!((15.0..=30.0).contains(&unmap1m), "unmap 1 MiB {unmap1m} µs");
+    assert!(map1m < 2.0, "map 1 MiB {map1m} µs");
+    let per_page = (unmap1m - unmap4k) / 255.0 * 1000.0;
+    eprintln!(
+        "strict: map {map4k:.2}/{map1m:.2} µs, unmap {unmap4k:.2}/{unmap1m:.2} µs (4 KiB / 1 MiB)"
+    );
+    assert!(
+        (60.0..=110.0).contains(&per_page),
+        "{per_page} ns per extra page"
+    );
+    assert!(
+        unmap1m - unmap4k > 10.0 * (map1m - map4k),
+        "unmap grows, map barely: map {map4k}->{map1m}, unmap {unmap4k}->{unmap1m}"
+    );
+}
+
+fn script(src: &str) -> (Report, Value) {
+    let r = run_source(
+        "t.rhai",
+        src,
+        &ScriptOptions {
+            noise_off: true,
+            ..ScriptOptions::default()
+        },
+    );
+    let j: Value = serde_json::from_str(&r.to_json()).unwrap();
+    (r, j)
+}
+
+fn ids(j: &Value) -> Vec<String> {
+    j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn ok(r: &Report) {
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
+}
+
+const SG16K: &str = r#"
+    let d = device("dma0");
+    let buf = vmalloc(16384);
+    let t = sg_from_buffer(buf);
+    let runs = sg_nents(t);
+    let n = dma_map_sg(d, t, DMA_TO_DEVICE);
+    print(`${runs} ${n}`);
+    dma_unmap_sg(d, t, DMA_TO_DEVICE);
+"#;
+
+#[test]
+fn sg_merges_to_one_segment_under_the_iommu_and_not_without() {
+    for (iommu, want_one) in [("smmu", true), ("none", false)] {
+        let (r, _) = script(&format!(
+            "boot(\"arm64-noncoherent\", #{{ iommu: \"{iommu}\", noise: \"off\" }});{SG16K}"
+        ));
+        ok(&r);
+        let line = r.log.iter().find(|l| l.contains("script: ")).unwrap();
+        let nums: Vec<usize> = line
+            .rsplit("script: ")
+            .next()
+            .unwrap()
+            .split(' ')
+            .map(|x| x.trim().parse().unwrap())
+            .collect();
+        let (runs, segs) = (nums[0], nums[1]);
+        assert!(runs >= 2, "vmalloc pages are scattered ({runs} runs)");
+        if want_one {
+            assert_eq!(segs, 1, "one IOVA-contiguous segment");
+        } else {
+            assert_eq!(segs, runs, "one segment per physically contiguous run");
+        }
+    }
+}
+
+#[test]
+fn lazy_unmap_leaves_a_window_strict_closes_it_at_once() {
+    let body = r#"
+        let d = device("nic0");
+        let b = kmalloc(4096);
+        let a = dma_map_single(d, b, DMA_FROM_DEVICE);
+        if dma_mapping_error(d, a) { throw "map"; }
+        dev_write(d, a, pattern("inc", 64));            // fills the IOTLB
+        dma_unmap_single(d, a, 4096, DMA_FROM_DEVICE);
+        dev_write(d, a, pattern("ones", 64));           // BUG: after the unmap
+        run_for("11 ms");                               // past the flush-queue timer
+        dev_write(d, a, pattern("zero", 64));           // BUG again
+    "#;
+    let (r, j) = script(&format!(
+        "boot(\"arm64-coherent\", #{{ iommu: \"smmu\", iommu_strict: false, noise: \"off\" }});{body}"
+    ));
+    ok(&r);
+    let after: Vec<&Value> = j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == "dma-after-unmap")
+        .collect();
+    assert_eq!(after.len(), 2, "{:?}", ids(&j));
+    assert_eq!(
+        after[0]["manifested"], true,
+        "within the window it got through"
+    );
+    assert_eq!(after[0]["line"], 8);
+    assert_eq!(after[1]["manifested"], false, "after the flush it faulted");
+    assert_eq!(after[1]["line"], 10);
+    assert_eq!(j["stats"]["iommu"]["faults"], 1);
+    assert!(r.log.iter().any(|l| l.contains("lazy mode")));
+
+    let (r, j) = script(&format!(
+        "boot(\"arm64-coherent\", #{{ iommu: \"smmu\", iommu_strict: true, noise: \"off\" }});{body}"
+    ));
+    ok(&r);
+    let after: Vec<&Value> = j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == "dma-after-unmap")
+        .collect();
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|f| f["manifested"] == false),
+        "strict: faults at once"
+    );
+    assert_eq!(j["stats"]["iommu"]["faults"], 2);
+}
+
+const ROGUE: &str = r#"
+    let victim = kmalloc(4096);
+    cpu_write(victim, 0, pattern("ones", 64));
+    let rogue = device("rogue");
+    dev_write(rogue, victim.phys, pattern("zero", 64));   // programmed with a raw address
+    print(`${cpu_read(victim, 0, 64) == pattern("zero", 64)}`);
+"#;
+
+#[test]
+fn a_rogue_device_faults_under_the_iommu_and_overwrites_memory_without_it() {
+    let (r, j) = script(&format!(
+        "boot(\"arm64-coherent\", #{{ iommu: \"smmu\", noise: \"off\" }});{ROGUE}"
+    ));
+    ok(&r);
+    assert_eq!(ids(&j), vec!["iommu-fault"]);
+    assert!(
+        r.log.iter().any(|l| l.contains("script: false")),
+        "victim intact"
+    );
+    let (r, j) = script(&format!(
+        "boot(\"arm64-coherent\", #{{ noise: \"off\" }});{ROGUE}"
+    ));
+    ok(&r);
+    assert_eq!(ids(&j), vec!["dma-outside-mapping"]);
+    assert_eq!(j["findings"][0]["manifested"], true);
+    assert!(
+        r.log.iter().any(|l| l.contains("script: true")),
+        "victim overwritten"
+    );
+}
+
+#[test]
+fn a_device_writing_a_to_device_mapping_faults_under_the_iommu() {
+    let body = r#"
+        let d = device("d");
+        let b = kmalloc(4096);
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        if dma_mapping_error(d, a) { throw "map"; }
+        dev_write(d, a, pattern("inc", 64));
+        dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);
+    "#;
+    let (r, j) = script(&format!(
+        "boot(\"arm64-coherent\", #{{ iommu: \"smmu\", noise: \"off\" }});{body}"
+    ));
+    ok(&r);
+    assert_eq!(ids(&j), vec!["iommu-fault"]);
+    assert!(j["findings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("F_PERMISSION"));
+    let (_, j) = script(&format!(
+        "boot(\"arm64-coherent\", #{{ noise: \"off\" }});{body}"
+    ));
+    assert_eq!(ids(&j), vec!["dir-violation"]);
+}
+
+#[test]
+fn a_32_bit_device_on_8_gib_gets_low_iovas_and_no_bounce_buffers() {
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent", #{ ram: "8 GiB", iommu: "smmu", noise: "off" });
+        let d = device("nic0");
+        expect_eq(dma_set_mask_and_coherent(d, 32), 0, "32-bit");
+        let b = kmalloc(65536);
+        expect(b.phys >= 0x100000000, "the buffer is above 4 GiB");
+        let a = dma_map_single(d, b, DMA_BIDIRECTIONAL);
+        expect(!dma_mapping_error(d, a), "mapped");
+        expect(a + 65536 <= 0x100000000, "its IOVA is below 4 GiB");
+        expect(!is_swiotlb_buffer(d, a), "no bounce");
+        dev_write(d, a, pattern("inc", 65536));
+        dma_unmap_single(d, a, 65536, DMA_BIDIRECTIONAL);
+        expect_eq(cpu_read(b, 0, 65536), pattern("inc", 65536), "data arrived");"#,
+    );
+    ok(&r);
+    assert_eq!(j["stats"]["bounced_maps"], 0);
+    assert_eq!(j["stats"]["iommu"]["maps"], 1);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+}
+
+#[test]
+fn non_coherent_devices_behind_the_iommu_still_need_their_syncs() {
+    let src = std::fs::read_to_string(format!(
+        "{}/../../scenarios/rx-no-sync.rhai",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace(
+        "boot(\"arm64-noncoherent\");",
+        "boot(\"arm64-noncoherent\", #{ iommu: \"smmu\" });",
+    );
+    let r = run_source("rx.rhai", &src, &ScriptOptions::default());
+    ok(&r);
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.id == "stale-cpu-read")
+        .unwrap();
+    assert_eq!(f.manifested, Some(true));
+}
+
+#[test]
+fn passthrough_and_per_device_opt_out_use_physical_addresses() {
+    let (r, _) = script(
+        r#"boot("arm64-coherent", #{ iommu: "passthrough", noise: "off" });
+        let d = device("d");
+        let b = kmalloc(4096);
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        expect_eq(a, b.phys, "identity domain: bus address = physical");
+        dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);"#,
+    );
+    ok(&r);
+    let (r, _) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu", noise: "off" });
+        let d = device("d", #{ iommu: false });
+        let t = device("t");
+        let b = kmalloc(4096);
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        expect_eq(a, b.phys, "not behind the IOMMU: dma-direct");
+        let c = dma_map_single(t, b, DMA_TO_DEVICE);
+        expect(c != b.phys, "behind it: an IOVA");
+        dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);
+        dma_unmap_single(t, c, 4096, DMA_TO_DEVICE);"#,
+    );
+    ok(&r);
+}
+
+#[test]
+fn a_narrow_mask_exhausts_the_iova_space() {
+    let (r, j) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu", noise: "off" });
+        let d = device("d");
+        expect_eq(dma_set_mask(d, 20), 0, "dma-iommu accepts any mask");
+        let b = alloc_pages(9, GFP_KERNEL);
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        expect(dma_mapping_error(d, a), "2 MiB do not fit below 1 MiB of IOVA");"#,
+    );
+    ok(&r);
+    assert_eq!(ids(&j), vec!["iova-exhausted"]);
+}
+
+#[test]
+fn coherent_buffers_through_the_iommu_are_iova_contiguous_over_scattered_pages() {
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent", #{ iommu: "smmu", noise: "off" });
+        let d = device("d");
+        let c = dma_alloc_coherent(d, 65536);
+        dev_write(d, c.dma + 40000, pattern("inc", 100));
+        expect_eq(cpu_read(c, 40000, 100), pattern("inc", 100), "the device's bytes");
+        cpu_write(c, 0, pattern("ones", 64));
+        expect_eq(dev_read(d, c.dma, 64), pattern("ones", 64), "the CPU's bytes");
+        dma_free_coherent(d, 65536, c);"#,
+    );
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    assert_eq!(j["stats"]["iommu"]["unmaps"], 1);
+}
