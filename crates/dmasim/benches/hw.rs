@@ -161,7 +161,90 @@ fn bounce_map_unmap(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cpu_lines, device_dma, bounce_map_unmap);
+fn iommu_system() -> (System, usize) {
+    let mut p = quiet("arm64-coherent");
+    p.iommu = "smmu".into();
+    let mut sys = System::boot(p, RunOptions::default()).unwrap();
+    let dev = sys.add_device(Device::new("dev0", true, 1_000_000, 0));
+    (sys, dev)
+}
+
+/// The IOMMU's hot paths: a translation that hits the IOTLB, a strict 4 KiB
+/// map+unmap, and a 64 KiB device read through the IOMMU.
+fn iommu(c: &mut Criterion) {
+    let mut g = c.benchmark_group("iommu");
+    let (mut sys, dev) = iommu_system();
+    let id = sys
+        .kmalloc(64 << 10, dmasim::kernel::mm::gfp::GFP_KERNEL)
+        .unwrap()
+        .unwrap();
+    let va = sys.kernel.buffers[&id].va;
+    let a = sys
+        .dma_map_single(dev, va, 64 << 10, DmaDirection::Bidirectional)
+        .unwrap();
+    sys.hw.iommu_translate(dev, a, false).unwrap();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("iotlb_hit_translation", |b| {
+        // std::hint::black_box on the u64: criterion's black_box reads a struct
+        // byte by byte (volatile), which would cost more than the translation.
+        b.iter(|| {
+            std::hint::black_box(
+                sys.hw
+                    .iommu_translate(dev, std::hint::black_box(a + 64), false)
+                    .map_or(0, |t| t.pa),
+            )
+        })
+    });
+    // Sixteen pages in turn: every lookup misses the micro-TLB and searches the set.
+    for k in 0..16 {
+        sys.hw.iommu_translate(dev, a + k * 4096, false).unwrap();
+    }
+    let mut k = 0u64;
+    g.bench_function("iotlb_hit_translation_16_pages_in_turn", |b| {
+        b.iter(|| {
+            k = (k + 1) & 15;
+            std::hint::black_box(
+                sys.hw
+                    .iommu_translate(dev, std::hint::black_box(a + k * 4096), false)
+                    .map_or(0, |t| t.pa),
+            )
+        })
+    });
+    let (mut sys2, dev2) = iommu_system();
+    let id2 = sys2
+        .kmalloc(4096, dmasim::kernel::mm::gfp::GFP_KERNEL)
+        .unwrap()
+        .unwrap();
+    let va2 = sys2.kernel.buffers[&id2].va;
+    g.bench_function("strict_map_unmap_4KiB", |b| {
+        b.iter(|| {
+            let a = sys2
+                .dma_map_single(dev2, va2, 4096, DmaDirection::ToDevice)
+                .unwrap();
+            assert!(!sys2.dma_mapping_error(dev2, a));
+            sys2.dma_unmap(dev2, a, 4096, DmaDirection::ToDevice, MapKind::Single)
+                .unwrap();
+        })
+    });
+    g.throughput(Throughput::Bytes(64 << 10));
+    g.bench_function("device_read_64KiB_through_iommu", |b| {
+        b.iter(|| {
+            let j = sys.dev_start(dev, a, 64 << 10, None).unwrap();
+            black_box(sys.wait(j).unwrap());
+        })
+    });
+    let src = vec![0x42u8; 64 << 10];
+    let mut dst = vec![0u8; 64 << 10];
+    g.bench_function("host_baseline_memcpy_64KiB", |b| {
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&dst);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, cpu_lines, device_dma, bounce_map_unmap, iommu);
 
 /// Diagnostic: an all-miss stream whose frames fit the host's caches (2 MiB), to
 /// separate the model's own work from host memory traffic.

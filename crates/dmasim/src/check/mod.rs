@@ -580,17 +580,6 @@ impl Sanitizer {
             return;
         };
         let e = self.entries.remove(id).expect("entry found above");
-        if self.recent_unmaps.len() >= RECENT_UNMAPS {
-            self.recent_unmaps.pop_front();
-        }
-        self.recent_unmaps.push_back(RecentUnmap {
-            dev,
-            dev_addr: e.dev_addr,
-            size: e.size,
-            time_ns: ctx.time_ns,
-            line: ctx.line,
-            history: e.history.clone(),
-        });
         let clean = e.size == size
             && e.kind == kind
             && (e.dir == dir || kind == MapKind::Coherent)
@@ -600,6 +589,7 @@ impl Sanitizer {
             // The common case: nothing to report, so no history to build.
             self.uncached_check(ctx, id, &e);
             Self::release_entry(&mut self.oracle, hw, &e);
+            self.remember_unmap(ctx, e);
             return;
         }
         let mut hist = e.snapshot();
@@ -674,6 +664,23 @@ impl Sanitizer {
         }
         self.uncached_check(ctx, id, &e);
         Self::release_entry(&mut self.oracle, hw, &e);
+        self.remember_unmap(ctx, e);
+    }
+
+    /// Keeps an unmapped entry's address and history (moved, not copied) so that a
+    /// later device access to it can be told apart from a random one.
+    fn remember_unmap(&mut self, ctx: Ctx, e: Entry) {
+        if self.recent_unmaps.len() >= RECENT_UNMAPS {
+            self.recent_unmaps.pop_front();
+        }
+        self.recent_unmaps.push_back(RecentUnmap {
+            dev: e.dev,
+            dev_addr: e.dev_addr,
+            size: e.size,
+            time_ns: ctx.time_ns,
+            line: ctx.line,
+            history: e.history,
+        });
     }
 
     fn cpu_wrote_device_owned(

@@ -141,10 +141,7 @@ pub struct IommuStats {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct TlbEntry {
-    valid: bool,
     domain: usize,
-    /// iova >> shift.
-    tag: u64,
     shift: u32,
     /// Output address of the page or block.
     pa: u64,
@@ -152,14 +149,34 @@ struct TlbEntry {
     lru: u64,
 }
 
+/// The lookup key of an entry: domain, page size and page number in one word, so a
+/// set is searched with plain integer compares. `INVALID` marks a free way.
+#[inline(always)]
+fn key(domain: usize, iova: u64, shift: u32) -> u64 {
+    let size_code = match shift {
+        12 => 0,
+        21 => 1,
+        _ => 2,
+    };
+    ((iova >> shift) << 18) | ((domain as u64 & 0xffff) << 2) | size_code
+}
+
+const INVALID: u64 = u64::MAX;
+
 /// The IOTLB: `sets` × `ways` entries, tagged by domain, LRU inside a set. An entry
-/// of page or block size `1 << shift` lives in set `(iova >> shift) % sets`.
+/// of page or block size `1 << shift` lives in set `(iova >> shift) % sets`. A
+/// one-entry micro-TLB in front remembers the last hit, as SMMU stream caches do.
 #[derive(Debug, Clone)]
 pub struct Iotlb {
     sets: usize,
     ways: usize,
+    keys: Vec<u64>,
     entries: Vec<TlbEntry>,
     tick: u64,
+    last: Option<(u64, usize)>,
+    /// Key → way of every valid entry: a lookup is a hash probe per page size
+    /// instead of a scan of the set (the hardware compares all ways at once).
+    index: crate::fasthash::PageMap<usize>,
 }
 
 impl Iotlb {
@@ -171,8 +188,11 @@ impl Iotlb {
         Iotlb {
             sets,
             ways,
+            keys: vec![INVALID; sets * ways],
             entries: vec![TlbEntry::default(); sets * ways],
             tick: 0,
+            last: None,
+            index: crate::fasthash::PageMap::default(),
         }
     }
 
@@ -181,17 +201,27 @@ impl Iotlb {
         s * self.ways..(s + 1) * self.ways
     }
 
-    fn lookup(&mut self, domain: usize, iova: u64) -> Option<(u64, u32, bool)> {
+    #[inline]
+    fn hit(&mut self, i: usize) -> (u64, u32, bool) {
         self.tick += 1;
+        let e = &mut self.entries[i];
+        e.lru = self.tick;
+        (e.pa, e.shift, e.writable)
+    }
+
+    #[inline]
+    fn lookup(&mut self, domain: usize, iova: u64) -> Option<(u64, u32, bool)> {
+        if let Some((k, i)) = self.last {
+            let shift = self.entries[i].shift;
+            if self.keys[i] == k && key(domain, iova, shift) == k {
+                return Some(self.hit(i));
+            }
+        }
         for shift in [12, 21, 30] {
-            let tag = iova >> shift;
-            let r = self.set_of(iova, shift);
-            if let Some(e) = self.entries[r]
-                .iter_mut()
-                .find(|e| e.valid && e.shift == shift && e.tag == tag && e.domain == domain)
-            {
-                e.lru = self.tick;
-                return Some((e.pa, e.shift, e.writable));
+            let k = key(domain, iova, shift);
+            if let Some(&i) = self.index.get(&k) {
+                self.last = Some((k, i));
+                return Some(self.hit(i));
             }
         }
         None
@@ -200,19 +230,33 @@ impl Iotlb {
     fn insert(&mut self, domain: usize, iova: u64, shift: u32, pa: u64, writable: bool) {
         self.tick += 1;
         let r = self.set_of(iova, shift);
-        let tick = self.tick;
-        let victim = self.entries[r]
-            .iter_mut()
-            .min_by_key(|e| if e.valid { e.lru } else { 0 })
-            .expect("a set has ways");
-        *victim = TlbEntry {
-            valid: true,
+        let base = r.start;
+        let w = match self.keys[r.clone()].iter().position(|&x| x == INVALID) {
+            Some(w) => w,
+            None => self.entries[r]
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.lru)
+                .map(|(w, _)| w)
+                .expect("a set has ways"),
+        };
+        let old = self.keys[base + w];
+        if old != INVALID {
+            self.index.remove(&old);
+        }
+        let k = key(domain, iova, shift);
+        if let Some(&dup) = self.index.get(&k) {
+            // Already cached (a walk raced a hit): keep one copy.
+            self.keys[dup] = INVALID;
+        }
+        self.index.insert(k, base + w);
+        self.keys[base + w] = k;
+        self.entries[base + w] = TlbEntry {
             domain,
-            tag: iova >> shift,
             shift,
             pa,
             writable,
-            lru: tick,
+            lru: self.tick,
         };
     }
 
@@ -221,12 +265,13 @@ impl Iotlb {
     pub fn invalidate_range(&mut self, domain: usize, iova: u64, size: u64) -> u64 {
         let end = iova.saturating_add(size);
         let mut n = 0;
-        for e in &mut self.entries {
-            if e.valid && e.domain == domain {
-                let start = e.tag << e.shift;
+        for (k, e) in self.keys.iter_mut().zip(&self.entries) {
+            if *k != INVALID && e.domain == domain {
+                let start = (*k >> 18) << e.shift;
                 let stop = start + (1u64 << e.shift);
                 if start < end && iova < stop {
-                    e.valid = false;
+                    self.index.remove(k);
+                    *k = INVALID;
                     n += 1;
                 }
             }
@@ -236,23 +281,23 @@ impl Iotlb {
 
     /// Invalidates every entry of `domain` (`CMD_TLBI_NH_ASID`).
     pub fn invalidate_domain(&mut self, domain: usize) {
-        for e in &mut self.entries {
-            if e.domain == domain {
-                e.valid = false;
+        for (k, e) in self.keys.iter_mut().zip(&self.entries) {
+            if e.domain == domain && *k != INVALID {
+                self.index.remove(k);
+                *k = INVALID;
             }
         }
     }
 
     /// Invalidates everything.
     pub fn invalidate_all(&mut self) {
-        for e in &mut self.entries {
-            e.valid = false;
-        }
+        self.keys.fill(INVALID);
+        self.index.clear();
     }
 
     /// Valid entries now.
     pub fn occupancy(&self) -> usize {
-        self.entries.iter().filter(|e| e.valid).count()
+        self.keys.iter().filter(|&&k| k != INVALID).count()
     }
 }
 
@@ -305,6 +350,7 @@ impl Iommu {
     }
 
     /// The stream table entry of `stream` (bypass when none was set).
+    #[inline]
     pub fn ste(&self, stream: usize) -> Ste {
         self.stes.get(stream).copied().unwrap_or(Ste::Bypass)
     }
@@ -336,6 +382,7 @@ impl Iommu {
     ///
     /// # Errors
     /// The fault, after recording it.
+    #[inline]
     pub fn translate(
         &mut self,
         stream: usize,

@@ -393,6 +393,7 @@ impl Machine {
     ///
     /// # Errors
     /// The fault, recorded by the IOMMU.
+    #[inline]
     pub fn iommu_translate(
         &mut self,
         stream: usize,
