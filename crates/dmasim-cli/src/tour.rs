@@ -77,6 +77,13 @@ const STOPS: &[Stop] = &[
         fixed: scenario!("arm32-zone-dma-fixed.rhai"),
     },
     Stop {
+        name: "iommu-protection",
+        title: "Without an IOMMU a device can write anywhere in RAM",
+        explain: "A DMA master given a wrong address (a bug, or an attacker's descriptor) writes physical memory directly. Behind an IOMMU it sees only the IOVAs of its own mappings: the SMMU faults the stray access and nothing reaches memory.",
+        broken: scenario!("rogue-device.rhai"),
+        fixed: scenario!("rogue-device-iommu.rhai"),
+    },
+    Stop {
         name: "bounce-buffers",
         title: "Bounce buffers: a device that cannot reach the buffer gets a copy",
         explain: "A 32-bit DMA mask with RAM above 4 GiB, or a bus that sees only part of RAM: dma-direct copies the data through the swiotlb pool. Until the sync for the CPU copies it back, the buffer holds old bytes on every platform, coherent or not; and the copies cost throughput until the driver sets the mask the hardware really has.",

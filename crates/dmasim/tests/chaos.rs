@@ -42,9 +42,11 @@ fn random_script(seed: u64) -> String {
         "arm32",
     ][r.below(5)];
     let swiotlb = ["\"1 MiB\"", "\"off\"", "\"64 MiB\"", "0"][r.below(4)];
+    let iommu = ["\"none\"", "\"smmu\"", "\"passthrough\""][r.below(3)];
     let mut s = format!(
-        "boot(\"{preset}\", #{{ hugepages: 2, swiotlb: {swiotlb}, swiotlb_force: {} }});\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\n",
+        "boot(\"{preset}\", #{{ hugepages: 2, swiotlb: {swiotlb}, swiotlb_force: {}, iommu: {iommu}, iommu_strict: {} }});\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\n",
         r.below(3) == 0,
+        r.below(2) == 0,
         r.below(2) == 1
     );
     for _ in 0..40 {

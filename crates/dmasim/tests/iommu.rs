@@ -539,3 +539,77 @@ fn coherent_buffers_through_the_iommu_are_iova_contiguous_over_scattered_pages()
     assert!(ids(&j).is_empty(), "{:?}", ids(&j));
     assert_eq!(j["stats"]["iommu"]["unmaps"], 1);
 }
+
+fn scenario(name: &str, seed: u64) -> (Report, Value) {
+    let src = std::fs::read_to_string(format!(
+        "{}/../../scenarios/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let r = run_source(
+        name,
+        &src,
+        &ScriptOptions {
+            seed,
+            ..ScriptOptions::default()
+        },
+    );
+    let j: Value = serde_json::from_str(&r.to_json()).unwrap();
+    (r, j)
+}
+
+#[test]
+fn iommu_scenarios_report_what_their_headers_promise() {
+    for seed in 0..10 {
+        let (r, j) = scenario("rogue-device.rhai", seed);
+        ok(&r);
+        assert_eq!(ids(&j), vec!["dma-outside-mapping"]);
+        assert_eq!(j["findings"][0]["manifested"], true);
+        assert!(r.log.iter().any(|l| l.contains("secret is overwritten")));
+        assert_eq!(r.exit_code(), 1);
+
+        let (r, j) = scenario("rogue-device-iommu.rhai", seed);
+        ok(&r);
+        assert_eq!(ids(&j), vec!["iommu-fault"]);
+        assert_eq!(j["stats"]["iommu"]["faults"], 1);
+        assert!(r.log.iter().any(|l| l.contains("secret is intact")));
+
+        let (r, j) = scenario("iommu-lazy-unmap.rhai", seed);
+        ok(&r);
+        assert_eq!(ids(&j), vec!["dma-after-unmap", "dma-after-unmap"]);
+        assert_eq!(j["findings"][0]["manifested"], true);
+        assert_eq!(j["findings"][1]["manifested"], false);
+
+        let (r, j) = scenario("iommu-sg-merge.rhai", seed);
+        ok(&r);
+        assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+        assert_eq!(r.exit_code(), 0);
+    }
+}
+
+#[test]
+fn a_blocked_domain_stops_every_access_and_busy_groups_keep_their_type() {
+    let (r, j) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu", noise: "off" });
+        let d = device("d");
+        let b = kmalloc(4096);
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        if dma_mapping_error(d, a) { throw "map"; }
+        expect_eq(iommu_group_set_type(d, "blocked"), -EBUSY, "not while mapped");
+        dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);
+        expect_eq(iommu_group_set_type(d, "bogus"), -EINVAL, "unknown type");
+        expect_eq(iommu_group_set_type(d, "blocked"), 0, "blocked");
+        dev_write(d, b.phys, pattern("inc", 64));
+        expect_eq(iommu_group_set_type(d, "identity"), 0, "identity");
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        if dma_mapping_error(d, a) { throw "map"; }
+        expect_eq(a, b.phys, "identity: physical addresses");
+        dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);"#,
+    );
+    ok(&r);
+    assert_eq!(ids(&j), vec!["iommu-fault"]);
+    assert!(j["findings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("C_BAD_STE"));
+}

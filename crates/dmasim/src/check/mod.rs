@@ -1366,7 +1366,15 @@ impl Sanitizer {
             .is_some()
     }
 
-    /// Which live mapping of `dev` a coherent buffer at `dev_addr` is (for frees).
+    /// Does `dev` hold any live mapping.
+    pub fn device_has_mappings(&self, dev: usize) -> bool {
+        self.entries
+            .ids()
+            .into_iter()
+            .any(|id| self.entries.get(id).dev == dev)
+    }
+
+    /// Is there a live mapping of `dev` starting at `dev_addr`.
     pub fn has_mapping(&self, dev: usize, dev_addr: u64) -> bool {
         self.entries.exact(dev, dev_addr).is_some()
     }

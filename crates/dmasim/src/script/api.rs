@@ -464,6 +464,13 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     );
     let s1 = s.clone();
     engine.register_fn(
+        "iommu_group_set_type",
+        move |ctx: NativeCallContext, d: DeviceObj, name: &str| {
+            with_sys(&s1, &ctx, |sys| Ok(sys.iommu_group_set_type(d.idx, name)))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
         "dma_max_mapping_size",
         move |ctx: NativeCallContext, d: DeviceObj| {
             with_sys(&s1, &ctx, |sys| Ok(sys.dma_max_mapping_size(d.idx) as INT))

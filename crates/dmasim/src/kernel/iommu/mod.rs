@@ -232,6 +232,32 @@ impl System {
         st.domains.len() - 1
     }
 
+    /// Writes `/sys/kernel/iommu_groups/N/type` for a device's group: "blocked",
+    /// "identity", "DMA" or "DMA-FQ". 0, −EBUSY while the device has live DMA
+    /// mappings (Linux refuses while a driver is bound), −EINVAL for another name,
+    /// −ENODEV when the device is not behind the IOMMU.
+    pub fn iommu_group_set_type(&mut self, dev: usize, name: &str) -> i64 {
+        use crate::kernel::errno::{EBUSY, EINVAL};
+        if self.dev_domain(dev).is_none() {
+            return -19; // ENODEV
+        }
+        let kind = match name {
+            "blocked" => DomainType::Blocked,
+            "identity" => DomainType::Identity,
+            "DMA" => DomainType::Dma,
+            "DMA-FQ" => DomainType::DmaFq,
+            _ => return -EINVAL,
+        };
+        if self.check.device_has_mappings(dev) {
+            return -EBUSY;
+        }
+        let id = self.iommu_domain_alloc(kind);
+        self.iommu_attach(dev, id);
+        let devname = self.kernel.devices[dev].name.clone();
+        self.printk(&devname, format!("iommu group type set to {}", kind.name()));
+        0
+    }
+
     /// Points a device's stream table entry at a domain.
     pub(crate) fn iommu_attach(&mut self, dev: usize, domain: usize) {
         let st = self.kernel.iommu.as_mut().expect("IOMMU present");
