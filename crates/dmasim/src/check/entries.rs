@@ -15,7 +15,9 @@ pub(super) trait Indexed {
 
 /// Live entries with their indexes.
 pub(super) struct Entries<E> {
-    map: BTreeMap<u64, E>,
+    /// Entry and the first line it is indexed under; boxed so that inserting and
+    /// removing moves a pointer, not the whole entry.
+    map: BTreeMap<u64, (Box<E>, Option<u64>)>,
     by_bus: BTreeSet<(usize, u64, u64)>,
     by_phys: BTreeSet<(u64, u64)>,
     by_first_line: BTreeMap<u64, BTreeSet<u64>>,
@@ -52,26 +54,30 @@ impl<E: Indexed> Entries<E> {
         if let Some(l) = first_line {
             self.by_first_line.entry(l).or_default().insert(id);
         }
-        self.map.insert(id, e);
+        self.map.insert(id, (Box::new(e), first_line));
     }
 
-    pub(super) fn remove(&mut self, id: u64) -> Option<E> {
-        let e = self.map.remove(&id)?;
+    pub(super) fn remove(&mut self, id: u64) -> Option<Box<E>> {
+        let (e, first_line) = self.map.remove(&id)?;
         self.by_bus.remove(&(e.dev(), e.dev_addr(), id));
         self.by_phys.remove(&(e.phys(), id));
-        self.by_first_line.retain(|_, ids| {
-            ids.remove(&id);
-            !ids.is_empty()
-        });
+        if let Some(l) = first_line {
+            if let Some(ids) = self.by_first_line.get_mut(&l) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.by_first_line.remove(&l);
+                }
+            }
+        }
         Some(e)
     }
 
     pub(super) fn get(&self, id: u64) -> &E {
-        &self.map[&id]
+        &self.map[&id].0
     }
 
     pub(super) fn get_mut(&mut self, id: u64) -> &mut E {
-        self.map.get_mut(&id).expect("live entry")
+        &mut self.map.get_mut(&id).expect("live entry").0
     }
 
     /// Every live id, in order.
@@ -104,7 +110,7 @@ impl<E: Indexed> Entries<E> {
                 && pred(e)
         };
         let last = self.last.get();
-        if self.map.get(&last).is_some_and(&fits) {
+        if self.map.get(&last).is_some_and(|(e, _)| fits(e)) {
             return Some(last);
         }
         let from = addr.saturating_sub(self.max_size - 1);
@@ -112,7 +118,7 @@ impl<E: Indexed> Entries<E> {
             .by_bus
             .range((dev, from, 0)..=(dev, addr, u64::MAX))
             .map(|&(_, _, id)| id)
-            .find(|id| fits(&self.map[id]));
+            .find(|id| fits(&self.map[id].0));
         if let Some(id) = found {
             self.last.set(id);
         }
@@ -126,7 +132,7 @@ impl<E: Indexed> Entries<E> {
             .range((from, 0)..(end, 0))
             .map(|&(_, id)| id)
             .filter(|id| {
-                let e = &self.map[id];
+                let e = &self.map[id].0;
                 e.phys() + e.size() > pa
             })
             .collect()
@@ -143,7 +149,7 @@ impl<E: Indexed> Entries<E> {
     pub(super) fn of_device(&self, dev: Option<usize>) -> Vec<u64> {
         self.map
             .iter()
-            .filter(|(_, e)| dev.is_none_or(|d| e.dev() == d))
+            .filter(|(_, (e, _))| dev.is_none_or(|d| e.dev() == d))
             .map(|(&id, _)| id)
             .collect()
     }

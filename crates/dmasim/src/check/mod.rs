@@ -100,7 +100,7 @@ pub struct NewMapping {
     /// oracle watches these instead of `[phys, phys+size)`.
     pub pages: Option<Vec<u64>>,
     /// Text for the history ("dma_map_single TO_DEVICE").
-    pub what: String,
+    pub what: std::borrow::Cow<'static, str>,
 }
 
 struct Entry {
@@ -134,6 +134,33 @@ struct Entry {
     bounce: Option<u64>,
     /// The frames of a physically scattered mapping, watched one by one.
     pages: Option<Vec<u64>>,
+    /// The map event, rendered into the history only when someone reads it.
+    map_event: Option<MapEvent>,
+}
+
+/// A map event whose text is built lazily (most mappings never appear in a finding).
+#[derive(Debug, Clone)]
+struct MapEvent {
+    idx: usize,
+    what: std::borrow::Cow<'static, str>,
+    dev_addr: u64,
+    phys: u64,
+    size: u64,
+    bounce: Option<u64>,
+}
+
+impl MapEvent {
+    fn fill(&self, h: &mut [HistoryEvent]) {
+        if let Some(ev) = h.get_mut(self.idx) {
+            let via = self
+                .bounce
+                .map_or(String::new(), |b| format!(" [bounced via swiotlb {b:#x}]"));
+            ev.event = format!(
+                "{} → {:#x} [phys={:#x}] [size={}]{via}",
+                self.what, self.dev_addr, self.phys, self.size
+            );
+        }
+    }
 }
 
 const HISTORY_MAX: usize = 48;
@@ -160,6 +187,9 @@ impl Entry {
     /// The history with the last device transfer's event brought up to date.
     fn snapshot(&self) -> Vec<HistoryEvent> {
         let mut h = self.history.clone();
+        if let Some(m) = &self.map_event {
+            m.fill(&mut h);
+        }
         if let Some((i, _, write, start, n)) = self.last_dev {
             if let Some(ev) = h.get_mut(i) {
                 let verb = if write { "wrote" } else { "read" };
@@ -251,6 +281,7 @@ struct RecentUnmap {
     time_ns: u64,
     line: u32,
     history: Vec<HistoryEvent>,
+    map_event: Option<MapEvent>,
 }
 
 /// Unmaps remembered per run (most recent first out).
@@ -424,13 +455,13 @@ impl Sanitizer {
             }
             None => self.oracle.hold(hw, m.phys, m.size),
         }
-        let mut history = Vec::new();
-        if let Some(b) = &m.buffer {
+        let mut history = Vec::with_capacity(4);
+        if let Some(b) = m.buffer {
             if !self.held.contains_key(&b.id) {
                 self.oracle.hold(hw, b.pa, b.len);
                 self.held.insert(b.id, (b.pa, b.len));
             }
-            history.push(b.alloc.clone());
+            history.push(b.alloc);
         }
         // dma-debug's active-cacheline check: the first line of a mapping the device
         // may write must not be the first line of another such mapping.
@@ -489,17 +520,17 @@ impl Sanitizer {
             freed: None,
             bounce: m.bounce,
             pages: m.pages,
+            map_event: None,
         };
-        let via = m
-            .bounce
-            .map_or(String::new(), |b| format!(" [bounced via swiotlb {b:#x}]"));
-        e.push(
-            ctx,
-            format!(
-                "{} → {:#x} [phys={:#x}] [size={}]{via}",
-                m.what, e.dev_addr, e.phys, e.size
-            ),
-        );
+        e.push(ctx, String::new());
+        e.map_event = Some(MapEvent {
+            idx: e.history.len() - 1,
+            what: m.what,
+            dev_addr: e.dev_addr,
+            phys: e.phys,
+            size: e.size,
+            bounce: e.bounce,
+        });
         let first_line = tracked.then(|| e.phys / self.line);
         self.entries.insert(id, e, first_line);
         id
@@ -669,7 +700,7 @@ impl Sanitizer {
 
     /// Keeps an unmapped entry's address and history (moved, not copied) so that a
     /// later device access to it can be told apart from a random one.
-    fn remember_unmap(&mut self, ctx: Ctx, e: Entry) {
+    fn remember_unmap(&mut self, ctx: Ctx, e: Box<Entry>) {
         if self.recent_unmaps.len() >= RECENT_UNMAPS {
             self.recent_unmaps.pop_front();
         }
@@ -680,6 +711,7 @@ impl Sanitizer {
             time_ns: ctx.time_ns,
             line: ctx.line,
             history: e.history,
+            map_event: e.map_event,
         });
     }
 
@@ -1175,10 +1207,13 @@ impl Sanitizer {
         let len = a.data.len() as u64;
         let verb = if a.write { "wrote" } else { "read" };
         let (when, mut hist) = match self.recent_unmap(a) {
-            Some(u) => (
-                format!("unmapped at line {} ({} ns)", u.line, u.time_ns),
-                u.history.clone(),
-            ),
+            Some(u) => {
+                let mut h = u.history.clone();
+                if let Some(m) = &u.map_event {
+                    m.fill(&mut h);
+                }
+                (format!("unmapped at line {} ({} ns)", u.line, u.time_ns), h)
+            }
             None => ("no longer mapped".to_string(), vec![]),
         };
         let outcome = match (through, a.pa) {
@@ -1324,7 +1359,7 @@ impl Sanitizer {
             }
             let e = self.entries.remove(id).expect("listed above");
             self.uncached_check(ctx, id, &e);
-            self.entries.insert(id, e, None);
+            self.entries.insert(id, *e, None);
         }
     }
 

@@ -508,10 +508,11 @@ impl System {
                 buffer: None,
                 bounce: None,
                 pages: Some(pfns),
-                what: format!(
-                    "dma_alloc_coherent through the IOMMU{}",
-                    if coherent { "" } else { " (Normal-NC vmap)" }
-                ),
+                what: std::borrow::Cow::Borrowed(if coherent {
+                    "dma_alloc_coherent through the IOMMU"
+                } else {
+                    "dma_alloc_coherent through the IOMMU (Normal-NC vmap)"
+                }),
             },
         );
         Ok(Some(id))

@@ -280,7 +280,14 @@ impl System {
                     buffer,
                     bounce,
                     pages: None,
-                    what: format!("{call} {}", dir.name()),
+                    what: std::borrow::Cow::Borrowed(match (kind, dir) {
+                        (MapKind::Single, DmaDirection::ToDevice) => "dma_map_single TO_DEVICE",
+                        (MapKind::Single, DmaDirection::FromDevice) => "dma_map_single FROM_DEVICE",
+                        (MapKind::Single, _) => "dma_map_single BIDIRECTIONAL",
+                        (_, DmaDirection::ToDevice) => "dma_map_page TO_DEVICE",
+                        (_, DmaDirection::FromDevice) => "dma_map_page FROM_DEVICE",
+                        _ => "dma_map_page BIDIRECTIONAL",
+                    }),
                 },
             );
         }
@@ -470,14 +477,11 @@ impl System {
                 }),
                 bounce: None,
                 pages: None,
-                what: format!(
-                    "dma_alloc_coherent{}",
-                    if coherent {
-                        " (cacheable, coherent device)"
-                    } else {
-                        " (Normal-NC remap)"
-                    }
-                ),
+                what: std::borrow::Cow::Borrowed(if coherent {
+                    "dma_alloc_coherent (cacheable, coherent device)"
+                } else {
+                    "dma_alloc_coherent (Normal-NC remap)"
+                }),
             },
         );
         Ok(Some(id))

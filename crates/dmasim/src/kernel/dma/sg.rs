@@ -196,7 +196,7 @@ impl System {
                     buffer,
                     bounce,
                     pages: None,
-                    what: format!("dma_map_sg {} [entry {i} of {total}]", dir.name()),
+                    what: format!("dma_map_sg {} [entry {i} of {total}]", dir.name()).into(),
                 },
             );
             // dma_map_sg's result is checked by testing for 0, not dma_mapping_error.
