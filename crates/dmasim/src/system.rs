@@ -385,17 +385,19 @@ impl System {
         if self.cfg.noise.migrate > 0.0 {
             self.noise_migrate();
         }
-        Self::drain_writebacks(&mut self.hw, &mut self.check);
+        Self::drain_writebacks(&mut self.hw, &mut self.check, self.line);
     }
 
     /// Tells the oracle where dirty lines were written back into watched frames.
-    fn drain_writebacks(hw: &mut Machine, check: &mut Sanitizer) {
+    fn drain_writebacks(hw: &mut Machine, check: &mut Sanitizer, script_line: u32) {
         if hw.caches.watched_writebacks.is_empty() {
             return;
         }
         let line = hw.line();
-        for pa in hw.caches.watched_writebacks.drain(..) {
+        let pas: Vec<u64> = hw.caches.watched_writebacks.drain(..).collect();
+        for pa in pas {
             check.oracle.mark_may_differ(pa, line);
+            check.writeback(hw, pa, script_line);
         }
     }
 
@@ -654,7 +656,7 @@ impl System {
         let line = j.line;
         let dev = &self.kernel.devices[devi];
         let off = j.done as usize;
-        Self::drain_writebacks(&mut self.hw, &mut self.check);
+        Self::drain_writebacks(&mut self.hw, &mut self.check, line);
         let ok = if fault.is_some() {
             if !write {
                 j.data.resize(j.data.len() + n as usize, 0);

@@ -953,3 +953,53 @@ fn without_zone_dma32_gfp_dma32_falls_to_zone_normal() {
         ids(&r)
     );
 }
+
+#[test]
+fn a_dirty_line_written_back_over_device_data_is_a_clobber_on_every_seed() {
+    // Without background noise the eviction of line 17 always writes the CPU's
+    // dirty line back over what the device wrote.
+    let r = run("writeback-clobber.rhai", 0, None, true);
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.id == "dirty-writeback-clobber")
+        .unwrap_or_else(|| panic!("{:?}", ids(&r)));
+    assert_eq!(f.manifested, Some(true));
+    assert_eq!(f.severity, dmasim::check::Severity::Error);
+    assert_eq!(
+        f.line, 17,
+        "reported where the eviction wrote the line back"
+    );
+    let stale = r
+        .findings
+        .iter()
+        .find(|f| f.id == "stale-cpu-read")
+        .unwrap();
+    assert_eq!(stale.manifested, Some(true), "the data is gone from DRAM");
+    // With noise, an eviction may write the line back *before* the device writes:
+    // then nothing is lost. The store itself is reported on every seed.
+    let mut clobbered = 0;
+    for seed in 0..30 {
+        let r = run("writeback-clobber.rhai", seed, None, false);
+        assert!(r.error.is_none(), "{:?}", r.error);
+        assert!(ids(&r).contains(&"cpu-access-device-owned"), "seed {seed}");
+        if let Some(f) = r
+            .findings
+            .iter()
+            .find(|f| f.id == "dirty-writeback-clobber")
+        {
+            assert_eq!(f.manifested, Some(true));
+            clobbered += 1;
+        }
+    }
+    assert!(clobbered > 15, "clobbered on {clobbered}/30 seeds");
+    // A coherent port: the device's write invalidates the CPU's dirty line, so
+    // nothing is written back over it; the store is still a protocol violation.
+    let r = run("writeback-clobber.rhai", 0, Some("arm64-coherent"), true);
+    assert!(
+        !ids(&r).contains(&"dirty-writeback-clobber"),
+        "{:?}",
+        ids(&r)
+    );
+    assert!(ids(&r).contains(&"cpu-access-device-owned"));
+}

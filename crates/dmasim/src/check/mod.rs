@@ -909,12 +909,19 @@ impl Sanitizer {
                     e.dev_addr + os,
                     e.snapshot(),
                     e.dir,
+                    why,
                 ));
             }
         }
-        for (id, key, manifested, bad_lines, len, dev, addr, hist, dir) in out {
+        for (id, key, manifested, bad_lines, len, dev, addr, hist, dir, why) in out {
             let lines = len.div_ceil(line);
             let (msg, help) = match id {
+                "stale-cpu-read" if why.starts_with("and got") => (
+                    format!(
+                        "CPU read {len} bytes of a buffer {dev} wrote, after the sync, and {bad_lines} of {lines} lines differ from what was written: the data was lost before the CPU could see it [device address={addr:#x}]"
+                    ),
+                    "look at the history: a dirty line written back over device data (dirty-writeback-clobber), a sync of the wrong range or direction, or a CPU store while the device owned the buffer".into(),
+                ),
                 "stale-cpu-read" => (
                     format!(
                         "CPU read {len} bytes that {dev} wrote, without dma_sync_single_for_cpu; {bad_lines} of {lines} lines held stale data [device address={addr:#x}]"
@@ -939,6 +946,66 @@ impl Sanitizer {
                 ctx,
                 msg,
                 help,
+                hist,
+            );
+        }
+    }
+
+    /// A dirty line was written back to watched memory at `pa` (an eviction, noise, or
+    /// the clean half of a maintenance operation). If a device wrote bytes of that
+    /// line since the buffer was last handed to the CPU, and DRAM no longer holds
+    /// them, the write-back clobbered device data: `dirty-writeback-clobber`.
+    pub fn writeback(&mut self, hw: &Machine, pa: u64, script_line: u32) {
+        let line = self.line;
+        let (ls, le) = (pa, pa + line);
+        let ctx = Ctx {
+            time_ns: hw.now_ps() / 1000,
+            line: script_line,
+        };
+        let mut out = Vec::new();
+        for id in self.entries.overlapping_phys(ls, le) {
+            let e = self.entries.get(id);
+            if e.kind == MapKind::Coherent || e.bounce.is_some() {
+                continue;
+            }
+            let (s, t) = (ls.max(e.phys), le.min(e.phys + e.size));
+            if s >= t {
+                continue;
+            }
+            let (os, ot) = (s - e.phys, t - e.phys);
+            let mut lost = 0;
+            for &(a, b) in e.dev_written.ranges() {
+                let (x, y) = (a.max(os), b.min(ot));
+                if x < y {
+                    let mut now = vec![0u8; (y - x) as usize];
+                    hw.dram.read_in_frame(e.phys + x, &mut now);
+                    lost += self.oracle.diff(e.phys + x, &now, line).0;
+                }
+            }
+            if lost > 0 {
+                out.push((id, lost, e.phys + os));
+            }
+        }
+        for (id, lost, at) in out {
+            let e = self.entries.get_mut(id);
+            e.push(
+                ctx,
+                format!("a dirty CPU line at phys {at:#x} was written back over {lost} bytes the device had written"),
+            );
+            let (dev, addr, dir, hist) = (e.dev_name.clone(), e.dev_addr, e.dir, e.snapshot());
+            self.report(
+                "dirty-writeback-clobber",
+                id,
+                Some(true),
+                Some(&dev),
+                Some(addr + (at - self.entries.get(id).phys)),
+                Some(line),
+                ctx,
+                format!(
+                    "a CPU cache line dirtied while {dev} owned the buffer was written back to DRAM over {lost} bytes the device had written [device address={addr:#x}] [mapped with {}]",
+                    dir.name()
+                ),
+                "never store to a buffer the device owns: finish CPU writes before dma_map_single, or sync for the CPU first; and keep DMA_FROM_DEVICE buffers in whole cache lines of their own (kmalloc, or ARCH_DMA_MINALIGN alignment), so no neighbour's dirty line shares them".into(),
                 hist,
             );
         }
@@ -1095,6 +1162,20 @@ impl Sanitizer {
                 _ => {}
             }
             if e.kind != MapKind::Coherent {
+                let overwritten = e.owned_writes.overlap(os, ot);
+                if overwritten > 0 {
+                    // The CPU stored into the buffer while the device owned it, and
+                    // the device has now written over those bytes: the store is lost.
+                    out.push((
+                        "cpu-access-device-owned",
+                        Some(false),
+                        format!(
+                            "CPU stored {overwritten} bytes into a buffer while {} owned it; the device then wrote over them [device address={:#x}] [mapped with {}]",
+                            a.dev_name, e.dev_addr, dir.name()
+                        ),
+                        "write to a streaming buffer only before dma_map_* or between dma_sync_single_for_cpu and dma_sync_single_for_device".into(),
+                    ));
+                }
                 e.dev_written.insert(os, ot);
                 e.cpu_dirty.remove(os, ot);
                 e.owned_writes.remove(os, ot);
