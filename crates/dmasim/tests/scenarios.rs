@@ -956,7 +956,7 @@ fn without_zone_dma32_gfp_dma32_falls_to_zone_normal() {
 
 #[test]
 fn a_dirty_line_written_back_over_device_data_is_a_clobber_on_every_seed() {
-    // Without background noise the eviction of line 17 always writes the CPU's
+    // Without background noise the explicit eviction always writes the CPU's
     // dirty line back over what the device wrote.
     let r = run("writeback-clobber.rhai", 0, None, true);
     let f = r
