@@ -388,6 +388,11 @@ impl System {
         Self::drain_writebacks(&mut self.hw, &mut self.check, self.line);
     }
 
+    /// Hands the write-backs the machine did so far to the sanitizer at once.
+    pub fn drain_writebacks_now(&mut self) {
+        Self::drain_writebacks(&mut self.hw, &mut self.check, self.line);
+    }
+
     /// Tells the oracle where dirty lines were written back into watched frames.
     fn drain_writebacks(hw: &mut Machine, check: &mut Sanitizer, script_line: u32) {
         if hw.caches.watched_writebacks.is_empty() {

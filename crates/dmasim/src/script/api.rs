@@ -1225,6 +1225,8 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         with_sys(&s1, &ctx, |sys| {
             sys.step();
             sys.hw.evict_all();
+            // Let the sanitizer see the write-backs now, at this line.
+            sys.drain_writebacks_now();
             Ok(())
         })
     });
