@@ -82,6 +82,19 @@ enum Command {
         /// Print only the JSON summary (schema dmasim.explore/v1).
         #[arg(long)]
         json: bool,
+        /// Run only shard I of N (every N-th seed from --from + I) and print one
+        /// JSON line per run (schema dmasim.explore-run/v1), for `dmasim merge`.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+    },
+    /// Merge the JSON lines of `explore --shard` runs into one summary.
+    Merge {
+        /// Files of JSON lines ("-" for standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print only the JSON summary (schema dmasim.explore/v1).
+        #[arg(long)]
+        json: bool,
     },
     /// Compile a script and report syntax errors without running it.
     Check {
@@ -111,6 +124,56 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+}
+
+/// `--shard I/N`: shard I (0-based) of N.
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("--shard {s:?}: expected I/N with 0 <= I < N, e.g. 0/4");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (u64, u64) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// Prints an exploration summary as text or JSON.
+fn print_explore(r: &dmasim::explore::ExploreReport, json: bool) -> Result<(), String> {
+    if json {
+        return print_json(r);
+    }
+    let name = &r.script;
+    outln!(
+        "{name}: {} runs from seed {}: {} failed, {} errors",
+        r.runs,
+        r.from,
+        r.failed_runs,
+        r.errors
+    );
+    for (id, f) in &r.findings {
+        outln!(
+            "  {id:<26} reported {:>5}/{}  manifested {:>5}/{}   {}",
+            f.reported,
+            r.runs,
+            f.manifested,
+            r.runs,
+            f.reproduce
+        );
+    }
+    if r.expectations.failed_runs > 0 {
+        outln!(
+            "  expectations failed on {} runs, first seed {}",
+            r.expectations.failed_runs,
+            r.expectations.first_seed.unwrap_or(0)
+        );
+    }
+    if let Some(e) = &r.first_error {
+        outln!("  first error: {e}");
+    }
+    Ok(())
 }
 
 /// Prints a value as pretty JSON on stdout.
@@ -185,61 +248,88 @@ fn try_main() -> Result<u8, String> {
             from,
             jobs,
             json,
+            shard,
         } => {
             let src = std::fs::read_to_string(&script)
                 .map_err(|e| format!("{}: {e}", script.display()))?;
             let name = script.display().to_string();
             let jobs =
                 jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let tty = std::io::stderr().is_terminal();
-            let progress = |done: u64| {
-                if tty && (done % 10 == 0 || done == seeds) {
-                    eprint!("\r{done}/{seeds} runs");
-                }
+            let (part, parts) = match &shard {
+                None => (0, 1),
+                Some(sh) => parse_shard(sh)?,
             };
-            let r = dmasim::explore::explore(
+            let total = (from..from.saturating_add(seeds))
+                .filter(|s| (s - from) % parts == part)
+                .count() as u64;
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(total),
+                if std::io::stderr().is_terminal() {
+                    indicatif::ProgressDrawTarget::stderr()
+                } else {
+                    indicatif::ProgressDrawTarget::hidden()
+                },
+            );
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} runs, {per_sec}, eta {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            let progress = |_done: u64| bar.inc(1);
+            let records = dmasim::explore::run_shard(
                 &name,
                 &src,
                 &ScriptOptions::default(),
                 from,
                 seeds,
+                part,
+                parts,
                 jobs,
                 &progress,
             );
-            if tty {
-                eprintln!();
+            bar.finish_and_clear();
+            if shard.is_some() {
+                let mut out = String::new();
+                for r in &records {
+                    out.push_str(&serde_json::to_string(r).map_err(|e| e.to_string())?);
+                    out.push('\n');
+                }
+                emit(&out);
+                return Ok(records.iter().map(|r| r.exit).max().unwrap_or(0) as u8);
             }
-            if json {
-                print_json(&r)?;
-            } else {
-                outln!(
-                    "{name}: {} runs from seed {}: {} failed, {} errors",
-                    r.runs,
-                    r.from,
-                    r.failed_runs,
-                    r.errors
-                );
-                for (id, f) in &r.findings {
-                    outln!(
-                        "  {id:<26} reported {:>5}/{}  manifested {:>5}/{}   {}",
-                        f.reported,
-                        r.runs,
-                        f.manifested,
-                        r.runs,
-                        f.reproduce
-                    );
-                }
-                if r.expectations.failed_runs > 0 {
-                    outln!(
-                        "  expectations failed on {} runs, first seed {}",
-                        r.expectations.failed_runs,
-                        r.expectations.first_seed.unwrap_or(0)
-                    );
-                }
-                if let Some(e) = &r.first_error {
-                    outln!("  first error: {e}");
+            let r = dmasim::explore::summarise_runs(&name, from, &records);
+            print_explore(&r, json)?;
+            Ok(r.exit_code() as u8)
+        }
+        Command::Merge { files, json } => {
+            let mut records = Vec::new();
+            for f in &files {
+                let text = if f.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin()).map_err(|e| format!("stdin: {e}"))?
+                } else {
+                    std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?
+                };
+                for (i, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    let r: dmasim::explore::RunRecord =
+                        serde_json::from_str(line).map_err(|e| {
+                            format!(
+                                "{}:{}: not a dmasim.explore-run/v1 line: {e}",
+                                f.display(),
+                                i + 1
+                            )
+                        })?;
+                    records.push(r);
                 }
             }
+            if records.is_empty() {
+                return Err("merge: no run records in the input".into());
+            }
+            let r = dmasim::explore::merge(&records);
+            print_explore(&r, json)?;
             Ok(r.exit_code() as u8)
         }
         Command::Check { script } => {

@@ -337,3 +337,47 @@ fn explore_counts_reports_and_manifestations_over_seeds() {
     ]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn explore_shards_merge_into_the_single_machine_summary() {
+    let dir = std::env::temp_dir().join(format!("dmasim-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let args = [
+            "explore",
+            "scenarios/rx-no-sync.rhai",
+            "--seeds",
+            "60",
+            "--shard",
+            &format!("{i}/3"),
+        ];
+        let out = dmasim(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.lines().count(), 20, "every third seed");
+        for l in text.lines() {
+            let v: Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["schema"], "dmasim.explore-run/v1");
+            assert_eq!(v["seed"].as_u64().unwrap() % 3, i);
+        }
+        let f = dir.join(format!("shard{i}.jsonl"));
+        std::fs::write(&f, text).unwrap();
+        files.push(f.display().to_string());
+    }
+    let mut args = vec!["merge", "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let merged = dmasim(&args);
+    assert_eq!(merged.status.code(), Some(1), "{}", show(&args, &merged));
+    let whole = dmasim(&[
+        "explore",
+        "scenarios/rx-no-sync.rhai",
+        "--seeds",
+        "60",
+        "--json",
+    ]);
+    assert_eq!(merged.stdout, whole.stdout, "byte-identical summaries");
+    let bad = dmasim(&["explore", "scenarios/rx-no-sync.rhai", "--shard", "3/3"]);
+    assert_eq!(bad.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).ok();
+}

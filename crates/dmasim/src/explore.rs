@@ -75,6 +75,108 @@ impl ExploreReport {
     }
 }
 
+/// What one run contributes to a summary: a JSON line of `dmasim explore --shard`
+/// (schema `dmasim.explore-run/v1`), so shards run on different machines merge into
+/// the same summary one machine would have made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RunRecord {
+    /// Always `dmasim.explore-run/v1`.
+    pub schema: String,
+    /// Script name.
+    pub script: String,
+    /// Seed.
+    pub seed: u64,
+    /// The run's exit status (0, 1 or 2).
+    pub exit: i32,
+    /// At least one expectation failed.
+    pub expectations_failed: bool,
+    /// The error that stopped the run.
+    pub error: Option<String>,
+    /// Finding ids reported, each with whether it manifested on this run.
+    pub findings: BTreeMap<String, bool>,
+}
+
+impl RunRecord {
+    /// The record of a finished run.
+    pub fn of(script: &str, seed: u64, r: &Report) -> RunRecord {
+        let mut findings = BTreeMap::new();
+        for f in &r.findings {
+            let m = findings.entry(f.id.to_string()).or_insert(false);
+            *m |= f.manifested == Some(true);
+        }
+        RunRecord {
+            schema: "dmasim.explore-run/v1".into(),
+            script: script.to_string(),
+            seed,
+            exit: r.exit_code(),
+            expectations_failed: r.expectations.failed > 0,
+            error: r.error.clone(),
+            findings,
+        }
+    }
+}
+
+/// Runs the seeds of `from..from+runs` that belong to shard `shard` of `of` (every
+/// `of`-th seed starting at `from + shard`), with `jobs` threads; records in seed
+/// order.
+#[allow(clippy::too_many_arguments)]
+pub fn run_shard(
+    name: &str,
+    src: &str,
+    opts: &ScriptOptions,
+    from: u64,
+    runs: u64,
+    shard: u64,
+    of: u64,
+    jobs: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Vec<RunRecord> {
+    let of = of.max(1);
+    let seeds: Vec<u64> = (from..from.saturating_add(runs))
+        .filter(|s| (s - from) % of == shard)
+        .collect();
+    let jobs = jobs.clamp(1, 64);
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let mut out: Vec<RunRecord> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|j| {
+                let (done, seeds) = (&done, &seeds);
+                sc.spawn(move || {
+                    seeds
+                        .iter()
+                        .skip(j)
+                        .step_by(jobs)
+                        .map(|&seed| {
+                            let r = run_source(name, src, &ScriptOptions { seed, ..*opts });
+                            progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+                            RunRecord::of(name, seed, &r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    out.sort_by_key(|r| r.seed);
+    out
+}
+
+/// Merges run records (from any number of shards, in any order; a seed seen twice
+/// counts once) into the summary.
+pub fn merge(records: &[RunRecord]) -> ExploreReport {
+    let mut by_seed: BTreeMap<u64, &RunRecord> = BTreeMap::new();
+    for r in records {
+        by_seed.entry(r.seed).or_insert(r);
+    }
+    let name = records.first().map_or("", |r| r.script.as_str());
+    let from = by_seed.keys().next().copied().unwrap_or(0);
+    let sorted: Vec<&RunRecord> = by_seed.into_values().collect();
+    summarise_records(name, from, &sorted)
+}
+
 /// Runs `src` on `runs` seeds from `from` with `jobs` worker threads, calling
 /// `progress(done)` as runs finish (from worker threads).
 pub fn explore(
@@ -86,36 +188,27 @@ pub fn explore(
     jobs: usize,
     progress: &(dyn Fn(u64) + Sync),
 ) -> ExploreReport {
-    let jobs = jobs.clamp(1, 64) as u64;
-    let done = std::sync::atomic::AtomicU64::new(0);
-    let mut results: Vec<(u64, Report)> = std::thread::scope(|sc| {
-        let handles: Vec<_> = (0..jobs)
-            .map(|j| {
-                let done = &done;
-                sc.spawn(move || {
-                    let mut out = Vec::new();
-                    let mut seed = from + j;
-                    while seed < from + runs {
-                        let r = run_source(name, src, &ScriptOptions { seed, ..*opts });
-                        out.push((seed, r));
-                        progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
-                        seed += jobs;
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    results.sort_by_key(|(s, _)| *s);
-    summarise(name, from, &results)
+    let records = run_shard(name, src, opts, from, runs, 0, 1, jobs, progress);
+    summarise_runs(name, from, &records)
+}
+
+/// Builds the summary from run records in seed order.
+pub fn summarise_runs(name: &str, from: u64, records: &[RunRecord]) -> ExploreReport {
+    let refs: Vec<&RunRecord> = records.iter().collect();
+    summarise_records(name, from, &refs)
 }
 
 /// Builds the summary from reports in seed order.
 pub fn summarise(name: &str, from: u64, results: &[(u64, Report)]) -> ExploreReport {
+    let records: Vec<RunRecord> = results
+        .iter()
+        .map(|(seed, r)| RunRecord::of(name, *seed, r))
+        .collect();
+    let refs: Vec<&RunRecord> = records.iter().collect();
+    summarise_records(name, from, &refs)
+}
+
+fn summarise_records(name: &str, from: u64, results: &[&RunRecord]) -> ExploreReport {
     let mut rep = ExploreReport {
         schema: "dmasim.explore/v1",
         script: name.to_string(),
@@ -127,8 +220,8 @@ pub fn summarise(name: &str, from: u64, results: &[(u64, Report)]) -> ExploreRep
         expectations: ExpectationSummary::default(),
         first_error: None,
     };
-    for (seed, r) in results {
-        match r.exit_code() {
+    for r in results {
+        match r.exit {
             2 => {
                 rep.errors += 1;
                 if rep.first_error.is_none() {
@@ -138,22 +231,17 @@ pub fn summarise(name: &str, from: u64, results: &[(u64, Report)]) -> ExploreRep
             1 => rep.failed_runs += 1,
             _ => {}
         }
-        if r.expectations.failed > 0 {
+        if r.expectations_failed {
             rep.expectations.failed_runs += 1;
-            rep.expectations.first_seed.get_or_insert(*seed);
+            rep.expectations.first_seed.get_or_insert(r.seed);
         }
-        let mut seen: BTreeMap<&str, bool> = BTreeMap::new();
-        for f in &r.findings {
-            let m = seen.entry(f.id).or_insert(false);
-            *m |= f.manifested == Some(true);
-        }
-        for (id, manifested) in seen {
-            let s = rep.findings.entry(id.to_string()).or_default();
+        for (id, &manifested) in &r.findings {
+            let s = rep.findings.entry(id.clone()).or_default();
             s.reported += 1;
-            s.first_seed.get_or_insert(*seed);
+            s.first_seed.get_or_insert(r.seed);
             if manifested {
                 s.manifested += 1;
-                s.first_manifested_seed.get_or_insert(*seed);
+                s.first_manifested_seed.get_or_insert(r.seed);
             }
         }
     }
@@ -203,5 +291,24 @@ mod tests {
         );
         assert_eq!(one.failed_runs, 40);
         assert_eq!(one.exit_code(), 1);
+    }
+
+    #[test]
+    fn shards_merge_into_the_single_machine_summary() {
+        let opts = ScriptOptions::default();
+        let whole = explore("rx.rhai", RX, &opts, 5, 30, 2, &|_| {});
+        let mut lines = Vec::new();
+        for shard in 0..3 {
+            for r in run_shard("rx.rhai", RX, &opts, 5, 30, shard, 3, 1, &|_| {}) {
+                lines.push(serde_json::to_string(&r).unwrap());
+            }
+        }
+        lines.reverse(); // any order
+        lines.push(lines[0].clone()); // a seed twice counts once
+        let records: Vec<RunRecord> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(merge(&records), whole);
     }
 }
