@@ -16,6 +16,19 @@ fn script_of(page: &str) -> &str {
     &page[start..end]
 }
 
+/// The ids whose `manifested` says whether data was really corrupted.
+const MEMORY: &[&str] = &[
+    "stale-device-read",
+    "stale-cpu-read",
+    "cpu-access-device-owned",
+    "dirty-writeback-clobber",
+    "use-after-free-dma",
+    "virtual-address-as-dma",
+    "dma-outside-mapping",
+    "unpinned-user-dma",
+    "dma-after-unmap",
+];
+
 #[test]
 fn every_finding_id_has_a_page_whose_script_triggers_it() {
     let index = page("README");
@@ -50,6 +63,14 @@ fn every_finding_id_has_a_page_whose_script_triggers_it() {
             )
         });
         assert_eq!(f.severity, sev, "{id}");
+        // `manifested` is true/false for memory findings (did the reader get bad
+        // bytes?) and null for API misuse, resources and performance.
+        assert_eq!(
+            f.manifested.is_some(),
+            MEMORY.contains(&id),
+            "{id}: manifested = {:?}",
+            f.manifested
+        );
         assert!(!f.help.is_empty(), "{id}: help");
     }
 }
