@@ -22,6 +22,7 @@ const MEMORY: &[&str] = &[
     "stale-cpu-read",
     "cpu-access-device-owned",
     "dirty-writeback-clobber",
+    "cpu-write-discarded",
     "use-after-free-dma",
     "virtual-address-as-dma",
     "dma-outside-mapping",

@@ -152,6 +152,11 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "a dirty line was written back over bytes a device had written",
     ),
     (
+        "cpu-write-discarded",
+        Severity::Error,
+        "CPU stores to a FROM_DEVICE/BIDIRECTIONAL mapping were discarded by a later sync for the CPU or the unmap",
+    ),
+    (
         "use-after-free-dma",
         Severity::Error,
         "a device used a mapping of memory that had been freed",

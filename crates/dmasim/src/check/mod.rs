@@ -611,11 +611,17 @@ impl Sanitizer {
             return;
         };
         let e = self.entries.remove(id).expect("entry found above");
+        // CPU stores since the last hand-over to the device, on a mapping the unmap
+        // syncs for the CPU: its invalidate (or a bounce copy back) discards them.
+        let discards = e.kind != MapKind::Coherent
+            && e.dir != DmaDirection::ToDevice
+            && !e.cpu_dirty.is_empty();
         let clean = e.size == size
             && e.kind == kind
             && (e.dir == dir || kind == MapKind::Coherent)
             && e.checked
-            && e.owned_writes.is_empty();
+            && e.owned_writes.is_empty()
+            && !discards;
         if clean {
             // The common case: nothing to report, so no history to build.
             self.uncached_check(ctx, id, &e);
@@ -690,6 +696,9 @@ impl Sanitizer {
                 hist.clone(),
             );
         }
+        if discards {
+            self.cpu_writes_discarded(hw, ctx, &e, hist.clone(), "dma_unmap");
+        }
         if !e.owned_writes.is_empty() {
             self.cpu_wrote_device_owned(hw, ctx, &e, hist);
         }
@@ -713,6 +722,42 @@ impl Sanitizer {
             history: e.history,
             map_event: e.map_event,
         });
+    }
+
+    /// `cpu-write-discarded`: the CPU stored into a FROM_DEVICE/BIDIRECTIONAL
+    /// mapping after it was last handed to the device and never handed it back, and
+    /// now a sync for the CPU (the unmap's, or another) invalidates those lines or
+    /// copies the bounce buffer over them. Manifested when the bytes are gone.
+    fn cpu_writes_discarded(
+        &mut self,
+        hw: &Machine,
+        ctx: Ctx,
+        e: &Entry,
+        hist: Vec<HistoryEvent>,
+        by: &str,
+    ) {
+        let mut lost = 0;
+        for &(s, t) in e.cpu_dirty.ranges() {
+            let mut now = vec![0u8; (t - s) as usize];
+            hw.cpu_view(e.phys + s, &mut now);
+            lost += self.oracle.diff(e.phys + s, &now, self.line).0;
+        }
+        let n = e.cpu_dirty.overlap(0, e.size);
+        self.report(
+            "cpu-write-discarded",
+            e.dev_addr,
+            Some(lost > 0),
+            Some(&e.dev_name),
+            Some(e.dev_addr),
+            Some(e.size),
+            ctx,
+            format!(
+                "CPU stored {n} bytes into a {} mapping after dma_sync_single_for_cpu and did not hand it back with dma_sync_single_for_device; {by} synced it for the CPU again, which invalidates the cache lines (or copies the bounce buffer back) and discards them: {lost} bytes lost [device address={:#x}]",
+                e.dir.name(), e.dev_addr
+            ),
+            "after the CPU modifies a DMA_FROM_DEVICE or DMA_BIDIRECTIONAL buffer, call dma_sync_single_for_device before the next sync for the CPU or the unmap; or map it DMA_TO_DEVICE if the device only reads it".into(),
+            hist,
+        );
     }
 
     fn cpu_wrote_device_owned(

@@ -1241,6 +1241,21 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
 
     // ---- values, expectations, results ----
     engine.register_fn(
+        "blob_of",
+        |ctx: NativeCallContext, bytes: rhai::Array| -> RResult<Blob> {
+            blob_len(&ctx, bytes.len() as u64)?;
+            bytes
+                .iter()
+                .map(|v| {
+                    v.as_int()
+                        .ok()
+                        .and_then(|i| u8::try_from(i).ok())
+                        .ok_or_else(|| err(&ctx, "blob_of: expected an array of bytes 0..=255"))
+                })
+                .collect()
+        },
+    );
+    engine.register_fn(
         "pattern",
         |ctx: NativeCallContext, kind: &str, len: Dynamic| {
             let n = size_of(&ctx, &len, "pattern")?;
