@@ -103,6 +103,22 @@ fn device_dma(c: &mut Criterion) {
             black_box(sys.wait(j).unwrap());
         })
     });
+    // The same 64 KiB through the same non-coherent port with nothing watching:
+    // the machine's page reads alone, no job queue and no sanitizer (the
+    // sanitizer-overhead baseline of issue 6).
+    let pa = sys.kernel.devices[dev].dma_to_phys(addr);
+    let mut out = Vec::with_capacity(64 << 10);
+    g.bench_function("noncoherent_read_sanitizer_off", |b| {
+        b.iter(|| {
+            out.clear();
+            for k in 0..16u64 {
+                sys.hw
+                    .port_read_append(false, pa + k * 4096, 4096, &mut out)
+                    .unwrap();
+            }
+            black_box(&out);
+        })
+    });
     let src = vec![0x42u8; 64 << 10];
     let mut dst = vec![0u8; 64 << 10];
     g.bench_function("host_baseline_memcpy", |b| {

@@ -613,3 +613,21 @@ fn a_blocked_domain_stops_every_access_and_busy_groups_keep_their_type() {
         .unwrap()
         .contains("C_BAD_STE"));
 }
+
+#[test]
+fn an_sg_segment_across_the_device_boundary_is_reported_as_dma_debug_does() {
+    let (r, j) = script(
+        r#"boot("arm64-coherent", #{ noise: "off" });
+        let d = device("d", #{ seg_boundary: 0xffff, max_segment: 0x40000 });
+        let b = alloc_pages(5, GFP_KERNEL);                  // 128 KiB, one run
+        let t = sg_from_buffer(b, 0x40000);
+        let n = dma_map_sg(d, t, DMA_TO_DEVICE);
+        dma_unmap_sg(d, t, DMA_TO_DEVICE);"#,
+    );
+    ok(&r);
+    assert_eq!(ids(&j), vec!["sg-segment-too-long"]);
+    assert!(j["findings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("mapping sg segment across boundary"));
+}

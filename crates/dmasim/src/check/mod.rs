@@ -1008,6 +1008,7 @@ impl Sanitizer {
             line: script_line,
         };
         let mut out = Vec::new();
+        let mut quiet = Vec::new();
         for id in self.entries.overlapping_phys(ls, le) {
             let e = self.entries.get(id);
             if e.kind == MapKind::Coherent || e.bounce.is_some() {
@@ -1029,7 +1030,18 @@ impl Sanitizer {
             }
             if lost > 0 {
                 out.push((id, lost, e.phys + os));
+            } else if e.device_owns {
+                // Background activity on a buffer the device owns goes into its
+                // history: it explains a corruption that happens later.
+                quiet.push((id, e.phys + os));
             }
+        }
+        for (id, at) in quiet {
+            let e = self.entries.get_mut(id);
+            e.push(
+                ctx,
+                format!("a dirty CPU line at phys {at:#x} was written back to DRAM (eviction or maintenance)"),
+            );
         }
         for (id, lost, at) in out {
             let e = self.entries.get_mut(id);

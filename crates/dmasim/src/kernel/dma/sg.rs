@@ -202,7 +202,29 @@ impl System {
             // dma_map_sg's result is checked by testing for 0, not dma_mapping_error.
             self.check.mapping_error(dev, e.iova);
         }
+        let boundary = self.kernel.devices[dev].seg_boundary_mask;
         for e in entries.iter().take(n) {
+            // check_sg_segment: a segment that crosses the device's boundary mask.
+            let end = e.dma_address.wrapping_add(e.dma_len.max(1) - 1);
+            if e.dma_len > 0
+                && boundary != u64::MAX
+                && (e.dma_address | boundary) != (end | boundary)
+            {
+                self.check.report_plain(
+                    "sg-segment-too-long",
+                    None,
+                    Some(&name),
+                    Some(e.dma_address),
+                    Some(e.dma_len),
+                    ctx,
+                    format!(
+                        "mapping sg segment across boundary [start={:#x}] [end={end:#x}] [boundary={boundary:#x}]",
+                        e.dma_address
+                    ),
+                    "build segments that stay inside the device's segment boundary (dma_set_seg_boundary), as the block layer does".into(),
+                    vec![],
+                );
+            }
             if e.dma_len > max_seg {
                 self.check.report_plain(
                     "sg-segment-too-long",
