@@ -165,9 +165,10 @@ fn print_explore(r: &dmasim::explore::ExploreReport, json: bool) -> Result<(), S
     }
     if r.expectations.failed_runs > 0 {
         outln!(
-            "  expectations failed on {} runs, first seed {}",
+            "  expectations failed on {} runs, first seed {}   {}",
             r.expectations.failed_runs,
-            r.expectations.first_seed.unwrap_or(0)
+            r.expectations.first_seed.unwrap_or(0),
+            r.expectations.reproduce.as_deref().unwrap_or("")
         );
     }
     if let Some(e) = &r.first_error {

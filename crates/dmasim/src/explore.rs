@@ -36,6 +36,8 @@ pub struct ExpectationSummary {
     pub failed_runs: u64,
     /// First such seed.
     pub first_seed: Option<u64>,
+    /// The command that replays the first failing run.
+    pub reproduce: Option<String>,
 }
 
 /// The whole exploration.
@@ -249,6 +251,10 @@ fn summarise_records(name: &str, from: u64, results: &[&RunRecord]) -> ExploreRe
         let seed = s.first_manifested_seed.or(s.first_seed).unwrap_or(from);
         s.reproduce = format!("dmasim run {name} --seed {seed}");
     }
+    rep.expectations.reproduce = rep
+        .expectations
+        .first_seed
+        .map(|seed| format!("dmasim run {name} --seed {seed}"));
     rep
 }
 
@@ -291,6 +297,19 @@ mod tests {
         );
         assert_eq!(one.failed_runs, 40);
         assert_eq!(one.exit_code(), 1);
+    }
+
+    #[test]
+    fn failed_expectations_get_a_reproduce_line() {
+        let src = "boot(\"arm64-coherent\");\nexpect(false, \"never\");";
+        let r = explore("e.rhai", src, &ScriptOptions::default(), 7, 5, 2, &|_| {});
+        assert_eq!(r.expectations.failed_runs, 5);
+        assert_eq!(r.expectations.first_seed, Some(7));
+        assert_eq!(
+            r.expectations.reproduce.as_deref(),
+            Some("dmasim run e.rhai --seed 7")
+        );
+        assert_eq!(r.exit_code(), 1);
     }
 
     #[test]
