@@ -395,6 +395,12 @@ impl System {
 
     /// Tells the oracle where dirty lines were written back into watched frames.
     fn drain_writebacks(hw: &mut Machine, check: &mut Sanitizer, script_line: u32) {
+        if !hw.watched_prefetches.is_empty() {
+            let pf: Vec<(u64, u64)> = hw.watched_prefetches.drain(..).collect();
+            for (pa, lines) in pf {
+                check.prefetched(hw, pa, lines, script_line);
+            }
+        }
         if hw.caches.watched_writebacks.is_empty() {
             return;
         }
@@ -502,6 +508,7 @@ impl System {
         for s in segs.iter().filter(|s| s.memtype == MemType::Normal) {
             self.hw.prefetch_phys(self.cpu, s.pa, s.len);
         }
+        self.drain_writebacks_now();
         Ok(())
     }
 

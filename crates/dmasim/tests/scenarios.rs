@@ -1008,3 +1008,31 @@ fn a_dirty_line_written_back_over_device_data_is_a_clobber_on_every_seed() {
     );
     assert!(ids(&r).contains(&"cpu-access-device-owned"));
 }
+
+#[test]
+fn background_prefetches_and_write_backs_enter_the_buffer_history() {
+    let r = src(r#"boot("arm64-noncoherent", #{ noise: "off" });
+        let d = device("adc0");
+        let b = kmalloc(4096);
+        cpu_fill(b, 0);
+        let a = dma_map_single(d, b, DMA_FROM_DEVICE);
+        if dma_mapping_error(d, a) { throw "map"; }
+        evict_all();
+        prefetch(b);                                // the prefetcher refills the lines
+        dev_write(d, a, pattern("inc", 4096));
+        let x = cpu_read(b, 0, 4096);               // stale: no sync for the CPU
+        dma_unmap_single(d, a, 4096, DMA_FROM_DEVICE);"#);
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.id == "stale-cpu-read")
+        .unwrap();
+    assert_eq!(f.manifested, Some(true));
+    assert!(
+        f.history
+            .iter()
+            .any(|h| h.event.contains("prefetcher filled") && h.line == 8),
+        "{:#?}",
+        f.history
+    );
+}

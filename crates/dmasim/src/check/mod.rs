@@ -1068,6 +1068,26 @@ impl Sanitizer {
         }
     }
 
+    /// The prefetcher filled `lines` cache lines from `pa` in a watched frame: goes
+    /// into the history of a mapping the device owns (it is how a CPU read without a
+    /// sync later gets stale bytes).
+    pub fn prefetched(&mut self, hw: &Machine, pa: u64, lines: u64, script_line: u32) {
+        let end = pa + lines * self.line;
+        let ctx = Ctx {
+            time_ns: hw.now_ps() / 1000,
+            line: script_line,
+        };
+        for id in self.entries.overlapping_phys(pa, end) {
+            let e = self.entries.get_mut(id);
+            if e.kind != MapKind::Coherent && e.device_owns {
+                e.push(
+                    ctx,
+                    format!("the CPU's prefetcher filled {lines} cache line(s) at phys {pa:#x} (background)"),
+                );
+            }
+        }
+    }
+
     /// A CPU store of `data` at physical `pa` (one page at most), after the machine did it.
     pub fn cpu_write(&mut self, hw: &Machine, ctx: Ctx, pa: u64, data: &[u8]) {
         if !hw.dram.is_watched(pa) {

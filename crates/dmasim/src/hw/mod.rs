@@ -109,6 +109,9 @@ pub struct Machine {
     pub mmu: Mmu,
     /// The IOMMU (bypasses every stream until the kernel attaches domains).
     pub iommu: iommu::Iommu,
+    /// Prefetches into watched frames since the sanitizer last looked: (first line,
+    /// lines filled), for buffer histories.
+    pub watched_prefetches: Vec<(u64, u64)>,
     /// The seeded stream.
     pub rng: SimRng,
     /// Costs of each action.
@@ -132,6 +135,7 @@ impl Machine {
             dram: Dram::new(p.ram_base, p.ram, cap_frames),
             caches: Caches::new(p.cpus as usize, &p.l1, &p.l2),
             mmu: Mmu::new(),
+            watched_prefetches: Vec::new(),
             iommu: iommu::Iommu::new(
                 p.iommu_coherent_walk.unwrap_or(p.coherent_default),
                 p.iotlb_entries as usize,
@@ -454,11 +458,17 @@ impl Machine {
     /// Speculatively fills the lines of `[pa, pa+len)` into `cpu`'s L1.
     pub fn prefetch_phys(&mut self, cpu: usize, pa: u64, len: u64) {
         let mut a = pa & !(self.line - 1);
+        let mut filled = 0;
         while a < pa + len {
             if self.caches.prefetch(cpu, a, &mut self.dram, &mut self.rng) {
                 self.stats.prefetched_lines += 1;
+                filled += 1;
             }
             a += self.line;
+        }
+        if filled > 0 && self.dram.is_watched(pa) {
+            self.watched_prefetches
+                .push((pa & !(self.line - 1), filled));
         }
     }
 
