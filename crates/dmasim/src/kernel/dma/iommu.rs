@@ -198,7 +198,9 @@ impl System {
             );
             return;
         }
-        self.iommu_dma_sync(dev, addr, size, dir, true);
+        // The sync for the CPU at the physical address just looked up (Linux walks
+        // once here too).
+        self.sync_phys(dev, phys, size, dir, true);
         self.iommu_dma_unmap_raw(dev, addr, size);
         self.swiotlb_release(dev, phys);
     }
