@@ -216,6 +216,11 @@ fn the_tour_lists_and_runs_its_stops() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
     assert!(text.contains("stale-cpu-read"), "{text}");
     assert!(text.contains("reported on 20/20 seeds"), "{text}");
+    // The README's main command: the whole tour succeeds.
+    let out = dmasim(&["tour"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&["tour"], &out));
+    let list = String::from_utf8_lossy(&dmasim(&["tour", "--list"]).stdout).into_owned();
+    assert!(list.lines().count() >= 11, "{list}");
 }
 
 #[test]

@@ -173,6 +173,9 @@ pub struct PlatformConfig {
     pub iommu_skip_pte_sync: bool,
     /// IOMMU costs.
     pub iommu_cost: crate::hw::iommu::IommuCost,
+    /// `vfio.enable_unsafe_noiommu_mode=1`: VFIO hands devices without an IOMMU to
+    /// user space (no protection; the kernel is tainted).
+    pub vfio_noiommu: bool,
     /// `swiotlb=`: the bounce-buffer pool size in bytes; `None` lets the platform
     /// decide as Linux does (64 MiB when RAM reaches past what 32-bit DMA or the
     /// DMA zone covers, arm64's small kmalloc-bounce pool otherwise), `Some(0)` is
@@ -284,6 +287,7 @@ impl PlatformConfig {
                 iommu_coherent_walk: None,
                 iommu_skip_pte_sync: false,
                 iommu_cost: crate::hw::iommu::IommuCost::default(),
+                vfio_noiommu: false,
                 // Decided at boot: with all RAM below 4 GiB arm64 creates only the
                 // small pool for kmalloc bouncing, 1 MiB per GiB of RAM
                 // (arch/arm64/mm/init.c mem_init); with more RAM, 64 MiB.
@@ -417,6 +421,7 @@ impl PlatformConfig {
                 iommu_coherent_walk: None,
                 iommu_skip_pte_sync: false,
                 iommu_cost: crate::hw::iommu::IommuCost::default(),
+                vfio_noiommu: false,
                 // x86 enables swiotlb only with RAM above 4 GiB (arch/x86/kernel/pci-dma.c
                 // pci_swiotlb_detect); decided at boot.
                 swiotlb: None,

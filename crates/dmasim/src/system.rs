@@ -664,6 +664,14 @@ impl System {
         } else {
             (self.kernel.devices[devi].dma_to_phys(lines), None, false)
         };
+        let noiommu = self.noiommu_owner(devi).map(|owner| {
+            let frame = self
+                .kernel
+                .user_pages
+                .get(pa >> crate::config::PAGE_SHIFT)
+                .map(|pg| pg.owner.pid);
+            (owner, frame)
+        });
         let j = self.jobs.get_mut(&id).expect("pending job");
         let line = j.line;
         let dev = &self.kernel.devices[devi];
@@ -759,6 +767,7 @@ impl System {
                 user,
                 translated,
                 fault,
+                noiommu,
             },
         );
         if let Some(k) = fault {
@@ -808,6 +817,7 @@ impl System {
             self.idle_until(last);
         }
         self.report_bounce_buffering();
+        self.vfio_release_all();
         let ctx = self.ctx();
         self.check.uncached_use(ctx);
         self.check

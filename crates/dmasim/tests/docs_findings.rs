@@ -28,6 +28,7 @@ const MEMORY: &[&str] = &[
     "dma-outside-mapping",
     "unpinned-user-dma",
     "dma-after-unmap",
+    "user-dma-without-iommu",
 ];
 
 #[test]

@@ -218,6 +218,16 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "no IOVA space was left below the device's limit",
     ),
     (
+        "user-dma-without-iommu",
+        Severity::Error,
+        "a device a process controls without an IOMMU reached memory outside that process",
+    ),
+    (
+        "memlock-limit",
+        Severity::Warning,
+        "pinning for VFIO would exceed the process's RLIMIT_MEMLOCK",
+    ),
+    (
         "dma-mask-default",
         Severity::Warning,
         "a device kept the default 32-bit DMA mask on a machine with RAM above 4 GiB",

@@ -270,6 +270,9 @@ pub struct DeviceAccess<'a> {
     pub translated: bool,
     /// The IOMMU refused the access (it never reached memory).
     pub fault: Option<crate::hw::iommu::FaultKind>,
+    /// The process a no-IOMMU VFIO container gave the device to, and the process
+    /// whose page the access reached (if it reached a user page).
+    pub noiommu: Option<(u32, Option<u32>)>,
 }
 
 /// An unmap the sanitizer remembers, to tell a device's use of a stale address.
@@ -1404,6 +1407,33 @@ impl Sanitizer {
     fn unmapped_device_access(&mut self, ctx: Ctx, a: &DeviceAccess<'_>) {
         let len = a.data.len() as u64;
         let verb = if a.write { "write" } else { "read" };
+        if let Some((owner, frame)) = a.noiommu {
+            if frame == Some(owner) {
+                // The process's own memory: what it is allowed to reach.
+                return;
+            }
+            let whose = match (a.pa, frame) {
+                (None, _) => "nothing (a bus error)".to_string(),
+                (Some(pa), Some(pid)) => {
+                    format!("physical {pa:#x}, a page of another process (pid {pid})")
+                }
+                (Some(pa), None) => format!("physical {pa:#x}, kernel memory"),
+            };
+            self.report_access(
+                "user-dma-without-iommu",
+                a.bus,
+                Some(a.pa.is_some()),
+                a,
+                ctx,
+                format!(
+                    "{} (given to pid {owner} by VFIO without an IOMMU) did a {verb} of {len} bytes at {:#x}, outside the process's memory: it reached {whose}",
+                    a.dev_name, a.bus
+                ),
+                "without an IOMMU nothing confines a device a process controls: use VFIO with an IOMMU (the access would fault), or keep the driver in the kernel".into(),
+                vec![],
+            );
+            return;
+        }
         let reached = match a.pa {
             Some(pa) => format!("it reached physical {pa:#x}"),
             None => "it got a bus error".into(),

@@ -231,6 +231,9 @@ pub struct Kernel {
     pub swiotlb: Option<dma::swiotlb::IoTlbPool>,
     /// The IOMMU's kernel side, when the platform has one.
     pub iommu: Option<iommu::IommuState>,
+    /// VFIO containers by id.
+    pub vfio: BTreeMap<u64, crate::uapi::vfio::VfioContainer>,
+    pub(crate) next_vfio: u64,
 }
 
 impl Kernel {
@@ -269,6 +272,8 @@ impl Kernel {
             huge_orphans: std::collections::BTreeSet::new(),
             swiotlb: None,
             iommu: None,
+            vfio: BTreeMap::new(),
+            next_vfio: 1,
         }
     }
 

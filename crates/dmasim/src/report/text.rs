@@ -66,10 +66,13 @@ pub fn render(r: &Report, color: bool) -> String {
         );
         match f.manifested {
             Some(true) => {
-                let _ = writeln!(
-                    o,
-                    "   = manifested: the reader got corrupted bytes on this run"
-                );
+                let what = match f.id {
+                    "user-dma-without-iommu" | "dma-outside-mapping" | "dma-after-unmap" => {
+                        "the access really reached that memory on this run"
+                    }
+                    _ => "the reader got corrupted bytes on this run",
+                };
+                let _ = writeln!(o, "   = manifested: {what}");
             }
             Some(false) => {
                 let why = match f.id {

@@ -124,14 +124,8 @@ fn json_to_dynamic(v: serde_json::Value) -> Dynamic {
     }
 }
 
-/// Applies `boot` overrides; `later` collects those the model records but does not act
-/// on yet, so the run can say so.
-fn apply_overrides(
-    ctx: &NativeCallContext,
-    p: &mut PlatformConfig,
-    m: &Map,
-    later: &mut Vec<String>,
-) -> RResult<()> {
+/// Applies `boot` overrides.
+fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> RResult<()> {
     for (k, v) in m {
         let key = k.as_str();
         let num = |v: &Dynamic| -> RResult<u64> { size_of(ctx, v, key) };
@@ -233,11 +227,8 @@ fn apply_overrides(
                     return Err(err(ctx, "iotlb: ways must divide entries"));
                 }
             }
-            "vfio_noiommu" => {
-                // Accepted so scripts written for later models still boot.
-                later.push(key.to_string());
-            }
-            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, noise, coherent)"))),
+            "vfio_noiommu" => p.vfio_noiommu = v.as_bool().map_err(|_| err(ctx, "vfio_noiommu: expected true or false"))?,
+            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, vfio_noiommu, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, noise, coherent)"))),
         }
     }
     Ok(())
@@ -332,9 +323,8 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             }
             let mut p =
                 PlatformConfig::preset(g.opts.preset.unwrap_or(preset)).map_err(|e| err(ctx, e))?;
-            let mut later = Vec::new();
             if let Some(m) = over {
-                apply_overrides(ctx, &mut p, &m, &mut later)?;
+                apply_overrides(ctx, &mut p, &m)?;
             }
             if g.opts.noise_off {
                 p.noise = crate::config::NoiseConfig::OFF;
@@ -345,12 +335,6 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             };
             let mut sys = System::boot(p, opts).map_err(|e| err(ctx, e.to_string()))?;
             sys.line = line(ctx);
-            if !later.is_empty() {
-                sys.printk(
-                    "dmasim",
-                    format!("not modelled yet, recorded only: {}", later.join(", ")),
-                );
-            }
             g.sys = Some(sys);
             Ok(())
         };
@@ -969,13 +953,88 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     let s1 = s.clone();
     engine.register_fn(
         "process",
-        move |ctx: NativeCallContext, name: &str, _opts: Map| {
+        move |ctx: NativeCallContext, name: &str, opts: Map| {
+            let mut cap = false;
+            for (k, v) in &opts {
+                match k.as_str() {
+                    "cap_ipc_lock" => {
+                        cap = v
+                            .as_bool()
+                            .map_err(|_| err(&ctx, "cap_ipc_lock: expected true or false"))?
+                    }
+                    other => {
+                        return Err(err(
+                            &ctx,
+                            format!("process: unknown option {other:?} (cap_ipc_lock)"),
+                        ))
+                    }
+                }
+            }
             with_sys(&s1, &ctx, |sys| {
+                let pid = sys.process_new(name);
+                if let Some(p) = sys.kernel.procs.iter_mut().find(|p| p.pid == pid) {
+                    p.cap_ipc_lock = cap;
+                }
                 Ok(ProcessObj {
-                    pid: sys.process_new(name),
+                    pid,
                     name: name.to_string(),
                 })
             })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "setrlimit_memlock",
+        move |ctx: NativeCallContext, p: ProcessObj, size: Dynamic| {
+            let n = size_of(&ctx, &size, "setrlimit_memlock")?;
+            with_sys(&s1, &ctx, |sys| sys.setrlimit_memlock(p.pid, n))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "vfio_open",
+        move |ctx: NativeCallContext, d: DeviceObj, p: ProcessObj| {
+            with_sys(&s1, &ctx, |sys| sys.vfio_open(d.idx, p.pid))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "vfio_map_dma",
+        move |ctx: NativeCallContext,
+              c: INT,
+              _p: ProcessObj,
+              b: BufferObj,
+              iova: INT,
+              opts: Map| {
+            let (mut read, mut write) = (false, false);
+            for (k, v) in &opts {
+                let f = v
+                    .as_bool()
+                    .map_err(|_| err(&ctx, format!("{k}: expected true or false")))?;
+                match k.as_str() {
+                    "read" => read = f,
+                    "write" => write = f,
+                    other => {
+                        return Err(err(
+                            &ctx,
+                            format!("vfio_map_dma: unknown option {other:?} (read, write)"),
+                        ))
+                    }
+                }
+            }
+            let c = u64::try_from(c).map_err(|_| err(&ctx, "vfio_map_dma: not a container"))?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.vfio_map_dma(c, b.va, iova as u64, b.len, read, write)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "vfio_unmap_dma",
+        move |ctx: NativeCallContext, c: INT, iova: INT, size: Dynamic| {
+            let n = size_of(&ctx, &size, "vfio_unmap_dma")?;
+            let c = u64::try_from(c).map_err(|_| err(&ctx, "vfio_unmap_dma: not a container"))?;
+            with_sys(&s1, &ctx, |sys| sys.vfio_unmap_dma(c, iova as u64, n))
         },
     );
     let user_buf = |va: u64, len: u64| BufferObj {

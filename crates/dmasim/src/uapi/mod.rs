@@ -2,3 +2,4 @@
 //! kernel (mmap, mlock, pagemap, pinning).
 
 pub mod process;
+pub mod vfio;

@@ -54,6 +54,12 @@ pub struct Process {
     next_va: u64,
     /// Present pages: virtual page number → pfn.
     pub present: BTreeMap<u64, u64>,
+    /// Pages charged to `RLIMIT_MEMLOCK` (`mm->locked_vm`, by VFIO pins).
+    pub locked_vm: u64,
+    /// `RLIMIT_MEMLOCK` in bytes.
+    pub memlock_limit: u64,
+    /// `CAP_IPC_LOCK`: pins are not charged.
+    pub cap_ipc_lock: bool,
 }
 
 /// A set of pages taken with `get_user_pages` or `pin_user_pages`.
@@ -119,6 +125,9 @@ impl System {
             vmas: BTreeMap::new(),
             next_va: MMAP_BASE,
             present: BTreeMap::new(),
+            locked_vm: 0,
+            memlock_limit: crate::uapi::vfio::DEFAULT_MEMLOCK,
+            cap_ipc_lock: false,
         });
         pid
     }

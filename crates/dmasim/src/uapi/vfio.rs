@@ -1,0 +1,382 @@
+//! VFIO type1 (`drivers/vfio/vfio_iommu_type1.c`, `vfio_main.c`, `group.c`, Linux
+//! v6.12): a process takes a device behind the IOMMU into a container, maps its own
+//! memory at IOVAs of its choosing (`VFIO_IOMMU_MAP_DMA`: pages pinned with
+//! FOLL_LONGTERM, charged to `RLIMIT_MEMLOCK`, mapped with the given permissions)
+//! and programs the device with those IOVAs; everything else faults in the IOMMU.
+//! Without an IOMMU, `vfio_noiommu: true` at boot gives the device to the process
+//! with no protection at all: no MAP_DMA, physical addresses from `pagemap`, and a
+//! tainted kernel.
+//!
+//! Simplifications: one device per group and one group per container; the TYPE1v2
+//! unmap rules (no bisecting); no VADDR updates, dirty tracking or `ALL` unmaps;
+//! IOVA pages are mapped 4 KiB at a time (Linux batches physically contiguous runs
+//! into larger IOMMU pages).
+
+use std::collections::BTreeMap;
+
+use crate::check::{MapKind, NewMapping};
+use crate::config::{PAGE_SHIFT, PAGE_SIZE};
+use crate::kernel::dma::DmaDirection;
+use crate::kernel::errno::{EBUSY, EEXIST, EINVAL, ENOMEM, ENOSPC};
+use crate::kernel::iommu::{DomainType, IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE};
+use crate::system::{Result, SimError, System};
+
+/// `dma_entry_limit`: mappings per container (`U16_MAX`).
+pub const DMA_ENTRY_LIMIT: u32 = 65535;
+/// `ENOTTY`: an ioctl the container does not implement (MAP_DMA on no-IOMMU).
+pub const ENOTTY: i64 = 25;
+/// Default `RLIMIT_MEMLOCK` (8 MiB since Linux 5.16, `MLOCK_LIMIT`).
+pub const DEFAULT_MEMLOCK: u64 = 8 << 20;
+
+/// One `VFIO_IOMMU_MAP_DMA`.
+#[derive(Debug, Clone)]
+pub struct VfioDma {
+    /// IOVA of the first byte.
+    pub iova: u64,
+    /// Bytes.
+    pub size: u64,
+    /// The process's virtual address.
+    pub vaddr: u64,
+    /// The pinned-pages set.
+    pub pins: u64,
+    /// Pages charged to the process's locked memory.
+    pub charged: u64,
+}
+
+/// A container with its one group and device.
+#[derive(Debug, Clone)]
+pub struct VfioContainer {
+    /// Owner process.
+    pub pid: u32,
+    /// The device.
+    pub dev: usize,
+    /// The UNMANAGED domain (none in no-IOMMU mode).
+    pub domain: Option<usize>,
+    /// `VFIO_NOIOMMU_IOMMU`.
+    pub noiommu: bool,
+    /// Mappings by IOVA.
+    pub dmas: BTreeMap<u64, VfioDma>,
+    /// Mappings still allowed.
+    pub dma_avail: u32,
+}
+
+impl System {
+    /// Opens `dev` for process `pid` through VFIO: the group, a container, the
+    /// device. Returns the container id (positive) or −errno: −EINVAL when the device
+    /// has no IOMMU group (and no-IOMMU mode is off) or its DMA is not cache-coherent
+    /// (`IOMMU_CAP_CACHE_COHERENCY`), −EBUSY while a kernel driver has DMA mappings.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown device or process.
+    pub fn vfio_open(&mut self, dev: usize, pid: u32) -> Result<i64> {
+        self.step();
+        let d = self
+            .kernel
+            .devices
+            .get(dev)
+            .ok_or_else(|| SimError::Invalid(format!("vfio_open: no device #{dev}")))?;
+        let name = d.name.clone();
+        if !self.kernel.procs.iter().any(|p| p.pid == pid) {
+            return Err(SimError::Invalid(format!("vfio_open: no process {pid}")));
+        }
+        if self.kernel.vfio.values().any(|c| c.dev == dev) {
+            return Ok(-EBUSY);
+        }
+        if self.check.device_has_mappings(dev) {
+            return Ok(-EBUSY);
+        }
+        let id = self.kernel.next_vfio;
+        let container = match self.dev_domain(dev) {
+            None if self.cfg.vfio_noiommu => {
+                self.printk(
+                    &name,
+                    "Adding kernel taint for vfio-noiommu group on device".into(),
+                );
+                self.printk(&name, "vfio-noiommu device opened by user".into());
+                VfioContainer {
+                    pid,
+                    dev,
+                    domain: None,
+                    noiommu: true,
+                    dmas: BTreeMap::new(),
+                    dma_avail: 0,
+                }
+            }
+            None => return Ok(-EINVAL),
+            Some(_) if !self.dev_is_dma_coherent(dev) => {
+                self.printk(
+                    &name,
+                    "vfio: device DMA is not cache-coherent (no IOMMU_CAP_CACHE_COHERENCY): refused".into(),
+                );
+                return Ok(-EINVAL);
+            }
+            Some(_) => {
+                let domain = self.iommu_domain_alloc(DomainType::Unmanaged);
+                self.iommu_attach(dev, domain);
+                self.printk(
+                    &name,
+                    format!("vfio: group owned by pid {pid}, unmanaged domain {domain}"),
+                );
+                VfioContainer {
+                    pid,
+                    dev,
+                    domain: Some(domain),
+                    noiommu: false,
+                    dmas: BTreeMap::new(),
+                    dma_avail: DMA_ENTRY_LIMIT,
+                }
+            }
+        };
+        self.kernel.next_vfio += 1;
+        self.kernel.vfio.insert(id, container);
+        Ok(id as i64)
+    }
+
+    fn container(&self, c: u64) -> Result<&VfioContainer> {
+        self.kernel
+            .vfio
+            .get(&c)
+            .ok_or_else(|| SimError::Invalid(format!("no VFIO container #{c}")))
+    }
+
+    /// `VFIO_IOMMU_MAP_DMA`: maps `size` bytes of the owner's memory at `vaddr` to
+    /// `iova` with the device's read/write permissions. 0 or −errno: −EINVAL
+    /// (no permission, unaligned, zero, wrapping, outside the aperture), −EEXIST
+    /// (overlaps a mapping), −ENOSPC (`dma_entry_limit`), −ENOMEM (over
+    /// `RLIMIT_MEMLOCK`, with the `memlock-limit` finding), −ENOTTY on a no-IOMMU
+    /// container.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown container; a fault outside the process's
+    /// mappings.
+    pub fn vfio_map_dma(
+        &mut self,
+        c: u64,
+        vaddr: u64,
+        iova: u64,
+        size: u64,
+        read: bool,
+        write: bool,
+    ) -> Result<i64> {
+        self.step();
+        let cont = self.container(c)?.clone();
+        let Some(domain) = cont.domain else {
+            return Ok(-ENOTTY);
+        };
+        if !read && !write {
+            return Ok(-EINVAL);
+        }
+        if size == 0 || (size | iova | vaddr) & (PAGE_SIZE - 1) != 0 {
+            return Ok(-EINVAL);
+        }
+        if iova
+            .checked_add(size)
+            .is_none_or(|e| e > 1 << crate::hw::iommu::IAS)
+            || vaddr.checked_add(size).is_none()
+        {
+            return Ok(-EINVAL);
+        }
+        if cont
+            .dmas
+            .values()
+            .any(|m| m.iova < iova + size && iova < m.iova + m.size)
+        {
+            return Ok(-EEXIST);
+        }
+        if cont.dma_avail == 0 {
+            return Ok(-ENOSPC);
+        }
+        let pi = self
+            .kernel
+            .procs
+            .iter()
+            .position(|p| p.pid == cont.pid)
+            .ok_or_else(|| SimError::Invalid("the container's process is gone".into()))?;
+        // Pages newly pinned count against RLIMIT_MEMLOCK unless CAP_IPC_LOCK.
+        let pages = size / PAGE_SIZE;
+        let (locked, limit, cap) = {
+            let p = &self.kernel.procs[pi];
+            (p.locked_vm, p.memlock_limit, p.cap_ipc_lock)
+        };
+        if !cap && (locked + pages) * PAGE_SIZE > limit {
+            let name = self.kernel.devices[cont.dev].name.clone();
+            self.printk(
+                "vfio",
+                format!("vfio_pin_pages_remote: RLIMIT_MEMLOCK ({limit}) exceeded"),
+            );
+            let ctx = self.ctx();
+            self.check.report_plain(
+                "memlock-limit",
+                None,
+                Some(&name),
+                Some(iova),
+                Some(size),
+                ctx,
+                format!(
+                    "VFIO_IOMMU_MAP_DMA of {} would lock {} of pinned memory, over RLIMIT_MEMLOCK ({}): -ENOMEM",
+                    crate::units::human_size(size),
+                    crate::units::human_size((locked + pages) * PAGE_SIZE),
+                    crate::units::human_size(limit)
+                ),
+                "raise the process's locked-memory limit (setrlimit RLIMIT_MEMLOCK, ulimit -l, or systemd LimitMEMLOCK) to cover every buffer it maps, or give it CAP_IPC_LOCK".into(),
+                vec![],
+            );
+            return Ok(-ENOMEM);
+        }
+        let pins = self.gup(cont.pid, vaddr, size, true, true)?;
+        if pins == u64::MAX {
+            return Ok(-ENOMEM);
+        }
+        let pfns = self.kernel.pins[&pins].pfns.clone();
+        let prot = (if read { IOMMU_READ } else { 0 })
+            | (if write { IOMMU_WRITE } else { 0 })
+            | IOMMU_CACHE;
+        for (k, &pfn) in pfns.iter().enumerate() {
+            let a = iova + k as u64 * PAGE_SIZE;
+            if let Err(e) = self.iommu_map(domain, a, pfn << PAGE_SHIFT, PAGE_SIZE, prot) {
+                self.iommu_unmap_range(domain, iova, k as u64 * PAGE_SIZE);
+                self.gup_release(pins, true)?;
+                return Ok(e);
+            }
+        }
+        self.kernel.procs[pi].locked_vm += pages;
+        let dev = cont.dev;
+        let name = self.kernel.devices[dev].name.clone();
+        let dir = match (read, write) {
+            (true, false) => DmaDirection::ToDevice,
+            (false, true) => DmaDirection::FromDevice,
+            _ => DmaDirection::Bidirectional,
+        };
+        let ctx = self.ctx();
+        self.check.map(
+            &mut self.hw,
+            ctx,
+            NewMapping {
+                dev,
+                dev_name: name,
+                dev_addr: iova,
+                size,
+                phys: pfns[0] << PAGE_SHIFT,
+                dir,
+                // User memory: the process, not the DMA API, orders CPU and device
+                // access, as with coherent memory.
+                kind: MapKind::Coherent,
+                buffer: None,
+                bounce: None,
+                pages: Some(pfns),
+                what: std::borrow::Cow::Borrowed("VFIO_IOMMU_MAP_DMA"),
+            },
+        );
+        let cm = self.kernel.vfio.get_mut(&c).expect("checked above");
+        cm.dma_avail -= 1;
+        cm.dmas.insert(
+            iova,
+            VfioDma {
+                iova,
+                size,
+                vaddr,
+                pins,
+                charged: pages,
+            },
+        );
+        Ok(0)
+    }
+
+    /// `VFIO_IOMMU_UNMAP_DMA` (TYPE1v2): unmaps the whole mappings inside
+    /// `[iova, iova+size)` and unpins their pages. Returns the bytes unmapped, or
+    /// −EINVAL for an unaligned or zero request or one that bisects a mapping
+    /// (nothing is unmapped then).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown container.
+    pub fn vfio_unmap_dma(&mut self, c: u64, iova: u64, size: u64) -> Result<i64> {
+        self.step();
+        let cont = self.container(c)?.clone();
+        let Some(domain) = cont.domain else {
+            return Ok(-ENOTTY);
+        };
+        if size == 0 || (iova | size) & (PAGE_SIZE - 1) != 0 || iova.checked_add(size).is_none() {
+            return Ok(-EINVAL);
+        }
+        let end = iova + size;
+        let bisects = cont.dmas.values().any(|m| {
+            let (ms, me) = (m.iova, m.iova + m.size);
+            (ms < iova && iova < me) || (ms < end && end < me)
+        });
+        if bisects {
+            return Ok(-EINVAL);
+        }
+        let victims: Vec<VfioDma> = cont
+            .dmas
+            .values()
+            .filter(|m| m.iova >= iova && m.iova + m.size <= end)
+            .cloned()
+            .collect();
+        let mut done = 0;
+        let name = self.kernel.devices[cont.dev].name.clone();
+        for m in victims {
+            let (_, leaves) = self.iommu_unmap_range(domain, m.iova, m.size);
+            self.iommu_tlb_inv_range(domain, m.iova, m.size, leaves);
+            let ctx = self.ctx();
+            self.check.unmap(
+                &mut self.hw,
+                ctx,
+                cont.dev,
+                &name,
+                m.iova,
+                m.size,
+                DmaDirection::Bidirectional,
+                MapKind::Coherent,
+            );
+            self.gup_release(m.pins, true)?;
+            if let Some(p) = self.kernel.procs.iter_mut().find(|p| p.pid == cont.pid) {
+                p.locked_vm = p.locked_vm.saturating_sub(m.charged);
+            }
+            let cm = self.kernel.vfio.get_mut(&c).expect("checked above");
+            cm.dmas.remove(&m.iova);
+            cm.dma_avail += 1;
+            done += m.size;
+        }
+        Ok(done as i64)
+    }
+
+    /// Process exit closes its VFIO files: every container's mappings are unmapped
+    /// and unpinned (`vfio_iommu_type1_release`), so they are not kernel leaks.
+    pub(crate) fn vfio_release_all(&mut self) {
+        let all: Vec<(u64, Vec<(u64, u64)>)> = self
+            .kernel
+            .vfio
+            .iter()
+            .map(|(&id, c)| (id, c.dmas.values().map(|m| (m.iova, m.size)).collect()))
+            .collect();
+        for (id, maps) in all {
+            for (iova, size) in maps {
+                let _ = self.vfio_unmap_dma(id, iova, size);
+            }
+        }
+    }
+
+    /// `setrlimit(RLIMIT_MEMLOCK)` for a process.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown process.
+    pub fn setrlimit_memlock(&mut self, pid: u32, bytes: u64) -> Result<()> {
+        let p = self
+            .kernel
+            .procs
+            .iter_mut()
+            .find(|p| p.pid == pid)
+            .ok_or_else(|| SimError::Invalid(format!("no process {pid}")))?;
+        p.memlock_limit = bytes;
+        Ok(())
+    }
+
+    /// The process that owns `dev` through a no-IOMMU VFIO container, if any.
+    pub fn noiommu_owner(&self, dev: usize) -> Option<u32> {
+        self.kernel
+            .vfio
+            .values()
+            .find(|c| c.dev == dev && c.noiommu)
+            .map(|c| c.pid)
+    }
+}

@@ -1,0 +1,170 @@
+//! VFIO type1 and its no-IOMMU mode (issue 7, first part): Linux's error codes, the
+//! locked-memory accounting, and the exfiltration demonstration with and without
+//! an IOMMU, checked on the JSON reports and on returned values.
+
+use dmasim::report::Report;
+use dmasim::script::{run_source, ScriptOptions};
+use serde_json::Value;
+
+fn script(src: &str) -> (Report, Value) {
+    let r = run_source(
+        "t.rhai",
+        src,
+        &ScriptOptions {
+            noise_off: true,
+            ..ScriptOptions::default()
+        },
+    );
+    let j: Value = serde_json::from_str(&r.to_json()).unwrap();
+    (r, j)
+}
+
+fn ids(j: &Value) -> Vec<String> {
+    j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn ok(r: &Report) {
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
+}
+
+#[test]
+fn vfio_returns_linux_error_codes() {
+    let (r, j) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu" });
+        let nic = device("nic0");
+        let p = process("app");
+        let c = vfio_open(nic, p);
+        expect(c > 0, "opened");
+        expect_eq(vfio_open(nic, p), -EBUSY, "one owner at a time");
+        let b = p.malloc(65536);
+        p.write(b, 0, pattern("inc", 16));
+        expect_eq(vfio_map_dma(c, p, b, 0x100800, #{ read: true }), -EINVAL, "unaligned IOVA");
+        expect_eq(vfio_map_dma(c, p, b, 0x100000, #{}), -EINVAL, "no permission");
+        expect_eq(vfio_map_dma(c, p, b, 0x100000, #{ read: true, write: true }), 0, "mapped");
+        expect_eq(vfio_map_dma(c, p, b, 0x10f000, #{ read: true }), -EEXIST, "overlapping map");
+        expect_eq(vfio_unmap_dma(c, 0x104000, 4096), -EINVAL, "an unmap that bisects a mapping");
+        expect_eq(vfio_unmap_dma(c, 0x100000, 65536), 65536, "a whole mapping");
+        expect_eq(vfio_unmap_dma(c, 0x100000, 65536), 0, "nothing left there: success, 0 bytes");"#,
+    );
+    ok(&r);
+    assert_eq!(r.expectations.passed, 9);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    assert!(j["stats"]["mm"]["pinned_pages"].as_u64().unwrap() >= 16);
+}
+
+#[test]
+fn without_an_iommu_vfio_refuses_unless_booted_unsafe_and_a_non_coherent_device_is_refused() {
+    let (r, _) = script(
+        r#"boot("arm64-coherent");
+        let d = device("d");
+        let p = process("app");
+        expect_eq(vfio_open(d, p), -EINVAL, "no IOMMU group");"#,
+    );
+    ok(&r);
+    let (r, _) = script(
+        r#"boot("arm64-noncoherent", #{ iommu: "smmu" });
+        let d = device("d");
+        let p = process("app");
+        expect_eq(vfio_open(d, p), -EINVAL, "not cache-coherent");"#,
+    );
+    ok(&r);
+    let (r, _) = script(
+        r#"boot("arm64-coherent", #{ vfio_noiommu: true });
+        let d = device("d");
+        let p = process("app");
+        let c = vfio_open(d, p);
+        expect(c > 0, "unsafe mode opens");
+        expect_eq(vfio_map_dma(c, p, p.malloc(4096), 0x1000, #{ read: true }), -25, "no MAP_DMA: ENOTTY");"#,
+    );
+    ok(&r);
+    assert!(r
+        .log
+        .iter()
+        .any(|l| l.contains("Adding kernel taint for vfio-noiommu group on device")));
+}
+
+#[test]
+fn locked_memory_is_accounted_against_rlimit_memlock() {
+    let (r, j) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu" });
+        let d = device("d");
+        let p = process("app");
+        setrlimit_memlock(p, "64 KiB");
+        let c = vfio_open(d, p);
+        let a = p.malloc(65536);
+        let b = p.malloc(4096);
+        expect_eq(vfio_map_dma(c, p, a, 0x100000, #{ read: true }), 0, "64 KiB fit");
+        expect_eq(vfio_map_dma(c, p, b, 0x200000, #{ read: true }), -ENOMEM, "one page more does not");
+        expect_eq(vfio_unmap_dma(c, 0x100000, 65536), 65536, "unmap uncharges");
+        expect_eq(vfio_map_dma(c, p, b, 0x200000, #{ read: true }), 0, "now it fits");
+        let q = process("root", #{ cap_ipc_lock: true });
+        setrlimit_memlock(q, 0);
+        let d2 = device("d2");
+        let c2 = vfio_open(d2, q);
+        expect_eq(vfio_map_dma(c2, q, q.malloc(65536), 0x100000, #{ read: true }), 0, "CAP_IPC_LOCK is not charged");"#,
+    );
+    ok(&r);
+    assert_eq!(ids(&j), vec!["memlock-limit"]);
+    assert!(r
+        .log
+        .iter()
+        .any(|l| l.contains("vfio_pin_pages_remote: RLIMIT_MEMLOCK (65536) exceeded")));
+}
+
+fn scenario(name: &str) -> (Report, Value) {
+    let src = std::fs::read_to_string(format!(
+        "{}/../../scenarios/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let r = run_source(name, &src, &ScriptOptions::default());
+    let j: Value = serde_json::from_str(&r.to_json()).unwrap();
+    (r, j)
+}
+
+#[test]
+fn exfiltration_leaks_the_secret_without_an_iommu_and_nothing_with_one() {
+    let (r, j) = scenario("vfio-noiommu-exfiltrate.rhai");
+    ok(&r);
+    assert_eq!(ids(&j), vec!["user-dma-without-iommu"]);
+    assert_eq!(j["findings"][0]["manifested"], true);
+    assert!(j["findings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("kernel memory"));
+    assert!(r.log.iter().any(|l| l.contains("script: leaked: true")));
+
+    let (r, j) = scenario("vfio-iommu-exfiltrate.rhai");
+    ok(&r);
+    assert_eq!(ids(&j), vec!["iommu-fault"]);
+    assert!(r.log.iter().any(|l| l.contains("script: leaked: false")));
+}
+
+#[test]
+fn the_device_works_inside_its_mappings_and_faults_outside() {
+    let (r, j) = script(
+        r#"boot("x86-64", #{ iommu: "smmu" });
+        let nic = device("nic0");
+        let p = process("app");
+        let c = vfio_open(nic, p);
+        let ring = p.malloc(8192);
+        expect_eq(vfio_map_dma(c, p, ring, 0x40000, #{ read: true }), 0, "read-only for the device");
+        p.write(ring, 0, pattern("inc", 64));
+        expect_eq(dev_read(nic, 0x40000, 64), pattern("inc", 64), "the device reads the process's bytes");
+        dev_write(nic, 0x40000, pattern("ones", 8));          // read-only: faults
+        let x = dev_read(nic, 0x80000, 64);                   // outside: faults"#,
+    );
+    ok(&r);
+    assert_eq!(ids(&j), vec!["iommu-fault", "iommu-fault"]);
+    assert!(j["findings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("F_PERMISSION"));
+    assert_eq!(j["stats"]["iommu"]["faults"], 2);
+}
