@@ -168,3 +168,37 @@ fn the_device_works_inside_its_mappings_and_faults_outside() {
         .contains("F_PERMISSION"));
     assert_eq!(j["stats"]["iommu"]["faults"], 2);
 }
+
+#[test]
+fn the_character_device_path_copies_twice_and_hides_the_dma_address() {
+    let (r, j) = scenario("chardev-spi.rhai");
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    let u = &j["stats"]["uaccess"];
+    assert_eq!(u["copy_from_user_bytes"], 4096);
+    assert_eq!(u["copy_to_user_bytes"], 4096);
+    assert_eq!(u["transfers"], 2);
+    assert!(u["copy_ns"].as_u64().unwrap() > 0, "copies cost CPU time");
+    assert_eq!(j["stats"]["dma_bytes"], 8192);
+    // On every preset and seed the driver is correct.
+    for preset in ["arm64-noncoherent", "arm64-coherent", "arm32", "x86-64"] {
+        for seed in 0..10 {
+            let src = std::fs::read_to_string(format!(
+                "{}/../../scenarios/chardev-spi.rhai",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap();
+            let r = run_source(
+                "c.rhai",
+                &src,
+                &ScriptOptions {
+                    seed,
+                    preset: Some(preset),
+                    ..ScriptOptions::default()
+                },
+            );
+            ok(&r);
+            assert!(r.findings.is_empty(), "{preset} {seed}: {:?}", r.findings);
+        }
+    }
+}

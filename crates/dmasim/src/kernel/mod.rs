@@ -234,6 +234,8 @@ pub struct Kernel {
     /// VFIO containers by id.
     pub vfio: BTreeMap<u64, crate::uapi::vfio::VfioContainer>,
     pub(crate) next_vfio: u64,
+    /// Copies between user and kernel memory (character-device drivers).
+    pub copies: crate::uapi::chardev::CopyStats,
 }
 
 impl Kernel {
@@ -274,6 +276,7 @@ impl Kernel {
             iommu: None,
             vfio: BTreeMap::new(),
             next_vfio: 1,
+            copies: crate::uapi::chardev::CopyStats::default(),
         }
     }
 

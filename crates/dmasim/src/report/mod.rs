@@ -192,6 +192,8 @@ pub struct Stats {
     pub cma: CmaStatsOut,
     /// mm counters.
     pub mm: MmStatsOut,
+    /// Copies between user and kernel memory.
+    pub uaccess: crate::uapi::chardev::CopyStats,
 }
 
 impl Stats {
@@ -212,6 +214,7 @@ impl Stats {
                 swapped_pages: sys.kernel.swapped_pages,
                 pinned_pages: sys.kernel.pins_acquired,
             },
+            uaccess: sys.kernel.copies,
             iommu: {
                 let h = sys.hw.iommu.stats;
                 let (maps, unmaps) = sys

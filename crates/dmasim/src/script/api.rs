@@ -984,6 +984,35 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     );
     let s1 = s.clone();
     engine.register_fn(
+        "chardev_write",
+        move |ctx: NativeCallContext,
+              d: DeviceObj,
+              p: ProcessObj,
+              b: BufferObj|
+              -> RResult<Dynamic> {
+            with_sys(&s1, &ctx, |sys| {
+                Ok(match sys.chardev_write(d.idx, p.pid, b.va, b.len)? {
+                    Ok(got) => Dynamic::from_blob(got),
+                    Err(e) => Dynamic::from(e),
+                })
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "chardev_read",
+        move |ctx: NativeCallContext, d: DeviceObj, p: ProcessObj, b: BufferObj, data: Blob| {
+            if data.len() as u64 > b.len {
+                return Err(err(
+                    &ctx,
+                    "chardev_read: more data than the user buffer holds",
+                ));
+            }
+            with_sys(&s1, &ctx, |sys| sys.chardev_read(d.idx, p.pid, b.va, data))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
         "setrlimit_memlock",
         move |ctx: NativeCallContext, p: ProcessObj, size: Dynamic| {
             let n = size_of(&ctx, &size, "setrlimit_memlock")?;

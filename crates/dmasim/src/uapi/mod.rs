@@ -1,5 +1,6 @@
 //! User space: processes, their address spaces and what user space can ask of the
 //! kernel (mmap, mlock, pagemap, pinning).
 
+pub mod chardev;
 pub mod process;
 pub mod vfio;
