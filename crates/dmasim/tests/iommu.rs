@@ -3,6 +3,9 @@
 //! Rust API where a figure is measured, and through scripts and their JSON reports
 //! where a user would look.
 
+mod common;
+
+use common::{ids, ok, script};
 use dmasim::check::MapKind;
 use dmasim::config::PlatformConfig;
 use dmasim::hw::iommu::{FaultKind, AF, AP_RDONLY, AP_UNPRIV, NG, OA_MASK, SH_IS, SH_OS};
@@ -270,33 +273,6 @@ fn strict_unmap_grows_with_the_size_and_map_barely_does() {
     );
 }
 
-fn script(src: &str) -> (Report, Value) {
-    let r = run_source(
-        "t.rhai",
-        src,
-        &ScriptOptions {
-            noise_off: true,
-            ..ScriptOptions::default()
-        },
-    );
-    let j: Value = serde_json::from_str(&r.to_json()).unwrap();
-    (r, j)
-}
-
-fn ids(j: &Value) -> Vec<String> {
-    j["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn ok(r: &Report) {
-    assert!(r.error.is_none(), "{:?}", r.error);
-    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
-}
-
 const SG16K: &str = r#"
     let d = device("dma0");
     let buf = vmalloc(16384);
@@ -541,21 +517,7 @@ fn coherent_buffers_through_the_iommu_are_iova_contiguous_over_scattered_pages()
 }
 
 fn scenario(name: &str, seed: u64) -> (Report, Value) {
-    let src = std::fs::read_to_string(format!(
-        "{}/../../scenarios/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let r = run_source(
-        name,
-        &src,
-        &ScriptOptions {
-            seed,
-            ..ScriptOptions::default()
-        },
-    );
-    let j: Value = serde_json::from_str(&r.to_json()).unwrap();
-    (r, j)
+    common::scenario(name, seed, None)
 }
 
 #[test]

@@ -2,38 +2,32 @@
 //! exercise swiotlb, checked on the JSON report (finding ids, severity,
 //! `manifested`, stats, streams, exit codes), plus targeted scripts.
 
+mod common;
+
+use common::ids;
 use dmasim::check::Severity;
 use dmasim::report::Report;
-use dmasim::script::{run_source, ScriptOptions};
+use dmasim::script::ScriptOptions;
 use serde_json::Value;
 
 fn scenario(name: &str) -> String {
-    let path = format!("{}/../../scenarios/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    common::scenario_text(name)
 }
 
 fn run_with(name: &str, src: &str, seed: u64, preset: Option<&'static str>) -> (Report, Value) {
-    let opts = ScriptOptions {
-        seed,
-        preset,
-        ..ScriptOptions::default()
-    };
-    let r = run_source(name, src, &opts);
-    let json: Value = serde_json::from_str(&r.to_json()).expect("report is JSON");
-    (r, json)
+    common::run_json(
+        name,
+        src,
+        &ScriptOptions {
+            seed,
+            preset,
+            ..ScriptOptions::default()
+        },
+    )
 }
 
 fn run(name: &str) -> (Report, Value) {
     run_with(name, &scenario(name), 0, None)
-}
-
-fn ids(j: &Value) -> Vec<String> {
-    j["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["id"].as_str().unwrap().to_string())
-        .collect()
 }
 
 fn finding<'a>(j: &'a Value, id: &str) -> &'a Value {
@@ -46,8 +40,7 @@ fn finding<'a>(j: &'a Value, id: &str) -> &'a Value {
 }
 
 fn all_passed(r: &Report) {
-    assert!(r.error.is_none(), "{:?}", r.error);
-    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
+    common::ok(r);
 }
 
 #[test]

@@ -2,36 +2,10 @@
 //! locked-memory accounting, and the exfiltration demonstration with and without
 //! an IOMMU, checked on the JSON reports and on returned values.
 
-use dmasim::report::Report;
+mod common;
+
+use common::{ids, ok, script};
 use dmasim::script::{run_source, ScriptOptions};
-use serde_json::Value;
-
-fn script(src: &str) -> (Report, Value) {
-    let r = run_source(
-        "t.rhai",
-        src,
-        &ScriptOptions {
-            noise_off: true,
-            ..ScriptOptions::default()
-        },
-    );
-    let j: Value = serde_json::from_str(&r.to_json()).unwrap();
-    (r, j)
-}
-
-fn ids(j: &Value) -> Vec<String> {
-    j["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn ok(r: &Report) {
-    assert!(r.error.is_none(), "{:?}", r.error);
-    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
-}
 
 #[test]
 fn vfio_returns_linux_error_codes() {
@@ -117,15 +91,8 @@ fn locked_memory_is_accounted_against_rlimit_memlock() {
         .any(|l| l.contains("vfio_pin_pages_remote: RLIMIT_MEMLOCK (65536) exceeded")));
 }
 
-fn scenario(name: &str) -> (Report, Value) {
-    let src = std::fs::read_to_string(format!(
-        "{}/../../scenarios/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let r = run_source(name, &src, &ScriptOptions::default());
-    let j: Value = serde_json::from_str(&r.to_json()).unwrap();
-    (r, j)
+fn scenario(name: &str) -> (dmasim::report::Report, serde_json::Value) {
+    common::scenario(name, 0, None)
 }
 
 #[test]

@@ -192,18 +192,7 @@ impl System {
         for_cpu: bool,
     ) {
         let pa = self.kernel.devices[dev].dma_to_phys(addr);
-        let coherent = self.dev_is_dma_coherent(dev);
-        if for_cpu {
-            if !coherent {
-                self.arch_sync_dma_for_cpu(pa, size, dir);
-            }
-            self.swiotlb_sync_for_cpu(dev, pa, size, dir);
-        } else {
-            self.swiotlb_sync_for_device(dev, pa, size, dir);
-            if !coherent {
-                self.arch_sync_dma_for_device(pa, size, dir);
-            }
-        }
+        self.sync_phys(dev, pa, size, dir, for_cpu);
     }
 
     /// `dma_direct_supported()`: every mask of 32 bits or more is accepted; a smaller

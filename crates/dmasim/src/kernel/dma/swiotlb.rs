@@ -265,16 +265,7 @@ impl IoTlbPool {
             self.slots[i].alloc_size =
                 alloc_size - (offset + (((i - found) as u64) << IO_TLB_SHIFT));
         }
-        let mut count = 0u16;
-        let mut i = found;
-        while i > 0 {
-            i -= 1;
-            if io_tlb_offset(i) == IO_TLB_SEGSIZE - 1 || self.slots[i].list == 0 {
-                break;
-            }
-            count += 1;
-            self.slots[i].list = count;
-        }
+        self.renumber_before(found, 0);
         let area = &mut self.areas[ai];
         area.index = if index + nslots >= self.area_nslabs {
             0
@@ -285,6 +276,21 @@ impl IoTlbPool {
         self.used += nslots as u64;
         self.used_hiwater = self.used_hiwater.max(self.used);
         Some(found)
+    }
+
+    /// Renumbers the free slots just before `index` inside its set (1, 2, 3, … on
+    /// from `count`), stopping at a used slot or the set's start: how both the
+    /// search and the release keep `list` right.
+    fn renumber_before(&mut self, index: usize, mut count: u16) {
+        let mut i = index;
+        while i > 0 {
+            i -= 1;
+            if io_tlb_offset(i) == IO_TLB_SEGSIZE - 1 || self.slots[i].list == 0 {
+                break;
+            }
+            count += 1;
+            self.slots[i].list = count;
+        }
     }
 
     /// `swiotlb_tbl_map_single()` without the copy: reserves slots for
@@ -359,15 +365,7 @@ impl IoTlbPool {
                 pad_slots: 0,
             };
         }
-        let mut i = index;
-        while i > 0 {
-            i -= 1;
-            if io_tlb_offset(i) == IO_TLB_SEGSIZE - 1 || self.slots[i].list == 0 {
-                break;
-            }
-            count += 1;
-            self.slots[i].list = count;
-        }
+        self.renumber_before(index, count);
         self.areas[ai].used -= nslots;
         self.used -= nslots as u64;
         nslots

@@ -409,14 +409,7 @@ impl System {
                 break;
             }
             self.iopt_store(slot, (p & OA_MASK) | prot_to_pte(prot, leaf));
-            run = match run {
-                Some((s0, e0)) if e0 == slot => Some((s0, slot + 8)),
-                Some((s0, e0)) => {
-                    self.iopt_sync_walker(s0, e0 - s0);
-                    Some((slot, slot + 8))
-                }
-                None => Some((slot, slot + 8)),
-            };
+            run = self.iopt_extend_run(run, slot);
             done += pg;
         }
         if let Some((s0, e0)) = run {
@@ -463,6 +456,19 @@ impl System {
         Ok(table)
     }
 
+    /// Adds the descriptor at `slot` to the run of written descriptors awaiting
+    /// one sync, syncing the run first when `slot` does not continue it.
+    fn iopt_extend_run(&mut self, run: Option<(u64, u64)>, slot: u64) -> Option<(u64, u64)> {
+        match run {
+            Some((s0, e0)) if e0 == slot => Some((s0, slot + 8)),
+            Some((s0, e0)) => {
+                self.iopt_sync_walker(s0, e0 - s0);
+                Some((slot, slot + 8))
+            }
+            None => Some((slot, slot + 8)),
+        }
+    }
+
     /// Cleans a run of descriptors for a non-coherent walker.
     fn iopt_sync_walker(&mut self, pa: u64, len: u64) {
         if !self.hw.iommu.coherent_walk && !self.cfg.iommu_skip_pte_sync {
@@ -499,14 +505,7 @@ impl System {
                 }
                 // __arm_lpae_clear_pte: the run of cleared entries is synced once.
                 self.iopt_store(slot, 0);
-                run = match run {
-                    Some((s0, e0)) if e0 == slot => Some((s0, slot + 8)),
-                    Some((s0, e0)) => {
-                        self.iopt_sync_walker(s0, e0 - s0);
-                        Some((slot, slot + 8))
-                    }
-                    None => Some((slot, slot + 8)),
-                };
+                run = self.iopt_extend_run(run, slot);
                 leaves += 1;
                 done += pg;
                 continue 'outer;
