@@ -91,6 +91,13 @@ const STOPS: &[Stop] = &[
         fixed: scenario!("vfio-iommu-exfiltrate.rhai"),
     },
     Stop {
+        name: "v4l2-mmap",
+        title: "V4L2 mmap: zero-copy capture buffers, and what their memory type costs",
+        explain: "videobuf2 allocates capture buffers in the kernel and the application mmaps the same frames. dma-contig buffers are coherent memory, uncached on a non-coherent SoC: reading frames costs 4x; dma-sg buffers are cached and videobuf2 syncs them at QBUF and when a frame is done.",
+        broken: scenario!("v4l2-capture-uncached.rhai"),
+        fixed: scenario!("v4l2-capture.rhai"),
+    },
+    Stop {
         name: "bounce-buffers",
         title: "Bounce buffers: a device that cannot reach the buffer gets a copy",
         explain: "A 32-bit DMA mask with RAM above 4 GiB, or a bus that sees only part of RAM: dma-direct copies the data through the swiotlb pool. Until the sync for the CPU copies it back, the buffer holds old bytes on every platform, coherent or not; and the copies cost throughput until the driver sets the mask the hardware really has.",

@@ -44,7 +44,7 @@ fn random_script(seed: u64) -> String {
     let swiotlb = ["\"1 MiB\"", "\"off\"", "\"64 MiB\"", "0"][r.below(4)];
     let iommu = ["\"none\"", "\"smmu\"", "\"passthrough\""][r.below(3)];
     let mut s = format!(
-        "boot(\"{preset}\", #{{ hugepages: 2, swiotlb: {swiotlb}, swiotlb_force: {}, iommu: {iommu}, iommu_strict: {} }});\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\n",
+        "boot(\"{preset}\", #{{ hugepages: 2, swiotlb: {swiotlb}, swiotlb_force: {}, iommu: {iommu}, iommu_strict: {}, vfio_noiommu: true }});\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\n",
         r.below(3) == 0,
         r.below(2) == 0,
         r.below(2) == 1
@@ -52,7 +52,21 @@ fn random_script(seed: u64) -> String {
     for _ in 0..40 {
         let size = pick(&mut r, SIZES);
         let dir = pick(&mut r, DIRS);
-        let line = match r.below(30) {
+        let line = match r.below(33) {
+            30 => format!(
+                "let q = v4l2_open(d, #{{ alloc: \"{}\" }}); let n = v4l2_reqbufs(q, {}, {size}); v4l2_qbuf(q, 0); v4l2_qbuf(q, 1); v4l2_streamon(q); let k = v4l2_capture(q, pattern(\"inc\", 64)); let x = v4l2_dqbuf(q); v4l2_streamoff(q);",
+                ["dma-contig", "dma-sg"][r.below(2)],
+                pick(&mut r, &["4", "1", "0", "40", "-2"])
+            ),
+            31 => format!(
+                "let c = vfio_open(d, p); if c > 0 {{ let u = p.malloc({size}); let m = vfio_map_dma(c, p, u, {}, #{{ read: true, write: true }}); let z = vfio_unmap_dma(c, {}, {size}); }}",
+                pick(&mut r, &["0x100000", "4096", "0", "-4096", "0x1000000000000"]),
+                pick(&mut r, &["0x100000", "0", "123"])
+            ),
+            32 => format!(
+                "if ubufs.len() > 0 {{ let w = chardev_write(d, p, ubufs[-1]); let rr = chardev_read(d, p, ubufs[-1], pattern(\"inc\", {})); }}",
+                pick(&mut r, &["16", "0", "4096", "1"])
+            ),
             28 => format!(
                 "let t = stream_{}_device(d, {size}, {});",
                 ["to", "from"][r.below(2)],

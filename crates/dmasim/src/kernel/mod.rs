@@ -236,6 +236,9 @@ pub struct Kernel {
     pub(crate) next_vfio: u64,
     /// Copies between user and kernel memory (character-device drivers).
     pub copies: crate::uapi::chardev::CopyStats,
+    /// V4L2 capture queues by id.
+    pub v4l2: BTreeMap<u64, crate::uapi::v4l2::Vb2Queue>,
+    pub(crate) next_v4l2: u64,
 }
 
 impl Kernel {
@@ -277,6 +280,8 @@ impl Kernel {
             vfio: BTreeMap::new(),
             next_vfio: 1,
             copies: crate::uapi::chardev::CopyStats::default(),
+            v4l2: BTreeMap::new(),
+            next_v4l2: 1,
         }
     }
 

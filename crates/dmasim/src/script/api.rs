@@ -982,6 +982,134 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             })
         },
     );
+    // ---- V4L2 / videobuf2 ----
+    for with_opts in [false, true] {
+        let s1 = s.clone();
+        let open = move |ctx: &NativeCallContext,
+                         d: &DeviceObj,
+                         opts: Option<Map>|
+              -> RResult<INT> {
+            let mut alloc = crate::uapi::v4l2::Vb2Alloc::Contig;
+            for (k, v) in opts.iter().flatten() {
+                match (k.as_str(), v.clone().into_string().ok().as_deref()) {
+                    ("alloc", Some("dma-contig")) => alloc = crate::uapi::v4l2::Vb2Alloc::Contig,
+                    ("alloc", Some("dma-sg")) => alloc = crate::uapi::v4l2::Vb2Alloc::Sg,
+                    _ => {
+                        return Err(err(
+                            ctx,
+                            format!(
+                            "v4l2_open: unknown option {k:?} (alloc: \"dma-contig\" or \"dma-sg\")"
+                        ),
+                        ))
+                    }
+                }
+            }
+            with_sys(&s1, ctx, |sys| {
+                sys.v4l2_open(d.idx, alloc).map(|q| q as INT)
+            })
+        };
+        if with_opts {
+            engine.register_fn(
+                "v4l2_open",
+                move |ctx: NativeCallContext, d: DeviceObj, m: Map| open(&ctx, &d, Some(m)),
+            );
+        } else {
+            engine.register_fn("v4l2_open", move |ctx: NativeCallContext, d: DeviceObj| {
+                open(&ctx, &d, None)
+            });
+        }
+    }
+    let s1 = s.clone();
+    engine.register_fn(
+        "v4l2_reqbufs",
+        move |ctx: NativeCallContext, q: INT, count: INT, size: Dynamic| {
+            let n = size_of(&ctx, &size, "v4l2_reqbufs")?;
+            let count =
+                u64::try_from(count).map_err(|_| err(&ctx, "v4l2_reqbufs: negative count"))?;
+            with_sys(&s1, &ctx, |sys| sys.v4l2_reqbufs(q as u64, count, n))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "v4l2_querybuf",
+        move |ctx: NativeCallContext, q: INT, i: INT| {
+            with_sys(&s1, &ctx, |sys| sys.v4l2_querybuf(q as u64, i as u64))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "v4l2_mmap",
+        move |ctx: NativeCallContext, q: INT, p: ProcessObj, i: INT| -> RResult<Dynamic> {
+            with_sys(&s1, &ctx, |sys| {
+                let r = sys.v4l2_mmap(q as u64, p.pid, i as u64)?;
+                if r < 0 {
+                    return Ok(Dynamic::from(r));
+                }
+                let len = sys.kernel.v4l2[&(q as u64)].size;
+                Ok(Dynamic::from(BufferObj {
+                    id: 0,
+                    va: r as u64,
+                    len,
+                    kind: "user",
+                    phys: 0,
+                    dma: None,
+                }))
+            })
+        },
+    );
+    for (name, which) in [
+        ("v4l2_qbuf", 0u8),
+        ("v4l2_dqbuf", 1),
+        ("v4l2_streamon", 2),
+        ("v4l2_streamoff", 3),
+    ] {
+        let s1 = s.clone();
+        if which == 0 {
+            engine.register_fn(name, move |ctx: NativeCallContext, q: INT, i: INT| {
+                with_sys(&s1, &ctx, |sys| sys.v4l2_qbuf(q as u64, i as u64))
+            });
+        } else {
+            engine.register_fn(name, move |ctx: NativeCallContext, q: INT| {
+                with_sys(&s1, &ctx, |sys| match which {
+                    1 => sys.v4l2_dqbuf(q as u64),
+                    2 => sys.v4l2_streamon(q as u64),
+                    _ => sys.v4l2_streamoff(q as u64),
+                })
+            });
+        }
+    }
+    let s1 = s.clone();
+    engine.register_fn(
+        "v4l2_buffer_pfn",
+        move |ctx: NativeCallContext, q: INT, i: INT| {
+            with_sys(&s1, &ctx, |sys| {
+                let queue = sys
+                    .kernel
+                    .v4l2
+                    .get(&(q as u64))
+                    .ok_or_else(|| SimError::Invalid(format!("no V4L2 queue #{q}")))?;
+                let b = queue
+                    .bufs
+                    .get(i as usize)
+                    .ok_or_else(|| SimError::Invalid(format!("no buffer {i}")))?;
+                let va = sys.kernel.buffers[&b.buf].va;
+                let pa = sys
+                    .hw
+                    .mmu
+                    .segments(0, va, 1)
+                    .map_err(SimError::PagingRequest)?[0]
+                    .pa;
+                Ok((pa >> crate::config::PAGE_SHIFT) as INT)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "v4l2_capture",
+        move |ctx: NativeCallContext, q: INT, data: Blob| {
+            with_sys(&s1, &ctx, |sys| sys.v4l2_capture(q as u64, data))
+        },
+    );
     let s1 = s.clone();
     engine.register_fn(
         "chardev_write",

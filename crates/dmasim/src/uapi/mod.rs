@@ -3,4 +3,5 @@
 
 pub mod chardev;
 pub mod process;
+pub mod v4l2;
 pub mod vfio;

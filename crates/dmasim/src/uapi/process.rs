@@ -38,6 +38,9 @@ pub struct Vma {
     pub locked: bool,
     /// `VM_HUGETLB`: backed by 2 MiB pages from the boot pool.
     pub huge: bool,
+    /// `VM_PFNMAP`: a driver's frames mapped into the process (V4L2 mmap); not
+    /// anonymous memory, never migrated, swapped or freed by munmap.
+    pub pfnmap: bool,
 }
 
 /// A process.
@@ -163,6 +166,7 @@ impl System {
                 len,
                 locked,
                 huge: false,
+                pfnmap: false,
             },
         );
         Ok(start)
@@ -196,6 +200,7 @@ impl System {
                 len: n * HUGE,
                 locked: true,
                 huge: true,
+                pfnmap: false,
             },
         );
         let (asid, pid) = (p.asid, p.pid);
@@ -248,6 +253,39 @@ impl System {
         Ok(0)
     }
 
+    /// Maps a driver's frames into `pid` (`remap_pfn_range` from a driver's mmap):
+    /// a `VM_PFNMAP` mapping whose pages are present at once. Returns the address.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown process or an empty list.
+    pub fn map_frames(&mut self, pid: u32, pfns: &[u64], memtype: MemType) -> Result<u64> {
+        let i = self.proc_index(pid)?;
+        if pfns.is_empty() {
+            return Err(SimError::Invalid("map_frames: no frames".into()));
+        }
+        let len = pfns.len() as u64 * PAGE_SIZE;
+        let p = &mut self.kernel.procs[i];
+        let va = p.next_va;
+        p.next_va += len + PAGE_SIZE;
+        p.vmas.insert(
+            va,
+            Vma {
+                start: va,
+                len,
+                locked: false,
+                huge: false,
+                pfnmap: true,
+            },
+        );
+        let asid = p.asid;
+        for (k, &pfn) in pfns.iter().enumerate() {
+            let v = va + k as u64 * PAGE_SIZE;
+            self.kernel.procs[i].present.insert(v >> PAGE_SHIFT, pfn);
+            self.hw.mmu.map_page(asid, v, pfn << PAGE_SHIFT, memtype);
+        }
+        Ok(va)
+    }
+
     /// `munmap()`: frees the pages of the mapping at `va` (a pinned page stays
     /// allocated until unpinned, as its refcount says).
     ///
@@ -258,6 +296,16 @@ impl System {
         let Some(vma) = self.kernel.procs[i].vmas.remove(&va) else {
             return Ok(-errno::EINVAL);
         };
+        if vma.pfnmap {
+            // The driver's frames stay the driver's.
+            let asid = self.kernel.procs[i].asid;
+            for off in (0..vma.len).step_by(PAGE_SIZE as usize) {
+                let v = vma.start + off;
+                self.kernel.procs[i].present.remove(&(v >> PAGE_SHIFT));
+                self.hw.mmu.unmap_page(asid, v);
+            }
+            return Ok(0);
+        }
         if vma.huge {
             // Huge pages go back to the pool, whole.
             let now = self.ctx().time_ns;
