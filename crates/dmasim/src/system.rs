@@ -672,6 +672,9 @@ impl System {
                 .map(|pg| pg.owner.pid);
             (owner, frame)
         });
+        // A VFIO container's mappings are recorded under its first device; every
+        // device of the group reaches them.
+        let sdev = self.vfio_lead(devi).unwrap_or(devi);
         let j = self.jobs.get_mut(&id).expect("pending job");
         let line = j.line;
         let dev = &self.kernel.devices[devi];
@@ -694,7 +697,7 @@ impl System {
         };
         let piece = &j.data[off..off + n as usize];
         // Only an access no mapping covers needs to know whose virtual address it was.
-        let covered = self.check.covers(devi, bus, n);
+        let covered = self.check.covers(sdev, bus, n);
         let user = if covered || !ok {
             None
         } else {
@@ -756,7 +759,7 @@ impl System {
         self.check.device_access(
             ctx,
             DeviceAccess {
-                dev: devi,
+                dev: sdev,
                 dev_name: &dev.name,
                 bus,
                 pa: ok.then_some(pa),

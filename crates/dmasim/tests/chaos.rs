@@ -52,7 +52,7 @@ fn random_script(seed: u64) -> String {
     for _ in 0..40 {
         let size = pick(&mut r, SIZES);
         let dir = pick(&mut r, DIRS);
-        let line = match r.below(33) {
+        let line = match r.below(34) {
             30 => format!(
                 "let q = v4l2_open(d, #{{ alloc: \"{}\" }}); let n = v4l2_reqbufs(q, {}, {size}); v4l2_qbuf(q, 0); v4l2_qbuf(q, 1); v4l2_streamon(q); let k = v4l2_capture(q, pattern(\"inc\", 64)); let x = v4l2_dqbuf(q); v4l2_streamoff(q);",
                 ["dma-contig", "dma-sg"][r.below(2)],
@@ -62,6 +62,14 @@ fn random_script(seed: u64) -> String {
                 "let c = vfio_open(d, p); if c > 0 {{ let u = p.malloc({size}); let m = vfio_map_dma(c, p, u, {}, #{{ read: true, write: true }}); let z = vfio_unmap_dma(c, {}, {size}); }}",
                 pick(&mut r, &["0x100000", "4096", "0", "-4096", "0x1000000000000"]),
                 pick(&mut r, &["0x100000", "0", "123"])
+            ),
+            33 => format!(
+                "let q = pmd_open(d, p, #{{ iova: \"{}\", ring: {}, buf_size: {} }}); if q > 0 {{ let ok = pmd_inject(q, pattern(\"inc\", {})); let got = pmd_rx_burst(q, {}); let st = pmd_stats(q); }} if ubufs.len() > 0 {{ let ns = netdev_rx(d, p, ubufs[-1], pattern(\"inc\", 16)); }}",
+                ["pa", "va", "xx"][r.below(3)],
+                pick(&mut r, &["8", "64", "0", "5000", "-1"]),
+                pick(&mut r, &["64", "2048", "100", "0", "1000000"]),
+                pick(&mut r, &["1", "64", "0", "3000"]),
+                pick(&mut r, &["0", "32", "-1", "1000000"])
             ),
             32 => format!(
                 "if ubufs.len() > 0 {{ let w = chardev_write(d, p, ubufs[-1]); let rr = chardev_read(d, p, ubufs[-1], pattern(\"inc\", {})); }}",

@@ -169,3 +169,47 @@ fn the_character_device_path_copies_twice_and_hides_the_dma_address() {
         }
     }
 }
+
+#[test]
+fn a_group_is_viable_only_without_kernel_drivers_and_its_devices_share_the_container() {
+    let (r, j) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu" });
+        let a = device("nic0", #{ iommu_group: "bridge" });
+        let b = device("nic1", #{ iommu_group: "bridge" });
+        let alone = device("nvme0");
+        let p = process("app");
+        expect_eq(vfio_open(a, p), -EPERM, "nic1 still has its kernel driver");
+        vfio_bind(b);
+        let c = vfio_open(a, p);
+        expect(c > 0, "viable once nic1 is bound to vfio-pci");
+        expect_eq(vfio_open(b, p), c, "nic1 joins the container of its group");
+        expect_eq(vfio_open(b, process("other")), -EBUSY, "another process cannot take the group");
+        let u = p.malloc(8192);
+        p.write(u, 0, pattern("inc", 16));
+        expect_eq(vfio_map_dma(c, p, u, 0x100000, #{ read: true, write: true }), 0, "mapped");
+        expect_eq(dev_read(b, 0x100000, 16), pattern("inc", 16), "nic1 reaches the mapping");
+        dev_write(a, 0x101000, pattern("random", 16, 3));
+        expect_eq(p.read(u, 4096, 16), pattern("random", 16, 3), "nic0 too");
+        let x = dev_read(alone, 0x100000, 16);"#,
+    );
+    ok(&r);
+    assert_eq!(r.expectations.passed, 7);
+    // The device of another group is not in the container's domain: it faults.
+    assert_eq!(ids(&j), ["iommu-fault"], "{:?}", ids(&j));
+    assert_eq!(j["findings"][0]["device"], "nvme0");
+    assert!(j["log"].to_string().contains("group is not viable: nic1"));
+}
+
+#[test]
+fn the_kernel_cannot_map_for_a_device_bound_to_vfio_pci() {
+    let (r, _) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu" });
+        let nic = device("nic0");
+        vfio_bind(nic);
+        let b = kmalloc(64);
+        let h = dma_map_single(nic, b, DMA_TO_DEVICE);"#,
+    );
+    let e = r.error.clone().expect("an error");
+    assert!(e.contains("vfio-pci"), "{e}");
+    assert_eq!(r.exit_code(), 2);
+}

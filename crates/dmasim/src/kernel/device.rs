@@ -44,6 +44,12 @@ pub struct Device {
     pub latency_ns: u64,
     /// False after `remove_device`.
     pub bound: bool,
+    /// Bound to vfio-pci instead of a kernel driver: user space drives it, the
+    /// kernel's DMA API is not used for it.
+    pub vfio: bool,
+    /// The IOMMU group it shares with the other devices of that name (`None`:
+    /// a group of its own).
+    pub iommu_group: Option<String>,
 }
 
 impl Device {
@@ -68,6 +74,8 @@ impl Device {
             bandwidth,
             latency_ns,
             bound: true,
+            vfio: false,
+            iommu_group: None,
         }
     }
 

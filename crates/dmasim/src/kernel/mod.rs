@@ -239,6 +239,11 @@ pub struct Kernel {
     /// V4L2 capture queues by id.
     pub v4l2: BTreeMap<u64, crate::uapi::v4l2::Vb2Queue>,
     pub(crate) next_v4l2: u64,
+    /// Poll-mode drivers by id.
+    pub pmds: BTreeMap<u64, crate::uapi::pmd::Pmd>,
+    pub(crate) next_pmd: u64,
+    /// The kernel receive path's counters (`netdev_rx`).
+    pub netdev_rx: crate::uapi::pmd::RxPathStats,
 }
 
 impl Kernel {
@@ -282,6 +287,9 @@ impl Kernel {
             copies: crate::uapi::chardev::CopyStats::default(),
             v4l2: BTreeMap::new(),
             next_v4l2: 1,
+            pmds: BTreeMap::new(),
+            next_pmd: 1,
+            netdev_rx: Default::default(),
         }
     }
 

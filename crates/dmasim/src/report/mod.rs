@@ -194,6 +194,8 @@ pub struct Stats {
     pub mm: MmStatsOut,
     /// Copies between user and kernel memory.
     pub uaccess: crate::uapi::chardev::CopyStats,
+    /// Receive paths: poll-mode drivers beside the kernel's interrupt path.
+    pub rx: crate::uapi::pmd::RxStats,
 }
 
 impl Stats {
@@ -215,6 +217,7 @@ impl Stats {
                 pinned_pages: sys.kernel.pins_acquired,
             },
             uaccess: sys.kernel.copies,
+            rx: crate::uapi::pmd::RxStats::of(sys),
             iommu: {
                 let h = sys.hw.iommu.stats;
                 let (maps, unmaps) = sys

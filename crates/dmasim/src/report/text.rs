@@ -152,6 +152,18 @@ pub fn render(r: &Report, color: bool) -> String {
             time(s.swiotlb.copy_ns)
         );
     }
+    for (name, p) in [
+        ("poll-mode driver", s.rx.pmd),
+        ("kernel rx path", s.rx.kernel),
+    ] {
+        if p.frames > 0 {
+            let _ = writeln!(
+                o,
+                "{name}: {} frames, {} ns of CPU per frame = {} frames/s per core ({} dropped, {} empty polls)",
+                p.frames, p.ns_per_packet, p.packets_per_s, p.dropped, p.empty_polls
+            );
+        }
+    }
     for t in &r.streams {
         let _ = writeln!(
             o,

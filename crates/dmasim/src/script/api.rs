@@ -408,7 +408,14 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                                 return Err(err(ctx, "bandwidth: must be at least 1 byte per µs"));
                             }
                         }
-                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, sg, dma_offset, max_segment, bandwidth, bus_dma_limit, min_align_mask, seg_boundary)"))),
+                        "iommu_group" => {
+                            let g = v.clone().into_string().map_err(|_| err(ctx, "iommu_group: expected a name"))?;
+                            if g.is_empty() || g.len() > 64 {
+                                return Err(err(ctx, "iommu_group: a name of 1 to 64 characters"));
+                            }
+                            d.iommu_group = Some(g);
+                        }
+                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, iommu_group, sg, dma_offset, max_segment, bandwidth, bus_dma_limit, min_align_mask, seg_boundary)"))),
                     }
                 }
             }
@@ -982,6 +989,82 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             })
         },
     );
+    // ---- poll-mode driver ----
+    let s1 = s.clone();
+    engine.register_fn(
+        "pmd_open",
+        move |ctx: NativeCallContext, d: DeviceObj, p: ProcessObj, opts: Map| {
+            let mut mode = crate::uapi::pmd::IovaMode::Pa;
+            let (mut ring, mut buf) = (512u64, 2048u64);
+            for (k, v) in &opts {
+                match k.as_str() {
+                    "iova" => {
+                        mode = match v.clone().into_string().ok().as_deref() {
+                            Some("pa") => crate::uapi::pmd::IovaMode::Pa,
+                            Some("va") => crate::uapi::pmd::IovaMode::Va,
+                            _ => return Err(err(&ctx, "pmd_open: iova is \"pa\" or \"va\"")),
+                        }
+                    }
+                    "ring" => ring = size_of(&ctx, v, "ring")?,
+                    "buf_size" => buf = size_of(&ctx, v, "buf_size")?,
+                    other => {
+                        return Err(err(
+                            &ctx,
+                            format!("pmd_open: unknown option {other:?} (iova, ring, buf_size)"),
+                        ))
+                    }
+                }
+            }
+            with_sys(&s1, &ctx, |sys| sys.pmd_open(d.idx, p.pid, mode, ring, buf))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "pmd_inject",
+        move |ctx: NativeCallContext, pmd: INT, frame: Blob| {
+            with_sys(&s1, &ctx, |sys| sys.pmd_inject(pmd as u64, frame))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "pmd_rx_burst",
+        move |ctx: NativeCallContext, pmd: INT, max: INT| {
+            let max = u64::try_from(max).map_err(|_| err(&ctx, "pmd_rx_burst: negative max"))?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.pmd_rx_burst(pmd as u64, max).map(|v| {
+                    v.into_iter()
+                        .map(Dynamic::from_blob)
+                        .collect::<rhai::Array>()
+                })
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "pmd_stats",
+        move |ctx: NativeCallContext, pmd: INT| -> RResult<Dynamic> {
+            let st = with_sys(&s1, &ctx, |sys| sys.pmd_stats(pmd as u64))?;
+            Ok(json_to_dynamic(
+                serde_json::to_value(st).unwrap_or_default(),
+            ))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "netdev_rx",
+        move |ctx: NativeCallContext, d: DeviceObj, p: ProcessObj, b: BufferObj, frame: Blob| {
+            if frame.len() as u64 > b.len {
+                return Err(err(
+                    &ctx,
+                    "netdev_rx: the frame is larger than the user buffer",
+                ));
+            }
+            with_sys(&s1, &ctx, |sys| {
+                sys.netdev_rx(d.idx, p.pid, b.va, frame).map(|ns| ns as INT)
+            })
+        },
+    );
+
     // ---- V4L2 / videobuf2 ----
     for with_opts in [false, true] {
         let s1 = s.clone();
@@ -1154,6 +1237,10 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             with_sys(&s1, &ctx, |sys| sys.vfio_open(d.idx, p.pid))
         },
     );
+    let s1 = s.clone();
+    engine.register_fn("vfio_bind", move |ctx: NativeCallContext, d: DeviceObj| {
+        with_sys(&s1, &ctx, |sys| sys.vfio_bind(d.idx))
+    });
     let s1 = s.clone();
     engine.register_fn(
         "vfio_map_dma",

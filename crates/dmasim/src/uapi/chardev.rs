@@ -30,10 +30,23 @@ pub struct CopyStats {
 }
 
 impl System {
+    /// A device handed to user space through VFIO has no kernel driver: vfio-pci
+    /// is bound to it instead, so a kernel path cannot use it.
+    pub(crate) fn kernel_driver_bound(&self, dev: usize) -> Result<()> {
+        match self.vfio_owner(dev) {
+            Some(pid) => Err(SimError::Invalid(format!(
+                "{} is bound to vfio-pci (process {pid} owns it): no kernel driver can use it; give the kernel path its own device",
+                self.kernel.devices[dev].name
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn chardev_checks(&self, dev: usize, len: u64) -> Result<()> {
         if self.kernel.devices.get(dev).is_none_or(|d| !d.bound) {
             return Err(SimError::Invalid(format!("chardev: no device #{dev}")));
         }
+        self.kernel_driver_bound(dev)?;
         if len == 0 || len > MAX_ACCESS {
             return Err(SimError::Invalid(
                 "chardev: a transfer is 1 byte to 256 MiB".into(),

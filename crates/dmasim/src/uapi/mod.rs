@@ -2,6 +2,7 @@
 //! kernel (mmap, mlock, pagemap, pinning).
 
 pub mod chardev;
+pub mod pmd;
 pub mod process;
 pub mod v4l2;
 pub mod vfio;

@@ -7,17 +7,21 @@
 //! with no protection at all: no MAP_DMA, physical addresses from `pagemap`, and a
 //! tainted kernel.
 //!
-//! Simplifications: one device per group and one group per container; the TYPE1v2
-//! unmap rules (no bisecting); no VADDR updates, dirty tracking or `ALL` unmaps;
-//! IOVA pages are mapped 4 KiB at a time (Linux batches physically contiguous runs
-//! into larger IOMMU pages).
+//! Groups: the container takes the device's whole IOMMU group. The group is
+//! viable only when no device of it is left with a kernel driver (each is bound to
+//! vfio-pci, `vfio_bind`, or unbound, `remove_device`); otherwise attaching it to
+//! the container fails with −EPERM, as `iommu_group_claim_dma_owner` does. Other
+//! devices of an owned group join the same container when the process opens them.
+//!
+//! Simplifications: one group per container; the TYPE1v2 unmap rules (no
+//! bisecting); no VADDR updates, dirty tracking or `ALL` unmaps.
 
 use std::collections::BTreeMap;
 
 use crate::check::{MapKind, NewMapping};
 use crate::config::{PAGE_SHIFT, PAGE_SIZE};
 use crate::kernel::dma::DmaDirection;
-use crate::kernel::errno::{EBUSY, EEXIST, EINVAL, ENOMEM, ENOSPC};
+use crate::kernel::errno::{EBUSY, EEXIST, EINVAL, ENOMEM, ENOSPC, EPERM};
 use crate::kernel::iommu::{DomainType, IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE};
 use crate::system::{Result, SimError, System};
 
@@ -43,13 +47,15 @@ pub struct VfioDma {
     pub charged: u64,
 }
 
-/// A container with its one group and device.
+/// A container with its one group and the group's opened devices.
 #[derive(Debug, Clone)]
 pub struct VfioContainer {
     /// Owner process.
     pub pid: u32,
-    /// The device.
+    /// The first device opened (the sanitizer records the mappings under it).
     pub dev: usize,
+    /// Every device opened through it (all in the one group).
+    pub devs: Vec<usize>,
     /// The UNMANAGED domain (none in no-IOMMU mode).
     pub domain: Option<usize>,
     /// `VFIO_NOIOMMU_IOMMU`.
@@ -79,11 +85,43 @@ impl System {
         if !self.kernel.procs.iter().any(|p| p.pid == pid) {
             return Err(SimError::Invalid(format!("vfio_open: no process {pid}")));
         }
-        if self.kernel.vfio.values().any(|c| c.dev == dev) {
+        if self.vfio_owner(dev).is_some() {
             return Ok(-EBUSY);
         }
         if self.check.device_has_mappings(dev) {
             return Ok(-EBUSY);
+        }
+        if self.dev_domain(dev).is_some() {
+            let group = self.iommu_group_devices(dev);
+            // Another device of the group already opened: join its container.
+            let owned = self.kernel.vfio.iter().find_map(|(&id, c)| {
+                group
+                    .iter()
+                    .any(|d| c.devs.contains(d))
+                    .then_some((id, c.pid))
+            });
+            if let Some((id, owner)) = owned {
+                if owner != pid {
+                    return Ok(-EBUSY);
+                }
+                self.kernel.devices[dev].vfio = true;
+                self.kernel.vfio.get_mut(&id).expect("found").devs.push(dev);
+                self.printk(&name, format!("vfio: joins container {id} of its group"));
+                return Ok(id as i64);
+            }
+            // Viability: every other device of the group without a kernel driver.
+            if let Some(&other) = group.iter().find(|&&d| {
+                d != dev && self.kernel.devices[d].bound && !self.kernel.devices[d].vfio
+            }) {
+                let oname = self.kernel.devices[other].name.clone();
+                self.printk(
+                    &name,
+                    format!(
+                        "vfio: group is not viable: {oname} is still bound to a kernel driver; bind every device of the group to vfio-pci (or unbind it): -EPERM"
+                    ),
+                );
+                return Ok(-EPERM);
+            }
         }
         let id = self.kernel.next_vfio;
         let container = match self.dev_domain(dev) {
@@ -96,6 +134,7 @@ impl System {
                 VfioContainer {
                     pid,
                     dev,
+                    devs: vec![dev],
                     domain: None,
                     noiommu: true,
                     dmas: BTreeMap::new(),
@@ -112,7 +151,7 @@ impl System {
             }
             Some(_) => {
                 let domain = self.iommu_domain_alloc(DomainType::Unmanaged);
-                self.iommu_attach(dev, domain);
+                self.iommu_attach_group(dev, domain);
                 self.printk(
                     &name,
                     format!("vfio: group owned by pid {pid}, unmanaged domain {domain}"),
@@ -120,6 +159,7 @@ impl System {
                 VfioContainer {
                     pid,
                     dev,
+                    devs: vec![dev],
                     domain: Some(domain),
                     noiommu: false,
                     dmas: BTreeMap::new(),
@@ -128,6 +168,7 @@ impl System {
             }
         };
         self.kernel.next_vfio += 1;
+        self.kernel.devices[dev].vfio = true;
         self.kernel.vfio.insert(id, container);
         Ok(id as i64)
     }
@@ -231,13 +272,23 @@ impl System {
         let prot = (if read { IOMMU_READ } else { 0 })
             | (if write { IOMMU_WRITE } else { 0 })
             | IOMMU_CACHE;
-        for (k, &pfn) in pfns.iter().enumerate() {
+        // vfio_pin_map_dma: pin a run of physically contiguous pages, then map the
+        // run with one iommu_map, which picks the largest page sizes that fit (a
+        // hugepage becomes a 2 MiB block and costs one IOTLB entry).
+        let mut k = 0;
+        while k < pfns.len() {
+            let mut n = 1;
+            while k + n < pfns.len() && pfns[k + n] == pfns[k] + n as u64 {
+                n += 1;
+            }
             let a = iova + k as u64 * PAGE_SIZE;
-            if let Err(e) = self.iommu_map(domain, a, pfn << PAGE_SHIFT, PAGE_SIZE, prot) {
+            let len = n as u64 * PAGE_SIZE;
+            if let Err(e) = self.iommu_map(domain, a, pfns[k] << PAGE_SHIFT, len, prot) {
                 self.iommu_unmap_range(domain, iova, k as u64 * PAGE_SIZE);
                 self.gup_release(pins, true)?;
                 return Ok(e);
             }
+            k += n;
         }
         self.kernel.procs[pi].locked_vm += pages;
         let dev = cont.dev;
@@ -371,12 +422,61 @@ impl System {
         Ok(())
     }
 
+    /// Binds `dev` to vfio-pci (`driver_override` + `bind`): its kernel driver lets
+    /// go (its live mappings are reported as leaks, as at `remove_device`) and user
+    /// space may then take the device, or make its IOMMU group viable.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown or removed device.
+    pub fn vfio_bind(&mut self, dev: usize) -> Result<()> {
+        let d = self
+            .kernel
+            .devices
+            .get(dev)
+            .filter(|d| d.bound)
+            .ok_or_else(|| SimError::Invalid(format!("vfio_bind: no bound device #{dev}")))?;
+        if d.vfio {
+            return Ok(());
+        }
+        let name = d.name.clone();
+        self.step();
+        let ctx = self.ctx();
+        self.check.leaks(
+            &mut self.hw,
+            ctx,
+            Some(dev),
+            "while its driver was unbound for vfio-pci",
+        );
+        self.kernel.devices[dev].vfio = true;
+        self.printk(&name, "vfio-pci: bound (driver_override)".into());
+        Ok(())
+    }
+
+    /// The container that holds `dev`, and its first device (under which the
+    /// sanitizer records the container's mappings).
+    pub(crate) fn vfio_lead(&self, dev: usize) -> Option<usize> {
+        self.kernel
+            .vfio
+            .values()
+            .find(|c| c.devs.contains(&dev))
+            .map(|c| c.dev)
+    }
+
+    /// The process that owns `dev` through VFIO (vfio-pci bound), if any.
+    pub fn vfio_owner(&self, dev: usize) -> Option<u32> {
+        self.kernel
+            .vfio
+            .values()
+            .find(|c| c.devs.contains(&dev))
+            .map(|c| c.pid)
+    }
+
     /// The process that owns `dev` through a no-IOMMU VFIO container, if any.
     pub fn noiommu_owner(&self, dev: usize) -> Option<u32> {
         self.kernel
             .vfio
             .values()
-            .find(|c| c.dev == dev && c.noiommu)
+            .find(|c| c.noiommu && c.devs.contains(&dev))
             .map(|c| c.pid)
     }
 }

@@ -34,6 +34,10 @@ impl System {
                 "{call}: device {} was removed (remove_device)",
                 d.name
             ))),
+            Some(d) if d.vfio => Err(SimError::Invalid(format!(
+                "{call}: {} is bound to vfio-pci: user space drives it, no kernel driver may map for it",
+                d.name
+            ))),
             Some(_) => Ok(()),
         }
     }

@@ -5,7 +5,11 @@
 //! page-size choice and rules, and IOTLB invalidation — at once (strict) or through
 //! a per-CPU flush queue of 256 entries with a 10 ms timer (lazy).
 //!
-//! Simplifications: a group holds one device (no ACS topology); the page-table
+//! Groups: a device is alone in its group unless the script puts devices in one
+//! (`iommu_group: "name"`, as PCIe functions behind a bridge without ACS share
+//! one); a group's devices share its domain, and a domain change applies to all.
+//!
+//! Simplifications: no ACS topology is derived, groups are declared; the page-table
 //! walk cache and `iotlb_sync_map` do not exist; an unmap that would split a block
 //! unmaps nothing (Linux 6.12 splits; 6.13 removed splitting) and the caller WARNs;
 //! intermediate tables are never freed (Linux frees them only when a block-sized
@@ -115,6 +119,16 @@ pub struct IommuDomain {
     pub table_pages: u64,
 }
 
+/// One IOMMU group (`/sys/kernel/iommu_groups/N`): the devices the IOMMU cannot
+/// tell apart, which therefore share a domain.
+#[derive(Debug, Clone, Default)]
+pub struct IommuGroup {
+    /// The script's name for a shared group.
+    pub tag: Option<String>,
+    /// Member devices.
+    pub devs: Vec<usize>,
+}
+
 /// The kernel's IOMMU state.
 #[derive(Debug, Clone, Default)]
 pub struct IommuState {
@@ -122,6 +136,10 @@ pub struct IommuState {
     pub domains: Vec<IommuDomain>,
     /// Each device's domain (`None`: not behind the IOMMU).
     pub dev_domain: Vec<Option<usize>>,
+    /// Groups by id: their devices, and the name the script gave them.
+    pub groups: Vec<IommuGroup>,
+    /// Each device's group.
+    pub dev_group: Vec<Option<usize>>,
     /// Strict invalidation by default.
     pub strict: bool,
     /// `iommu.passthrough=1`.
@@ -184,9 +202,35 @@ impl System {
     /// Sets up the default domain of a device that sits behind the SMMU
     /// (`iommu_probe_device` → `iommu_setup_default_domain`). Logs Linux's lines.
     pub(crate) fn iommu_probe_device(&mut self, dev: usize) {
-        let Some(st) = self.kernel.iommu.as_ref() else {
+        let tag = self.kernel.devices[dev].iommu_group.clone();
+        let Some(st) = self.kernel.iommu.as_mut() else {
             return;
         };
+        if st.dev_group.len() <= dev {
+            st.dev_group.resize(dev + 1, None);
+        }
+        let name = self.kernel.devices[dev].name.clone();
+        // A declared shared group: join it and its current domain.
+        let shared = tag
+            .as_ref()
+            .and_then(|t| st.groups.iter().position(|g| g.tag.as_ref() == Some(t)));
+        if let Some(g) = shared {
+            st.groups[g].devs.push(dev);
+            st.dev_group[dev] = Some(g);
+            let first = st.groups[g].devs[0];
+            let domain = st.dev_domain.get(first).copied().flatten();
+            if let Some(domain) = domain {
+                self.iommu_attach(dev, domain);
+            }
+            self.printk(&name, format!("Adding to iommu group {g}"));
+            return;
+        }
+        let g = st.groups.len();
+        st.groups.push(IommuGroup {
+            tag,
+            devs: vec![dev],
+        });
+        st.dev_group[dev] = Some(g);
         let kind = if st.passthrough {
             DomainType::Identity
         } else if st.strict {
@@ -196,14 +240,36 @@ impl System {
         };
         let id = self.iommu_domain_alloc(kind);
         self.iommu_attach(dev, id);
-        let name = self.kernel.devices[dev].name.clone();
         self.printk(
             &name,
             format!(
-                "Adding to iommu group {id}; default domain type {}",
+                "Adding to iommu group {g}; default domain type {}",
                 kind.name()
             ),
         );
+    }
+
+    /// The devices of `dev`'s IOMMU group (just `dev` when it has none).
+    pub fn iommu_group_devices(&self, dev: usize) -> Vec<usize> {
+        self.kernel
+            .iommu
+            .as_ref()
+            .and_then(|s| {
+                s.dev_group
+                    .get(dev)
+                    .copied()
+                    .flatten()
+                    .map(|g| s.groups[g].devs.clone())
+            })
+            .unwrap_or_else(|| vec![dev])
+    }
+
+    /// Attaches every device of `dev`'s group to `domain`
+    /// (`__iommu_group_set_domain`).
+    pub(crate) fn iommu_attach_group(&mut self, dev: usize, domain: usize) {
+        for d in self.iommu_group_devices(dev) {
+            self.iommu_attach(d, domain);
+        }
     }
 
     /// `iommu_domain_alloc` + `iommu_get_dma_cookie`: a new domain; paging domains
@@ -248,11 +314,12 @@ impl System {
             "DMA-FQ" => DomainType::DmaFq,
             _ => return -EINVAL,
         };
-        if self.check.device_has_mappings(dev) {
+        let members = self.iommu_group_devices(dev);
+        if members.iter().any(|&d| self.check.device_has_mappings(d)) {
             return -EBUSY;
         }
         let id = self.iommu_domain_alloc(kind);
-        self.iommu_attach(dev, id);
+        self.iommu_attach_group(dev, id);
         let devname = self.kernel.devices[dev].name.clone();
         self.printk(&devname, format!("iommu group type set to {}", kind.name()));
         0

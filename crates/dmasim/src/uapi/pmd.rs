@@ -1,0 +1,389 @@
+//! A DPDK-style poll-mode driver: the NIC's RX descriptor ring and packet buffers in
+//! the process's 2 MiB hugepages, the device programmed with their addresses, and a
+//! CPU that polls the ring instead of taking interrupts. Two ways to get addresses
+//! the device can use, as DPDK's `--iova-mode`:
+//! - `pa`: physical addresses from `/proc/self/pagemap`, which only stay valid
+//!   because the pages are pinned (`pin_user_pages`, FOLL_LONGTERM) — without an
+//!   IOMMU, or with a passthrough one;
+//! - `va`: the process's virtual addresses as IOVAs, mapped through VFIO and the
+//!   IOMMU.
+//!
+//! Descriptor format (16 bytes, in the spirit of an ixgbe/e1000 legacy RX
+//! descriptor): buffer address (u64), length (u16), status (u16, bit 0 = DD,
+//! "descriptor done"), 4 bytes reserved. The wire (`pmd_inject`) makes the NIC
+//! write the frame into the next descriptor's buffer and then the descriptor;
+//! `pmd_rx_burst` polls from the head, copies nothing (the frame is read in place)
+//! and hands the descriptor back.
+//!
+//! The kernel path for comparison (`netdev_rx`): per frame an interrupt and NAPI
+//! poll, a kmalloc'd receive buffer mapped and unmapped, and a copy to the
+//! process. Simplifications: one RX queue; no TX; no descriptor write-back
+//! batching; an interrupt costs a fixed 2 µs (entry, NAPI, softirq and socket
+//! wake-up; an order of magnitude, not a measurement).
+
+use serde::Serialize;
+
+use crate::check::MapKind;
+use crate::config::PAGE_SIZE;
+use crate::kernel::dma::DmaDirection;
+use crate::kernel::mm::gfp::GFP_KERNEL;
+use crate::kernel::BufKind;
+use crate::system::{Result, SimError, System};
+
+/// Bytes per RX descriptor.
+pub const DESC_SIZE: u64 = 16;
+/// "Descriptor done".
+pub const DD: u16 = 1;
+/// Interrupt + NAPI + wake-up cost of the kernel path, ps (order of magnitude).
+pub const IRQ_PS: u64 = 2_000_000;
+
+/// DPDK's `--iova-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum IovaMode {
+    /// Physical addresses (pagemap).
+    Pa,
+    /// Virtual addresses as IOVAs (VFIO).
+    Va,
+}
+
+/// Counters of a poll-mode driver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PmdStats {
+    /// Frames the wire delivered.
+    pub injected: u64,
+    /// Frames dropped: no free descriptor.
+    pub dropped: u64,
+    /// Frames `rx_burst` returned.
+    pub received: u64,
+    /// Polls that found nothing.
+    pub empty_polls: u64,
+    /// CPU time spent polling, ns.
+    pub cpu_ns: u64,
+}
+
+/// One receive path's figures (`stats.rx.pmd`, `stats.rx.kernel` in the report).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RxPathStats {
+    /// Frames delivered to the process.
+    pub frames: u64,
+    /// Frames dropped (PMD: ring full).
+    pub dropped: u64,
+    /// Polls that found nothing (PMD only).
+    pub empty_polls: u64,
+    /// CPU time spent, ns (PMD: polling and reading frames in place; kernel:
+    /// interrupt, map/unmap, copy to the process).
+    pub cpu_ns: u64,
+    /// CPU ns per frame, rounded.
+    pub ns_per_packet: u64,
+    /// Frames per second one core sustains at that cost.
+    pub packets_per_s: u64,
+}
+
+impl RxPathStats {
+    fn derive(mut self) -> Self {
+        if self.frames > 0 && self.cpu_ns > 0 {
+            self.ns_per_packet = (self.cpu_ns + self.frames / 2) / self.frames;
+            self.packets_per_s =
+                (u128::from(self.frames) * 1_000_000_000 / u128::from(self.cpu_ns)) as u64;
+        }
+        self
+    }
+}
+
+/// The receive paths side by side: every PMD summed, and `netdev_rx`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RxStats {
+    /// Poll-mode drivers.
+    pub pmd: RxPathStats,
+    /// The kernel's interrupt-driven path.
+    pub kernel: RxPathStats,
+}
+
+impl RxStats {
+    /// The figures of a system so far.
+    pub fn of(sys: &System) -> RxStats {
+        let mut pmd = RxPathStats::default();
+        for q in sys.kernel.pmds.values() {
+            pmd.frames += q.stats.received;
+            pmd.dropped += q.stats.dropped;
+            pmd.empty_polls += q.stats.empty_polls;
+            pmd.cpu_ns += q.stats.cpu_ns;
+        }
+        RxStats {
+            pmd: pmd.derive(),
+            kernel: sys.kernel.netdev_rx.derive(),
+        }
+    }
+}
+
+/// One poll-mode driver instance.
+#[derive(Debug, Clone)]
+pub struct Pmd {
+    /// The NIC.
+    pub dev: usize,
+    /// The process.
+    pub pid: u32,
+    /// Address mode.
+    pub mode: IovaMode,
+    /// Descriptors.
+    pub ring: u64,
+    /// Bytes per packet buffer.
+    pub buf_size: u64,
+    /// Process virtual address of the ring (buffers follow it).
+    pub va: u64,
+    /// The device's address of each 4 KiB page of the region, by page index.
+    bus: Vec<u64>,
+    /// Next descriptor the NIC fills.
+    tail: u64,
+    /// Next descriptor the CPU polls.
+    head: u64,
+    /// Counters.
+    pub stats: PmdStats,
+}
+
+impl Pmd {
+    fn region(&self) -> u64 {
+        (self.ring * DESC_SIZE).next_multiple_of(PAGE_SIZE) + self.ring * self.buf_size
+    }
+
+    fn buf_va(&self, i: u64) -> u64 {
+        self.va + (self.ring * DESC_SIZE).next_multiple_of(PAGE_SIZE) + i * self.buf_size
+    }
+
+    /// The device's address for process address `va` inside the region.
+    fn bus_of(&self, va: u64) -> u64 {
+        let off = va - self.va;
+        self.bus[(off / PAGE_SIZE) as usize] + off % PAGE_SIZE
+    }
+}
+
+impl System {
+    /// `pmd_open`: hugepages for the ring and `ring` buffers of `buf_size` bytes,
+    /// their device addresses by `mode` (pinned + pagemap, or VFIO-mapped at their
+    /// virtual addresses), descriptors initialised. Returns the PMD id, or −errno
+    /// (−ENOMEM without enough hugepages; in VA mode −EINVAL when the device cannot
+    /// drive the addresses, and VFIO's errors).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for bad sizes, an unknown device or process.
+    pub fn pmd_open(
+        &mut self,
+        dev: usize,
+        pid: u32,
+        mode: IovaMode,
+        ring: u64,
+        buf_size: u64,
+    ) -> Result<i64> {
+        if !(8..=4096).contains(&ring) || !(64..=16384).contains(&buf_size) || buf_size % 64 != 0 {
+            return Err(SimError::Invalid(
+                "pmd_open: ring 8..=4096 descriptors, buf_size 64..=16384 bytes in multiples of 64"
+                    .into(),
+            ));
+        }
+        if self.kernel.devices.get(dev).is_none() {
+            return Err(SimError::Invalid(format!("pmd_open: no device #{dev}")));
+        }
+        let mut pmd = Pmd {
+            dev,
+            pid,
+            mode,
+            ring,
+            buf_size,
+            va: 0,
+            bus: Vec::new(),
+            tail: 0,
+            head: 0,
+            stats: PmdStats::default(),
+        };
+        let size = pmd.region();
+        let va = match self.mmap_huge(pid, size)? {
+            Ok(va) => va,
+            Err(e) => return Ok(e),
+        };
+        pmd.va = va;
+        let pages = size.div_ceil(PAGE_SIZE);
+        match mode {
+            IovaMode::Pa => {
+                // rte_mem_virt2phy: pin (the device keeps using them), then pagemap.
+                self.gup(pid, va, pages * PAGE_SIZE, true, true)?;
+                for k in 0..pages {
+                    let pfn = self.pagemap(pid, va + k * PAGE_SIZE)?;
+                    pmd.bus
+                        .push(self.kernel.devices[dev].phys_to_dma(pfn * PAGE_SIZE));
+                }
+            }
+            IovaMode::Va => {
+                // rte_mem_check_dma_mask: the device must drive every bit of the
+                // virtual addresses it is given as IOVAs; a 32-bit NIC cannot use
+                // 48-bit user addresses (DPDK falls back to PA or needs
+                // --base-virtaddr below the limit).
+                let bits = self.kernel.devices[dev].dma_bits;
+                if bits < 64 && (va + size) >> bits != 0 {
+                    let name = self.kernel.devices[dev].name.clone();
+                    self.printk(
+                        "EAL",
+                        format!(
+                            "{name}: memseg iova {va:#x}, len {size:#x}, out of range: the device drives {bits} address bits; use --iova-mode=pa or a --base-virtaddr below the limit"
+                        ),
+                    );
+                    return Ok(-crate::kernel::errno::EINVAL);
+                }
+                let c = self.vfio_open(dev, pid)?;
+                if c < 0 {
+                    return Ok(c);
+                }
+                let r = self.vfio_map_dma(
+                    c as u64,
+                    va,
+                    va,
+                    (pages * PAGE_SIZE).next_multiple_of(2 << 20),
+                    true,
+                    true,
+                )?;
+                if r < 0 {
+                    return Ok(r);
+                }
+                pmd.bus = (0..pages).map(|k| va + k * PAGE_SIZE).collect();
+            }
+        }
+        // rx_queue_setup: every descriptor points at its buffer, status clear.
+        for i in 0..ring {
+            let mut d = [0u8; DESC_SIZE as usize];
+            d[..8].copy_from_slice(&pmd.bus_of(pmd.buf_va(i)).to_le_bytes());
+            self.user_write(pid, va + i * DESC_SIZE, &d)?;
+        }
+        let id = self.kernel.next_pmd;
+        self.kernel.next_pmd += 1;
+        self.kernel.pmds.insert(id, pmd);
+        Ok(id as i64)
+    }
+
+    fn pmd(&self, id: u64) -> Result<Pmd> {
+        self.kernel
+            .pmds
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| SimError::Invalid(format!("no PMD #{id}")))
+    }
+
+    /// The wire delivers `frame`: the NIC DMAs it into the tail descriptor's buffer
+    /// and writes the descriptor back (length, DD). Returns false when the ring is
+    /// full (the frame is dropped, counted).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown PMD or a frame larger than a buffer.
+    pub fn pmd_inject(&mut self, id: u64, frame: Vec<u8>) -> Result<bool> {
+        let mut pmd = self.pmd(id)?;
+        if frame.is_empty() || frame.len() as u64 > pmd.buf_size {
+            return Err(SimError::Invalid(
+                "pmd_inject: a frame is 1 byte to buf_size".into(),
+            ));
+        }
+        pmd.stats.injected += 1;
+        if pmd.tail - pmd.head >= pmd.ring {
+            pmd.stats.dropped += 1;
+            self.kernel.pmds.insert(id, pmd);
+            return Ok(false);
+        }
+        let i = pmd.tail % pmd.ring;
+        let len = frame.len() as u64;
+        let j = self.dev_start(pmd.dev, pmd.bus_of(pmd.buf_va(i)), len, Some(frame))?;
+        self.wait(j)?;
+        let mut d = [0u8; DESC_SIZE as usize];
+        d[..8].copy_from_slice(&pmd.bus_of(pmd.buf_va(i)).to_le_bytes());
+        d[8..10].copy_from_slice(&(len as u16).to_le_bytes());
+        d[10..12].copy_from_slice(&DD.to_le_bytes());
+        let j = self.dev_start(
+            pmd.dev,
+            pmd.bus_of(pmd.va + i * DESC_SIZE),
+            DESC_SIZE,
+            Some(d.to_vec()),
+        )?;
+        self.wait(j)?;
+        pmd.tail += 1;
+        self.kernel.pmds.insert(id, pmd);
+        Ok(true)
+    }
+
+    /// `rte_eth_rx_burst`: polls up to `max` descriptors from the head; returns the
+    /// frames found (read in place from the hugepages) and gives their descriptors
+    /// back. An empty poll still costs the descriptor read.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown PMD.
+    pub fn pmd_rx_burst(&mut self, id: u64, max: u64) -> Result<Vec<Vec<u8>>> {
+        let mut pmd = self.pmd(id)?;
+        let t0 = self.hw.now_ps();
+        let mut out = Vec::new();
+        while (out.len() as u64) < max.min(pmd.ring) {
+            let i = pmd.head % pmd.ring;
+            let d = self.user_read(pmd.pid, pmd.va + i * DESC_SIZE, DESC_SIZE)?;
+            let status = u16::from_le_bytes([d[10], d[11]]);
+            if status & DD == 0 {
+                if out.is_empty() {
+                    pmd.stats.empty_polls += 1;
+                }
+                break;
+            }
+            let len = u64::from(u16::from_le_bytes([d[8], d[9]]));
+            out.push(self.user_read(pmd.pid, pmd.buf_va(i), len)?);
+            // Hand the descriptor back: status cleared, same buffer.
+            self.user_write(pmd.pid, pmd.va + i * DESC_SIZE + 8, &[0u8; 8])?;
+            pmd.head += 1;
+        }
+        pmd.stats.received += out.len() as u64;
+        pmd.stats.cpu_ns += (self.hw.now_ps() - t0) / 1000;
+        self.kernel.pmds.insert(id, pmd);
+        Ok(out)
+    }
+
+    /// The counters of a PMD.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown PMD.
+    pub fn pmd_stats(&self, id: u64) -> Result<PmdStats> {
+        Ok(self.pmd(id)?.stats)
+    }
+
+    /// The kernel's receive path for the same frame: the NIC DMAs into a kmalloc'd
+    /// buffer mapped for it, the interrupt and NAPI run, the buffer is unmapped and
+    /// copied to the process (`recv`). Returns the CPU time it took, in ns: the
+    /// interrupt, the map and unmap (cache maintenance on non-coherent devices) and
+    /// the copy — not the wire time, during which the CPU is free.
+    ///
+    /// # Errors
+    /// A fault on the user buffer; an unknown device; the mapping failing.
+    pub fn netdev_rx(&mut self, dev: usize, pid: u32, va: u64, frame: Vec<u8>) -> Result<u64> {
+        if self.kernel.devices.get(dev).is_none() {
+            return Err(SimError::Invalid(format!("netdev_rx: no device #{dev}")));
+        }
+        self.kernel_driver_bound(dev)?;
+        let len = frame.len() as u64;
+        let t0 = self.hw.now_ps();
+        let Some(id) = self.kmalloc(len, GFP_KERNEL)? else {
+            return Err(SimError::Invalid("netdev_rx: kmalloc failed".into()));
+        };
+        let kva = self.kernel.buffers[&id].va;
+        let addr = self.dma_map_single(dev, kva, len, DmaDirection::FromDevice)?;
+        if self.dma_mapping_error(dev, addr) {
+            self.kfree(id, "kfree", BufKind::Kmalloc);
+            return Err(SimError::Invalid("netdev_rx: dma_map_single failed".into()));
+        }
+        let t_wire = self.hw.now_ps();
+        let job = self.dev_start(dev, addr, len, Some(frame))?;
+        self.wait(job)?;
+        let wire = self.hw.now_ps() - t_wire;
+        self.hw.advance(IRQ_PS);
+        self.dma_unmap(dev, addr, len, DmaDirection::FromDevice, MapKind::Single)?;
+        let t1 = self.hw.now_ps();
+        let bytes = self.cpu_read_va(kva, len)?;
+        self.user_write(pid, va, &bytes)?;
+        self.kernel.copies.copy_to_user_bytes += len;
+        self.kernel.copies.copy_ns += (self.hw.now_ps() - t1) / 1000;
+        self.kfree(id, "kfree", BufKind::Kmalloc);
+        let ns = (self.hw.now_ps() - t0 - wire) / 1000;
+        self.kernel.netdev_rx.frames += 1;
+        self.kernel.netdev_rx.cpu_ns += ns;
+        Ok(ns)
+    }
+}
