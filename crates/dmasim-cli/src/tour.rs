@@ -104,6 +104,27 @@ const STOPS: &[Stop] = &[
         broken: scenario!("bounce-rx-no-sync.rhai"),
         fixed: scenario!("bounce-nic.rhai"),
     },
+    Stop {
+        name: "coherent-ports",
+        title: "Hardware-coherent ports: coherency belongs to each device's port",
+        explain: "An IO-coherent port (ACE-Lite, dma-coherent in the device tree) snoops the CPU caches, so a driver without syncs seems to work; a device on a plain port of the same SoC reads and leaves stale lines. Call the syncs everywhere: dma-direct makes them free where the port is coherent.",
+        broken: scenario!("coherent-port-mixed.rhai"),
+        fixed: scenario!("coherent-port-synced.rhai"),
+    },
+    Stop {
+        name: "vfio",
+        title: "VFIO: a device in user space, inside the IOMMU",
+        explain: "VFIO_IOMMU_MAP_DMA pins the process's pages and charges them to RLIMIT_MEMLOCK (8 MiB by default); beyond it the map fails with -ENOMEM. A device programmed with an IOVA nobody mapped faults in the SMMU: the IOMMU keeps a user-space driver's mistakes inside its own memory.",
+        broken: scenario!("vfio-memlock.rhai"),
+        fixed: scenario!("vfio-dma.rhai"),
+    },
+    Stop {
+        name: "poll-mode-driver",
+        title: "Poll-mode drivers: user space polls the NIC's ring in hugepages",
+        explain: "A DPDK-style driver reads descriptors and frames in place and takes no interrupts: far less CPU per packet than the kernel path. But user space does no cache maintenance: on a non-coherent port the CPU polls stale copies of the ring. Poll-mode drivers need a coherent port.",
+        broken: scenario!("pmd-rx-noncoherent.rhai"),
+        fixed: scenario!("pmd-rx.rhai"),
+    },
 ];
 
 const TOUR_SEEDS: u64 = 20;

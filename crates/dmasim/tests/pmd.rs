@@ -193,3 +193,17 @@ fn a_device_handed_to_vfio_has_no_kernel_driver() {
         .to_string();
     assert!(e.contains("vfio-pci"), "{e}");
 }
+
+#[test]
+fn on_a_non_coherent_port_the_pmd_polls_stale_copies_and_the_sanitizer_says_so() {
+    for seed in [0, 7] {
+        let (r, j) = scenario("pmd-rx-noncoherent.rhai", seed, None);
+        assert!(r.error.is_none(), "{:?}", r.error);
+        assert_eq!(ids(&j), ["stale-cpu-read"], "seed {seed}");
+        let f = &j["findings"][0];
+        assert_eq!(f["manifested"], true);
+        assert_eq!(f["severity"], "error");
+        assert!(f["message"].as_str().unwrap().contains("non-coherent port"));
+        assert_eq!(r.exit_code(), 1);
+    }
+}

@@ -213,3 +213,65 @@ fn the_kernel_cannot_map_for_a_device_bound_to_vfio_pci() {
     assert!(e.contains("vfio-pci"), "{e}");
     assert_eq!(r.exit_code(), 2);
 }
+
+#[test]
+fn the_tour_s_vfio_scenarios_fail_and_pass_as_they_say() {
+    let run = |name: &str| {
+        let src = std::fs::read_to_string(format!(
+            "{}/../../scenarios/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let r = run_source(name, &src, &ScriptOptions::default());
+        let j: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        (r, j)
+    };
+    let (r, j) = run("vfio-memlock.rhai");
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(ids(&j), ["memlock-limit", "iommu-fault"]);
+    assert!(r
+        .log
+        .iter()
+        .any(|l| l.contains("VFIO_IOMMU_MAP_DMA of 16 MiB: -12")));
+    let (r, j) = run("vfio-dma.rhai");
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    assert_eq!(j["stats"]["mm"]["pinned_pages"], 4096);
+}
+
+#[test]
+fn coherency_is_a_property_of_each_port() {
+    let src = |name: &str| {
+        std::fs::read_to_string(format!(
+            "{}/../../scenarios/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let r = run_source(
+        "m",
+        &src("coherent-port-mixed.rhai"),
+        &ScriptOptions::default(),
+    );
+    let found: Vec<(&str, Option<bool>)> = r
+        .findings
+        .iter()
+        .map(|f| (f.device.as_deref().unwrap_or(""), f.manifested))
+        .collect();
+    assert_eq!(found, [("nic0", Some(false)), ("isp0", Some(true))]);
+    let r = run_source(
+        "s",
+        &src("coherent-port-synced.rhai"),
+        &ScriptOptions::default(),
+    );
+    ok(&r);
+    assert!(r.findings.is_empty());
+    assert!(r
+        .log
+        .iter()
+        .any(|l| l.contains("nic0 (coherent port): the sync invalidated 0 lines")));
+    assert!(r
+        .log
+        .iter()
+        .any(|l| l.contains("isp0 (non-coherent port): the sync invalidated 64 lines")));
+}

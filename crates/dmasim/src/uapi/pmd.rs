@@ -59,6 +59,11 @@ pub struct PmdStats {
     pub empty_polls: u64,
     /// CPU time spent polling, ns.
     pub cpu_ns: u64,
+    /// Frames the CPU read with other bytes than the NIC wrote (stale cache lines
+    /// on a non-coherent port).
+    pub stale_frames: u64,
+    /// Polls that saw a descriptor as not done although the NIC had written it.
+    pub stale_descriptors: u64,
 }
 
 /// One receive path's figures (`stats.rx.pmd`, `stats.rx.kernel` in the report).
@@ -139,6 +144,18 @@ pub struct Pmd {
     head: u64,
     /// Counters.
     pub stats: PmdStats,
+    /// What the NIC wrote into each descriptor's buffer: (length, hash), so a frame
+    /// the CPU reads from a stale cache line shows.
+    sent: Vec<(u64, u64)>,
+    /// A stale read was reported already (once per PMD).
+    reported: bool,
+}
+
+/// A cheap content hash (FNV-1a) of a frame.
+fn frame_hash(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 impl Pmd {
@@ -194,6 +211,8 @@ impl System {
             tail: 0,
             head: 0,
             stats: PmdStats::default(),
+            sent: vec![(0, 0); ring as usize],
+            reported: false,
         };
         let size = pmd.region();
         let va = match self.mmap_huge(pid, size)? {
@@ -287,6 +306,7 @@ impl System {
         }
         let i = pmd.tail % pmd.ring;
         let len = frame.len() as u64;
+        pmd.sent[i as usize] = (len, frame_hash(&frame));
         let j = self.dev_start(pmd.dev, pmd.bus_of(pmd.buf_va(i)), len, Some(frame))?;
         self.wait(j)?;
         let mut d = [0u8; DESC_SIZE as usize];
@@ -320,13 +340,23 @@ impl System {
             let d = self.user_read(pmd.pid, pmd.va + i * DESC_SIZE, DESC_SIZE)?;
             let status = u16::from_le_bytes([d[10], d[11]]);
             if status & DD == 0 {
+                if pmd.tail > pmd.head {
+                    // The NIC wrote this descriptor; the CPU sees its cached copy.
+                    pmd.stats.stale_descriptors += 1;
+                    self.pmd_stale(&mut pmd, i, "its descriptor still reads as not done");
+                }
                 if out.is_empty() {
                     pmd.stats.empty_polls += 1;
                 }
                 break;
             }
             let len = u64::from(u16::from_le_bytes([d[8], d[9]]));
-            out.push(self.user_read(pmd.pid, pmd.buf_va(i), len)?);
+            let frame = self.user_read(pmd.pid, pmd.buf_va(i), len.min(pmd.buf_size))?;
+            if (len, frame_hash(&frame)) != pmd.sent[i as usize] {
+                pmd.stats.stale_frames += 1;
+                self.pmd_stale(&mut pmd, i, "its bytes are not those the NIC wrote");
+            }
+            out.push(frame);
             // Hand the descriptor back: status cleared, same buffer.
             self.user_write(pmd.pid, pmd.va + i * DESC_SIZE + 8, &[0u8; 8])?;
             pmd.head += 1;
@@ -335,6 +365,36 @@ impl System {
         pmd.stats.cpu_ns += (self.hw.now_ps() - t0) / 1000;
         self.kernel.pmds.insert(id, pmd);
         Ok(out)
+    }
+
+    /// Reports, once per PMD, that the CPU read a descriptor or frame the NIC had
+    /// rewritten in DRAM from a stale cache line: user space does no cache
+    /// maintenance, so a poll-mode driver needs a cache-coherent port.
+    fn pmd_stale(&mut self, pmd: &mut Pmd, i: u64, what: &str) {
+        if pmd.reported {
+            return;
+        }
+        pmd.reported = true;
+        let dev = self.kernel.devices[pmd.dev].name.clone();
+        let ctx = self.ctx();
+        let port = if self.kernel.devices[pmd.dev].coherent {
+            "a coherent port"
+        } else {
+            "a non-coherent port: the CPU's cached copies of the ring and buffers are never invalidated"
+        };
+        self.check.report_plain(
+            "stale-cpu-read",
+            Some(true),
+            Some(&dev),
+            Some(pmd.bus_of(pmd.buf_va(i))),
+            Some(pmd.buf_size),
+            ctx,
+            format!(
+                "poll-mode driver on {dev}: descriptor {i} was filled by the NIC, but {what} to the CPU; {dev} sits on {port}"
+            ),
+            "user space cannot clean or invalidate cache lines for DMA: run a poll-mode driver only on a cache-coherent DMA port (DPDK supports no other), or use the kernel driver, whose DMA API syncs".into(),
+            vec![],
+        );
     }
 
     /// The counters of a PMD.
