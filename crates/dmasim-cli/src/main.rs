@@ -64,6 +64,13 @@ enum Command {
         /// "off" turns background noise off (cache pollution, prefetch).
         #[arg(long)]
         noise: Option<String>,
+        /// Also write a self-contained HTML report (memory map, cache lines of each
+        /// finding, timeline, charts) to this file.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Also write the timeline as Chrome trace-event JSON (Perfetto) to this file.
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
     },
     /// Run a script over many seeds in parallel: how often each finding was reported and
     /// how often the corruption manifested, with the command that replays it.
@@ -86,6 +93,10 @@ enum Command {
         /// JSON line per run (schema dmasim.explore-run/v1), for `dmasim merge`.
         #[arg(long, value_name = "I/N")]
         shard: Option<String>,
+        /// Also write an HTML report: the exploration summary and the full report of
+        /// the first seed where a finding manifested (or was reported).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
     /// Merge the JSON lines of `explore --shard` runs into one summary.
     Merge {
@@ -123,6 +134,9 @@ enum Command {
         /// List the stops.
         #[arg(long)]
         list: bool,
+        /// Write an HTML report of each stop's broken and fixed run into this directory.
+        #[arg(long, value_name = "DIR")]
+        html: Option<PathBuf>,
     },
 }
 
@@ -177,6 +191,14 @@ fn print_explore(r: &dmasim::explore::ExploreReport, json: bool) -> Result<(), S
     Ok(())
 }
 
+/// Writes a report file, creating its directory.
+pub(crate) fn write_file(path: &std::path::Path, text: &str) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Prints a value as pretty JSON on stdout.
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
     outln!(
@@ -201,6 +223,7 @@ fn try_main() -> Result<u8, String> {
     match cli.command.unwrap_or(Command::Tour {
         name: None,
         list: false,
+        html: None,
     }) {
         Command::Run {
             script,
@@ -210,6 +233,8 @@ fn try_main() -> Result<u8, String> {
             max_ops,
             preset,
             noise,
+            html,
+            trace,
         } => {
             let memory_cap = parse_size(&max_memory).map_err(|e| format!("--max-memory: {e}"))?;
             let preset = match preset {
@@ -234,8 +259,15 @@ fn try_main() -> Result<u8, String> {
                 max_operations: max_ops,
                 preset,
                 noise_off,
+                record: html.is_some() || trace.is_some(),
             };
             let report = script::run_file(&script, &opts);
+            if let Some(path) = &html {
+                write_file(path, &dmasim::report::html::render(&report, None))?;
+            }
+            if let Some(path) = &trace {
+                write_file(path, &dmasim::report::trace::chrome_trace(&report))?;
+            }
             if json {
                 outln!("{}", report.to_json());
             } else {
@@ -250,6 +282,7 @@ fn try_main() -> Result<u8, String> {
             jobs,
             json,
             shard,
+            html,
         } => {
             let src = std::fs::read_to_string(&script)
                 .map_err(|e| format!("{}: {e}", script.display()))?;
@@ -299,6 +332,27 @@ fn try_main() -> Result<u8, String> {
                 return Ok(records.iter().map(|r| r.exit).max().unwrap_or(0) as u8);
             }
             let r = dmasim::explore::summarise_runs(&name, from, &records);
+            if let Some(path) = &html {
+                // The run worth looking at: the first corruption, else the first report.
+                let seed = r
+                    .findings
+                    .values()
+                    .filter_map(|f| f.first_manifested_seed)
+                    .min()
+                    .or_else(|| r.findings.values().filter_map(|f| f.first_seed).min())
+                    .unwrap_or(from);
+                let report = script::run_source(
+                    &name,
+                    &src,
+                    &ScriptOptions {
+                        seed,
+                        record: true,
+                        ..ScriptOptions::default()
+                    },
+                );
+                let extra = dmasim::report::html::explore_section(&r, seed);
+                write_file(path, &dmasim::report::html::render(&report, Some(&extra)))?;
+            }
             print_explore(&r, json)?;
             Ok(r.exit_code() as u8)
         }
@@ -409,7 +463,7 @@ fn try_main() -> Result<u8, String> {
             }
             Ok(0)
         }
-        Command::Tour { name, list } => tour::run(name.as_deref(), list),
+        Command::Tour { name, list, html } => tour::run(name.as_deref(), list, html.as_deref()),
         Command::Bench { json, quick } => {
             let r = dmasim::bench::run(quick);
             if json {

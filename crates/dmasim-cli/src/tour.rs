@@ -140,7 +140,7 @@ fn ids(r: &Report) -> String {
 }
 
 /// Runs the tour (all stops, or one) or lists it. Returns the exit code.
-pub fn run(name: Option<&str>, list: bool) -> Result<u8, String> {
+pub fn run(name: Option<&str>, list: bool, html: Option<&std::path::Path>) -> Result<u8, String> {
     if list {
         for s in STOPS {
             crate::outln!("{:<18} {}", s.name, s.title);
@@ -194,7 +194,44 @@ pub fn run(name: Option<&str>, list: bool) -> Result<u8, String> {
         for l in first.log.iter().filter(|l| l.contains("script: ")) {
             crate::outln!("    {l}");
         }
-        let fixed = run_source(s.fixed.0, s.fixed.1, &ScriptOptions::default());
+        let fixed = run_source(
+            s.fixed.0,
+            s.fixed.1,
+            &ScriptOptions {
+                record: html.is_some(),
+                ..ScriptOptions::default()
+            },
+        );
+        if let Some(dir) = html {
+            let broken = run_source(
+                s.broken.0,
+                s.broken.1,
+                &ScriptOptions {
+                    record: true,
+                    ..ScriptOptions::default()
+                },
+            );
+            let intro = |variant: &str| {
+                format!(
+                    "<section><h2>Tour stop {}: {} ({variant})</h2><p>{}</p></section>",
+                    dmasim::report::html::esc(s.name),
+                    dmasim::report::html::esc(s.title),
+                    dmasim::report::html::esc(s.explain)
+                )
+            };
+            for (variant, r) in [("broken", &broken), ("fixed", &fixed)] {
+                let path = dir.join(format!("{}-{variant}.html", s.name));
+                crate::write_file(
+                    &path,
+                    &dmasim::report::html::render(r, Some(&intro(variant))),
+                )?;
+            }
+            crate::outln!(
+                "  reports: {}/{}-{{broken,fixed}}.html",
+                dir.display(),
+                s.name
+            );
+        }
         crate::outln!(
             "  fixed ({}): {}; {} expectation(s) held, simulated time {:.1} µs",
             s.fixed.0,

@@ -58,6 +58,8 @@ pub struct RunOptions {
     pub seed: u64,
     /// Host bytes of simulated DRAM that may hold data.
     pub memory_cap: u64,
+    /// Record the timeline, buffers and cache snapshots for `--html` / `--trace`.
+    pub record: bool,
 }
 
 impl Default for RunOptions {
@@ -65,6 +67,7 @@ impl Default for RunOptions {
         RunOptions {
             seed: 0,
             memory_cap: DEFAULT_MEMORY_CAP,
+            record: false,
         }
     }
 }
@@ -125,6 +128,8 @@ pub struct System {
     pub cpu: usize,
     /// Streaming throughput runs, in order (`streams` in the report).
     pub streams: Vec<crate::throughput::StreamResult>,
+    /// The pictures' recorder, when the run records.
+    pub(crate) recorder: Option<Box<crate::report::visual::Recorder>>,
     jobs: BTreeMap<u64, Job>,
     /// Pending pieces in time order: (time in ps, job id).
     queue: BTreeSet<(u64, u64)>,
@@ -194,6 +199,7 @@ impl System {
             line: 0,
             cpu: 0,
             streams: Vec::new(),
+            recorder: None,
             jobs: BTreeMap::new(),
             queue: BTreeSet::new(),
             next_job: 1,
@@ -267,6 +273,10 @@ impl System {
                     n.evict, n.prefetch
                 ),
             );
+        }
+        if opts.record {
+            sys.start_recording();
+            sys.check.events = Some(Vec::new());
         }
         Ok(sys)
     }
@@ -805,6 +815,35 @@ impl System {
         if j.bus_error {
             // The engine stops at the first error.
             j.done = j.len;
+        }
+        if j.done >= j.len && self.recorder.is_some() {
+            let (start, end, len, bus) = (j.start_ps, j.time_at(j.len), j.len, j.bus);
+            let what = if write { "write" } else { "read" };
+            let name = dev.name.clone();
+            let failed = if fault.is_some() || !ok {
+                " (stopped)"
+            } else {
+                ""
+            };
+            self.record(
+                &name,
+                || format!("{what} {len} bytes at {bus:#x}{failed}"),
+                "dma",
+                start,
+                end.saturating_sub(start),
+            );
+        }
+        if let Some(k) = fault {
+            if self.recorder.is_some() {
+                let name = self.kernel.devices[devi].name.clone();
+                self.record(
+                    &name,
+                    || format!("IOMMU fault ({k:?}) at {bus:#x}"),
+                    "fault",
+                    t,
+                    0,
+                );
+            }
         }
     }
 

@@ -279,6 +279,8 @@ pub struct DeviceAccess<'a> {
 #[derive(Debug, Clone)]
 struct RecentUnmap {
     dev: usize,
+    dev_name: String,
+    phys: u64,
     dev_addr: u64,
     size: u64,
     time_ns: u64,
@@ -286,6 +288,9 @@ struct RecentUnmap {
     history: Vec<HistoryEvent>,
     map_event: Option<MapEvent>,
 }
+
+/// A timeline event the sanitizer saw: (track, what, kind, time in ns, script line).
+pub type CheckEvent = (String, String, &'static str, u64, u32);
 
 /// Unmaps remembered per run (most recent first out).
 const RECENT_UNMAPS: usize = 64;
@@ -305,6 +310,9 @@ pub struct Sanitizer {
     recent_unmaps: std::collections::VecDeque<RecentUnmap>,
     line: u64,
     uncached_fill_ps: u64,
+    /// Map, unmap, sync and background events for the timeline, when a run records
+    /// one: (track, what, kind, time in ns, script line).
+    pub events: Option<Vec<CheckEvent>>,
 }
 
 impl Sanitizer {
@@ -323,7 +331,40 @@ impl Sanitizer {
             recent_unmaps: std::collections::VecDeque::new(),
             line,
             uncached_fill_ps: fill_ps,
+            events: None,
         }
+    }
+
+    fn event(&mut self, track: &str, what: impl FnOnce() -> String, cat: &'static str, ctx: Ctx) {
+        if let Some(ev) = self.events.as_mut() {
+            if ev.len() < crate::report::visual::MAX_EVENTS {
+                ev.push((track.to_string(), what(), cat, ctx.time_ns, ctx.line));
+            }
+        }
+    }
+
+    /// The physical address behind `dev_name`'s bus address `addr`: a live mapping's,
+    /// or a recently unmapped one's. For reports.
+    pub fn phys_for(&self, dev_name: &str, addr: u64) -> Option<u64> {
+        self.entries
+            .ids()
+            .into_iter()
+            .map(|id| self.entries.get(id))
+            .find(|e| {
+                e.dev_name == dev_name && addr >= e.dev_addr && addr - e.dev_addr < e.size.max(1)
+            })
+            .map(|e| e.phys + (addr - e.dev_addr))
+            .or_else(|| {
+                self.recent_unmaps
+                    .iter()
+                    .rev()
+                    .find(|u| {
+                        u.dev_name == dev_name
+                            && addr >= u.dev_addr
+                            && addr - u.dev_addr < u.size.max(1)
+                    })
+                    .map(|u| u.phys + (addr - u.dev_addr))
+            })
     }
 
     /// Findings so far, in the order they happened.
@@ -446,6 +487,20 @@ impl Sanitizer {
 
     /// `debug_dma_map_*` / `debug_dma_alloc_coherent`: records a mapping.
     pub fn map(&mut self, hw: &mut Machine, ctx: Ctx, m: NewMapping) -> u64 {
+        self.event(
+            &m.dev_name,
+            || {
+                format!(
+                    "{} {:#x} ({} bytes, {})",
+                    m.what,
+                    m.dev_addr,
+                    m.size,
+                    m.dir.const_name()
+                )
+            },
+            "map",
+            ctx,
+        );
         let buffer_id = m.buffer.as_ref().map(|b| b.id);
         let id = self.next_id;
         self.next_id += 1;
@@ -716,8 +771,16 @@ impl Sanitizer {
         if self.recent_unmaps.len() >= RECENT_UNMAPS {
             self.recent_unmaps.pop_front();
         }
+        self.event(
+            &e.dev_name,
+            || format!("unmap {:#x} ({} bytes)", e.dev_addr, e.size),
+            "unmap",
+            ctx,
+        );
         self.recent_unmaps.push_back(RecentUnmap {
             dev: e.dev,
+            dev_name: e.dev_name.clone(),
+            phys: e.phys,
             dev_addr: e.dev_addr,
             size: e.size,
             time_ns: ctx.time_ns,
@@ -812,6 +875,12 @@ impl Sanitizer {
         } else {
             "dma_sync_single_for_device"
         };
+        self.event(
+            dev_name,
+            || format!("{call} {addr:#x} ({size} bytes)"),
+            "sync",
+            ctx,
+        );
         let found = self
             .entries
             .containing(dev, addr, None, |e| e.kind != MapKind::Coherent);
@@ -1010,6 +1079,12 @@ impl Sanitizer {
             time_ns: hw.now_ps() / 1000,
             line: script_line,
         };
+        self.event(
+            "background",
+            || format!("dirty line {pa:#x} written back"),
+            "background",
+            ctx,
+        );
         let mut out = Vec::new();
         let mut quiet = Vec::new();
         for id in self.entries.overlapping_phys(ls, le) {
@@ -1080,6 +1155,12 @@ impl Sanitizer {
             time_ns: hw.now_ps() / 1000,
             line: script_line,
         };
+        self.event(
+            "background",
+            || format!("prefetch of {lines} line(s) at {pa:#x}"),
+            "background",
+            ctx,
+        );
         for id in self.entries.overlapping_phys(pa, end) {
             let e = self.entries.get_mut(id);
             if e.kind != MapKind::Coherent && e.device_owns {

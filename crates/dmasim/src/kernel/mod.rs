@@ -199,6 +199,12 @@ pub struct Kernel {
     pub buffers: BTreeMap<u64, Buffer>,
     by_va: BTreeMap<u64, u64>,
     next_buffer: u64,
+    /// Record each buffer's frames for the report's pictures.
+    pub(crate) record_buffers: bool,
+    /// Buffers allocated since the recorder last looked.
+    pub(crate) new_buffers: Vec<crate::report::visual::BufferView>,
+    /// Buffers freed since the recorder last looked.
+    pub(crate) freed_buffers: Vec<u64>,
     /// Scatterlists by id.
     pub sg_tables: BTreeMap<u64, dma::sg::SgTable>,
     pub(crate) next_sg: u64,
@@ -265,6 +271,9 @@ impl Kernel {
             buffers: BTreeMap::new(),
             by_va: BTreeMap::new(),
             next_buffer: 1,
+            record_buffers: false,
+            new_buffers: Vec::new(),
+            freed_buffers: Vec::new(),
             sg_tables: BTreeMap::new(),
             next_sg: 1,
             procs: Vec::new(),
@@ -330,6 +339,21 @@ impl Kernel {
         self.next_buffer += 1;
         self.by_va.insert(b.va, b.id);
         let id = b.id;
+        if self.record_buffers {
+            let runs = match &b.backing {
+                Backing::Vmalloc(pfns) => crate::report::visual::runs_of(pfns.iter().copied()),
+                Backing::Slab(_) => vec![(b.phys, b.len)],
+                _ => vec![(b.phys, b.len.next_multiple_of(PAGE_SIZE))],
+            };
+            self.new_buffers.push(crate::report::visual::BufferView {
+                label: format!("{} #{id}", b.kind.name()),
+                kind: b.kind.name(),
+                len: b.len,
+                line: b.alloc.line,
+                runs,
+                freed: false,
+            });
+        }
         self.buffers.insert(id, b);
         id
     }
@@ -338,6 +362,9 @@ impl Kernel {
     pub(crate) fn remove_buffer(&mut self, id: u64) -> Option<Buffer> {
         let b = self.buffers.remove(&id)?;
         self.by_va.remove(&b.va);
+        if self.record_buffers {
+            self.freed_buffers.push(id);
+        }
         Some(b)
     }
 

@@ -4,7 +4,10 @@
 //! the dmesg-style log plus rustc-style findings, and serde turns it into the JSON of
 //! `CLI_AND_REPORTS.md`, field for field.
 
+pub mod html;
 pub mod text;
+pub mod trace;
+pub mod visual;
 
 use serde::Serialize;
 
@@ -283,6 +286,9 @@ pub struct Report {
     pub streams: Vec<crate::throughput::StreamResult>,
     /// dmesg-style log.
     pub log: Vec<String>,
+    /// The pictures' data (`--html`, `--trace`); absent from the JSON otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visual: Option<Box<visual::Visual>>,
 }
 
 impl Report {

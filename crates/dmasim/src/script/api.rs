@@ -41,7 +41,12 @@ fn with_sys<T>(
         .as_mut()
         .ok_or_else(|| err(ctx, "call boot(preset) before anything else"))?;
     sys.line = line(ctx);
-    let r = f(sys).map_err(|e| err(ctx, e.to_string()))?;
+    let t0 = sys.hw.now_ps();
+    let r = f(sys);
+    if sys.recorder.is_some() {
+        sys.record_after_call(ctx.fn_name(), t0);
+    }
+    let r = r.map_err(|e| err(ctx, e.to_string()))?;
     sys.check_limits().map_err(|e| err(ctx, e.to_string()))?;
     Ok(r)
 }
@@ -332,6 +337,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             let opts = RunOptions {
                 seed: g.opts.seed,
                 memory_cap: g.opts.memory_cap,
+                record: g.opts.record,
             };
             let mut sys = System::boot(p, opts).map_err(|e| err(ctx, e.to_string()))?;
             sys.line = line(ctx);

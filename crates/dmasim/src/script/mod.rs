@@ -31,6 +31,8 @@ pub struct ScriptOptions {
     pub preset: Option<&'static str>,
     /// Force background noise off (`noise: "off"`), after the script's overrides.
     pub noise_off: bool,
+    /// Record the timeline, buffers and cache snapshots (`--html`, `--trace`).
+    pub record: bool,
 }
 
 impl Default for ScriptOptions {
@@ -41,6 +43,7 @@ impl Default for ScriptOptions {
             max_operations: 20_000_000,
             preset: None,
             noise_off: false,
+            record: false,
         }
     }
 }
@@ -113,6 +116,25 @@ fn locate(name: &str, pos: Position, msg: &str) -> String {
     }
 }
 
+/// The names of every function and method a script can call (each once, sorted),
+/// for the API reference and its completeness test.
+pub fn function_names() -> Vec<String> {
+    let mut names: Vec<String> = engine_for_check()
+        .gen_fn_signatures(false)
+        .into_iter()
+        .filter_map(|sig| {
+            let name = sig.split('(').next()?.trim().to_string();
+            // Property getters/setters and operators are not called by name.
+            let name = name.rsplit(' ').next()?.to_string();
+            (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                .then_some(name)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// Compiles a script without running it.
 ///
 /// # Errors
@@ -149,17 +171,19 @@ pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
     }
     let expectations = std::mem::take(&mut s.expectations);
     let mut log = std::mem::take(&mut s.early_log);
-    let (platform, findings, stats, streams) = match s.sys.as_mut() {
+    let (platform, findings, stats, streams, visual) = match s.sys.as_mut() {
         Some(sys) => {
+            let visual = sys.finish_recording().map(Box::new);
             log.append(&mut sys.log);
             (
                 Some(PlatformSummary::of(&sys.cfg)),
                 sys.check.findings().to_vec(),
                 Stats::of(sys),
                 std::mem::take(&mut sys.streams),
+                visual,
             )
         }
-        None => (None, Vec::new(), Stats::default(), Vec::new()),
+        None => (None, Vec::new(), Stats::default(), Vec::new(), None),
     };
     let outcome = if error.is_some() {
         Outcome::Error
@@ -180,6 +204,7 @@ pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
         stats,
         streams,
         log,
+        visual,
     }
 }
 
@@ -200,6 +225,7 @@ pub fn run_file(path: &std::path::Path, opts: &ScriptOptions) -> Report {
             stats: Stats::default(),
             streams: Vec::new(),
             log: Vec::new(),
+            visual: None,
         },
     }
 }

@@ -238,6 +238,21 @@ impl System {
             self.check.oracle.mark_may_differ(orig, n);
         }
         let dt = self.hw.now_ps() - t0;
+        if self.recorder.is_some() {
+            let track = format!("CPU {}", self.cpu);
+            let dir = if to_device {
+                "to the bounce buffer"
+            } else {
+                "back from the bounce buffer"
+            };
+            self.record(
+                &track,
+                || format!("swiotlb copy of {n} bytes {dir}"),
+                "copy",
+                t0,
+                dt,
+            );
+        }
         if let Some(pool) = self.kernel.swiotlb.as_mut() {
             pool.bounce_bytes += n;
             pool.copy_ps += dt;

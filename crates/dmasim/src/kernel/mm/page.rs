@@ -117,6 +117,11 @@ impl Pages {
         Some(p)
     }
 
+    /// Every user page with its frame number (in no particular order).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Page)> {
+        self.live.iter().map(|(&pfn, p)| (pfn, p))
+    }
+
     /// Number of user pages.
     pub fn len(&self) -> usize {
         self.live.len()
