@@ -93,6 +93,10 @@ enum Command {
         /// JSON line per run (schema dmasim.explore-run/v1), for `dmasim merge`.
         #[arg(long, value_name = "I/N")]
         shard: Option<String>,
+        /// Boot this preset instead of the one the script names (the replay lines
+        /// carry the flag).
+        #[arg(long)]
+        preset: Option<String>,
         /// Also write an HTML report: the exploration summary and the full report of
         /// the first seed where a finding manifested (or was reported).
         #[arg(long, value_name = "FILE")]
@@ -191,6 +195,20 @@ fn print_explore(r: &dmasim::explore::ExploreReport, json: bool) -> Result<(), S
     Ok(())
 }
 
+/// The built-in preset called `p`.
+fn preset_named(p: &str) -> Result<&'static str, String> {
+    PRESET_NAMES
+        .iter()
+        .copied()
+        .find(|n| *n == p)
+        .ok_or_else(|| {
+            format!(
+                "--preset: unknown preset {p:?}; known: {}",
+                PRESET_NAMES.join(", ")
+            )
+        })
+}
+
 /// Writes a report file, creating its directory.
 pub(crate) fn write_file(path: &std::path::Path, text: &str) -> Result<(), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -237,15 +255,7 @@ fn try_main() -> Result<u8, String> {
             trace,
         } => {
             let memory_cap = parse_size(&max_memory).map_err(|e| format!("--max-memory: {e}"))?;
-            let preset = match preset {
-                None => None,
-                Some(p) => Some(*PRESET_NAMES.iter().find(|n| **n == p).ok_or_else(|| {
-                    format!(
-                        "--preset: unknown preset {p:?}; known: {}",
-                        PRESET_NAMES.join(", ")
-                    )
-                })?),
-            };
+            let preset = preset.as_deref().map(preset_named).transpose()?;
             let noise_off = match noise.as_deref() {
                 None | Some("default") => false,
                 Some("off") => true,
@@ -282,11 +292,21 @@ fn try_main() -> Result<u8, String> {
             jobs,
             json,
             shard,
+            preset,
             html,
         } => {
             let src = std::fs::read_to_string(&script)
                 .map_err(|e| format!("{}: {e}", script.display()))?;
-            let name = script.display().to_string();
+            let preset = preset.as_deref().map(preset_named).transpose()?;
+            // The name goes into every replay line, so it carries the flag.
+            let name = match preset {
+                Some(p) => format!("{} --preset {p}", script.display()),
+                None => script.display().to_string(),
+            };
+            let base = ScriptOptions {
+                preset,
+                ..ScriptOptions::default()
+            };
             let jobs =
                 jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let (part, parts) = match &shard {
@@ -311,15 +331,7 @@ fn try_main() -> Result<u8, String> {
             }
             let progress = |_done: u64| bar.inc(1);
             let records = dmasim::explore::run_shard(
-                &name,
-                &src,
-                &ScriptOptions::default(),
-                from,
-                seeds,
-                part,
-                parts,
-                jobs,
-                &progress,
+                &name, &src, &base, from, seeds, part, parts, jobs, &progress,
             );
             bar.finish_and_clear();
             if shard.is_some() {
@@ -347,7 +359,7 @@ fn try_main() -> Result<u8, String> {
                     &ScriptOptions {
                         seed,
                         record: true,
-                        ..ScriptOptions::default()
+                        ..base
                     },
                 );
                 let extra = dmasim::report::html::explore_section(&r, seed);

@@ -400,9 +400,14 @@ impl Sanitizer {
             return;
         }
         if let Some(&i) = self.seen.get(&(id, key, ctx.line)) {
-            // The same mistake again (a loop): keep one finding, remember if it bit.
-            if manifested == Some(true) {
-                self.findings[i].manifested = Some(true);
+            // The same mistake again (a loop): keep one finding, and when this
+            // occurrence is the one that bit, let the finding describe it.
+            let f = &mut self.findings[i];
+            if manifested == Some(true) && f.manifested != Some(true) {
+                f.manifested = Some(true);
+                f.message = message;
+                f.history = history;
+                f.time_ns = ctx.time_ns;
             }
             return;
         }

@@ -291,16 +291,33 @@ impl System {
             }
         }
         let findings = self.check.findings();
-        for (i, f) in findings.iter().enumerate().skip(r.seen_findings) {
-            r.event(
-                "findings",
-                f.id.to_string(),
-                "finding",
-                f.time_ns,
-                0,
-                f.line,
-            );
-            if !is_memory_finding(f.id) || r.visual.snapshots.len() >= MAX_SNAPSHOTS {
+        for (i, f) in findings.iter().enumerate() {
+            let new = i >= r.seen_findings;
+            if new {
+                r.event(
+                    "findings",
+                    f.id.to_string(),
+                    "finding",
+                    f.time_ns,
+                    0,
+                    f.line,
+                );
+            }
+            if !is_memory_finding(f.id) {
+                continue;
+            }
+            // A finding seen again in a loop describes the occurrence that bit: so
+            // does its picture.
+            let existing = r.visual.snapshots.iter().position(|s| s.finding == i);
+            let refresh = existing.is_some_and(|k| {
+                f.manifested == Some(true)
+                    && !r.visual.snapshots[k].lines.iter().any(|l| l.cpu_stale)
+            });
+            let first = new && existing.is_none();
+            if !(first || refresh) {
+                continue;
+            }
+            if existing.is_none() && r.visual.snapshots.len() >= MAX_SNAPSHOTS {
                 continue;
             }
             let (Some(dev), Some(addr)) = (f.device.as_deref(), f.addr) else {
@@ -309,12 +326,15 @@ impl System {
             let Some(phys) = self.check.phys_for(dev, addr) else {
                 continue;
             };
-            let lines = self.line_views(phys, f.len.unwrap_or(64));
-            r.visual.snapshots.push(LineSnapshot {
+            let snap = LineSnapshot {
                 finding: i,
                 phys: phys & !(self.hw.line() - 1),
-                lines,
-            });
+                lines: self.line_views(phys, f.len.unwrap_or(64)),
+            };
+            match existing {
+                Some(k) => r.visual.snapshots[k] = snap,
+                None => r.visual.snapshots.push(snap),
+            }
         }
         r.seen_findings = findings.len();
         self.recorder = Some(r);
