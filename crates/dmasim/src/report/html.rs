@@ -11,6 +11,7 @@
 
 use std::fmt::Write as _;
 
+use super::text::time;
 use super::visual::{LineSnapshot, Visual};
 use super::Report;
 use crate::units::human_size;
@@ -34,16 +35,6 @@ pub fn esc(s: &str) -> String {
         }
     }
     o
-}
-
-fn time(ns: u64) -> String {
-    if ns >= 1_000_000 {
-        format!("{:.3} ms", ns as f64 / 1e6)
-    } else if ns >= 1000 {
-        format!("{:.3} µs", ns as f64 / 1e3)
-    } else {
-        format!("{ns} ns")
-    }
 }
 
 const STYLE: &str = r#"

@@ -21,7 +21,8 @@ impl Style {
     }
 }
 
-fn time(ns: u64) -> String {
+/// Simulated nanoseconds in the unit a reader wants (ns, µs, ms).
+pub(crate) fn time(ns: u64) -> String {
     if ns >= 1_000_000 {
         format!("{:.3} ms", ns as f64 / 1e6)
     } else if ns >= 1_000 {

@@ -455,28 +455,23 @@ impl System {
     /// The container that holds `dev`, and its first device (under which the
     /// sanitizer records the container's mappings).
     pub(crate) fn vfio_lead(&self, dev: usize) -> Option<usize> {
-        self.kernel
-            .vfio
-            .values()
-            .find(|c| c.devs.contains(&dev))
-            .map(|c| c.dev)
+        self.vfio_container_of(dev).map(|c| c.dev)
+    }
+
+    /// The container `dev` was opened into, if any.
+    fn vfio_container_of(&self, dev: usize) -> Option<&VfioContainer> {
+        self.kernel.vfio.values().find(|c| c.devs.contains(&dev))
     }
 
     /// The process that owns `dev` through VFIO (vfio-pci bound), if any.
     pub fn vfio_owner(&self, dev: usize) -> Option<u32> {
-        self.kernel
-            .vfio
-            .values()
-            .find(|c| c.devs.contains(&dev))
-            .map(|c| c.pid)
+        self.vfio_container_of(dev).map(|c| c.pid)
     }
 
     /// The process that owns `dev` through a no-IOMMU VFIO container, if any.
     pub fn noiommu_owner(&self, dev: usize) -> Option<u32> {
-        self.kernel
-            .vfio
-            .values()
-            .find(|c| c.noiommu && c.devs.contains(&dev))
+        self.vfio_container_of(dev)
+            .filter(|c| c.noiommu)
             .map(|c| c.pid)
     }
 }
