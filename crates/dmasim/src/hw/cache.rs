@@ -25,6 +25,9 @@ use crate::config::CacheGeometry;
 
 const INVALID_TAG: u64 = u64::MAX;
 
+/// Buckets of the per-level page filter (a power of two).
+const PAGE_FILTER: usize = 1 << 14;
+
 /// MESI state of a line (L2 uses Exclusive for clean and Modified for dirty).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -79,6 +82,19 @@ struct Level {
     count: usize,
     /// Valid ways per set: a full set needs no scan for a free way.
     set_valid: Vec<u8>,
+    /// A counting filter of the 4 KiB pages this level holds lines of: a device
+    /// access to a page whose bucket is 0 in every level needs no per-line snoop
+    /// (collisions only cost the slow path).
+    pages: Vec<u32>,
+    /// log2(lines per 4 KiB page).
+    page_lines_shift: u32,
+}
+
+/// The page filter bucket of a line.
+#[inline(always)]
+fn page_bucket(line: u64, page_lines_shift: u32) -> usize {
+    let p = line >> page_lines_shift;
+    ((p ^ (p >> 14) ^ (p >> 28)) as usize) & (PAGE_FILTER - 1)
 }
 
 impl Level {
@@ -93,7 +109,15 @@ impl Level {
             slot: vec![0; n],
             count: 0,
             set_valid: vec![0; sets],
+            pages: vec![0; PAGE_FILTER],
+            page_lines_shift: crate::config::PAGE_SHIFT.saturating_sub(line_shift),
         }
+    }
+
+    /// May this level hold a line of the 4 KiB page holding `line`?
+    #[inline(always)]
+    fn may_hold_page(&self, line: u64) -> bool {
+        self.count != 0 && self.pages[page_bucket(line, self.page_lines_shift)] != 0
     }
 
     #[inline(always)]
@@ -148,6 +172,7 @@ impl Level {
         if self.tags[i] != INVALID_TAG {
             self.count -= 1;
             self.set_valid[(self.tags[i] & self.set_mask) as usize] -= 1;
+            self.pages[page_bucket(self.tags[i], self.page_lines_shift)] -= 1;
         }
         self.tags[i] = INVALID_TAG;
         self.state[i] = LineState::Invalid;
@@ -158,7 +183,10 @@ impl Level {
         if self.tags[i] == INVALID_TAG {
             self.count += 1;
             self.set_valid[(line & self.set_mask) as usize] += 1;
+        } else {
+            self.pages[page_bucket(self.tags[i], self.page_lines_shift)] -= 1;
         }
+        self.pages[page_bucket(line, self.page_lines_shift)] += 1;
         self.tags[i] = line;
         self.slot[i] = slot;
         self.state[i] = state;
@@ -546,6 +574,15 @@ impl Caches {
         wrote
     }
 
+    /// May any cache hold a line of the 4 KiB page holding `pa`? False means a
+    /// device access to that page needs no snoop at all (a snoop filter, as
+    /// interconnects keep one).
+    #[inline]
+    pub fn page_may_be_cached(&self, pa: u64) -> bool {
+        let line = pa >> self.line_shift;
+        self.l2.may_hold_page(line) || self.l1.iter().any(|l| l.may_hold_page(line))
+    }
+
     /// What a snooping (coherent) read of the line holding `pa` returns from the
     /// caches: the dirty copy if one exists (clean copies equal DRAM).
     #[inline]
@@ -848,6 +885,43 @@ mod tests {
             }
         }
         assert_eq!(c.free.len() + c.valid_lines(), total);
+    }
+
+    /// The page filter has no false negatives: every cached line's page is flagged,
+    /// and once everything is evicted no page is.
+    #[test]
+    fn the_page_filter_never_misses_a_cached_line() {
+        let (mut c, mut d, mut r) = setup(2);
+        for i in 0..5000u64 {
+            let pa = (i * 7919 % 512) * 64;
+            match i % 5 {
+                0 | 1 => {
+                    c.write((i % 2) as usize, pa, &[1], &mut d, &mut r);
+                }
+                2 | 3 => {
+                    let mut b = [0u8; 1];
+                    c.read((i % 2) as usize, pa, &mut b, &mut d, &mut r);
+                }
+                _ => {
+                    c.invalidate(pa);
+                }
+            }
+            if i % 211 == 0 {
+                c.evict_sweep(1, &mut d, &mut r);
+            }
+            if i % 50 == 0 {
+                for l in c.l1.iter().chain(std::iter::once(&c.l2)) {
+                    for &t in l.tags.iter().filter(|&&t| t != INVALID_TAG) {
+                        assert!(c.page_may_be_cached(t << c.line_shift), "line {t:#x}");
+                    }
+                }
+            }
+        }
+        c.evict_all(&mut d);
+        assert!(!c.page_may_be_cached(0) && !c.page_may_be_cached(0x4000));
+        for l in c.l1.iter().chain(std::iter::once(&c.l2)) {
+            assert!(l.pages.iter().all(|&n| n == 0), "counts return to zero");
+        }
     }
 }
 

@@ -64,6 +64,12 @@ pub struct BusError {
 
 const RECENT_PAGES: usize = 8;
 
+/// Does `[pa, pa+len)` reach into a second 4 KiB page?
+#[inline(always)]
+fn crosses_page(pa: u64, len: u64) -> bool {
+    len > 0 && (pa & (PAGE_SIZE - 1)) + len > PAGE_SIZE
+}
+
 /// Splits `[pa, pa+len)` into pieces that stay inside one `line`-byte cache line:
 /// (address of the piece, range of the piece within the whole access).
 #[inline(always)]
@@ -386,6 +392,11 @@ impl Machine {
             self.dram.read_append(pa, len, out);
             return Ok(());
         }
+        if !crosses_page(pa, len as u64) && !self.caches.page_may_be_cached(pa) {
+            // Nothing of this page is cached: the snoop finds nothing.
+            self.dram.read_append(pa, len, out);
+            return Ok(());
+        }
         let start = out.len();
         out.resize(start + len, 0);
         self.peek(pa, &mut out[start..]);
@@ -428,7 +439,8 @@ impl Machine {
             return Err(BusError { pa });
         }
         self.stats.dma_bytes += data.len() as u64;
-        if coherent {
+        // A page nothing caches needs no snoop (the filter has no false negatives).
+        if coherent && (crosses_page(pa, data.len() as u64) || self.caches.page_may_be_cached(pa)) {
             let line = self.line as usize;
             for (a, r) in line_pieces(pa, data.len(), line) {
                 self.caches.snoop_write(a, r.len() == line, &mut self.dram);
