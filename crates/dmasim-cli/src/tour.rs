@@ -129,6 +129,27 @@ const STOPS: &[Stop] = &[
 
 const TOUR_SEEDS: u64 = 20;
 
+/// The `tour --html` index: a row per stop with its finding ids, how often they
+/// were reported and corrupted data, and links to both reports.
+fn index_page(rows: &[(&Stop, String, u64, u64)]) -> String {
+    use dmasim::report::html::esc;
+    let mut h = String::from(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>dmasim tour</title><style>body{font:14px/1.5 system-ui,sans-serif;margin:24px;color:#1d232b}table{border-collapse:collapse}td,th{border-bottom:1px solid #e3e7ec;padding:4px 10px;text-align:left;vertical-align:top}code{font-size:12.5px}</style></head><body><h1>dmasim tour</h1><p>Each stop runs a broken driver over 20 seeds and the fixed one.</p><table><tr><th>stop</th><th>broken variant reports</th><th>reported</th><th>corrupted data</th><th>reports</th></tr>",
+    );
+    for (s, ids, reported, manifested) in rows {
+        h.push_str(&format!(
+            "<tr><td><b>{}</b><br>{}</td><td><code>{}</code></td><td>{reported}/{TOUR_SEEDS}</td><td>{manifested}/{TOUR_SEEDS}</td><td><a href=\"{}-broken.html\">broken</a> · <a href=\"{}-fixed.html\">fixed</a></td></tr>",
+            esc(s.name),
+            esc(s.title),
+            esc(ids),
+            s.name,
+            s.name
+        ));
+    }
+    h.push_str("</table></body></html>\n");
+    h
+}
+
 fn ids(r: &Report) -> String {
     let mut v: Vec<&str> = r.findings.iter().map(|f| f.id).collect();
     v.dedup();
@@ -155,6 +176,8 @@ pub fn run(name: Option<&str>, list: bool, html: Option<&std::path::Path>) -> Re
             .ok_or_else(|| format!("no tour stop {n:?}; `dmasim tour --list` names them"))?],
     };
     let mut ok = true;
+    // Rows of the HTML index: (stop, title, broken ids, reported, manifested).
+    let mut index: Vec<(&Stop, String, u64, u64)> = Vec::new();
     for s in stops {
         crate::outln!("== {} — {}\n{}\n", s.name, s.title, s.explain);
         let mut reported = 0;
@@ -253,6 +276,11 @@ pub fn run(name: Option<&str>, list: bool, html: Option<&std::path::Path>) -> Re
                 broken_ids.contains(&f.id) && f.severity == dmasim::check::Severity::Error
             });
         ok &= fixed_clean && reported == TOUR_SEEDS;
+        index.push((s, ids(&first), reported, manifested));
+    }
+    if let Some(dir) = html {
+        crate::write_file(&dir.join("index.html"), &index_page(&index))?;
+        crate::outln!("Tour reports: {}/index.html", dir.display());
     }
     crate::outln!("Run one yourself: cargo run --release -- run scenarios/rx-no-sync.rhai");
     Ok(if ok { 0 } else { 1 })

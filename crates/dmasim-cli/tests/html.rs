@@ -102,6 +102,42 @@ fn the_trace_has_a_track_per_cpu_and_device_with_spans_and_instants() {
     }
 }
 
+#[test]
+fn explore_html_shows_the_counts_and_the_first_corrupted_run() {
+    let d = tmp("explore");
+    let html = d.join("e.html");
+    let out = dmasim(&[
+        "explore",
+        "scenarios/rx-no-sync.rhai",
+        "--seeds",
+        "30",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("Exploration: 30 runs from seed 0"), "summary");
+    assert!(page.contains("id=\"explore-chart\""));
+    assert!(page.contains("stale-cpu-read: manifested"));
+    // The page's run is the first seed where the corruption manifested.
+    let summary: Value = serde_json::from_slice(
+        &dmasim(&[
+            "explore",
+            "scenarios/rx-no-sync.rhai",
+            "--seeds",
+            "30",
+            "--json",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let seed = summary["findings"]["stale-cpu-read"]["first_manifested_seed"]
+        .as_u64()
+        .unwrap();
+    assert!(page.contains(&format!("The rest of this page is the run of seed {seed}.")));
+    assert!(page.contains(&format!("<p>seed {seed} ·")));
+}
+
 fn chromium() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("DMASIM_CHROMIUM") {
         return Some(PathBuf::from(p));
@@ -173,6 +209,13 @@ fn every_tour_report_renders_in_headless_chromium() {
         .filter(|p| p.extension().is_some_and(|x| x == "html"))
         .collect();
     pages.sort();
+    let index = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert_eq!(
+        index.matches("-broken.html").count(),
+        15,
+        "the index links every stop"
+    );
+    pages.retain(|p| !p.ends_with("index.html"));
     assert!(pages.len() >= 30, "two pages per stop: {}", pages.len());
     let shots = root().join("target/html-screenshots");
     std::fs::create_dir_all(&shots).unwrap();

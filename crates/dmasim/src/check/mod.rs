@@ -279,7 +279,6 @@ pub struct DeviceAccess<'a> {
 #[derive(Debug, Clone)]
 struct RecentUnmap {
     dev: usize,
-    dev_name: String,
     phys: u64,
     dev_addr: u64,
     size: u64,
@@ -343,26 +342,21 @@ impl Sanitizer {
         }
     }
 
-    /// The physical address behind `dev_name`'s bus address `addr`: a live mapping's,
-    /// or a recently unmapped one's. For reports.
-    pub fn phys_for(&self, dev_name: &str, addr: u64) -> Option<u64> {
+    /// The physical address behind device `dev`'s bus address `addr`: a live
+    /// mapping's, or a recently unmapped one's. For reports.
+    pub fn phys_for(&self, dev: usize, addr: u64) -> Option<u64> {
+        let inside = |d: usize, a: u64, size: u64| d == dev && addr >= a && addr - a < size.max(1);
         self.entries
-            .ids()
+            .of_device(Some(dev))
             .into_iter()
             .map(|id| self.entries.get(id))
-            .find(|e| {
-                e.dev_name == dev_name && addr >= e.dev_addr && addr - e.dev_addr < e.size.max(1)
-            })
+            .find(|e| inside(e.dev, e.dev_addr, e.size))
             .map(|e| e.phys + (addr - e.dev_addr))
             .or_else(|| {
                 self.recent_unmaps
                     .iter()
                     .rev()
-                    .find(|u| {
-                        u.dev_name == dev_name
-                            && addr >= u.dev_addr
-                            && addr - u.dev_addr < u.size.max(1)
-                    })
+                    .find(|u| inside(u.dev, u.dev_addr, u.size))
                     .map(|u| u.phys + (addr - u.dev_addr))
             })
     }
@@ -784,7 +778,6 @@ impl Sanitizer {
         );
         self.recent_unmaps.push_back(RecentUnmap {
             dev: e.dev,
-            dev_name: e.dev_name.clone(),
             phys: e.phys,
             dev_addr: e.dev_addr,
             size: e.size,
