@@ -737,12 +737,20 @@ impl System {
                         Vacated::Unmapped => "was unmapped".to_string(),
                         Vacated::Swapped => "was swapped out".to_string(),
                     };
-                    Some(UserHit::Gone(format!(
-                        "the user page at {:#x} of {} used to be; it {why} at {} ns",
-                        t.owner.va,
-                        name_of(t.owner.pid),
-                        t.time_ns
-                    )))
+                    Some(UserHit::Gone(
+                        format!(
+                            "the user page at {:#x} of {} used to be; it {why} at {} ns",
+                            t.owner.va,
+                            name_of(t.owner.pid),
+                            t.time_ns
+                        ),
+                        t.time_ns,
+                        format!(
+                            "the user page at {:#x} of {} {why}, leaving frame {pfn:#x}",
+                            t.owner.va,
+                            name_of(t.owner.pid)
+                        ),
+                    ))
                 }
                 _ => None,
             }

@@ -639,6 +639,11 @@ fn unpinned_user_dma_corrupts_another_owner_and_pinning_prevents_it() {
         assert_eq!(ids(&r), vec!["unpinned-user-dma"]);
         assert_eq!(r.findings[0].manifested, Some(true));
         assert_eq!(r.stats.mm.migrated_pages, 1);
+        // The history tells the page's story: it migrated, then the device wrote.
+        let h = &r.findings[0].history;
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h[0].event.contains("was migrated to frame") && h[0].time_ns < h[1].time_ns);
+        assert!(h[1].event.starts_with("fpga0 write of 4096 bytes"));
         let f = run("unpinned-dma-fixed.rhai", seed, None, false);
         assert_eq!(
             f.exit_code(),

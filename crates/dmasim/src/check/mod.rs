@@ -239,8 +239,9 @@ pub enum UserHit {
     Pinned,
     /// A user page that is not pinned: it may move at any time.
     Unpinned(String),
-    /// The frame held a user page that has moved or gone since.
-    Gone(String),
+    /// The frame held a user page that has moved or gone since: what it was, when
+    /// it left (ns), and that event for the history.
+    Gone(String, u64, String),
 }
 
 /// A device access, as the device layer reports it to the sanitizer.
@@ -1526,8 +1527,23 @@ impl Sanitizer {
         }
         match &a.user {
             Some(UserHit::Pinned) => return,
-            Some(UserHit::Unpinned(what) | UserHit::Gone(what)) => {
-                let gone = matches!(a.user, Some(UserHit::Gone(_)));
+            Some(UserHit::Unpinned(what) | UserHit::Gone(what, ..)) => {
+                let gone = matches!(a.user, Some(UserHit::Gone(..)));
+                // The page's story: when it left the frame (a background migration,
+                // swap or unmap), then the device's access.
+                let mut history = Vec::with_capacity(2);
+                if let Some(UserHit::Gone(_, t, event)) = &a.user {
+                    history.push(HistoryEvent {
+                        time_ns: *t,
+                        line: 0,
+                        event: event.clone(),
+                    });
+                }
+                history.push(HistoryEvent {
+                    time_ns: ctx.time_ns,
+                    line: ctx.line,
+                    event: format!("{} {verb} of {len} bytes at {:#x}", a.dev_name, a.bus),
+                });
                 let msg = if gone {
                     format!("{} did a {verb} of {len} bytes at {:#x}, where {what}; the bytes went to a frame that is no longer that buffer", a.dev_name, a.bus)
                 } else {
@@ -1535,7 +1551,7 @@ impl Sanitizer {
                 };
                 self.report_access("unpinned-user-dma", a.bus, Some(gone), a, ctx, msg,
                     "pin user pages for as long as a device may use them (pin_user_pages with FOLL_LONGTERM for long-lived DMA) and map them (dma_map_sg), or use VFIO".into(),
-                    vec![],
+                    history,
                 );
                 return;
             }
