@@ -1,7 +1,7 @@
 //! The pictures (issue 8): `--html` pages and `--trace` files, checked as data and,
 //! where Chromium is installed (`.ci/run` installs Debian's `chromium`), rendered
 //! headless: every tour report loads without script errors, its SVGs have a size,
-//! and a screenshot of each broken variant is kept under
+//! and a screenshot of every report is kept under
 //! `target/html-screenshots/` and looked at for non-blank content.
 
 use std::path::{Path, PathBuf};
@@ -247,22 +247,21 @@ fn every_tour_report_renders_in_headless_chromium() {
                     assert!(svgs >= 3, "{name}: memory map, timeline and stats: {svgs}");
                     let log = String::from_utf8_lossy(&dom.stderr);
                     assert!(!log.contains("Uncaught"), "{name}: {log}");
-                    if name.ends_with("-broken") {
-                        let png = shots.join(format!("{name}.png"));
-                        headless(
-                            chrome,
-                            &[
-                                format!("--screenshot={}", png.display()),
-                                "--window-size=1280,2000".into(),
-                            ],
-                            page,
-                        );
-                        let share = ink(&png);
-                        assert!(
-                            share > 0.05,
-                            "{name}: the screenshot is blank ({share:.3} inked)"
-                        );
-                    }
+                    // Every report's screenshot is kept and looked at.
+                    let png = shots.join(format!("{name}.png"));
+                    headless(
+                        chrome,
+                        &[
+                            format!("--screenshot={}", png.display()),
+                            "--window-size=1280,2000".into(),
+                        ],
+                        page,
+                    );
+                    let share = ink(&png);
+                    assert!(
+                        share > 0.05,
+                        "{name}: the screenshot is blank ({share:.3} inked)"
+                    );
                 }
             });
         }

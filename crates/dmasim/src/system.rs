@@ -178,7 +178,10 @@ impl System {
         });
         let swiotlb = crate::kernel::dma::swiotlb::boot_plan(&cfg);
         let swiotlb_pool = kernel.swiotlb_init(&swiotlb);
-        let aged = kernel.pages.age(&mut hw.rng);
+        let mut boot_data = kernel.pages.age(&mut hw.rng);
+        boot_data.sort_unstable();
+        let aged = boot_data.len() as u64;
+        kernel.boot_data = boot_data;
         // hugetlb_hstate_alloc_pages: the boot pool of 2 MiB pages.
         for _ in 0..cfg.hugepages {
             match kernel.pages.alloc_pages(

@@ -231,6 +231,8 @@ pub struct Kernel {
     pub swapped_pages: u64,
     /// Free 2 MiB hugetlb pages (first pfns) in the boot pool.
     pub hugepool: Vec<u64>,
+    /// Frames of the kernel data boot left scattered over RAM (for the memory map).
+    pub boot_data: Vec<u64>,
     /// Huge pages unmapped while pinned: they stay out of the pool (first pfns).
     pub huge_orphans: std::collections::BTreeSet<u64>,
     /// The swiotlb bounce-buffer pool, when the platform has one.
@@ -288,6 +290,7 @@ impl Kernel {
             swap: BTreeMap::new(),
             swapped_pages: 0,
             hugepool: Vec::new(),
+            boot_data: Vec::new(),
             huge_orphans: std::collections::BTreeSet::new(),
             swiotlb: None,
             iommu: None,

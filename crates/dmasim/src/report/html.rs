@@ -80,6 +80,7 @@ fn color_of_kind(kind: &str) -> &'static str {
         "coherent" => "#d9534f",
         "vmalloc" => "#e07b22",
         "user" => "#7a5cc2",
+        "kernel" => "#56606b",
         _ => "#8895a3",
     }
 }
@@ -527,6 +528,7 @@ pub fn render(r: &Report, extra: Option<&str>) -> String {
             "<section id=\"memory\"><h2>Physical memory</h2><div class=\"legend\">{}</div>{}</section>",
             [
                 ("zone", "zone"),
+                ("kernel", "kernel data"),
                 ("cma", "CMA"),
                 ("swiotlb", "swiotlb"),
                 ("hugepages", "hugepages"),
@@ -542,8 +544,9 @@ pub fn render(r: &Report, extra: Option<&str>) -> String {
             {
                 let mut maps = memory_map(v, "memory-map", v.ram.0, v.ram.1);
                 // A second map around the buffers, where a scattered buffer's pages show.
-                let lo = v.buffers.iter().flat_map(|b| b.runs.iter().map(|r| r.0)).min();
-                let hi = v.buffers.iter().flat_map(|b| b.runs.iter().map(|r| r.0 + r.1)).max();
+                let mine = || v.buffers.iter().filter(|b| b.kind != "kernel");
+                let lo = mine().flat_map(|b| b.runs.iter().map(|r| r.0)).min();
+                let hi = mine().flat_map(|b| b.runs.iter().map(|r| r.0 + r.1)).max();
                 if let (Some(lo), Some(hi)) = (lo, hi) {
                     let pad = ((hi - lo) / 20).max(64 << 10);
                     let (lo, hi) = (lo.saturating_sub(pad).max(v.ram.0), (hi + pad).min(v.ram.0 + v.ram.1));

@@ -234,6 +234,14 @@ impl System {
                 len,
             });
         }
+        v.buffers.push(BufferView {
+            label: "kernel data since boot".into(),
+            kind: "kernel",
+            len: self.kernel.boot_data.len() as u64 * PAGE_SIZE,
+            line: 0,
+            runs: runs_of(self.kernel.boot_data.iter().copied()),
+            freed: false,
+        });
         self.recorder = Some(Box::new(Recorder {
             visual: v,
             seen_findings: 0,

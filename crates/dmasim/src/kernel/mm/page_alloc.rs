@@ -487,10 +487,10 @@ impl Node {
     /// given back. Later single-page allocations then come from scattered holes, as
     /// on a system that has been running, while most large blocks stay whole.
     /// Returns the pages left in use.
-    pub fn age(&mut self, rng: &mut SimRng) -> u64 {
+    pub fn age(&mut self, rng: &mut SimRng) -> Vec<u64> {
         const PER_REGION: u64 = 64;
         let region = 1u64 << MAX_PAGE_ORDER;
-        let mut kept = 0;
+        let mut kept = Vec::new();
         // CMA pageblocks hold only movable allocations, which cma_alloc migrates
         // away; kernel data aged in here would wrongly pin the pool.
         let cma = self
@@ -530,7 +530,7 @@ impl Node {
                     z.allocated -= 1;
                     z.free_one(pfn, 0);
                 } else {
-                    kept += 1;
+                    kept.push(pfn);
                 }
             }
         }
@@ -879,7 +879,7 @@ mod tests {
     fn blocks_are_aligned_scattered_and_merge_back() {
         let mut n = Node::new(0, 256 << 20, &layout(16 << 20, 256 << 20), &[]);
         let mut r = SimRng::new(3);
-        let kept = n.age(&mut r);
+        let kept = n.age(&mut r).len() as u64;
         assert!(kept >= 32, "{kept}");
         let total = n.free_count();
         let mut got = Vec::new();
