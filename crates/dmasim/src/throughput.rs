@@ -218,7 +218,7 @@ impl System {
             )
         };
         let r = StreamResult {
-            device: name,
+            device: name.to_string(),
             dir: dir.const_name(),
             size,
             count,

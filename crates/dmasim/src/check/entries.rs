@@ -1,9 +1,24 @@
 //! The live mappings, indexed by bus address, by physical address and by first cache
-//! line, so that every lookup costs a short ordered-map walk instead of a scan of all
-//! mappings (dma-debug hashes by `dev_addr >> 13` for the same reason).
+//! line, so that every lookup costs a hash probe or a short ordered-set walk instead
+//! of a scan of all mappings (dma-debug hashes by `dev_addr >> 13` for the same
+//! reason).
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+
+use crate::fasthash::PageMap;
+
+/// The bus index's key: device and bus address in one integer.
+#[inline(always)]
+fn bus_key(dev: usize, addr: u64) -> u128 {
+    ((dev as u128) << 64) | u128::from(addr)
+}
+
+/// Two words in one key, `hi` first: sorts as the pair `(hi, lo)`.
+#[inline(always)]
+fn pair(hi: u64, lo: u64) -> u128 {
+    (u128::from(hi) << 64) | u128::from(lo)
+}
 
 /// What the index needs to know of an entry.
 pub(super) trait Indexed {
@@ -16,11 +31,15 @@ pub(super) trait Indexed {
 /// Live entries with their indexes.
 pub(super) struct Entries<E> {
     /// Entry and the first line it is indexed under; boxed so that inserting and
-    /// removing moves a pointer, not the whole entry.
-    map: BTreeMap<u64, (Box<E>, Option<u64>)>,
-    by_bus: BTreeSet<(usize, u64, u64)>,
-    by_phys: BTreeSet<(u64, u64)>,
-    by_first_line: BTreeMap<u64, BTreeSet<u64>>,
+    /// removing moves a pointer, not the whole entry. Hashed by id: anything that
+    /// lists entries sorts the ids, so the order never depends on the hash.
+    map: PageMap<(Box<E>, Option<u64>)>,
+    /// ((device << 64) | bus address, id): one wide compare per tree step.
+    by_bus: BTreeSet<(u128, u64)>,
+    /// (physical address << 64) | id.
+    by_phys: BTreeSet<u128>,
+    /// (first line, id) of the entries the overlap check tracks.
+    by_first_line: BTreeSet<u128>,
     /// Largest size ever inserted: bounds how far back a containing lookup looks.
     max_size: u64,
     /// The entry the last containing lookup found: consecutive pieces of one
@@ -33,10 +52,10 @@ pub(super) struct Entries<E> {
 impl<E: Indexed> Entries<E> {
     pub(super) fn new() -> Self {
         Entries {
-            map: BTreeMap::new(),
+            map: PageMap::default(),
             by_bus: BTreeSet::new(),
             by_phys: BTreeSet::new(),
-            by_first_line: BTreeMap::new(),
+            by_first_line: BTreeSet::new(),
             max_size: 1,
             last: Cell::new(0),
         }
@@ -49,25 +68,20 @@ impl<E: Indexed> Entries<E> {
     /// Inserts entry `id`; `first_line` indexes it for the overlap check when given.
     pub(super) fn insert(&mut self, id: u64, e: E, first_line: Option<u64>) {
         self.max_size = self.max_size.max(e.size().max(1));
-        self.by_bus.insert((e.dev(), e.dev_addr(), id));
-        self.by_phys.insert((e.phys(), id));
+        self.by_bus.insert((bus_key(e.dev(), e.dev_addr()), id));
+        self.by_phys.insert(pair(e.phys(), id));
         if let Some(l) = first_line {
-            self.by_first_line.entry(l).or_default().insert(id);
+            self.by_first_line.insert(pair(l, id));
         }
         self.map.insert(id, (Box::new(e), first_line));
     }
 
     pub(super) fn remove(&mut self, id: u64) -> Option<Box<E>> {
         let (e, first_line) = self.map.remove(&id)?;
-        self.by_bus.remove(&(e.dev(), e.dev_addr(), id));
-        self.by_phys.remove(&(e.phys(), id));
+        self.by_bus.remove(&(bus_key(e.dev(), e.dev_addr()), id));
+        self.by_phys.remove(&pair(e.phys(), id));
         if let Some(l) = first_line {
-            if let Some(ids) = self.by_first_line.get_mut(&l) {
-                ids.remove(&id);
-                if ids.is_empty() {
-                    self.by_first_line.remove(&l);
-                }
-            }
+            self.by_first_line.remove(&pair(l, id));
         }
         Some(e)
     }
@@ -82,15 +96,30 @@ impl<E: Indexed> Entries<E> {
 
     /// Every live id, in order.
     pub(super) fn ids(&self) -> Vec<u64> {
-        self.map.keys().copied().collect()
+        let mut ids: Vec<u64> = self.map.keys().copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// The first entry of `dev` mapped exactly at `addr`.
     pub(super) fn exact(&self, dev: usize, addr: u64) -> Option<u64> {
         self.by_bus
-            .range((dev, addr, 0)..=(dev, addr, u64::MAX))
+            .range((bus_key(dev, addr), 0)..=(bus_key(dev, addr), u64::MAX))
             .next()
-            .map(|&(_, _, id)| id)
+            .map(|&(_, id)| id)
+    }
+
+    /// The first entry of `dev` mapped exactly at `addr` that `pred` accepts.
+    pub(super) fn exact_where(
+        &self,
+        dev: usize,
+        addr: u64,
+        pred: impl Fn(&E) -> bool,
+    ) -> Option<u64> {
+        self.by_bus
+            .range((bus_key(dev, addr), 0)..=(bus_key(dev, addr), u64::MAX))
+            .map(|&(_, id)| id)
+            .find(|id| pred(&self.map[id].0))
     }
 
     /// The first entry of `dev` (in bus-address order) whose range holds `addr` (and
@@ -116,8 +145,8 @@ impl<E: Indexed> Entries<E> {
         let from = addr.saturating_sub(self.max_size - 1);
         let found = self
             .by_bus
-            .range((dev, from, 0)..=(dev, addr, u64::MAX))
-            .map(|&(_, _, id)| id)
+            .range((bus_key(dev, from), 0)..=(bus_key(dev, addr), u64::MAX))
+            .map(|&(_, id)| id)
             .find(|id| fits(&self.map[id].0));
         if let Some(id) = found {
             self.last.set(id);
@@ -129,8 +158,8 @@ impl<E: Indexed> Entries<E> {
     pub(super) fn overlapping_phys(&self, pa: u64, end: u64) -> Vec<u64> {
         let from = pa.saturating_sub(self.max_size - 1);
         self.by_phys
-            .range((from, 0)..(end, 0))
-            .map(|&(_, id)| id)
+            .range(pair(from, 0)..pair(end, 0))
+            .map(|&k| k as u64)
             .filter(|id| {
                 let e = &self.map[id].0;
                 e.phys() + e.size() > pa
@@ -141,16 +170,20 @@ impl<E: Indexed> Entries<E> {
     /// An entry whose first line is `line`, if any.
     pub(super) fn with_first_line(&self, line: u64) -> Option<u64> {
         self.by_first_line
-            .get(&line)
-            .and_then(|s| s.iter().next().copied())
+            .range(pair(line, 0)..=pair(line, u64::MAX))
+            .next()
+            .map(|&k| k as u64)
     }
 
     /// Ids of `dev`'s entries (all devices for `None`).
     pub(super) fn of_device(&self, dev: Option<usize>) -> Vec<u64> {
-        self.map
+        let mut ids: Vec<u64> = self
+            .map
             .iter()
             .filter(|(_, (e, _))| dev.is_none_or(|d| e.dev() == d))
             .map(|(&id, _)| id)
-            .collect()
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 }

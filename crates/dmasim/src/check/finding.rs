@@ -21,8 +21,9 @@ pub struct HistoryEvent {
     pub time_ns: u64,
     /// Script line (0 when the event came from the machine itself).
     pub line: u32,
-    /// What happened.
-    pub event: String,
+    /// What happened. Shared: a buffer's allocation event is copied into every
+    /// mapping's history, so a copy is a reference count, not a string.
+    pub event: std::sync::Arc<str>,
 }
 
 /// One reported mistake.

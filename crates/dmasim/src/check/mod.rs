@@ -80,7 +80,7 @@ pub struct NewMapping {
     /// Device index.
     pub dev: usize,
     /// Device name.
-    pub dev_name: String,
+    pub dev_name: std::sync::Arc<str>,
     /// Bus address the device uses.
     pub dev_addr: u64,
     /// Size in bytes.
@@ -105,7 +105,7 @@ pub struct NewMapping {
 
 struct Entry {
     dev: usize,
-    dev_name: String,
+    dev_name: std::sync::Arc<str>,
     dev_addr: u64,
     size: u64,
     phys: u64,
@@ -158,19 +158,30 @@ impl MapEvent {
             ev.event = format!(
                 "{} → {:#x} [phys={:#x}] [size={}]{via}",
                 self.what, self.dev_addr, self.phys, self.size
-            );
+            )
+            .into();
         }
     }
 }
 
 const HISTORY_MAX: usize = 48;
 
+thread_local! {
+    static EMPTY_EVENT: std::sync::Arc<str> = std::sync::Arc::from("");
+}
+
+/// The text of an event that is filled in later (a map, a device transfer): one
+/// shared empty string, so recording it allocates nothing.
+fn empty_event() -> std::sync::Arc<str> {
+    EMPTY_EVENT.with(std::sync::Arc::clone)
+}
+
 impl Entry {
-    fn push(&mut self, ctx: Ctx, event: String) {
+    fn push(&mut self, ctx: Ctx, event: impl Into<std::sync::Arc<str>>) {
         if let Some((i, _, write, start, n)) = self.last_dev.take() {
             let verb = if write { "wrote" } else { "read" };
             if let Some(ev) = self.history.get_mut(i) {
-                ev.event = format!("{} {verb} {n} bytes at {start:#x}", self.dev_name);
+                ev.event = format!("{} {verb} {n} bytes at {start:#x}", self.dev_name).into();
             }
         }
         if self.history.len() >= HISTORY_MAX {
@@ -180,7 +191,7 @@ impl Entry {
         self.history.push(HistoryEvent {
             time_ns: ctx.time_ns,
             line: ctx.line,
-            event,
+            event: event.into(),
         });
     }
 
@@ -193,7 +204,7 @@ impl Entry {
         if let Some((i, _, write, start, n)) = self.last_dev {
             if let Some(ev) = h.get_mut(i) {
                 let verb = if write { "wrote" } else { "read" };
-                ev.event = format!("{} {verb} {n} bytes at {start:#x}", self.dev_name);
+                ev.event = format!("{} {verb} {n} bytes at {start:#x}", self.dev_name).into();
             }
         }
         h
@@ -303,7 +314,7 @@ pub struct Sanitizer {
     pub oracle: Oracle,
     findings: Vec<Finding>,
     seen: BTreeMap<(&'static str, u64, u32), usize>,
-    held: BTreeMap<u64, (u64, u64)>,
+    held: crate::fasthash::PageMap<(u64, u64)>,
     allowed: BTreeSet<String>,
     /// Findings not kept because [`MAX_FINDINGS`] were already recorded.
     pub suppressed: u64,
@@ -325,7 +336,7 @@ impl Sanitizer {
             oracle: Oracle::default(),
             findings: Vec::new(),
             seen: BTreeMap::new(),
-            held: BTreeMap::new(),
+            held: Default::default(),
             allowed: BTreeSet::new(),
             suppressed: 0,
             recent_unmaps: std::collections::VecDeque::new(),
@@ -580,7 +591,7 @@ impl Sanitizer {
             pages: m.pages,
             map_event: None,
         };
-        e.push(ctx, String::new());
+        e.push(ctx, empty_event());
         e.map_event = Some(MapEvent {
             idx: e.history.len() - 1,
             what: m.what,
@@ -607,10 +618,7 @@ impl Sanitizer {
 
     /// `debug_dma_mapping_error`: marks the first unchecked exact match as checked.
     pub fn mapping_error(&mut self, dev: usize, addr: u64) {
-        if let Some(id) = self
-            .entries
-            .containing(dev, addr, None, |e| e.dev_addr == addr && !e.checked)
-        {
+        if let Some(id) = self.entries.exact_where(dev, addr, |e| !e.checked) {
             self.entries.get_mut(id).checked = true;
         }
     }
@@ -691,7 +699,7 @@ impl Sanitizer {
         hist.push(HistoryEvent {
             time_ns: ctx.time_ns,
             line: ctx.line,
-            event: format!("{what} {:#x} size={size} {}", addr, dir.name()),
+            event: format!("{what} {:#x} size={size} {}", addr, dir.name()).into(),
         });
         if e.size != size {
             let id_s = if kind == MapKind::Coherent {
@@ -1296,7 +1304,7 @@ impl Sanitizer {
                 e.last_dev = Some((i, l, w, start, n + len));
             }
             _ => {
-                e.push(ctx, String::new());
+                e.push(ctx, empty_event());
                 e.last_dev = Some((e.history.len() - 1, ctx.line, a.write, a.bus, len));
             }
         }
@@ -1467,7 +1475,8 @@ impl Sanitizer {
             event: format!(
                 "{} {verb} {len} bytes at IOVA {:#x} after the unmap",
                 a.dev_name, a.bus
-            ),
+            )
+            .into(),
         });
         self.report_access(
             "dma-after-unmap",
@@ -1536,13 +1545,13 @@ impl Sanitizer {
                     history.push(HistoryEvent {
                         time_ns: *t,
                         line: 0,
-                        event: event.clone(),
+                        event: event.as_str().into(),
                     });
                 }
                 history.push(HistoryEvent {
                     time_ns: ctx.time_ns,
                     line: ctx.line,
-                    event: format!("{} {verb} of {len} bytes at {:#x}", a.dev_name, a.bus),
+                    event: format!("{} {verb} of {len} bytes at {:#x}", a.dev_name, a.bus).into(),
                 });
                 let msg = if gone {
                     format!("{} did a {verb} of {len} bytes at {:#x}, where {what}; the bytes went to a frame that is no longer that buffer", a.dev_name, a.bus)
@@ -1589,7 +1598,7 @@ impl Sanitizer {
             let e = self.entries.get_mut(eid);
             if e.buffer == Some(id) && e.freed.is_none() {
                 e.freed = Some((ctx.time_ns, ctx.line));
-                e.push(ctx, "the buffer was freed while still mapped".into());
+                e.push(ctx, "the buffer was freed while still mapped");
             }
         }
     }

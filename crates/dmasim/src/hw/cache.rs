@@ -475,6 +475,37 @@ impl Caches {
         hit
     }
 
+    /// The 8 bytes at `pa` (8-aligned) when `cpu`'s L1 holds the line: the
+    /// page-table walks' loads, which almost always hit. `None` sends the caller down
+    /// the general path (a miss, with its fill and victim).
+    #[inline]
+    pub fn read_word_l1_hit(&mut self, cpu: usize, pa: u64) -> Option<[u8; 8]> {
+        let i = self.l1[cpu].find(pa >> self.line_shift)?;
+        self.stats.l1_hits += 1;
+        let s = self.l1[cpu].slot[i] as usize * self.line_bytes
+            + ((pa as usize) & (self.line_bytes - 1));
+        self.pool[s..s + 8].try_into().ok()
+    }
+
+    /// Stores 8 bytes at `pa` (8-aligned) when `cpu`'s L1 holds the line in a state
+    /// it may write without telling anyone (Modified or Exclusive); false otherwise.
+    #[inline]
+    pub fn write_word_l1_hit(&mut self, cpu: usize, pa: u64, word: [u8; 8]) -> bool {
+        let Some(i) = self.l1[cpu].find(pa >> self.line_shift) else {
+            return false;
+        };
+        match self.l1[cpu].state[i] {
+            LineState::Modified => {}
+            LineState::Exclusive => self.l1[cpu].state[i] = LineState::Modified,
+            _ => return false,
+        }
+        self.stats.l1_hits += 1;
+        let s = self.l1[cpu].slot[i] as usize * self.line_bytes
+            + ((pa as usize) & (self.line_bytes - 1));
+        self.pool[s..s + 8].copy_from_slice(&word);
+        true
+    }
+
     /// A cacheable store of `data` at `pa`, all inside one line.
     #[inline]
     pub fn write(

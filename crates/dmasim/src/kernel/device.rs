@@ -8,8 +8,8 @@ use super::dma::dma_bit_mask;
 /// A DMA-capable device.
 #[derive(Debug, Clone, Serialize)]
 pub struct Device {
-    /// Name (`adc0`, `eth0`).
-    pub name: String,
+    /// Name (`adc0`, `eth0`); shared, since every mapping and event carries it.
+    pub name: std::sync::Arc<str>,
     /// `dev_is_dma_coherent()`: on a snooping port, needs no cache maintenance.
     pub coherent: bool,
     /// Address bits the hardware really drives; higher bus-address bits are lost.
@@ -57,7 +57,7 @@ impl Device {
     /// 64 KiB max segment.
     pub fn new(name: &str, coherent: bool, bandwidth: u64, latency_ns: u64) -> Device {
         Device {
-            name: name.to_string(),
+            name: name.into(),
             coherent,
             dma_bits: 32,
             dma_mask: dma_bit_mask(32),

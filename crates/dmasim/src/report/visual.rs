@@ -331,7 +331,7 @@ impl System {
             let (Some(dev), Some(addr)) = (f.device.as_deref(), f.addr) else {
                 continue;
             };
-            let Some(dev) = self.kernel.devices.iter().position(|d| d.name == dev) else {
+            let Some(dev) = self.kernel.devices.iter().position(|d| *d.name == *dev) else {
                 continue;
             };
             let Some(phys) = self.check.phys_for(dev, addr) else {

@@ -360,7 +360,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                   opts: Option<Map>|
      -> RResult<DeviceObj> {
         let mut d = with_sys(s, ctx, |sys| {
-            if name.is_empty() || sys.kernel.devices.iter().any(|d| d.name == name) {
+            if name.is_empty() || sys.kernel.devices.iter().any(|d| *d.name == *name) {
                 return Err(SimError::Invalid(format!(
                     "device: the name {name:?} is empty or already used"
                 )));
@@ -426,7 +426,10 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                 }
             }
             let idx = with_sys(s, ctx, |sys| Ok(sys.add_device(d.clone())))?;
-            Ok(DeviceObj { idx, name: d.name })
+            Ok(DeviceObj {
+                idx,
+                name: d.name.to_string(),
+            })
         }
     };
     let s1 = s.clone();

@@ -335,7 +335,8 @@ impl System {
         let history = vec![HistoryEvent {
             time_ns: ctx.time_ns,
             line: ctx.line,
-            event: format!("{name}: map of {size} bytes at phys {pa:#x} needed a bounce buffer"),
+            event: format!("{name}: map of {size} bytes at phys {pa:#x} needed a bounce buffer")
+                .into(),
         }];
         self.check.report_plain(
             "swiotlb-full",
@@ -412,7 +413,7 @@ impl System {
             let history = vec![HistoryEvent {
                 time_ns,
                 line,
-                event,
+                event: event.into(),
             }];
             self.check.report_plain(
                 "bounce-buffering",

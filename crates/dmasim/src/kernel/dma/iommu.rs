@@ -482,7 +482,7 @@ impl System {
         let alloc = HistoryEvent {
             time_ns: self.ctx().time_ns,
             line: self.line,
-            event: format!("dma_alloc_coherent({size}) = {va:#x} [{count} scattered pages, first phys={pa:#x}] [iova={iova:#x}]"),
+            event: format!("dma_alloc_coherent({size}) = {va:#x} [{count} scattered pages, first phys={pa:#x}] [iova={iova:#x}]").into(),
         };
         let id = self.kernel.add_buffer(Buffer {
             id: 0,

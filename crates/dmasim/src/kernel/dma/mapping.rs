@@ -326,10 +326,10 @@ impl System {
         } else {
             self.dma_direct_unmap_phys(dev, addr, size, dir);
         }
-        let name = self.kernel.devices[dev].name.clone();
         let ctx = self.ctx();
+        let name = &self.kernel.devices[dev].name;
         self.check
-            .unmap(&mut self.hw, ctx, dev, &name, addr, size, dir, kind);
+            .unmap(&mut self.hw, ctx, dev, name, addr, size, dir, kind);
         Ok(())
     }
 
@@ -448,7 +448,8 @@ impl System {
         let alloc = HistoryEvent {
             time_ns: self.ctx().time_ns,
             line: self.line,
-            event: format!("dma_alloc_coherent({size}) = {va:#x} [phys={pa:#x}] [dma={addr:#x}]"),
+            event: format!("dma_alloc_coherent({size}) = {va:#x} [phys={pa:#x}] [dma={addr:#x}]")
+                .into(),
         };
         let id = self.kernel.add_buffer(Buffer {
             id: 0,

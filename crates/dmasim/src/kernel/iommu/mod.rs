@@ -386,9 +386,7 @@ impl System {
 
     /// Reads a descriptor as the kernel does (a CPU load).
     fn iopt_read(&mut self, pa: u64) -> u64 {
-        let mut b = [0u8; 8];
-        self.hw.cpu_read_phys(self.cpu, pa, MemType::Normal, &mut b);
-        u64::from_le_bytes(b)
+        self.hw.cpu_read_u64_phys(self.cpu, pa)
     }
 
     /// Writes a descriptor (a CPU store, cleaned for a non-coherent walker).
@@ -399,8 +397,7 @@ impl System {
 
     /// Writes a descriptor without the clean (the caller syncs a run).
     fn iopt_store(&mut self, pa: u64, desc: u64) {
-        self.hw
-            .cpu_write_phys(self.cpu, pa, MemType::Normal, &desc.to_le_bytes());
+        self.hw.cpu_write_u64_phys(self.cpu, pa, desc);
     }
 
     /// `iommu_map(domain, iova, paddr, size, prot)`: 0 or −EINVAL (unaligned, no

@@ -25,7 +25,7 @@ impl System {
         HistoryEvent {
             time_ns: self.ctx().time_ns,
             line: self.line,
-            event: text,
+            event: text.into(),
         }
     }
 
