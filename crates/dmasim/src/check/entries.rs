@@ -4,8 +4,8 @@
 //! reason).
 
 use std::cell::Cell;
-use std::collections::BTreeSet;
 
+use super::ordset::OrdSet;
 use crate::fasthash::PageMap;
 
 /// The bus index's key: device and bus address in one integer.
@@ -34,12 +34,12 @@ pub(super) struct Entries<E> {
     /// removing moves a pointer, not the whole entry. Hashed by id: anything that
     /// lists entries sorts the ids, so the order never depends on the hash.
     map: PageMap<(Box<E>, Option<u64>)>,
-    /// ((device << 64) | bus address, id): one wide compare per tree step.
-    by_bus: BTreeSet<(u128, u64)>,
+    /// ((device << 64) | bus address, id): one wide compare per search step.
+    by_bus: OrdSet<(u128, u64)>,
     /// (physical address << 64) | id.
-    by_phys: BTreeSet<u128>,
+    by_phys: OrdSet<u128>,
     /// (first line, id) of the entries the overlap check tracks.
-    by_first_line: BTreeSet<u128>,
+    by_first_line: OrdSet<u128>,
     /// Largest size ever inserted: bounds how far back a containing lookup looks.
     max_size: u64,
     /// The entry the last containing lookup found: consecutive pieces of one
@@ -53,9 +53,9 @@ impl<E: Indexed> Entries<E> {
     pub(super) fn new() -> Self {
         Entries {
             map: PageMap::default(),
-            by_bus: BTreeSet::new(),
-            by_phys: BTreeSet::new(),
-            by_first_line: BTreeSet::new(),
+            by_bus: OrdSet::new(),
+            by_phys: OrdSet::new(),
+            by_first_line: OrdSet::new(),
             max_size: 1,
             last: Cell::new(0),
         }

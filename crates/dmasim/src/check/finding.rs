@@ -21,9 +21,73 @@ pub struct HistoryEvent {
     pub time_ns: u64,
     /// Script line (0 when the event came from the machine itself).
     pub line: u32,
-    /// What happened. Shared: a buffer's allocation event is copied into every
-    /// mapping's history, so a copy is a reference count, not a string.
-    pub event: std::sync::Arc<str>,
+    /// What happened.
+    pub event: Text,
+}
+
+/// An event's text: a constant, or a string shared by every history that holds
+/// it (a buffer's allocation event is copied into each of its mappings' histories,
+/// so a copy costs a reference count, and a constant costs nothing).
+#[derive(Clone)]
+pub struct Text(TextRepr);
+
+#[derive(Clone)]
+enum TextRepr {
+    Static(&'static str),
+    Shared(std::sync::Arc<str>),
+}
+
+impl Text {
+    /// The empty text of an event filled in later (a map, a device transfer).
+    pub const EMPTY: Text = Text(TextRepr::Static(""));
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match &self.0 {
+            TextRepr::Static(s) => s,
+            TextRepr::Shared(s) => s,
+        }
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text(TextRepr::Shared(s.into()))
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Text {
+        Text(TextRepr::Static(s))
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text {}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self)
+    }
 }
 
 /// One reported mistake.

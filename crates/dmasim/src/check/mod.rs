@@ -16,6 +16,7 @@
 mod entries;
 pub mod finding;
 pub mod oracle;
+mod ordset;
 pub mod ranges;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,7 +25,7 @@ use entries::{Entries, Indexed};
 
 use crate::hw::Machine;
 use crate::kernel::dma::{DmaDirection, DMA_MAPPING_ERROR};
-pub use finding::{Finding, HistoryEvent, Severity};
+pub use finding::{Finding, HistoryEvent, Severity, Text};
 use oracle::Oracle;
 use ranges::RangeSet;
 
@@ -166,18 +167,8 @@ impl MapEvent {
 
 const HISTORY_MAX: usize = 48;
 
-thread_local! {
-    static EMPTY_EVENT: std::sync::Arc<str> = std::sync::Arc::from("");
-}
-
-/// The text of an event that is filled in later (a map, a device transfer): one
-/// shared empty string, so recording it allocates nothing.
-fn empty_event() -> std::sync::Arc<str> {
-    EMPTY_EVENT.with(std::sync::Arc::clone)
-}
-
 impl Entry {
-    fn push(&mut self, ctx: Ctx, event: impl Into<std::sync::Arc<str>>) {
+    fn push(&mut self, ctx: Ctx, event: impl Into<Text>) {
         if let Some((i, _, write, start, n)) = self.last_dev.take() {
             let verb = if write { "wrote" } else { "read" };
             if let Some(ev) = self.history.get_mut(i) {
@@ -591,7 +582,7 @@ impl Sanitizer {
             pages: m.pages,
             map_event: None,
         };
-        e.push(ctx, empty_event());
+        e.push(ctx, Text::EMPTY);
         e.map_event = Some(MapEvent {
             idx: e.history.len() - 1,
             what: m.what,
@@ -1304,7 +1295,7 @@ impl Sanitizer {
                 e.last_dev = Some((i, l, w, start, n + len));
             }
             _ => {
-                e.push(ctx, empty_event());
+                e.push(ctx, Text::EMPTY);
                 e.last_dev = Some((e.history.len() - 1, ctx.line, a.write, a.bus, len));
             }
         }
@@ -1545,7 +1536,7 @@ impl Sanitizer {
                     history.push(HistoryEvent {
                         time_ns: *t,
                         line: 0,
-                        event: event.as_str().into(),
+                        event: event.clone().into(),
                     });
                 }
                 history.push(HistoryEvent {

@@ -163,6 +163,12 @@ fn key(domain: usize, iova: u64, shift: u32) -> u64 {
 
 const INVALID: u64 = u64::MAX;
 
+/// The page-size code (0: 4 KiB, 1: 2 MiB, 2: 1 GiB) of a valid key.
+#[inline(always)]
+fn size_code(k: u64) -> usize {
+    (k & 3) as usize
+}
+
 /// The IOTLB: `sets` × `ways` entries, tagged by domain, LRU inside a set. An entry
 /// of page or block size `1 << shift` lives in set `(iova >> shift) % sets`. A
 /// one-entry micro-TLB in front remembers the last hit, as SMMU stream caches do.
@@ -177,6 +183,9 @@ pub struct Iotlb {
     /// Key → way of every valid entry: a lookup is a hash probe per page size
     /// instead of a scan of the set (the hardware compares all ways at once).
     index: crate::fasthash::PageMap<usize>,
+    /// Valid entries per page size (4 KiB, 2 MiB, 1 GiB): a lookup or a range
+    /// invalidation skips the sizes nothing is cached at.
+    by_size: [u32; 3],
 }
 
 impl Iotlb {
@@ -193,6 +202,7 @@ impl Iotlb {
             tick: 0,
             last: None,
             index: crate::fasthash::PageMap::default(),
+            by_size: [0; 3],
         }
     }
 
@@ -217,7 +227,10 @@ impl Iotlb {
                 return Some(self.hit(i));
             }
         }
-        for shift in [12, 21, 30] {
+        for (code, shift) in [12, 21, 30].into_iter().enumerate() {
+            if self.by_size[code] == 0 {
+                continue;
+            }
             let k = key(domain, iova, shift);
             if let Some(&i) = self.index.get(&k) {
                 self.last = Some((k, i));
@@ -243,12 +256,15 @@ impl Iotlb {
         let old = self.keys[base + w];
         if old != INVALID {
             self.index.remove(&old);
+            self.by_size[size_code(old)] -= 1;
         }
         let k = key(domain, iova, shift);
         if let Some(&dup) = self.index.get(&k) {
             // Already cached (a walk raced a hit): keep one copy.
             self.keys[dup] = INVALID;
+            self.by_size[size_code(k)] -= 1;
         }
+        self.by_size[size_code(k)] += 1;
         self.index.insert(k, base + w);
         self.keys[base + w] = k;
         self.entries[base + w] = TlbEntry {
@@ -272,13 +288,17 @@ impl Iotlb {
         let spans = [12u32, 21, 30].map(|s| ((end - 1) >> s) - (iova >> s) + 1);
         if spans.iter().sum::<u64>() <= self.keys.len() as u64 {
             let mut n = 0;
-            for (shift, count) in [12u32, 21, 30].into_iter().zip(spans) {
+            for (code, (shift, count)) in [12u32, 21, 30].into_iter().zip(spans).enumerate() {
+                if self.by_size[code] == 0 {
+                    continue;
+                }
                 for page in (iova >> shift)..(iova >> shift) + count {
                     let k = key(domain, page << shift, shift);
                     if let Some(&i) = self.index.get(&k) {
                         if self.entries[i].domain == domain {
                             self.index.remove(&k);
                             self.keys[i] = INVALID;
+                            self.by_size[code] -= 1;
                             n += 1;
                         }
                     }
@@ -298,6 +318,7 @@ impl Iotlb {
                 let stop = start + (1u64 << e.shift);
                 if start < end && iova < stop {
                     self.index.remove(k);
+                    self.by_size[size_code(*k)] -= 1;
                     *k = INVALID;
                     n += 1;
                 }
@@ -311,6 +332,7 @@ impl Iotlb {
         for (k, e) in self.keys.iter_mut().zip(&self.entries) {
             if e.domain == domain && *k != INVALID {
                 self.index.remove(k);
+                self.by_size[size_code(*k)] -= 1;
                 *k = INVALID;
             }
         }
@@ -320,6 +342,7 @@ impl Iotlb {
     pub fn invalidate_all(&mut self) {
         self.keys.fill(INVALID);
         self.index.clear();
+        self.by_size = [0; 3];
     }
 
     /// Valid entries now.
@@ -593,6 +616,7 @@ mod tests {
         assert_eq!(t.occupancy(), 6);
         t.invalidate_domain(0);
         assert_eq!(t.occupancy(), 1);
+        assert_eq!(t.by_size, [1, 0, 0]);
         t.invalidate_all();
         assert_eq!(t.occupancy(), 0);
     }
@@ -623,6 +647,10 @@ mod tests {
                 let nb = b.invalidate_range_scan(d, iova, iova + size);
                 assert_eq!(na, nb, "domain {d} range {iova:#x}+{size:#x}");
                 assert_eq!(a.keys, b.keys);
+                for t in [&a, &b] {
+                    let counted: u32 = t.by_size.iter().sum();
+                    assert_eq!(t.occupancy(), counted as usize);
+                }
                 *dropped += na;
             }
         }
