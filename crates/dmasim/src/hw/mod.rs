@@ -433,9 +433,16 @@ impl Machine {
             self.dram.read_append(pa, len, out);
             return Ok(());
         }
+        // DRAM's bytes, then the dirty lines the snoop finds on top (clean copies
+        // equal DRAM). Appending first avoids zeroing the page only to overwrite it.
         let start = out.len();
-        out.resize(start + len, 0);
-        self.peek(pa, &mut out[start..]);
+        self.dram.read_append(pa, len, out);
+        for (a, r) in line_pieces(pa, len, self.line as usize) {
+            if let Some(d) = self.caches.dirty_copy(a) {
+                let off = (a as usize) & (self.line as usize - 1);
+                out[start + r.start..start + r.end].copy_from_slice(&d[off..off + r.len()]);
+            }
+        }
         Ok(())
     }
 
