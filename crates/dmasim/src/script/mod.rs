@@ -73,12 +73,7 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
 
 /// Builds the engine without running anything (for `dmasim check` and docs tools).
 pub fn engine_for_check() -> Engine {
-    let s: Shared = Rc::new(RefCell::new(Session {
-        sys: None,
-        opts: ScriptOptions::default(),
-        expectations: Expectations::default(),
-        early_log: Vec::new(),
-    }));
+    let s = new_session(&ScriptOptions::default());
     build_engine(&s, &ScriptOptions::default())
 }
 
@@ -150,18 +145,72 @@ pub fn check_source(name: &str, src: &str) -> Result<(), String> {
 /// Runs a script and returns its report. Never panics on bad input: syntax errors,
 /// unknown functions, wrong types and limits end in a report with outcome `error`.
 pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
-    let session: Shared = Rc::new(RefCell::new(Session {
+    // Building an engine (Rhai's standard package and our few hundred functions)
+    // costs more than a short run itself, and `explore` runs one script thousands
+    // of times per thread: each thread keeps its engine, its session slot and the
+    // last script's AST, and every run starts from a fresh session.
+    let mut cached = ENGINE.with(|c| c.borrow_mut().take()).unwrap_or_else(|| {
+        let session = new_session(opts);
+        let engine = build_engine(&session, opts);
+        CachedEngine {
+            session,
+            engine,
+            ast: None,
+        }
+    });
+    *cached.session.borrow_mut() = Session {
         sys: None,
         opts: *opts,
         expectations: Expectations::default(),
         early_log: Vec::new(),
-    }));
-    let engine = build_engine(&session, opts);
-    let error = match engine.compile(src) {
-        Err(e) => Some(locate(name, e.position(), &strip_position(&e.to_string()))),
-        Ok(ast) => engine.run_ast(&ast).err().map(|e| describe_error(name, &e)),
     };
-    drop(engine);
+    cached.engine.set_max_operations(opts.max_operations);
+    let compiled = match cached.ast.take() {
+        Some((text, ast)) if text == src => Ok((text, ast)),
+        _ => cached.engine.compile(src).map(|ast| (src.to_string(), ast)),
+    };
+    let error = match compiled {
+        Err(e) => Some(locate(name, e.position(), &strip_position(&e.to_string()))),
+        Ok((text, ast)) => {
+            let r = cached
+                .engine
+                .run_ast(&ast)
+                .err()
+                .map(|e| describe_error(name, &e));
+            cached.ast = Some((text, ast));
+            r
+        }
+    };
+    let report = finish_run(name, opts, &cached.session, error);
+    // The run's machine goes now, not when the thread next runs a script.
+    cached.session.borrow_mut().sys = None;
+    ENGINE.with(|c| *c.borrow_mut() = Some(cached));
+    report
+}
+
+/// A thread's engine, bound to its session slot, and the last script compiled.
+struct CachedEngine {
+    session: Shared,
+    engine: Engine,
+    ast: Option<(String, rhai::AST)>,
+}
+
+thread_local! {
+    static ENGINE: RefCell<Option<CachedEngine>> = const { RefCell::new(None) };
+}
+
+fn new_session(opts: &ScriptOptions) -> Shared {
+    Rc::new(RefCell::new(Session {
+        sys: None,
+        opts: *opts,
+        expectations: Expectations::default(),
+        early_log: Vec::new(),
+    }))
+}
+
+/// The report of a finished run: ends the machine's run (when the script got
+/// through) and collects findings, stats and log from the session.
+fn finish_run(name: &str, opts: &ScriptOptions, session: &Shared, error: Option<String>) -> Report {
     let mut s = session.borrow_mut();
     if error.is_none() {
         if let Some(sys) = s.sys.as_mut() {
