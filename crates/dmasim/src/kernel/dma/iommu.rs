@@ -8,8 +8,8 @@
 //! `dma_alloc_coherent` maps scattered pages into contiguous IOVA.
 //!
 //! Simplifications: platform devices only (no PCI SAC-address first try, no
-//! untrusted devices); the coherent allocation takes order-0 pages (Linux tries the
-//! domain's larger page sizes first) and always blocks (no atomic pool).
+//! untrusted devices); the coherent allocation always blocks (no atomic pool) and
+//! never retries a failed 2 MiB block with reclaim or compaction.
 
 use crate::check::{HistoryEvent, MapKind, NewMapping};
 use crate::config::{PAGE_SHIFT, PAGE_SIZE};
@@ -17,7 +17,7 @@ use crate::hw::mmu::MemType;
 use crate::kernel::dma::bounce::BounceWhy;
 use crate::kernel::dma::sg::SgEntry;
 use crate::kernel::dma::{DmaDirection, DMA_MAPPING_ERROR};
-use crate::kernel::iommu::{dma_info_to_prot, DomainType, GRANULE};
+use crate::kernel::iommu::{dma_info_to_prot, DomainType, GRANULE, PGSIZE_BITMAP};
 use crate::kernel::{Backing, BufKind, Buffer};
 use crate::system::{Result, SimError, System};
 
@@ -403,10 +403,58 @@ impl System {
         }
     }
 
-    /// `iommu_dma_alloc`: zeroed order-0 pages wherever the allocator finds them,
-    /// mapped at one contiguous IOVA range below the coherent mask, and a CPU
-    /// mapping in the vmalloc area (Normal-NC for a non-coherent device, after
-    /// cleaning each page). Returns the buffer id, or `None`.
+    /// `__iommu_dma_alloc_pages`: `count` pages for an IOMMU-mapped buffer. The
+    /// orders tried are the domain's page sizes that the buddy allocator can give
+    /// (4 KiB and 2 MiB; 1 GiB is beyond `MAX_PAGE_ORDER`), largest first and only
+    /// while the rest of the request is that large; a larger block is "a
+    /// convenience rather than a necessity" (Linux asks with `__GFP_NORETRY`, which
+    /// this allocator, without reclaim, needs no flag for) and is split so that
+    /// each page is freed on its own (`split_page`). Returns the page frames in
+    /// order, or the failure of the last order-0 attempt (nothing stays allocated).
+    fn iommu_dma_alloc_pages(
+        &mut self,
+        count: u64,
+    ) -> std::result::Result<Vec<u64>, crate::kernel::mm::page_alloc::AllocFailure> {
+        use crate::kernel::mm::gfp::{GFP_KERNEL, GFP_NOWARN};
+        let orders: Vec<u32> = (0..=crate::config::MAX_PAGE_ORDER)
+            .rev()
+            .filter(|o| (PGSIZE_BITMAP >> PAGE_SHIFT) & (1 << o) != 0)
+            .collect();
+        let mut pfns = Vec::with_capacity(count as usize);
+        while (pfns.len() as u64) < count {
+            let rest = count - pfns.len() as u64;
+            let mut got = None;
+            let mut last_err = None;
+            for &order in orders.iter().filter(|&&o| 1u64 << o <= rest) {
+                match self.kernel.pages.alloc_pages(
+                    order,
+                    GFP_KERNEL | GFP_NOWARN,
+                    &mut self.hw.rng,
+                ) {
+                    Ok(p) => {
+                        got = Some((p, order));
+                        break;
+                    }
+                    Err(f) => last_err = Some(f),
+                }
+            }
+            let Some((first, order)) = got else {
+                for &p in &pfns {
+                    self.kernel.pages.free_pages(p, 0);
+                }
+                return Err(last_err.expect("order 0 is always tried"));
+            };
+            pfns.extend(first..first + (1 << order));
+        }
+        Ok(pfns)
+    }
+
+    /// `iommu_dma_alloc`: zeroed pages wherever the allocator finds them — 2 MiB
+    /// blocks first while the rest is that large, then single pages
+    /// (`__iommu_dma_alloc_pages`) — mapped at one contiguous IOVA range below the
+    /// coherent mask, and a CPU mapping in the vmalloc area (Normal-NC for a
+    /// non-coherent device, after cleaning each page). Returns the buffer id, or
+    /// `None`.
     ///
     /// # Errors
     /// The memory cap.
@@ -414,23 +462,13 @@ impl System {
         let name = self.kernel.devices[dev].name.clone();
         let bytes = granule_align(size);
         let count = bytes / PAGE_SIZE;
-        let mut pfns = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            match self.kernel.pages.alloc_pages(
-                0,
-                crate::kernel::mm::gfp::GFP_KERNEL,
-                &mut self.hw.rng,
-            ) {
-                Ok(p) => pfns.push(p),
-                Err(f) => {
-                    for &p in &pfns {
-                        self.kernel.pages.free_pages(p, 0);
-                    }
-                    self.alloc_failed(&name, "dma_alloc_coherent", bytes, 0, Some(&f));
-                    return Ok(None);
-                }
+        let pfns = match self.iommu_dma_alloc_pages(count) {
+            Ok(p) => p,
+            Err(f) => {
+                self.alloc_failed(&name, "dma_alloc_coherent", bytes, 0, Some(&f));
+                return Ok(None);
             }
-        }
+        };
         let coherent = self.dev_is_dma_coherent(dev);
         let limit = self.iommu_dma_limit(dev, true);
         let domain = self.domain_of(dev);
@@ -440,14 +478,23 @@ impl System {
             }
             return Ok(None);
         };
+        // iommu_map_sgtable: the pages as a scatterlist whose physically contiguous
+        // runs are one entry each, so an aligned 2 MiB block becomes a block
+        // descriptor (one IOTLB entry for 2 MiB).
         let prot = dma_info_to_prot(DmaDirection::Bidirectional, coherent);
-        for (i, &p) in pfns.iter().enumerate() {
+        let mut i = 0usize;
+        while i < pfns.len() {
+            let mut n = 1usize;
+            while i + n < pfns.len() && pfns[i + n] == pfns[i] + n as u64 {
+                n += 1;
+            }
+            let at = iova + i as u64 * PAGE_SIZE;
             if self
                 .iommu_map(
                     domain,
-                    iova + i as u64 * PAGE_SIZE,
-                    p << PAGE_SHIFT,
-                    PAGE_SIZE,
+                    at,
+                    pfns[i] << PAGE_SHIFT,
+                    n as u64 * PAGE_SIZE,
                     prot,
                 )
                 .is_err()
@@ -458,6 +505,7 @@ impl System {
                 }
                 return Ok(None);
             }
+            i += n;
         }
         let va = self.kernel.vmalloc_range(bytes);
         let memtype = if coherent {
@@ -482,7 +530,7 @@ impl System {
         let alloc = HistoryEvent {
             time_ns: self.ctx().time_ns,
             line: self.line,
-            event: format!("dma_alloc_coherent({size}) = {va:#x} [{count} scattered pages, first phys={pa:#x}] [iova={iova:#x}]").into(),
+            event: format!("dma_alloc_coherent({size}) = {va:#x} [{count} pages in {} physical runs, first phys={pa:#x}] [iova={iova:#x}]", crate::report::visual::runs_of(pfns.iter().copied()).len()).into(),
         };
         let id = self.kernel.add_buffer(Buffer {
             id: 0,
