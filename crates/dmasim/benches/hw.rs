@@ -130,6 +130,22 @@ fn device_dma(c: &mut Criterion) {
     g.finish();
 }
 
+/// A 4 KiB kmalloc buffer's virtual address.
+fn kmalloc_4k(sys: &mut System) -> u64 {
+    let id = sys
+        .kmalloc(4096, dmasim::kernel::mm::gfp::GFP_KERNEL)
+        .unwrap()
+        .unwrap();
+    sys.kernel.buffers[&id].va
+}
+
+/// One checked `dma_map_single` of 4 KiB and its `dma_unmap_single`.
+fn map_unmap_4k(sys: &mut System, dev: usize, va: u64, dir: DmaDirection) {
+    let a = sys.dma_map_single(dev, va, 4096, dir).unwrap();
+    assert!(!sys.dma_mapping_error(dev, a));
+    sys.dma_unmap(dev, a, 4096, dir, MapKind::Single).unwrap();
+}
+
 /// A 32-bit device on an 8 GiB arm64 machine maps and unmaps a 4 KiB buffer above
 /// 4 GiB: every map goes through swiotlb and copies 4 KiB in.
 fn bounce_map_unmap(c: &mut Criterion) {
@@ -139,32 +155,14 @@ fn bounce_map_unmap(c: &mut Criterion) {
     p.ram = 8 << 30;
     let mut sys = System::boot(p, RunOptions::default()).unwrap();
     let dev = sys.add_device(Device::new("nic0", true, 1_000_000, 0));
-    let id = sys
-        .kmalloc(4096, dmasim::kernel::mm::gfp::GFP_KERNEL)
-        .unwrap()
-        .unwrap();
-    let va = sys.kernel.buffers[&id].va;
-    assert!(sys.kernel.buffers[&id].phys >= 1 << 32);
+    let va = kmalloc_4k(&mut sys);
+    assert!(sys.kernel.virt_to_phys(va).unwrap() >= 1 << 32);
     sys.cpu_write_va(va, &[0x42; 4096]).unwrap();
     g.bench_function("bounced_map_unmap_to_device", |b| {
-        b.iter(|| {
-            let a = sys
-                .dma_map_single(dev, va, 4096, DmaDirection::ToDevice)
-                .unwrap();
-            assert!(!sys.dma_mapping_error(dev, a));
-            sys.dma_unmap(dev, a, 4096, DmaDirection::ToDevice, MapKind::Single)
-                .unwrap();
-        })
+        b.iter(|| map_unmap_4k(&mut sys, dev, va, DmaDirection::ToDevice))
     });
     g.bench_function("bounced_map_unmap_bidirectional", |b| {
-        b.iter(|| {
-            let a = sys
-                .dma_map_single(dev, va, 4096, DmaDirection::Bidirectional)
-                .unwrap();
-            assert!(!sys.dma_mapping_error(dev, a));
-            sys.dma_unmap(dev, a, 4096, DmaDirection::Bidirectional, MapKind::Single)
-                .unwrap();
-        })
+        b.iter(|| map_unmap_4k(&mut sys, dev, va, DmaDirection::Bidirectional))
     });
     let src = vec![0x42u8; 4096];
     let mut dst = vec![0u8; 4096];
@@ -191,20 +189,9 @@ fn iommu_strict(c: &mut Criterion) {
     let mut g = c.benchmark_group("iommu");
     g.throughput(Throughput::Elements(1));
     let (mut sys, dev) = iommu_system();
-    let id = sys
-        .kmalloc(4096, dmasim::kernel::mm::gfp::GFP_KERNEL)
-        .unwrap()
-        .unwrap();
-    let va = sys.kernel.buffers[&id].va;
+    let va = kmalloc_4k(&mut sys);
     g.bench_function("strict_map_unmap_4KiB", |b| {
-        b.iter(|| {
-            let a = sys
-                .dma_map_single(dev, va, 4096, DmaDirection::ToDevice)
-                .unwrap();
-            assert!(!sys.dma_mapping_error(dev, a));
-            sys.dma_unmap(dev, a, 4096, DmaDirection::ToDevice, MapKind::Single)
-                .unwrap();
-        })
+        b.iter(|| map_unmap_4k(&mut sys, dev, va, DmaDirection::ToDevice))
     });
     g.finish();
 }

@@ -516,31 +516,28 @@ fn coherent_buffers_through_the_iommu_are_iova_contiguous_over_scattered_pages()
     assert_eq!(j["stats"]["iommu"]["unmaps"], 1);
 }
 
+/// IOTLB misses of `reads` device reads 64 KiB apart over a fresh coherent buffer
+/// of `size` bytes through the IOMMU.
+fn coherent_read_misses(size: u64, reads: u64) -> Value {
+    let (r, j) = script(&format!(
+        r#"boot("arm64-coherent", #{{ iommu: "smmu", noise: "off" }});
+        let d = device("d");
+        let c = dma_alloc_coherent(d, {size});
+        for i in 0..{reads} {{ dev_read(d, c.dma + i * 65536, 64); }}
+        dma_free_coherent(d, {size}, c);"#
+    ));
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    j["stats"]["iommu"]["iotlb_misses"].clone()
+}
+
 #[test]
 fn large_coherent_buffers_through_the_iommu_are_built_of_2mib_blocks() {
     // __iommu_dma_alloc_pages takes 2 MiB blocks while the rest of the request is
     // that large: a 4 MiB buffer is two block descriptors, so reads all over it miss
     // the IOTLB twice. 1 MiB is below a block: single pages, one miss per page read.
-    let (r, j) = script(
-        r#"boot("arm64-coherent", #{ iommu: "smmu", noise: "off" });
-        let d = device("d");
-        let c = dma_alloc_coherent(d, 4194304);
-        for i in 0..64 { dev_read(d, c.dma + i * 65536, 64); }
-        dma_free_coherent(d, 4194304, c);"#,
-    );
-    ok(&r);
-    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
-    assert_eq!(j["stats"]["iommu"]["iotlb_misses"], 2);
-    let (r, j) = script(
-        r#"boot("arm64-coherent", #{ iommu: "smmu", noise: "off" });
-        let d = device("d");
-        let c = dma_alloc_coherent(d, 1048576);
-        for i in 0..16 { dev_read(d, c.dma + i * 65536, 64); }
-        dma_free_coherent(d, 1048576, c);"#,
-    );
-    ok(&r);
-    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
-    assert_eq!(j["stats"]["iommu"]["iotlb_misses"], 16);
+    assert_eq!(coherent_read_misses(4 << 20, 64), 2);
+    assert_eq!(coherent_read_misses(1 << 20, 16), 16);
 }
 
 fn scenario(name: &str, seed: u64) -> (Report, Value) {
