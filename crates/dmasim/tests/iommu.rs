@@ -540,6 +540,23 @@ fn large_coherent_buffers_through_the_iommu_are_built_of_2mib_blocks() {
     assert_eq!(coherent_read_misses(1 << 20, 16), 16);
 }
 
+#[test]
+fn cpu_reads_of_every_scattered_page_of_a_coherent_buffer_count_against_it() {
+    // A 64 KiB coherent buffer through the IOMMU is sixteen scattered pages behind a
+    // Normal-NC vmap; the sanitizer must match a CPU read of any of them to the
+    // buffer (it once matched only the first page's physical neighbourhood).
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent", #{ iommu: "smmu", noise: "off" });
+        let d = device("d");
+        let c = dma_alloc_coherent(d, 65536);
+        for i in 0..16 { cpu_read(c, i * 4096, 4096); }
+        dma_free_coherent(d, 65536, c);"#,
+    );
+    ok(&r);
+    assert_eq!(ids(&j), vec!["uncached-cpu-heavy"]);
+    assert_eq!(j["findings"][0]["len"], 65536);
+}
+
 fn scenario(name: &str, seed: u64) -> (Report, Value) {
     common::scenario(name, seed, None)
 }

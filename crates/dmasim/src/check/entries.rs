@@ -26,6 +26,34 @@ pub(super) trait Indexed {
     fn dev_addr(&self) -> u64;
     fn phys(&self) -> u64;
     fn size(&self) -> u64;
+    /// The physically contiguous runs `(phys, offset in the entry, len)` of a
+    /// scattered entry, sorted by `phys`; empty when the entry is the one run
+    /// `[phys, phys + size)`.
+    fn runs(&self) -> &[(u64, u64, u64)];
+}
+
+/// Every physical run of `e`, `(phys, offset, len)`.
+fn phys_runs<E: Indexed>(e: &E) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+    let whole = e.runs().is_empty().then_some((e.phys(), 0, e.size()));
+    whole.into_iter().chain(e.runs().iter().copied())
+}
+
+/// The part of `[pa, end)` (inside one page) that lies in one of `e`'s physical
+/// runs: `(start, end, offset of start in the entry)`.
+pub(super) fn piece_of<E: Indexed>(e: &E, pa: u64, end: u64) -> Option<(u64, u64, u64)> {
+    let runs = e.runs();
+    let (rpa, off, len) = if runs.is_empty() {
+        (e.phys(), 0, e.size())
+    } else {
+        // The run holding `pa`, or else the first one that starts inside the range.
+        let i = runs.partition_point(|r| r.0 <= pa);
+        match i.checked_sub(1).map(|j| runs[j]) {
+            Some(r) if r.0 + r.2 > pa => r,
+            _ => *runs.get(i)?,
+        }
+    };
+    let (s, t) = (pa.max(rpa), end.min(rpa + len));
+    (s < t).then(|| (s, t, off + (s - rpa)))
 }
 
 /// Live entries with their indexes.
@@ -42,6 +70,8 @@ pub(super) struct Entries<E> {
     by_first_line: OrdSet<u128>,
     /// Largest size ever inserted: bounds how far back a containing lookup looks.
     max_size: u64,
+    /// Largest physical run ever inserted: the same bound for physical lookups.
+    max_run: u64,
     /// The entry the last containing lookup found: consecutive pieces of one
     /// transfer hit the same mapping, so it is tried first. (With overlapping
     /// mappings this may pick another valid container than the walk would; the
@@ -57,6 +87,7 @@ impl<E: Indexed> Entries<E> {
             by_phys: OrdSet::new(),
             by_first_line: OrdSet::new(),
             max_size: 1,
+            max_run: 1,
             last: Cell::new(0),
         }
     }
@@ -69,7 +100,10 @@ impl<E: Indexed> Entries<E> {
     pub(super) fn insert(&mut self, id: u64, e: E, first_line: Option<u64>) {
         self.max_size = self.max_size.max(e.size().max(1));
         self.by_bus.insert((bus_key(e.dev(), e.dev_addr()), id));
-        self.by_phys.insert(pair(e.phys(), id));
+        for (pa, _, len) in phys_runs(&e) {
+            self.max_run = self.max_run.max(len.max(1));
+            self.by_phys.insert(pair(pa, id));
+        }
         if let Some(l) = first_line {
             self.by_first_line.insert(pair(l, id));
         }
@@ -79,7 +113,9 @@ impl<E: Indexed> Entries<E> {
     pub(super) fn remove(&mut self, id: u64) -> Option<Box<E>> {
         let (e, first_line) = self.map.remove(&id)?;
         self.by_bus.remove(&(bus_key(e.dev(), e.dev_addr()), id));
-        self.by_phys.remove(&pair(e.phys(), id));
+        for (pa, _, _) in phys_runs(&*e) {
+            self.by_phys.remove(&pair(pa, id));
+        }
         if let Some(l) = first_line {
             self.by_first_line.remove(&pair(l, id));
         }
@@ -156,15 +192,22 @@ impl<E: Indexed> Entries<E> {
 
     /// Ids of the entries whose physical range overlaps `[pa, end)`.
     pub(super) fn overlapping_phys(&self, pa: u64, end: u64) -> Vec<u64> {
-        let from = pa.saturating_sub(self.max_size - 1);
-        self.by_phys
-            .range(pair(from, 0)..pair(end, 0))
-            .map(|&k| k as u64)
-            .filter(|id| {
-                let e = &self.map[id].0;
-                e.phys() + e.size() > pa
-            })
-            .collect()
+        let from = pa.saturating_sub(self.max_run - 1);
+        let mut ids: Vec<u64> = Vec::new();
+        for &k in self.by_phys.range(pair(from, 0)..pair(end, 0)) {
+            let (run_pa, id) = ((k >> 64) as u64, k as u64);
+            let e = &self.map[&id].0;
+            let len = if e.runs().is_empty() {
+                e.size()
+            } else {
+                let i = e.runs().partition_point(|r| r.0 < run_pa);
+                e.runs().get(i).map_or(0, |r| r.2)
+            };
+            if run_pa + len > pa && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
     }
 
     /// An entry whose first line is `line`, if any.

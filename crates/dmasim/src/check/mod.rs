@@ -135,6 +135,9 @@ struct Entry {
     bounce: Option<u64>,
     /// The frames of a physically scattered mapping, watched one by one.
     pages: Option<Vec<u64>>,
+    /// Its physically contiguous runs (phys, offset, len), sorted by phys; empty for
+    /// a contiguous mapping.
+    runs: Vec<(u64, u64, u64)>,
     /// The map event, rendered into the history only when someone reads it.
     map_event: Option<MapEvent>,
 }
@@ -167,6 +170,32 @@ impl MapEvent {
 
 const HISTORY_MAX: usize = 48;
 
+/// The physically contiguous runs `(phys, offset, len)` of a mapping of `size`
+/// bytes over the frames `pfns`, in order, sorted by `phys` (empty when the frames
+/// are one run: the mapping is then simply `[phys, phys + size)`).
+fn scattered_runs(pfns: &[u64], size: u64) -> Vec<(u64, u64, u64)> {
+    let ps = crate::config::PAGE_SIZE;
+    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+    for (i, &p) in pfns.iter().enumerate() {
+        let off = i as u64 * ps;
+        let len = ps.min(size.saturating_sub(off));
+        if len == 0 {
+            break;
+        }
+        match runs.last_mut() {
+            Some(r) if r.0 + r.2 == p << crate::config::PAGE_SHIFT && r.1 + r.2 == off => {
+                r.2 += len
+            }
+            _ => runs.push((p << crate::config::PAGE_SHIFT, off, len)),
+        }
+    }
+    if runs.len() <= 1 {
+        return Vec::new();
+    }
+    runs.sort_unstable();
+    runs
+}
+
 impl Entry {
     fn push(&mut self, ctx: Ctx, event: impl Into<Text>) {
         if let Some((i, _, write, start, n)) = self.last_dev.take() {
@@ -184,6 +213,14 @@ impl Entry {
             line: ctx.line,
             event: event.into(),
         });
+    }
+
+    /// The physical address of byte `off` of the mapping.
+    fn phys_at(&self, off: u64) -> u64 {
+        self.runs
+            .iter()
+            .find(|r| off >= r.1 && off < r.1 + r.2)
+            .map_or(self.phys + off, |r| r.0 + (off - r.1))
     }
 
     /// The history with the last device transfer's event brought up to date.
@@ -224,6 +261,9 @@ impl Indexed for Entry {
     }
     fn size(&self) -> u64 {
         self.size
+    }
+    fn runs(&self) -> &[(u64, u64, u64)] {
+        &self.runs
     }
 }
 
@@ -354,7 +394,7 @@ impl Sanitizer {
             .into_iter()
             .map(|id| self.entries.get(id))
             .find(|e| inside(e.dev, e.dev_addr, e.size))
-            .map(|e| e.phys + (addr - e.dev_addr))
+            .map(|e| e.phys_at(addr - e.dev_addr))
             .or_else(|| {
                 self.recent_unmaps
                     .iter()
@@ -579,6 +619,10 @@ impl Sanitizer {
             buffer: buffer_id,
             freed: None,
             bounce: m.bounce,
+            runs: m
+                .pages
+                .as_deref()
+                .map_or_else(Vec::new, |p| scattered_runs(p, m.size)),
             pages: m.pages,
             map_event: None,
         };
@@ -985,13 +1029,12 @@ impl Sanitizer {
         let mut out = Vec::new();
         for id in self.entries.overlapping_phys(pa, end) {
             let e = self.entries.get_mut(id);
-            let (s, t) = (pa.max(e.phys), end.min(e.phys + e.size));
-            if s >= t {
+            let Some((s, t, os)) = entries::piece_of(&*e, pa, end) else {
                 continue;
-            }
+            };
             let piece = &got[(s - pa) as usize..(t - pa) as usize];
             let (bad, bad_lines) = self.oracle.diff(s, piece, line);
-            let (os, len) = (s - e.phys, t - s);
+            let len = t - s;
             if e.kind == MapKind::Coherent {
                 e.uncached_read_bytes += len;
                 e.uncached_read_ps += uncached_ps * len / got.len() as u64;
@@ -1090,11 +1133,10 @@ impl Sanitizer {
             if e.kind == MapKind::Coherent || e.bounce.is_some() {
                 continue;
             }
-            let (s, t) = (ls.max(e.phys), le.min(e.phys + e.size));
-            if s >= t {
+            let Some((s, t, os)) = entries::piece_of(e, ls, le) else {
                 continue;
-            }
-            let (os, ot) = (s - e.phys, t - e.phys);
+            };
+            let ot = os + (t - s);
             let mut lost = 0;
             for &(a, b) in e.dev_written.ranges() {
                 let (x, y) = (a.max(os), b.min(ot));
@@ -1179,11 +1221,13 @@ impl Sanitizer {
         let end = pa + data.len() as u64;
         for id in self.entries.overlapping_phys(pa, end) {
             let e = self.entries.get_mut(id);
-            let (s, t) = (pa.max(e.phys), end.min(e.phys + e.size));
-            if s >= t || e.kind == MapKind::Coherent {
+            let Some((s, t, os)) = entries::piece_of(&*e, pa, end) else {
+                continue;
+            };
+            if e.kind == MapKind::Coherent {
                 continue;
             }
-            let (os, ot) = (s - e.phys, t - e.phys);
+            let ot = os + (t - s);
             e.cpu_dirty.insert(os, ot);
             e.dev_written.remove(os, ot);
             if e.device_owns {
