@@ -38,20 +38,29 @@ fn phys_runs<E: Indexed>(e: &E) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
     whole.into_iter().chain(e.runs().iter().copied())
 }
 
+/// The physical run of `e` that holds `pa`, `(phys, offset, len)`.
+fn run_holding<E: Indexed>(e: &E, pa: u64) -> Option<(u64, u64, u64)> {
+    let runs = e.runs();
+    if runs.is_empty() {
+        return (pa >= e.phys() && pa - e.phys() < e.size()).then_some((e.phys(), 0, e.size()));
+    }
+    let i = runs.partition_point(|r| r.0 <= pa).checked_sub(1)?;
+    let r = runs[i];
+    (pa - r.0 < r.2).then_some(r)
+}
+
 /// The part of `[pa, end)` (inside one page) that lies in one of `e`'s physical
 /// runs: `(start, end, offset of start in the entry)`.
 pub(super) fn piece_of<E: Indexed>(e: &E, pa: u64, end: u64) -> Option<(u64, u64, u64)> {
-    let runs = e.runs();
-    let (rpa, off, len) = if runs.is_empty() {
-        (e.phys(), 0, e.size())
-    } else {
-        // The run holding `pa`, or else the first one that starts inside the range.
-        let i = runs.partition_point(|r| r.0 <= pa);
-        match i.checked_sub(1).map(|j| runs[j]) {
-            Some(r) if r.0 + r.2 > pa => r,
-            _ => *runs.get(i)?,
-        }
-    };
+    // The run holding `pa`, or else the first run that starts inside the range.
+    let (rpa, off, len) = run_holding(e, pa).or_else(|| {
+        let first = if e.runs().is_empty() {
+            (e.phys(), 0, e.size())
+        } else {
+            *e.runs().get(e.runs().partition_point(|r| r.0 <= pa))?
+        };
+        (first.0 > pa && first.0 < end).then_some(first)
+    })?;
     let (s, t) = (pa.max(rpa), end.min(rpa + len));
     (s < t).then(|| (s, t, off + (s - rpa)))
 }
@@ -197,13 +206,9 @@ impl<E: Indexed> Entries<E> {
         for &k in self.by_phys.range(pair(from, 0)..pair(end, 0)) {
             let (run_pa, id) = ((k >> 64) as u64, k as u64);
             let e = &self.map[&id].0;
-            let len = if e.runs().is_empty() {
-                e.size()
-            } else {
-                let i = e.runs().partition_point(|r| r.0 < run_pa);
-                e.runs().get(i).map_or(0, |r| r.2)
-            };
-            if run_pa + len > pa && !ids.contains(&id) {
+            let len = run_holding(&**e, run_pa).map_or(0, |r| r.2);
+            // Only a scattered entry can meet the range with two runs.
+            if run_pa + len > pa && (e.runs().is_empty() || !ids.contains(&id)) {
                 ids.push(id);
             }
         }

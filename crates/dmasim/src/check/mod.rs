@@ -174,23 +174,19 @@ const HISTORY_MAX: usize = 48;
 /// bytes over the frames `pfns`, in order, sorted by `phys` (empty when the frames
 /// are one run: the mapping is then simply `[phys, phys + size)`).
 fn scattered_runs(pfns: &[u64], size: u64) -> Vec<(u64, u64, u64)> {
-    let ps = crate::config::PAGE_SIZE;
-    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
-    for (i, &p) in pfns.iter().enumerate() {
-        let off = i as u64 * ps;
-        let len = ps.min(size.saturating_sub(off));
+    let merged = crate::report::visual::runs_of(pfns.iter().copied());
+    if merged.len() <= 1 {
+        return Vec::new();
+    }
+    let mut off = 0;
+    let mut runs: Vec<(u64, u64, u64)> = Vec::with_capacity(merged.len());
+    for (pa, len) in merged {
+        let len = len.min(size.saturating_sub(off));
         if len == 0 {
             break;
         }
-        match runs.last_mut() {
-            Some(r) if r.0 + r.2 == p << crate::config::PAGE_SHIFT && r.1 + r.2 == off => {
-                r.2 += len
-            }
-            _ => runs.push((p << crate::config::PAGE_SHIFT, off, len)),
-        }
-    }
-    if runs.len() <= 1 {
-        return Vec::new();
+        runs.push((pa, off, len));
+        off += len;
     }
     runs.sort_unstable();
     runs
@@ -1142,16 +1138,18 @@ impl Sanitizer {
                 let (x, y) = (a.max(os), b.min(ot));
                 if x < y {
                     let mut now = vec![0u8; (y - x) as usize];
-                    hw.dram.read_in_frame(e.phys + x, &mut now);
-                    lost += self.oracle.diff(e.phys + x, &now, line).0;
+                    // The piece is one physical run: offset x sits at s + (x - os).
+                    let at = s + (x - os);
+                    hw.dram.read_in_frame(at, &mut now);
+                    lost += self.oracle.diff(at, &now, line).0;
                 }
             }
             if lost > 0 {
-                out.push((id, lost, e.phys + os));
+                out.push((id, lost, s));
             } else if e.device_owns {
                 // Background activity on a buffer the device owns goes into its
                 // history: it explains a corruption that happens later.
-                quiet.push((id, e.phys + os));
+                quiet.push((id, s));
             }
         }
         for (id, at) in quiet {

@@ -480,18 +480,25 @@ impl Caches {
     /// the general path (a miss, with its fill and victim).
     #[inline]
     pub fn read_word_l1_hit(&mut self, cpu: usize, pa: u64) -> Option<[u8; 8]> {
-        let i = self.l1[cpu].find(pa >> self.line_shift)?;
+        let (_, s) = self.l1_word(cpu, pa)?;
         self.stats.l1_hits += 1;
+        self.pool[s..s + 8].try_into().ok()
+    }
+
+    /// `cpu`'s L1 entry holding `pa`'s line and the pool index of `pa`'s byte.
+    #[inline(always)]
+    fn l1_word(&self, cpu: usize, pa: u64) -> Option<(usize, usize)> {
+        let i = self.l1[cpu].find(pa >> self.line_shift)?;
         let s = self.l1[cpu].slot[i] as usize * self.line_bytes
             + ((pa as usize) & (self.line_bytes - 1));
-        self.pool[s..s + 8].try_into().ok()
+        Some((i, s))
     }
 
     /// Stores 8 bytes at `pa` (8-aligned) when `cpu`'s L1 holds the line in a state
     /// it may write without telling anyone (Modified or Exclusive); false otherwise.
     #[inline]
     pub fn write_word_l1_hit(&mut self, cpu: usize, pa: u64, word: [u8; 8]) -> bool {
-        let Some(i) = self.l1[cpu].find(pa >> self.line_shift) else {
+        let Some((i, s)) = self.l1_word(cpu, pa) else {
             return false;
         };
         match self.l1[cpu].state[i] {
@@ -500,8 +507,6 @@ impl Caches {
             _ => return false,
         }
         self.stats.l1_hits += 1;
-        let s = self.l1[cpu].slot[i] as usize * self.line_bytes
-            + ((pa as usize) & (self.line_bytes - 1));
         self.pool[s..s + 8].copy_from_slice(&word);
         true
     }

@@ -158,12 +158,7 @@ pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
             ast: None,
         }
     });
-    *cached.session.borrow_mut() = Session {
-        sys: None,
-        opts: *opts,
-        expectations: Expectations::default(),
-        early_log: Vec::new(),
-    };
+    *cached.session.borrow_mut() = Session::fresh(opts);
     cached.engine.set_max_operations(opts.max_operations);
     let compiled = match cached.ast.take() {
         Some((text, ast)) if text == src => Ok((text, ast)),
@@ -200,12 +195,19 @@ thread_local! {
 }
 
 fn new_session(opts: &ScriptOptions) -> Shared {
-    Rc::new(RefCell::new(Session {
-        sys: None,
-        opts: *opts,
-        expectations: Expectations::default(),
-        early_log: Vec::new(),
-    }))
+    Rc::new(RefCell::new(Session::fresh(opts)))
+}
+
+impl Session {
+    /// The state of a run that has not booted yet.
+    fn fresh(opts: &ScriptOptions) -> Session {
+        Session {
+            sys: None,
+            opts: *opts,
+            expectations: Expectations::default(),
+            early_log: Vec::new(),
+        }
+    }
 }
 
 /// The report of a finished run: ends the machine's run (when the script got

@@ -482,30 +482,17 @@ impl System {
         // runs are one entry each, so an aligned 2 MiB block becomes a block
         // descriptor (one IOTLB entry for 2 MiB).
         let prot = dma_info_to_prot(DmaDirection::Bidirectional, coherent);
-        let mut i = 0usize;
-        while i < pfns.len() {
-            let mut n = 1usize;
-            while i + n < pfns.len() && pfns[i + n] == pfns[i] + n as u64 {
-                n += 1;
-            }
-            let at = iova + i as u64 * PAGE_SIZE;
-            if self
-                .iommu_map(
-                    domain,
-                    at,
-                    pfns[i] << PAGE_SHIFT,
-                    n as u64 * PAGE_SIZE,
-                    prot,
-                )
-                .is_err()
-            {
-                self.iommu_unmap_range(domain, iova, i as u64 * PAGE_SIZE);
+        let runs = crate::report::visual::runs_of(pfns.iter().copied());
+        let mut at = iova;
+        for &(pa, len) in &runs {
+            if self.iommu_map(domain, at, pa, len, prot).is_err() {
+                self.iommu_unmap_range(domain, iova, at - iova);
                 for &q in &pfns {
                     self.kernel.pages.free_pages(q, 0);
                 }
                 return Ok(None);
             }
-            i += n;
+            at += len;
         }
         let va = self.kernel.vmalloc_range(bytes);
         let memtype = if coherent {
@@ -530,7 +517,7 @@ impl System {
         let alloc = HistoryEvent {
             time_ns: self.ctx().time_ns,
             line: self.line,
-            event: format!("dma_alloc_coherent({size}) = {va:#x} [{count} pages in {} physical runs, first phys={pa:#x}] [iova={iova:#x}]", crate::report::visual::runs_of(pfns.iter().copied()).len()).into(),
+            event: format!("dma_alloc_coherent({size}) = {va:#x} [{count} pages in {} physical runs, first phys={pa:#x}] [iova={iova:#x}]", runs.len()).into(),
         };
         let id = self.kernel.add_buffer(Buffer {
             id: 0,
