@@ -377,8 +377,14 @@ impl System {
         self.printk(
             &dev.name.clone(),
             format!(
-                "DMA master, {kind} port, {}-bit bus, mask {:#x}",
-                dev.dma_bits, dev.dma_mask
+                "DMA master, {kind} port, {}-bit bus, mask {:#x}{}",
+                dev.dma_bits,
+                dev.dma_mask,
+                if dev.untrusted {
+                    ", untrusted (external-facing port)"
+                } else {
+                    ""
+                }
             ),
         );
         let behind = dev.iommu;

@@ -199,6 +199,34 @@ impl<E: Indexed> Entries<E> {
         found
     }
 
+    /// An entry of `dev` whose IOVA range, widened to whole `granule`s (what an
+    /// IOMMU maps for it), holds `[addr, addr+len)`: a device access there reaches
+    /// memory the IOMMU lets through although the mapping does not cover it.
+    pub(super) fn granule_holding(
+        &self,
+        dev: usize,
+        addr: u64,
+        len: u64,
+        granule: u64,
+    ) -> Option<u64> {
+        let end = addr.checked_add(len)?;
+        let from = addr.saturating_sub(self.max_size.saturating_add(granule));
+        let to = addr.saturating_add(granule);
+        self.by_bus
+            .range((bus_key(dev, from), 0)..=(bus_key(dev, to), u64::MAX))
+            .map(|&(_, id)| id)
+            .find(|id| {
+                let e = &self.map[id].0;
+                let lo = e.dev_addr() & !(granule - 1);
+                let hi = e
+                    .dev_addr()
+                    .saturating_add(e.size().max(1))
+                    .checked_next_multiple_of(granule)
+                    .unwrap_or(u64::MAX);
+                e.dev() == dev && addr >= lo && end <= hi
+            })
+    }
+
     /// Ids of the entries whose physical range overlaps `[pa, end)`.
     pub(super) fn overlapping_phys(&self, pa: u64, end: u64) -> Vec<u64> {
         let from = pa.saturating_sub(self.max_run - 1);

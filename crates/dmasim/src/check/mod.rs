@@ -1253,9 +1253,17 @@ impl Sanitizer {
         }
         let Some(id) = cover else {
             if a.translated {
-                // The IOMMU translated an address no live mapping covers: only a
-                // stale IOTLB entry (lazy invalidation) can do that.
-                self.after_unmap(ctx, &a, true);
+                // The IOMMU translated an address no live mapping covers: either it
+                // lies in a page the IOMMU maps for a smaller mapping (it maps whole
+                // granules), or a stale IOTLB entry (lazy invalidation) let it through.
+                if let Some(id) =
+                    self.entries
+                        .granule_holding(a.dev, a.bus, len, crate::config::PAGE_SIZE)
+                {
+                    self.beyond_mapping(ctx, &a, id);
+                } else {
+                    self.after_unmap(ctx, &a, true);
+                }
                 return;
             }
             self.unmapped_device_access(ctx, &a);
@@ -1522,6 +1530,69 @@ impl Sanitizer {
                 a.dev_name, a.bus
             ),
             "stop the device (and wait for it) before dma_unmap_*; with lazy invalidation (iommu.strict=0) an unmapped buffer stays reachable until the flush queue's next IOTLB flush".into(),
+            hist,
+        );
+    }
+
+    /// `dma-outside-mapping` behind an IOMMU: the access left mapping `id` but stayed
+    /// inside the granules the IOMMU maps for it, so it reached memory. Manifested
+    /// when it read non-zero bytes beyond the mapping (someone else's data, or what
+    /// an earlier user left in the bounce slots) or wrote anywhere but the padding of
+    /// the mapping's own bounce buffer.
+    fn beyond_mapping(&mut self, ctx: Ctx, a: &DeviceAccess<'_>, id: u64) {
+        let e = self.entries.get(id);
+        let len = a.data.len() as u64;
+        let (start, end) = (e.dev_addr, e.dev_addr + e.size);
+        // The bytes of the access outside [start, end).
+        let outside = |i: usize| {
+            let b = a.bus + i as u64;
+            b < start || b >= end
+        };
+        let beyond = (0..a.data.len()).filter(|&i| outside(i)).count() as u64;
+        let manifested = if a.write {
+            e.bounce.is_none()
+        } else {
+            a.data
+                .iter()
+                .enumerate()
+                .any(|(i, &v)| v != 0 && outside(i))
+        };
+        let verb = if a.write { "write" } else { "read" };
+        let reached = match (a.pa, e.bounce) {
+            (_, Some(_)) => "the padding of its swiotlb bounce buffer".to_string(),
+            (Some(pa), None) => format!("physical {pa:#x}, memory around the buffer that belongs to others (kernel objects sharing its page)"),
+            (None, None) => "nothing (a bus error)".to_string(),
+        };
+        let exposed = if a.write {
+            String::new()
+        } else if manifested {
+            " — the device got non-zero bytes that are not its buffer's".to_string()
+        } else {
+            " — they were all zero".to_string()
+        };
+        let mut hist = e.snapshot();
+        hist.push(HistoryEvent {
+            time_ns: ctx.time_ns,
+            line: ctx.line,
+            event: format!(
+                "{} {verb} of {len} bytes at {:#x}, {beyond} of them outside the mapping",
+                a.dev_name, a.bus
+            )
+            .into(),
+        });
+        let msg = format!(
+            "{} did a {verb} of {len} bytes at IOVA {:#x}, {beyond} of them outside its {}-byte mapping at {start:#x}; the IOMMU maps whole 4 KiB pages, so it let the access through to {reached}{exposed}",
+            a.dev_name, a.bus, e.size
+        );
+        let help = "a device must stay inside the bytes it was given: the IOMMU protects only whole pages, so a sub-page buffer (kmalloc) exposes its neighbours; for devices you do not trust (external ports) Linux marks them untrusted and bounces such mappings through swiotlb with zeroed padding (device option untrusted: true); or give the device whole pages (alloc_pages, dma_alloc_coherent)";
+        self.report_access(
+            "dma-outside-mapping",
+            a.bus,
+            Some(manifested),
+            a,
+            ctx,
+            msg,
+            help.into(),
             hist,
         );
     }

@@ -50,6 +50,13 @@ pub struct Device {
     /// The IOMMU group it shares with the other devices of that name (`None`:
     /// a group of its own).
     pub iommu_group: Option<String>,
+    /// `pci_dev->untrusted`: a device behind an external-facing port (Thunderbolt,
+    /// USB4, a hot-plug slot the firmware marks `ExternalFacingPort`), which Linux
+    /// does not trust with kernel memory. Behind an IOMMU it always gets a strict
+    /// DMA domain, and its sub-page streaming mappings bounce through swiotlb with
+    /// zeroed padding (`drivers/pci/probe.c`: `set_pcie_untrusted`;
+    /// `drivers/iommu/dma-iommu.c`: `dev_use_swiotlb`).
+    pub untrusted: bool,
 }
 
 impl Device {
@@ -76,6 +83,7 @@ impl Device {
             bound: true,
             vfio: false,
             iommu_group: None,
+            untrusted: false,
         }
     }
 
@@ -129,6 +137,8 @@ pub struct BounceTally {
     pub forced: u64,
     /// Bounced because a small kmalloc buffer was not cache-line aligned.
     pub kmalloc_unaligned: u64,
+    /// Bounced because an untrusted device must not see the rest of a page.
+    pub untrusted: u64,
     /// Mapping failures because the pool was full.
     pub full: u64,
     /// The device's reach (`min_not_zero(mask, bus limit)`) at the first bounce

@@ -79,6 +79,7 @@ pub fn render(r: &Report, color: bool) -> String {
                 let why = match f.id {
                     "dma-after-unmap" => "the IOMMU blocked the access on this run; with lazy invalidation, or without an IOMMU, it gets through",
                     "unpinned-user-dma" => "the page had not moved yet on this run",
+                    "dma-outside-mapping" => "nothing outside the buffer was exposed or overwritten on this run (it met only zeros, its own bounce buffer's padding, or a bus error)",
                     _ => "the bytes happened to be right on this run (cache state hid it)",
                 };
                 let _ = writeln!(o, "   = latent: {why}; the bug is real");

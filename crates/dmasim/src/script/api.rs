@@ -392,6 +392,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                         }
                         "iommu" => d.iommu = v.as_bool().map_err(|_| err(ctx, "iommu: expected true or false"))?,
                         "sg" => d.sg = v.as_bool().map_err(|_| err(ctx, "sg: expected true or false"))?,
+                        "untrusted" => d.untrusted = v.as_bool().map_err(|_| err(ctx, "untrusted: expected true or false"))?,
                         "dma_offset" => d.dma_offset = size_of(ctx, v, "dma_offset")?,
                         "max_segment" => d.max_segment = size_of(ctx, v, "max_segment")?,
                         "bus_dma_limit" => d.bus_dma_limit = size_of(ctx, v, "bus_dma_limit")?,
@@ -421,7 +422,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                             }
                             d.iommu_group = Some(g);
                         }
-                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, iommu_group, sg, dma_offset, max_segment, bandwidth, bus_dma_limit, min_align_mask, seg_boundary)"))),
+                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, iommu_group, sg, untrusted, dma_offset, max_segment, bandwidth, bus_dma_limit, min_align_mask, seg_boundary)"))),
                     }
                 }
             }

@@ -33,6 +33,9 @@ pub enum BounceWhy {
     BeyondLimit,
     /// `dma_kmalloc_needs_bounce()`: a small buffer not a whole number of lines.
     KmallocUnaligned,
+    /// dma-iommu's `dev_is_untrusted()`: a mapping that does not cover whole IOVA
+    /// granules, whose rest an untrusted device must not see.
+    Untrusted,
 }
 
 impl crate::kernel::Kernel {
@@ -158,6 +161,7 @@ impl System {
             BounceWhy::Forced => t.forced += 1,
             BounceWhy::BeyondLimit => t.beyond_limit += 1,
             BounceWhy::KmallocUnaligned => t.kmalloc_unaligned += 1,
+            BounceWhy::Untrusted => t.untrusted += 1,
         }
         Some(tlb)
     }
@@ -400,6 +404,13 @@ impl System {
                     t.kmalloc_unaligned
                 ));
                 help.push("give receive buffers at least 2 × ARCH_DMA_MINALIGN (256 bytes on arm64) or a whole number of cache lines".to_string());
+            }
+            if t.untrusted > 0 {
+                reasons.push(format!(
+                    "{} were mappings of an untrusted device that do not cover whole 4 KiB IOVA pages, bounced so that it cannot see the rest of those pages",
+                    t.untrusted
+                ));
+                help.push("the bounce is the protection, keep it; to avoid the copies give the device page-aligned buffers of whole pages (alloc_pages, dma_alloc_coherent, a page_pool), which map directly".to_string());
             }
             let msg = format!(
                 "{name}: {} mapping(s) bounced through swiotlb, {} copied by the CPU in {} µs of simulated time ({})",

@@ -7,8 +7,12 @@
 //! whole list into one IOVA range and merges what `__finalise_sg` allows;
 //! `dma_alloc_coherent` maps scattered pages into contiguous IOVA.
 //!
-//! Simplifications: platform devices only (no PCI SAC-address first try, no
-//! untrusted devices); the coherent allocation always blocks (no atomic pool) and
+//! An untrusted device (`pci_dev->untrusted`: behind an external-facing port) gets
+//! the same bounce for any mapping that does not cover whole granules, with the
+//! padding around the bounce buffer zeroed, and every `dma_map_sg` entry mapped on
+//! its own (`dev_use_sg_swiotlb`).
+//!
+//! Simplifications: no PCI SAC-address first try; the coherent allocation always blocks (no atomic pool) and
 //! never retries a failed 2 MiB block with reclaim or compaction.
 
 use crate::check::{HistoryEvent, MapKind, NewMapping};
@@ -120,9 +124,28 @@ impl System {
         let coherent = self.dev_is_dma_coherent(dev);
         let mut phys = pa;
         let mut bounce = None;
-        if self.dma_kmalloc_needs_bounce(dev, size, dir) && (pa | size) & (GRANULE - 1) != 0 {
-            match self.swiotlb_tbl_map(dev, pa, size, GRANULE - 1, BounceWhy::KmallocUnaligned) {
+        let untrusted = self.kernel.devices[dev].untrusted;
+        if (untrusted || self.dma_kmalloc_needs_bounce(dev, size, dir))
+            && (pa | size) & (GRANULE - 1) != 0
+        {
+            if self.kernel.swiotlb.is_none() {
+                let name = self.kernel.devices[dev].name.clone();
+                self.printk(
+                    &name,
+                    "DMA bounce buffers are inactive, unable to map unaligned transaction.".into(),
+                );
+                return (DMA_MAPPING_ERROR, None);
+            }
+            let why = if untrusted {
+                BounceWhy::Untrusted
+            } else {
+                BounceWhy::KmallocUnaligned
+            };
+            match self.swiotlb_tbl_map(dev, pa, size, GRANULE - 1, why) {
                 Some(tlb) => {
+                    if untrusted {
+                        self.zero_bounce_padding(tlb, size);
+                    }
                     phys = tlb;
                     bounce = Some(tlb);
                 }
@@ -141,6 +164,28 @@ impl System {
                     self.swiotlb_release(dev, t);
                 }
                 (DMA_MAPPING_ERROR, None)
+            }
+        }
+    }
+
+    /// An untrusted device must not see what an earlier user left in the granules
+    /// around its bounce buffer: `iommu_dma_map_page` zeroes the pre- and
+    /// post-padding with the CPU (through the caches: the clean that follows for a
+    /// non-coherent device covers only the mapping itself, as in Linux).
+    fn zero_bounce_padding(&mut self, tlb: u64, size: u64) {
+        let start = tlb & !(GRANULE - 1);
+        let end = granule_align(tlb + size);
+        for (a, b) in [(start, tlb), (tlb + size, end)] {
+            let zero = [0u8; PAGE_SIZE as usize];
+            let mut p = a;
+            while p < b {
+                let n = (PAGE_SIZE - (p & (PAGE_SIZE - 1))).min(b - p);
+                // The whole granules belong to this allocation (aligned to them), so
+                // no other live mapping shares these bytes: as for the bounce copy,
+                // the sanitizer learns the slot's contents when the mapping starts.
+                self.hw
+                    .cpu_write_phys(self.cpu, p, MemType::Normal, &zero[..n as usize]);
+                p += n;
             }
         }
     }
@@ -260,9 +305,12 @@ impl System {
         let coherent = self.dev_is_dma_coherent(dev);
         // sg_dma_mark_swiotlb: any entry that must bounce makes every entry map on
         // its own, without merging.
-        if entries.iter().any(|e| {
-            self.dma_kmalloc_needs_bounce(dev, e.len, dir) && (e.phys | e.len) & (GRANULE - 1) != 0
-        }) {
+        if self.kernel.devices[dev].untrusted
+            || entries.iter().any(|e| {
+                self.dma_kmalloc_needs_bounce(dev, e.len, dir)
+                    && (e.phys | e.len) & (GRANULE - 1) != 0
+            })
+        {
             for i in 0..entries.len() {
                 let (addr, _) = self.iommu_dma_map_phys(dev, entries[i].phys, entries[i].len, dir);
                 if addr == DMA_MAPPING_ERROR {

@@ -31,7 +31,7 @@ impl System {
         match self.kernel.devices.get(dev) {
             None => Err(SimError::Invalid(format!("{call}: no device #{dev}"))),
             Some(d) if !d.bound => Err(SimError::Invalid(format!(
-                "{call}: device {} was removed (remove_device)",
+                "{call}: device {} has no driver (removed with remove_device, or its probe was refused: see the log)",
                 d.name
             ))),
             Some(d) if d.vfio => Err(SimError::Invalid(format!(
@@ -101,9 +101,19 @@ impl System {
     /// `dma_max_mapping_size()` (`dma_direct_max_mapping_size`): the swiotlb limit
     /// (256 KiB less `min_align_mask` padding) when the pool exists and the device
     /// is addressing-limited or forced to bounce; otherwise unlimited (`SIZE_MAX`,
-    /// shown as `i64::MAX` to scripts).
+    /// shown as `i64::MAX` to scripts). Behind an IOMMU (`iommu_dma_max_mapping_size`)
+    /// only an untrusted device has the swiotlb limit.
     pub fn dma_max_mapping_size(&self, dev: usize) -> u64 {
         let d = &self.kernel.devices[dev];
+        if self.use_dma_iommu(dev) {
+            // iommu_dma_max_mapping_size: only an untrusted device's mappings may
+            // bounce whole, so only they are bounded by the swiotlb segment.
+            return if d.untrusted {
+                crate::kernel::dma::swiotlb::swiotlb_max_mapping_size(d.min_align_mask)
+            } else {
+                i64::MAX as u64
+            };
+        }
         match self.kernel.swiotlb.as_ref() {
             Some(p) if p.force || self.dma_addressing_limited(dev) => {
                 crate::kernel::dma::swiotlb::swiotlb_max_mapping_size(d.min_align_mask)

@@ -214,15 +214,20 @@ impl System {
         let shared = tag
             .as_ref()
             .and_then(|t| st.groups.iter().position(|g| g.tag.as_ref() == Some(t)));
+        let untrusted = self.kernel.devices[dev].untrusted;
         if let Some(g) = shared {
             st.groups[g].devs.push(dev);
             st.dev_group[dev] = Some(g);
             let first = st.groups[g].devs[0];
             let domain = st.dev_domain.get(first).copied().flatten();
+            let kind = domain.map(|d| st.domains[d].kind);
+            self.printk(&name, format!("Adding to iommu group {g}"));
             if let Some(domain) = domain {
                 self.iommu_attach(dev, domain);
             }
-            self.printk(&name, format!("Adding to iommu group {g}"));
+            if untrusted && kind.is_some_and(|k| k != DomainType::Dma) {
+                self.iommu_group_distrust(dev, g, kind.unwrap_or(DomainType::Dma));
+            }
             return;
         }
         let g = st.groups.len();
@@ -231,7 +236,12 @@ impl System {
             devs: vec![dev],
         });
         st.dev_group[dev] = Some(g);
-        let kind = if st.passthrough {
+        // iommu_get_default_domain_type: an untrusted device always gets a
+        // translating domain with strict invalidation, whatever the command line
+        // asks for (iommu.passthrough=1, iommu.strict=0).
+        let kind = if untrusted {
+            DomainType::Dma
+        } else if st.passthrough {
             DomainType::Identity
         } else if st.strict {
             DomainType::Dma
@@ -246,6 +256,34 @@ impl System {
                 "Adding to iommu group {g}; default domain type {}",
                 kind.name()
             ),
+        );
+    }
+
+    /// An untrusted device joined group `g`, whose domain is of type `kind` (not
+    /// DMA). Linux computes the group's default domain type over all its devices and
+    /// an untrusted one forces DMA (`iommu_get_default_domain_type`): the group moves
+    /// to a new strict DMA domain. When a member already has live mappings in the
+    /// old domain, Linux cannot change it under the bound driver and refuses to
+    /// probe the untrusted device: it stays without a driver.
+    fn iommu_group_distrust(&mut self, dev: usize, g: usize, kind: DomainType) {
+        let name = self.kernel.devices[dev].name.clone();
+        let members = self.iommu_group_devices(dev);
+        if members.iter().any(|&d| self.check.device_has_mappings(d)) {
+            self.printk(
+                &name,
+                format!(
+                    "Device is not trusted, but driver is overriding group {g} to {}, refusing to probe.",
+                    kind.name()
+                ),
+            );
+            self.kernel.devices[dev].bound = false;
+            return;
+        }
+        let id = self.iommu_domain_alloc(DomainType::Dma);
+        self.iommu_attach_group(dev, id);
+        self.printk(
+            &name,
+            format!("untrusted device: iommu group {g} default domain type DMA"),
         );
     }
 
@@ -300,7 +338,8 @@ impl System {
 
     /// Writes `/sys/kernel/iommu_groups/N/type` for a device's group: "blocked",
     /// "identity", "DMA" or "DMA-FQ". 0, −EBUSY while the device has live DMA
-    /// mappings (Linux refuses while a driver is bound), −EINVAL for another name,
+    /// mappings (Linux refuses while a driver is bound), −EINVAL for another name
+    /// or for any type but "DMA" when the group holds an untrusted device,
     /// −ENODEV when the device is not behind the IOMMU.
     pub fn iommu_group_set_type(&mut self, dev: usize, name: &str) -> i64 {
         use crate::kernel::errno::{EBUSY, EINVAL};
@@ -315,6 +354,11 @@ impl System {
             _ => return -EINVAL,
         };
         let members = self.iommu_group_devices(dev);
+        // iommu_get_default_domain_type(group, target_type): an untrusted member
+        // admits only a DMA domain.
+        if kind != DomainType::Dma && members.iter().any(|&d| self.kernel.devices[d].untrusted) {
+            return -EINVAL;
+        }
         if members.iter().any(|&d| self.check.device_has_mappings(d)) {
             return -EBUSY;
         }
