@@ -73,3 +73,134 @@ fn ioctls_out_of_order_return_linux_errnos() {
     ok(&r);
     assert_eq!(r.expectations.passed, 19);
 }
+
+#[test]
+fn userptr_needs_an_iommu_on_dma_contig_and_captures_into_the_process_memory() {
+    for preset in [
+        Some("arm64-noncoherent"),
+        Some("arm64-coherent"),
+        Some("x86-64"),
+    ] {
+        for seed in 0..6 {
+            let (r, j) = scenario("v4l2-userptr.rhai", seed, preset);
+            ok(&r);
+            assert_eq!(r.expectations.passed, 11, "{preset:?} {seed}");
+            assert!(ids(&j).is_empty(), "{preset:?} {seed}: {:?}", ids(&j));
+            assert_eq!(r.exit_code(), 0);
+            let log: Vec<&str> = j["log"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap())
+                .collect();
+            assert!(
+                log.iter()
+                    .any(|l| l.contains("csi0: vb2-dc: contiguous mapping is too small 4096/65536")),
+                "{log:?}"
+            );
+            // Ten frames written by the device into the application's pages.
+            assert_eq!(j["stats"]["dma_bytes"], 10 * 65536);
+        }
+    }
+}
+
+#[test]
+fn userptr_on_dma_sg_takes_scattered_pages_without_an_iommu() {
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent");
+        let app = process("cam");
+        let b = app.malloc(32768);
+        let cam = device("csi0");
+        let q = v4l2_open(cam, #{ alloc: "dma-sg" });
+        expect_eq(v4l2_reqbufs_userptr(q, 3, 32768), 3, "three");
+        for i in 0..3 { expect_eq(v4l2_qbuf_userptr(q, i, app, app.malloc(32768)), 0, "queued"); }
+        v4l2_streamon(q);
+        let frame = pattern("random", 32768, 5);
+        let i = v4l2_capture(q, frame);
+        expect_eq(v4l2_dqbuf(q), i, "done");
+        v4l2_streamoff(q);
+        v4l2_reqbufs_userptr(q, 0, 32768);"#,
+    );
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    assert_eq!(j["stats"]["dma_bytes"], 32768);
+}
+
+#[test]
+fn userptr_qbuf_returns_the_errno_videobuf2_does() {
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent", #{ iommu: "smmu" });
+        let app = process("cam");
+        let b = app.malloc(65536);
+        let cam = device("csi0");
+        let q = v4l2_open(cam, #{ alloc: "dma-contig" });
+        expect_eq(v4l2_qbuf_userptr(q, 0, app, b), -EINVAL, "an MMAP queue takes no user pointer");
+        expect_eq(v4l2_reqbufs_userptr(q, 3, 65536), 3, "three");
+        expect_eq(v4l2_qbuf(q, 0), -EINVAL, "a USERPTR buffer needs its pointer");
+        expect_eq(v4l2_mmap(q, app, 0), -EINVAL, "nothing to mmap");
+        expect_eq(v4l2_qbuf_userptr(q, 0, app, b.va + 64, 65536 - 128), -EINVAL, "shorter than the format");
+        expect_eq(v4l2_reqbufs_userptr(q, 3, 4096), 3, "smaller frames");
+        expect_eq(v4l2_qbuf_userptr(q, 0, app, b.va + 64, 4096), -EINVAL, "not aligned to ARCH_DMA_MINALIGN");
+        expect_eq(v4l2_qbuf_userptr(q, 0, app, 0x1000, 4096), -EFAULT, "not the process's memory");
+        expect_eq(v4l2_qbuf_userptr(q, 0, app, b.va + 128, 4096), 0, "128-byte aligned is fine");
+        expect_eq(v4l2_qbuf_userptr(q, 0, app, b), -EINVAL, "already queued");
+        expect_eq(v4l2_qbuf_userptr(q, 7, app, b), -EINVAL, "no such buffer");
+        v4l2_reqbufs_userptr(q, 0, 0);"#,
+    );
+    ok(&r);
+    assert_eq!(r.expectations.passed, 11);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    assert!(j["log"].as_array().unwrap().iter().any(|l| l
+        .as_str()
+        .unwrap()
+        .contains("user data must be aligned to 128 bytes")));
+}
+
+#[test]
+fn a_new_user_pointer_releases_the_old_pages_without_discarding_what_the_cpu_wrote() {
+    // put_userptr unmaps with DMA_ATTR_SKIP_CPU_SYNC: on a non-coherent port an
+    // invalidate there would throw away what the application stored after DQBUF.
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent", #{ iommu: "smmu" });
+        let app = process("cam");
+        let a = app.malloc(16384);
+        let b = app.malloc(16384);
+        let cam = device("csi0");
+        let q = v4l2_open(cam, #{ alloc: "dma-contig" });
+        v4l2_reqbufs_userptr(q, 3, 16384);
+        for i in 0..3 { v4l2_qbuf_userptr(q, i, app, if i == 0 { a } else { app.malloc(16384) }); }
+        v4l2_streamon(q);
+        let i = v4l2_capture(q, pattern("random", 16384, 1));
+        expect_eq(v4l2_dqbuf(q), 0, "buffer 0 done");
+        app.write(a, 0, pattern("inc", 256));              // the application edits it
+        expect_eq(v4l2_qbuf_userptr(q, 0, app, b), 0, "index 0 now uses b");
+        expect_eq(app.read(a, 0, 256), pattern("inc", 256), "a keeps what the CPU wrote");
+        v4l2_streamoff(q);
+        v4l2_reqbufs_userptr(q, 0, 16384);"#,
+    );
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+}
+
+#[test]
+fn userptr_pages_stay_pinned_while_queued_and_are_unpinned_at_release() {
+    use dmasim::config::{NoiseConfig, PlatformConfig};
+    use dmasim::kernel::device::Device;
+    use dmasim::system::{RunOptions, System};
+    use dmasim::uapi::v4l2::Vb2Alloc;
+    let mut p = PlatformConfig::preset("arm64-coherent").unwrap();
+    p.noise = NoiseConfig::OFF;
+    p.iommu = "smmu".into();
+    let mut sys = System::boot(p, RunOptions::default()).unwrap();
+    let pid = sys.process_new("cam");
+    let va = sys.mmap(pid, 1 << 20, false).unwrap();
+    let cam = sys.add_device(Device::new("csi0", true, 1000, 0));
+    let q = sys.v4l2_open(cam, Vb2Alloc::Contig).unwrap();
+    assert_eq!(sys.v4l2_reqbufs_userptr(q, 3, 65536).unwrap(), 3);
+    assert_eq!(sys.v4l2_qbuf_userptr(q, 0, pid, va, 65536).unwrap(), 0);
+    assert_eq!(sys.kernel.pins.len(), 1);
+    assert_eq!(sys.kernel.pins.values().next().unwrap().pfns.len(), 16);
+    assert_eq!(sys.v4l2_reqbufs_userptr(q, 0, 0).unwrap(), 0);
+    assert!(sys.kernel.pins.is_empty(), "REQBUFS(0) unpins");
+    assert!(sys.kernel.sg_tables.is_empty(), "and drops the tables");
+}

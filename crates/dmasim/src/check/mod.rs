@@ -335,6 +335,9 @@ const RECENT_UNMAPS: usize = 64;
 
 /// The sanitizer's whole state.
 pub struct Sanitizer {
+    /// The unmaps in progress carry `DMA_ATTR_SKIP_CPU_SYNC`: they sync nothing,
+    /// so they discard no CPU stores.
+    pub skip_cpu_sync: bool,
     entries: Entries<Entry>,
     next_id: u64,
     /// The coherent truth of watched pages.
@@ -358,6 +361,7 @@ impl Sanitizer {
     /// cost of a cached line fill, used to price the alternative to uncached reads.
     pub fn new(line: u64, fill_ps: u64) -> Sanitizer {
         Sanitizer {
+            skip_cpu_sync: false,
             entries: Entries::new(),
             next_id: 1,
             oracle: Oracle::default(),
@@ -710,7 +714,8 @@ impl Sanitizer {
         let e = self.entries.remove(id).expect("entry found above");
         // CPU stores since the last hand-over to the device, on a mapping the unmap
         // syncs for the CPU: its invalidate (or a bounce copy back) discards them.
-        let discards = e.kind != MapKind::Coherent
+        let discards = !self.skip_cpu_sync
+            && e.kind != MapKind::Coherent
             && e.dir != DmaDirection::ToDevice
             && !e.cpu_dirty.is_empty();
         let clean = e.size == size

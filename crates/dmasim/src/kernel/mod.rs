@@ -246,6 +246,9 @@ pub struct Kernel {
     pub copies: crate::uapi::chardev::CopyStats,
     /// V4L2 capture queues by id.
     pub v4l2: BTreeMap<u64, crate::uapi::v4l2::Vb2Queue>,
+    /// `DMA_ATTR_SKIP_CPU_SYNC` for the unmap in progress: no cache maintenance
+    /// and no bounce copy (set only around such a call).
+    pub(crate) dma_skip_cpu_sync: bool,
     pub(crate) next_v4l2: u64,
     /// Poll-mode drivers by id.
     pub pmds: BTreeMap<u64, crate::uapi::pmd::Pmd>,
@@ -298,6 +301,7 @@ impl Kernel {
             next_vfio: 1,
             copies: crate::uapi::chardev::CopyStats::default(),
             v4l2: BTreeMap::new(),
+            dma_skip_cpu_sync: false,
             next_v4l2: 1,
             pmds: BTreeMap::new(),
             next_pmd: 1,

@@ -1131,6 +1131,37 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     );
     let s1 = s.clone();
     engine.register_fn(
+        "v4l2_reqbufs_userptr",
+        move |ctx: NativeCallContext, q: INT, count: INT, size: Dynamic| {
+            let n = size_of(&ctx, &size, "v4l2_reqbufs_userptr")?;
+            let count = u64::try_from(count)
+                .map_err(|_| err(&ctx, "v4l2_reqbufs_userptr: negative count"))?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.v4l2_reqbufs_userptr(q as u64, count, n)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "v4l2_qbuf_userptr",
+        move |ctx: NativeCallContext, q: INT, i: INT, p: ProcessObj, b: BufferObj| {
+            with_sys(&s1, &ctx, |sys| {
+                sys.v4l2_qbuf_userptr(q as u64, i as u64, p.pid, b.va, b.len)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "v4l2_qbuf_userptr",
+        move |ctx: NativeCallContext, q: INT, i: INT, p: ProcessObj, addr: INT, len: Dynamic| {
+            let n = size_of(&ctx, &len, "v4l2_qbuf_userptr")?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.v4l2_qbuf_userptr(q as u64, i as u64, p.pid, addr as u64, n)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
         "v4l2_mmap",
         move |ctx: NativeCallContext, q: INT, p: ProcessObj, i: INT| -> RResult<Dynamic> {
             with_sys(&s1, &ctx, |sys| {

@@ -364,6 +364,27 @@ impl System {
         Ok(0)
     }
 
+    /// Whether every page of `[va, va+len)` lies in a mapping of process `pid` (what
+    /// get_user_pages would not fault on with -EFAULT).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown process.
+    pub fn user_range_mapped(&self, pid: u32, va: u64, len: u64) -> Result<bool> {
+        let p = &self.kernel.procs[self.proc_index(pid)?];
+        let Some(end) = va.checked_add(len.max(1)) else {
+            return Ok(false);
+        };
+        let mut a = va & !(PAGE_SIZE - 1);
+        while a < end {
+            // The VMA holding `a`; the next page to check is past its end.
+            match p.vmas.range(..=a).next_back() {
+                Some((_, v)) if a < v.start + v.len => a = v.start + v.len,
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
     /// Makes the page at `va` present in process `pid` (a page fault), returning its pfn.
     fn fault_in(&mut self, i: usize, va: u64) -> Result<u64> {
         let vpn = va >> PAGE_SHIFT;

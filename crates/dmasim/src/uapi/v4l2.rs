@@ -11,8 +11,17 @@
 //! (`DMA_ATTR_SKIP_CPU_SYNC`), synced for the device at QBUF (`prepare`) and for the
 //! CPU when the buffer is done (`finish`).
 //!
+//! `V4L2_MEMORY_USERPTR` queues take the process's own memory at QBUF
+//! (`__prepare_userptr`): the pages are pinned long-term (`vb2_create_framevec`,
+//! FOLL_LONGTERM moves them out of CMA), put in a scatterlist and mapped with
+//! `DMA_ATTR_SKIP_CPU_SYNC`; dma-contig then demands one contiguous DMA range
+//! (`vb2_dc_get_contiguous_size`), which scattered `malloc` pages give only through
+//! an IOMMU — without one QBUF fails with −EFAULT. The buffers are synced for the
+//! device at QBUF and for the CPU when done; a new pointer for an index releases
+//! the old pages (unmap with SKIP_CPU_SYNC, unpin).
+//!
 //! Simplifications: single-planar capture queues only; `min_queued_buffers` = 2
-//! (a typical CSI receiver), so REQBUFS needs at least 3; no USERPTR or DMABUF; no
+//! (a typical CSI receiver), so REQBUFS needs at least 3; no DMABUF; no
 //! O_NONBLOCK distinction (DQBUF with nothing done returns −EAGAIN); the device
 //! fills the oldest active buffer when the script calls `v4l2_capture`.
 
@@ -20,7 +29,7 @@ use std::collections::VecDeque;
 
 use crate::config::PAGE_SIZE;
 use crate::kernel::dma::DmaDirection;
-use crate::kernel::errno::{EBUSY, EINVAL, EIO, ENOMEM};
+use crate::kernel::errno::{EBUSY, EFAULT, EINVAL, EIO, ENOMEM};
 use crate::system::{Result, SimError, System};
 
 /// `VB2_MAX_FRAME`.
@@ -29,6 +38,30 @@ pub const VB2_MAX_FRAME: u64 = 32;
 pub const EAGAIN: i64 = 11;
 /// Buffers the driver needs queued before streaming starts.
 const MIN_QUEUED: usize = 2;
+
+/// Where a queue's buffer memory comes from (`enum v4l2_memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vb2Memory {
+    /// `V4L2_MEMORY_MMAP`: allocated by the kernel at REQBUFS.
+    Mmap,
+    /// `V4L2_MEMORY_USERPTR`: the process's memory, given at each QBUF.
+    UserPtr,
+}
+
+/// The user memory behind a USERPTR buffer (`struct frame_vector` and its mapping).
+#[derive(Debug, Clone)]
+pub struct UserPtr {
+    /// The process.
+    pub pid: u32,
+    /// `m.userptr`.
+    pub va: u64,
+    /// `length`.
+    pub len: u64,
+    /// The pinned-pages set.
+    pub pins: u64,
+    /// The mapped scatterlist.
+    pub sgt: u64,
+}
 
 /// How the queue allocates its buffers (`vb2_mem_ops`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +98,8 @@ pub struct Vb2Buffer {
     pub state: Vb2State,
     /// Bytes the device wrote into it last.
     pub bytesused: u64,
+    /// USERPTR: the user memory acquired at the last QBUF.
+    pub user: Option<UserPtr>,
 }
 
 /// A capture queue.
@@ -74,6 +109,8 @@ pub struct Vb2Queue {
     pub dev: usize,
     /// Allocator.
     pub alloc: Vb2Alloc,
+    /// Memory type of the last REQBUFS.
+    pub memory: Vb2Memory,
     /// Buffer size.
     pub size: u64,
     /// Buffers by index.
@@ -111,6 +148,7 @@ impl System {
             Vb2Queue {
                 dev,
                 alloc,
+                memory: Vb2Memory::Mmap,
                 size: 0,
                 bufs: Vec::new(),
                 streaming: false,
@@ -153,6 +191,7 @@ impl System {
                         dma: self.kernel.buffers[&id].dma.unwrap_or(0),
                         state: Vb2State::Dequeued,
                         bytesused: 0,
+                        user: None,
                     },
                     None => break,
                 },
@@ -172,6 +211,7 @@ impl System {
                         dma,
                         state: Vb2State::Dequeued,
                         bytesused: 0,
+                        user: None,
                     }
                 }
             };
@@ -182,6 +222,7 @@ impl System {
         let qm = self.queue_mut(q)?;
         qm.bufs = bufs;
         qm.size = size;
+        qm.memory = Vb2Memory::Mmap;
         if got < want {
             self.printk(
                 &name,
@@ -200,6 +241,12 @@ impl System {
     fn v4l2_free_buffers(&mut self, q: u64) -> Result<()> {
         let queue = self.queue_mut(q)?.clone();
         for b in &queue.bufs {
+            if queue.memory == Vb2Memory::UserPtr {
+                if let Some(u) = &b.user {
+                    self.vb2_put_userptr(queue.dev, u)?;
+                }
+                continue;
+            }
             match b.sgt {
                 Some(t) => {
                     self.dma_unmap_sg(queue.dev, t, DmaDirection::FromDevice)?;
@@ -241,6 +288,9 @@ impl System {
         let Some(b) = queue.bufs.get(index as usize) else {
             return Ok(-EINVAL);
         };
+        if queue.memory != Vb2Memory::Mmap {
+            return Ok(-EINVAL);
+        }
         let kb = self.kernel.buffers[&b.buf].clone();
         let mut pfns = Vec::new();
         let mut off = 0;
@@ -274,12 +324,18 @@ impl System {
         let queue = self.queue_mut(q)?.clone();
         let i = index as usize;
         match queue.bufs.get(i) {
-            Some(b) if b.state == Vb2State::Dequeued => {}
+            Some(b) if b.state == Vb2State::Dequeued && queue.memory == Vb2Memory::Mmap => {}
             _ => return Ok(-EINVAL),
         }
         if let Some(t) = queue.bufs[i].sgt {
             self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, false)?;
         }
+        self.vb2_enqueue(q, i)?;
+        Ok(0)
+    }
+
+    /// Hands prepared buffer `i` to vb2, and to the driver once streaming started.
+    fn vb2_enqueue(&mut self, q: u64, i: usize) -> Result<()> {
         let qm = self.queue_mut(q)?;
         qm.bufs[i].state = Vb2State::Queued;
         if qm.started {
@@ -288,7 +344,192 @@ impl System {
         } else if qm.streaming {
             self.v4l2_try_start(q)?;
         }
+        Ok(())
+    }
+
+    /// `VIDIOC_REQBUFS` with `V4L2_MEMORY_USERPTR`: frees the old buffers and makes
+    /// `count` (clamped to 3..=32) empty buffers whose memory the process gives at
+    /// QBUF, each at least `size` bytes. Returns the count, −EBUSY while
+    /// streaming, −EINVAL for a zero or hostile size.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown queue.
+    pub fn v4l2_reqbufs_userptr(&mut self, q: u64, count: u64, size: u64) -> Result<i64> {
+        let queue = self.queue_mut(q)?.clone();
+        if queue.streaming {
+            return Ok(-EBUSY);
+        }
+        self.v4l2_free_buffers(q)?;
+        let qm = self.queue_mut(q)?;
+        qm.memory = Vb2Memory::UserPtr;
+        if count == 0 {
+            return Ok(0);
+        }
+        if size == 0 || size > 256 << 20 {
+            return Ok(-EINVAL);
+        }
+        let want = count.clamp(MIN_QUEUED as u64 + 1, VB2_MAX_FRAME);
+        qm.size = size;
+        qm.bufs = (0..want)
+            .map(|_| Vb2Buffer {
+                buf: 0,
+                sgt: None,
+                dma: 0,
+                state: Vb2State::Dequeued,
+                bytesused: 0,
+                user: None,
+            })
+            .collect();
+        Ok(want as i64)
+    }
+
+    /// `VIDIOC_QBUF` with `V4L2_MEMORY_USERPTR`: buffer `index` is the process's
+    /// `[va, va+len)`. The same pointer and length as last time reuse the pinned,
+    /// mapped pages; another releases them and acquires the new ones
+    /// (`vb2_dc_get_userptr` / `vb2_dma_sg_get_userptr`). Then the buffer is synced
+    /// for the device (`prepare`) and queued. Returns 0; −EINVAL for a bad index, a
+    /// buffer not dequeued, a length below the format's size or an address or
+    /// length not aligned to the cache line (`dma_get_cache_alignment`); −EFAULT
+    /// for memory the process has not mapped, or when dma-contig gets no single
+    /// contiguous DMA range; −ENOMEM when a page cannot leave CMA; −EIO when the
+    /// scatterlist cannot be mapped.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown queue or process.
+    pub fn v4l2_qbuf_userptr(
+        &mut self,
+        q: u64,
+        index: u64,
+        pid: u32,
+        va: u64,
+        len: u64,
+    ) -> Result<i64> {
+        let queue = self.queue_mut(q)?.clone();
+        let i = index as usize;
+        if queue.memory != Vb2Memory::UserPtr {
+            return Ok(-EINVAL);
+        }
+        match queue.bufs.get(i) {
+            Some(b) if b.state == Vb2State::Dequeued => {}
+            _ => return Ok(-EINVAL),
+        }
+        let name = self.kernel.devices[queue.dev].name.clone();
+        if len < queue.size {
+            self.printk(
+                &name,
+                format!(
+                    "vb2: provided buffer size {len} is less than setup size {} for plane 0",
+                    queue.size
+                ),
+            );
+            return Ok(-EINVAL);
+        }
+        let same = queue.bufs[i]
+            .user
+            .as_ref()
+            .is_some_and(|u| u.pid == pid && u.va == va && u.len == len);
+        if !same {
+            if let Some(u) = self.queue_mut(q)?.bufs[i].user.take() {
+                self.vb2_put_userptr(queue.dev, &u)?;
+            }
+            match self.vb2_get_userptr(&queue, pid, va, len)? {
+                Ok((u, dma)) => {
+                    let b = &mut self.queue_mut(q)?.bufs[i];
+                    b.dma = dma;
+                    b.sgt = Some(u.sgt);
+                    b.user = Some(u);
+                }
+                Err(e) => {
+                    self.printk(
+                        &name,
+                        "vb2: failed acquiring userspace memory for plane 0".into(),
+                    );
+                    return Ok(e);
+                }
+            }
+        }
+        if let Some(t) = self.queue_mut(q)?.bufs[i].sgt {
+            // vb2_dc_prepare / vb2_dma_sg_prepare: user memory is cached.
+            self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, false)?;
+        }
+        self.vb2_enqueue(q, i)?;
         Ok(0)
+    }
+
+    /// `get_userptr`: pin, build the table, map it; dma-contig checks that the
+    /// mapping is one contiguous DMA range. Returns the acquired memory and its
+    /// first DMA address, or the errno (nothing stays pinned or mapped).
+    fn vb2_get_userptr(
+        &mut self,
+        queue: &Vb2Queue,
+        pid: u32,
+        va: u64,
+        len: u64,
+    ) -> Result<std::result::Result<(UserPtr, u64), i64>> {
+        let dev = queue.dev;
+        let name = self.kernel.devices[dev].name.clone();
+        let align = self.cfg.dma_minalign.max(1);
+        if (va | len) % align != 0 {
+            self.printk(
+                &name,
+                format!("vb2-dc: user data must be aligned to {align} bytes"),
+            );
+            return Ok(Err(-EINVAL));
+        }
+        if !self.user_range_mapped(pid, va, len)? {
+            return Ok(Err(-EFAULT));
+        }
+        // get_vaddr_frames: pin_user_pages_fast(FOLL_LONGTERM | FOLL_WRITE).
+        let pins = self.gup(pid, va, len, true, true)?;
+        if pins == u64::MAX {
+            return Ok(Err(-ENOMEM));
+        }
+        let pfns = self.kernel.pins[&pins].pfns.clone();
+        let sgt = self.sg_from_pfns_range(&pfns, va % PAGE_SIZE, len, u64::from(u32::MAX))?;
+        let u = UserPtr {
+            pid,
+            va,
+            len,
+            pins,
+            sgt,
+        };
+        // DMA_ATTR_SKIP_CPU_SYNC: prepare() syncs.
+        if self.dma_map_sg(dev, sgt, DmaDirection::FromDevice)? == 0 {
+            self.printk(&name, "vb2-dc: failed to map scatterlist".into());
+            self.kernel.sg_tables.remove(&sgt);
+            self.gup_release(pins, true)?;
+            return Ok(Err(-EIO));
+        }
+        let t = self.sg(sgt)?;
+        let dma = t.entries[0].dma_address;
+        if queue.alloc == Vb2Alloc::Contig {
+            // vb2_dc_get_contiguous_size: the DMA segments that follow each other.
+            let mut expected = dma;
+            let mut contig = 0;
+            for e in t.entries.iter().take(t.mapped) {
+                if e.dma_address != expected {
+                    break;
+                }
+                expected += e.dma_len;
+                contig += e.dma_len;
+            }
+            if contig < len {
+                self.printk(
+                    &name,
+                    format!("vb2-dc: contiguous mapping is too small {contig}/{len}"),
+                );
+                self.vb2_put_userptr(dev, &u)?;
+                return Ok(Err(-EFAULT));
+            }
+        }
+        Ok(Ok((u, dma)))
+    }
+
+    /// `put_userptr`: unmap with `DMA_ATTR_SKIP_CPU_SYNC`, drop the table, unpin.
+    fn vb2_put_userptr(&mut self, dev: usize, u: &UserPtr) -> Result<()> {
+        self.dma_unmap_sg_attrs(dev, u.sgt, DmaDirection::FromDevice, true)?;
+        self.kernel.sg_tables.remove(&u.sgt);
+        self.gup_release(u.pins, true)
     }
 
     fn v4l2_try_start(&mut self, q: u64) -> Result<()> {
@@ -342,12 +583,19 @@ impl System {
         };
         let b = queue.bufs[i].clone();
         let len = data.len() as u64;
-        match b.sgt {
-            Some(t) => {
+        match (b.sgt, queue.alloc) {
+            (Some(t), Vb2Alloc::Sg) => {
                 self.dev_sg(queue.dev, t, len, Some(data))?;
                 self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, true)?;
             }
-            None => {
+            (Some(t), Vb2Alloc::Contig) => {
+                // A USERPTR buffer on dma-contig: one contiguous DMA range, cached
+                // user memory synced for the CPU at `finish`.
+                let j = self.dev_start(queue.dev, b.dma, len, Some(data))?;
+                self.wait(j)?;
+                self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, true)?;
+            }
+            (None, _) => {
                 let j = self.dev_start(queue.dev, b.dma, len, Some(data))?;
                 self.wait(j)?;
             }

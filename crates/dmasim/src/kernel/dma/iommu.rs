@@ -277,6 +277,9 @@ impl System {
         dir: DmaDirection,
         for_cpu: bool,
     ) {
+        if self.kernel.dma_skip_cpu_sync {
+            return;
+        }
         let coherent = self.dev_is_dma_coherent(dev);
         if for_cpu {
             if !coherent {

@@ -67,10 +67,29 @@ impl System {
     /// # Errors
     /// [`SimError::Invalid`] for a table over [`MAX_SG_ENTRIES`] entries.
     pub fn sg_from_pfns(&mut self, pfns: &[u64], max_segment: u64) -> Result<u64> {
-        self.sg_build(
-            pfns.iter().map(|&pfn| (pfn * PAGE_SIZE, PAGE_SIZE)),
-            max_segment,
-        )
+        let len = pfns.len() as u64 * PAGE_SIZE;
+        self.sg_from_pfns_range(pfns, 0, len, max_segment)
+    }
+
+    /// `sg_alloc_table_from_pages(sgt, pages, n, offset, size, ...)`: `size` bytes
+    /// starting `offset` bytes into the first of `pfns` (the pages must hold them).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for a table over [`MAX_SG_ENTRIES`] entries.
+    pub fn sg_from_pfns_range(
+        &mut self,
+        pfns: &[u64],
+        offset: u64,
+        size: u64,
+        max_segment: u64,
+    ) -> Result<u64> {
+        let end = offset + size;
+        let pieces = pfns.iter().enumerate().filter_map(move |(i, &pfn)| {
+            let (lo, hi) = (i as u64 * PAGE_SIZE, (i as u64 + 1) * PAGE_SIZE);
+            let (a, b) = (lo.max(offset), hi.min(end));
+            (a < b).then(|| (pfn * PAGE_SIZE + (a - lo), b - a))
+        });
+        self.sg_build(pieces, max_segment)
     }
 
     /// Merges physically contiguous pieces into entries of at most `max_segment`
@@ -265,6 +284,32 @@ impl System {
     /// # Errors
     /// As [`System::dma_map_sg`].
     pub fn dma_unmap_sg(&mut self, dev: usize, id: u64, dir: DmaDirection) -> Result<()> {
+        self.dma_unmap_sg_attrs(dev, id, dir, false)
+    }
+
+    /// `dma_unmap_sg_attrs()`; with `skip_cpu_sync` (`DMA_ATTR_SKIP_CPU_SYNC`) no
+    /// cache maintenance and no copy out of bounce buffers happen: the caller synced
+    /// already (videobuf2 at `finish`), and memory that outlives the mapping (user
+    /// pages) keeps what the CPU stored since.
+    ///
+    /// # Errors
+    /// As [`System::dma_map_sg`].
+    pub fn dma_unmap_sg_attrs(
+        &mut self,
+        dev: usize,
+        id: u64,
+        dir: DmaDirection,
+        skip_cpu_sync: bool,
+    ) -> Result<()> {
+        self.kernel.dma_skip_cpu_sync = skip_cpu_sync;
+        self.check.skip_cpu_sync = skip_cpu_sync;
+        let r = self.dma_unmap_sg_inner(dev, id, dir);
+        self.kernel.dma_skip_cpu_sync = false;
+        self.check.skip_cpu_sync = false;
+        r
+    }
+
+    fn dma_unmap_sg_inner(&mut self, dev: usize, id: u64, dir: DmaDirection) -> Result<()> {
         self.sg_checks(dev, "dma_unmap_sg", dir)?;
         let t = self.sg_table(id)?.clone();
         self.step();
