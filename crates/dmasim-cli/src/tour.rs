@@ -84,6 +84,13 @@ const STOPS: &[Stop] = &[
         fixed: scenario!("rogue-device-iommu.rhai"),
     },
     Stop {
+        name: "iommu-granularity",
+        title: "An IOMMU protects pages, not bytes",
+        explain: "The SMMU maps whole 4 KiB pages. A device given a 64-byte kmalloc buffer reaches every other object in that page, a key included, and the IOMMU cannot tell. Give such a device buffers of whole pages; Linux marks external devices untrusted and bounces their sub-page mappings through zero-padded swiotlb slots.",
+        broken: scenario!("iommu-subpage-exposure.rhai"),
+        fixed: scenario!("iommu-whole-page.rhai"),
+    },
+    Stop {
         name: "user-dma-no-iommu",
         title: "User-space DMA without an IOMMU is a hole",
         explain: "VFIO's no-IOMMU mode gives a device to a process that programs it with physical addresses from pagemap; nothing stops it from naming kernel memory. With VFIO and an IOMMU the process maps only its own pinned pages at IOVAs, and the same attempt faults.",

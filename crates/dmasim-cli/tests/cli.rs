@@ -220,8 +220,10 @@ fn the_tour_lists_and_runs_its_stops() {
     let out = dmasim(&["tour"]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&["tour"], &out));
     let list = String::from_utf8_lossy(&dmasim(&["tour", "--list"]).stdout).into_owned();
-    // One stop per hazard of DMA on an MPU (issue 8's fifteen).
+    // One stop per hazard of DMA on an MPU (issue 8's fifteen, and the IOMMU's
+    // page granularity).
     for hazard in [
+        "iommu-granularity",
         "virtual-address",
         "tx-stale",
         "rx-stale",
