@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{ids, ok, scenario, script};
+use common::{ids, log_has, ok, scenario, script};
 use dmasim::config::{NoiseConfig, PlatformConfig};
 use dmasim::kernel::device::Device;
 use dmasim::kernel::iommu::DomainType;
@@ -67,19 +67,19 @@ fn an_untrusted_device_sees_zeros_around_its_bounce_buffer_and_cannot_write_past
         assert_eq!(j["stats"]["bounce_bytes"], 128);
         // The allocation is aligned to and made of whole granules: 2 slots of 2 KiB.
         assert_eq!(j["stats"]["swiotlb"]["slots_used_max"], 2);
-        let log: Vec<&str> = j["log"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l.as_str().unwrap())
-            .collect();
-        assert!(log
-            .iter()
-            .any(|l| l.contains("nic0: Adding to iommu group 0; default domain type DMA-FQ")));
-        assert!(log.iter().any(|l| l
-            .contains("tb0: Adding to iommu group 1; default domain type DMA")
-            && !l.contains("DMA-FQ")));
-        assert!(log.iter().any(|l| l.contains("at most 262144 bytes")));
+        assert!(log_has(
+            &j,
+            "nic0: Adding to iommu group 0; default domain type DMA-FQ"
+        ));
+        assert!(log_has(
+            &j,
+            "tb0: Adding to iommu group 1; default domain type DMA"
+        ));
+        assert!(!log_has(
+            &j,
+            "tb0: Adding to iommu group 1; default domain type DMA-FQ"
+        ));
+        assert!(log_has(&j, "at most 262144 bytes"));
     }
 }
 
@@ -221,13 +221,10 @@ fn an_untrusted_device_moves_its_shared_group_to_a_strict_domain_or_is_refused()
     assert_eq!(r.exit_code(), 2);
     let err = r.error.clone().unwrap();
     assert!(err.contains("tb0 has no driver"), "{err}");
-    assert!(j["log"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|l| l.as_str().unwrap().contains(
-            "Device is not trusted, but driver is overriding group 0 to DMA-FQ, refusing to probe."
-        )));
+    assert!(log_has(
+        &j,
+        "Device is not trusted, but driver is overriding group 0 to DMA-FQ, refusing to probe."
+    ));
 }
 
 #[test]
@@ -244,13 +241,10 @@ fn without_bounce_buffers_an_untrusted_sub_page_mapping_fails_as_in_linux() {
     );
     ok(&r);
     assert_eq!(ids(&j), Vec::<String>::new());
-    assert!(j["log"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|l| l.as_str().unwrap().contains(
-            "tb0: DMA bounce buffers are inactive, unable to map unaligned transaction."
-        )));
+    assert!(log_has(
+        &j,
+        "tb0: DMA bounce buffers are inactive, unable to map unaligned transaction."
+    ));
 }
 
 #[test]

@@ -59,3 +59,12 @@ pub fn ok(r: &Report) {
     assert!(r.error.is_none(), "{:?}", r.error);
     assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
 }
+
+/// Whether a line of the report's log contains `needle`.
+pub fn log_has(j: &Value, needle: &str) -> bool {
+    j["log"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .any(|l| l.as_str().is_some_and(|l| l.contains(needle)))
+}
