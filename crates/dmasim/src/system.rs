@@ -388,10 +388,19 @@ impl System {
             ),
         );
         let behind = dev.iommu;
+        let untrusted = dev.untrusted;
+        let name = dev.name.clone();
         self.kernel.devices.push(dev);
         let idx = self.kernel.devices.len() - 1;
         if behind && self.kernel.iommu.is_some() {
             self.iommu_probe_device(idx);
+        } else if untrusted {
+            // Linux says nothing here: pci_dev->untrusted changes only what dma-iommu
+            // does. Say what that means, as dmasim, not as the kernel.
+            self.printk(
+                "dmasim",
+                format!("{name} is untrusted but not behind an IOMMU: nothing confines its DMA to its buffers"),
+            );
         }
         idx
     }

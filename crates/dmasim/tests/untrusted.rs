@@ -255,3 +255,30 @@ fn dma_max_mapping_size_behind_the_iommu_is_unbounded_unless_untrusted() {
     assert_eq!(sys.dma_max_mapping_size(nic), i64::MAX as u64);
     assert_eq!(sys.dma_max_mapping_size(tb), 256 << 10);
 }
+
+#[test]
+fn an_untrusted_device_without_an_iommu_is_said_to_be_unconfined() {
+    let (r, j) = script(
+        r#"
+        boot("arm64-coherent");
+        let tb = device("tb0", #{ untrusted: true });
+        let buf = kmalloc(64);
+        let a = dma_map_single(tb, buf, DMA_TO_DEVICE);
+        expect(!dma_mapping_error(tb, a), "dma-direct maps it as any other");
+        expect(a == buf.phys, "no bounce: a physical address");
+        dma_unmap_single(tb, a, 64, DMA_TO_DEVICE);
+        kfree(buf);
+        "#,
+    );
+    ok(&r);
+    assert!(log_has(
+        &j,
+        "dmasim: tb0 is untrusted but not behind an IOMMU: nothing confines its DMA"
+    ));
+    assert_eq!(j["stats"]["bounced_maps"], 0);
+    // Behind the SMMU there is no such line.
+    let (_, j) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu" }); device("tb0", #{ untrusted: true });"#,
+    );
+    assert!(!log_has(&j, "is untrusted but not behind an IOMMU"));
+}
