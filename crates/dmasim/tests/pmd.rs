@@ -207,3 +207,79 @@ fn on_a_non_coherent_port_the_pmd_polls_stale_copies_and_the_sanitizer_says_so()
         assert_eq!(r.exit_code(), 1);
     }
 }
+
+#[test]
+fn tx_on_a_coherent_port_sends_every_frame_and_reclaims_descriptors() {
+    for mode in ["none", "smmu"] {
+        let (mut sys, nic, pid) = boot(mode, 2);
+        let iova = if mode == "smmu" {
+            IovaMode::Va
+        } else {
+            IovaMode::Pa
+        };
+        let q = sys.pmd_open_with(nic, pid, iova, 16, 2048, true).unwrap();
+        assert!(q >= 0, "{mode}: {q}");
+        let q = q as u64;
+        // Ten laps of a 16-descriptor ring: without reclaiming, the second lap
+        // would find it full.
+        for lap in 0..10u64 {
+            let frames: Vec<Vec<u8>> = (0..16).map(|k| frame(lap * 16 + k)).collect();
+            assert_eq!(
+                sys.pmd_tx_burst(q, frames.clone()).unwrap(),
+                16,
+                "lap {lap}"
+            );
+            assert_eq!(sys.pmd_tx_wire(q).unwrap(), frames, "{mode} lap {lap}");
+        }
+        // More than the ring holds, without the NIC draining it: 16 queued.
+        let many: Vec<Vec<u8>> = (0..20).map(frame).collect();
+        assert_eq!(sys.pmd_tx_burst(q, many).unwrap(), 16);
+        let s = sys.pmd_stats(q).unwrap();
+        assert_eq!(
+            (s.tx_queued, s.tx_sent, s.tx_full, s.tx_stale),
+            (176, 160, 4, 0),
+            "{mode}"
+        );
+        // An RX-only PMD refuses TX calls with a clear error.
+        let (mut sys, nic, pid) = boot(mode, 2);
+        let q = sys.pmd_open(nic, pid, iova, 16, 2048).unwrap() as u64;
+        let e = sys.pmd_tx_burst(q, vec![frame(0)]).unwrap_err().to_string();
+        assert!(e.contains("without tx: true"), "{e}");
+    }
+}
+
+#[test]
+fn tx_on_a_non_coherent_port_sends_stale_bytes_and_the_sanitizer_says_so() {
+    // Without noise nothing evicts the CPU's stores: the NIC finds every
+    // descriptor of the first lap empty, and the CPU never sees its DD bits.
+    let (r, j) = common::run_json(
+        "pmd-tx-noncoherent.rhai",
+        &common::scenario_text("pmd-tx-noncoherent.rhai"),
+        &dmasim::script::ScriptOptions {
+            noise_off: true,
+            ..dmasim::script::ScriptOptions::default()
+        },
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.failed, 0);
+    assert_eq!(ids(&j), vec!["stale-device-read"]);
+    assert_eq!(j["findings"][0]["manifested"], true);
+    assert!(common::log_has(
+        &j,
+        "32 queued, 32 sent, 0 right on the wire, 32 wrong, 288 refused (ring full)"
+    ));
+    // With background noise some lines reach DRAM in time, never all.
+    for seed in 0..6 {
+        let (r, j) = scenario("pmd-tx-noncoherent.rhai", seed, None);
+        assert_eq!(r.exit_code(), 1, "seed {seed}");
+        assert_eq!(ids(&j), vec!["stale-device-read"], "seed {seed}");
+        assert_eq!(j["findings"][0]["manifested"], true);
+    }
+    // The same program on a coherent port.
+    for seed in 0..6 {
+        let (r, j) = scenario("pmd-tx.rhai", seed, None);
+        ok(&r);
+        assert_eq!(r.expectations.passed, 13);
+        assert!(ids(&j).is_empty(), "seed {seed}: {:?}", ids(&j));
+    }
+}

@@ -1006,6 +1006,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         move |ctx: NativeCallContext, d: DeviceObj, p: ProcessObj, opts: Map| {
             let mut mode = crate::uapi::pmd::IovaMode::Pa;
             let (mut ring, mut buf) = (512u64, 2048u64);
+            let mut tx = false;
             for (k, v) in &opts {
                 match k.as_str() {
                     "iova" => {
@@ -1017,17 +1018,50 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                     }
                     "ring" => ring = size_of(&ctx, v, "ring")?,
                     "buf_size" => buf = size_of(&ctx, v, "buf_size")?,
+                    "tx" => {
+                        tx = v
+                            .as_bool()
+                            .map_err(|_| err(&ctx, "pmd_open: tx: expected true or false"))?
+                    }
                     other => {
                         return Err(err(
                             &ctx,
-                            format!("pmd_open: unknown option {other:?} (iova, ring, buf_size)"),
+                            format!(
+                                "pmd_open: unknown option {other:?} (iova, ring, buf_size, tx)"
+                            ),
                         ))
                     }
                 }
             }
-            with_sys(&s1, &ctx, |sys| sys.pmd_open(d.idx, p.pid, mode, ring, buf))
+            with_sys(&s1, &ctx, |sys| {
+                sys.pmd_open_with(d.idx, p.pid, mode, ring, buf, tx)
+            })
         },
     );
+    let s1 = s.clone();
+    engine.register_fn(
+        "pmd_tx_burst",
+        move |ctx: NativeCallContext, pmd: INT, frames: rhai::Array| {
+            let frames = frames
+                .into_iter()
+                .map(|f| f.try_cast::<Blob>())
+                .collect::<Option<Vec<Blob>>>()
+                .ok_or_else(|| err(&ctx, "pmd_tx_burst: expected an array of blobs"))?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.pmd_tx_burst(pmd as u64, frames).map(|n| n as INT)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn("pmd_tx_wire", move |ctx: NativeCallContext, pmd: INT| {
+        with_sys(&s1, &ctx, |sys| {
+            sys.pmd_tx_wire(pmd as u64).map(|v| {
+                v.into_iter()
+                    .map(Dynamic::from_blob)
+                    .collect::<rhai::Array>()
+            })
+        })
+    });
     let s1 = s.clone();
     engine.register_fn(
         "pmd_inject",

@@ -15,11 +15,21 @@
 //! `pmd_rx_burst` polls from the head, copies nothing (the frame is read in place)
 //! and hands the descriptor back.
 //!
+//! With `tx`, a transmit ring follows in the same hugepages (descriptor: buffer
+//! address, length, command EOP|RS, status DD): `pmd_tx_burst` first reclaims the
+//! descriptors the NIC marked done, then writes each frame into its buffer and its
+//! descriptor with plain CPU stores and rings the doorbell (an uncached MMIO write,
+//! after a write barrier); `pmd_tx_wire` makes the NIC fetch the descriptors, read
+//! the frames from DRAM, put them on the wire and write DD back. On a non-coherent
+//! port the frames and descriptors sit in the CPU's cache and the NIC sends what
+//! DRAM held before — `stale-device-read`, which user space cannot fix.
+//!
 //! The kernel path for comparison (`netdev_rx`): per frame an interrupt and NAPI
 //! poll, a kmalloc'd receive buffer mapped and unmapped, and a copy to the
-//! process. Simplifications: one RX queue; no TX; no descriptor write-back
-//! batching; an interrupt costs a fixed 2 µs (entry, NAPI, softirq and socket
-//! wake-up; an order of magnitude, not a measurement).
+//! process. Simplifications: one RX and one TX queue; no descriptor write-back
+//! batching (DD on every TX descriptor, as with RS set on each); an interrupt costs
+//! a fixed 2 µs (entry, NAPI, softirq and socket wake-up; an order of magnitude, not
+//! a measurement); the doorbell costs one uncached write beat.
 
 use serde::Serialize;
 
@@ -36,6 +46,8 @@ pub const DESC_SIZE: u64 = 16;
 pub const DD: u16 = 1;
 /// Interrupt + NAPI + wake-up cost of the kernel path, ps (order of magnitude).
 pub const IRQ_PS: u64 = 2_000_000;
+/// TX descriptor command: end of packet, report status (ixgbe `EOP | RS`).
+pub const TX_CMD_EOP_RS: u16 = 0x0009;
 
 /// DPDK's `--iova-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,6 +76,16 @@ pub struct PmdStats {
     pub stale_frames: u64,
     /// Polls that saw a descriptor as not done although the NIC had written it.
     pub stale_descriptors: u64,
+    /// TX: frames `tx_burst` queued.
+    pub tx_queued: u64,
+    /// TX: frames the NIC put on the wire.
+    pub tx_sent: u64,
+    /// TX: frames `tx_burst` refused because no descriptor was free (or none
+    /// could be seen as done).
+    pub tx_full: u64,
+    /// TX: frames the NIC sent with other bytes than the CPU wrote (its descriptor
+    /// or buffer was still only in the CPU's cache).
+    pub tx_stale: u64,
 }
 
 /// One receive path's figures (`stats.rx.pmd`, `stats.rx.kernel` in the report).
@@ -149,6 +171,23 @@ pub struct Pmd {
     sent: Vec<(u64, u64)>,
     /// A stale read was reported already (once per PMD).
     reported: bool,
+    /// The transmit ring, when opened with `tx`.
+    tx: Option<TxRing>,
+}
+
+/// A transmit ring's positions and what the CPU queued.
+#[derive(Debug, Clone)]
+struct TxRing {
+    /// Next descriptor the CPU fills.
+    tail: u64,
+    /// Next descriptor the NIC fetches.
+    nic: u64,
+    /// Next descriptor the CPU reclaims.
+    clean: u64,
+    /// What the CPU queued in each descriptor: (length, hash).
+    queued: Vec<(u64, u64)>,
+    /// A stale transmit was reported already.
+    reported: bool,
 }
 
 /// A cheap content hash (FNV-1a) of a frame.
@@ -159,8 +198,31 @@ fn frame_hash(b: &[u8]) -> u64 {
 }
 
 impl Pmd {
-    fn region(&self) -> u64 {
+    /// Bytes of one ring: descriptors (page-aligned) then buffers.
+    fn ring_bytes(&self) -> u64 {
         (self.ring * DESC_SIZE).next_multiple_of(PAGE_SIZE) + self.ring * self.buf_size
+    }
+
+    fn region(&self) -> u64 {
+        let rx = self.ring_bytes();
+        if self.tx.is_some() {
+            rx.next_multiple_of(PAGE_SIZE) + self.ring_bytes()
+        } else {
+            rx
+        }
+    }
+
+    /// Process address of TX descriptor `i`.
+    fn tx_desc_va(&self, i: u64) -> u64 {
+        self.va + self.ring_bytes().next_multiple_of(PAGE_SIZE) + i * DESC_SIZE
+    }
+
+    /// Process address of TX buffer `i`.
+    fn tx_buf_va(&self, i: u64) -> u64 {
+        self.va
+            + self.ring_bytes().next_multiple_of(PAGE_SIZE)
+            + (self.ring * DESC_SIZE).next_multiple_of(PAGE_SIZE)
+            + i * self.buf_size
     }
 
     fn buf_va(&self, i: u64) -> u64 {
@@ -191,6 +253,22 @@ impl System {
         ring: u64,
         buf_size: u64,
     ) -> Result<i64> {
+        self.pmd_open_with(dev, pid, mode, ring, buf_size, false)
+    }
+
+    /// [`System::pmd_open`], with a transmit ring as well when `tx`.
+    ///
+    /// # Errors
+    /// As [`System::pmd_open`].
+    pub fn pmd_open_with(
+        &mut self,
+        dev: usize,
+        pid: u32,
+        mode: IovaMode,
+        ring: u64,
+        buf_size: u64,
+        tx: bool,
+    ) -> Result<i64> {
         if !(8..=4096).contains(&ring) || !(64..=16384).contains(&buf_size) || buf_size % 64 != 0 {
             return Err(SimError::Invalid(
                 "pmd_open: ring 8..=4096 descriptors, buf_size 64..=16384 bytes in multiples of 64"
@@ -213,6 +291,13 @@ impl System {
             stats: PmdStats::default(),
             sent: vec![(0, 0); ring as usize],
             reported: false,
+            tx: tx.then(|| TxRing {
+                tail: 0,
+                nic: 0,
+                clean: 0,
+                queued: vec![(0, 0); ring as usize],
+                reported: false,
+            }),
         };
         let size = pmd.region();
         let va = match self.mmap_huge(pid, size)? {
@@ -403,6 +488,149 @@ impl System {
     /// [`SimError::Invalid`] for an unknown PMD.
     pub fn pmd_stats(&self, id: u64) -> Result<PmdStats> {
         Ok(self.pmd(id)?.stats)
+    }
+
+    /// `rte_eth_tx_burst`: reclaims the descriptors the NIC reports done (their
+    /// DD bit, as the CPU sees it), then queues as many `frames` as free
+    /// descriptors allow — frame into its buffer, descriptor (address, length,
+    /// EOP|RS) — and rings the doorbell once. Returns how many were queued.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown PMD, one without `tx`, or a frame of 0
+    /// bytes or over `buf_size`.
+    pub fn pmd_tx_burst(&mut self, id: u64, frames: Vec<Vec<u8>>) -> Result<u64> {
+        let mut pmd = self.pmd(id)?;
+        let Some(mut tx) = pmd.tx.clone() else {
+            return Err(SimError::Invalid(
+                "pmd_tx_burst: the PMD was opened without tx: true".into(),
+            ));
+        };
+        if frames
+            .iter()
+            .any(|f| f.is_empty() || f.len() as u64 > pmd.buf_size)
+        {
+            return Err(SimError::Invalid(
+                "pmd_tx_burst: a frame is 1 byte to buf_size".into(),
+            ));
+        }
+        let t0 = self.hw.now_ps();
+        // ixgbe_tx_free_bufs: a descriptor is free again once the CPU reads DD.
+        while tx.clean < tx.nic {
+            let i = tx.clean % pmd.ring;
+            let d = self.user_read(pmd.pid, pmd.tx_desc_va(i), DESC_SIZE)?;
+            if u16::from_le_bytes([d[12], d[13]]) & DD == 0 {
+                break;
+            }
+            tx.clean += 1;
+        }
+        let mut queued = 0u64;
+        for f in frames {
+            if tx.tail - tx.clean >= pmd.ring {
+                pmd.stats.tx_full += 1;
+                continue;
+            }
+            let i = tx.tail % pmd.ring;
+            let len = f.len() as u64;
+            tx.queued[i as usize] = (len, frame_hash(&f));
+            self.user_write(pmd.pid, pmd.tx_buf_va(i), &f)?;
+            let mut d = [0u8; DESC_SIZE as usize];
+            d[..8].copy_from_slice(&pmd.bus_of(pmd.tx_buf_va(i)).to_le_bytes());
+            d[8..10].copy_from_slice(&(len as u16).to_le_bytes());
+            d[10..12].copy_from_slice(&TX_CMD_EOP_RS.to_le_bytes());
+            self.user_write(pmd.pid, pmd.tx_desc_va(i), &d)?;
+            tx.tail += 1;
+            queued += 1;
+        }
+        if queued > 0 {
+            // rte_io_wmb() then the tail register: one uncached write.
+            self.hw.advance(self.cfg.cost.uncached_write_beat_ps);
+        }
+        pmd.stats.tx_queued += queued;
+        pmd.stats.cpu_ns += (self.hw.now_ps() - t0) / 1000;
+        pmd.tx = Some(tx);
+        self.kernel.pmds.insert(id, pmd);
+        Ok(queued)
+    }
+
+    /// The NIC works through the TX descriptors up to the doorbell: it fetches
+    /// each descriptor and its frame from memory (DRAM, or the CPU's cache through
+    /// a coherent port), sends the frame and writes the descriptor back with DD.
+    /// Returns the frames as they went on the wire.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown PMD or one without `tx`.
+    pub fn pmd_tx_wire(&mut self, id: u64) -> Result<Vec<Vec<u8>>> {
+        let mut pmd = self.pmd(id)?;
+        let Some(mut tx) = pmd.tx.clone() else {
+            return Err(SimError::Invalid(
+                "pmd_tx_wire: the PMD was opened without tx: true".into(),
+            ));
+        };
+        let mut wire = Vec::new();
+        while tx.nic < tx.tail {
+            let i = tx.nic % pmd.ring;
+            let desc_bus = pmd.bus_of(pmd.tx_desc_va(i));
+            let j = self.dev_start(pmd.dev, desc_bus, DESC_SIZE, None)?;
+            let d = self.wait(j)?.unwrap_or_default();
+            let mut d: [u8; DESC_SIZE as usize] = d.try_into().unwrap_or([0; DESC_SIZE as usize]);
+            let addr = u64::from_le_bytes(d[..8].try_into().unwrap_or([0; 8]));
+            let len = u64::from(u16::from_le_bytes([d[8], d[9]]));
+            let want_addr = pmd.bus_of(pmd.tx_buf_va(i));
+            // The NIC sends what the descriptor says; a stale descriptor (the CPU's
+            // store still in its cache) reads as an empty one here.
+            let frame = if addr == want_addr && len > 0 && len <= pmd.buf_size {
+                let j = self.dev_start(pmd.dev, addr, len, None)?;
+                self.wait(j)?.unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if (frame.len() as u64, frame_hash(&frame)) != tx.queued[i as usize] {
+                pmd.stats.tx_stale += 1;
+                if !tx.reported {
+                    tx.reported = true;
+                    let what = if frame.is_empty() {
+                        "its descriptor, as the NIC read it, was not the one the CPU wrote"
+                    } else {
+                        "the NIC read other bytes than the CPU wrote into its buffer"
+                    };
+                    self.pmd_tx_stale(&pmd, i, what);
+                }
+            }
+            // Write-back: the descriptor with DD set.
+            d[12..14].copy_from_slice(&DD.to_le_bytes());
+            let j = self.dev_start(pmd.dev, desc_bus, DESC_SIZE, Some(d.to_vec()))?;
+            self.wait(j)?;
+            wire.push(frame);
+            tx.nic += 1;
+            pmd.stats.tx_sent += 1;
+        }
+        pmd.tx = Some(tx);
+        self.kernel.pmds.insert(id, pmd);
+        Ok(wire)
+    }
+
+    /// Reports, once per PMD, a frame the NIC sent from stale memory.
+    fn pmd_tx_stale(&mut self, pmd: &Pmd, i: u64, what: &str) {
+        let dev = self.kernel.devices[pmd.dev].name.clone();
+        let ctx = self.ctx();
+        let port = if self.kernel.devices[pmd.dev].coherent {
+            "a coherent port"
+        } else {
+            "a non-coherent port: the CPU's stores to the ring and buffers sit in its cache, and nothing cleans them"
+        };
+        self.check.report_plain(
+            "stale-device-read",
+            Some(true),
+            Some(&dev),
+            Some(pmd.bus_of(pmd.tx_buf_va(i))),
+            Some(pmd.buf_size),
+            ctx,
+            format!(
+                "poll-mode driver on {dev}: TX descriptor {i} went on the wire wrong: {what}; {dev} sits on {port}"
+            ),
+            "user space cannot clean cache lines for DMA: run a poll-mode driver only on a cache-coherent DMA port (DPDK supports no other), or use the kernel driver, whose DMA API cleans the buffer at dma_map_single".into(),
+            vec![],
+        );
     }
 
     /// The kernel's receive path for the same frame: the NIC DMAs into a kmalloc'd
