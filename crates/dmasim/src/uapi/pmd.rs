@@ -460,24 +460,43 @@ impl System {
             return;
         }
         pmd.reported = true;
+        self.pmd_report(
+            pmd,
+            "stale-cpu-read",
+            pmd.bus_of(pmd.buf_va(i)),
+            &format!("descriptor {i} was filled by the NIC, but {what} to the CPU"),
+            "a non-coherent port: the CPU's cached copies of the ring and buffers are never invalidated",
+            "user space cannot clean or invalidate cache lines for DMA: run a poll-mode driver only on a cache-coherent DMA port (DPDK supports no other), or use the kernel driver, whose DMA API syncs",
+        );
+    }
+
+    /// A manifested finding about a PMD's ring: `what` happened, on a port that is
+    /// coherent or (`non_coherent`) not.
+    fn pmd_report(
+        &mut self,
+        pmd: &Pmd,
+        finding: &'static str,
+        bus: u64,
+        what: &str,
+        non_coherent: &str,
+        help: &str,
+    ) {
         let dev = self.kernel.devices[pmd.dev].name.clone();
         let ctx = self.ctx();
         let port = if self.kernel.devices[pmd.dev].coherent {
             "a coherent port"
         } else {
-            "a non-coherent port: the CPU's cached copies of the ring and buffers are never invalidated"
+            non_coherent
         };
         self.check.report_plain(
-            "stale-cpu-read",
+            finding,
             Some(true),
             Some(&dev),
-            Some(pmd.bus_of(pmd.buf_va(i))),
+            Some(bus),
             Some(pmd.buf_size),
             ctx,
-            format!(
-                "poll-mode driver on {dev}: descriptor {i} was filled by the NIC, but {what} to the CPU; {dev} sits on {port}"
-            ),
-            "user space cannot clean or invalidate cache lines for DMA: run a poll-mode driver only on a cache-coherent DMA port (DPDK supports no other), or use the kernel driver, whose DMA API syncs".into(),
+            format!("poll-mode driver on {dev}: {what}; {dev} sits on {port}"),
+            help.into(),
             vec![],
         );
     }
@@ -611,25 +630,13 @@ impl System {
 
     /// Reports, once per PMD, a frame the NIC sent from stale memory.
     fn pmd_tx_stale(&mut self, pmd: &Pmd, i: u64, what: &str) {
-        let dev = self.kernel.devices[pmd.dev].name.clone();
-        let ctx = self.ctx();
-        let port = if self.kernel.devices[pmd.dev].coherent {
-            "a coherent port"
-        } else {
-            "a non-coherent port: the CPU's stores to the ring and buffers sit in its cache, and nothing cleans them"
-        };
-        self.check.report_plain(
+        self.pmd_report(
+            pmd,
             "stale-device-read",
-            Some(true),
-            Some(&dev),
-            Some(pmd.bus_of(pmd.tx_buf_va(i))),
-            Some(pmd.buf_size),
-            ctx,
-            format!(
-                "poll-mode driver on {dev}: TX descriptor {i} went on the wire wrong: {what}; {dev} sits on {port}"
-            ),
-            "user space cannot clean cache lines for DMA: run a poll-mode driver only on a cache-coherent DMA port (DPDK supports no other), or use the kernel driver, whose DMA API cleans the buffer at dma_map_single".into(),
-            vec![],
+            pmd.bus_of(pmd.tx_buf_va(i)),
+            &format!("TX descriptor {i} went on the wire wrong: {what}"),
+            "a non-coherent port: the CPU's stores to the ring and buffers sit in its cache, and nothing cleans them",
+            "user space cannot clean cache lines for DMA: run a poll-mode driver only on a cache-coherent DMA port (DPDK supports no other), or use the kernel driver, whose DMA API cleans the buffer at dma_map_single",
         );
     }
 
