@@ -137,11 +137,11 @@ const STOPS: &[Stop] = &[
 const TOUR_SEEDS: u64 = 20;
 
 /// The `tour --html` index: a row per stop with its finding ids, how often they
-/// were reported and corrupted data, and links to both reports.
+/// were reported and corrupted or exposed data, and links to both reports.
 fn index_page(rows: &[(&Stop, String, u64, u64)]) -> String {
     use dmasim::report::html::esc;
     let mut h = String::from(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>dmasim tour</title><style>body{font:14px/1.5 system-ui,sans-serif;margin:24px;color:#1d232b}table{border-collapse:collapse}td,th{border-bottom:1px solid #e3e7ec;padding:4px 10px;text-align:left;vertical-align:top}code{font-size:12.5px}</style></head><body><h1>dmasim tour</h1><p>Each stop runs a broken driver over 20 seeds and the fixed one.</p><table><tr><th>stop</th><th>broken variant reports</th><th>reported</th><th>corrupted data</th><th>reports</th></tr>",
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>dmasim tour</title><style>body{font:14px/1.5 system-ui,sans-serif;margin:24px;color:#1d232b}table{border-collapse:collapse}td,th{border-bottom:1px solid #e3e7ec;padding:4px 10px;text-align:left;vertical-align:top}code{font-size:12.5px}</style></head><body><h1>dmasim tour</h1><p>Each stop runs a broken driver over 20 seeds and the fixed one.</p><table><tr><th>stop</th><th>broken variant reports</th><th>reported</th><th>data corrupted or exposed</th><th>reports</th></tr>",
     );
     for (s, ids, reported, manifested) in rows {
         h.push_str(&format!(
@@ -212,7 +212,7 @@ pub fn run(name: Option<&str>, list: bool, html: Option<&std::path::Path>) -> Re
         }
         let first = first.expect("at least one seed");
         crate::outln!("  broken ({}): {}", s.broken.0, ids(&first));
-        crate::outln!("    reported on {reported}/{TOUR_SEEDS} seeds; data actually corrupted on {manifested}/{TOUR_SEEDS}");
+        crate::outln!("    reported on {reported}/{TOUR_SEEDS} seeds; data actually corrupted or exposed on {manifested}/{TOUR_SEEDS}");
         let worst = first
             .findings
             .iter()
