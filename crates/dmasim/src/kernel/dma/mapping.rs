@@ -31,7 +31,7 @@ impl System {
         match self.kernel.devices.get(dev) {
             None => Err(SimError::Invalid(format!("{call}: no device #{dev}"))),
             Some(d) if !d.bound => Err(SimError::Invalid(format!(
-                "{call}: device {} has no driver (removed with remove_device, or its probe was refused: see the log)",
+                "{call}: device {} was removed (remove_device)",
                 d.name
             ))),
             Some(d) if d.vfio => Err(SimError::Invalid(format!(

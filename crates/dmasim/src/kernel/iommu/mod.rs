@@ -260,23 +260,24 @@ impl System {
     }
 
     /// An untrusted device joined group `g`, whose domain is of type `kind` (not
-    /// DMA). Linux computes the group's default domain type over all its devices and
-    /// an untrusted one forces DMA (`iommu_get_default_domain_type`): the group moves
-    /// to a new strict DMA domain. When a member already has live mappings in the
-    /// old domain, Linux cannot change it under the bound driver and refuses to
-    /// probe the untrusted device: it stays without a driver.
+    /// DMA). When the group's devices are probed together, as at boot
+    /// (`bus_iommu_probe`), Linux picks the group's default domain type over all of
+    /// them and an untrusted one forces DMA (`iommu_get_default_domain_type`): while
+    /// no member has live mappings, the group moves to a new strict DMA domain. A
+    /// device added to a group already in use joins `group->domain` as it is
+    /// (`__iommu_probe_device`), so it stays in a lazy or identity domain; dmasim
+    /// says so in the log.
     fn iommu_group_distrust(&mut self, dev: usize, g: usize, kind: DomainType) {
         let name = self.kernel.devices[dev].name.clone();
         let members = self.iommu_group_devices(dev);
         if members.iter().any(|&d| self.check.device_has_mappings(d)) {
             self.printk(
-                &name,
+                "dmasim",
                 format!(
-                    "Device is not trusted, but driver is overriding group {g} to {}, refusing to probe.",
+                    "{name} is untrusted but joined iommu group {g}, already in use with a {} domain: Linux keeps that domain for a device added later, so {name} gets no strict DMA domain",
                     kind.name()
                 ),
             );
-            self.kernel.devices[dev].bound = false;
             return;
         }
         let id = self.iommu_domain_alloc(DomainType::Dma);
