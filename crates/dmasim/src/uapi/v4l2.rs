@@ -429,7 +429,9 @@ impl System {
             .as_ref()
             .is_some_and(|u| u.pid == pid && u.va == va && u.len == len);
         if !same {
-            if let Some(u) = self.queue_mut(q)?.bufs[i].user.take() {
+            let b = &mut self.queue_mut(q)?.bufs[i];
+            b.sgt = None;
+            if let Some(u) = b.user.take() {
                 self.vb2_put_userptr(queue.dev, &u)?;
             }
             match self.vb2_get_userptr(&queue, pid, va, len)? {
