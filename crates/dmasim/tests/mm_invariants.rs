@@ -137,3 +137,41 @@ fn memory_is_conserved_under_random_traffic() {
         }
     }
 }
+
+#[test]
+fn processes_get_the_address_space_of_their_architecture() {
+    // (preset, first mmap address, end of user space)
+    for (preset, base, top) in [
+        ("arm64-coherent", 0x0000_ffff_0000_0000u64, 1u64 << 48),
+        ("x86-64", 0x0000_7f00_0000_0000, (1 << 47) - PAGE_SIZE),
+        ("arm32", 0x4000_0000, 0xbf00_0000),
+    ] {
+        let mut p = PlatformConfig::preset(preset).unwrap();
+        p.noise = NoiseConfig::OFF;
+        let mut sys = System::boot(p, RunOptions::default()).unwrap();
+        let pid = sys.process_new("app");
+        let va = sys.mmap(pid, 65536, false).unwrap();
+        assert_eq!(va, base, "{preset}");
+        // The page is really there at that address.
+        sys.user_write(pid, va + 100, &[7; 8]).unwrap();
+        assert_eq!(sys.user_read(pid, va + 100, 8).unwrap(), vec![7; 8]);
+        // Mappings go on until TASK_SIZE, and not past it.
+        let room = top - (va + 65536 + PAGE_SIZE);
+        let mut left = room;
+        while left > 4 << 30 {
+            sys.mmap(pid, 4 << 30, false).unwrap();
+            left -= (4 << 30) + PAGE_SIZE;
+        }
+        let e = sys
+            .mmap(pid, left + PAGE_SIZE, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no room left below TASK_SIZE"), "{preset}: {e}");
+        if preset == "arm32" {
+            assert!(
+                room < 2 << 30,
+                "under 2 GiB of user mappings on a 3G/1G split"
+            );
+        }
+    }
+}

@@ -10,8 +10,15 @@
 //! page whose refcount holds more than its mapping (pinned or `get_user_pages`'d),
 //! and it does not care about `mlock` (which only stops reclaim).
 //!
+//! Address spaces follow the architecture: on arm64 (48-bit VA) mappings start high
+//! below 2^48; on x86-64 below the 47-bit `TASK_SIZE`; on 32-bit ARM (3G/1G split)
+//! at `TASK_UNMAPPED_BASE` (0x4000_0000) and end at `TASK_SIZE` (0xBF00_0000), so a
+//! process has under 2 GiB to map there.
+//!
 //! Simplifications: private anonymous memory only (no sharing, no fork, no file
-//! mappings); `malloc` is an `mmap`; no swap yet.
+//! mappings); `malloc` is an `mmap`; no swap yet; mappings go upwards from the base
+//! (Linux's legacy layout; the default layout goes down from below the stack), one
+//! guard page apart, never reused after `munmap`.
 
 use std::collections::BTreeMap;
 
@@ -22,8 +29,20 @@ use crate::kernel::mm::gfp::GFP_HIGHUSER_MOVABLE;
 use crate::kernel::mm::page::{Owner, Vacated, GUP_PIN_COUNTING_BIAS};
 use crate::system::{Result, SimError, System};
 
-/// Lowest user address handed out by `mmap` here.
-const MMAP_BASE: u64 = 0x0000_ffff_0000_0000;
+/// Where `mmap` starts and the end of user space (`TASK_SIZE`), per architecture.
+fn user_layout(arch: crate::config::Arch) -> (u64, u64) {
+    use crate::config::Arch;
+    match arch {
+        // 48-bit VA: TASK_SIZE_64 = 2^48 (arch/arm64/include/asm/processor.h).
+        Arch::Arm64 => (0x0000_ffff_0000_0000, 1 << 48),
+        // 4-level paging: TASK_SIZE_MAX = 2^47 - 4096; mmap_base sits near its top
+        // (arch/x86/include/asm/page_64_types.h, arch/x86/mm/mmap.c).
+        Arch::X86_64 => (0x0000_7f00_0000_0000, (1 << 47) - PAGE_SIZE),
+        // VMSPLIT_3G: TASK_SIZE = PAGE_OFFSET - 16 MiB, TASK_UNMAPPED_BASE =
+        // ALIGN(TASK_SIZE / 3, SZ_16M) (arch/arm/include/asm/memory.h).
+        Arch::Arm32 => (0x4000_0000, 0xbf00_0000),
+    }
+}
 /// Largest single mapping.
 const MAX_MMAP: u64 = 1 << 32;
 
@@ -55,6 +74,8 @@ pub struct Process {
     /// Mappings by start address.
     pub vmas: BTreeMap<u64, Vma>,
     next_va: u64,
+    /// End of user space (`TASK_SIZE`).
+    va_top: u64,
     /// Present pages: virtual page number → pfn.
     pub present: BTreeMap<u64, u64>,
     /// Pages charged to `RLIMIT_MEMLOCK` (`mm->locked_vm`, by VFIO pins).
@@ -63,6 +84,21 @@ pub struct Process {
     pub memlock_limit: u64,
     /// `CAP_IPC_LOCK`: pins are not charged.
     pub cap_ipc_lock: bool,
+}
+
+impl Process {
+    /// Whether `[start, start+len)` fits below the end of user space; mmap's ENOMEM
+    /// ("no room in the address space") otherwise, which here ends the run with a
+    /// clear message.
+    fn address_space_left(&self, start: u64, len: u64) -> Result<()> {
+        match start.checked_add(len) {
+            Some(end) if end <= self.va_top => Ok(()),
+            _ => Err(SimError::Invalid(format!(
+                "{} (pid {}): mmap of {len} bytes: no room left below TASK_SIZE {:#x} (mmap fails with ENOMEM)",
+                self.name, self.pid, self.va_top
+            ))),
+        }
+    }
 }
 
 /// A set of pages taken with `get_user_pages` or `pin_user_pages`.
@@ -121,12 +157,14 @@ impl System {
     pub fn process_new(&mut self, name: &str) -> u32 {
         let asid = self.hw.mmu.new_space();
         let pid = 100 + self.kernel.procs.len() as u32;
+        let (base, top) = user_layout(self.cfg.arch);
         self.kernel.procs.push(Process {
             pid,
             name: name.to_string(),
             asid,
             vmas: BTreeMap::new(),
-            next_va: MMAP_BASE,
+            next_va: base,
+            va_top: top,
             present: BTreeMap::new(),
             locked_vm: 0,
             memlock_limit: crate::uapi::vfio::DEFAULT_MEMLOCK,
@@ -158,6 +196,7 @@ impl System {
         let p = &mut self.kernel.procs[i];
         let len = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let start = p.next_va;
+        p.address_space_left(start, len)?;
         p.next_va += len + PAGE_SIZE;
         p.vmas.insert(
             start,
@@ -192,6 +231,9 @@ impl System {
         }
         let p = &mut self.kernel.procs[i];
         let start = p.next_va.next_multiple_of(HUGE);
+        if p.address_space_left(start, n * HUGE).is_err() {
+            return Ok(Err(-errno::ENOMEM));
+        }
         p.next_va = start + n * HUGE + HUGE;
         p.vmas.insert(
             start,
@@ -266,6 +308,7 @@ impl System {
         let len = pfns.len() as u64 * PAGE_SIZE;
         let p = &mut self.kernel.procs[i];
         let va = p.next_va;
+        p.address_space_left(va, len)?;
         p.next_va += len + PAGE_SIZE;
         p.vmas.insert(
             va,
