@@ -335,9 +335,6 @@ const RECENT_UNMAPS: usize = 64;
 
 /// The sanitizer's whole state.
 pub struct Sanitizer {
-    /// The unmaps in progress carry `DMA_ATTR_SKIP_CPU_SYNC`: they sync nothing,
-    /// so they discard no CPU stores.
-    pub skip_cpu_sync: bool,
     entries: Entries<Entry>,
     next_id: u64,
     /// The coherent truth of watched pages.
@@ -361,7 +358,6 @@ impl Sanitizer {
     /// cost of a cached line fill, used to price the alternative to uncached reads.
     pub fn new(line: u64, fill_ps: u64) -> Sanitizer {
         Sanitizer {
-            skip_cpu_sync: false,
             entries: Entries::new(),
             next_id: 1,
             oracle: Oracle::default(),
@@ -672,6 +668,24 @@ impl Sanitizer {
         dir: DmaDirection,
         kind: MapKind,
     ) {
+        self.unmap_attrs(hw, ctx, dev, dev_name, addr, size, dir, kind, false);
+    }
+
+    /// [`Sanitizer::unmap`] of an unmap that may carry `DMA_ATTR_SKIP_CPU_SYNC`:
+    /// such an unmap syncs nothing, so it discards no CPU stores.
+    #[allow(clippy::too_many_arguments)]
+    pub fn unmap_attrs(
+        &mut self,
+        hw: &mut Machine,
+        ctx: Ctx,
+        dev: usize,
+        dev_name: &str,
+        addr: u64,
+        size: u64,
+        dir: DmaDirection,
+        kind: MapKind,
+        skip_cpu_sync: bool,
+    ) {
         let found = self.entries.exact(dev, addr);
         let what = if kind == MapKind::Coherent {
             "dma_free_coherent"
@@ -714,7 +728,7 @@ impl Sanitizer {
         let e = self.entries.remove(id).expect("entry found above");
         // CPU stores since the last hand-over to the device, on a mapping the unmap
         // syncs for the CPU: its invalidate (or a bounce copy back) discards them.
-        let discards = !self.skip_cpu_sync
+        let discards = !skip_cpu_sync
             && e.kind != MapKind::Coherent
             && e.dir != DmaDirection::ToDevice
             && !e.cpu_dirty.is_empty();

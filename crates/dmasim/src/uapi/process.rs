@@ -87,6 +87,15 @@ pub struct Process {
 }
 
 impl Process {
+    /// The mapping holding `va`, if any.
+    fn vma_at(&self, va: u64) -> Option<&Vma> {
+        self.vmas
+            .range(..=va)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| va < v.start + v.len)
+    }
+
     /// Whether `[start, start+len)` fits below the end of user space; mmap's ENOMEM
     /// ("no room in the address space") otherwise, which here ends the run with a
     /// clear message.
@@ -419,10 +428,10 @@ impl System {
         };
         let mut a = va & !(PAGE_SIZE - 1);
         while a < end {
-            // The VMA holding `a`; the next page to check is past its end.
-            match p.vmas.range(..=a).next_back() {
-                Some((_, v)) if a < v.start + v.len => a = v.start + v.len,
-                _ => return Ok(false),
+            // The next page to check is past the end of the VMA holding `a`.
+            match p.vma_at(a) {
+                Some(v) => a = v.start + v.len,
+                None => return Ok(false),
             }
         }
         Ok(true)
@@ -435,25 +444,13 @@ impl System {
             return Ok(pfn);
         }
         let p = &self.kernel.procs[i];
-        let in_vma = p
-            .vmas
-            .range(..=va)
-            .next_back()
-            .is_some_and(|(_, v)| va < v.start + v.len);
-        if !in_vma {
+        let Some(vma) = p.vma_at(va) else {
             return Err(SimError::Invalid(format!(
                 "{} (pid {}): segmentation fault at {va:#x} (no mapping there)",
                 p.name, p.pid
             )));
-        }
-        let (pid, asid, locked) = (
-            p.pid,
-            p.asid,
-            p.vmas
-                .range(..=va)
-                .next_back()
-                .is_some_and(|(_, v)| v.locked),
-        );
+        };
+        let (pid, asid, locked) = (p.pid, p.asid, vma.locked);
         let pfn = match self
             .kernel
             .pages

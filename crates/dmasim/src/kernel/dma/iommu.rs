@@ -175,17 +175,13 @@ impl System {
     fn zero_bounce_padding(&mut self, tlb: u64, size: u64) {
         let start = tlb & !(GRANULE - 1);
         let end = granule_align(tlb + size);
+        // memset through the linear map. The whole granules belong to this
+        // allocation (aligned to them), so no other live mapping shares these bytes:
+        // as for the bounce copy, the sanitizer learns the slots' contents when the
+        // mapping starts.
         for (a, b) in [(start, tlb), (tlb + size, end)] {
-            let zero = [0u8; PAGE_SIZE as usize];
-            let mut p = a;
-            while p < b {
-                let n = (PAGE_SIZE - (p & (PAGE_SIZE - 1))).min(b - p);
-                // The whole granules belong to this allocation (aligned to them), so
-                // no other live mapping shares these bytes: as for the bounce copy,
-                // the sanitizer learns the slot's contents when the mapping starts.
-                self.hw
-                    .cpu_write_phys(self.cpu, p, MemType::Normal, &zero[..n as usize]);
-                p += n;
+            if a < b {
+                self.kmap_write(a, &vec![0u8; (b - a) as usize]);
             }
         }
     }

@@ -302,10 +302,8 @@ impl System {
         skip_cpu_sync: bool,
     ) -> Result<()> {
         self.kernel.dma_skip_cpu_sync = skip_cpu_sync;
-        self.check.skip_cpu_sync = skip_cpu_sync;
         let r = self.dma_unmap_sg_inner(dev, id, dir);
         self.kernel.dma_skip_cpu_sync = false;
-        self.check.skip_cpu_sync = false;
         r
     }
 
@@ -324,7 +322,7 @@ impl System {
                 self.dma_direct_unmap_phys(dev, e.iova, e.len, dir);
             }
             let ctx = self.ctx();
-            self.check.unmap(
+            self.check.unmap_attrs(
                 &mut self.hw,
                 ctx,
                 dev,
@@ -333,6 +331,7 @@ impl System {
                 e.len,
                 dir,
                 MapKind::Sg,
+                self.kernel.dma_skip_cpu_sync,
             );
         }
         let t = self.kernel.sg_tables.get_mut(&id).expect("checked above");

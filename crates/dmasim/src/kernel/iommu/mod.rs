@@ -225,8 +225,8 @@ impl System {
             if let Some(domain) = domain {
                 self.iommu_attach(dev, domain);
             }
-            if untrusted && kind.is_some_and(|k| k != DomainType::Dma) {
-                self.iommu_group_distrust(dev, g, kind.unwrap_or(DomainType::Dma));
+            if let Some(k) = kind.filter(|&k| untrusted && k != DomainType::Dma) {
+                self.iommu_group_distrust(dev, g, k);
             }
             return;
         }
