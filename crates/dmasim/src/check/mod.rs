@@ -655,26 +655,11 @@ impl Sanitizer {
     }
 
     /// `check_unmap`: the unmap or free of `[addr, addr+size)` by `dev` with `dir`,
-    /// called after the kernel did the unmap's cache work.
+    /// called after the kernel did the unmap's cache work. With `skip_cpu_sync`
+    /// (`DMA_ATTR_SKIP_CPU_SYNC`) the unmap synced nothing, so it discarded no CPU
+    /// stores.
     #[allow(clippy::too_many_arguments)]
     pub fn unmap(
-        &mut self,
-        hw: &mut Machine,
-        ctx: Ctx,
-        dev: usize,
-        dev_name: &str,
-        addr: u64,
-        size: u64,
-        dir: DmaDirection,
-        kind: MapKind,
-    ) {
-        self.unmap_attrs(hw, ctx, dev, dev_name, addr, size, dir, kind, false);
-    }
-
-    /// [`Sanitizer::unmap`] of an unmap that may carry `DMA_ATTR_SKIP_CPU_SYNC`:
-    /// such an unmap syncs nothing, so it discards no CPU stores.
-    #[allow(clippy::too_many_arguments)]
-    pub fn unmap_attrs(
         &mut self,
         hw: &mut Machine,
         ctx: Ctx,

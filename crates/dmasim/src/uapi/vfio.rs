@@ -378,6 +378,7 @@ impl System {
                 m.size,
                 DmaDirection::Bidirectional,
                 MapKind::Coherent,
+                false,
             );
             self.gup_release(m.pins, true)?;
             if let Some(p) = self.kernel.procs.iter_mut().find(|p| p.pid == cont.pid) {

@@ -339,7 +339,7 @@ impl System {
         let ctx = self.ctx();
         let name = &self.kernel.devices[dev].name;
         self.check
-            .unmap(&mut self.hw, ctx, dev, name, addr, size, dir, kind);
+            .unmap(&mut self.hw, ctx, dev, name, addr, size, dir, kind, false);
         Ok(())
     }
 
@@ -557,6 +557,7 @@ impl System {
             size,
             DmaDirection::Bidirectional,
             MapKind::Coherent,
+            false,
         );
         if self.use_dma_iommu(dev) {
             self.iommu_dma_unmap_raw(dev, addr, b.len);

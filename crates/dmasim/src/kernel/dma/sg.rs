@@ -322,7 +322,7 @@ impl System {
                 self.dma_direct_unmap_phys(dev, e.iova, e.len, dir);
             }
             let ctx = self.ctx();
-            self.check.unmap_attrs(
+            self.check.unmap(
                 &mut self.hw,
                 ctx,
                 dev,
