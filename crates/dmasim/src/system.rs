@@ -51,6 +51,18 @@ pub enum SimError {
 /// Result alias for simulator failures.
 pub type Result<T> = std::result::Result<T, SimError>;
 
+/// One IOMMU fault of a device, as scripts see it (`iommu_faults(dev)`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IommuFault {
+    /// The bus address (IOVA) the device used.
+    pub addr: u64,
+    /// Why the IOMMU refused it: `translation`, `permission`, `blocked` or
+    /// `address-size`.
+    pub kind: crate::hw::iommu::FaultKind,
+    /// A write (else a read).
+    pub write: bool,
+}
+
 /// Options of one run that are not part of the platform.
 #[derive(Debug, Clone, Copy)]
 pub struct RunOptions {
@@ -621,6 +633,24 @@ impl System {
         let j = self.jobs.remove(&job).expect("job checked above");
         self.check_limits()?;
         Ok((!j.write && !j.bus_error).then_some(j.data))
+    }
+
+    /// The IOMMU faults recorded for device `dev`'s stream, oldest first: what
+    /// `iommu_faults(dev)` returns. The IOMMU keeps the last
+    /// [`MAX_FAULT_RECORDS`](crate::hw::iommu::MAX_FAULT_RECORDS) faults of all
+    /// streams, as an event queue of that depth would.
+    pub fn iommu_faults(&self, dev: usize) -> Vec<IommuFault> {
+        self.hw
+            .iommu
+            .faults
+            .iter()
+            .filter(|f| f.stream == dev)
+            .map(|f| IommuFault {
+                addr: f.iova,
+                kind: f.kind,
+                write: f.write,
+            })
+            .collect()
     }
 
     /// Lets `ns` of simulated time pass with background activity.

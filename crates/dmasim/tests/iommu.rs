@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ids, ok, script};
+use common::{ids, log_has, ok, script};
 use dmasim::check::MapKind;
 use dmasim::config::PlatformConfig;
 use dmasim::hw::iommu::{FaultKind, AF, AP_RDONLY, AP_UNPRIV, NG, OA_MASK, SH_IS, SH_OS};
@@ -633,4 +633,51 @@ fn an_sg_segment_across_the_device_boundary_is_reported_as_dma_debug_does() {
         .as_str()
         .unwrap()
         .contains("mapping sg segment across boundary"));
+}
+
+/// `iommu_faults(dev)` reads back the SMMU's event records of one device: address,
+/// kind and direction, oldest first, and nothing of another device's faults.
+#[test]
+fn iommu_faults_lists_a_devices_faults_in_order() {
+    let (r, j) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu", noise: "off" });
+        let victim = kmalloc(4096);
+        let rogue = device("rogue");
+        let other = device("other");
+        print(`before=${iommu_faults(rogue).len()}`);
+        dev_write(rogue, victim.phys, pattern("zero", 64));
+        dev_read(rogue, 0x1234_5000, 64);
+        let ro = kmalloc(4096);
+        let a = dma_map_single(other, ro, DMA_TO_DEVICE);
+        if dma_mapping_error(other, a) { throw "map"; }
+        dev_write(other, a, pattern("ones", 8));
+        let f = iommu_faults(rogue);
+        print(`rogue=${f.len()} ${f[0].kind} ${f[0].write} ${f[0].addr == victim.phys} ${f[1].kind} ${f[1].write} ${f[1].addr}`);
+        let g = iommu_faults(other);
+        print(`other=${g.len()} ${g[0].kind} ${g[0].write} ${g[0].addr == a}`);
+        dma_unmap_single(other, a, 4096, DMA_TO_DEVICE);
+        kfree(ro);
+        kfree(victim);
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(ids(&j), vec!["iommu-fault"; 3]);
+    assert!(log_has(&j, "before=0"), "{:?}", j["log"]);
+    assert!(
+        log_has(
+            &j,
+            &format!(
+                "rogue=2 translation true true translation false {}",
+                0x1234_5000
+            )
+        ),
+        "{:?}",
+        j["log"]
+    );
+    assert!(
+        log_has(&j, "other=1 permission true true"),
+        "{:?}",
+        j["log"]
+    );
+    assert_eq!(j["stats"]["iommu"]["faults"], 3);
 }

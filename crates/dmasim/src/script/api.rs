@@ -951,6 +951,19 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             })
         },
     );
+    let s1 = s.clone();
+    engine.register_fn(
+        "iommu_faults",
+        move |ctx: NativeCallContext, d: DeviceObj| -> RResult<rhai::Array> {
+            // The SMMU's event queue, read back for one stream: the records the IOMMU
+            // kept (its ring holds the last `MAX_FAULT_RECORDS` of all streams).
+            let faults = with_sys(&s1, &ctx, |sys| Ok(sys.iommu_faults(d.idx)))?;
+            Ok(faults
+                .into_iter()
+                .map(|f| json_to_dynamic(serde_json::to_value(f).unwrap_or_default()))
+                .collect())
+        },
+    );
 
     // ---- processes and pinning ----
     engine.register_type_with_name::<ProcessObj>("Process");
