@@ -13,6 +13,7 @@ use dmasim::report::text;
 use dmasim::script::{self, ScriptOptions};
 use dmasim::units::parse_size;
 
+mod explain;
 mod tour;
 
 /// Writes to stdout; a closed pipe (`dmasim presets | head`) is not an error.
@@ -64,6 +65,10 @@ enum Command {
         /// "off" turns background noise off (cache pollution, prefetch).
         #[arg(long)]
         noise: Option<String>,
+        /// A boot option over the script's own, as `boot()` takes it: `iommu=smmu`,
+        /// `swiotlb=off`, `ram=8GiB`, `l2.size=1MiB` (repeat for more).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        set: Vec<(String, String)>,
         /// Also write a self-contained HTML report (memory map, cache lines of each
         /// finding, timeline, charts) to this file.
         #[arg(long, value_name = "FILE")]
@@ -97,6 +102,10 @@ enum Command {
         /// carry the flag).
         #[arg(long)]
         preset: Option<String>,
+        /// A boot option over the script's own (`iommu=smmu`; repeat for more; the
+        /// replay lines carry it).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        set: Vec<(String, String)>,
         /// Also write an HTML report: the exploration summary and the full report of
         /// the first seed where a finding manifested (or was reported).
         #[arg(long, value_name = "FILE")]
@@ -110,6 +119,38 @@ enum Command {
         /// Print only the JSON summary (schema dmasim.explore/v1).
         #[arg(long)]
         json: bool,
+    },
+    /// Run a script on several configurations and show the outcomes side by side:
+    /// findings, cache and bounce traffic, throughput.
+    Compare {
+        /// The script (*.rhai).
+        script: PathBuf,
+        /// A configuration: a preset, KEY=VALUE boot options, or both, separated by
+        /// commas ("arm64-noncoherent,iommu=smmu"). Repeat for each column; without
+        /// it, every preset.
+        #[arg(long = "with", value_name = "CONFIG")]
+        with: Vec<String>,
+        /// Seed of the runs whose figures are shown.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Seeds per configuration over which findings are counted (as explore).
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// "off" turns background noise off in every configuration.
+        #[arg(long)]
+        noise: Option<String>,
+        /// Worker threads (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Print only the JSON (schema dmasim.compare/v1).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain a finding id: what it means, why it matters on real hardware, the fix
+    /// and a script that shows it (`dmasim explain stale-cpu-read`).
+    Explain {
+        /// The finding id; without it, the list of ids.
+        id: Option<String>,
     },
     /// Compile a script and report syntax errors without running it.
     Check {
@@ -142,6 +183,36 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         html: Option<PathBuf>,
     },
+}
+
+/// `--set KEY=VALUE`: one boot option.
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("expected KEY=VALUE (e.g. iommu=smmu), got {s:?}")),
+    }
+}
+
+/// `--noise`: true for "off".
+fn parse_noise(noise: Option<&str>) -> Result<bool, String> {
+    match noise {
+        None | Some("default") => Ok(false),
+        Some("off") => Ok(true),
+        Some(other) => Err(format!("--noise: {other:?} is not \"off\" or \"default\"")),
+    }
+}
+
+/// The replay flags of `--set` pairs (quoted when a value has a space).
+fn set_flags(set: &[(String, String)]) -> String {
+    set.iter()
+        .map(|(k, v)| {
+            if v.contains(' ') {
+                format!(" --set '{k}={v}'")
+            } else {
+                format!(" --set {k}={v}")
+            }
+        })
+        .collect()
 }
 
 /// `--shard I/N`: shard I (0-based) of N.
@@ -193,6 +264,24 @@ fn print_explore(r: &dmasim::explore::ExploreReport, json: bool) -> Result<(), S
         outln!("  first error: {e}");
     }
     Ok(())
+}
+
+/// A progress bar of `total` runs on standard error, hidden when that is not a terminal.
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        if std::io::stderr().is_terminal() {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        },
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs, {per_sec}, eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// The built-in preset called `p`.
@@ -251,25 +340,20 @@ fn try_main() -> Result<u8, String> {
             max_ops,
             preset,
             noise,
+            set,
             html,
             trace,
         } => {
             let memory_cap = parse_size(&max_memory).map_err(|e| format!("--max-memory: {e}"))?;
             let preset = preset.as_deref().map(preset_named).transpose()?;
-            let noise_off = match noise.as_deref() {
-                None | Some("default") => false,
-                Some("off") => true,
-                Some(other) => {
-                    return Err(format!("--noise: {other:?} is not \"off\" or \"default\""))
-                }
-            };
             let opts = ScriptOptions {
                 seed,
                 memory_cap,
                 max_operations: max_ops,
                 preset,
-                noise_off,
+                noise_off: parse_noise(noise.as_deref())?,
                 record: html.is_some() || trace.is_some(),
+                boot_set: set,
             };
             let report = script::run_file(&script, &opts);
             if let Some(path) = &html {
@@ -293,18 +377,20 @@ fn try_main() -> Result<u8, String> {
             json,
             shard,
             preset,
+            set,
             html,
         } => {
             let src = std::fs::read_to_string(&script)
                 .map_err(|e| format!("{}: {e}", script.display()))?;
             let preset = preset.as_deref().map(preset_named).transpose()?;
-            // The name goes into every replay line, so it carries the flag.
+            // The name goes into every replay line, so it carries the flags.
             let name = match preset {
                 Some(p) => format!("{} --preset {p}", script.display()),
                 None => script.display().to_string(),
-            };
+            } + set_flags(&set).as_str();
             let base = ScriptOptions {
                 preset,
+                boot_set: set,
                 ..ScriptOptions::default()
             };
             let jobs =
@@ -316,19 +402,7 @@ fn try_main() -> Result<u8, String> {
             let total = (from..from.saturating_add(seeds))
                 .filter(|s| (s - from) % parts == part)
                 .count() as u64;
-            let bar = indicatif::ProgressBar::with_draw_target(
-                Some(total),
-                if std::io::stderr().is_terminal() {
-                    indicatif::ProgressDrawTarget::stderr()
-                } else {
-                    indicatif::ProgressDrawTarget::hidden()
-                },
-            );
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} runs, {per_sec}, eta {eta}",
-            ) {
-                bar.set_style(style);
-            }
+            let bar = progress_bar(total);
             let progress = |_done: u64| bar.inc(1);
             let records = dmasim::explore::run_shard(
                 &name, &src, &base, from, seeds, part, parts, jobs, &progress,
@@ -359,7 +433,7 @@ fn try_main() -> Result<u8, String> {
                     &ScriptOptions {
                         seed,
                         record: true,
-                        ..base
+                        ..base.clone()
                     },
                 );
                 let extra = dmasim::report::html::explore_section(&r, seed);
@@ -399,6 +473,60 @@ fn try_main() -> Result<u8, String> {
             print_explore(&r, json)?;
             Ok(r.exit_code() as u8)
         }
+        Command::Compare {
+            script,
+            with,
+            seed,
+            seeds,
+            noise,
+            jobs,
+            json,
+        } => {
+            let src = std::fs::read_to_string(&script)
+                .map_err(|e| format!("{}: {e}", script.display()))?;
+            let configs = if with.is_empty() {
+                dmasim::compare::Config::every_preset()
+            } else {
+                with.iter()
+                    .map(|w| dmasim::compare::Config::parse(w).map_err(|e| format!("--with {e}")))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            if configs.len() > dmasim::compare::MAX_CONFIGS {
+                return Err(format!(
+                    "--with: at most {} configurations",
+                    dmasim::compare::MAX_CONFIGS
+                ));
+            }
+            if seeds == 0 || seeds > 100_000 {
+                return Err("--seeds: expected 1..=100000".into());
+            }
+            let base = ScriptOptions {
+                seed,
+                noise_off: parse_noise(noise.as_deref())?,
+                ..ScriptOptions::default()
+            };
+            let jobs =
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let bar = progress_bar(configs.len() as u64 * seeds);
+            let progress = || bar.inc(1);
+            let r = dmasim::compare::compare(
+                &script.display().to_string(),
+                &src,
+                &configs,
+                &base,
+                seeds,
+                jobs,
+                &progress,
+            );
+            bar.finish_and_clear();
+            if json {
+                print_json(&r)?;
+            } else {
+                emit(&dmasim::compare::render(&r));
+            }
+            Ok(r.exit_code() as u8)
+        }
+        Command::Explain { id } => explain::run(id.as_deref()),
         Command::Check { script } => {
             let src = std::fs::read_to_string(&script)
                 .map_err(|e| format!("{}: {e}", script.display()))?;

@@ -431,3 +431,200 @@ fn explore_shards_merge_into_the_single_machine_summary() {
     assert_eq!(bad.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The finding ids of a JSON report, in order.
+fn ids_of(v: &Value) -> Vec<String> {
+    v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn set_overrides_the_scripts_boot_options() {
+    let (code, plain) = json_run(&["run", "scenarios/rogue-device.rhai", "--json"]);
+    assert_eq!(code, 1);
+    assert_eq!(plain["platform"]["iommu"], "none");
+    assert_eq!(ids_of(&plain), vec!["dma-outside-mapping"]);
+    // The same driver behind an IOMMU: the stray write faults instead.
+    let (code, v) = json_run(&[
+        "run",
+        "scenarios/rogue-device.rhai",
+        "--json",
+        "--set",
+        "iommu=smmu",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(v["platform"]["iommu"], "smmu");
+    assert_eq!(ids_of(&v), vec!["iommu-fault"]);
+    // Sizes and nested maps as boot() takes them.
+    let (_, v) = json_run(&[
+        "run",
+        "scenarios/rx-sync.rhai",
+        "--json",
+        "--set",
+        "ram=1 GiB",
+        "--set",
+        "l2.size=256KiB",
+        "--set",
+        "l2.ways=8",
+    ]);
+    assert_eq!(v["platform"]["ram"], 1u64 << 30);
+    assert_eq!(v["platform"]["l2"]["size"], 256 * 1024);
+    assert_eq!(v["platform"]["l2"]["ways"], 8);
+    for bad in ["warp=9", "iommu=maybe"] {
+        let args = ["run", "scenarios/rx-sync.rhai", "--set", bad];
+        let out = dmasim(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", show(&args, &out));
+        let all = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(all.contains("--set:"), "{}", show(&args, &out));
+    }
+    let args = ["run", "scenarios/rx-sync.rhai", "--set", "novalue"];
+    let out = dmasim(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&args, &out));
+    // explore's replay lines carry the option.
+    let (_, v) = json_run(&[
+        "explore",
+        "scenarios/rogue-device.rhai",
+        "--seeds",
+        "2",
+        "--set",
+        "iommu=smmu",
+        "--json",
+    ]);
+    assert_eq!(
+        v["findings"]["iommu-fault"]["reproduce"],
+        "dmasim run scenarios/rogue-device.rhai --set iommu=smmu --seed 0"
+    );
+}
+
+#[test]
+fn compare_puts_configurations_side_by_side() {
+    let args = [
+        "compare",
+        "scenarios/tx-after-map.rhai",
+        "--with",
+        "arm64-noncoherent",
+        "--with",
+        "arm64-coherent",
+        "--with",
+        "arm64-noncoherent,iommu=smmu",
+        "--noise",
+        "off",
+        "--json",
+    ];
+    let (code, v) = json_run(&args);
+    assert_eq!(code, 1);
+    assert_eq!(v["schema"], "dmasim.compare/v1");
+    let cols = v["columns"].as_array().unwrap();
+    assert_eq!(cols.len(), 3);
+    assert_eq!(cols[0]["config"], "arm64-noncoherent");
+    assert_eq!(cols[1]["preset"], "arm64-coherent");
+    let stale = |c: &Value| c["findings"]["stale-device-read"].clone();
+    assert_eq!(stale(&cols[0])["manifested"], 1, "non-coherent: corrupted");
+    assert_eq!(stale(&cols[1])["reported"], 1);
+    assert_eq!(stale(&cols[1])["manifested"], 0, "coherent: latent");
+    assert_eq!(cols[0]["exit"], 1);
+    assert!(cols[2]["stats"]["iommu"]["maps"].as_u64().unwrap() > 0);
+    assert_eq!(cols[0]["stats"]["iommu"]["maps"], 0);
+    assert_eq!(
+        stale(&cols[2])["reproduce"],
+        "dmasim run scenarios/tx-after-map.rhai --preset arm64-noncoherent --set iommu=smmu --seed 0"
+    );
+
+    // Bounce buffers cost throughput: the same NIC code on 8 GiB and on 2 GiB.
+    let args = [
+        "compare",
+        "scenarios/bounce-nic.rhai",
+        "--with",
+        "ram=8GiB",
+        "--with",
+        "ram=2GiB",
+    ];
+    let out = dmasim(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The script expects its buffer above 4 GiB: on 2 GiB that expectation fails.
+    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
+    let row = |label: &str| {
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} row\n{text}"))
+            .to_string()
+    };
+    assert!(
+        row("bounced maps").split_whitespace().count() == 4,
+        "{text}"
+    );
+    assert!(
+        row("bounced maps").ends_with(" 0"),
+        "2 GiB: nothing bounces\n{text}"
+    );
+    assert!(row("dma-mask-default").ends_with(" -"), "{text}");
+    assert!(row("expectations failed").ends_with(" 3"), "{text}");
+    assert!(
+        row("stream 1 eth0 TX 64x64 KiB MB/s").contains("(64 bounced)"),
+        "{text}"
+    );
+    assert!(
+        !row("stream 2 eth0 TX 64x64 KiB MB/s").contains("bounced"),
+        "{text}"
+    );
+
+    // Counting over seeds, and every preset when no --with is given.
+    let (_, v) = json_run(&[
+        "compare",
+        "scenarios/tx-after-map.rhai",
+        "--with",
+        "arm64-noncoherent",
+        "--seeds",
+        "4",
+        "--json",
+    ]);
+    assert_eq!(v["seeds"], 4);
+    assert_eq!(
+        v["columns"][0]["findings"]["stale-device-read"]["reported"],
+        4
+    );
+    let (_, v) = json_run(&["compare", "scenarios/rx-sync.rhai", "--json"]);
+    let presets = dmasim(&["presets", "--json"]);
+    let presets: Value = serde_json::from_slice(&presets.stdout).unwrap();
+    assert_eq!(
+        v["columns"].as_array().unwrap().len(),
+        presets.as_array().unwrap().len()
+    );
+    let args = ["compare", "scenarios/rx-sync.rhai", "--with", "arm65"];
+    let out = dmasim(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("neither a preset"),
+        "{}",
+        show(&args, &out)
+    );
+}
+
+#[test]
+fn explain_prints_a_findings_page_and_reports_point_to_it() {
+    let out = dmasim(&["explain", "stale-cpu-read"]);
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.starts_with("# `stale-cpu-read`"), "{page}");
+    assert!(
+        page.contains("## Fix") && page.contains("```rhai"),
+        "{page}"
+    );
+    let out = dmasim(&["explain"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.contains("swiotlb-full") && list.contains("warning"),
+        "{list}"
+    );
+    let out = dmasim(&["explain", "stale-cpu-raed"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean \"stale-cpu-read\""));
+    let out = dmasim(&["run", "scenarios/rx-no-sync.rhai", "--noise", "off"]);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("For more about a finding, try `dmasim explain stale-cpu-read`."));
+}

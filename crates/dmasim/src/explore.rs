@@ -149,7 +149,14 @@ pub fn run_shard(
                         .skip(j)
                         .step_by(jobs)
                         .map(|&seed| {
-                            let r = run_source(name, src, &ScriptOptions { seed, ..*opts });
+                            let r = run_source(
+                                name,
+                                src,
+                                &ScriptOptions {
+                                    seed,
+                                    ..opts.clone()
+                                },
+                            );
                             progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
                             RunRecord::of(name, seed, &r)
                         })

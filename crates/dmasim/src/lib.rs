@@ -29,6 +29,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod compare;
 pub mod config;
 pub mod explore;
 pub mod fasthash;

@@ -173,5 +173,13 @@ pub fn render(r: &Report, color: bool) -> String {
             t.device, t.dir, t.size, t.done, t.mb_s, t.explain
         );
     }
+    if let Some(f) = r.findings.first() {
+        // As rustc points at `--explain`: each id has a page (docs/findings/).
+        let _ = writeln!(
+            o,
+            "For more about a finding, try `dmasim explain {}`.",
+            f.id
+        );
+    }
     o
 }

@@ -130,6 +130,53 @@ fn json_to_dynamic(v: serde_json::Value) -> Dynamic {
 }
 
 /// Applies `boot` overrides.
+/// The `--set key=value` pairs as the map a script would pass to `boot`: `true` and
+/// `false` are booleans, decimal and `0x` integers are integers, other numbers
+/// floats, anything else a
+/// string (sizes such as `64 MiB`, names such as `smmu`); `outer.inner` keys fill
+/// the nested maps (`l2.size`, `iotlb.entries`, `noise.evict`).
+fn set_map(pairs: &[(String, String)]) -> Map {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let t = v.trim();
+            let val = match t {
+                "true" => Dynamic::from_bool(true),
+                "false" => Dynamic::from_bool(false),
+                _ => {
+                    let int = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                        Some(h) => i64::from_str_radix(&h.replace('_', ""), 16).ok(),
+                        None => t.replace('_', "").parse::<i64>().ok(),
+                    };
+                    match (int, t.parse::<f64>()) {
+                        (Some(i), _) => Dynamic::from_int(i),
+                        // A rate (`noise.evict=0.2`).
+                        (None, Ok(f)) => Dynamic::from_float(f),
+                        _ => Dynamic::from(t.to_string()),
+                    }
+                }
+            };
+            (k.trim(), val)
+        })
+        .fold(Map::new(), |mut m, (k, val)| {
+            // `l2.size=1MiB` fills the map `l2` of the script syntax `#{ l2: #{ size } }`.
+            match k.split_once('.') {
+                Some((outer, inner)) => {
+                    let entry = m
+                        .entry(outer.into())
+                        .or_insert_with(|| Dynamic::from_map(Map::new()));
+                    if let Some(mut nested) = entry.write_lock::<Map>() {
+                        nested.insert(inner.into(), val);
+                    }
+                }
+                None => {
+                    m.insert(k.into(), val);
+                }
+            }
+            m
+        })
+}
+
 fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> RResult<()> {
     for (k, v) in m {
         let key = k.as_str();
@@ -330,6 +377,15 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                 PlatformConfig::preset(g.opts.preset.unwrap_or(preset)).map_err(|e| err(ctx, e))?;
             if let Some(m) = over {
                 apply_overrides(ctx, &mut p, &m)?;
+            }
+            if !g.opts.boot_set.is_empty() {
+                apply_overrides(ctx, &mut p, &set_map(&g.opts.boot_set)).map_err(|e| {
+                    let msg = match *e {
+                        EvalAltResult::ErrorRuntime(m, _) => m.to_string(),
+                        other => other.to_string(),
+                    };
+                    err(ctx, format!("--set: {msg}"))
+                })?;
             }
             if g.opts.noise_off {
                 p.noise = crate::config::NoiseConfig::OFF;

@@ -19,7 +19,7 @@ use crate::system::{System, DEFAULT_MEMORY_CAP};
 pub use values::{BufferObj, DeviceObj, JobObj, PagesObj, ProcessObj, SgObj};
 
 /// Limits and options of a script run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ScriptOptions {
     /// Seed of the random stream.
     pub seed: u64,
@@ -33,6 +33,10 @@ pub struct ScriptOptions {
     pub noise_off: bool,
     /// Record the timeline, buffers and cache snapshots (`--html`, `--trace`).
     pub record: bool,
+    /// Boot options that override the script's own (`--set key=value`), applied
+    /// after them, in order. Values are read as `true`/`false`, integers (decimal or
+    /// `0x` hex) or else strings (sizes like `"64 MiB"`, `"smmu"`), as in a script.
+    pub boot_set: Vec<(String, String)>,
 }
 
 impl Default for ScriptOptions {
@@ -44,6 +48,7 @@ impl Default for ScriptOptions {
             preset: None,
             noise_off: false,
             record: false,
+            boot_set: Vec::new(),
         }
     }
 }
@@ -203,7 +208,7 @@ impl Session {
     fn fresh(opts: &ScriptOptions) -> Session {
         Session {
             sys: None,
-            opts: *opts,
+            opts: opts.clone(),
             expectations: Expectations::default(),
             early_log: Vec::new(),
         }

@@ -1,0 +1,35 @@
+//! Embeds the finding pages of `docs/findings/` for `dmasim explain`: one
+//! `(id, page)` entry per Markdown file, generated so that a new page needs no code.
+
+use std::fmt::Write;
+use std::path::Path;
+
+fn main() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/findings");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut ids: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let id = name.strip_suffix(".md")?.to_string();
+                    (id != "README").then_some(id)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    let mut out = String::from("/// Every finding page, by id, in id order.\npub(crate) const PAGES: &[(&str, &str)] = &[\n");
+    for id in &ids {
+        let path = dir.join(format!("{id}.md"));
+        println!("cargo:rerun-if-changed={}", path.display());
+        let _ = writeln!(
+            out,
+            "    ({id:?}, include_str!({:?})),",
+            path.display().to_string()
+        );
+    }
+    out.push_str("];\n");
+    let dest = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("finding_pages.rs");
+    std::fs::write(dest, out).expect("write finding_pages.rs");
+}
