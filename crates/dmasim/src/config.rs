@@ -218,6 +218,11 @@ pub struct PlatformConfig {
     pub lowmem: u64,
     /// `CONFIG_ZONE_DMA32` (64-bit platforms; `zone_dma32: false` builds without it).
     pub zone_dma32: bool,
+    /// Write streaming (Arm's read allocate mode): after how many consecutive
+    /// whole-line store misses stores stop allocating in L1, and in L2 too. Off
+    /// (0, 0) in every preset, so that stores always leave dirty lines behind;
+    /// `write_streaming: true` turns on the Cortex-A7/A35 thresholds (3, 127).
+    pub write_streaming: crate::hw::cache::StreamThresholds,
 }
 
 /// Names of the built-in presets, in the order `dmasim presets` lists them.
@@ -313,6 +318,7 @@ impl PlatformConfig {
                 hugepages: 0,
                 lowmem: u64::MAX,
                 zone_dma32: true,
+                write_streaming: crate::hw::cache::StreamThresholds::default(),
             }),
             "arm64-coherent" => {
                 let mut p = PlatformConfig::preset("arm64-noncoherent")?;
@@ -459,6 +465,7 @@ impl PlatformConfig {
                 hugepages: 0,
                 lowmem: u64::MAX,
                 zone_dma32: true,
+                write_streaming: crate::hw::cache::StreamThresholds::default(),
             }),
             other => Err(format!(
                 "unknown preset {other:?}; known presets: {}",
@@ -515,6 +522,7 @@ impl PlatformConfig {
             ("iotlb_entries", "pcie-bench: 64 B random DMA reads lose nothing up to a 256 KiB window of 4 KiB pages and fall off beyond, i.e. about 64 IOTLB entries (perf-anchors §1.2, DERIVED)"),
             ("iommu_cost", "walk_level_ps: pcie-bench 0.35x at a 64 MiB window = ~33 ns throughput cost per miss over 4 levels; inv_page_ps and sync_ps: Morello SMMUv3 strict unmap 0.6 us at 4 KiB, +80 ns per extra page (perf-anchors §1.2, §1.3)"),
             ("iommu_strict", "null = arch default: strict on arm64, lazy on x86 (drivers/iommu/Kconfig IOMMU_DEFAULT_DMA_STRICT / _LAZY)"),
+            ("write_streaming", "off (l1 = l2 = 0) so stores always leave dirty lines; Arm cores stream long whole-line store runs past L1 after 3 lines and past L2 after 127 (Arm FAQ ka16133 Cortex-A7, Cortex-A35 TRM A5.6); turn on with write_streaming: true"),
         ];
         let specific: &[(&'static str, &'static str)] = match self.arch {
             Arch::Arm32 => &[

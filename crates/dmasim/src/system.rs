@@ -441,6 +441,11 @@ impl System {
                 check.prefetched(hw, pa, lines, script_line);
             }
         }
+        // Streamed stores changed DRAM under watched buffers: the CPU's own stores,
+        // already checked as such, so only the oracle needs to know.
+        for pa in std::mem::take(&mut hw.caches.watched_streamed) {
+            check.oracle.mark_may_differ(pa, hw.line());
+        }
         if hw.caches.watched_writebacks.is_empty() {
             return;
         }

@@ -1041,3 +1041,52 @@ fn background_prefetches_and_write_backs_enter_the_buffer_history() {
         f.history
     );
 }
+
+/// Write streaming (`write_streaming: true`): a 64 KiB buffer filled after its map
+/// reaches the device stale only in the lines written before the store stream
+/// bypassed both caches (3 in L1 + 124 in L2 = 127 of 1024); without streaming,
+/// all of it. Fewer lines in the caches also means a shorter run.
+#[test]
+fn write_streaming_limits_a_missing_clean_to_the_first_lines() {
+    let on = run("write-streaming.rhai", 0, None, false);
+    assert_eq!(ids(&on), vec!["stale-device-read"]);
+    assert_eq!(on.findings[0].manifested, Some(true));
+    assert!(
+        on.log
+            .iter()
+            .any(|l| l.contains("script: 127 of 1024 lines reached the device stale")),
+        "{:?}",
+        on.log
+    );
+    let j: serde_json::Value = serde_json::from_str(&on.to_json()).unwrap();
+    assert_eq!(j["stats"]["cache"]["streamed_lines"], 1021);
+    assert_eq!(j["stats"]["cache"]["streamed_to_dram"], 897);
+    let off = run_source(
+        "write-streaming.rhai",
+        &scenario("write-streaming.rhai"),
+        &ScriptOptions {
+            boot_set: vec![("write_streaming".into(), "false".into())],
+            ..ScriptOptions::default()
+        },
+    );
+    assert_eq!(ids(&off), vec!["stale-device-read"]);
+    assert!(
+        off.log
+            .iter()
+            .any(|l| l.contains("script: 1024 of 1024 lines reached the device stale")),
+        "{:?}",
+        off.log
+    );
+    let jo: serde_json::Value = serde_json::from_str(&off.to_json()).unwrap();
+    assert!(jo["stats"]["cache"].get("streamed_lines").is_none());
+    assert!(j["stats"]["sim_time_ns"].as_u64() < jo["stats"]["sim_time_ns"].as_u64());
+    // Thresholds of one's own: streaming past L1 only keeps every line in L2.
+    let l1_only = src(&scenario("write-streaming.rhai")
+        .replace("write_streaming: true", "write_streaming: #{ l1: 3 }"));
+    assert!(l1_only
+        .log
+        .iter()
+        .any(|l| l.contains("script: 1024 of 1024 lines")));
+    let bad = src("boot(\"arm64-noncoherent\", #{ write_streaming: #{ l2: 9 } });");
+    assert!(bad.error.as_deref().unwrap().contains("l2 needs l1"));
+}

@@ -15,6 +15,16 @@
 //! write it back and both keep it Shared (MESI has no Owned state, so Shared lines are
 //! always clean); a write invalidates every other copy.
 //!
+//! Write streaming ("read allocate mode", off unless the platform turns it on): after
+//! a run of consecutive stores that each write a whole line that L1 misses, further
+//! such stores do not allocate in L1 but go to L2 without a linefill, and after a
+//! longer run they go to DRAM without allocating anywhere, as Cortex-A cores do for
+//! `memset`/`memcpy` (Arm FAQ ka16133 for Cortex-A7: 3 lines for L1, 127 for L2;
+//! Cortex-A35 TRM §A5.6; Cortex-A53 TRM §6.2.5, thresholds in `CPUACTLR_EL1`). A
+//! store that writes part of a line ends the run, and so does a load of the line the
+//! run wrote last. Simplified: one run per CPU; stores that hit L1 neither count nor
+//! end it.
+//!
 //! Cache maintenance works on one line by physical address, as `DC CVAC` (clean),
 //! `DC IVAC` (invalidate) and `DC CIVAC` (clean and invalidate) do to the point of
 //! coherency; they act on every CPU's L1 and on L2 (inner-shareable broadcast).
@@ -51,6 +61,8 @@ pub enum Hit {
     L2,
     /// Fetched from DRAM.
     Dram,
+    /// A whole-line store that write streaming sent to DRAM without allocating.
+    Streamed,
 }
 
 /// Counters of cache activity.
@@ -70,6 +82,21 @@ pub struct CacheStats {
     pub invalidate_lines: u64,
     /// Dirty lines whose data an invalidate threw away.
     pub dirty_discards: u64,
+    /// Whole-line stores that write streaming kept out of L1 (written into L2).
+    pub streamed_l2: u64,
+    /// Whole-line stores that write streaming sent to DRAM without allocating.
+    pub streamed_dram: u64,
+}
+
+/// Write-streaming thresholds: a whole-line store miss that extends a run of more
+/// than `l1` such misses skips L1; of more than `l2`, skips L2 too. 0 turns a level's
+/// streaming off.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StreamThresholds {
+    /// Run length after which stores no longer allocate in L1.
+    pub l1: u32,
+    /// Run length after which stores no longer allocate in L2 either.
+    pub l2: u32,
 }
 
 struct Level {
@@ -222,6 +249,12 @@ pub struct Caches {
     pub watched_writebacks: Vec<u64>,
     /// Bit `p` set when CPU `p`'s L1 holds any line: snoops skip the empty ones.
     l1_busy: u64,
+    /// Write-streaming thresholds (both 0: off).
+    stream: StreamThresholds,
+    /// Per CPU: the current run of whole-line store misses, and its last line.
+    run: Vec<(u32, u64)>,
+    /// Lines write streaming stored into watched frames since the sanitizer looked.
+    pub watched_streamed: Vec<u64>,
 }
 
 impl Caches {
@@ -243,7 +276,15 @@ impl Caches {
             stats: CacheStats::default(),
             watched_writebacks: Vec::new(),
             l1_busy: 0,
+            stream: StreamThresholds::default(),
+            run: vec![(0, INVALID_TAG); cpus],
+            watched_streamed: Vec::new(),
         }
+    }
+
+    /// Turns write streaming on with these thresholds (or off with zeros).
+    pub fn set_write_streaming(&mut self, t: StreamThresholds) {
+        self.stream = t;
     }
 
     /// Line size in bytes.
@@ -468,6 +509,10 @@ impl Caches {
         rng: &mut SimRng,
     ) -> Hit {
         let line = pa >> self.line_shift;
+        if self.run[cpu].1 == line {
+            // A load of the line being streamed ends the run.
+            self.run[cpu] = (0, INVALID_TAG);
+        }
         let (i, hit) = self.ensure_l1(cpu, line, false, dram, rng);
         let off = (pa as usize) & (self.line_bytes - 1);
         let s = self.l1[cpu].slot[i] as usize * self.line_bytes + off;
@@ -522,11 +567,84 @@ impl Caches {
         rng: &mut SimRng,
     ) -> Hit {
         let line = pa >> self.line_shift;
+        if self.stream.l1 > 0 {
+            if let Some(hit) = self.stream_write(cpu, line, data, dram, rng) {
+                return hit;
+            }
+        }
         let (i, hit) = self.ensure_l1(cpu, line, true, dram, rng);
         let off = (pa as usize) & (self.line_bytes - 1);
         let s = self.l1[cpu].slot[i] as usize * self.line_bytes + off;
         super::copy_bytes(&mut self.pool[s..s + data.len()], data);
         hit
+    }
+
+    /// Write streaming: counts the run and, past the thresholds, stores a whole line
+    /// into L2 without allocating in L1, or into DRAM without allocating at all.
+    /// `None` when the store takes the normal write-allocate path.
+    fn stream_write(
+        &mut self,
+        cpu: usize,
+        line: u64,
+        data: &[u8],
+        dram: &mut Dram,
+        rng: &mut SimRng,
+    ) -> Option<Hit> {
+        if data.len() != self.line_bytes {
+            // A cacheable store of part of a line ends the run.
+            self.run[cpu] = (0, INVALID_TAG);
+            return None;
+        }
+        if self.l1[cpu].find(line).is_some() {
+            return None;
+        }
+        let n = self.run[cpu].0.saturating_add(1);
+        self.run[cpu] = (n, line);
+        if n <= self.stream.l1 {
+            return None;
+        }
+        // The store still looks up the caches and takes the line from every other
+        // CPU (a coherent WriteUnique): other L1s drop their copies.
+        if self.l1_busy & !(1u64 << cpu) != 0 {
+            self.invalidate_peers(cpu, line);
+        }
+        let bytes = self.line_bytes;
+        if let Some(k) = self.l2.find(line) {
+            let s = self.l2.slot[k] as usize * bytes;
+            super::copy_bytes(&mut self.pool[s..s + bytes], data);
+            self.l2.state[k] = LineState::Modified;
+            self.stats.l2_hits += 1;
+            self.stats.streamed_l2 += 1;
+            return Some(Hit::L2);
+        }
+        if self.stream.l2 > 0 && n > self.stream.l2 {
+            if dram.write_in_frame_watched(line << self.line_shift, data) {
+                self.watched_streamed.push(line << self.line_shift);
+            }
+            self.stats.streamed_dram += 1;
+            self.stats.misses += 1;
+            return Some(Hit::Streamed);
+        }
+        // Into L2 without a linefill: the store replaces the whole line.
+        let way = match self.l2.free_way(line) {
+            Some(w) => w,
+            None => {
+                let v = self.l2.set_base(line) + rng.below(self.l2.ways);
+                let (vline, vslot) = (self.l2.tags[v], self.l2.slot[v]);
+                if self.l2.state[v] == LineState::Modified {
+                    self.wb(vslot, vline, dram);
+                }
+                self.free.push(vslot);
+                v
+            }
+        };
+        let slot = self.alloc_slot();
+        let s = slot as usize * bytes;
+        super::copy_bytes(&mut self.pool[s..s + bytes], data);
+        self.l2.fill(way, line, slot, LineState::Modified);
+        self.stats.streamed_l2 += 1;
+        self.stats.misses += 1;
+        Some(Hit::L2)
     }
 
     /// Speculative fill of the line holding `pa` into `cpu`'s L1 (a prefetch).
@@ -923,6 +1041,46 @@ mod tests {
         assert_eq!(c.free.len() + c.valid_lines(), total);
     }
 
+    /// Write streaming: the first whole-line store misses allocate as usual, the next
+    /// ones skip L1, those past the second threshold reach DRAM without allocating;
+    /// a partial store or a load of the streamed line starts over.
+    #[test]
+    fn write_streaming_skips_l1_then_l2() {
+        let (mut c, mut d, mut r) = setup(1);
+        c.set_write_streaming(StreamThresholds { l1: 3, l2: 20 });
+        for i in 0..40u64 {
+            let hit = c.write(0, 0x10_0000 + i * 64, &[i as u8; 64], &mut d, &mut r);
+            let want = match i {
+                0..=2 => Hit::Dram,
+                3..=19 => Hit::L2,
+                _ => Hit::Streamed,
+            };
+            assert_eq!(hit, want, "line {i}");
+        }
+        assert_eq!((c.stats.streamed_l2, c.stats.streamed_dram), (17, 20));
+        let mut b = [0u8; 64];
+        d.read(0x10_0000 + 30 * 64, &mut b);
+        assert_eq!(b, [30; 64], "a streamed line is in DRAM at once");
+        assert_eq!(c.state_of(0x10_0000 + 30 * 64), LineState::Invalid);
+        d.read(0x10_0000, &mut b);
+        assert_eq!(b, [0; 64], "an allocated line is dirty in the cache");
+        assert_eq!(c.state_of(0x10_0000), LineState::Modified);
+        for i in 0..40u64 {
+            c.read(0, 0x10_0000 + i * 64, &mut b, &mut d, &mut r);
+            assert_eq!(b, [i as u8; 64], "line {i} reads back");
+        }
+        // A partial store ends the run: the next whole-line miss allocates in L1.
+        c.write(0, 0x20_0000, &[1; 8], &mut d, &mut r);
+        assert_eq!(c.write(0, 0x20_0040, &[2; 64], &mut d, &mut r), Hit::Dram);
+        assert_eq!(c.state_of(0x20_0040), LineState::Modified);
+        // So does a load of the line last streamed.
+        for i in 0..4u64 {
+            c.write(0, 0x30_0000 + i * 64, &[3; 64], &mut d, &mut r);
+        }
+        c.read(0, 0x30_0000 + 3 * 64, &mut b, &mut d, &mut r);
+        assert_eq!(c.write(0, 0x30_0100, &[4; 64], &mut d, &mut r), Hit::Dram);
+    }
+
     /// The page filter has no false negatives: every cached line's page is flagged,
     /// and once everything is evicted no page is.
     #[test]
@@ -1004,6 +1162,64 @@ mod coherence_property {
                 }
             }
             assert_eq!(c.free.len() + c.valid_lines(), total, "no slot lost");
+            c.evict_all(&mut d);
+            let mut all = vec![0u8; shadow.len()];
+            d.read(0, &mut all);
+            assert_eq!(all, shadow, "seed {seed}: DRAM after the flush");
+        }
+    }
+}
+
+#[cfg(test)]
+mod streaming_property {
+    use super::*;
+
+    /// Write streaming never loses a store either: runs of whole-line stores mixed
+    /// with partial stores, loads, cleans and sweeps on several CPUs, and every load
+    /// returns the last value stored; after a flush DRAM holds them all.
+    #[test]
+    fn streamed_stores_are_never_lost() {
+        for seed in 0..8u64 {
+            let (mut c, mut d, _) = super::tests::setup(2);
+            c.set_write_streaming(StreamThresholds { l1: 3, l2: 12 });
+            let mut r = SimRng::new(seed);
+            let mut ops = SimRng::new(seed + 77);
+            let mut shadow = vec![0u8; 32 * 1024];
+            let total = c.free.len();
+            let mut next = 0usize;
+            for _ in 0..4000 {
+                let cpu = ops.below(2);
+                match ops.below(10) {
+                    0..=4 => {
+                        // A run of whole lines, continuing where the last one ended.
+                        let v = ops.below(256) as u8;
+                        for _ in 0..1 + ops.below(24) {
+                            let pa = next % shadow.len();
+                            c.write(cpu, pa as u64, &[v; 64], &mut d, &mut r);
+                            shadow[pa..pa + 64].fill(v);
+                            next = pa + 64;
+                        }
+                    }
+                    5 => {
+                        let pa = ops.below(shadow.len() - 8);
+                        let v = ops.below(256) as u8;
+                        let len = 1 + ops.below(8).min(63 - pa % 64);
+                        c.write(cpu, pa as u64, &vec![v; len], &mut d, &mut r);
+                        shadow[pa..pa + len].fill(v);
+                    }
+                    6..=8 => {
+                        let pa = ops.below(shadow.len() / 64) * 64;
+                        let mut got = [0u8; 64];
+                        c.read(cpu, pa as u64, &mut got, &mut d, &mut r);
+                        assert_eq!(&got[..], &shadow[pa..pa + 64], "seed {seed} pa {pa:#x}");
+                    }
+                    _ => {
+                        c.evict_sweep(cpu, &mut d, &mut r);
+                    }
+                }
+            }
+            assert_eq!(c.free.len() + c.valid_lines(), total, "no slot lost");
+            assert!(c.stats.streamed_dram > 0 && c.stats.streamed_l2 > 0);
             c.evict_all(&mut d);
             let mut all = vec![0u8; shadow.len()];
             d.read(0, &mut all);

@@ -143,9 +143,11 @@ impl Machine {
     /// Builds the machine a platform describes; `cap_frames` bounds the DRAM frames
     /// that may hold data. The configuration must be valid.
     pub fn new(p: &PlatformConfig, seed: u64, cap_frames: u64) -> Machine {
+        let mut caches = Caches::new(p.cpus as usize, &p.l1, &p.l2);
+        caches.set_write_streaming(p.write_streaming);
         Machine {
             dram: Dram::new(p.ram_base, p.ram, cap_frames),
-            caches: Caches::new(p.cpus as usize, &p.l1, &p.l2),
+            caches,
             mmu: Mmu::new(),
             watched_prefetches: Vec::new(),
             iommu: iommu::Iommu::new(
@@ -279,6 +281,8 @@ impl Machine {
             Hit::L1 => self.cost.l1_hit_ps,
             Hit::L2 => self.cost.l2_hit_ps,
             Hit::Dram => self.cost.dram_fill_ps,
+            // No linefill: the line leaves through the write buffer.
+            Hit::Streamed => self.cost.writeback_ps,
         }
     }
 

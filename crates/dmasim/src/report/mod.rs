@@ -116,6 +116,13 @@ pub struct CacheStatsOut {
     pub invalidate_lines: u64,
     /// 16-byte CPU accesses to uncached memory.
     pub uncached_accesses: u64,
+    /// Whole-line stores that write streaming kept out of L1 (into L2 or DRAM);
+    /// absent while write streaming is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streamed_lines: Option<u64>,
+    /// Of those, the stores that went to DRAM without allocating in any cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streamed_to_dram: Option<u64>,
 }
 
 /// IOMMU counters.
@@ -256,6 +263,9 @@ impl Stats {
                 clean_lines: c.clean_lines,
                 invalidate_lines: c.invalidate_lines,
                 uncached_accesses: sys.hw.stats.uncached_accesses,
+                streamed_lines: (sys.cfg.write_streaming.l1 > 0)
+                    .then_some(c.streamed_l2 + c.streamed_dram),
+                streamed_to_dram: (sys.cfg.write_streaming.l1 > 0).then_some(c.streamed_dram),
             },
         }
     }

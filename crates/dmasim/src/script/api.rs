@@ -279,8 +279,32 @@ fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> 
                     return Err(err(ctx, "iotlb: ways must divide entries"));
                 }
             }
+            "write_streaming" => {
+                use crate::hw::cache::StreamThresholds;
+                // Arm FAQ ka16133 (Cortex-A7) and the Cortex-A35 TRM: L1 after 3
+                // whole-line store misses in a row, L2 after 127.
+                p.write_streaming = if let Ok(on) = v.as_bool() {
+                    if on { StreamThresholds { l1: 3, l2: 127 } } else { StreamThresholds::default() }
+                } else {
+                    let m = v.read_lock::<Map>().ok_or_else(|| err(ctx, "write_streaming: expected true, false or #{ l1, l2 }"))?.clone();
+                    let mut t = StreamThresholds::default();
+                    for (wk, wv) in &m {
+                        let n = size_of(ctx, wv, wk)?;
+                        let n = u32::try_from(n).ok().filter(|&n| n <= 1 << 20).ok_or_else(|| err(ctx, format!("write_streaming.{wk}: expected 0..=1048576 lines")))?;
+                        match wk.as_str() {
+                            "l1" => t.l1 = n,
+                            "l2" => t.l2 = n,
+                            other => return Err(err(ctx, format!("write_streaming.{other}: unknown (l1, l2)"))),
+                        }
+                    }
+                    if t.l1 == 0 && t.l2 > 0 {
+                        return Err(err(ctx, "write_streaming: l2 needs l1 (a store streams past L2 only once it streams past L1)"));
+                    }
+                    t
+                };
+            }
             "vfio_noiommu" => p.vfio_noiommu = v.as_bool().map_err(|_| err(ctx, "vfio_noiommu: expected true or false"))?,
-            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, vfio_noiommu, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, noise, coherent)"))),
+            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, vfio_noiommu, write_streaming, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, noise, coherent)"))),
         }
     }
     Ok(())

@@ -18,7 +18,8 @@
 //! Simplifications: private anonymous memory only (no sharing, no fork, no file
 //! mappings); `malloc` is an `mmap`; no swap yet; mappings go upwards from the base
 //! (Linux's legacy layout; the default layout goes down from below the stack), one
-//! guard page apart, never reused after `munmap`.
+//! guard page apart; once the top is reached, the lowest hole that `munmap` left
+//! and that fits is reused (first fit, as `unmapped_area()` searches).
 
 use std::collections::BTreeMap;
 
@@ -74,6 +75,8 @@ pub struct Process {
     /// Mappings by start address.
     pub vmas: BTreeMap<u64, Vma>,
     next_va: u64,
+    /// Where mappings start (`TASK_UNMAPPED_BASE` or the arch's mmap base).
+    va_base: u64,
     /// End of user space (`TASK_SIZE`).
     va_top: u64,
     /// Present pages: virtual page number → pfn.
@@ -96,17 +99,33 @@ impl Process {
             .filter(|v| va < v.start + v.len)
     }
 
-    /// Whether `[start, start+len)` fits below the end of user space; mmap's ENOMEM
-    /// ("no room in the address space") otherwise, which here ends the run with a
-    /// clear message.
-    fn address_space_left(&self, start: u64, len: u64) -> Result<()> {
-        match start.checked_add(len) {
-            Some(end) if end <= self.va_top => Ok(()),
-            _ => Err(SimError::Invalid(format!(
-                "{} (pid {}): mmap of {len} bytes: no room left below TASK_SIZE {:#x} (mmap fails with ENOMEM)",
-                self.name, self.pid, self.va_top
-            ))),
+    /// Finds room for `len` bytes aligned to `align` and takes it: above the last
+    /// mapping (leaving `guard` bytes after it) while there is room below
+    /// `TASK_SIZE`, else the lowest hole between mappings (one guard page after each)
+    /// that fits. mmap's ENOMEM ("no room in
+    /// the address space") when neither does, which here ends the run with a clear
+    /// message.
+    fn place(&mut self, len: u64, align: u64, guard: u64) -> Result<u64> {
+        let fits = |start: u64, end: u64| start.checked_add(len).is_some_and(|e| e <= end);
+        let start = self.next_va.next_multiple_of(align);
+        if fits(start, self.va_top) {
+            self.next_va = start + len + guard;
+            return Ok(start);
         }
+        let mut cand = self.va_base.next_multiple_of(align);
+        for v in self.vmas.values() {
+            if fits(cand, v.start.saturating_sub(PAGE_SIZE)) {
+                return Ok(cand);
+            }
+            cand = cand.max((v.start + v.len + PAGE_SIZE).next_multiple_of(align));
+        }
+        if fits(cand, self.va_top) {
+            return Ok(cand);
+        }
+        Err(SimError::Invalid(format!(
+            "{} (pid {}): mmap of {len} bytes: no room left below TASK_SIZE {:#x} (mmap fails with ENOMEM)",
+            self.name, self.pid, self.va_top
+        )))
     }
 }
 
@@ -173,6 +192,7 @@ impl System {
             asid,
             vmas: BTreeMap::new(),
             next_va: base,
+            va_base: base,
             va_top: top,
             present: BTreeMap::new(),
             locked_vm: 0,
@@ -204,9 +224,7 @@ impl System {
         let i = self.proc_index(pid)?;
         let p = &mut self.kernel.procs[i];
         let len = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        let start = p.next_va;
-        p.address_space_left(start, len)?;
-        p.next_va += len + PAGE_SIZE;
+        let start = p.place(len, PAGE_SIZE, PAGE_SIZE)?;
         p.vmas.insert(
             start,
             Vma {
@@ -239,11 +257,9 @@ impl System {
             return Ok(Err(-errno::ENOMEM));
         }
         let p = &mut self.kernel.procs[i];
-        let start = p.next_va.next_multiple_of(HUGE);
-        if p.address_space_left(start, n * HUGE).is_err() {
+        let Ok(start) = p.place(n * HUGE, HUGE, HUGE) else {
             return Ok(Err(-errno::ENOMEM));
-        }
-        p.next_va = start + n * HUGE + HUGE;
+        };
         p.vmas.insert(
             start,
             Vma {
@@ -316,9 +332,7 @@ impl System {
         }
         let len = pfns.len() as u64 * PAGE_SIZE;
         let p = &mut self.kernel.procs[i];
-        let va = p.next_va;
-        p.address_space_left(va, len)?;
-        p.next_va += len + PAGE_SIZE;
+        let va = p.place(len, PAGE_SIZE, PAGE_SIZE)?;
         p.vmas.insert(
             va,
             Vma {
