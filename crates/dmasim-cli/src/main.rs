@@ -609,8 +609,9 @@ fn try_main() -> Result<u8, String> {
             if json {
                 print_json(&r)?;
             } else {
+                let w = r.figures.iter().map(|f| f.name.len()).max().unwrap_or(6);
                 outln!(
-                    "{:<48} {:>12} {:>12} {:>8}",
+                    "{:<w$} {:>12} {:>12} {:>8}",
                     "figure",
                     "model",
                     "host",
@@ -618,7 +619,7 @@ fn try_main() -> Result<u8, String> {
                 );
                 for f in &r.figures {
                     outln!(
-                        "{:<48} {:>12.1} {:>12.1} {:>7.3}x  ({})",
+                        "{:<w$} {:>12.1} {:>12.1} {:>7.3}x  ({})",
                         f.name,
                         f.model,
                         f.host,

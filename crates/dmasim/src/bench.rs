@@ -170,10 +170,65 @@ pub fn run(scale: u64) -> BenchReport {
             ));
         }
     }
+    if let Some(f) = bounced_map_unmap(scale) {
+        figures.push(f);
+    }
     BenchReport {
         schema: "dmasim.bench/v1",
         figures,
     }
+}
+
+/// Bounced `dma_map_single` + `dma_unmap_single` of 4 KiB (`TO_DEVICE`, a 32-bit
+/// device on 8 GiB, sanitizer on) against the host copying 4 KiB into a rotating
+/// pool the size of one swiotlb area — the slots' access pattern, as Linux's
+/// `area->index` moves on with every mapping.
+fn bounced_map_unmap(scale: u64) -> Option<Figure> {
+    use crate::check::MapKind;
+    let mut p = PlatformConfig::preset("arm64-coherent").ok()?;
+    p.noise = NoiseConfig::OFF;
+    p.ram = 8 << 30;
+    let mut sys = System::boot(p, RunOptions::default()).ok()?;
+    let dev = sys.add_device(Device::new("bench1", true, 1_000_000, 0));
+    let id = sys
+        .kmalloc(4096, crate::kernel::mm::gfp::GFP_KERNEL)
+        .ok()??;
+    let va = sys.kernel.buffers[&id].va;
+    sys.cpu_write_va(va, &[0x42; 4096]).ok()?;
+    let area = sys.kernel.swiotlb.as_ref()?.area_bytes() as usize;
+    let pairs = (20_000 / scale).max(1);
+    let mut ok = true;
+    let model = best_secs(3, || {
+        for _ in 0..pairs {
+            match sys.dma_map_single(dev, va, 4096, DmaDirection::ToDevice) {
+                Ok(a) if !sys.dma_mapping_error(dev, a) => {
+                    ok &= sys
+                        .dma_unmap(dev, a, 4096, DmaDirection::ToDevice, MapKind::Single)
+                        .is_ok();
+                }
+                _ => ok = false,
+            }
+        }
+    });
+    let src = vec![0x42u8; 4096];
+    let mut pool = vec![0u8; area.max(4096)];
+    let mut off = 0;
+    let host = best_secs(3, || {
+        for _ in 0..pairs {
+            pool[off..off + 4096].copy_from_slice(black_box(&src));
+            off = (off + 4096) % (pool.len() / 4096 * 4096);
+        }
+        black_box(&pool);
+    });
+    ok.then(|| {
+        figure(
+            "bounced map+unmap 4 KiB (host: memcpy into a swiotlb-area pool)",
+            "k pairs/s",
+            pairs as f64 / 1e3,
+            model,
+            host,
+        )
+    })
 }
 
 #[cfg(test)]
@@ -183,7 +238,7 @@ mod tests {
     #[test]
     fn every_figure_is_measured_and_positive() {
         let r = run(64);
-        assert_eq!(r.figures.len(), 3);
+        assert_eq!(r.figures.len(), 4);
         for f in &r.figures {
             assert!(f.model.is_finite() && f.model > 0.0, "{f:?}");
             assert!(f.host.is_finite() && f.host > 0.0, "{f:?}");

@@ -149,6 +149,12 @@ pub fn limit_nareas(nareas: usize, nslabs: usize) -> usize {
 }
 
 impl IoTlbPool {
+    /// Bytes of one area (each CPU's search domain): the span its mappings rotate
+    /// through, as `area->index` moves on.
+    pub fn area_bytes(&self) -> u64 {
+        self.area_nslabs as u64 * IO_TLB_SIZE
+    }
+
     /// `swiotlb_init_io_tlb_pool()`: every set's slots hold 128, 127, …, 1 and no
     /// original address. (The memory itself reads as zeros: frames start empty.)
     pub fn new(start: u64, nslabs: usize, nareas: usize, force: bool) -> IoTlbPool {
