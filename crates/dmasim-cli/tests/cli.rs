@@ -310,7 +310,10 @@ fn bench_reports_each_figure_beside_the_host() {
     assert_eq!(v["schema"], "dmasim.bench/v1");
     let figs = v["figures"].as_array().unwrap();
     assert_eq!(figs.len(), 4);
-    assert!(figs[3]["name"].as_str().unwrap().starts_with("bounced map+unmap"));
+    assert!(figs[3]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("bounced map+unmap"));
     assert!(figs
         .iter()
         .all(|f| f["host"].as_f64().unwrap() > 0.0 && f["model"].as_f64().unwrap() > 0.0));

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::config::PRESET_NAMES;
 use crate::explore::{FindingSummary, RunRecord};
-use crate::report::{Report, Stats};
+use crate::report::Stats;
 use crate::script::{run_source, ScriptOptions};
 use crate::throughput::StreamResult;
 use crate::units::human_size;
@@ -166,32 +166,12 @@ pub fn compare(
     let work: Vec<(usize, u64)> = (0..configs.len())
         .flat_map(|c| (seed..seed.saturating_add(seeds)).map(move |s| (c, s)))
         .collect();
-    let jobs = jobs.clamp(1, 64);
-    // Each worker takes every `jobs`-th item; only the first seed keeps its report.
-    let mut done: Vec<(usize, u64, RunRecord, Option<Report>)> = std::thread::scope(|sc| {
-        let handles: Vec<_> = (0..jobs)
-            .map(|j| {
-                let work = &work;
-                sc.spawn(move || {
-                    work.iter()
-                        .skip(j)
-                        .step_by(jobs)
-                        .map(|&(c, s)| {
-                            let r = run_source(name, src, &configs[c].options(base, s));
-                            progress();
-                            let rec = RunRecord::of(name, s, &r);
-                            (c, s, rec, (s == seed).then_some(r))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+    // Only the first seed keeps its whole report.
+    let done = crate::explore::par_map(&work, jobs, |&(c, s)| {
+        let r = run_source(name, src, &configs[c].options(base, s));
+        progress();
+        (c, s, RunRecord::of(name, s, &r), (s == seed).then_some(r))
     });
-    done.sort_by_key(|(c, s, _, _)| (*c, *s));
     let mut columns: Vec<Column> = configs
         .iter()
         .map(|c| Column {

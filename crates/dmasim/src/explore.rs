@@ -137,29 +137,36 @@ pub fn run_shard(
     let seeds: Vec<u64> = (from..from.saturating_add(runs))
         .filter(|s| (s - from) % of == shard)
         .collect();
-    let jobs = jobs.clamp(1, 64);
     let done = std::sync::atomic::AtomicU64::new(0);
-    let mut out: Vec<RunRecord> = std::thread::scope(|sc| {
+    par_map(&seeds, jobs, |&seed| {
+        let r = run_source(
+            name,
+            src,
+            &ScriptOptions {
+                seed,
+                ..opts.clone()
+            },
+        );
+        progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+        RunRecord::of(name, seed, &r)
+    })
+}
+
+/// `f` over `items` on `jobs` threads (1 to 64), each taking every `jobs`-th item;
+/// the results come back in the items' order, whatever the number of threads.
+pub fn par_map<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let jobs = jobs.clamp(1, 64);
+    let f = &f;
+    let mut out: Vec<(usize, R)> = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..jobs)
             .map(|j| {
-                let (done, seeds) = (&done, &seeds);
                 sc.spawn(move || {
-                    seeds
+                    items
                         .iter()
+                        .enumerate()
                         .skip(j)
                         .step_by(jobs)
-                        .map(|&seed| {
-                            let r = run_source(
-                                name,
-                                src,
-                                &ScriptOptions {
-                                    seed,
-                                    ..opts.clone()
-                                },
-                            );
-                            progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
-                            RunRecord::of(name, seed, &r)
-                        })
+                        .map(|(i, x)| (i, f(x)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -169,8 +176,8 @@ pub fn run_shard(
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    out.sort_by_key(|r| r.seed);
-    out
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Merges run records (from any number of shards, in any order; a seed seen twice

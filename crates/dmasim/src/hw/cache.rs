@@ -1161,18 +1161,18 @@ mod coherence_property {
                     }
                 }
             }
-            assert_eq!(c.free.len() + c.valid_lines(), total, "no slot lost");
-            c.evict_all(&mut d);
-            let mut all = vec![0u8; shadow.len()];
-            d.read(0, &mut all);
-            assert_eq!(all, shadow, "seed {seed}: DRAM after the flush");
+            flushed_dram_matches(&mut c, &mut d, total, &shadow, seed);
         }
     }
-}
 
-#[cfg(test)]
-mod streaming_property {
-    use super::*;
+    /// No slot was lost, and after a full flush DRAM holds `shadow`.
+    fn flushed_dram_matches(c: &mut Caches, d: &mut Dram, slots: usize, shadow: &[u8], seed: u64) {
+        assert_eq!(c.free.len() + c.valid_lines(), slots, "no slot lost");
+        c.evict_all(d);
+        let mut all = vec![0u8; shadow.len()];
+        d.read(0, &mut all);
+        assert_eq!(all, shadow, "seed {seed}: DRAM after the flush");
+    }
 
     /// Write streaming never loses a store either: runs of whole-line stores mixed
     /// with partial stores, loads, cleans and sweeps on several CPUs, and every load
@@ -1218,12 +1218,8 @@ mod streaming_property {
                     }
                 }
             }
-            assert_eq!(c.free.len() + c.valid_lines(), total, "no slot lost");
             assert!(c.stats.streamed_dram > 0 && c.stats.streamed_l2 > 0);
-            c.evict_all(&mut d);
-            let mut all = vec![0u8; shadow.len()];
-            d.read(0, &mut all);
-            assert_eq!(all, shadow, "seed {seed}: DRAM after the flush");
+            flushed_dram_matches(&mut c, &mut d, total, &shadow, seed);
         }
     }
 }
