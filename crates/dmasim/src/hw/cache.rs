@@ -331,6 +331,22 @@ impl Caches {
         self.stats.writebacks += 1;
     }
 
+    /// A way of L2 for `line`: a free one, else a random victim, written back if
+    /// dirty and its slot freed.
+    #[inline]
+    fn l2_way_for(&mut self, line: u64, dram: &mut Dram, rng: &mut SimRng) -> usize {
+        if let Some(w) = self.l2.free_way(line) {
+            return w;
+        }
+        let v = self.l2.set_base(line) + rng.below(self.l2.ways);
+        let (vline, vslot) = (self.l2.tags[v], self.l2.slot[v]);
+        if self.l2.state[v] == LineState::Modified {
+            self.wb(vslot, vline, dram);
+        }
+        self.free.push(vslot);
+        v
+    }
+
     /// Moves an L1 victim out: clean Shared copies are dropped, Exclusive and
     /// Modified lines move (by slot) into L2, whose own victim is written back if dirty.
     #[inline]
@@ -345,18 +361,7 @@ impl Caches {
             self.free.push(slot);
             return;
         }
-        let way = match self.l2.free_way(line) {
-            Some(w) => w,
-            None => {
-                let v = self.l2.set_base(line) + rng.below(self.l2.ways);
-                let (vline, vslot) = (self.l2.tags[v], self.l2.slot[v]);
-                if self.l2.state[v] == LineState::Modified {
-                    self.wb(vslot, vline, dram);
-                }
-                self.free.push(vslot);
-                v
-            }
-        };
+        let way = self.l2_way_for(line, dram, rng);
         let st2 = if st == LineState::Modified {
             LineState::Modified
         } else {
@@ -626,18 +631,7 @@ impl Caches {
             return Some(Hit::Streamed);
         }
         // Into L2 without a linefill: the store replaces the whole line.
-        let way = match self.l2.free_way(line) {
-            Some(w) => w,
-            None => {
-                let v = self.l2.set_base(line) + rng.below(self.l2.ways);
-                let (vline, vslot) = (self.l2.tags[v], self.l2.slot[v]);
-                if self.l2.state[v] == LineState::Modified {
-                    self.wb(vslot, vline, dram);
-                }
-                self.free.push(vslot);
-                v
-            }
-        };
+        let way = self.l2_way_for(line, dram, rng);
         let slot = self.alloc_slot();
         let s = slot as usize * bytes;
         super::copy_bytes(&mut self.pool[s..s + bytes], data);
