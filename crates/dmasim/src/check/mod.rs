@@ -49,6 +49,8 @@ pub enum MapKind {
     Sg,
     /// `dma_alloc_coherent`.
     Coherent,
+    /// `dma_alloc_noncoherent`: a streaming mapping that starts out CPU-owned.
+    Noncoherent,
 }
 
 impl MapKind {
@@ -58,6 +60,7 @@ impl MapKind {
             MapKind::Page => "page",
             MapKind::Sg => "scatter-gather",
             MapKind::Coherent => "coherent",
+            MapKind::Noncoherent => "noncoherent",
         }
     }
 }
@@ -114,6 +117,9 @@ struct Entry {
     kind: MapKind,
     checked: bool,
     device_owns: bool,
+    /// The device has owned the buffer at least once (a map, or a sync for the
+    /// device after `dma_alloc_noncoherent`).
+    handed_over: bool,
     /// CPU stores since the last hand-over to the device (offsets).
     cpu_dirty: RangeSet,
     /// CPU stores made while the device owned the buffer (offsets).
@@ -603,8 +609,12 @@ impl Sanitizer {
             phys: m.phys,
             dir: m.dir,
             kind: m.kind,
-            checked: m.kind == MapKind::Coherent,
-            device_owns: m.kind != MapKind::Coherent,
+            // Allocations return NULL on failure: nothing for dma_mapping_error.
+            checked: matches!(m.kind, MapKind::Coherent | MapKind::Noncoherent),
+            // dma_alloc_noncoherent hands the memory to the CPU first: the driver
+            // fills it and syncs for the device (Documentation/core-api/dma-api.rst).
+            device_owns: !matches!(m.kind, MapKind::Coherent | MapKind::Noncoherent),
+            handed_over: !matches!(m.kind, MapKind::Coherent | MapKind::Noncoherent),
             cpu_dirty: RangeSet::default(),
             owned_writes: RangeSet::default(),
             dev_written: RangeSet::default(),
@@ -672,10 +682,10 @@ impl Sanitizer {
         skip_cpu_sync: bool,
     ) {
         let found = self.entries.exact(dev, addr);
-        let what = if kind == MapKind::Coherent {
-            "dma_free_coherent"
-        } else {
-            "unmap"
+        let what = match kind {
+            MapKind::Coherent => "dma_free_coherent",
+            MapKind::Noncoherent => "dma_free_noncoherent",
+            _ => "unmap",
         };
         let Some(id) = found else {
             let (msg, help) = if addr == DMA_MAPPING_ERROR {
@@ -979,6 +989,7 @@ impl Sanitizer {
                 e.dev_written.remove(s, t);
             } else {
                 e.device_owns = true;
+                e.handed_over = true;
                 e.cpu_dirty.remove(s, t);
                 let touched = e.owned_writes.overlap(s, t);
                 if touched > 0 {
@@ -1170,6 +1181,23 @@ impl Sanitizer {
                 format!("a dirty CPU line at phys {at:#x} was written back over {lost} bytes the device had written"),
             );
             let (dev, addr, dir, hist) = (e.dev_name.clone(), e.dev_addr, e.dir, e.snapshot());
+            let (msg, help) = if e.kind == MapKind::Noncoherent && !e.handed_over {
+                (
+                    format!(
+                        "a dirty CPU cache line was written back to DRAM over {lost} bytes the device had written: dma_alloc_noncoherent zeroed the buffer through the cache and it was never handed to {dev} with dma_sync_single_for_device [device address={addr:#x}] [allocated for {}]",
+                        dir.name()
+                    ),
+                    "call dma_sync_single_for_device(dev, handle, size, dir) after dma_alloc_noncoherent, and after every CPU write, before the device uses the buffer: it cleans the dirty lines".to_string(),
+                )
+            } else {
+                (
+                    format!(
+                        "a CPU cache line dirtied while {dev} owned the buffer was written back to DRAM over {lost} bytes the device had written [device address={addr:#x}] [mapped with {}]",
+                        dir.name()
+                    ),
+                    "never store to a buffer the device owns: finish CPU writes before dma_map_single, or sync for the CPU first; and keep DMA_FROM_DEVICE buffers in whole cache lines of their own (kmalloc, or ARCH_DMA_MINALIGN alignment), so no neighbour's dirty line shares them".to_string(),
+                )
+            };
             self.report(
                 "dirty-writeback-clobber",
                 id,
@@ -1178,11 +1206,8 @@ impl Sanitizer {
                 Some(addr + (at - self.entries.get(id).phys)),
                 Some(line),
                 ctx,
-                format!(
-                    "a CPU cache line dirtied while {dev} owned the buffer was written back to DRAM over {lost} bytes the device had written [device address={addr:#x}] [mapped with {}]",
-                    dir.name()
-                ),
-                "never store to a buffer the device owns: finish CPU writes before dma_map_single, or sync for the CPU first; and keep DMA_FROM_DEVICE buffers in whole cache lines of their own (kmalloc, or ARCH_DMA_MINALIGN alignment), so no neighbour's dirty line shares them".into(),
+                msg,
+                help,
                 hist,
             );
         }
@@ -1721,6 +1746,7 @@ impl Sanitizer {
                     "free coherent buffers with dma_free_coherent before the driver goes away"
                         .to_string()
                 }
+                MapKind::Noncoherent => "free dma_alloc_noncoherent buffers with dma_free_noncoherent before the driver goes away".to_string(),
                 _ => format!(
                     "unmap every mapping (dma_unmap_{}) when the device is done with it",
                     if e.kind == MapKind::Page {

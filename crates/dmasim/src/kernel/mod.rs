@@ -93,6 +93,9 @@ pub enum BufKind {
     Pages,
     /// `dma_alloc_coherent`.
     Coherent,
+    /// `dma_alloc_noncoherent`: linear map, cacheable, synced like a streaming
+    /// mapping.
+    Noncoherent,
     /// `vmalloc`: virtually contiguous, physically scattered.
     Vmalloc,
 }
@@ -104,6 +107,7 @@ impl BufKind {
             BufKind::Kmalloc => "kmalloc",
             BufKind::Pages => "pages",
             BufKind::Coherent => "coherent",
+            BufKind::Noncoherent => "noncoherent",
             BufKind::Vmalloc => "vmalloc",
         }
     }

@@ -810,6 +810,30 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     );
     let s1 = s.clone();
     engine.register_fn(
+        "dma_alloc_noncoherent",
+        move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic, dir: INT| -> RResult<Dynamic> {
+            let n = size_of(&ctx, &size, "dma_alloc_noncoherent")?;
+            let dir = dir_of(&ctx, dir)?;
+            if n > 1 << 40 {
+                return Ok(Dynamic::UNIT);
+            }
+            let id = with_sys(&s1, &ctx, |sys| sys.dma_alloc_noncoherent(d.idx, n, dir))?;
+            Ok(opt_buffer(&s1, id))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_free_noncoherent",
+        move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic, b: BufferObj, dir: INT| {
+            let n = size_of(&ctx, &size, "dma_free_noncoherent")?;
+            let dir = dir_of(&ctx, dir)?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.dma_free_noncoherent(d.idx, n, b.id, dir)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
         "dma_map_single",
         move |ctx: NativeCallContext, d: DeviceObj, b: BufferObj, dir: INT| {
             let dir = dir_of(&ctx, dir)?;

@@ -254,6 +254,7 @@ impl System {
         name: &str,
         bytes: u64,
         order: u32,
+        call: &str,
     ) -> crate::system::Result<Option<u64>> {
         use crate::kernel::mm::gfp::{GFP_DMA, GFP_DMA32, GFP_KERNEL};
         let d = &self.kernel.devices[dev];
@@ -281,15 +282,13 @@ impl System {
                         let mask = self.kernel.devices[dev].coherent_dma_mask;
                         self.printk(
                             name,
-                            format!(
-                                "dma_alloc_coherent: no page below the coherent mask {mask:#x}"
-                            ),
+                            format!("{call}: no page below the coherent mask {mask:#x}"),
                         );
                         return Ok(None);
                     }
                 }
                 Err(f) => {
-                    self.alloc_failed(name, "dma_alloc_coherent", bytes, order, Some(&f));
+                    self.alloc_failed(name, call, bytes, order, Some(&f));
                     return Ok(None);
                 }
             }

@@ -17,7 +17,7 @@ use crate::system::{Result, SimError, System};
 use super::direct::page_align;
 
 impl System {
-    fn mapping_room(&self) -> Result<()> {
+    pub(crate) fn mapping_room(&self) -> Result<()> {
         if self.check.live_mappings() >= crate::check::MAX_LIVE_MAPPINGS {
             return Err(SimError::Invalid(format!(
                 "more than {} live DMA mappings: the driver maps without unmapping",
@@ -27,7 +27,7 @@ impl System {
         Ok(())
     }
 
-    fn device_checked(&self, dev: usize, call: &str) -> Result<()> {
+    pub(crate) fn device_checked(&self, dev: usize, call: &str) -> Result<()> {
         match self.kernel.devices.get(dev) {
             None => Err(SimError::Invalid(format!("{call}: no device #{dev}"))),
             Some(d) if !d.bound => Err(SimError::Invalid(format!(
@@ -42,7 +42,7 @@ impl System {
         }
     }
 
-    fn valid_dir(call: &str, dir: DmaDirection) -> Result<()> {
+    pub(crate) fn valid_dir(call: &str, dir: DmaDirection) -> Result<()> {
         if dir.is_valid() {
             Ok(())
         } else {
@@ -76,7 +76,7 @@ impl System {
     /// `dma-mask-default`: the first mapping or allocation of a device whose driver
     /// never set a mask, on a machine with RAM above 4 GiB (where the 32-bit
     /// default means bounce buffers or failed allocations).
-    fn dma_mask_default_check(&mut self, dev: usize) {
+    pub(crate) fn dma_mask_default_check(&mut self, dev: usize) {
         let d = &self.kernel.devices[dev];
         if d.mask_set || self.kernel.ram_end <= 1 << 32 || d.dma_mask > dma_bit_mask(32) {
             return;
@@ -414,10 +414,12 @@ impl System {
         }
         let (pfn, cma_pages) = match cma {
             Some(pfn) => (pfn, Some(bytes / PAGE_SIZE)),
-            None => match self.dma_direct_alloc_pages(dev, &name, bytes, order)? {
-                Some(pfn) => (pfn, None),
-                None => return Ok(None),
-            },
+            None => {
+                match self.dma_direct_alloc_pages(dev, &name, bytes, order, "dma_alloc_coherent")? {
+                    Some(pfn) => (pfn, None),
+                    None => return Ok(None),
+                }
+            }
         };
         let pa = pfn * PAGE_SIZE;
         let span = cma_pages.map_or(PAGE_SIZE << order, |c| c * PAGE_SIZE);

@@ -5,6 +5,7 @@ pub mod bounce;
 pub mod direct;
 pub mod iommu;
 pub mod mapping;
+pub mod noncoherent;
 pub mod sg;
 pub mod swiotlb;
 

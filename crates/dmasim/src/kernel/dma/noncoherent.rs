@@ -1,0 +1,209 @@
+//! `dma_alloc_noncoherent()` / `dma_free_noncoherent()` (v6.12 `kernel/dma/mapping.c`
+//! `dma_alloc_pages`): memory for DMA that the CPU reaches through its caches and
+//! that the driver hands over with `dma_sync_single_for_device` and takes back with
+//! `dma_sync_single_for_cpu`, "just like for streaming DMA mappings that are reused"
+//! (Documentation/core-api/dma-api.rst). Videobuf2's non-coherent buffers and
+//! several sound and NVMe drivers use it to avoid uncached coherent memory.
+//!
+//! Without an IOMMU, `dma_direct_alloc_pages()`: pages the coherent mask reaches
+//! (CMA first for more than a page), zeroed with `memset` through the cacheable
+//! linear map — no cache maintenance, so the zeros sit dirty in the CPU's caches —
+//! and the bus address of the first page. Behind an IOMMU,
+//! `dma_common_alloc_pages()`: CMA or any page, mapped with
+//! `DMA_ATTR_SKIP_CPU_SYNC`, zeroed the same way. Freeing does no maintenance
+//! either. The sanitizer treats the allocation as a streaming mapping that starts
+//! out CPU-owned, as dma-debug treats it as a mapping of type "noncoherent".
+//! Simplification: no atomic pool for unencrypted memory (confidential guests).
+
+use crate::check::{BufferRef, HistoryEvent, MapKind, NewMapping};
+use crate::config::PAGE_SIZE;
+use crate::kernel::dma::{DmaDirection, DMA_MAPPING_ERROR};
+use crate::kernel::mm::gfp::GFP_KERNEL;
+use crate::kernel::mm::page_alloc::get_order;
+use crate::kernel::{Backing, BufKind, Buffer};
+use crate::system::{Result, SimError, System};
+
+use super::direct::page_align;
+
+impl System {
+    /// `dma_alloc_noncoherent(dev, size, &handle, dir, GFP_KERNEL)`: cacheable,
+    /// physically contiguous, zeroed memory and its DMA address. Returns the buffer
+    /// id, or `None` (NULL).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown device or `DMA_NONE`; the memory cap.
+    pub fn dma_alloc_noncoherent(
+        &mut self,
+        dev: usize,
+        size: u64,
+        dir: DmaDirection,
+    ) -> Result<Option<u64>> {
+        const CALL: &str = "dma_alloc_noncoherent";
+        self.device_checked(dev, CALL)?;
+        Self::valid_dir(CALL, dir)?;
+        self.mapping_room()?;
+        self.step();
+        self.hw.advance(self.cfg.cost.dma_call_ps);
+        self.dma_mask_default_check(dev);
+        let name = self.kernel.devices[dev].name.clone();
+        let order = get_order(size);
+        let bytes = page_align(size);
+        if size == 0 || order > crate::config::MAX_PAGE_ORDER + 10 {
+            self.alloc_failed(&name, CALL, size, order, None);
+            return Ok(None);
+        }
+        let iommu = self.use_dma_iommu(dev);
+        let (pfn, backing) = match self.dma_alloc_contiguous(dev, &name, bytes) {
+            Some(pfn) => (
+                pfn,
+                Backing::Cma {
+                    count: bytes / PAGE_SIZE,
+                    remapped: false,
+                },
+            ),
+            None if iommu => {
+                // alloc_pages_node(GFP_KERNEL): any zone, the IOMMU translates.
+                match self
+                    .kernel
+                    .pages
+                    .alloc_pages(order, GFP_KERNEL, &mut self.hw.rng)
+                {
+                    Ok(pfn) => (pfn, Backing::Pages(order)),
+                    Err(f) => {
+                        self.alloc_failed(&name, CALL, bytes, order, Some(&f));
+                        return Ok(None);
+                    }
+                }
+            }
+            None => match self.dma_direct_alloc_pages(dev, &name, bytes, order, CALL)? {
+                Some(pfn) => (pfn, Backing::Pages(order)),
+                None => return Ok(None),
+            },
+        };
+        let pa = pfn * PAGE_SIZE;
+        let addr = if iommu {
+            self.kernel.dma_skip_cpu_sync = true;
+            let (addr, _) = self.iommu_dma_map_phys(dev, pa, bytes, dir);
+            self.kernel.dma_skip_cpu_sync = false;
+            addr
+        } else {
+            self.kernel.devices[dev].phys_to_dma(pa)
+        };
+        let va = self.kernel.phys_to_virt(pa);
+        let b = Buffer {
+            id: 0,
+            kind: BufKind::Noncoherent,
+            va,
+            len: size,
+            phys: pa,
+            dma: Some(addr),
+            dev: Some(dev),
+            alloc: HistoryEvent {
+                time_ns: self.ctx().time_ns,
+                line: self.line,
+                event: format!("{CALL}({size}) = {va:#x} [phys={pa:#x}] [dma={addr:#x}]").into(),
+            },
+            backing,
+        };
+        if addr == DMA_MAPPING_ERROR {
+            self.kernel.add_buffer(b.clone());
+            self.release_buffer(&b);
+            return Ok(None);
+        }
+        // memset(page_address(page), 0, size): cacheable stores, no maintenance.
+        self.hw
+            .cpu_write(self.cpu, 0, va, &vec![0u8; bytes as usize])
+            .map_err(SimError::PagingRequest)?;
+        self.check_limits()?;
+        let alloc = b.alloc.clone();
+        let id = self.kernel.add_buffer(b);
+        let ctx = self.ctx();
+        self.check.map(
+            &mut self.hw,
+            ctx,
+            NewMapping {
+                dev,
+                dev_name: name,
+                dev_addr: addr,
+                size,
+                phys: pa,
+                dir,
+                kind: MapKind::Noncoherent,
+                buffer: Some(BufferRef {
+                    id,
+                    pa,
+                    len: size,
+                    alloc,
+                }),
+                bounce: None,
+                pages: None,
+                what: std::borrow::Cow::Owned(format!("{CALL} {}", dir.const_name())),
+            },
+        );
+        Ok(Some(id))
+    }
+
+    /// `dma_free_noncoherent(dev, size, cpu_addr, handle, dir)`: no cache
+    /// maintenance; dma-debug checks the size, direction and kind as for an unmap.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown device or `DMA_NONE`.
+    pub fn dma_free_noncoherent(
+        &mut self,
+        dev: usize,
+        size: u64,
+        buffer: u64,
+        dir: DmaDirection,
+    ) -> Result<()> {
+        const CALL: &str = "dma_free_noncoherent";
+        self.device_checked(dev, CALL)?;
+        Self::valid_dir(CALL, dir)?;
+        self.step();
+        self.hw.advance(self.cfg.cost.dma_call_ps);
+        let name = self.kernel.devices[dev].name.clone();
+        let Some(b) = self
+            .kernel
+            .buffers
+            .get(&buffer)
+            .filter(|b| b.kind == BufKind::Noncoherent && b.dev == Some(dev))
+            .cloned()
+        else {
+            // Not a live allocation of this device: dma-debug's "free DMA memory it
+            // has not allocated", and the memory stays where it is.
+            let addr = self.kernel.buffers.get(&buffer).and_then(|b| b.dma);
+            let ctx = self.ctx();
+            self.check.unmap(
+                &mut self.hw,
+                ctx,
+                dev,
+                &name,
+                addr.unwrap_or(0),
+                size,
+                dir,
+                MapKind::Noncoherent,
+                true,
+            );
+            return Ok(());
+        };
+        let addr = b.dma.unwrap_or(DMA_MAPPING_ERROR);
+        if self.use_dma_iommu(dev) {
+            self.kernel.dma_skip_cpu_sync = true;
+            self.iommu_dma_unmap_phys(dev, addr, page_align(b.len), dir);
+            self.kernel.dma_skip_cpu_sync = false;
+        }
+        let ctx = self.ctx();
+        self.check.unmap(
+            &mut self.hw,
+            ctx,
+            dev,
+            &name,
+            addr,
+            size,
+            dir,
+            MapKind::Noncoherent,
+            true,
+        );
+        self.release_buffer(&b);
+        Ok(())
+    }
+}
