@@ -49,6 +49,13 @@ const STOPS: &[Stop] = &[
         fixed: scenario!("rx-sync.rhai"),
     },
     Stop {
+        name: "noncoherent-memory",
+        title: "dma_alloc_noncoherent: cacheable DMA memory, syncs included",
+        explain: "dma_alloc_noncoherent gives memory the CPU reads through its caches, at full speed, and leaves the syncs to the driver as for a reused streaming mapping. The allocation zeroes it with ordinary stores: until the first dma_sync_single_for_device those zeros are dirty lines that an eviction can write over what the device wrote.",
+        broken: scenario!("noncoherent-rx.rhai"),
+        fixed: scenario!("noncoherent-rx-fixed.rhai"),
+    },
+    Stop {
         name: "scatter-gather",
         title: "Scatter-gather: a buffer contiguous in virtual memory is scattered in physical memory",
         explain: "vmalloc and user buffers are built from single pages found anywhere. Without an IOMMU, dma_map_sg returns one DMA segment per physically contiguous run; a device must walk them all.",

@@ -228,6 +228,7 @@ fn the_tour_lists_and_runs_its_stops() {
         "tx-stale",
         "rx-stale",
         "coherent-memory",
+        "noncoherent-memory",
         "scatter-gather",
         "unpinned-pages",
         "iommu-protection",

@@ -120,6 +120,11 @@ struct Entry {
     /// The device has owned the buffer at least once (a map, or a sync for the
     /// device after `dma_alloc_noncoherent`).
     handed_over: bool,
+    /// The device wrote the buffer before it was ever handed over
+    /// (`dma_alloc_noncoherent` without the first sync for the device).
+    dev_wrote_unsynced: bool,
+    /// A dirty CPU line was written back over the device's bytes (reported).
+    clobbered: bool,
     /// CPU stores since the last hand-over to the device (offsets).
     cpu_dirty: RangeSet,
     /// CPU stores made while the device owned the buffer (offsets).
@@ -615,6 +620,8 @@ impl Sanitizer {
             // fills it and syncs for the device (Documentation/core-api/dma-api.rst).
             device_owns: !matches!(m.kind, MapKind::Coherent | MapKind::Noncoherent),
             handed_over: !matches!(m.kind, MapKind::Coherent | MapKind::Noncoherent),
+            dev_wrote_unsynced: false,
+            clobbered: false,
             cpu_dirty: RangeSet::default(),
             owned_writes: RangeSet::default(),
             dev_written: RangeSet::default(),
@@ -732,6 +739,7 @@ impl Sanitizer {
             && (e.dir == dir || kind == MapKind::Coherent)
             && e.checked
             && e.owned_writes.is_empty()
+            && (!e.dev_wrote_unsynced || e.clobbered)
             && !discards;
         if clean {
             // The common case: nothing to report, so no history to build.
@@ -809,6 +817,25 @@ impl Sanitizer {
         }
         if discards {
             self.cpu_writes_discarded(hw, ctx, &e, hist.clone(), "dma_unmap");
+        }
+        if e.dev_wrote_unsynced && !e.clobbered {
+            // No eviction happened to write the allocation's dirty zeros over the
+            // device's bytes on this run; the missing hand-over is still a bug.
+            self.report(
+                "dirty-writeback-clobber",
+                id,
+                Some(false),
+                Some(&e.dev_name),
+                Some(e.dev_addr),
+                Some(e.size),
+                ctx,
+                format!(
+                    "{} wrote a dma_alloc_noncoherent buffer that was never handed to it with dma_sync_single_for_device: the allocation's zeros could still be dirty in the CPU cache, and an eviction before the sync for the CPU writes them back over the device's bytes [device address={:#x}] [allocated for {}]",
+                    e.dev_name, e.dev_addr, e.dir.name()
+                ),
+                "call dma_sync_single_for_device(dev, handle, size, dir) after dma_alloc_noncoherent, and after every CPU write, before the device uses the buffer: it cleans the dirty lines".into(),
+                hist.clone(),
+            );
         }
         if !e.owned_writes.is_empty() {
             self.cpu_wrote_device_owned(hw, ctx, &e, hist);
@@ -1176,6 +1203,7 @@ impl Sanitizer {
         }
         for (id, lost, at) in out {
             let e = self.entries.get_mut(id);
+            e.clobbered = true;
             e.push(
                 ctx,
                 format!("a dirty CPU line at phys {at:#x} was written back over {lost} bytes the device had written"),
@@ -1417,6 +1445,7 @@ impl Sanitizer {
                 e.dev_written.insert(os, ot);
                 e.cpu_dirty.remove(os, ot);
                 e.owned_writes.remove(os, ot);
+                e.dev_wrote_unsynced |= e.kind == MapKind::Noncoherent && !e.handed_over;
             }
         } else {
             if dir == DmaDirection::FromDevice {
