@@ -1079,6 +1079,11 @@ fn write_streaming_limits_a_missing_clean_to_the_first_lines() {
     );
     let jo: serde_json::Value = serde_json::from_str(&off.to_json()).unwrap();
     assert!(jo["stats"]["cache"].get("streamed_lines").is_none());
+    let text = |r: &Report| dmasim::report::text::render(r, false);
+    assert!(text(&on).contains(
+        "write streaming: 1021 whole-line stores kept out of L1, 897 of them straight to DRAM"
+    ));
+    assert!(!text(&off).contains("write streaming:"));
     assert!(j["stats"]["sim_time_ns"].as_u64() < jo["stats"]["sim_time_ns"].as_u64());
     // Thresholds of one's own: streaming past L1 only keeps every line in L2.
     let l1_only = src(&scenario("write-streaming.rhai")

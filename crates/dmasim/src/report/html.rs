@@ -78,6 +78,7 @@ fn color_of_kind(kind: &str) -> &'static str {
         "kmalloc" => "#3b82c4",
         "pages" => "#2f9e8f",
         "coherent" => "#d9534f",
+        "noncoherent" => "#b5527a",
         "vmalloc" => "#e07b22",
         "user" => "#7a5cc2",
         "kernel" => "#56606b",
@@ -535,6 +536,7 @@ pub fn render(r: &Report, extra: Option<&str>) -> String {
                 ("kmalloc", "kmalloc"),
                 ("pages", "pages"),
                 ("coherent", "coherent"),
+                ("noncoherent", "noncoherent"),
                 ("vmalloc", "vmalloc"),
                 ("user", "user pages")
             ]

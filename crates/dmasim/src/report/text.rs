@@ -142,6 +142,12 @@ pub fn render(r: &Report, color: bool) -> String {
         s.cache.invalidate_lines,
         s.cache.uncached_accesses
     );
+    if let (Some(n), Some(d)) = (s.cache.streamed_lines, s.cache.streamed_to_dram) {
+        let _ = writeln!(
+            o,
+            "write streaming: {n} whole-line stores kept out of L1, {d} of them straight to DRAM"
+        );
+    }
     if s.swiotlb.slots_total > 0 {
         let _ = writeln!(
             o,
