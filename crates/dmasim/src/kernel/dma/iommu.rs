@@ -23,7 +23,7 @@ use crate::kernel::dma::sg::SgEntry;
 use crate::kernel::dma::{DmaDirection, DMA_MAPPING_ERROR};
 use crate::kernel::iommu::{dma_info_to_prot, DomainType, GRANULE, PGSIZE_BITMAP};
 use crate::kernel::{Backing, BufKind, Buffer};
-use crate::system::{Result, SimError, System};
+use crate::system::{Result, System};
 
 fn granule_align(x: u64) -> u64 {
     x.div_ceil(GRANULE) * GRANULE
@@ -555,11 +555,7 @@ impl System {
                 .mmu
                 .map_page(0, va + i as u64 * PAGE_SIZE, p << PAGE_SHIFT, memtype);
         }
-        let zeros = vec![0u8; bytes as usize];
-        self.hw
-            .cpu_write(self.cpu, 0, va, &zeros)
-            .map_err(SimError::PagingRequest)?;
-        self.check_limits()?;
+        self.zero_new_allocation(va, bytes)?;
         let pa = pfns[0] << PAGE_SHIFT;
         let alloc = HistoryEvent {
             time_ns: self.ctx().time_ns,

@@ -375,6 +375,20 @@ impl System {
         Ok(())
     }
 
+    /// `memset(va, 0, bytes)` by the kernel through its own mapping of a new DMA
+    /// allocation (cacheable or not, as mapped), a page at a time so that a large
+    /// buffer needs no host buffer of its size; then the run's limits.
+    pub(crate) fn zero_new_allocation(&mut self, va: u64, bytes: u64) -> Result<()> {
+        const ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+        for off in (0..bytes).step_by(PAGE_SIZE as usize) {
+            let n = (bytes - off).min(PAGE_SIZE) as usize;
+            self.hw
+                .cpu_write(self.cpu, 0, va + off, &ZEROS[..n])
+                .map_err(SimError::PagingRequest)?;
+        }
+        self.check_limits()
+    }
+
     /// `dma_mapping_error()`: true when `addr` is `DMA_MAPPING_ERROR` (Linux returns
     /// −ENOMEM then); tells the sanitizer the result was checked.
     pub fn dma_mapping_error(&mut self, dev: usize, addr: u64) -> bool {
@@ -451,11 +465,7 @@ impl System {
             (va, b)
         };
         // memset(ret, 0, size) through the new mapping.
-        let zeros = vec![0u8; bytes as usize];
-        self.hw
-            .cpu_write(self.cpu, 0, va, &zeros)
-            .map_err(SimError::PagingRequest)?;
-        self.check_limits()?;
+        self.zero_new_allocation(va, bytes)?;
         let addr = self.kernel.devices[dev].phys_to_dma(pa);
         let alloc = HistoryEvent {
             time_ns: self.ctx().time_ns,

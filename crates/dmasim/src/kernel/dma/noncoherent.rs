@@ -21,7 +21,7 @@ use crate::kernel::dma::{DmaDirection, DMA_MAPPING_ERROR};
 use crate::kernel::mm::gfp::GFP_KERNEL;
 use crate::kernel::mm::page_alloc::get_order;
 use crate::kernel::{Backing, BufKind, Buffer};
-use crate::system::{Result, SimError, System};
+use crate::system::{Result, System};
 
 use super::direct::page_align;
 
@@ -48,7 +48,7 @@ impl System {
         let name = self.kernel.devices[dev].name.clone();
         let order = get_order(size);
         let bytes = page_align(size);
-        if size == 0 || order > crate::config::MAX_PAGE_ORDER + 10 {
+        if size == 0 {
             self.alloc_failed(&name, CALL, size, order, None);
             return Ok(None);
         }
@@ -111,10 +111,7 @@ impl System {
             return Ok(None);
         }
         // memset(page_address(page), 0, size): cacheable stores, no maintenance.
-        self.hw
-            .cpu_write(self.cpu, 0, va, &vec![0u8; bytes as usize])
-            .map_err(SimError::PagingRequest)?;
-        self.check_limits()?;
+        self.zero_new_allocation(va, bytes)?;
         let alloc = b.alloc.clone();
         let id = self.kernel.add_buffer(b);
         let ctx = self.ctx();
@@ -161,35 +158,29 @@ impl System {
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
         let name = self.kernel.devices[dev].name.clone();
-        let Some(b) = self
+        let live = self
             .kernel
             .buffers
             .get(&buffer)
             .filter(|b| b.kind == BufKind::Noncoherent && b.dev == Some(dev))
-            .cloned()
-        else {
-            // Not a live allocation of this device: dma-debug's "free DMA memory it
-            // has not allocated", and the memory stays where it is.
-            let addr = self.kernel.buffers.get(&buffer).and_then(|b| b.dma);
-            let ctx = self.ctx();
-            self.check.unmap(
-                &mut self.hw,
-                ctx,
-                dev,
-                &name,
-                addr.unwrap_or(0),
-                size,
-                dir,
-                MapKind::Noncoherent,
-                true,
-            );
-            return Ok(());
+            .cloned();
+        // Not a live allocation of this device: dma-debug's "free DMA memory it has
+        // not allocated" (at whatever handle the buffer has), and nothing is freed.
+        let addr = match &live {
+            Some(b) => b.dma.unwrap_or(DMA_MAPPING_ERROR),
+            None => self
+                .kernel
+                .buffers
+                .get(&buffer)
+                .and_then(|b| b.dma)
+                .unwrap_or(0),
         };
-        let addr = b.dma.unwrap_or(DMA_MAPPING_ERROR);
-        if self.use_dma_iommu(dev) {
-            self.kernel.dma_skip_cpu_sync = true;
-            self.iommu_dma_unmap_phys(dev, addr, page_align(b.len), dir);
-            self.kernel.dma_skip_cpu_sync = false;
+        if let Some(b) = &live {
+            if self.use_dma_iommu(dev) {
+                self.kernel.dma_skip_cpu_sync = true;
+                self.iommu_dma_unmap_phys(dev, addr, page_align(b.len), dir);
+                self.kernel.dma_skip_cpu_sync = false;
+            }
         }
         let ctx = self.ctx();
         self.check.unmap(
@@ -203,7 +194,9 @@ impl System {
             MapKind::Noncoherent,
             true,
         );
-        self.release_buffer(&b);
+        if let Some(b) = live {
+            self.release_buffer(&b);
+        }
         Ok(())
     }
 }
