@@ -101,10 +101,9 @@ impl Process {
 
     /// Finds room for `len` bytes aligned to `align` and takes it: above the last
     /// mapping (leaving `guard` bytes after it) while there is room below
-    /// `TASK_SIZE`, else the lowest hole between mappings (one guard page after each)
-    /// that fits. mmap's ENOMEM ("no room in
-    /// the address space") when neither does, which here ends the run with a clear
-    /// message.
+    /// `TASK_SIZE`, else the lowest hole between mappings (one guard page after
+    /// each) that fits. When neither does, mmap's ENOMEM ("no room in the address
+    /// space"), which here ends the run with a clear message.
     fn place(&mut self, len: u64, align: u64, guard: u64) -> Result<u64> {
         let fits = |start: u64, end: u64| start.checked_add(len).is_some_and(|e| e <= end);
         let start = self.next_va.next_multiple_of(align);
