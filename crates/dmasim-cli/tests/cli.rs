@@ -537,7 +537,7 @@ fn compare_puts_configurations_side_by_side() {
     assert_eq!(cols[0]["stats"]["iommu"]["maps"], 0);
     assert_eq!(
         stale(&cols[2])["reproduce"],
-        "dmasim run scenarios/tx-after-map.rhai --preset arm64-noncoherent --set iommu=smmu --seed 0"
+        "dmasim run scenarios/tx-after-map.rhai --preset arm64-noncoherent --set iommu=smmu --noise off --seed 0"
     );
 
     // Bounce buffers cost throughput: the same NIC code on 8 GiB and on 2 GiB.

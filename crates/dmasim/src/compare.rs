@@ -213,7 +213,10 @@ pub fn compare(
         }
     }
     for (col, cfg) in columns.iter_mut().zip(configs) {
-        let flags = flags_of(cfg);
+        let mut flags = flags_of(cfg);
+        if base.noise_off {
+            flags.push_str(" --noise off");
+        }
         for f in col.findings.values_mut() {
             let s = f.first_manifested_seed.or(f.first_seed).unwrap_or(seed);
             f.reproduce = format!("dmasim run {name}{flags} --seed {s}");
