@@ -107,6 +107,58 @@ pub struct NewMapping {
     pub what: std::borrow::Cow<'static, str>,
 }
 
+impl NewMapping {
+    /// A mapping of `[phys, phys+size)` at `dev_addr` for device `dev`, with no
+    /// allocation, bounce buffer or page list known; the builders below add them.
+    pub fn new(
+        dev: usize,
+        dev_name: std::sync::Arc<str>,
+        dev_addr: u64,
+        size: u64,
+        phys: u64,
+        dir: DmaDirection,
+        kind: MapKind,
+    ) -> NewMapping {
+        NewMapping {
+            dev,
+            dev_name,
+            dev_addr,
+            size,
+            phys,
+            dir,
+            kind,
+            buffer: None,
+            bounce: None,
+            pages: None,
+            what: std::borrow::Cow::Borrowed(""),
+        }
+    }
+
+    /// The allocation the mapping lies in.
+    pub fn buffer(mut self, b: Option<BufferRef>) -> NewMapping {
+        self.buffer = b;
+        self
+    }
+
+    /// The swiotlb bounce buffer the device really uses.
+    pub fn bounce(mut self, b: Option<u64>) -> NewMapping {
+        self.bounce = b;
+        self
+    }
+
+    /// The pages of a physically scattered mapping.
+    pub fn pages(mut self, p: Option<Vec<u64>>) -> NewMapping {
+        self.pages = p;
+        self
+    }
+
+    /// The history's text for the call.
+    pub fn what(mut self, w: impl Into<std::borrow::Cow<'static, str>>) -> NewMapping {
+        self.what = w.into();
+        self
+    }
+}
+
 struct Entry {
     dev: usize,
     dev_name: std::sync::Arc<str>,

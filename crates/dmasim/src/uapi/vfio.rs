@@ -298,25 +298,20 @@ impl System {
             (false, true) => DmaDirection::FromDevice,
             _ => DmaDirection::Bidirectional,
         };
-        let ctx = self.ctx();
-        self.check.map(
-            &mut self.hw,
-            ctx,
-            NewMapping {
+        self.sanitizer_map(
+            // User memory: the process, not the DMA API, orders CPU and device
+            // access, as with coherent memory.
+            NewMapping::new(
                 dev,
-                dev_name: name,
-                dev_addr: iova,
+                name,
+                iova,
                 size,
-                phys: pfns[0] << PAGE_SHIFT,
+                pfns[0] << PAGE_SHIFT,
                 dir,
-                // User memory: the process, not the DMA API, orders CPU and device
-                // access, as with coherent memory.
-                kind: MapKind::Coherent,
-                buffer: None,
-                bounce: None,
-                pages: Some(pfns),
-                what: std::borrow::Cow::Borrowed("VFIO_IOMMU_MAP_DMA"),
-            },
+                MapKind::Coherent,
+            )
+            .pages(Some(pfns))
+            .what("VFIO_IOMMU_MAP_DMA"),
         );
         let cm = self.kernel.vfio.get_mut(&c).expect("checked above");
         cm.dma_avail -= 1;

@@ -573,27 +573,22 @@ impl System {
             alloc: alloc.clone(),
             backing: Backing::Vmalloc(pfns.clone()),
         });
-        let ctx = self.ctx();
-        self.check.map(
-            &mut self.hw,
-            ctx,
-            NewMapping {
+        self.sanitizer_map(
+            NewMapping::new(
                 dev,
-                dev_name: name,
-                dev_addr: iova,
+                name,
+                iova,
                 size,
-                phys: pa,
-                dir: DmaDirection::Bidirectional,
-                kind: MapKind::Coherent,
-                buffer: None,
-                bounce: None,
-                pages: Some(pfns),
-                what: std::borrow::Cow::Borrowed(if coherent {
-                    "dma_alloc_coherent through the IOMMU"
-                } else {
-                    "dma_alloc_coherent through the IOMMU (Normal-NC vmap)"
-                }),
-            },
+                pa,
+                DmaDirection::Bidirectional,
+                MapKind::Coherent,
+            )
+            .pages(Some(pfns))
+            .what(std::borrow::Cow::Borrowed(if coherent {
+                "dma_alloc_coherent through the IOMMU"
+            } else {
+                "dma_alloc_coherent through the IOMMU (Normal-NC vmap)"
+            })),
         );
         Ok(Some(id))
     }

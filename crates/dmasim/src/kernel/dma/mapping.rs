@@ -279,30 +279,18 @@ impl System {
         };
         if addr != DMA_MAPPING_ERROR {
             let buffer = self.buffer_ref(va);
-            let ctx = self.ctx();
-            self.check.map(
-                &mut self.hw,
-                ctx,
-                NewMapping {
-                    dev,
-                    dev_name: name,
-                    dev_addr: addr,
-                    size,
-                    phys: pa,
-                    dir,
-                    kind,
-                    buffer,
-                    bounce,
-                    pages: None,
-                    what: std::borrow::Cow::Borrowed(match (kind, dir) {
+            self.sanitizer_map(
+                NewMapping::new(dev, name, addr, size, pa, dir, kind)
+                    .buffer(buffer)
+                    .bounce(bounce)
+                    .what(std::borrow::Cow::Borrowed(match (kind, dir) {
                         (MapKind::Single, DmaDirection::ToDevice) => "dma_map_single TO_DEVICE",
                         (MapKind::Single, DmaDirection::FromDevice) => "dma_map_single FROM_DEVICE",
                         (MapKind::Single, _) => "dma_map_single BIDIRECTIONAL",
                         (_, DmaDirection::ToDevice) => "dma_map_page TO_DEVICE",
                         (_, DmaDirection::FromDevice) => "dma_map_page FROM_DEVICE",
                         _ => "dma_map_page BIDIRECTIONAL",
-                    }),
-                },
+                    })),
             );
         }
         Ok(addr)
@@ -373,6 +361,12 @@ impl System {
         let ctx = self.ctx();
         self.check.sync(ctx, dev, &name, addr, size, dir, for_cpu);
         Ok(())
+    }
+
+    /// Tells the sanitizer about a new mapping, at this moment and script line.
+    pub(crate) fn sanitizer_map(&mut self, m: NewMapping) -> u64 {
+        let ctx = self.ctx();
+        self.check.map(&mut self.hw, ctx, m)
     }
 
     /// `memset(va, 0, bytes)` by the kernel through its own mapping of a new DMA
@@ -484,32 +478,27 @@ impl System {
             alloc: alloc.clone(),
             backing,
         });
-        let ctx = self.ctx();
-        self.check.map(
-            &mut self.hw,
-            ctx,
-            NewMapping {
+        self.sanitizer_map(
+            NewMapping::new(
                 dev,
-                dev_name: name,
-                dev_addr: addr,
+                name,
+                addr,
                 size,
-                phys: pa,
-                dir: DmaDirection::Bidirectional,
-                kind: MapKind::Coherent,
-                buffer: Some(BufferRef {
-                    id,
-                    pa,
-                    len: size,
-                    alloc,
-                }),
-                bounce: None,
-                pages: None,
-                what: std::borrow::Cow::Borrowed(if coherent {
-                    "dma_alloc_coherent (cacheable, coherent device)"
-                } else {
-                    "dma_alloc_coherent (Normal-NC remap)"
-                }),
-            },
+                pa,
+                DmaDirection::Bidirectional,
+                MapKind::Coherent,
+            )
+            .buffer(Some(BufferRef {
+                id,
+                pa,
+                len: size,
+                alloc,
+            }))
+            .what(std::borrow::Cow::Borrowed(if coherent {
+                "dma_alloc_coherent (cacheable, coherent device)"
+            } else {
+                "dma_alloc_coherent (Normal-NC remap)"
+            })),
         );
         Ok(Some(id))
     }

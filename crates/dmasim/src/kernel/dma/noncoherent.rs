@@ -114,28 +114,18 @@ impl System {
         self.zero_new_allocation(va, bytes)?;
         let alloc = b.alloc.clone();
         let id = self.kernel.add_buffer(b);
-        let ctx = self.ctx();
-        self.check.map(
-            &mut self.hw,
-            ctx,
-            NewMapping {
-                dev,
-                dev_name: name,
-                dev_addr: addr,
-                size,
-                phys: pa,
-                dir,
-                kind: MapKind::Noncoherent,
-                buffer: Some(BufferRef {
+        self.sanitizer_map(
+            NewMapping::new(dev, name, addr, size, pa, dir, MapKind::Noncoherent)
+                .buffer(Some(BufferRef {
                     id,
                     pa,
                     len: size,
                     alloc,
-                }),
-                bounce: None,
-                pages: None,
-                what: std::borrow::Cow::Owned(format!("{CALL} {}", dir.const_name())),
-            },
+                }))
+                .what(std::borrow::Cow::Owned(format!(
+                    "{CALL} {}",
+                    dir.const_name()
+                ))),
         );
         Ok(Some(id))
     }

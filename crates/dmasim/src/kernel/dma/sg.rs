@@ -201,22 +201,11 @@ impl System {
                 let pa = self.kernel.devices[dev].dma_to_phys(e.iova);
                 (pa != e.phys).then_some(pa)
             };
-            self.check.map(
-                &mut self.hw,
-                ctx,
-                NewMapping {
-                    dev,
-                    dev_name: name.clone(),
-                    dev_addr: e.iova,
-                    size: e.len,
-                    phys: e.phys,
-                    dir,
-                    kind: MapKind::Sg,
-                    buffer,
-                    bounce,
-                    pages: None,
-                    what: format!("dma_map_sg {} [entry {i} of {total}]", dir.name()).into(),
-                },
+            self.sanitizer_map(
+                NewMapping::new(dev, name.clone(), e.iova, e.len, e.phys, dir, MapKind::Sg)
+                    .buffer(buffer)
+                    .bounce(bounce)
+                    .what(format!("dma_map_sg {} [entry {i} of {total}]", dir.name())),
             );
             // dma_map_sg's result is checked by testing for 0, not dma_mapping_error.
             self.check.mapping_error(dev, e.iova);
