@@ -967,15 +967,29 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     );
     let s1 = s.clone();
     engine.register_fn(
-        "dma_unmap_sg",
+        "dma_map_sgtable",
         move |ctx: NativeCallContext, d: DeviceObj, t: SgObj, dir: INT| {
             let dir = dir_of(&ctx, dir)?;
-            with_sys(&s1, &ctx, |sys| sys.dma_unmap_sg(d.idx, t.id, dir))
+            with_sys(&s1, &ctx, |sys| sys.dma_map_sgtable(d.idx, t.id, dir))
         },
     );
+    // dma_unmap_sgtable and the sgtable syncs pass sgt->orig_nents to the sg calls;
+    // the model's table always carries its original entries, so they are the same.
+    for name in ["dma_unmap_sg", "dma_unmap_sgtable"] {
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, d: DeviceObj, t: SgObj, dir: INT| {
+                let dir = dir_of(&ctx, dir)?;
+                with_sys(&s1, &ctx, |sys| sys.dma_unmap_sg(d.idx, t.id, dir))
+            },
+        );
+    }
     for (name, for_cpu) in [
         ("dma_sync_sg_for_cpu", true),
         ("dma_sync_sg_for_device", false),
+        ("dma_sync_sgtable_for_cpu", true),
+        ("dma_sync_sgtable_for_device", false),
     ] {
         let s1 = s.clone();
         engine.register_fn(
@@ -991,6 +1005,20 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         with_sys(&s1, &ctx, |sys| {
             sys.sg(t.id).map(|t| t.entries.len() as INT)
         })
+    });
+    // sgt->orig_nents (entries) and sgt->nents (DMA segments once mapped, else 0).
+    let s1 = s.clone();
+    engine.register_get(
+        "orig_nents",
+        move |ctx: NativeCallContext, t: &mut SgObj| {
+            with_sys(&s1, &ctx, |sys| {
+                sys.sg(t.id).map(|t| t.entries.len() as INT)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_get("nents", move |ctx: NativeCallContext, t: &mut SgObj| {
+        with_sys(&s1, &ctx, |sys| sys.sg(t.id).map(|t| t.mapped as INT))
     });
     let sg_field = |s: &Shared,
                     ctx: &NativeCallContext,

@@ -48,12 +48,14 @@ impl System {
 
     /// `iommu_dma_alloc_iova`: `len` bytes (granule multiple) of IOVA below the
     /// limit, or `None` with the `iova-exhausted` finding.
+    /// `fails` says what the caller returns then, for the finding's message.
     fn iommu_dma_alloc_iova(
         &mut self,
         dev: usize,
         domain: usize,
         len: u64,
         limit: u64,
+        fails: &str,
     ) -> Option<u64> {
         let cpu = self.cpu;
         let st = self.kernel.iommu.as_mut().expect("IOMMU");
@@ -74,7 +76,7 @@ impl System {
             None,
             Some(len),
             ctx,
-            format!("no {} of IOVA space left below {limit:#x} in {name}'s domain: the map fails with DMA_MAPPING_ERROR", crate::units::human_size(len)),
+            format!("no {} of IOVA space left below {limit:#x} in {name}'s domain: {fails}", crate::units::human_size(len)),
             "unmap what the device no longer uses (a leak exhausts IOVA space as surely as memory); check every map with dma_mapping_error(); a wider DMA mask gives the allocator more room".into(),
             vec![],
         );
@@ -94,7 +96,13 @@ impl System {
         let domain = self.domain_of(dev);
         let off = phys & (GRANULE - 1);
         let len = granule_align(size + off);
-        let iova = self.iommu_dma_alloc_iova(dev, domain, len, limit)?;
+        let iova = self.iommu_dma_alloc_iova(
+            dev,
+            domain,
+            len,
+            limit,
+            "the map fails with DMA_MAPPING_ERROR",
+        )?;
         if let Err(e) = self.iommu_map(domain, iova, phys - off, len, prot) {
             let cpu = self.cpu;
             let st = self.kernel.iommu.as_mut().expect("IOMMU");
@@ -294,13 +302,19 @@ impl System {
     /// granule-padded pages mapped one after the other, then `__finalise_sg` joins
     /// entries into as few DMA segments as the device's `max_segment` and segment
     /// boundary allow. Fills `dma_address`/`dma_len` (output segments, in order) and
-    /// each entry's own `iova`. Returns the segment count, 0 on failure.
+    /// each entry's own `iova`. Returns the segment count and whether entries were
+    /// mapped one by one, or the errno Linux returns: -EIO when an entry of the
+    /// one-by-one (swiotlb) layout fails, -ENOMEM when no IOVA range is free, and
+    /// -EINVAL (anything but -ENOMEM) when `iommu_map_sg` fails. `call` names the
+    /// public function for the messages.
     pub(crate) fn iommu_dma_map_sg(
         &mut self,
         dev: usize,
         entries: &mut [SgEntry],
         dir: DmaDirection,
-    ) -> (usize, bool) {
+        call: &str,
+    ) -> std::result::Result<(usize, bool), i64> {
+        use crate::kernel::errno::{EINVAL, EIO, ENOMEM};
         let coherent = self.dev_is_dma_coherent(dev);
         // sg_dma_mark_swiotlb: any entry that must bounce makes every entry map on
         // its own, without merging.
@@ -316,13 +330,13 @@ impl System {
                     for e in entries[..i].iter() {
                         self.iommu_dma_unmap_phys(dev, e.iova, e.len, dir);
                     }
-                    return (0, true);
+                    return Err(-EIO);
                 }
                 entries[i].iova = addr;
                 entries[i].dma_address = addr;
                 entries[i].dma_len = entries[i].len;
             }
-            return (entries.len(), true);
+            return Ok((entries.len(), true));
         }
         if !coherent {
             for e in entries.iter() {
@@ -350,8 +364,13 @@ impl System {
         }
         let limit = self.iommu_dma_limit(dev, false);
         let domain = self.domain_of(dev);
-        let Some(base) = self.iommu_dma_alloc_iova(dev, domain, iova_len, limit) else {
-            return (0, false);
+        let fails = if call == "dma_map_sgtable" {
+            "dma_map_sgtable returns -ENOMEM".to_string()
+        } else {
+            format!("{call} returns 0")
+        };
+        let Some(base) = self.iommu_dma_alloc_iova(dev, domain, iova_len, limit, &fails) else {
+            return Err(-ENOMEM);
         };
         let prot = dma_info_to_prot(dir, coherent);
         let mut cursor = base;
@@ -371,7 +390,7 @@ impl System {
                     &name,
                     format!("iommu_dma_map_sg: iommu_map_sg failed: {err}"),
                 );
-                return (0, false);
+                return Err(if err == -ENOMEM { -ENOMEM } else { -EINVAL });
             }
             cursor += len;
         }
@@ -415,7 +434,7 @@ impl System {
                 }
             }
         }
-        (count, false)
+        Ok((count, false))
     }
 
     /// `iommu_dma_unmap_sg`: the sync for the CPU of every entry, then one unmap of
@@ -519,7 +538,9 @@ impl System {
         let coherent = self.dev_is_dma_coherent(dev);
         let limit = self.iommu_dma_limit(dev, true);
         let domain = self.domain_of(dev);
-        let Some(iova) = self.iommu_dma_alloc_iova(dev, domain, bytes, limit) else {
+        let Some(iova) =
+            self.iommu_dma_alloc_iova(dev, domain, bytes, limit, "dma_alloc_coherent returns NULL")
+        else {
             for &p in &pfns {
                 self.kernel.pages.free_pages(p, 0);
             }

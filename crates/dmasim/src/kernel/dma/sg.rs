@@ -154,19 +154,49 @@ impl System {
     /// # Errors
     /// [`SimError::Invalid`] for `DMA_NONE`, an unknown device or table.
     pub fn dma_map_sg(&mut self, dev: usize, id: u64, dir: DmaDirection) -> Result<u64> {
-        self.sg_checks(dev, "dma_map_sg", dir)?;
+        // dma_map_sg_attrs: any negative result of __dma_map_sg_attrs becomes 0.
+        let n = self.dma_map_sg_inner(dev, id, dir, "dma_map_sg")?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// `dma_map_sgtable()`: 0 with the table's `nents` set to the DMA segment count,
+    /// or a negative errno, as `__dma_map_sg_attrs` returns it:
+    /// - `-EINVAL`: an invalid argument or a list the IOMMU cannot map; do not retry.
+    /// - `-ENOMEM`: out of resources (IOVA space); a retry later may succeed.
+    /// - `-EIO`: the legacy "could not map" (dma-direct, and dma-iommu's swiotlb
+    ///   layout: an entry that could not be bounced).
+    ///
+    /// # Errors
+    /// As [`System::dma_map_sg`].
+    pub fn dma_map_sgtable(&mut self, dev: usize, id: u64, dir: DmaDirection) -> Result<i64> {
+        let n = self.dma_map_sg_inner(dev, id, dir, "dma_map_sgtable")?;
+        Ok(n.min(0))
+    }
+
+    /// `__dma_map_sg_attrs()`: the DMA segment count, or -errno; `call` names the
+    /// public wrapper in log lines and the mapping's history.
+    fn dma_map_sg_inner(
+        &mut self,
+        dev: usize,
+        id: u64,
+        dir: DmaDirection,
+        call: &str,
+    ) -> Result<i64> {
+        use crate::kernel::errno::EIO;
+        self.sg_checks(dev, call, dir)?;
         let mut entries = self.sg_table(id)?.entries.clone();
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
         let name = self.kernel.devices[dev].name.clone();
         let max_seg = self.kernel.devices[dev].max_segment;
         let (n, per_entry) = if self.use_dma_iommu(dev) {
-            let (n, per_entry) = self.iommu_dma_map_sg(dev, &mut entries, dir);
-            if n == 0 {
-                self.printk(&name, "dma_map_sg: iommu_dma_map_sg failed".into());
-                return Ok(0);
+            match self.iommu_dma_map_sg(dev, &mut entries, dir, call) {
+                Ok(r) => r,
+                Err(errno) => {
+                    self.printk(&name, format!("{call}: iommu_dma_map_sg failed"));
+                    return Ok(errno);
+                }
             }
-            (n, per_entry)
         } else {
             let mut bounced: Vec<Option<u64>> = Vec::new();
             for e in entries.iter_mut() {
@@ -174,15 +204,15 @@ impl System {
                 if addr == DMA_MAPPING_ERROR {
                     // dma_direct_map_sg unmaps what it mapped with SKIP_CPU_SYNC (no
                     // cache work, nothing recorded yet, bounce slots given back) and
-                    // the whole call fails.
+                    // the whole call fails with -EIO.
                     for tlb in bounced.iter().flatten() {
                         self.swiotlb_release(dev, *tlb);
                     }
                     self.printk(
                         &name,
-                        format!("dma_map_sg: entry at {:#x} cannot be mapped", e.phys),
+                        format!("{call}: entry at {:#x} cannot be mapped", e.phys),
                     );
-                    return Ok(0);
+                    return Ok(-EIO);
                 }
                 bounced.push(bounce);
                 e.dma_address = addr;
@@ -205,7 +235,7 @@ impl System {
                 NewMapping::new(dev, name.clone(), e.iova, e.len, e.phys, dir, MapKind::Sg)
                     .buffer(buffer)
                     .bounce(bounce)
-                    .what(format!("dma_map_sg {} [entry {i} of {total}]", dir.name())),
+                    .what(format!("{call} {} [entry {i} of {total}]", dir.name())),
             );
             // dma_map_sg's result is checked by testing for 0, not dma_mapping_error.
             self.check.mapping_error(dev, e.iova);
@@ -265,7 +295,7 @@ impl System {
         t.mapped = n;
         t.dev = Some(dev);
         t.per_entry = per_entry;
-        Ok(n as u64)
+        Ok(n as i64)
     }
 
     /// `dma_unmap_sg()` with the original table.
