@@ -56,6 +56,13 @@ const STOPS: &[Stop] = &[
         fixed: scenario!("noncoherent-rx-fixed.rhai"),
     },
     Stop {
+        name: "dma-pool",
+        title: "dma_pool: small coherent blocks whose free list lives in the blocks",
+        explain: "Descriptors come from a dma_pool: blocks carved out of dma_alloc_coherent pages. A freed block goes back to the pool, not to the page allocator, so its page stays mapped and the device can still write it; and the pool keeps its free list inside the free blocks. A controller that writes back a descriptor after the driver freed it overwrites that list, and the next dma_pool_alloc returns a block with a bogus DMA handle.",
+        broken: scenario!("dma-pool-late-writeback.rhai"),
+        fixed: scenario!("dma-pool-late-writeback-fixed.rhai"),
+    },
+    Stop {
         name: "scatter-gather",
         title: "Scatter-gather: a buffer contiguous in virtual memory is scattered in physical memory",
         explain: "vmalloc and user buffers are built from single pages found anywhere. Without an IOMMU, dma_map_sg returns one DMA segment per physically contiguous run; a device must walk them all.",

@@ -229,6 +229,7 @@ fn the_tour_lists_and_runs_its_stops() {
         "rx-stale",
         "coherent-memory",
         "noncoherent-memory",
+        "dma-pool",
         "scatter-gather",
         "unpinned-pages",
         "iommu-protection",

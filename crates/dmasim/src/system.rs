@@ -480,6 +480,13 @@ impl System {
             )));
         }
         self.step();
+        self.load_as(asid, va, len)
+    }
+
+    /// The load of [`System::cpu_read_as`] without its scheduling point: a kernel
+    /// function's own access in the middle of one call (`dma_pool_alloc` reading its
+    /// free list).
+    pub(crate) fn load_as(&mut self, asid: usize, va: u64, len: u64) -> Result<Vec<u8>> {
         let segs = self
             .hw
             .mmu
@@ -521,6 +528,12 @@ impl System {
             )));
         }
         self.step();
+        self.store_as(asid, va, data)
+    }
+
+    /// The store of [`System::cpu_write_as`] without its scheduling point (see
+    /// [`System::load_as`]).
+    pub(crate) fn store_as(&mut self, asid: usize, va: u64, data: &[u8]) -> Result<()> {
         let segs = self
             .hw
             .mmu

@@ -293,6 +293,16 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "pinning for VFIO would exceed the process's RLIMIT_MEMLOCK",
     ),
     (
+        "dma-pool-bad-free",
+        Severity::Error,
+        "dma_pool_free of a block already free, or of an address the pool never handed out",
+    ),
+    (
+        "dma-pool-busy",
+        Severity::Error,
+        "dma_pool_destroy while blocks were still allocated: the pool's pages leak",
+    ),
+    (
         "dma-mask-default",
         Severity::Warning,
         "a device kept the default 32-bit DMA mask on a machine with RAM above 4 GiB",

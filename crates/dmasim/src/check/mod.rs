@@ -17,6 +17,7 @@ mod entries;
 pub mod finding;
 pub mod oracle;
 mod ordset;
+mod pool;
 pub mod ranges;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -414,6 +415,8 @@ pub struct Sanitizer {
     /// Map, unmap, sync and background events for the timeline, when a run records
     /// one: (track, what, kind, time in ns, script line).
     pub events: Option<Vec<CheckEvent>>,
+    /// Blocks freed back to their `dma_pool` (their page stays mapped).
+    pool_blocks: pool::PoolBlocks,
 }
 
 impl Sanitizer {
@@ -433,6 +436,7 @@ impl Sanitizer {
             line,
             uncached_fill_ps: fill_ps,
             events: None,
+            pool_blocks: pool::PoolBlocks::default(),
         }
     }
 
@@ -1427,6 +1431,7 @@ impl Sanitizer {
             );
             return;
         }
+        self.pool_access(ctx, &a, id);
         let line = self.line;
         // The buffer byte this access stands for: the frame it reached, or for a
         // bounced mapping the original buffer at the same offset (the slots are a

@@ -259,6 +259,8 @@ pub struct Kernel {
     pub(crate) next_pmd: u64,
     /// The kernel receive path's counters (`netdev_rx`).
     pub netdev_rx: crate::uapi::pmd::RxPathStats,
+    /// DMA pools (`dma_pool_create`) by id, destroyed ones included.
+    pub dma_pools: Vec<mm::dmapool::DmaPool>,
 }
 
 impl Kernel {
@@ -310,6 +312,7 @@ impl Kernel {
             pmds: BTreeMap::new(),
             next_pmd: 1,
             netdev_rx: Default::default(),
+            dma_pools: Vec::new(),
         }
     }
 

@@ -19,9 +19,9 @@ use crate::report::{ExpectationFailure, Stats};
 use crate::system::{RunOptions, SimError, System, MAX_ACCESS};
 use crate::units::{parse_duration_ns, parse_size};
 
-type RResult<T> = Result<T, Box<EvalAltResult>>;
+pub(super) type RResult<T> = Result<T, Box<EvalAltResult>>;
 
-fn err(ctx: &NativeCallContext, msg: impl Into<String>) -> Box<EvalAltResult> {
+pub(super) fn err(ctx: &NativeCallContext, msg: impl Into<String>) -> Box<EvalAltResult> {
     EvalAltResult::ErrorRuntime(msg.into().into(), ctx.call_position()).into()
 }
 
@@ -30,7 +30,7 @@ fn line(ctx: &NativeCallContext) -> u32 {
 }
 
 /// Runs `f` on the booted system with the call's line set.
-fn with_sys<T>(
+pub(super) fn with_sys<T>(
     s: &Shared,
     ctx: &NativeCallContext,
     f: impl FnOnce(&mut System) -> Result<T, SimError>,
@@ -51,7 +51,7 @@ fn with_sys<T>(
     Ok(r)
 }
 
-fn size_of(ctx: &NativeCallContext, v: &Dynamic, what: &str) -> RResult<u64> {
+pub(super) fn size_of(ctx: &NativeCallContext, v: &Dynamic, what: &str) -> RResult<u64> {
     if let Ok(i) = v.as_int() {
         return u64::try_from(i)
             .map_err(|_| err(ctx, format!("{what}: a size cannot be negative ({i})")));

@@ -2,6 +2,7 @@
 //! and their entry points.
 
 pub mod cma;
+pub mod dmapool;
 pub mod gfp;
 pub mod page;
 pub mod page_alloc;
