@@ -44,7 +44,7 @@ fn random_script(seed: u64) -> String {
     let swiotlb = ["\"1 MiB\"", "\"off\"", "\"64 MiB\"", "0"][r.below(4)];
     let iommu = ["\"none\"", "\"smmu\"", "\"passthrough\""][r.below(3)];
     let mut s = format!(
-        "boot(\"{preset}\", #{{ hugepages: 2, swiotlb: {swiotlb}, swiotlb_force: {}, iommu: {iommu}, iommu_strict: {}, vfio_noiommu: true }});\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\n",
+        "boot(\"{preset}\", #{{ hugepages: 2, swiotlb: {swiotlb}, swiotlb_force: {}, iommu: {iommu}, iommu_strict: {}, vfio_noiommu: true }});\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\nlet pools = [];\nlet blks = [];\n",
         r.below(3) == 0,
         r.below(2) == 0,
         r.below(2) == 1
@@ -52,7 +52,20 @@ fn random_script(seed: u64) -> String {
     for _ in 0..40 {
         let size = pick(&mut r, SIZES);
         let dir = pick(&mut r, DIRS);
-        let line = match r.below(34) {
+        let line = match r.below(37) {
+            34 => format!(
+                "let pl = dma_pool_create(\"p\", d, {size}, {}, {}); if pl != () {{ pools.push(pl); let k = dma_pool_{}alloc(pl, GFP_KERNEL); if k != () {{ blks.push(k); addrs.push(k.dma); }} }}",
+                pick(&mut r, &["0", "8", "64", "4096", "48", "-8"]),
+                pick(&mut r, &["0", "4096", "1024", "100", "-1"]),
+                ["", "z"][r.below(2)]
+            ),
+            35 => format!(
+                "if pools.len() > 0 {{ if blks.len() > 0 {{ dma_pool_free(pools[-1], blks.pop()); }} if {} {{ dma_pool_destroy(pools.pop()); }} }}",
+                r.below(3) == 0
+            ),
+            36 => format!(
+                "if bufs.len() > 0 {{ let t = sg_from_buffer(bufs[-1]); let e = dma_map_sgtable(d, t, {dir}); if e == 0 {{ dma_sync_sgtable_for_cpu(d, t, {dir}); let n = t.nents + t.orig_nents; dma_unmap_sgtable(d, t, {dir}); }} }}"
+            ),
             30 => format!(
                 "let q = v4l2_open(d, #{{ alloc: \"{}\" }}); let n = v4l2_reqbufs(q, {}, {size}); v4l2_qbuf(q, 0); v4l2_qbuf(q, 1); v4l2_streamon(q); let k = v4l2_capture(q, pattern(\"inc\", 64)); let x = v4l2_dqbuf(q); v4l2_streamoff(q);",
                 ["dma-contig", "dma-sg"][r.below(2)],

@@ -124,3 +124,25 @@ fn an_iova_failure_of_dma_map_sg_says_it_returns_zero() {
         .unwrap()
         .ends_with("dma_map_sg returns 0"));
 }
+
+#[test]
+fn after_an_entry_longer_than_max_segment_the_iommu_merges_as_linux_unsigned_math_does() {
+    // __finalise_sg computes max_len - cur_len in unsigned int: past an oversized
+    // entry it wraps and the next entry joins the segment (dma-debug flags it).
+    let (r, j) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu", noise: "off", hugepages: 2 });
+        let d = device("d");
+        let p = process("app");
+        let h = p.mmap(4 * 1024 * 1024, #{ hugetlb: true });
+        let pins = pin_user_pages(p, h, #{ longterm: true });
+        let t = sg_from_pages(pins);
+        expect_eq(t.orig_nents, 2, "two 2 MiB pages");
+        expect_eq(dma_map_sgtable(d, t, DMA_TO_DEVICE), 0, "maps");
+        expect_eq(t.nents, 1, "merged");
+        expect_eq(sg_dma_len(t, 0), 4 * 1024 * 1024, "into one 4 MiB segment");
+        dma_unmap_sgtable(d, t, DMA_TO_DEVICE);
+        unpin_user_pages(pins);"#,
+    );
+    ok(&r);
+    assert_eq!(ids(&j), vec!["sg-segment-too-long"]);
+}

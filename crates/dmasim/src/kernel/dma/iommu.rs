@@ -405,7 +405,12 @@ impl System {
             let s_len = e.len;
             let s_iova_len = padded[i];
             e.iova = dma_addr + s_off;
-            if cur_len != 0 && s_off == 0 && dma_addr & seg_mask != 0 && max_len - cur_len >= s_len
+            // Unsigned arithmetic as in Linux: after an entry longer than max_len
+            // (dma-debug flags it) the difference wraps and the next entry merges.
+            if cur_len != 0
+                && s_off == 0
+                && dma_addr & seg_mask != 0
+                && max_len.wrapping_sub(cur_len) >= s_len
             {
                 cur_len += s_len;
             } else {

@@ -291,7 +291,12 @@ impl System {
         pool.active.insert(block);
         let buffer = pool.page_of_va(block).map_or(0, |p| p.buffer);
         if zero {
-            self.store_as(0, block, &vec![0u8; size as usize])?;
+            // memset(block, 0, size), a page at a time (a block may be huge).
+            const ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+            for off in (0..size).step_by(PAGE_SIZE as usize) {
+                let n = (size - off).min(PAGE_SIZE) as usize;
+                self.store_as(0, block + off, &ZEROS[..n])?;
+            }
         }
         let phys = self.hw.mmu.translate(0, block).map_or(0, |(pa, _)| pa);
         let ctx = self.ctx();
