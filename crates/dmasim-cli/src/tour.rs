@@ -56,6 +56,13 @@ const STOPS: &[Stop] = &[
         fixed: scenario!("noncoherent-rx-fixed.rhai"),
     },
     Stop {
+        name: "user-mmap",
+        title: "A driver's mmap of coherent memory must keep its attributes",
+        explain: "dma_alloc_coherent memory of a device that does not snoop is uncached in the kernel. A hand-written mmap that calls remap_pfn_range with the default, cacheable vm_page_prot gives the application a cached alias: it keeps reading stale lines and its stores stay in the cache. dma_mmap_coherent maps with the kernel's own attributes. The same cacheable mapping is right on a coherent platform, which is why such drivers pass their tests on one.",
+        broken: scenario!("mmap-cacheable-alias.rhai"),
+        fixed: scenario!("mmap-cacheable-alias-fixed.rhai"),
+    },
+    Stop {
         name: "dma-pool",
         title: "dma_pool: small coherent blocks whose free list lives in the blocks",
         explain: "Descriptors come from a dma_pool: blocks carved out of dma_alloc_coherent pages. A freed block goes back to the pool, not to the page allocator, so its page stays mapped and the device can still write it; and the pool keeps its free list inside the free blocks. A controller that writes back a descriptor after the driver freed it overwrites that list, and the next dma_pool_alloc returns a block with a bogus DMA handle.",

@@ -230,6 +230,7 @@ fn the_tour_lists_and_runs_its_stops() {
         "coherent-memory",
         "noncoherent-memory",
         "dma-pool",
+        "user-mmap",
         "scatter-gather",
         "unpinned-pages",
         "iommu-protection",

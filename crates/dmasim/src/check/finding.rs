@@ -293,6 +293,11 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "pinning for VFIO would exceed the process's RLIMIT_MEMLOCK",
     ),
     (
+        "cacheable-alias",
+        Severity::Error,
+        "a cacheable mapping of memory the kernel maps uncached for a non-coherent device",
+    ),
+    (
         "dma-pool-bad-free",
         Severity::Error,
         "dma_pool_free of a block already free, or of an address the pool never handed out",

@@ -39,6 +39,9 @@ pub struct Ctx {
     pub line: u32,
 }
 
+/// Why a read of coherent memory was stale: it went through a cacheable alias.
+const COHERENT_ALIAS: &str = "through a cacheable alias of coherent memory";
+
 /// The dma-debug entry type: which API made the mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapKind {
@@ -1144,6 +1147,10 @@ impl Sanitizer {
                     "cpu-access-device-owned",
                     "while the device owns the buffer",
                 ))
+            } else if bad > 0 && e.kind == MapKind::Coherent {
+                // Coherent memory read stale: only a cacheable alias of memory the
+                // kernel maps uncached can do that (see uapi::mmap).
+                Some(("stale-cpu-read", COHERENT_ALIAS))
             } else if bad > 0 {
                 Some(("stale-cpu-read", "and got bytes that differ from the truth"))
             } else {
@@ -1168,6 +1175,12 @@ impl Sanitizer {
         for (id, key, manifested, bad_lines, len, dev, addr, hist, dir, why) in out {
             let lines = len.div_ceil(line);
             let (msg, help) = match id {
+                "stale-cpu-read" if why == COHERENT_ALIAS => (
+                    format!(
+                        "CPU read {len} bytes of {dev}'s coherent buffer through a cacheable mapping, and {bad_lines} of {lines} lines were stale copies in the cache, older than what the device wrote [device address={addr:#x}]"
+                    ),
+                    "map coherent memory with its own attributes: dma_mmap_coherent in the driver's mmap, not remap_pfn_range with the default vm_page_prot (cacheable-alias)".into(),
+                ),
                 "stale-cpu-read" if why.starts_with("and got") => (
                     format!(
                         "CPU read {len} bytes of a buffer {dev} wrote, after the sync, and {bad_lines} of {lines} lines differ from what was written: the data was lost before the CPU could see it [device address={addr:#x}]"
@@ -1518,7 +1531,20 @@ impl Sanitizer {
                 ));
             }
             let pending = e.cpu_dirty.overlap(os, ot);
-            if pending > 0 || bad > 0 {
+            if bad > 0 && e.kind == MapKind::Coherent {
+                // Coherent memory stale in DRAM: the CPU wrote it through a
+                // cacheable alias and the lines are still in its cache.
+                let lines = len.div_ceil(line);
+                out.push((
+                    "stale-device-read",
+                    Some(true),
+                    format!(
+                        "{} read {len} bytes of its coherent buffer, and {bad_lines} of {lines} lines were stale in DRAM: the CPU wrote them through a cacheable mapping and they are still in its cache [device address={:#x}]",
+                        a.dev_name, a.bus
+                    ),
+                    "map coherent memory with its own attributes: dma_mmap_coherent in the driver's mmap, not remap_pfn_range with the default vm_page_prot (cacheable-alias)".into(),
+                ));
+            } else if pending > 0 || bad > 0 {
                 let lines = len.div_ceil(line);
                 out.push((
                     "stale-device-read",

@@ -7,6 +7,7 @@
 
 mod api;
 mod dmapool;
+mod mmap;
 mod values;
 
 use std::cell::RefCell;
@@ -75,6 +76,7 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
         .set_max_map_size(1 << 14);
     api::register(&mut engine, session);
     dmapool::register(&mut engine, session);
+    mmap::register(&mut engine, session);
     engine
 }
 

@@ -2,6 +2,7 @@
 //! kernel (mmap, mlock, pagemap, pinning).
 
 pub mod chardev;
+pub mod mmap;
 pub mod pmd;
 pub mod process;
 pub mod v4l2;

@@ -1,0 +1,152 @@
+//! A driver's `mmap` file operation over DMA memory: `dma_mmap_coherent`
+//! (`dma_mmap_attrs` in `kernel/dma/mapping.c`: `dma_direct_mmap`, `iommu_dma_mmap`)
+//! and the hand-written alternative, `remap_pfn_range` with whatever page protection
+//! the driver passes (`mm/memory.c`).
+//!
+//! `dma_mmap_coherent` maps the buffer's pages with `dma_pgprot()`: the
+//! `vm_page_prot` unchanged (cacheable) for a coherent device, `pgprot_dmacoherent`
+//! (Normal-NC on arm64, bufferable on arm32) otherwise — the same attributes as the
+//! kernel's own mapping. A driver that calls `remap_pfn_range(vma, ...,
+//! vma->vm_page_prot)` instead gives the process a *cacheable* alias of memory the
+//! kernel maps uncached for a non-coherent device: nothing cleans or invalidates that
+//! alias, so the process reads lines the device has since overwritten and its stores
+//! sit in the cache where the device does not see them (Arm ARM B2.8, "mismatched
+//! memory attributes"). The sanitizer reports the mapping itself
+//! (`cacheable-alias`) and each stale read or write it lets through.
+//!
+//! Simplified: the whole buffer is mapped (`vm_pgoff` 0, `vma_pages` = the buffer's
+//! pages); `pgprot_noncached` is Device-nGnRE here (Linux uses nGnRnE on arm64); no
+//! `DMA_ATTR_WRITE_COMBINE`.
+
+use crate::config::{PAGE_SHIFT, PAGE_SIZE};
+use crate::hw::mmu::MemType;
+use crate::kernel::BufKind;
+use crate::system::{Result, SimError, System};
+
+/// The page protection a driver passes to `remap_pfn_range`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgProt {
+    /// `vma->vm_page_prot` as it comes: write-back cacheable.
+    Default,
+    /// `pgprot_writecombine()`: Normal non-cacheable.
+    WriteCombine,
+    /// `pgprot_dmacoherent()`: what the DMA API uses for a non-coherent device.
+    DmaCoherent,
+    /// `pgprot_noncached()`: Device memory.
+    NonCached,
+}
+
+impl PgProt {
+    /// The protection for a script's name of it.
+    pub fn parse(s: &str) -> Option<PgProt> {
+        Some(match s {
+            "default" | "cached" => PgProt::Default,
+            "writecombine" => PgProt::WriteCombine,
+            "dmacoherent" => PgProt::DmaCoherent,
+            "noncached" => PgProt::NonCached,
+            _ => return None,
+        })
+    }
+
+    fn memtype(self) -> MemType {
+        match self {
+            PgProt::Default => MemType::Normal,
+            PgProt::WriteCombine | PgProt::DmaCoherent => MemType::NormalNc,
+            PgProt::NonCached => MemType::Device,
+        }
+    }
+}
+
+impl System {
+    /// The frames of kernel buffer `buffer`, page by page, through the kernel's
+    /// page tables (a coherent buffer behind an IOMMU is scattered).
+    fn buffer_frames(&self, buffer: u64) -> Result<Vec<u64>> {
+        let b = self
+            .kernel
+            .buffers
+            .get(&buffer)
+            .ok_or_else(|| SimError::Invalid(format!("no live kernel buffer #{buffer}")))?;
+        let pages = b.len.max(1).div_ceil(PAGE_SIZE);
+        (0..pages)
+            .map(|i| {
+                self.hw
+                    .mmu
+                    .translate(0, b.va + i * PAGE_SIZE)
+                    .map(|(pa, _)| pa >> PAGE_SHIFT)
+                    .ok_or_else(|| {
+                        SimError::Invalid(format!("buffer #{buffer} has an unmapped page"))
+                    })
+            })
+            .collect()
+    }
+
+    /// `dma_mmap_coherent(dev, vma, cpu_addr, dma_addr, size)` for an mmap by
+    /// process `pid`: the user address of a mapping of the whole coherent buffer with
+    /// the attributes `dma_pgprot()` gives.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown device, process or buffer, or a buffer
+    /// that is not a coherent buffer of `dev`.
+    pub fn dma_mmap_coherent(&mut self, dev: usize, pid: u32, buffer: u64) -> Result<u64> {
+        self.device_checked(dev, "dma_mmap_coherent")?;
+        self.step();
+        let ok = self
+            .kernel
+            .buffers
+            .get(&buffer)
+            .is_some_and(|b| b.kind == BufKind::Coherent && b.dev == Some(dev));
+        if !ok {
+            return Err(SimError::Invalid(format!(
+                "dma_mmap_coherent: buffer #{buffer} is not a live dma_alloc_coherent buffer of {}",
+                self.kernel.devices[dev].name
+            )));
+        }
+        let memtype = if self.dev_is_dma_coherent(dev) {
+            MemType::Normal
+        } else {
+            MemType::NormalNc
+        };
+        let pfns = self.buffer_frames(buffer)?;
+        self.map_frames(pid, &pfns, memtype)
+    }
+
+    /// `remap_pfn_range(vma, addr, pfn, size, prot)` of the whole kernel buffer into
+    /// process `pid`: its user address. A cacheable mapping of a coherent buffer of a
+    /// non-coherent device is reported as `cacheable-alias`.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown process or buffer.
+    pub fn remap_pfn_range(&mut self, pid: u32, buffer: u64, prot: PgProt) -> Result<u64> {
+        self.step();
+        let pfns = self.buffer_frames(buffer)?;
+        let va = self.map_frames(pid, &pfns, prot.memtype())?;
+        let b = &self.kernel.buffers[&buffer];
+        if prot.memtype() == MemType::Normal && b.kind == BufKind::Coherent {
+            let dev = b.dev.unwrap_or(0);
+            let (len, dma) = (b.len, b.dma);
+            if !self.dev_is_dma_coherent(dev) {
+                let name = self.kernel.devices[dev].name.clone();
+                let pname = self
+                    .kernel
+                    .procs
+                    .iter()
+                    .find(|p| p.pid == pid)
+                    .map_or_else(String::new, |p| p.name.clone());
+                let ctx = self.ctx();
+                let alloc = b.alloc.clone();
+                self.check.report_plain(
+                    "cacheable-alias",
+                    None,
+                    Some(&name),
+                    dma,
+                    Some(len),
+                    ctx,
+                    format!("remap_pfn_range maps {len} bytes of {name}'s coherent buffer cacheable into {pname} at {va:#x}: the kernel maps them Normal-NC because {name} does not snoop the caches, so nothing keeps this alias coherent (mismatched memory attributes)"),
+                    "in the driver's mmap, use dma_mmap_coherent(dev, vma, cpu_addr, dma_addr, size), or pass pgprot_dmacoherent(vma->vm_page_prot) (or pgprot_writecombine) to remap_pfn_range".into(),
+                    vec![alloc],
+                );
+            }
+        }
+        Ok(va)
+    }
+}
