@@ -52,7 +52,21 @@ fn random_script(seed: u64) -> String {
     for _ in 0..40 {
         let size = pick(&mut r, SIZES);
         let dir = pick(&mut r, DIRS);
-        let line = match r.below(37) {
+        let line = match r.below(39) {
+            37 => format!(
+                "let nc = dma_alloc_noncontiguous(d, {size}, {dir}); if nc != () {{ let v = dma_vmap_noncontiguous(d, {size}, nc); dma_sync_sgtable_for_device(d, nc, {dir}); let x = dev_read_sg(d, nc, 64); if {} {{ dma_free_noncontiguous(d, {}, nc, {dir}); }} }}",
+                r.below(2) == 0,
+                pick(&mut r, SIZES)
+            ),
+            38 => format!(
+                "if bufs.len() > 0 {{ let u = {}; let x = p.read(u, 0, 8); }}",
+                [
+                    "remap_pfn_range(p, bufs[-1])",
+                    "remap_pfn_range(p, bufs[-1], \"writecombine\")",
+                    "dma_mmap_coherent(d, p, bufs[-1])",
+                    "remap_pfn_range(p, bufs[-1], \"bogus\")"
+                ][r.below(4)]
+            ),
             34 => format!(
                 "let pl = dma_pool_create(\"p\", d, {size}, {}, {}); if pl != () {{ pools.push(pl); let k = dma_pool_{}alloc(pl, GFP_KERNEL); if k != () {{ blks.push(k); addrs.push(k.dma); }} }}",
                 pick(&mut r, &["0", "8", "64", "4096", "48", "-8"]),

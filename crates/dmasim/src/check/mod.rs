@@ -109,7 +109,29 @@ pub struct NewMapping {
     pub pages: Option<Vec<u64>>,
     /// Text for the history ("dma_map_single TO_DEVICE").
     pub what: std::borrow::Cow<'static, str>,
+    /// An allocation the CPU owns first (its call and the sync that hands it to the
+    /// device), instead of a mapping the device owns from the start.
+    pub cpu_first: Option<CpuFirst>,
 }
+
+/// An allocation that starts out CPU-owned: the call that made it and the sync
+/// that hands it to the device (for the messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuFirst {
+    /// "dma_alloc_noncoherent".
+    pub alloc: &'static str,
+    /// "dma_sync_single_for_device".
+    pub sync: &'static str,
+    /// The sync's arguments, for the help line: "dev, handle, size, dir".
+    pub args: &'static str,
+}
+
+/// `dma_alloc_noncoherent`'s hand-over.
+const NONCOHERENT_FIRST: CpuFirst = CpuFirst {
+    alloc: "dma_alloc_noncoherent",
+    sync: "dma_sync_single_for_device",
+    args: "dev, handle, size, dir",
+};
 
 impl NewMapping {
     /// A mapping of `[phys, phys+size)` at `dev_addr` for device `dev`, with no
@@ -135,7 +157,14 @@ impl NewMapping {
             bounce: None,
             pages: None,
             what: std::borrow::Cow::Borrowed(""),
+            cpu_first: None,
         }
+    }
+
+    /// An allocation the CPU owns until `first.sync` hands it to the device.
+    pub fn cpu_first(mut self, first: CpuFirst) -> NewMapping {
+        self.cpu_first = Some(first);
+        self
     }
 
     /// The allocation the mapping lies in.
@@ -179,6 +208,9 @@ struct Entry {
     /// The device wrote the buffer before it was ever handed over
     /// (`dma_alloc_noncoherent` without the first sync for the device).
     dev_wrote_unsynced: bool,
+    /// The allocation starts out CPU-owned (`dma_alloc_noncoherent`,
+    /// `dma_alloc_noncontiguous`).
+    cpu_first: Option<CpuFirst>,
     /// A dirty CPU line was written back over the device's bytes (reported).
     clobbered: bool,
     /// CPU stores since the last hand-over to the device (offsets).
@@ -665,6 +697,10 @@ impl Sanitizer {
                 );
             }
         }
+        let cpu_first = m
+            .cpu_first
+            .or_else(|| (m.kind == MapKind::Noncoherent).then_some(NONCOHERENT_FIRST));
+        let alloc = m.kind == MapKind::Coherent || cpu_first.is_some();
         let mut e = Entry {
             dev: m.dev,
             dev_name: m.dev_name,
@@ -674,12 +710,13 @@ impl Sanitizer {
             dir: m.dir,
             kind: m.kind,
             // Allocations return NULL on failure: nothing for dma_mapping_error.
-            checked: matches!(m.kind, MapKind::Coherent | MapKind::Noncoherent),
+            checked: alloc,
             // dma_alloc_noncoherent hands the memory to the CPU first: the driver
             // fills it and syncs for the device (Documentation/core-api/dma-api.rst).
-            device_owns: !matches!(m.kind, MapKind::Coherent | MapKind::Noncoherent),
-            handed_over: !matches!(m.kind, MapKind::Coherent | MapKind::Noncoherent),
+            device_owns: !alloc,
+            handed_over: !alloc,
             dev_wrote_unsynced: false,
+            cpu_first,
             clobbered: false,
             cpu_dirty: RangeSet::default(),
             owned_writes: RangeSet::default(),
@@ -880,6 +917,7 @@ impl Sanitizer {
         if e.dev_wrote_unsynced && !e.clobbered {
             // No eviction happened to write the allocation's dirty zeros over the
             // device's bytes on this run; the missing hand-over is still a bug.
+            let first = e.cpu_first.unwrap_or(NONCOHERENT_FIRST);
             self.report(
                 "dirty-writeback-clobber",
                 id,
@@ -889,10 +927,10 @@ impl Sanitizer {
                 Some(e.size),
                 ctx,
                 format!(
-                    "{} wrote a dma_alloc_noncoherent buffer that was never handed to it with dma_sync_single_for_device: the allocation's zeros could still be dirty in the CPU cache, and an eviction before the sync for the CPU writes them back over the device's bytes [device address={:#x}] [allocated for {}]",
-                    e.dev_name, e.dev_addr, e.dir.name()
+                    "{} wrote a {} buffer that was never handed to it with {}: the allocation's zeros could still be dirty in the CPU cache, and an eviction before the sync for the CPU writes them back over the device's bytes [device address={:#x}] [allocated for {}]",
+                    e.dev_name, first.alloc, first.sync, e.dev_addr, e.dir.name()
                 ),
-                "call dma_sync_single_for_device(dev, handle, size, dir) after dma_alloc_noncoherent, and after every CPU write, before the device uses the buffer: it cleans the dirty lines".into(),
+                format!("call {}({}) after {}, and after every CPU write, before the device uses the buffer: it cleans the dirty lines", first.sync, first.args, first.alloc),
                 hist.clone(),
             );
         }
@@ -1278,13 +1316,14 @@ impl Sanitizer {
                 format!("a dirty CPU line at phys {at:#x} was written back over {lost} bytes the device had written"),
             );
             let (dev, addr, dir, hist) = (e.dev_name.clone(), e.dev_addr, e.dir, e.snapshot());
-            let (msg, help) = if e.kind == MapKind::Noncoherent && !e.handed_over {
+            let (msg, help) = if let (Some(first), false) = (e.cpu_first, e.handed_over) {
                 (
                     format!(
-                        "a dirty CPU cache line was written back to DRAM over {lost} bytes the device had written: dma_alloc_noncoherent zeroed the buffer through the cache and it was never handed to {dev} with dma_sync_single_for_device [device address={addr:#x}] [allocated for {}]",
+                        "a dirty CPU cache line was written back to DRAM over {lost} bytes the device had written: {} zeroed the buffer through the cache and it was never handed to {dev} with {} [device address={addr:#x}] [allocated for {}]",
+                        first.alloc, first.sync,
                         dir.name()
                     ),
-                    "call dma_sync_single_for_device(dev, handle, size, dir) after dma_alloc_noncoherent, and after every CPU write, before the device uses the buffer: it cleans the dirty lines".to_string(),
+                    format!("call {}({}) after {}, and after every CPU write, before the device uses the buffer: it cleans the dirty lines", first.sync, first.args, first.alloc),
                 )
             } else {
                 (
@@ -1515,7 +1554,7 @@ impl Sanitizer {
                 e.dev_written.insert(os, ot);
                 e.cpu_dirty.remove(os, ot);
                 e.owned_writes.remove(os, ot);
-                e.dev_wrote_unsynced |= e.kind == MapKind::Noncoherent && !e.handed_over;
+                e.dev_wrote_unsynced |= e.cpu_first.is_some() && !e.handed_over;
             }
         } else {
             if dir == DmaDirection::FromDevice {

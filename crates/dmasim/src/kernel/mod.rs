@@ -96,6 +96,9 @@ pub enum BufKind {
     /// `dma_alloc_noncoherent`: linear map, cacheable, synced like a streaming
     /// mapping.
     Noncoherent,
+    /// `dma_alloc_noncontiguous`: cacheable, one DMA segment, synced like a
+    /// streaming mapping.
+    Noncontiguous,
     /// `vmalloc`: virtually contiguous, physically scattered.
     Vmalloc,
 }
@@ -108,6 +111,7 @@ impl BufKind {
             BufKind::Pages => "pages",
             BufKind::Coherent => "coherent",
             BufKind::Noncoherent => "noncoherent",
+            BufKind::Noncontiguous => "noncontiguous",
             BufKind::Vmalloc => "vmalloc",
         }
     }

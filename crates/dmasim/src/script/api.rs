@@ -68,11 +68,11 @@ pub(super) fn size_of(ctx: &NativeCallContext, v: &Dynamic, what: &str) -> RResu
     ))
 }
 
-fn dir_of(ctx: &NativeCallContext, d: INT) -> RResult<DmaDirection> {
+pub(super) fn dir_of(ctx: &NativeCallContext, d: INT) -> RResult<DmaDirection> {
     DmaDirection::from_int(d).ok_or_else(|| err(ctx, format!("{d} is not a DMA direction (DMA_BIDIRECTIONAL=0, DMA_TO_DEVICE=1, DMA_FROM_DEVICE=2)")))
 }
 
-fn buffer_obj(s: &Shared, id: u64) -> Dynamic {
+pub(super) fn buffer_obj(s: &Shared, id: u64) -> Dynamic {
     let g = s.borrow();
     let b = &g.sys.as_ref().expect("booted").kernel.buffers[&id];
     Dynamic::from(BufferObj::of(b))

@@ -8,6 +8,7 @@
 mod api;
 mod dmapool;
 mod mmap;
+mod noncontiguous;
 mod values;
 
 use std::cell::RefCell;
@@ -77,6 +78,7 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
     api::register(&mut engine, session);
     dmapool::register(&mut engine, session);
     mmap::register(&mut engine, session);
+    noncontiguous::register(&mut engine, session);
     engine
 }
 

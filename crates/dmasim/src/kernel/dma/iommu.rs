@@ -25,6 +25,16 @@ use crate::kernel::iommu::{dma_info_to_prot, DomainType, GRANULE, PGSIZE_BITMAP}
 use crate::kernel::{Backing, BufKind, Buffer};
 use crate::system::{Result, System};
 
+/// Pages an IOMMU allocation got and where they are mapped.
+pub(crate) struct IommuPages {
+    /// The page frames, in IOVA order.
+    pub pfns: Vec<u64>,
+    /// The IOVA of the first page.
+    pub iova: u64,
+    /// Physically contiguous runs (address, length), in IOVA order.
+    pub runs: Vec<(u64, u64)>,
+}
+
 fn granule_align(x: u64) -> u64 {
     x.div_ceil(GRANULE) * GRANULE
 }
@@ -520,36 +530,34 @@ impl System {
         Ok(pfns)
     }
 
-    /// `iommu_dma_alloc`: zeroed pages wherever the allocator finds them — 2 MiB
-    /// blocks first while the rest is that large, then single pages
-    /// (`__iommu_dma_alloc_pages`) — mapped at one contiguous IOVA range below the
-    /// coherent mask, and a CPU mapping in the vmalloc area (Normal-NC for a
-    /// non-coherent device, after cleaning each page). Returns the buffer id, or
-    /// `None`.
-    ///
-    /// # Errors
-    /// The memory cap.
-    pub(crate) fn iommu_dma_alloc(&mut self, dev: usize, size: u64) -> Result<Option<u64>> {
+    /// `__iommu_dma_alloc_noncontiguous` without the CPU side: `bytes` (granule
+    /// aligned) of pages wherever the allocator finds them (`__iommu_dma_alloc_pages`)
+    /// mapped in order at one IOVA range below the coherent mask, read and write.
+    /// Returns the pages, the IOVA and the physically contiguous runs, or `None`
+    /// (reported; nothing stays allocated). `call` names the public function.
+    pub(crate) fn iommu_dma_alloc_mapped(
+        &mut self,
+        dev: usize,
+        bytes: u64,
+        call: &str,
+    ) -> Option<IommuPages> {
         let name = self.kernel.devices[dev].name.clone();
-        let bytes = granule_align(size);
-        let count = bytes / PAGE_SIZE;
-        let pfns = match self.iommu_dma_alloc_pages(count) {
+        let pfns = match self.iommu_dma_alloc_pages(bytes / PAGE_SIZE) {
             Ok(p) => p,
             Err(f) => {
-                self.alloc_failed(&name, "dma_alloc_coherent", bytes, 0, Some(&f));
-                return Ok(None);
+                self.alloc_failed(&name, call, bytes, 0, Some(&f));
+                return None;
             }
         };
         let coherent = self.dev_is_dma_coherent(dev);
         let limit = self.iommu_dma_limit(dev, true);
         let domain = self.domain_of(dev);
-        let Some(iova) =
-            self.iommu_dma_alloc_iova(dev, domain, bytes, limit, "dma_alloc_coherent returns NULL")
-        else {
+        let fails = format!("{call} returns NULL");
+        let Some(iova) = self.iommu_dma_alloc_iova(dev, domain, bytes, limit, &fails) else {
             for &p in &pfns {
                 self.kernel.pages.free_pages(p, 0);
             }
-            return Ok(None);
+            return None;
         };
         // iommu_map_sgtable: the pages as a scatterlist whose physically contiguous
         // runs are one entry each, so an aligned 2 MiB block becomes a block
@@ -563,10 +571,32 @@ impl System {
                 for &q in &pfns {
                     self.kernel.pages.free_pages(q, 0);
                 }
-                return Ok(None);
+                return None;
             }
             at += len;
         }
+        Some(IommuPages { pfns, iova, runs })
+    }
+
+    /// `iommu_dma_alloc`: zeroed pages wherever the allocator finds them — 2 MiB
+    /// blocks first while the rest is that large, then single pages
+    /// (`__iommu_dma_alloc_pages`) — mapped at one contiguous IOVA range below the
+    /// coherent mask, and a CPU mapping in the vmalloc area (Normal-NC for a
+    /// non-coherent device, after cleaning each page). Returns the buffer id, or
+    /// `None`.
+    ///
+    /// # Errors
+    /// The memory cap.
+    pub(crate) fn iommu_dma_alloc(&mut self, dev: usize, size: u64) -> Result<Option<u64>> {
+        let name = self.kernel.devices[dev].name.clone();
+        let bytes = granule_align(size);
+        let count = bytes / PAGE_SIZE;
+        let coherent = self.dev_is_dma_coherent(dev);
+        let Some(IommuPages { pfns, iova, runs }) =
+            self.iommu_dma_alloc_mapped(dev, bytes, "dma_alloc_coherent")
+        else {
+            return Ok(None);
+        };
         let va = self.kernel.vmalloc_range(bytes);
         let memtype = if coherent {
             MemType::Normal

@@ -6,6 +6,7 @@ pub mod direct;
 pub mod iommu;
 pub mod mapping;
 pub mod noncoherent;
+pub mod noncontiguous;
 pub mod sg;
 pub mod swiotlb;
 

@@ -53,32 +53,10 @@ impl System {
             return Ok(None);
         }
         let iommu = self.use_dma_iommu(dev);
-        let (pfn, backing) = match self.dma_alloc_contiguous(dev, &name, bytes) {
-            Some(pfn) => (
-                pfn,
-                Backing::Cma {
-                    count: bytes / PAGE_SIZE,
-                    remapped: false,
-                },
-            ),
-            None if iommu => {
-                // alloc_pages_node(GFP_KERNEL): any zone, the IOMMU translates.
-                match self
-                    .kernel
-                    .pages
-                    .alloc_pages(order, GFP_KERNEL, &mut self.hw.rng)
-                {
-                    Ok(pfn) => (pfn, Backing::Pages(order)),
-                    Err(f) => {
-                        self.alloc_failed(&name, CALL, bytes, order, Some(&f));
-                        return Ok(None);
-                    }
-                }
-            }
-            None => match self.dma_direct_alloc_pages(dev, &name, bytes, order, CALL)? {
-                Some(pfn) => (pfn, Backing::Pages(order)),
-                None => return Ok(None),
-            },
+        let Some((pfn, backing)) =
+            self.dma_alloc_cacheable_pages(dev, &name, bytes, CALL, iommu)?
+        else {
+            return Ok(None);
         };
         let pa = pfn * PAGE_SIZE;
         let addr = if iommu {
@@ -128,6 +106,48 @@ impl System {
                 ))),
         );
         Ok(Some(id))
+    }
+
+    /// Physically contiguous, cacheable pages for `bytes`: CMA first
+    /// (`dma_alloc_contiguous`), then the buddy allocator — any zone when an IOMMU
+    /// translates (`alloc_pages_node(GFP_KERNEL)`), else the zone the coherent mask
+    /// reaches (`dma_direct_alloc_pages`). Not zeroed. `None` (reported) when
+    /// nothing is free.
+    pub(crate) fn dma_alloc_cacheable_pages(
+        &mut self,
+        dev: usize,
+        name: &str,
+        bytes: u64,
+        call: &str,
+        any_zone: bool,
+    ) -> Result<Option<(u64, Backing)>> {
+        let order = get_order(bytes);
+        if let Some(pfn) = self.dma_alloc_contiguous(dev, name, bytes) {
+            let count = bytes / PAGE_SIZE;
+            return Ok(Some((
+                pfn,
+                Backing::Cma {
+                    count,
+                    remapped: false,
+                },
+            )));
+        }
+        if any_zone {
+            return match self
+                .kernel
+                .pages
+                .alloc_pages(order, GFP_KERNEL, &mut self.hw.rng)
+            {
+                Ok(pfn) => Ok(Some((pfn, Backing::Pages(order)))),
+                Err(f) => {
+                    self.alloc_failed(name, call, bytes, order, Some(&f));
+                    Ok(None)
+                }
+            };
+        }
+        Ok(self
+            .dma_direct_alloc_pages(dev, name, bytes, order, call)?
+            .map(|pfn| (pfn, Backing::Pages(order))))
     }
 
     /// `dma_free_noncoherent(dev, size, cpu_addr, handle, dir)`: no cache

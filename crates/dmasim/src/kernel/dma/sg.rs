@@ -40,6 +40,9 @@ pub struct SgTable {
     pub dev: Option<usize>,
     /// Mapped entry by entry (dma-iommu's swiotlb layout): no merged IOVA range.
     pub per_entry: bool,
+    /// The `dma_alloc_noncontiguous` allocation (buffer id) this table describes:
+    /// mapped by the allocation, freed with `dma_free_noncontiguous`.
+    pub alloc: Option<u64>,
 }
 
 /// Most entries one table may have.
@@ -94,7 +97,7 @@ impl System {
 
     /// Merges physically contiguous pieces into entries of at most `max_segment`
     /// bytes and registers the table.
-    fn sg_build(
+    pub(crate) fn sg_build(
         &mut self,
         pieces: impl Iterator<Item = (u64, u64)>,
         max_segment: u64,
@@ -127,6 +130,7 @@ impl System {
                 mapped: 0,
                 dev: None,
                 per_entry: false,
+                alloc: None,
             },
         );
         Ok(id)
@@ -184,6 +188,7 @@ impl System {
     ) -> Result<i64> {
         use crate::kernel::errno::EIO;
         self.sg_checks(dev, call, dir)?;
+        self.not_an_allocation(id, call)?;
         let mut entries = self.sg_table(id)?.entries.clone();
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
@@ -328,6 +333,7 @@ impl System {
 
     fn dma_unmap_sg_inner(&mut self, dev: usize, id: u64, dir: DmaDirection) -> Result<()> {
         self.sg_checks(dev, "dma_unmap_sg", dir)?;
+        self.not_an_allocation(id, "dma_unmap_sg")?;
         let t = self.sg_table(id)?.clone();
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
@@ -387,7 +393,10 @@ impl System {
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
         let name = self.kernel.devices[dev].name.clone();
-        for e in entries {
+        // A dma_alloc_noncontiguous table is one mapping for dma-debug: it checks
+        // the first `nents` segments (one), while the cache work covers every entry.
+        let alloc = self.sg_table(id)?.alloc.is_some();
+        for e in &entries {
             // A bounced entry's bytes sit in slots the tables point at.
             let domain = self.dev_domain(dev).expect("iommu");
             let phys = self.iommu_iova_to_phys(domain, e.iova);
@@ -397,9 +406,16 @@ impl System {
                 e.phys
             };
             self.sync_phys(dev, at, e.len, dir, for_cpu);
+            if !alloc {
+                let ctx = self.ctx();
+                self.check
+                    .sync(ctx, dev, &name, e.iova, e.len, dir, for_cpu);
+            }
+        }
+        if let (true, Some(seg)) = (alloc, entries.first()) {
             let ctx = self.ctx();
             self.check
-                .sync(ctx, dev, &name, e.iova, e.len, dir, for_cpu);
+                .sync(ctx, dev, &name, seg.dma_address, seg.dma_len, dir, for_cpu);
         }
         Ok(())
     }
@@ -445,6 +461,17 @@ impl System {
             done += m;
         }
         Ok(data.is_none().then_some(out))
+    }
+
+    /// A table `dma_alloc_noncontiguous` made is mapped and unmapped by the
+    /// allocation itself.
+    fn not_an_allocation(&self, id: u64, call: &str) -> Result<()> {
+        if self.sg_table(id)?.alloc.is_some() {
+            return Err(SimError::Invalid(format!(
+                "{call}: scatterlist #{id} is a dma_alloc_noncontiguous allocation, already mapped; free it with dma_free_noncontiguous"
+            )));
+        }
+        Ok(())
     }
 
     fn sg_checks(&self, dev: usize, call: &str, dir: DmaDirection) -> Result<()> {
