@@ -79,6 +79,7 @@ fn color_of_kind(kind: &str) -> &'static str {
         "pages" => "#2f9e8f",
         "coherent" => "#d9534f",
         "noncoherent" => "#b5527a",
+        "noncontiguous" => "#8c6d3f",
         "vmalloc" => "#e07b22",
         "user" => "#7a5cc2",
         "kernel" => "#56606b",
@@ -537,6 +538,7 @@ pub fn render(r: &Report, extra: Option<&str>) -> String {
                 ("pages", "pages"),
                 ("coherent", "coherent"),
                 ("noncoherent", "noncoherent"),
+                ("noncontiguous", "noncontiguous"),
                 ("vmalloc", "vmalloc"),
                 ("user", "user pages")
             ]
