@@ -29,6 +29,7 @@ const MEMORY: &[&str] = &[
     "unpinned-user-dma",
     "dma-after-unmap",
     "user-dma-without-iommu",
+    "mmap-beyond-buffer",
 ];
 
 #[test]

@@ -135,3 +135,55 @@ fn behind_an_iommu_the_scattered_pages_are_mapped_in_order() {
     ok(&r);
     assert!(ids(&j).is_empty(), "{:?}", ids(&j));
 }
+
+#[test]
+fn mapping_a_kmalloc_buffer_hands_over_its_slab_neighbours() {
+    let src = |neighbour: &str| {
+        format!(
+            r#"boot("arm64-coherent", #{{ noise: "off" }});
+            {neighbour}
+            let buf = kmalloc(256);
+            let app = process("app");
+            let view = remap_pfn_range(app, buf);
+            expect_eq(view.len, 4096, "whole pages");
+            let page = app.read(view, 0, 4096);
+            let n = 0;
+            for i in 0..page.len() {{ if page[i] == 0x5e {{ n += 1; }} }}
+            print(`0x5e bytes seen: ${{n}}`);"#
+        )
+    };
+    let (r, j) = script(&src(
+        "let secret = kmalloc(256); cpu_write(secret, 0, blob(8, 0x5e));",
+    ));
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(ids(&j), vec!["mmap-beyond-buffer"]);
+    let f = &j["findings"][0];
+    assert_eq!(f["manifested"], true);
+    assert!(f["message"]
+        .as_str()
+        .unwrap()
+        .contains("3840 bytes beyond kmalloc buffer"));
+    assert!(f["message"]
+        .as_str()
+        .unwrap()
+        .contains("and with them kmalloc #1 (256 bytes)"));
+    assert!(
+        log_has(&j, "0x5e bytes seen: 8"),
+        "the process reads the neighbour's bytes"
+    );
+    let (_, j) = script(&src(""));
+    assert_eq!(ids(&j), vec!["mmap-beyond-buffer"]);
+    assert_eq!(
+        j["findings"][0]["manifested"], false,
+        "nobody shares the page yet"
+    );
+    // Whole pages of their own: nothing to report.
+    let (r, j) = script(
+        r#"boot("arm64-coherent", #{ noise: "off" });
+        let b = alloc_pages(1, GFP_KERNEL);
+        let v = remap_pfn_range(process("app"), b);
+        expect_eq(v.len, 8192, "two pages");"#,
+    );
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+}

@@ -298,6 +298,11 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "a cacheable mapping of memory the kernel maps uncached for a non-coherent device",
     ),
     (
+        "mmap-beyond-buffer",
+        Severity::Error,
+        "remap_pfn_range gave a process whole pages a kernel buffer does not fill",
+    ),
+    (
         "dma-pool-bad-free",
         Severity::Error,
         "dma_pool_free of a block already free, or of an address the pool never handed out",

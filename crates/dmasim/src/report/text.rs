@@ -71,6 +71,7 @@ pub fn render(r: &Report, color: bool) -> String {
                     "user-dma-without-iommu" | "dma-outside-mapping" | "dma-after-unmap" => {
                         "the access really reached that memory on this run"
                     }
+                    "mmap-beyond-buffer" => "other live allocations share the exposed pages",
                     _ => "the reader got corrupted bytes on this run",
                 };
                 let _ = writeln!(o, "   = manifested: {what}");
@@ -79,6 +80,7 @@ pub fn render(r: &Report, color: bool) -> String {
                 let why = match f.id {
                     "dma-after-unmap" => "the IOMMU blocked the access on this run; with lazy invalidation, or without an IOMMU, it gets through",
                     "unpinned-user-dma" => "the page had not moved yet on this run",
+                    "mmap-beyond-buffer" => "no other allocation shares the exposed pages yet; the next kmalloc may land there",
                     "dma-outside-mapping" => "nothing outside the buffer was exposed or overwritten on this run (it met only zeros, its own bounce buffer's padding, or a bus error)",
                     _ => "the bytes happened to be right on this run (cache state hid it)",
                 };

@@ -7,6 +7,7 @@ use rhai::{Dynamic, Engine, NativeCallContext};
 use super::api::{err, with_sys, RResult};
 use super::values::{BufferObj, DeviceObj, ProcessObj};
 use super::Shared;
+use crate::config::PAGE_SIZE;
 use crate::uapi::mmap::PgProt;
 
 fn user_buffer(va: u64, len: u64) -> Dynamic {
@@ -33,8 +34,10 @@ fn remap(
             format!("remap_pfn_range: unknown protection {prot:?} (default, writecombine, dmacoherent, noncached)"),
         )
     })?;
+    // The mapping covers every page the buffer touches, from the first one's start.
+    let len = (b.va % PAGE_SIZE + b.len).next_multiple_of(PAGE_SIZE);
     let va = with_sys(s, ctx, |sys| sys.remap_pfn_range(p.pid, b.id, prot))?;
-    Ok(user_buffer(va, b.len))
+    Ok(user_buffer(va, len))
 }
 
 /// Registers `dma_mmap_coherent` and `remap_pfn_range`.

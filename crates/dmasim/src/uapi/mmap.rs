@@ -14,6 +14,10 @@
 //! memory attributes"). The sanitizer reports the mapping itself
 //! (`cacheable-alias`) and each stale read or write it lets through.
 //!
+//! `remap_pfn_range` maps whole pages: a kmalloc buffer that does not fill its pages
+//! hands the process the rest of them too — other kmalloc objects of the same slab
+//! page, kernel data — which the sanitizer reports as `mmap-beyond-buffer`.
+//!
 //! Simplified: the whole buffer is mapped (`vm_pgoff` 0, `vma_pages` = the buffer's
 //! pages); `pgprot_noncached` is Device-nGnRE here (Linux uses nGnRnE on arm64); no
 //! `DMA_ATTR_WRITE_COMBINE`.
@@ -58,7 +62,7 @@ impl PgProt {
 }
 
 impl System {
-    /// The frames of kernel buffer `buffer`, page by page, through the kernel's
+    /// The frames of every page kernel buffer `buffer` touches, through the kernel's
     /// page tables (a coherent buffer behind an IOMMU is scattered).
     fn buffer_frames(&self, buffer: u64) -> Result<Vec<u64>> {
         let b = self
@@ -66,18 +70,82 @@ impl System {
             .buffers
             .get(&buffer)
             .ok_or_else(|| SimError::Invalid(format!("no live kernel buffer #{buffer}")))?;
-        let pages = b.len.max(1).div_ceil(PAGE_SIZE);
+        let first = b.va & !(PAGE_SIZE - 1);
+        let pages = (b.va - first + b.len.max(1)).div_ceil(PAGE_SIZE);
         (0..pages)
             .map(|i| {
                 self.hw
                     .mmu
-                    .translate(0, b.va + i * PAGE_SIZE)
+                    .translate(0, first + i * PAGE_SIZE)
                     .map(|(pa, _)| pa >> PAGE_SHIFT)
                     .ok_or_else(|| {
                         SimError::Invalid(format!("buffer #{buffer} has an unmapped page"))
                     })
             })
             .collect()
+    }
+
+    /// The name of process `pid`.
+    fn proc_name(&self, pid: u32) -> String {
+        self.kernel
+            .procs
+            .iter()
+            .find(|p| p.pid == pid)
+            .map_or_else(String::new, |p| p.name.clone())
+    }
+
+    /// `mmap-beyond-buffer` when the mapped pages hold more than the buffer:
+    /// manifested when another live allocation shares them.
+    fn exposure_check(&mut self, pid: u32, buffer: u64, pfns: &[u64], va: u64) {
+        let b = &self.kernel.buffers[&buffer];
+        let mapped = pfns.len() as u64 * PAGE_SIZE;
+        if b.len >= mapped {
+            return;
+        }
+        let slack = mapped - b.len;
+        let pages: Vec<(u64, u64)> = pfns
+            .iter()
+            .map(|&p| (p << PAGE_SHIFT, (p + 1) << PAGE_SHIFT))
+            .collect();
+        let others: Vec<String> = self
+            .kernel
+            .buffers
+            .values()
+            .filter(|o| o.id != buffer && o.kind != BufKind::Vmalloc)
+            .filter(|o| {
+                let (s, e) = (o.phys, o.phys + o.len.max(1));
+                pages.iter().any(|&(ps, pe)| s < pe && ps < e)
+            })
+            .map(|o| format!("{} #{} ({} bytes)", o.kind.name(), o.id, o.len))
+            .collect();
+        let (kind, len, id, alloc) = (b.kind.name(), b.len, b.id, b.alloc.clone());
+        let pname = self.proc_name(pid);
+        let ctx = self.ctx();
+        let shown = if others.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", and with them {}{}",
+                others
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if others.len() > 3 { ", …" } else { "" }
+            )
+        };
+        self.check.report_plain(
+            "mmap-beyond-buffer",
+            Some(!others.is_empty()),
+            None,
+            Some(va),
+            Some(mapped),
+            ctx,
+            format!("remap_pfn_range maps whole pages: {pname} can read and write {slack} bytes beyond {kind} buffer #{id} ({len} bytes) at {va:#x}{shown}"),
+            "map only memory that fills whole pages and holds nothing else: allocate what user space may see with alloc_pages, vmalloc_user or dma_alloc_coherent, never kmalloc".into(),
+            vec![alloc],
+        );
     }
 
     /// `dma_mmap_coherent(dev, vma, cpu_addr, dma_addr, size)` for an mmap by
@@ -110,9 +178,11 @@ impl System {
         self.map_frames(pid, &pfns, memtype)
     }
 
-    /// `remap_pfn_range(vma, addr, pfn, size, prot)` of the whole kernel buffer into
-    /// process `pid`: its user address. A cacheable mapping of a coherent buffer of a
-    /// non-coherent device is reported as `cacheable-alias`.
+    /// `remap_pfn_range(vma, addr, pfn, size, prot)` of every page of the kernel
+    /// buffer into process `pid`: the user address of the first page (the buffer's
+    /// bytes start at its offset in that page). A cacheable mapping of a coherent
+    /// buffer of a non-coherent device is `cacheable-alias`; pages the buffer does
+    /// not fill are `mmap-beyond-buffer`.
     ///
     /// # Errors
     /// [`SimError::Invalid`] for an unknown process or buffer.
@@ -120,18 +190,14 @@ impl System {
         self.step();
         let pfns = self.buffer_frames(buffer)?;
         let va = self.map_frames(pid, &pfns, prot.memtype())?;
+        self.exposure_check(pid, buffer, &pfns, va);
         let b = &self.kernel.buffers[&buffer];
         if prot.memtype() == MemType::Normal && b.kind == BufKind::Coherent {
             let dev = b.dev.unwrap_or(0);
             let (len, dma) = (b.len, b.dma);
             if !self.dev_is_dma_coherent(dev) {
                 let name = self.kernel.devices[dev].name.clone();
-                let pname = self
-                    .kernel
-                    .procs
-                    .iter()
-                    .find(|p| p.pid == pid)
-                    .map_or_else(String::new, |p| p.name.clone());
+                let pname = self.proc_name(pid);
                 let ctx = self.ctx();
                 let alloc = b.alloc.clone();
                 self.check.report_plain(
