@@ -4,17 +4,11 @@
 
 mod common;
 
-use common::{ids, log_has, ok, scenario, script};
+use common::{finding, ids, log_has, ok, scenario, script};
 use serde_json::Value;
 
 fn manifested(j: &Value, id: &str) -> Value {
-    j["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["id"] == id)
-        .unwrap_or_else(|| panic!("no {id}"))["manifested"]
-        .clone()
+    finding(j, id)["manifested"].clone()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ids, log_has, ok, scenario, script};
+use common::{finding, ids, log_has, ok, scenario, script};
 
 #[test]
 fn a_cacheable_alias_is_reported_at_the_mmap_and_bites_on_most_seeds() {
@@ -28,12 +28,7 @@ fn a_cacheable_alias_is_reported_at_the_mmap_and_bites_on_most_seeds() {
                 log_has(&j, "application sees frame counter 0"),
                 "seed {seed}"
             );
-            let f = j["findings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|f| f["id"] == "stale-cpu-read")
-                .unwrap();
+            let f = finding(&j, "stale-cpu-read");
             assert_eq!(f["manifested"], true);
             assert!(f["message"]
                 .as_str()

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ids, log_has, ok, scenario, script};
+use common::{finding, ids, log_has, ok, scenario, script};
 
 #[test]
 fn reading_a_frame_without_the_sgtable_sync_gets_the_previous_one() {
@@ -102,12 +102,7 @@ fn the_direct_allocation_zeroes_through_the_cache_and_needs_the_first_handover()
         "{:?}",
         ids(&j)
     );
-    let f = j["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["id"] == "dirty-writeback-clobber")
-        .unwrap();
+    let f = finding(&j, "dirty-writeback-clobber");
     assert_eq!(f["manifested"], true);
     let msg = f["message"].as_str().unwrap();
     assert!(

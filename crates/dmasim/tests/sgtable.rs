@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ids, log_has, ok, scenario, script};
+use common::{finding, ids, log_has, ok, scenario, script};
 
 #[test]
 fn the_retry_scenario_gets_enomem_then_maps_after_an_unmap() {
@@ -90,12 +90,7 @@ fn the_sgtable_sync_for_the_cpu_is_the_one_a_receive_needs() {
     };
     let (r, j) = rx("");
     assert_eq!(r.exit_code(), 1);
-    let stale = j["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["id"] == "stale-cpu-read")
-        .expect("stale-cpu-read without the sync");
+    let stale = finding(&j, "stale-cpu-read");
     assert_eq!(stale["manifested"], true, "non-coherent, no noise");
     assert!(log_has(&j, "first byte 17"), "the cache's old bytes");
     let (r, j) = rx("dma_sync_sgtable_for_cpu(d, t, DMA_FROM_DEVICE);");

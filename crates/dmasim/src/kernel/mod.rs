@@ -163,6 +163,26 @@ impl Buffer {
             backing,
         }
     }
+
+    /// A DMA allocation of device `dev` at bus address `dma` (coherent,
+    /// noncoherent, noncontiguous).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn for_device(
+        kind: BufKind,
+        dev: usize,
+        va: u64,
+        len: u64,
+        phys: u64,
+        dma: u64,
+        alloc: HistoryEvent,
+        backing: Backing,
+    ) -> Buffer {
+        Buffer {
+            dma: Some(dma),
+            dev: Some(dev),
+            ..Buffer::cpu(kind, va, len, phys, alloc, backing)
+        }
+    }
 }
 
 /// How a buffer's memory is held.

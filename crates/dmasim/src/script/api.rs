@@ -1349,14 +1349,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                     return Ok(Dynamic::from(r));
                 }
                 let len = sys.kernel.v4l2[&(q as u64)].size;
-                Ok(Dynamic::from(BufferObj {
-                    id: 0,
-                    va: r as u64,
-                    len,
-                    kind: "user",
-                    phys: 0,
-                    dma: None,
-                }))
+                Ok(Dynamic::from(BufferObj::user(r as u64, len)))
             })
         },
     );
@@ -1501,14 +1494,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             with_sys(&s1, &ctx, |sys| sys.vfio_unmap_dma(c, iova as u64, n))
         },
     );
-    let user_buf = |va: u64, len: u64| BufferObj {
-        id: 0,
-        va,
-        len,
-        kind: "user",
-        phys: 0,
-        dma: None,
-    };
+    let user_buf = BufferObj::user;
     let mmap = move |s: &Shared,
                      ctx: &NativeCallContext,
                      p: &ProcessObj,

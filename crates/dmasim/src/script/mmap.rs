@@ -11,14 +11,7 @@ use crate::config::PAGE_SIZE;
 use crate::uapi::mmap::PgProt;
 
 fn user_buffer(va: u64, len: u64) -> Dynamic {
-    Dynamic::from(BufferObj {
-        id: 0,
-        va,
-        len,
-        kind: "user",
-        phys: 0,
-        dma: None,
-    })
+    Dynamic::from(BufferObj::user(va, len))
 }
 
 fn remap(

@@ -20,6 +20,18 @@ pub struct BufferObj {
 }
 
 impl BufferObj {
+    /// A process's view: `len` bytes at user address `va`.
+    pub fn user(va: u64, len: u64) -> BufferObj {
+        BufferObj {
+            id: 0,
+            va,
+            len,
+            kind: "user",
+            phys: 0,
+            dma: None,
+        }
+    }
+
     /// The script view of a kernel buffer.
     pub fn of(b: &Buffer) -> BufferObj {
         BufferObj {

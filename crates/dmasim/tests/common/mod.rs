@@ -68,3 +68,13 @@ pub fn log_has(j: &Value, needle: &str) -> bool {
         .iter()
         .any(|l| l.as_str().is_some_and(|l| l.contains(needle)))
 }
+
+/// The first finding of a JSON report with id `id`.
+pub fn finding<'a>(j: &'a Value, id: &str) -> &'a Value {
+    j["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["id"] == id)
+        .unwrap_or_else(|| panic!("no {id} in {:?}", ids(j)))
+}

@@ -618,17 +618,16 @@ impl System {
             line: self.line,
             event: format!("dma_alloc_coherent({size}) = {va:#x} [{count} pages in {} physical runs, first phys={pa:#x}] [iova={iova:#x}]", runs.len()).into(),
         };
-        let id = self.kernel.add_buffer(Buffer {
-            id: 0,
-            kind: BufKind::Coherent,
+        let id = self.kernel.add_buffer(Buffer::for_device(
+            BufKind::Coherent,
+            dev,
             va,
-            len: size,
-            phys: pa,
-            dma: Some(iova),
-            dev: Some(dev),
-            alloc: alloc.clone(),
-            backing: Backing::Vmalloc(pfns.clone()),
-        });
+            size,
+            pa,
+            iova,
+            alloc.clone(),
+            Backing::Vmalloc(pfns.clone()),
+        ));
         self.sanitizer_map(
             NewMapping::new(
                 dev,

@@ -383,6 +383,41 @@ impl System {
         self.check_limits()
     }
 
+    /// What every allocating DMA call does first: check the device (and the
+    /// direction), make room for a mapping, take the call's step and cost, warn
+    /// about a default mask; the device's name.
+    pub(crate) fn dma_alloc_prologue(
+        &mut self,
+        dev: usize,
+        call: &str,
+        dir: Option<DmaDirection>,
+    ) -> Result<std::sync::Arc<str>> {
+        self.device_checked(dev, call)?;
+        if let Some(dir) = dir {
+            Self::valid_dir(call, dir)?;
+        }
+        self.mapping_room()?;
+        self.step();
+        self.hw.advance(self.cfg.cost.dma_call_ps);
+        self.dma_mask_default_check(dev);
+        Ok(self.kernel.devices[dev].name.clone())
+    }
+
+    /// What the frees of CPU-first allocations do first: check the device and the
+    /// direction, take the call's step and cost; the device's name.
+    pub(crate) fn dma_free_prologue(
+        &mut self,
+        dev: usize,
+        call: &str,
+        dir: DmaDirection,
+    ) -> Result<std::sync::Arc<str>> {
+        self.device_checked(dev, call)?;
+        Self::valid_dir(call, dir)?;
+        self.step();
+        self.hw.advance(self.cfg.cost.dma_call_ps);
+        Ok(self.kernel.devices[dev].name.clone())
+    }
+
     /// `dma_mapping_error()`: true when `addr` is `DMA_MAPPING_ERROR` (Linux returns
     /// −ENOMEM then); tells the sanitizer the result was checked.
     pub fn dma_mapping_error(&mut self, dev: usize, addr: u64) -> bool {
@@ -399,12 +434,7 @@ impl System {
     /// # Errors
     /// [`SimError::Invalid`] for an unknown device; the memory cap.
     pub fn dma_alloc_coherent(&mut self, dev: usize, size: u64) -> Result<Option<u64>> {
-        self.device_checked(dev, "dma_alloc_coherent")?;
-        self.mapping_room()?;
-        self.step();
-        self.hw.advance(self.cfg.cost.dma_call_ps);
-        self.dma_mask_default_check(dev);
-        let name = self.kernel.devices[dev].name.clone();
+        let name = self.dma_alloc_prologue(dev, "dma_alloc_coherent", None)?;
         let order = get_order(size);
         let bytes = page_align(size);
         if size == 0 {
@@ -467,17 +497,16 @@ impl System {
             event: format!("dma_alloc_coherent({size}) = {va:#x} [phys={pa:#x}] [dma={addr:#x}]")
                 .into(),
         };
-        let id = self.kernel.add_buffer(Buffer {
-            id: 0,
-            kind: BufKind::Coherent,
+        let id = self.kernel.add_buffer(Buffer::for_device(
+            BufKind::Coherent,
+            dev,
             va,
-            len: size,
-            phys: pa,
-            dma: Some(addr),
-            dev: Some(dev),
-            alloc: alloc.clone(),
+            size,
+            pa,
+            addr,
+            alloc.clone(),
             backing,
-        });
+        ));
         self.sanitizer_map(
             NewMapping::new(
                 dev,

@@ -39,13 +39,7 @@ impl System {
         dir: DmaDirection,
     ) -> Result<Option<u64>> {
         const CALL: &str = "dma_alloc_noncoherent";
-        self.device_checked(dev, CALL)?;
-        Self::valid_dir(CALL, dir)?;
-        self.mapping_room()?;
-        self.step();
-        self.hw.advance(self.cfg.cost.dma_call_ps);
-        self.dma_mask_default_check(dev);
-        let name = self.kernel.devices[dev].name.clone();
+        let name = self.dma_alloc_prologue(dev, CALL, Some(dir))?;
         let order = get_order(size);
         let bytes = page_align(size);
         if size == 0 {
@@ -68,21 +62,21 @@ impl System {
             self.kernel.devices[dev].phys_to_dma(pa)
         };
         let va = self.kernel.phys_to_virt(pa);
-        let b = Buffer {
-            id: 0,
-            kind: BufKind::Noncoherent,
-            va,
-            len: size,
-            phys: pa,
-            dma: Some(addr),
-            dev: Some(dev),
-            alloc: HistoryEvent {
-                time_ns: self.ctx().time_ns,
-                line: self.line,
-                event: format!("{CALL}({size}) = {va:#x} [phys={pa:#x}] [dma={addr:#x}]").into(),
-            },
-            backing,
+        let alloc = HistoryEvent {
+            time_ns: self.ctx().time_ns,
+            line: self.line,
+            event: format!("{CALL}({size}) = {va:#x} [phys={pa:#x}] [dma={addr:#x}]").into(),
         };
+        let b = Buffer::for_device(
+            BufKind::Noncoherent,
+            dev,
+            va,
+            size,
+            pa,
+            addr,
+            alloc,
+            backing,
+        );
         if addr == DMA_MAPPING_ERROR {
             self.kernel.add_buffer(b.clone());
             self.release_buffer(&b);
@@ -163,11 +157,7 @@ impl System {
         dir: DmaDirection,
     ) -> Result<()> {
         const CALL: &str = "dma_free_noncoherent";
-        self.device_checked(dev, CALL)?;
-        Self::valid_dir(CALL, dir)?;
-        self.step();
-        self.hw.advance(self.cfg.cost.dma_call_ps);
-        let name = self.kernel.devices[dev].name.clone();
+        let name = self.dma_free_prologue(dev, CALL, dir)?;
         let live = self
             .kernel
             .buffers

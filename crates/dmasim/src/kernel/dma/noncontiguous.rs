@@ -53,13 +53,7 @@ impl System {
         zero: bool,
     ) -> Result<Option<u64>> {
         const CALL: &str = "dma_alloc_noncontiguous";
-        self.device_checked(dev, CALL)?;
-        Self::valid_dir(CALL, dir)?;
-        self.mapping_room()?;
-        self.step();
-        self.hw.advance(self.cfg.cost.dma_call_ps);
-        self.dma_mask_default_check(dev);
-        let name = self.kernel.devices[dev].name.clone();
+        let name = self.dma_alloc_prologue(dev, CALL, Some(dir))?;
         let bytes = page_align(size);
         if size == 0 {
             self.alloc_failed(&name, CALL, size, 0, None);
@@ -119,17 +113,16 @@ impl System {
             )
             .into(),
         };
-        let id = self.kernel.add_buffer(Buffer {
-            id: 0,
-            kind: BufKind::Noncontiguous,
+        let id = self.kernel.add_buffer(Buffer::for_device(
+            BufKind::Noncontiguous,
+            dev,
             va,
-            len: size,
-            phys: pa,
-            dma: Some(addr),
-            dev: Some(dev),
-            alloc: alloc.clone(),
+            size,
+            pa,
+            addr,
+            alloc.clone(),
             backing,
-        });
+        ));
         let sgt = self.sg_build(runs.iter().copied(), u64::from(u32::MAX))?;
         let t = self.kernel.sg_tables.get_mut(&sgt).expect("just built");
         let mut off = 0;
@@ -203,12 +196,8 @@ impl System {
         dir: DmaDirection,
     ) -> Result<()> {
         const CALL: &str = "dma_free_noncontiguous";
-        self.device_checked(dev, CALL)?;
-        Self::valid_dir(CALL, dir)?;
+        let name = self.dma_free_prologue(dev, CALL, dir)?;
         let id = self.noncontiguous(dev, sgt, CALL)?;
-        self.step();
-        self.hw.advance(self.cfg.cost.dma_call_ps);
-        let name = self.kernel.devices[dev].name.clone();
         let b = self.kernel.buffers[&id].clone();
         let (addr, bytes) = (b.dma.unwrap_or(DMA_MAPPING_ERROR), page_align(b.len));
         let ctx = self.ctx();
