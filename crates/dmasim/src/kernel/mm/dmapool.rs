@@ -115,6 +115,15 @@ impl DmaPool {
             .find(|p| va >= p.va && va - p.va < self.allocation)
     }
 
+    /// Whether a block starts at offset `off` of a page: blocks sit back to back
+    /// from the start of each `boundary` window and none crosses its end.
+    fn is_block_start(&self, off: u64) -> bool {
+        let rel = off % self.boundary;
+        rel % self.size == 0
+            && rel + self.size <= self.boundary
+            && off + self.size <= self.allocation
+    }
+
     /// Offsets of the blocks of one page (`pool_initialise_page`).
     fn block_offsets(&self) -> Vec<u64> {
         let mut out = Vec::new();
@@ -271,10 +280,9 @@ impl System {
         let pool = &self.kernel.dma_pools[id];
         let (block, size, dev, name) = (pool.next_block, pool.size, pool.dev, pool.name.clone());
         // The block must be one this pool carved; a corrupted list points anywhere.
-        let carved = pool.page_of_va(block).is_some_and(|p| {
-            let off = block - p.va;
-            pool.block_offsets().binary_search(&off).is_ok()
-        });
+        let carved = pool
+            .page_of_va(block)
+            .is_some_and(|p| pool.is_block_start(block - p.va));
         if !carved {
             let dname = self.kernel.devices[dev].name.clone();
             self.printk(
@@ -437,5 +445,27 @@ mod tests {
         }
         // A block larger than a page: one per allocation.
         assert_eq!(pool(6000, 6000, 6000).block_offsets(), vec![0]);
+    }
+
+    #[test]
+    fn block_starts_are_exactly_the_carved_offsets() {
+        for (size, allocation, boundary) in [
+            (64, 4096, 4096),
+            (96, 4096, 1024),
+            (48, 4096, 64),
+            (16, 4096, 4096),
+            (6000, 6000, 6000),
+            (24, 8192, 256),
+        ] {
+            let p = pool(size, allocation, boundary);
+            let carved = p.block_offsets();
+            for off in 0..allocation {
+                assert_eq!(
+                    p.is_block_start(off),
+                    carved.binary_search(&off).is_ok(),
+                    "size {size} boundary {boundary} offset {off}"
+                );
+            }
+        }
     }
 }
