@@ -233,3 +233,33 @@ fn a_device_read_of_a_freed_block_is_reported_latent() {
     }
     assert_eq!(r.expectations.failed, 0);
 }
+
+#[test]
+fn a_managed_pool_goes_with_the_driver_unless_a_block_is_still_out() {
+    let src = |free: &str, create: &str| {
+        format!(
+            r#"boot("arm64-coherent", #{{ noise: "off" }});
+            let d = device("d");
+            let p = {create}("desc", d, 64, 64, 0);
+            let a = dma_pool_alloc(p, GFP_KERNEL);
+            {free}
+            remove_device(d);"#
+        )
+    };
+    // Everything freed: devres destroys the pool before dma-debug looks for leaks.
+    let (r, j) = script(&src("dma_pool_free(p, a);", "dmam_pool_create"));
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    assert!(log_has(&j, "d: driver unbound"));
+    // A block still out: "busy", and the page leaks at unbind.
+    let (r, j) = script(&src("", "dmam_pool_create"));
+    assert_eq!(r.exit_code(), 1);
+    assert_eq!(ids(&j), vec!["dma-pool-busy", "mapping-leak"]);
+    assert!(finding(&j, "mapping-leak")["message"]
+        .as_str()
+        .unwrap()
+        .contains("while released from device"));
+    // An unmanaged pool nobody destroyed: its page is a leak, no "busy".
+    let (_, j) = script(&src("dma_pool_free(p, a);", "dma_pool_create"));
+    assert_eq!(ids(&j), vec!["mapping-leak"]);
+}

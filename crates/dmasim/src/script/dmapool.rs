@@ -1,5 +1,6 @@
 //! Script bindings of the DMA pool allocator (`mm/dmapool.c`): `dma_pool_create`,
-//! `dma_pool_alloc`, `dma_pool_zalloc`, `dma_pool_free`, `dma_pool_destroy`, and the
+//! `dmam_pool_create`, `dma_pool_alloc`, `dma_pool_zalloc`, `dma_pool_free`,
+//! `dma_pool_destroy`, `dmam_pool_destroy`, and the
 //! pool's figures as getters (the columns of the sysfs `pools` file).
 
 use rhai::{Dynamic, Engine, NativeCallContext, INT};
@@ -46,25 +47,31 @@ fn figure(s: &Shared, ctx: &NativeCallContext, p: &DmaPoolObj, f: Figure) -> RRe
 /// Registers the pool functions and the `DmaPool` type.
 pub(super) fn register(engine: &mut Engine, s: &Shared) {
     engine.register_type_with_name::<DmaPoolObj>("DmaPool");
-    let s1 = s.clone();
-    engine.register_fn(
-        "dma_pool_create",
-        move |ctx: NativeCallContext,
-              name: &str,
-              d: DeviceObj,
-              size: Dynamic,
-              align: Dynamic,
-              boundary: Dynamic|
-              -> RResult<Dynamic> {
-            let size = size_of(&ctx, &size, "dma_pool_create")?;
-            let align = size_of(&ctx, &align, "dma_pool_create")?;
-            let boundary = size_of(&ctx, &boundary, "dma_pool_create")?;
-            let id = with_sys(&s1, &ctx, |sys| {
-                sys.dma_pool_create(name, d.idx, size, align, boundary)
-            })?;
-            Ok(id.map_or(Dynamic::UNIT, |id| Dynamic::from(DmaPoolObj { id })))
-        },
-    );
+    for (call, managed) in [("dma_pool_create", false), ("dmam_pool_create", true)] {
+        let s1 = s.clone();
+        engine.register_fn(
+            call,
+            move |ctx: NativeCallContext,
+                  name: &str,
+                  d: DeviceObj,
+                  size: Dynamic,
+                  align: Dynamic,
+                  boundary: Dynamic|
+                  -> RResult<Dynamic> {
+                let size = size_of(&ctx, &size, call)?;
+                let align = size_of(&ctx, &align, call)?;
+                let boundary = size_of(&ctx, &boundary, call)?;
+                let id = with_sys(&s1, &ctx, |sys| {
+                    if managed {
+                        sys.dmam_pool_create(name, d.idx, size, align, boundary)
+                    } else {
+                        sys.dma_pool_create(name, d.idx, size, align, boundary)
+                    }
+                })?;
+                Ok(id.map_or(Dynamic::UNIT, |id| Dynamic::from(DmaPoolObj { id })))
+            },
+        );
+    }
     let s1 = s.clone();
     engine.register_fn(
         "dma_pool_alloc",
@@ -99,13 +106,12 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             })
         },
     );
-    let s1 = s.clone();
-    engine.register_fn(
-        "dma_pool_destroy",
-        move |ctx: NativeCallContext, p: DmaPoolObj| {
+    for call in ["dma_pool_destroy", "dmam_pool_destroy"] {
+        let s1 = s.clone();
+        engine.register_fn(call, move |ctx: NativeCallContext, p: DmaPoolObj| {
             with_sys(&s1, &ctx, |sys| sys.dma_pool_destroy(p.id))
-        },
-    );
+        });
+    }
     let s1 = s.clone();
     engine.register_get("name", move |ctx: NativeCallContext, p: &mut DmaPoolObj| {
         with_sys(&s1, &ctx, |sys| sys.dma_pool(p.id).map(|p| p.name.clone()))

@@ -637,6 +637,8 @@ impl System {
     pub fn remove_device(&mut self, dev: usize) -> Result<()> {
         self.device_checked(dev, "remove_device")?;
         self.step();
+        // devres runs before the bus notifier that makes dma-debug look for leaks.
+        self.dmam_pools_release(dev)?;
         let ctx = self.ctx();
         self.check
             .leaks(&mut self.hw, ctx, Some(dev), "while released from device");

@@ -21,8 +21,11 @@
 //! whose CPU address does not match it, is reported and then ignored (Linux would
 //! push the bogus address onto the free list); a `dma_pool_alloc` that pops an
 //! address outside the pool (a corrupted list) logs it and returns NULL where a
-//! kernel would oops or hand out foreign memory. No `dmam_` managed variants and no
-//! sysfs `pools` file (the pool's figures are its script getters).
+//! kernel would oops or hand out foreign memory. `dmam_pool_create` pools are
+//! destroyed when the driver unbinds (`remove_device`), before dma-debug looks for
+//! leaks, as devres does; a managed pool the driver already destroyed is skipped
+//! (Linux would destroy it twice). No sysfs `pools` file (the pool's figures are its
+//! script getters).
 
 use std::collections::BTreeSet;
 
@@ -66,6 +69,8 @@ pub struct DmaPool {
     pub nr_active: u64,
     /// `dma_pool_destroy` ran.
     pub destroyed: bool,
+    /// Made by `dmam_pool_create`: destroyed at driver unbind.
+    pub managed: bool,
     /// Blocks in use, by CPU address: what the sanitizer knows, not the kernel.
     active: BTreeSet<u64>,
 }
@@ -97,6 +102,7 @@ impl DmaPool {
             nr_blocks: 0,
             nr_active: 0,
             destroyed: false,
+            managed: false,
             active: BTreeSet::new(),
         }
     }
@@ -192,6 +198,43 @@ impl System {
             .dma_pools
             .push(DmaPool::new(name, dev, size, allocation, boundary));
         Ok(Some(self.kernel.dma_pools.len() - 1))
+    }
+
+    /// `dmam_pool_create(...)`: a pool that `remove_device` destroys.
+    ///
+    /// # Errors
+    /// As [`System::dma_pool_create`].
+    pub fn dmam_pool_create(
+        &mut self,
+        name: &str,
+        dev: usize,
+        size: u64,
+        align: u64,
+        boundary: u64,
+    ) -> Result<Option<usize>> {
+        let id = self.dma_pool_create(name, dev, size, align, boundary)?;
+        if let Some(id) = id {
+            self.kernel.dma_pools[id].managed = true;
+        }
+        Ok(id)
+    }
+
+    /// devres at driver unbind: every live managed pool of `dev` is destroyed.
+    ///
+    /// # Errors
+    /// The memory cap.
+    pub(crate) fn dmam_pools_release(&mut self, dev: usize) -> Result<()> {
+        let ids: Vec<usize> = (0..self.kernel.dma_pools.len())
+            .rev()
+            .filter(|&i| {
+                let p = &self.kernel.dma_pools[i];
+                p.dev == dev && p.managed && !p.destroyed
+            })
+            .collect();
+        for id in ids {
+            self.dma_pool_destroy(id)?;
+        }
+        Ok(())
     }
 
     /// The pool `id`.
