@@ -13,6 +13,7 @@
 //! The sanitizer only observes: the kernel and device layers call its hooks after the
 //! machine did the work, as mapping.c calls the `debug_dma_*` hooks.
 
+mod dmabuf;
 mod entries;
 pub mod finding;
 pub mod oracle;
@@ -112,6 +113,9 @@ pub struct NewMapping {
     /// An allocation the CPU owns first (its call and the sync that hands it to the
     /// device), instead of a mapping the device owns from the start.
     pub cpu_first: Option<CpuFirst>,
+    /// The dma-buf (id) an exporter mapped for an importer: the CPU hands it over
+    /// with `DMA_BUF_IOCTL_SYNC`, which the messages name.
+    pub dmabuf: Option<u64>,
 }
 
 /// An allocation that starts out CPU-owned: the call that made it and the sync
@@ -158,6 +162,7 @@ impl NewMapping {
             pages: None,
             what: std::borrow::Cow::Borrowed(""),
             cpu_first: None,
+            dmabuf: None,
         }
     }
 
@@ -182,6 +187,12 @@ impl NewMapping {
     /// The pages of a physically scattered mapping.
     pub fn pages(mut self, p: Option<Vec<u64>>) -> NewMapping {
         self.pages = p;
+        self
+    }
+
+    /// The dma-buf an exporter mapped this for, if any.
+    pub fn dmabuf(mut self, d: Option<u64>) -> NewMapping {
+        self.dmabuf = d;
         self
     }
 
@@ -239,6 +250,8 @@ struct Entry {
     runs: Vec<(u64, u64, u64)>,
     /// The map event, rendered into the history only when someone reads it.
     map_event: Option<MapEvent>,
+    /// The dma-buf an exporter mapped this for (see `check::dmabuf`).
+    dmabuf: Option<u64>,
 }
 
 /// A map event whose text is built lazily (most mappings never appear in a finding).
@@ -734,6 +747,7 @@ impl Sanitizer {
                 .map_or_else(Vec::new, |p| scattered_runs(p, m.size)),
             pages: m.pages,
             map_event: None,
+            dmabuf: m.dmabuf,
         };
         e.push(ctx, Text::EMPTY);
         e.map_event = Some(MapEvent {
@@ -1045,12 +1059,8 @@ impl Sanitizer {
         size: u64,
         dir: DmaDirection,
         for_cpu: bool,
+        call: &str,
     ) {
-        let call = if for_cpu {
-            "dma_sync_single_for_cpu"
-        } else {
-            "dma_sync_single_for_device"
-        };
         self.event(
             dev_name,
             || format!("{call} {addr:#x} ({size} bytes)"),
@@ -1090,7 +1100,10 @@ impl Sanitizer {
                     problems.push((
                         "sync-dir-mismatch",
                         format!("device driver syncs DMA memory with different direction [device address={addr:#x}] [size={size} bytes] [mapped with {}] [synced with {}]", e.dir.name(), dir.name()),
-                        format!("sync with the direction used to map ({})", e.dir.name()),
+                        match e.dmabuf {
+                            Some(_) => dmabuf::sync_flags_help(e.dir),
+                            None => format!("sync with the direction used to map ({})", e.dir.name()),
+                        },
                     ));
                 } else if for_cpu
                     && e.dir != DmaDirection::FromDevice
@@ -1116,7 +1129,19 @@ impl Sanitizer {
                 e.handed_over = true;
                 e.cpu_dirty.remove(s, t);
                 let touched = e.owned_writes.overlap(s, t);
-                if touched > 0 {
+                if let (true, Some(n)) = (touched > 0, e.dmabuf) {
+                    problems.push((
+                        "cpu-access-device-owned",
+                        dmabuf::store_device_owned(
+                            n,
+                            &e.dev_name,
+                            touched,
+                            e.dev_addr,
+                            e.dir.name(),
+                        ),
+                        dmabuf::HELP.into(),
+                    ));
+                } else if touched > 0 {
                     // Stored while the device owned the buffer, then handed over: the
                     // bytes are right this time (the sync cleaned them), the protocol
                     // was not followed.
@@ -1207,12 +1232,22 @@ impl Sanitizer {
                     e.snapshot(),
                     e.dir,
                     why,
+                    e.dmabuf,
                 ));
             }
         }
-        for (id, key, manifested, bad_lines, len, dev, addr, hist, dir, why) in out {
+        for (id, key, manifested, bad_lines, len, dev, addr, hist, dir, why, dmabuf) in out {
             let lines = len.div_ceil(line);
-            let (msg, help) = match id {
+            let (msg, help) = match (id, dmabuf) {
+                ("stale-cpu-read", Some(n)) if why.starts_with("without") => (
+                    dmabuf::stale_cpu_read(n, &dev, len, bad_lines, lines, addr),
+                    dmabuf::HELP.into(),
+                ),
+                ("cpu-access-device-owned", Some(n)) => (
+                    dmabuf::read_device_owned(n, &dev, len, addr),
+                    dmabuf::HELP.into(),
+                ),
+                _ => match id {
                 "stale-cpu-read" if why == COHERENT_ALIAS => (
                     format!(
                         "CPU read {len} bytes of {dev}'s coherent buffer through a cacheable mapping, and {bad_lines} of {lines} lines were stale copies in the cache, older than what the device wrote [device address={addr:#x}]"
@@ -1238,6 +1273,7 @@ impl Sanitizer {
                     format!("CPU read {len} bytes of a buffer that {dev} owns (mapped, not synced for the CPU) [device address={addr:#x}]"),
                     "read a streaming buffer only after dma_sync_single_for_cpu or dma_unmap_single".into(),
                 ),
+                },
             };
             self.report(
                 id,
@@ -1538,7 +1574,14 @@ impl Sanitizer {
             }
             if e.kind != MapKind::Coherent {
                 let overwritten = e.owned_writes.overlap(os, ot);
-                if overwritten > 0 {
+                if let (true, Some(n)) = (overwritten > 0, e.dmabuf) {
+                    out.push((
+                        "cpu-access-device-owned",
+                        Some(false),
+                        dmabuf::overwritten(n, a.dev_name, overwritten, e.dev_addr),
+                        dmabuf::HELP.into(),
+                    ));
+                } else if overwritten > 0 {
                     // The CPU stored into the buffer while the device owned it, and
                     // the device has now written over those bytes: the store is lost.
                     out.push((
@@ -1583,6 +1626,16 @@ impl Sanitizer {
                     ),
                     "map coherent memory with its own attributes: dma_mmap_coherent in the driver's mmap, not remap_pfn_range with the default vm_page_prot (cacheable-alias)".into(),
                 ));
+            } else if let (true, Some(n)) = (pending > 0 || bad > 0, e.dmabuf) {
+                let lines = len.div_ceil(line);
+                out.push((
+                    "stale-device-read",
+                    Some(bad > 0),
+                    dmabuf::stale_device_read(n, a.dev_name, len, bad_lines, lines, a.bus),
+                    dmabuf::HELP.into(),
+                ));
+                e.cpu_dirty.remove(os, ot);
+                e.owned_writes.remove(os, ot);
             } else if pending > 0 || bad > 0 {
                 let lines = len.div_ceil(line);
                 out.push((

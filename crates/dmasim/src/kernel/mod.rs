@@ -285,6 +285,14 @@ pub struct Kernel {
     pub netdev_rx: crate::uapi::pmd::RxPathStats,
     /// DMA pools (`dma_pool_create`) by id, destroyed ones included.
     pub dma_pools: Vec<mm::dmapool::DmaPool>,
+    /// Live dma-bufs by id (`uapi::dmabuf`).
+    pub dmabufs: BTreeMap<u64, crate::uapi::dmabuf::DmaBuf>,
+    /// Their attachments by id.
+    pub dmabuf_attachments: BTreeMap<u64, crate::uapi::dmabuf::Attachment>,
+    pub(crate) next_dmabuf: u64,
+    /// The dma-buf whose attachment an exporter is mapping (set only around
+    /// `dma_buf_map_attachment`): its mappings tell the sanitizer so.
+    pub(crate) mapping_dmabuf: Option<u64>,
 }
 
 impl Kernel {
@@ -337,6 +345,10 @@ impl Kernel {
             next_pmd: 1,
             netdev_rx: Default::default(),
             dma_pools: Vec::new(),
+            dmabufs: BTreeMap::new(),
+            dmabuf_attachments: BTreeMap::new(),
+            next_dmabuf: 1,
+            mapping_dmabuf: None,
         }
     }
 
@@ -436,6 +448,8 @@ pub mod errno {
     pub const ENOENT: i64 = 2;
     /// I/O error.
     pub const EIO: i64 = 5;
+    /// Bad file number.
+    pub const EBADF: i64 = 9;
     /// Out of memory.
     pub const ENOMEM: i64 = 12;
     /// Bad address.

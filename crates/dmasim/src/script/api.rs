@@ -336,6 +336,10 @@ fn pattern(ctx: &NativeCallContext, kind: &str, len: u64, seed: u64) -> RResult<
 
 #[allow(deprecated)]
 fn register_constants(engine: &mut Engine) {
+    use crate::uapi::dmabuf::{
+        DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_RW, DMA_BUF_SYNC_START,
+        DMA_BUF_SYNC_WRITE,
+    };
     engine.on_var(|name, _, _| {
         let v: INT = match name {
             "DMA_BIDIRECTIONAL" => 0,
@@ -358,6 +362,13 @@ fn register_constants(engine: &mut Engine) {
             "EEXIST" => errno::EEXIST,
             "EINVAL" => errno::EINVAL,
             "ENOSPC" => errno::ENOSPC,
+            "EBADF" => errno::EBADF,
+            // include/uapi/linux/dma-buf.h.
+            "DMA_BUF_SYNC_READ" => DMA_BUF_SYNC_READ as INT,
+            "DMA_BUF_SYNC_WRITE" => DMA_BUF_SYNC_WRITE as INT,
+            "DMA_BUF_SYNC_RW" => DMA_BUF_SYNC_RW as INT,
+            "DMA_BUF_SYNC_START" => DMA_BUF_SYNC_START as INT,
+            "DMA_BUF_SYNC_END" => DMA_BUF_SYNC_END as INT,
             _ => return Ok(None),
         };
         Ok(Some(Dynamic::from(v)))
@@ -996,7 +1007,9 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             name,
             move |ctx: NativeCallContext, d: DeviceObj, t: SgObj, dir: INT| {
                 let dir = dir_of(&ctx, dir)?;
-                with_sys(&s1, &ctx, |sys| sys.dma_sync_sg(d.idx, t.id, dir, for_cpu))
+                with_sys(&s1, &ctx, |sys| {
+                    sys.dma_sync_sg(d.idx, t.id, dir, for_cpu, name)
+                })
             },
         );
     }

@@ -6,6 +6,7 @@
 //! a hang or a host out-of-memory. Errors point at `file:line:col`.
 
 mod api;
+mod dmabuf;
 mod dmapool;
 mod mmap;
 mod noncontiguous;
@@ -76,6 +77,7 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
         .set_max_array_size(1 << 24)
         .set_max_map_size(1 << 14);
     api::register(&mut engine, session);
+    dmabuf::register(&mut engine, session);
     dmapool::register(&mut engine, session);
     mmap::register(&mut engine, session);
     noncontiguous::register(&mut engine, session);

@@ -1,7 +1,8 @@
 //! User space: processes, their address spaces and what user space can ask of the
-//! kernel (mmap, mlock, pagemap, pinning).
+//! kernel (mmap, mlock, pagemap, pinning, dma-buf heaps).
 
 pub mod chardev;
+pub mod dmabuf;
 pub mod mmap;
 pub mod pmd;
 pub mod process;

@@ -201,7 +201,7 @@ impl System {
         pid
     }
 
-    fn proc_index(&self, pid: u32) -> Result<usize> {
+    pub(crate) fn proc_index(&self, pid: u32) -> Result<usize> {
         self.kernel
             .procs
             .iter()
@@ -369,6 +369,7 @@ impl System {
                 self.kernel.procs[i].present.remove(&(v >> PAGE_SHIFT));
                 self.hw.mmu.unmap_page(asid, v);
             }
+            self.dmabuf_munmapped(pid, va);
             return Ok(0);
         }
         if vma.huge {

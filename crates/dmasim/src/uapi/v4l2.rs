@@ -36,6 +36,10 @@ use crate::system::{Result, SimError, System};
 pub const VB2_MAX_FRAME: u64 = 32;
 /// `EAGAIN`.
 pub const EAGAIN: i64 = 11;
+/// What vb2's `prepare` (at QBUF) and `finish` (when the buffer is done) call on a
+/// scatter-gather buffer (`vb2_dma_sg_prepare`, `vb2_dma_sg_finish`).
+const VB2_PREPARE: &str = "vb2 prepare: dma_sync_sgtable_for_device";
+const VB2_FINISH: &str = "vb2 finish: dma_sync_sgtable_for_cpu";
 /// Buffers the driver needs queued before streaming starts.
 const MIN_QUEUED: usize = 2;
 
@@ -328,7 +332,7 @@ impl System {
             _ => return Ok(-EINVAL),
         }
         if let Some(t) = queue.bufs[i].sgt {
-            self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, false)?;
+            self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, false, VB2_PREPARE)?;
         }
         self.vb2_enqueue(q, i)?;
         Ok(0)
@@ -452,7 +456,7 @@ impl System {
         }
         if let Some(t) = self.queue_mut(q)?.bufs[i].sgt {
             // vb2_dc_prepare / vb2_dma_sg_prepare: user memory is cached.
-            self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, false)?;
+            self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, false, VB2_PREPARE)?;
         }
         self.vb2_enqueue(q, i)?;
         Ok(0)
@@ -588,14 +592,14 @@ impl System {
         match (b.sgt, queue.alloc) {
             (Some(t), Vb2Alloc::Sg) => {
                 self.dev_sg(queue.dev, t, len, Some(data))?;
-                self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, true)?;
+                self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, true, VB2_FINISH)?;
             }
             (Some(t), Vb2Alloc::Contig) => {
                 // A USERPTR buffer on dma-contig: one contiguous DMA range, cached
                 // user memory synced for the CPU at `finish`.
                 let j = self.dev_start(queue.dev, b.dma, len, Some(data))?;
                 self.wait(j)?;
-                self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, true)?;
+                self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, true, VB2_FINISH)?;
             }
             (None, _) => {
                 let j = self.dev_start(queue.dev, b.dma, len, Some(data))?;

@@ -348,6 +348,21 @@ impl System {
         } else {
             "dma_sync_single_for_device"
         };
+        self.dma_sync_single_as(dev, addr, size, dir, for_cpu, call)
+    }
+
+    /// [`System::dma_sync_single`] on behalf of `call`, the public call that syncs
+    /// (`dma_sync_sg_for_cpu` syncs entry by entry): its name goes into errors and
+    /// the mapping's history.
+    pub(crate) fn dma_sync_single_as(
+        &mut self,
+        dev: usize,
+        addr: u64,
+        size: u64,
+        dir: DmaDirection,
+        for_cpu: bool,
+        call: &str,
+    ) -> Result<()> {
         self.device_checked(dev, call)?;
         Self::valid_dir(call, dir)?;
         self.step();
@@ -359,7 +374,8 @@ impl System {
         }
         let name = self.kernel.devices[dev].name.clone();
         let ctx = self.ctx();
-        self.check.sync(ctx, dev, &name, addr, size, dir, for_cpu);
+        self.check
+            .sync(ctx, dev, &name, addr, size, dir, for_cpu, call);
         Ok(())
     }
 

@@ -121,6 +121,35 @@ impl System {
                 )));
             }
         }
+        Ok(self.sg_register(entries))
+    }
+
+    /// `sg_alloc_table()` filled with `sg_set_page()` per chunk: one entry for each
+    /// `(phys, len)`, adjacent chunks not merged (a dma-buf heap's table).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for a table over [`MAX_SG_ENTRIES`] entries.
+    pub(crate) fn sg_from_chunks(&mut self, chunks: &[(u64, u64)]) -> Result<u64> {
+        if chunks.len() > MAX_SG_ENTRIES {
+            return Err(SimError::Invalid(format!(
+                "a scatterlist is limited to {MAX_SG_ENTRIES} entries"
+            )));
+        }
+        let entries = chunks
+            .iter()
+            .map(|&(phys, len)| SgEntry {
+                phys,
+                len,
+                dma_address: DMA_MAPPING_ERROR,
+                dma_len: 0,
+                iova: DMA_MAPPING_ERROR,
+            })
+            .collect();
+        Ok(self.sg_register(entries))
+    }
+
+    /// Registers a new, unmapped table; its id.
+    fn sg_register(&mut self, entries: Vec<SgEntry>) -> u64 {
         let id = self.kernel.next_sg;
         self.kernel.next_sg += 1;
         self.kernel.sg_tables.insert(
@@ -133,7 +162,7 @@ impl System {
                 alloc: None,
             },
         );
-        Ok(id)
+        id
     }
 
     fn sg_table(&self, id: u64) -> Result<&SgTable> {
@@ -240,6 +269,7 @@ impl System {
                 NewMapping::new(dev, name.clone(), e.iova, e.len, e.phys, dir, MapKind::Sg)
                     .buffer(buffer)
                     .bounce(bounce)
+                    .dmabuf(self.kernel.mapping_dmabuf)
                     .what(format!("{call} {} [entry {i} of {total}]", dir.name())),
             );
             // dma_map_sg's result is checked by testing for 0, not dma_mapping_error.
@@ -290,8 +320,12 @@ impl System {
                 Some(entries[0].dma_address),
                 Some(entries.iter().map(|e| e.len).sum()),
                 ctx,
-                format!("{name} cannot do scatter-gather, but dma_map_sg returned {n} segments: it will transfer only the first"),
-                "give such a device physically contiguous memory (dma_alloc_coherent, or kmalloc/alloc_pages), or put it behind an IOMMU that merges the segments".into(),
+                format!("{name} cannot do scatter-gather, but {call} {} {n} segments: it will transfer only the first", if call == "dma_map_sg" { "returned" } else { "mapped it as" }),
+                if self.kernel.mapping_dmabuf.is_some() {
+                    "an importer that needs one contiguous range must refuse a dma-buf that maps as several segments (DRM's drm_gem_dma_prime_import_sg_table returns -EINVAL), and user space must allocate such buffers from the CMA heap (/dev/dma_heap/reserved, or linux,cma); or put the device behind an IOMMU, which maps the chunks as one segment".into()
+                } else {
+                    "give such a device physically contiguous memory (dma_alloc_coherent, or kmalloc/alloc_pages), or put it behind an IOMMU that merges the segments".into()
+                },
                 vec![],
             );
         }
@@ -365,7 +399,8 @@ impl System {
         Ok(())
     }
 
-    /// `dma_sync_sg_for_cpu()` / `dma_sync_sg_for_device()`: every entry of the
+    /// `dma_sync_sg_for_cpu()` / `dma_sync_sg_for_device()` (or the sgtable
+    /// wrappers, named by `call` in errors and histories): every entry of the
     /// original list, by its physical address.
     ///
     /// # Errors
@@ -376,19 +411,15 @@ impl System {
         id: u64,
         dir: DmaDirection,
         for_cpu: bool,
+        call: &str,
     ) -> Result<()> {
         let entries = self.sg_table(id)?.entries.clone();
         if !self.use_dma_iommu(dev) {
             for e in entries {
-                self.dma_sync_single(dev, e.iova, e.len, dir, for_cpu)?;
+                self.dma_sync_single_as(dev, e.iova, e.len, dir, for_cpu, call)?;
             }
             return Ok(());
         }
-        let call = if for_cpu {
-            "dma_sync_sg_for_cpu"
-        } else {
-            "dma_sync_sg_for_device"
-        };
         self.sg_checks(dev, call, dir)?;
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
@@ -409,13 +440,21 @@ impl System {
             if !alloc {
                 let ctx = self.ctx();
                 self.check
-                    .sync(ctx, dev, &name, e.iova, e.len, dir, for_cpu);
+                    .sync(ctx, dev, &name, e.iova, e.len, dir, for_cpu, call);
             }
         }
         if let (true, Some(seg)) = (alloc, entries.first()) {
             let ctx = self.ctx();
-            self.check
-                .sync(ctx, dev, &name, seg.dma_address, seg.dma_len, dir, for_cpu);
+            self.check.sync(
+                ctx,
+                dev,
+                &name,
+                seg.dma_address,
+                seg.dma_len,
+                dir,
+                for_cpu,
+                call,
+            );
         }
         Ok(())
     }

@@ -1,0 +1,67 @@
+//! What the sanitizer says about the mappings an exporter made for a dma-buf
+//! importer (`dma_buf_map_attachment`). The CPU side of a dma-buf never calls the
+//! `dma_sync_*` functions itself: user space brackets its accesses with
+//! `DMA_BUF_IOCTL_SYNC`, a kernel importer with `dma_buf_begin_cpu_access` /
+//! `dma_buf_end_cpu_access`, and the exporter syncs every mapped attachment
+//! (`Documentation/driver-api/dma-buf.rst`, "CPU Access to DMA Buffer Objects").
+//! So the messages and fixes name those calls; the finding ids stay the ones the
+//! same broken rule has everywhere else.
+
+use crate::kernel::dma::DmaDirection;
+
+/// The fix for a sync whose direction is not the attachment's: the
+/// `DMA_BUF_SYNC_*` flags choose the direction (`dma_buf_ioctl`).
+pub(super) fn sync_flags_help(mapped: DmaDirection) -> String {
+    let flags = match mapped {
+        DmaDirection::ToDevice => "DMA_BUF_SYNC_WRITE (devices only read it: DMA_TO_DEVICE)",
+        DmaDirection::FromDevice => "DMA_BUF_SYNC_READ (devices only write it: DMA_FROM_DEVICE)",
+        _ => "DMA_BUF_SYNC_RW (DMA_BIDIRECTIONAL)",
+    };
+    format!("DMA_BUF_IOCTL_SYNC's flags become the sync's direction (READ: DMA_FROM_DEVICE, WRITE: DMA_TO_DEVICE, RW: DMA_BIDIRECTIONAL); the importer mapped this buffer {}, so sync it with {flags}, or map it DMA_BIDIRECTIONAL in the importer", mapped.name())
+}
+
+/// The fix for every missing dma-buf hand-over.
+pub(super) const HELP: &str = "bracket every CPU access to a dma-buf: ioctl(fd, DMA_BUF_IOCTL_SYNC) with DMA_BUF_SYNC_START and the access's READ/WRITE flags before it, and with DMA_BUF_SYNC_END and the same flags after it (in the kernel: dma_buf_begin_cpu_access / dma_buf_end_cpu_access); the exporter then syncs every mapped attachment for the CPU or the device";
+
+/// `stale-cpu-read`: the CPU read what the device wrote with no sync for the CPU.
+pub(super) fn stale_cpu_read(
+    n: u64,
+    dev: &str,
+    len: u64,
+    bad_lines: u64,
+    lines: u64,
+    addr: u64,
+) -> String {
+    format!("CPU read {len} bytes of dma-buf #{n} that {dev} wrote, without DMA_BUF_IOCTL_SYNC(DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ) first; {bad_lines} of {lines} lines held stale data [device address={addr:#x}]")
+}
+
+/// `cpu-access-device-owned`: a CPU load while the attachment's mapping is the
+/// device's.
+pub(super) fn read_device_owned(n: u64, dev: &str, len: u64, addr: u64) -> String {
+    format!("CPU read {len} bytes of dma-buf #{n} while it is mapped for {dev} and not handed to the CPU (no DMA_BUF_IOCTL_SYNC with DMA_BUF_SYNC_START) [device address={addr:#x}]")
+}
+
+/// `cpu-access-device-owned`: CPU stores while the device owned the mapping,
+/// found when the buffer is handed to the device again.
+pub(super) fn store_device_owned(n: u64, dev: &str, bytes: u64, addr: u64, dir: &str) -> String {
+    format!("CPU stored {bytes} bytes into dma-buf #{n} while it was mapped for {dev}, without DMA_BUF_IOCTL_SYNC(DMA_BUF_SYNC_START) first [device address={addr:#x}] [mapped with {dir}]")
+}
+
+/// `cpu-access-device-owned`: the device wrote over CPU stores made while it
+/// owned the mapping.
+pub(super) fn overwritten(n: u64, dev: &str, bytes: u64, addr: u64) -> String {
+    format!("CPU stored {bytes} bytes into dma-buf #{n} while it was mapped for {dev} (no DMA_BUF_IOCTL_SYNC with DMA_BUF_SYNC_START); the device then wrote over them [device address={addr:#x}]")
+}
+
+/// `stale-device-read`: the device read CPU stores no sync for the device pushed
+/// out of the caches.
+pub(super) fn stale_device_read(
+    n: u64,
+    dev: &str,
+    len: u64,
+    bad_lines: u64,
+    lines: u64,
+    addr: u64,
+) -> String {
+    format!("{dev} read {len} bytes of dma-buf #{n} that the CPU wrote with no DMA_BUF_IOCTL_SYNC(DMA_BUF_SYNC_END) since; {bad_lines} of {lines} lines were stale in DRAM [device address={addr:#x}]")
+}
