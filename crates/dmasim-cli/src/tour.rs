@@ -63,6 +63,13 @@ const STOPS: &[Stop] = &[
         fixed: scenario!("mmap-cacheable-alias-fixed.rhai"),
     },
     Stop {
+        name: "dma-buf",
+        title: "dma-buf: one buffer for the CPU, a display and a camera, synced with DMA_BUF_IOCTL_SYNC",
+        explain: "A buffer from a dma-buf heap is shared with no copy: each importing driver maps it for its own device, and the process maps it cacheable. The CPU side must bracket every access with DMA_BUF_IOCTL_SYNC (START before, END after), which makes the heap sync each mapped attachment. A compositor that draws without it leaves pixels in its cache, and a non-coherent display controller scans out old ones.",
+        broken: scenario!("dmabuf-no-sync.rhai"),
+        fixed: scenario!("dmabuf-no-sync-fixed.rhai"),
+    },
+    Stop {
         name: "dma-pool",
         title: "dma_pool: small coherent blocks whose free list lives in the blocks",
         explain: "Descriptors come from a dma_pool: blocks carved out of dma_alloc_coherent pages. A freed block goes back to the pool, not to the page allocator, so its page stays mapped and the device can still write it; and the pool keeps its free list inside the free blocks. A controller that writes back a descriptor after the driver freed it overwrites that list, and the next dma_pool_alloc returns a block with a bogus DMA handle.",
