@@ -44,7 +44,7 @@ fn random_script(seed: u64) -> String {
     let swiotlb = ["\"1 MiB\"", "\"off\"", "\"64 MiB\"", "0"][r.below(4)];
     let iommu = ["\"none\"", "\"smmu\"", "\"passthrough\""][r.below(3)];
     let mut s = format!(
-        "boot(\"{preset}\", #{{ hugepages: 2, swiotlb: {swiotlb}, swiotlb_force: {}, iommu: {iommu}, iommu_strict: {}, vfio_noiommu: true }});\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\nlet pools = [];\nlet blks = [];\n",
+        "boot(\"{preset}\", #{{ hugepages: 2, swiotlb: {swiotlb}, swiotlb_force: {}, iommu: {iommu}, iommu_strict: {}, vfio_noiommu: true }});\nlet d = device(\"d\", #{{ coherent: {} }});\nlet bufs = [];\nlet addrs = [0];\nlet p = process(\"p\");\nlet ubufs = [];\nlet pins = [];\nlet sgs = [];\nlet pools = [];\nlet blks = [];\nlet dbs = [];\n",
         r.below(3) == 0,
         r.below(2) == 0,
         r.below(2) == 1
@@ -52,11 +52,27 @@ fn random_script(seed: u64) -> String {
     for _ in 0..40 {
         let size = pick(&mut r, SIZES);
         let dir = pick(&mut r, DIRS);
-        let line = match r.below(39) {
+        let line = match r.below(41) {
             37 => format!(
                 "let nc = dma_alloc_noncontiguous(d, {size}, {dir}); if nc != () {{ let v = dma_vmap_noncontiguous(d, {size}, nc); dma_sync_sgtable_for_device(d, nc, {dir}); let x = dev_read_sg(d, nc, 64); if {} {{ dma_free_noncontiguous(d, {}, nc, {dir}); }} }}",
                 r.below(2) == 0,
                 pick(&mut r, SIZES)
+            ),
+            39 => format!(
+                "let db = dma_heap_alloc(p, \"{}\", {size}); if type_of(db) == \"DmaBuf\" {{ dbs.push(db); let at = dma_buf_attach(db, d); let t = dma_buf_map_attachment(at, {dir}); let v = p.mmap(db); if type_of(v) == \"Buffer\" {{ p.write(v, 0, pattern(\"inc\", 16)); }} let e = dma_buf_ioctl_sync(db, {}); if type_of(t) == \"SgTable\" {{ let x = dev_read_sg(d, t, 64); if {} {{ dma_buf_unmap_attachment(at, t, {dir}); }} }} if {} {{ dma_buf_detach(db, at); }} }}",
+                ["system", "reserved", "linux,cma", "none"][r.below(4)],
+                pick(&mut r, &["0", "1", "2", "3", "4", "5", "6", "7", "8", "-1"]),
+                r.below(2) == 0,
+                r.below(2) == 0
+            ),
+            40 => format!(
+                "if dbs.len() > 0 {{ let e = {}; }}",
+                [
+                    "close(dbs.pop())",
+                    "dma_buf_begin_cpu_access(dbs[-1], 2)",
+                    "dma_buf_end_cpu_access(dbs[-1], 1)",
+                    "dma_buf_ioctl_sync(dbs[-1], 6)"
+                ][r.below(4)]
             ),
             38 => format!(
                 "if bufs.len() > 0 {{ let u = {}; let x = p.read(u, 0, 8); }}",
