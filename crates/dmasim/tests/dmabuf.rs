@@ -283,3 +283,126 @@ fn detaching_a_mapped_attachment_leaks_the_mapping() {
     assert_eq!(r.exit_code(), 1, "{:?}", r.error);
     assert_eq!(ids(&j), ["mapping-leak"]);
 }
+
+/// How many frames the V4L2 scenarios' log says arrived intact.
+fn intact(j: &serde_json::Value) -> u64 {
+    let line = j["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .find(|l| l.contains(" of 6 frames intact"))
+        .expect("the intact line");
+    let n = line.split("script: ").nth(1).unwrap();
+    n.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn v4l2_dmabuf_capture_needs_the_application_to_sync() {
+    let mut bitten = 0;
+    for seed in 0..12 {
+        let (r, j) = scenario("v4l2-dmabuf.rhai", seed, None);
+        assert!(r.error.is_none(), "{:?}", r.error);
+        assert_eq!(r.exit_code(), 1, "seed {seed}: reported even when latent");
+        let got = ids(&j);
+        assert!(got.iter().all(|i| i == "stale-cpu-read"), "{got:?}");
+        let f = finding(&j, "stale-cpu-read");
+        assert!(f["message"]
+            .as_str()
+            .unwrap()
+            .contains("DMA_BUF_IOCTL_SYNC"));
+        let manifested = j["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["manifested"] == true);
+        assert_eq!(manifested, intact(&j) < 6, "seed {seed}");
+        bitten += u32::from(manifested);
+    }
+    assert!(bitten >= 8, "{bitten}/12 seeds showed a stale frame");
+    for preset in ["arm64-noncoherent", "arm64-coherent", "arm32", "rpi4"] {
+        for seed in 0..3 {
+            let (r, j) = scenario("v4l2-dmabuf-fixed.rhai", seed, Some(preset));
+            ok(&r);
+            assert!(ids(&j).is_empty(), "{preset} {seed}: {:?}", ids(&j));
+            assert_eq!(intact(&j), 6);
+        }
+    }
+}
+
+#[test]
+fn v4l2_dma_contig_imports_only_one_contiguous_dma_range() {
+    // The system heap's chunks: -EFAULT without an IOMMU, one IOVA range behind it.
+    let src = |iommu: &str| {
+        format!(
+            r#"boot("arm64-noncoherent", #{{ iommu: "{iommu}" }});
+            let csi = device("csi0", #{{ max_segment: 4294967295 }});
+            let app = process("app");
+            let q = v4l2_open(csi, #{{ alloc: "dma-contig" }});
+            v4l2_reqbufs_dmabuf(q, 3, "192 KiB");
+            let b = dma_heap_alloc(app, "system", "192 KiB");
+            print(`qbuf ${{v4l2_qbuf_dmabuf(q, 0, b)}} attachments ${{b.attachments}}`);"#
+        )
+    };
+    let (r, j) = script(&src("none"));
+    ok(&r);
+    assert!(log_has(&j, "qbuf -14 attachments 0"), "{:?}", j["log"]);
+    assert!(log_has(
+        &j,
+        "vb2-dc: contiguous chunk is too small 65536/196608"
+    ));
+    let (r, j) = script(&src("smmu"));
+    ok(&r);
+    assert!(log_has(&j, "qbuf 0 attachments 1"));
+}
+
+#[test]
+fn v4l2_dmabuf_qbuf_errors_and_the_import_lifetime() {
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent");
+        let csi = device("csi0");
+        let app = process("app");
+        let q = v4l2_open(csi, #{ alloc: "dma-sg" });
+        let small = dma_heap_alloc(app, "system", 4096);
+        print(`mmap queue ${v4l2_qbuf_dmabuf(q, 0, small)}`);
+        v4l2_reqbufs_dmabuf(q, 3, 65536);
+        print(`too small ${v4l2_qbuf_dmabuf(q, 0, small)}`);
+        let a = dma_heap_alloc(app, "system", 65536);
+        let b = dma_heap_alloc(app, "system", 65536);
+        print(`first ${v4l2_qbuf_dmabuf(q, 0, a)} ${a.attachments}`);
+        print(`again ${v4l2_qbuf_dmabuf(q, 0, a)}`);
+        v4l2_streamon(q);
+        v4l2_streamoff(q);
+        print(`same fd ${v4l2_qbuf_dmabuf(q, 0, a)} ${a.attachments}`);
+        v4l2_streamoff(q);
+        print(`other fd ${v4l2_qbuf_dmabuf(q, 0, b)} ${a.attachments} ${b.attachments}`);
+        v4l2_streamoff(q);
+        close(small);
+        let c = dma_heap_alloc(app, "system", 65536);
+        close(c);
+        let d = dma_heap_alloc(app, "system", 65536);
+        v4l2_reqbufs_dmabuf(q, 0, 65536);
+        print(`released ${b.attachments}`);"#,
+    );
+    ok(&r);
+    assert!(log_has(&j, "mmap queue -22"));
+    assert!(log_has(&j, "too small -22"));
+    assert!(log_has(&j, "first 0 1"));
+    assert!(log_has(&j, "again -22"), "not dequeued");
+    assert!(log_has(&j, "same fd 0 1"), "kept attached");
+    assert!(log_has(&j, "other fd 0 0 1"), "the old one detached");
+    assert!(log_has(&j, "released 0"));
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+}
+
+#[test]
+fn v4l2_buffer_pfn_of_an_imported_buffer_is_an_error_not_a_panic() {
+    let (r, _) = script(
+        r#"boot("arm64-noncoherent");
+        let q = v4l2_open(device("csi0"), #{ alloc: "dma-sg" });
+        v4l2_reqbufs_dmabuf(q, 3, 65536);
+        let pfn = v4l2_buffer_pfn(q, 0);"#,
+    );
+    assert_eq!(r.exit_code(), 2);
+    assert!(r.error.unwrap().contains("no kernel memory of its own"));
+}

@@ -1401,7 +1401,11 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                     .bufs
                     .get(i as usize)
                     .ok_or_else(|| SimError::Invalid(format!("no buffer {i}")))?;
-                let va = sys.kernel.buffers[&b.buf].va;
+                let va = sys.kernel.buffers.get(&b.buf).map(|k| k.va).ok_or_else(|| {
+                    SimError::Invalid(format!(
+                        "v4l2_buffer_pfn: buffer {i} has no kernel memory of its own (a USERPTR or DMABUF queue)"
+                    ))
+                })?;
                 let pa = sys
                     .hw
                     .mmu

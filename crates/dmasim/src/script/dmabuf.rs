@@ -2,7 +2,8 @@
 //! space's `dma_heap_alloc`, `p.mmap(dbuf)`, `dma_buf_ioctl_sync` and `close`; an
 //! importer's `dma_buf_attach`, `dma_buf_map_attachment`,
 //! `dma_buf_unmap_attachment`, `dma_buf_detach`, `dma_buf_begin_cpu_access` and
-//! `dma_buf_end_cpu_access`. Calls that fail as Linux's do return the negative errno.
+//! `dma_buf_end_cpu_access`; V4L2's DMABUF import (`v4l2_reqbufs_dmabuf`,
+//! `v4l2_qbuf_dmabuf`). Calls that fail as Linux's do return the negative errno.
 
 use rhai::{Dynamic, Engine, NativeCallContext, INT};
 
@@ -125,6 +126,25 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             let dir = dir_of(&ctx, dir)?;
             with_sys(&s1, &ctx, |sys| {
                 sys.dma_buf_unmap_attachment(a.id, t.id, dir)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "v4l2_reqbufs_dmabuf",
+        move |ctx: NativeCallContext, q: INT, count: INT, size: Dynamic| {
+            let n = size_of(&ctx, &size, "v4l2_reqbufs_dmabuf")?;
+            let count = u64::try_from(count)
+                .map_err(|_| super::api::err(&ctx, "v4l2_reqbufs_dmabuf: negative count"))?;
+            with_sys(&s1, &ctx, |sys| sys.v4l2_reqbufs_dmabuf(q as u64, count, n))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "v4l2_qbuf_dmabuf",
+        move |ctx: NativeCallContext, q: INT, i: INT, b: DmaBufObj| {
+            with_sys(&s1, &ctx, |sys| {
+                sys.v4l2_qbuf_dmabuf(q as u64, i as u64, b.id)
             })
         },
     );

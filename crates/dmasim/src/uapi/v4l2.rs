@@ -20,8 +20,14 @@
 //! device at QBUF and for the CPU when done; a new pointer for an index releases
 //! the old pages (unmap with SKIP_CPU_SYNC, unpin).
 //!
+//! `V4L2_MEMORY_DMABUF` queues import dma-bufs (`uapi::dmabuf`) at QBUF
+//! (`__prepare_dmabuf`): attach and map for `DMA_FROM_DEVICE` when the fd at an
+//! index changes, keep the mapping while the same fd comes back, and leave every
+//! cache sync to the exporter (`init_buffer_cache_hints` skips `prepare` and
+//! `finish`): user space must bracket its reads with `DMA_BUF_IOCTL_SYNC`.
+//!
 //! Simplifications: single-planar capture queues only; `min_queued_buffers` = 2
-//! (a typical CSI receiver), so REQBUFS needs at least 3; no DMABUF; no
+//! (a typical CSI receiver), so REQBUFS needs at least 3; no `VIDIOC_EXPBUF`; no
 //! O_NONBLOCK distinction (DQBUF with nothing done returns −EAGAIN); the device
 //! fills the oldest active buffer when the script calls `v4l2_capture`.
 
@@ -50,6 +56,17 @@ pub enum Vb2Memory {
     Mmap,
     /// `V4L2_MEMORY_USERPTR`: the process's memory, given at each QBUF.
     UserPtr,
+    /// `V4L2_MEMORY_DMABUF`: a dma-buf fd given at each QBUF, imported by vb2.
+    DmaBuf,
+}
+
+/// A dma-buf vb2 imported for a buffer (`attach_dmabuf` + `map_dmabuf`).
+#[derive(Debug, Clone, Copy)]
+pub struct Imported {
+    /// The dma-buf.
+    pub dmabuf: u64,
+    /// vb2's attachment of the queue's device.
+    pub att: u64,
 }
 
 /// The user memory behind a USERPTR buffer (`struct frame_vector` and its mapping).
@@ -104,6 +121,8 @@ pub struct Vb2Buffer {
     pub bytesused: u64,
     /// USERPTR: the user memory acquired at the last QBUF.
     pub user: Option<UserPtr>,
+    /// DMABUF: the dma-buf imported at the last QBUF, attached and mapped.
+    pub imported: Option<Imported>,
 }
 
 /// A capture queue.
@@ -196,6 +215,7 @@ impl System {
                         state: Vb2State::Dequeued,
                         bytesused: 0,
                         user: None,
+                        imported: None,
                     },
                     None => break,
                 },
@@ -216,6 +236,7 @@ impl System {
                         state: Vb2State::Dequeued,
                         bytesused: 0,
                         user: None,
+                        imported: None,
                     }
                 }
             };
@@ -248,6 +269,12 @@ impl System {
             if queue.memory == Vb2Memory::UserPtr {
                 if let Some(u) = &b.user {
                     self.vb2_put_userptr(queue.dev, u)?;
+                }
+                continue;
+            }
+            if queue.memory == Vb2Memory::DmaBuf {
+                if let (Some(im), Some(t)) = (b.imported, b.sgt) {
+                    self.vb2_put_dmabuf(im, t)?;
                 }
                 continue;
             }
@@ -359,13 +386,34 @@ impl System {
     /// # Errors
     /// [`SimError::Invalid`] for an unknown queue.
     pub fn v4l2_reqbufs_userptr(&mut self, q: u64, count: u64, size: u64) -> Result<i64> {
+        self.v4l2_reqbufs_empty(q, count, size, Vb2Memory::UserPtr)
+    }
+
+    /// `VIDIOC_REQBUFS` with `V4L2_MEMORY_DMABUF`: as
+    /// [`System::v4l2_reqbufs_userptr`], for buffers whose memory is a dma-buf given
+    /// at QBUF.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown queue.
+    pub fn v4l2_reqbufs_dmabuf(&mut self, q: u64, count: u64, size: u64) -> Result<i64> {
+        self.v4l2_reqbufs_empty(q, count, size, Vb2Memory::DmaBuf)
+    }
+
+    /// REQBUFS for memory the process brings at QBUF: empty buffers.
+    fn v4l2_reqbufs_empty(
+        &mut self,
+        q: u64,
+        count: u64,
+        size: u64,
+        memory: Vb2Memory,
+    ) -> Result<i64> {
         let queue = self.queue_mut(q)?.clone();
         if queue.streaming {
             return Ok(-EBUSY);
         }
         self.v4l2_free_buffers(q)?;
         let qm = self.queue_mut(q)?;
-        qm.memory = Vb2Memory::UserPtr;
+        qm.memory = memory;
         if count == 0 {
             return Ok(0);
         }
@@ -382,6 +430,7 @@ impl System {
                 state: Vb2State::Dequeued,
                 bytesused: 0,
                 user: None,
+                imported: None,
             })
             .collect();
         Ok(want as i64)
@@ -509,16 +558,7 @@ impl System {
         let t = self.sg(sgt)?;
         let dma = t.entries[0].dma_address;
         if queue.alloc == Vb2Alloc::Contig {
-            // vb2_dc_get_contiguous_size: the DMA segments that follow each other.
-            let mut expected = dma;
-            let mut contig = 0;
-            for e in t.entries.iter().take(t.mapped) {
-                if e.dma_address != expected {
-                    break;
-                }
-                expected += e.dma_len;
-                contig += e.dma_len;
-            }
+            let contig = self.dma_contiguous_size(sgt)?;
             if contig < len {
                 self.printk(
                     &name,
@@ -536,6 +576,104 @@ impl System {
         self.dma_unmap_sg_attrs(dev, u.sgt, DmaDirection::FromDevice, true)?;
         self.kernel.sg_tables.remove(&u.sgt);
         self.gup_release(u.pins, true)
+    }
+
+    /// `VIDIOC_QBUF` with `V4L2_MEMORY_DMABUF` (`__prepare_dmabuf`): buffer `index`
+    /// is dma-buf `dbuf`. The same dma-buf as last time stays attached and mapped;
+    /// another one replaces it: vb2 attaches the queue's device and maps the
+    /// attachment for `DMA_FROM_DEVICE` now, so a bad buffer fails at QBUF, and
+    /// dma-contig demands one contiguous DMA range (`vb2_dc_map_dmabuf`). No cache
+    /// maintenance: that is the exporter's, at `DMA_BUF_IOCTL_SYNC`. Returns 0;
+    /// −EINVAL for a bad index, a buffer not dequeued, a closed fd, a dma-buf
+    /// smaller than the format or one the exporter cannot map; −EFAULT when
+    /// dma-contig gets more than one DMA segment.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown queue or a released dma-buf.
+    pub fn v4l2_qbuf_dmabuf(&mut self, q: u64, index: u64, dbuf: u64) -> Result<i64> {
+        let queue = self.queue_mut(q)?.clone();
+        let i = index as usize;
+        if queue.memory != Vb2Memory::DmaBuf {
+            return Ok(-EINVAL);
+        }
+        match queue.bufs.get(i) {
+            Some(b) if b.state == Vb2State::Dequeued => {}
+            _ => return Ok(-EINVAL),
+        }
+        let name = self.kernel.devices[queue.dev].name.clone();
+        let Some(d) = self.kernel.dmabufs.get(&dbuf).filter(|d| d.fd_open) else {
+            self.printk(&name, "vb2: invalid dmabuf fd for plane 0".into());
+            return Ok(-EINVAL);
+        };
+        if d.size < queue.size {
+            let msg = format!(
+                "vb2: invalid dmabuf length {} for plane 0, minimum length {}",
+                d.size, queue.size
+            );
+            self.printk(&name, msg);
+            return Ok(-EINVAL);
+        }
+        let same = queue.bufs[i].imported.is_some_and(|im| im.dmabuf == dbuf);
+        if !same {
+            let b = &mut self.queue_mut(q)?.bufs[i];
+            let (old, t) = (b.imported.take(), b.sgt.take());
+            if let (Some(im), Some(t)) = (old, t) {
+                self.vb2_put_dmabuf(im, t)?;
+            }
+            let att = self.dma_buf_attach(dbuf, queue.dev)?;
+            let im = Imported { dmabuf: dbuf, att };
+            let t = match self.dma_buf_map_attachment(att, DmaDirection::FromDevice)? {
+                Ok(t) => t,
+                Err(_) => {
+                    self.printk(&name, "vb2: Error getting dmabuf scatterlist".into());
+                    self.dma_buf_detach(dbuf, att)?;
+                    return Ok(-EINVAL);
+                }
+            };
+            let dma = self.sg(t)?.entries[0].dma_address;
+            if queue.alloc == Vb2Alloc::Contig {
+                let contig = self.dma_contiguous_size(t)?;
+                if contig < queue.size {
+                    self.printk(
+                        &name,
+                        format!(
+                            "vb2-dc: contiguous chunk is too small {contig}/{}",
+                            queue.size
+                        ),
+                    );
+                    self.vb2_put_dmabuf(im, t)?;
+                    return Ok(-EFAULT);
+                }
+            }
+            let b = &mut self.queue_mut(q)?.bufs[i];
+            b.imported = Some(im);
+            b.sgt = Some(t);
+            b.dma = dma;
+        }
+        self.vb2_enqueue(q, i)?;
+        Ok(0)
+    }
+
+    /// `vb2_dc_get_contiguous_size`: the bytes of the DMA segments that follow
+    /// each other from the first.
+    fn dma_contiguous_size(&self, t: u64) -> Result<u64> {
+        let t = self.sg(t)?;
+        let mut expected = t.entries.first().map_or(0, |e| e.dma_address);
+        let mut contig = 0;
+        for e in t.entries.iter().take(t.mapped) {
+            if e.dma_address != expected {
+                break;
+            }
+            expected += e.dma_len;
+            contig += e.dma_len;
+        }
+        Ok(contig)
+    }
+
+    /// `__vb2_plane_dmabuf_put`: unmap the attachment and detach.
+    fn vb2_put_dmabuf(&mut self, im: Imported, t: u64) -> Result<()> {
+        self.dma_buf_unmap_attachment(im.att, t, DmaDirection::FromDevice)?;
+        self.dma_buf_detach(im.dmabuf, im.att)
     }
 
     fn v4l2_try_start(&mut self, q: u64) -> Result<()> {
@@ -590,6 +728,15 @@ impl System {
         let b = queue.bufs[i].clone();
         let len = data.len() as u64;
         match (b.sgt, queue.alloc) {
+            // DMABUF: the exporter syncs when user space asks (DMA_BUF_IOCTL_SYNC);
+            // vb2 skips `finish` (init_buffer_cache_hints).
+            (Some(t), Vb2Alloc::Sg) if queue.memory == Vb2Memory::DmaBuf => {
+                self.dev_sg(queue.dev, t, len, Some(data))?;
+            }
+            (Some(_), Vb2Alloc::Contig) if queue.memory == Vb2Memory::DmaBuf => {
+                let j = self.dev_start(queue.dev, b.dma, len, Some(data))?;
+                self.wait(j)?;
+            }
             (Some(t), Vb2Alloc::Sg) => {
                 self.dev_sg(queue.dev, t, len, Some(data))?;
                 self.dma_sync_sg(queue.dev, t, DmaDirection::FromDevice, true, VB2_FINISH)?;
