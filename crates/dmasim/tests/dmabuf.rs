@@ -406,3 +406,51 @@ fn v4l2_buffer_pfn_of_an_imported_buffer_is_an_error_not_a_panic() {
     assert_eq!(r.exit_code(), 2);
     assert!(r.error.unwrap().contains("no kernel memory of its own"));
 }
+
+/// A kernel importer reads a captured frame through its vmap with `access`
+/// before the second read.
+fn kernel_reader(access: &str) -> (dmasim::report::Report, serde_json::Value) {
+    script(&format!(
+        r#"boot("arm64-noncoherent");
+        let cam = device("csi0", #{{ max_segment: 4294967295 }});
+        let app = process("app");
+        let b = dma_heap_alloc(app, "system", 65536);
+        let a = dma_buf_attach(b, cam);
+        let sgt = dma_buf_map_attachment(a, DMA_FROM_DEVICE);
+        let k = dma_buf_vmap(b);
+        expect_eq(dma_buf_vmap(b).va, k.va, "one vmap, counted");
+        dma_buf_begin_cpu_access(b, DMA_FROM_DEVICE);
+        let old = cpu_read(k, 0, 64);                // frame 0: zeros, now cached
+        dma_buf_end_cpu_access(b, DMA_FROM_DEVICE);
+        dev_write_sg(cam, sgt, blob(65536, 5));
+        {access}
+        print(`kernel sees ${{cpu_read(k, 0, 64)[0]}}`);
+        dma_buf_vunmap(b, k);
+        dma_buf_vunmap(b, k);
+        dma_buf_unmap_attachment(a, sgt, DMA_FROM_DEVICE);
+        dma_buf_detach(b, a);"#
+    ))
+}
+
+#[test]
+fn a_kernel_importer_reads_through_its_vmap_after_begin_cpu_access() {
+    let (r, j) = kernel_reader("");
+    assert_eq!(r.exit_code(), 1, "{:?}", r.error);
+    assert!(log_has(&j, "kernel sees 0"), "the cached zeros");
+    let f = finding(&j, "stale-cpu-read");
+    assert_eq!(f["manifested"], true);
+    let (r, j) = kernel_reader("dma_buf_begin_cpu_access(b, DMA_FROM_DEVICE);");
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    assert!(log_has(&j, "kernel sees 5"));
+    // One vunmap more than vmaps finds no mapping left.
+    let (r, _) = script(
+        r#"boot("arm64-noncoherent");
+        let b = dma_heap_alloc(process("app"), "system", 4096);
+        let k = dma_buf_vmap(b);
+        dma_buf_vunmap(b, k);
+        dma_buf_vunmap(b, k);"#,
+    );
+    assert_eq!(r.exit_code(), 2);
+    assert!(r.error.unwrap().contains("is not the vmap of dma-buf #1"));
+}

@@ -1,6 +1,6 @@
 //! Script bindings of dma-buf and the dma-buf heaps (see `uapi::dmabuf`): user
 //! space's `dma_heap_alloc`, `p.mmap(dbuf)`, `dma_buf_ioctl_sync` and `close`; an
-//! importer's `dma_buf_attach`, `dma_buf_map_attachment`,
+//! importer's `dma_buf_attach`, `dma_buf_vmap`, `dma_buf_vunmap`, `dma_buf_map_attachment`,
 //! `dma_buf_unmap_attachment`, `dma_buf_detach`, `dma_buf_begin_cpu_access` and
 //! `dma_buf_end_cpu_access`; V4L2's DMABUF import (`v4l2_reqbufs_dmabuf`,
 //! `v4l2_qbuf_dmabuf`). Calls that fail as Linux's do return the negative errno.
@@ -146,6 +146,31 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             with_sys(&s1, &ctx, |sys| {
                 sys.v4l2_qbuf_dmabuf(q as u64, i as u64, b.id)
             })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_buf_vmap",
+        move |ctx: NativeCallContext, b: DmaBufObj| -> RResult<BufferObj> {
+            with_sys(&s1, &ctx, |sys| {
+                let va = sys.dma_buf_vmap(b.id)?;
+                let d = &sys.kernel.dmabufs[&b.id];
+                Ok(BufferObj {
+                    id: 0,
+                    va,
+                    len: d.size,
+                    kind: "dmabuf",
+                    phys: d.chunks[0].0 << crate::config::PAGE_SHIFT,
+                    dma: None,
+                })
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_buf_vunmap",
+        move |ctx: NativeCallContext, b: DmaBufObj, m: BufferObj| {
+            with_sys(&s1, &ctx, |sys| sys.dma_buf_vunmap(b.id, m.va))
         },
     );
     for (name, begin) in [

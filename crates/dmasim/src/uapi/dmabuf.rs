@@ -27,8 +27,12 @@
 //! A dma-buf lives while its fd is open, an attachment exists or a process maps
 //! it; the last of these frees the pages.
 //!
+//! A kernel importer reaches the pages through `dma_buf_vmap` (a cacheable vmap;
+//! `invalidate_kernel_vmap_range` and `flush_kernel_vmap_range` do nothing on
+//! caches indexed by physical address, so only the attachments' syncs matter).
+//!
 //! Simplified: no fences or reservation objects (devices finish before the script
-//! goes on); no `dma_buf_vmap`; no dynamic importers or `cache_sgt_mapping`; no
+//! goes on); no dynamic importers or `cache_sgt_mapping`; no
 //! exporters other than the two heaps (V4L2 `VIDIOC_EXPBUF` and DRM PRIME are not
 //! modelled); `__GFP_NORETRY` has no effect (the model's page allocator never
 //! retries); the fd is the DmaBuf object itself, shared by every process.
@@ -100,6 +104,8 @@ pub struct DmaBuf {
     pub fd_open: bool,
     /// Live process mappings `(pid, address)`.
     pub mmaps: Vec<(u32, u64)>,
+    /// The kernel's vmap `(address, vmap_cnt)`, while there is one.
+    pub vmap: Option<(u64, u32)>,
 }
 
 impl DmaBuf {
@@ -212,6 +218,7 @@ impl System {
                 attachments: Vec::new(),
                 fd_open: true,
                 mmaps: Vec::new(),
+                vmap: None,
             },
         );
         Ok(Ok(id))
@@ -343,6 +350,14 @@ impl System {
             return;
         }
         let b = self.kernel.dmabufs.remove(&id).expect("checked above");
+        if let Some((va, _)) = b.vmap {
+            // system_heap_dma_buf_release / cma_heap_dma_buf_release.
+            self.printk(
+                "dma-buf",
+                format!("WARNING: dma-buf #{id} released while still mapped in the kernel"),
+            );
+            self.unmap_kernel_pages(va, b.size);
+        }
         match b.heap {
             Heap::System => {
                 for &(pfn, n) in &b.chunks {
@@ -359,6 +374,70 @@ impl System {
             "dma-buf",
             format!("{} heap: dma-buf #{id} released", b.heap.name()),
         );
+    }
+
+    /// `dma_buf_vmap(dmabuf, &map)`: the kernel address of a cacheable mapping of
+    /// every page (`vmap(pages, npages, VM_MAP, PAGE_KERNEL)`), the same one while
+    /// it is mapped (`vmap_cnt`). CPU access through it is bracketed like user
+    /// space's: `dma_buf_begin_cpu_access` / `dma_buf_end_cpu_access`.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for a released dma-buf.
+    pub fn dma_buf_vmap(&mut self, id: u64) -> Result<u64> {
+        self.step();
+        let b = self.dmabuf_ref(id)?;
+        if let Some((va, n)) = b.vmap {
+            let b = self.kernel.dmabufs.get_mut(&id).expect("checked above");
+            b.vmap = Some((va, n + 1));
+            return Ok(va);
+        }
+        let (pfns, size) = (b.pfns(), b.size);
+        let va = self.kernel.vmalloc_range(size);
+        for (i, &p) in pfns.iter().enumerate() {
+            self.hw.mmu.map_page(
+                0,
+                va + i as u64 * PAGE_SIZE,
+                p << PAGE_SHIFT,
+                MemType::Normal,
+            );
+        }
+        let b = self.kernel.dmabufs.get_mut(&id).expect("checked above");
+        b.vmap = Some((va, 1));
+        Ok(va)
+    }
+
+    /// `dma_buf_vunmap(dmabuf, &map)`: the last one unmaps.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for a released dma-buf or an address that is not its
+    /// vmap.
+    pub fn dma_buf_vunmap(&mut self, id: u64, va: u64) -> Result<()> {
+        self.step();
+        let b = self
+            .kernel
+            .dmabufs
+            .get_mut(&id)
+            .ok_or_else(|| SimError::Invalid(format!("dma-buf #{id} was released")))?;
+        match b.vmap {
+            Some((v, n)) if v == va && n > 1 => b.vmap = Some((v, n - 1)),
+            Some((v, _)) if v == va => {
+                b.vmap = None;
+                let size = b.size;
+                self.unmap_kernel_pages(va, size);
+            }
+            _ => {
+                return Err(SimError::Invalid(format!(
+                    "dma_buf_vunmap: {va:#x} is not the vmap of dma-buf #{id}"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn unmap_kernel_pages(&mut self, va: u64, size: u64) {
+        for off in (0..size).step_by(PAGE_SIZE as usize) {
+            self.hw.mmu.unmap_page(0, va + off);
+        }
     }
 
     /// `dma_buf_attach(dmabuf, dev)`: the attachment's id; its table is the
