@@ -236,6 +236,13 @@ struct Entry {
     /// The last device transfer in the history, to merge its pages into one event:
     /// (history index, line, write, first bus address, bytes so far).
     last_dev: Option<(usize, u32, bool, u64, u64)>,
+    /// The last event, when it tells of background write-backs: (first line's
+    /// physical address, lines), so that a sweep is one event, not one per line.
+    last_wb: Option<(u64, u64)>,
+    /// The last event, when it tells of CPU stores: (first offset, bytes, made while
+    /// the device owned the mapping), so that one store call is one event, not one
+    /// per page.
+    last_cpu: Option<(u64, u64, bool)>,
     /// The allocation the mapping lies in, if known.
     buffer: Option<u64>,
     /// When that allocation was freed while still mapped: (time ns, line).
@@ -306,6 +313,8 @@ fn scattered_runs(pfns: &[u64], size: u64) -> Vec<(u64, u64, u64)> {
 
 impl Entry {
     fn push(&mut self, ctx: Ctx, event: impl Into<Text>) {
+        self.last_wb = None;
+        self.last_cpu = None;
         if let Some((i, _, write, start, n)) = self.last_dev.take() {
             let verb = if write { "wrote" } else { "read" };
             if let Some(ev) = self.history.get_mut(i) {
@@ -321,6 +330,59 @@ impl Entry {
             line: ctx.line,
             event: event.into(),
         });
+    }
+
+    /// A dirty line written back in the background while the device owns the
+    /// mapping: one event, or one more line in the event just before when that told
+    /// of write-backs at the same moment (an eviction sweep).
+    fn note_writeback(&mut self, ctx: Ctx, at: u64) {
+        let same = self
+            .history
+            .last()
+            .is_some_and(|ev| ev.time_ns == ctx.time_ns && ev.line == ctx.line);
+        match self.last_wb {
+            Some((first, n)) if same => {
+                let ev = self.history.last_mut().expect("checked above");
+                ev.event = format!(
+                    "{} dirty CPU lines, the first at phys {first:#x}, were written back to DRAM (eviction or maintenance)",
+                    n + 1
+                )
+                .into();
+                self.last_wb = Some((first, n + 1));
+            }
+            _ => {
+                self.push(
+                    ctx,
+                    format!("a dirty CPU line at phys {at:#x} was written back to DRAM (eviction or maintenance)"),
+                );
+                self.last_wb = Some((at, 1));
+            }
+        }
+    }
+
+    /// CPU stores of `len` bytes at offset `off`: one event, or the event just
+    /// before grown when it told of the stores right below on the same script line.
+    fn note_cpu_write(&mut self, ctx: Ctx, off: u64, len: u64) {
+        let owned = self.device_owns;
+        let text = |start: u64, n: u64| -> Text {
+            if owned {
+                format!("CPU wrote {n} bytes at +{start:#x} while the device owns the buffer")
+                    .into()
+            } else {
+                format!("CPU wrote {n} bytes at +{start:#x}").into()
+            }
+        };
+        let same_line = self.history.last().is_some_and(|ev| ev.line == ctx.line);
+        match self.last_cpu {
+            Some((start, n, o)) if same_line && o == owned && start + n == off => {
+                self.history.last_mut().expect("checked above").event = text(start, n + len);
+                self.last_cpu = Some((start, n + len, owned));
+            }
+            _ => {
+                self.push(ctx, text(off, len));
+                self.last_cpu = Some((off, len, owned));
+            }
+        }
     }
 
     /// The physical address of byte `off` of the mapping.
@@ -738,6 +800,8 @@ impl Sanitizer {
             uncached_read_bytes: 0,
             uncached_read_ps: 0,
             last_dev: None,
+            last_wb: None,
+            last_cpu: None,
             buffer: buffer_id,
             freed: None,
             bounce: m.bounce,
@@ -1338,11 +1402,7 @@ impl Sanitizer {
             }
         }
         for (id, at) in quiet {
-            let e = self.entries.get_mut(id);
-            e.push(
-                ctx,
-                format!("a dirty CPU line at phys {at:#x} was written back to DRAM (eviction or maintenance)"),
-            );
+            self.entries.get_mut(id).note_writeback(ctx, at);
         }
         for (id, lost, at) in out {
             let e = self.entries.get_mut(id);
@@ -1431,16 +1491,8 @@ impl Sanitizer {
             e.dev_written.remove(os, ot);
             if e.device_owns {
                 e.owned_writes.insert(os, ot);
-                e.push(
-                    ctx,
-                    format!(
-                        "CPU wrote {} bytes at +{os:#x} while the device owns the buffer",
-                        t - s
-                    ),
-                );
-            } else {
-                e.push(ctx, format!("CPU wrote {} bytes at +{os:#x}", t - s));
             }
+            e.note_cpu_write(ctx, os, t - s);
         }
     }
 
