@@ -28,6 +28,29 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 #[test]
+fn a_dma_buf_is_on_the_memory_map_with_its_chunks() {
+    let d = tmp("dmabuf");
+    let html = d.join("dmabuf.html");
+    let out = dmasim(&[
+        "run",
+        "scenarios/dmabuf-heap-contiguous.rhai",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let page = std::fs::read_to_string(&html).unwrap();
+    // 300 KiB from the system heap: 15 chunks, each its own physical run.
+    assert!(
+        page.contains("dma-buf #1 (system heap) (freed) (300 KiB, 15 runs)"),
+        "the buffer's entry"
+    );
+    assert!(
+        page.contains("background:#c2417a"),
+        "its colour in the legend"
+    );
+}
+
+#[test]
 fn run_html_shows_the_finding_s_lines_the_memory_map_and_the_timeline() {
     let d = tmp("run");
     let html = d.join("rx.html");

@@ -233,6 +233,8 @@ pub struct Kernel {
     pub(crate) new_buffers: Vec<crate::report::visual::BufferView>,
     /// Buffers freed since the recorder last looked.
     pub(crate) freed_buffers: Vec<u64>,
+    /// Labels of other recorded allocations (dma-bufs) freed since then.
+    pub(crate) freed_labels: Vec<String>,
     /// Scatterlists by id.
     pub sg_tables: BTreeMap<u64, dma::sg::SgTable>,
     pub(crate) next_sg: u64,
@@ -317,6 +319,7 @@ impl Kernel {
             record_buffers: false,
             new_buffers: Vec::new(),
             freed_buffers: Vec::new(),
+            freed_labels: Vec::new(),
             sg_tables: BTreeMap::new(),
             next_sg: 1,
             procs: Vec::new(),

@@ -80,6 +80,7 @@ fn color_of_kind(kind: &str) -> &'static str {
         "coherent" => "#d9534f",
         "noncoherent" => "#b5527a",
         "noncontiguous" => "#8c6d3f",
+        "dma-buf" => "#c2417a",
         "vmalloc" => "#e07b22",
         "user" => "#7a5cc2",
         "kernel" => "#56606b",
@@ -539,6 +540,7 @@ pub fn render(r: &Report, extra: Option<&str>) -> String {
                 ("coherent", "coherent"),
                 ("noncoherent", "noncoherent"),
                 ("noncontiguous", "noncontiguous"),
+                ("dma-buf", "dma-buf"),
                 ("vmalloc", "vmalloc"),
                 ("user", "user pages")
             ]

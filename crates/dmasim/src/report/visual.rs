@@ -286,6 +286,11 @@ impl System {
         for b in self.kernel.new_buffers.drain(..) {
             r.buffer(b);
         }
+        for label in self.kernel.freed_labels.drain(..) {
+            if let Some(b) = r.visual.buffers.iter_mut().rev().find(|b| b.label == label) {
+                b.freed = true;
+            }
+        }
         for id in self.kernel.freed_buffers.drain(..) {
             let label = format!("#{id}");
             if let Some(b) = r

@@ -134,6 +134,11 @@ pub struct Attachment {
     pub mapped: Option<DmaDirection>,
 }
 
+/// The memory map's label of a dma-buf.
+fn dmabuf_label(id: u64, heap: Heap) -> String {
+    format!("dma-buf #{id} ({} heap)", heap.name())
+}
+
 impl System {
     fn dmabuf_ref(&self, id: u64) -> Result<&DmaBuf> {
         self.kernel
@@ -208,6 +213,19 @@ impl System {
                 chunks[0].0 << PAGE_SHIFT
             ),
         );
+        if self.kernel.record_buffers {
+            let view = crate::report::visual::BufferView {
+                label: dmabuf_label(id, heap),
+                kind: "dma-buf",
+                len: size,
+                line: self.line,
+                runs: crate::report::visual::runs_of(
+                    chunks.iter().flat_map(|&(pfn, n)| pfn..pfn + n),
+                ),
+                freed: false,
+            };
+            self.kernel.new_buffers.push(view);
+        }
         self.kernel.dmabufs.insert(
             id,
             DmaBuf {
@@ -374,6 +392,9 @@ impl System {
             "dma-buf",
             format!("{} heap: dma-buf #{id} released", b.heap.name()),
         );
+        if self.kernel.record_buffers {
+            self.kernel.freed_labels.push(dmabuf_label(id, b.heap));
+        }
     }
 
     /// `dma_buf_vmap(dmabuf, &map)`: the kernel address of a cacheable mapping of
