@@ -50,11 +50,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         engine.register_get(
             name,
             move |ctx: NativeCallContext, b: &mut DmaBufObj| -> RResult<Dynamic> {
-                with_sys(&s1, &ctx, |sys| {
-                    sys.kernel.dmabufs.get(&b.id).map(f).ok_or_else(|| {
-                        crate::system::SimError::Invalid(format!("dma-buf #{} was released", b.id))
-                    })
-                })
+                with_sys(&s1, &ctx, |sys| sys.dmabuf(b.id).map(f))
             },
         );
     }
@@ -74,7 +70,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         "mmap",
         move |ctx: NativeCallContext, p: &mut ProcessObj, b: DmaBufObj| {
             with_sys(&s1, &ctx, |sys| {
-                let len = sys.kernel.dmabufs.get(&b.id).map_or(0, |d| d.size);
+                let len = sys.dmabuf(b.id)?.size;
                 let r = sys.dma_buf_mmap(p.pid, b.id)?;
                 Ok(or_errno(r, |va| Dynamic::from(BufferObj::user(va, len))))
             })
@@ -154,7 +150,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         move |ctx: NativeCallContext, b: DmaBufObj| -> RResult<BufferObj> {
             with_sys(&s1, &ctx, |sys| {
                 let va = sys.dma_buf_vmap(b.id)?;
-                let d = &sys.kernel.dmabufs[&b.id];
+                let d = sys.dmabuf(b.id)?;
                 Ok(BufferObj {
                     id: 0,
                     va,

@@ -134,17 +134,27 @@ pub struct Attachment {
     pub mapped: Option<DmaDirection>,
 }
 
+/// The error for a dma-buf the script still holds after its memory went.
+fn released(id: u64) -> SimError {
+    SimError::Invalid(format!("dma-buf #{id} was released"))
+}
+
 /// The memory map's label of a dma-buf.
 fn dmabuf_label(id: u64, heap: Heap) -> String {
     format!("dma-buf #{id} ({} heap)", heap.name())
 }
 
 impl System {
-    fn dmabuf_ref(&self, id: u64) -> Result<&DmaBuf> {
-        self.kernel
-            .dmabufs
-            .get(&id)
-            .ok_or_else(|| SimError::Invalid(format!("dma-buf #{id} was released")))
+    /// The live dma-buf `id`.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] once it was released.
+    pub fn dmabuf(&self, id: u64) -> Result<&DmaBuf> {
+        self.kernel.dmabufs.get(&id).ok_or_else(|| released(id))
+    }
+
+    fn dmabuf_mut(&mut self, id: u64) -> Result<&mut DmaBuf> {
+        self.kernel.dmabufs.get_mut(&id).ok_or_else(|| released(id))
     }
 
     fn attachment_ref(&self, att: u64) -> Result<&Attachment> {
@@ -304,7 +314,7 @@ impl System {
     /// [`SimError::Invalid`] for an unknown process or a released dma-buf.
     pub fn dma_buf_mmap(&mut self, pid: u32, id: u64) -> Result<std::result::Result<u64, i64>> {
         self.step();
-        let b = self.dmabuf_ref(id)?;
+        let b = self.dmabuf(id)?;
         if !b.fd_open {
             return Ok(Err(-EBADF));
         }
@@ -312,12 +322,7 @@ impl System {
         // system_heap_mmap: remap_pfn_range(..., vma->vm_page_prot); the CMA heap
         // inserts the pfns at fault time with the same cacheable protection.
         let va = self.map_frames(pid, &pfns, MemType::Normal)?;
-        self.kernel
-            .dmabufs
-            .get_mut(&id)
-            .expect("checked above")
-            .mmaps
-            .push((pid, va));
+        self.dmabuf_mut(id)?.mmaps.push((pid, va));
         Ok(Ok(va))
     }
 
@@ -328,11 +333,7 @@ impl System {
     /// [`SimError::Invalid`] for a released dma-buf.
     pub fn dma_buf_close(&mut self, id: u64) -> Result<i64> {
         self.step();
-        let b = self
-            .kernel
-            .dmabufs
-            .get_mut(&id)
-            .ok_or_else(|| SimError::Invalid(format!("dma-buf #{id} was released")))?;
+        let b = self.dmabuf_mut(id)?;
         if !b.fd_open {
             return Ok(-EBADF);
         }
@@ -406,10 +407,9 @@ impl System {
     /// [`SimError::Invalid`] for a released dma-buf.
     pub fn dma_buf_vmap(&mut self, id: u64) -> Result<u64> {
         self.step();
-        let b = self.dmabuf_ref(id)?;
+        let b = self.dmabuf(id)?;
         if let Some((va, n)) = b.vmap {
-            let b = self.kernel.dmabufs.get_mut(&id).expect("checked above");
-            b.vmap = Some((va, n + 1));
+            self.dmabuf_mut(id)?.vmap = Some((va, n + 1));
             return Ok(va);
         }
         let (pfns, size) = (b.pfns(), b.size);
@@ -422,8 +422,7 @@ impl System {
                 MemType::Normal,
             );
         }
-        let b = self.kernel.dmabufs.get_mut(&id).expect("checked above");
-        b.vmap = Some((va, 1));
+        self.dmabuf_mut(id)?.vmap = Some((va, 1));
         Ok(va)
     }
 
@@ -434,11 +433,7 @@ impl System {
     /// vmap.
     pub fn dma_buf_vunmap(&mut self, id: u64, va: u64) -> Result<()> {
         self.step();
-        let b = self
-            .kernel
-            .dmabufs
-            .get_mut(&id)
-            .ok_or_else(|| SimError::Invalid(format!("dma-buf #{id} was released")))?;
+        let b = self.dmabuf_mut(id)?;
         match b.vmap {
             Some((v, n)) if v == va && n > 1 => b.vmap = Some((v, n - 1)),
             Some((v, _)) if v == va => {
@@ -470,7 +465,7 @@ impl System {
     pub fn dma_buf_attach(&mut self, id: u64, dev: usize) -> Result<u64> {
         self.device_checked(dev, "dma_buf_attach")?;
         self.step();
-        let b = self.dmabuf_ref(id)?;
+        let b = self.dmabuf(id)?;
         let (heap, chunks, pfns) = (b.heap, b.chunks.clone(), b.pfns());
         let sgt = match heap {
             Heap::System => {
@@ -495,12 +490,7 @@ impl System {
                 mapped: None,
             },
         );
-        self.kernel
-            .dmabufs
-            .get_mut(&id)
-            .expect("checked above")
-            .attachments
-            .insert(0, att);
+        self.dmabuf_mut(id)?.attachments.insert(0, att);
         Ok(att)
     }
 
@@ -587,7 +577,7 @@ impl System {
         for_cpu: bool,
         call: &str,
     ) -> Result<i64> {
-        let atts = self.dmabuf_ref(id)?.attachments.clone();
+        let atts = self.dmabuf(id)?.attachments.clone();
         for att in atts {
             let a = self.attachment_ref(att)?.clone();
             if a.mapped.is_some() {
@@ -634,7 +624,7 @@ impl System {
     /// [`SimError::Invalid`] for a released dma-buf.
     pub fn dma_buf_ioctl_sync(&mut self, id: u64, flags: u64) -> Result<i64> {
         self.step();
-        if !self.dmabuf_ref(id)?.fd_open {
+        if !self.dmabuf(id)?.fd_open {
             return Ok(-EBADF);
         }
         if flags & !(DMA_BUF_SYNC_RW | DMA_BUF_SYNC_END) != 0 {
