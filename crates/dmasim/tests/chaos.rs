@@ -52,7 +52,7 @@ fn random_script(seed: u64) -> String {
     for _ in 0..40 {
         let size = pick(&mut r, SIZES);
         let dir = pick(&mut r, DIRS);
-        let line = match r.below(41) {
+        let line = match r.below(42) {
             37 => format!(
                 "let nc = dma_alloc_noncontiguous(d, {size}, {dir}); if nc != () {{ let v = dma_vmap_noncontiguous(d, {size}, nc); dma_sync_sgtable_for_device(d, nc, {dir}); let x = dev_read_sg(d, nc, 64); if {} {{ dma_free_noncontiguous(d, {}, nc, {dir}); }} }}",
                 r.below(2) == 0,
@@ -63,6 +63,14 @@ fn random_script(seed: u64) -> String {
                 ["system", "reserved", "linux,cma", "none"][r.below(4)],
                 pick(&mut r, &["0", "1", "2", "3", "4", "5", "6", "7", "8", "-1"]),
                 r.below(2) == 0,
+                r.below(2) == 0
+            ),
+            41 => format!(
+                "if bufs.len() > 0 {{ let a = dma_map_{}_attrs(d, bufs[-1], {dir}, {}); addrs.push(a); dma_sync_single_range_for_{}(d, a, {}, {size}, {dir}); if {} {{ dma_unmap_single_attrs(d, a, {size}, {dir}, 32); }} }}",
+                ["single", "page"][r.below(2)],
+                pick(&mut r, &["32", "0", "34", "2", "-1", "0x7fffffff"]),
+                ["cpu", "device"][r.below(2)],
+                pick(&mut r, &["0", "64", "100", "-64", "0x100000"]),
                 r.below(2) == 0
             ),
             40 => format!(

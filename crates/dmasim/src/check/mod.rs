@@ -128,6 +128,50 @@ pub struct CpuFirst {
     pub sync: &'static str,
     /// The sync's arguments, for the help line: "dev, handle, size, dir".
     pub args: &'static str,
+    /// A streaming map with `DMA_ATTR_SKIP_CPU_SYNC` rather than an allocation:
+    /// what may be dirty is the CPU's earlier stores, not the allocation's zeros.
+    pub skipped_sync: bool,
+}
+
+impl CpuFirst {
+    /// "a dma_alloc_noncoherent buffer", for the messages.
+    fn buffer(&self) -> String {
+        if self.skipped_sync {
+            "a buffer mapped with DMA_ATTR_SKIP_CPU_SYNC".into()
+        } else {
+            format!("a {} buffer", self.alloc)
+        }
+    }
+
+    /// What the CPU caches may hold dirty.
+    fn dirt(&self) -> &'static str {
+        if self.skipped_sync {
+            "lines the CPU dirtied before the map"
+        } else {
+            "the allocation's zeros"
+        }
+    }
+
+    /// How the dirty lines got there.
+    fn how(&self) -> String {
+        if self.skipped_sync {
+            format!(
+                "{} left the lines the CPU had dirtied in the cache",
+                self.alloc
+            )
+        } else {
+            format!("{} zeroed the buffer through the cache", self.alloc)
+        }
+    }
+
+    /// The mapping's direction, as the message's last bracket says it.
+    fn dir_tag(&self) -> &'static str {
+        if self.skipped_sync {
+            "mapped with"
+        } else {
+            "allocated for"
+        }
+    }
 }
 
 /// `dma_alloc_noncoherent`'s hand-over.
@@ -135,6 +179,16 @@ const NONCOHERENT_FIRST: CpuFirst = CpuFirst {
     alloc: "dma_alloc_noncoherent",
     sync: "dma_sync_single_for_device",
     args: "dev, handle, size, dir",
+    skipped_sync: false,
+};
+
+/// A streaming map with `DMA_ATTR_SKIP_CPU_SYNC`: the driver does the cache
+/// maintenance, and until its first sync for the device the map did none.
+pub const SKIP_CPU_SYNC_FIRST: CpuFirst = CpuFirst {
+    alloc: "a map with DMA_ATTR_SKIP_CPU_SYNC",
+    sync: "dma_sync_single_for_device",
+    args: "dev, addr, size, dir",
+    skipped_sync: true,
 };
 
 impl NewMapping {
@@ -776,6 +830,9 @@ impl Sanitizer {
             .cpu_first
             .or_else(|| (m.kind == MapKind::Noncoherent).then_some(NONCOHERENT_FIRST));
         let alloc = m.kind == MapKind::Coherent || cpu_first.is_some();
+        // A map (not an allocation) that skipped its sync still returns an address
+        // to check.
+        let mapped = cpu_first.is_some_and(|f| f.skipped_sync);
         let mut e = Entry {
             dev: m.dev,
             dev_name: m.dev_name,
@@ -785,7 +842,7 @@ impl Sanitizer {
             dir: m.dir,
             kind: m.kind,
             // Allocations return NULL on failure: nothing for dma_mapping_error.
-            checked: alloc,
+            checked: alloc && !mapped,
             // dma_alloc_noncoherent hands the memory to the CPU first: the driver
             // fills it and syncs for the device (Documentation/core-api/dma-api.rst).
             device_owns: !alloc,
@@ -1005,8 +1062,8 @@ impl Sanitizer {
                 Some(e.size),
                 ctx,
                 format!(
-                    "{} wrote a {} buffer that was never handed to it with {}: the allocation's zeros could still be dirty in the CPU cache, and an eviction before the sync for the CPU writes them back over the device's bytes [device address={:#x}] [allocated for {}]",
-                    e.dev_name, first.alloc, first.sync, e.dev_addr, e.dir.name()
+                    "{} wrote {} that was never handed to it with {}: {} could still be dirty in the CPU cache, and an eviction before the sync for the CPU writes them back over the device's bytes [device address={:#x}] [{} {}]",
+                    e.dev_name, first.buffer(), first.sync, first.dirt(), e.dev_addr, first.dir_tag(), e.dir.name()
                 ),
                 format!("call {}({}) after {}, and after every CPU write, before the device uses the buffer: it cleans the dirty lines", first.sync, first.args, first.alloc),
                 hist.clone(),
@@ -1415,8 +1472,8 @@ impl Sanitizer {
             let (msg, help) = if let (Some(first), false) = (e.cpu_first, e.handed_over) {
                 (
                     format!(
-                        "a dirty CPU cache line was written back to DRAM over {lost} bytes the device had written: {} zeroed the buffer through the cache and it was never handed to {dev} with {} [device address={addr:#x}] [allocated for {}]",
-                        first.alloc, first.sync,
+                        "a dirty CPU cache line was written back to DRAM over {lost} bytes the device had written: {} and it was never handed to {dev} with {} [device address={addr:#x}] [{} {}]",
+                        first.how(), first.sync, first.dir_tag(),
                         dir.name()
                     ),
                     format!("call {}({}) after {}, and after every CPU write, before the device uses the buffer: it cleans the dirty lines", first.sync, first.args, first.alloc),

@@ -276,8 +276,9 @@ pub struct Kernel {
     pub copies: crate::uapi::chardev::CopyStats,
     /// V4L2 capture queues by id.
     pub v4l2: BTreeMap<u64, crate::uapi::v4l2::Vb2Queue>,
-    /// `DMA_ATTR_SKIP_CPU_SYNC` for the unmap in progress: no cache maintenance
-    /// and no bounce copy (set only around such a call).
+    /// `DMA_ATTR_SKIP_CPU_SYNC` for the map or unmap in progress: no cache
+    /// maintenance, and no copy out of a bounce buffer at unmap (the copy in at map
+    /// always happens); set only around such a call.
     pub(crate) dma_skip_cpu_sync: bool,
     pub(crate) next_v4l2: u64,
     /// Poll-mode drivers by id.

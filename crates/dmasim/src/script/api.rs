@@ -352,6 +352,8 @@ fn register_constants(engine: &mut Engine) {
             "GFP_DMA" => 0x01,
             "GFP_DMA32" => 0x04,
             "DMA_MAPPING_ERROR" => DMA_MAPPING_ERROR as INT,
+            "DMA_ATTR_WEAK_ORDERING" => crate::kernel::dma::DMA_ATTR_WEAK_ORDERING as INT,
+            "DMA_ATTR_SKIP_CPU_SYNC" => crate::kernel::dma::DMA_ATTR_SKIP_CPU_SYNC as INT,
             "PAGE_SIZE" => PAGE_SIZE as INT,
             "EPERM" => errno::EPERM,
             "ENOENT" => errno::ENOENT,
@@ -861,7 +863,8 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                 off: INT,
                 len: &Dynamic,
                 dir: INT,
-                kind: MapKind|
+                kind: MapKind,
+                attrs: u64|
      -> RResult<INT> {
         let dir = dir_of(ctx, dir)?;
         let n = size_of(ctx, len, "length")?;
@@ -875,12 +878,8 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             return Err(err(ctx, "expected a Buffer or a virtual address"));
         };
         with_sys(s, ctx, |sys| {
-            let r = if kind == MapKind::Page {
-                sys.dma_map_page(d.idx, va, n, dir)
-            } else {
-                sys.dma_map_single(d.idx, va, n, dir)
-            };
-            r.map(|a| a as INT)
+            sys.dma_map_attrs(d.idx, va, n, dir, kind, attrs)
+                .map(|a| a as INT)
         })
     };
     let s1 = s.clone();
@@ -891,8 +890,44 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
               b: Dynamic,
               off: INT,
               len: Dynamic,
-              dir: INT| { map5(&s1, &ctx, &d, &b, off, &len, dir, MapKind::Single) },
+              dir: INT| { map5(&s1, &ctx, &d, &b, off, &len, dir, MapKind::Single, 0) },
     );
+    for (name, kind) in [
+        ("dma_map_single_attrs", MapKind::Single),
+        ("dma_map_page_attrs", MapKind::Page),
+    ] {
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext,
+                  d: DeviceObj,
+                  b: Dynamic,
+                  off: INT,
+                  len: Dynamic,
+                  dir: INT,
+                  attrs: INT| {
+                map5(&s1, &ctx, &d, &b, off, &len, dir, kind, attrs as u64)
+            },
+        );
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, d: DeviceObj, b: BufferObj, dir: INT, attrs: INT| {
+                let len = Dynamic::from(b.len as INT);
+                map5(
+                    &s1,
+                    &ctx,
+                    &d,
+                    &Dynamic::from(b),
+                    0,
+                    &len,
+                    dir,
+                    kind,
+                    attrs as u64,
+                )
+            },
+        );
+    }
     let s1 = s.clone();
     engine.register_fn(
         "dma_map_page",
@@ -901,7 +936,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
               b: Dynamic,
               off: INT,
               len: Dynamic,
-              dir: INT| { map5(&s1, &ctx, &d, &b, off, &len, dir, MapKind::Page) },
+              dir: INT| { map5(&s1, &ctx, &d, &b, off, &len, dir, MapKind::Page, 0) },
     );
     let s1 = s.clone();
     engine.register_fn(
@@ -924,6 +959,50 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                 let n = size_of(&ctx, &len, name)?;
                 with_sys(&s1, &ctx, |sys| {
                     sys.dma_unmap(d.idx, addr as u64, n, dir, kind)
+                })
+            },
+        );
+    }
+    for (name, kind) in [
+        ("dma_unmap_single_attrs", MapKind::Single),
+        ("dma_unmap_page_attrs", MapKind::Page),
+    ] {
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext,
+                  d: DeviceObj,
+                  addr: INT,
+                  len: Dynamic,
+                  dir: INT,
+                  attrs: INT| {
+                let dir = dir_of(&ctx, dir)?;
+                let n = size_of(&ctx, &len, name)?;
+                with_sys(&s1, &ctx, |sys| {
+                    sys.dma_unmap_attrs(d.idx, addr as u64, n, dir, kind, attrs as u64)
+                })
+            },
+        );
+    }
+    // dma_sync_single_range_*: the sync of `size` bytes at `addr + offset`.
+    for (name, for_cpu) in [
+        ("dma_sync_single_range_for_cpu", true),
+        ("dma_sync_single_range_for_device", false),
+    ] {
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext,
+                  d: DeviceObj,
+                  addr: INT,
+                  off: INT,
+                  len: Dynamic,
+                  dir: INT| {
+                let dir = dir_of(&ctx, dir)?;
+                let n = size_of(&ctx, &len, name)?;
+                let at = (addr as u64).wrapping_add(off as u64);
+                with_sys(&s1, &ctx, |sys| {
+                    sys.dma_sync_single_as(d.idx, at, n, dir, for_cpu, name)
                 })
             },
         );

@@ -198,7 +198,9 @@ impl System {
             );
             return (DMA_MAPPING_ERROR, None);
         }
-        if !self.dev_is_dma_coherent(dev) {
+        // swiotlb_map: the copy in always happens, the clean of the slots not
+        // under DMA_ATTR_SKIP_CPU_SYNC.
+        if !self.dev_is_dma_coherent(dev) && !self.kernel.dma_skip_cpu_sync {
             self.arch_sync_dma_for_device(tlb, size, dir);
         }
         (addr, Some(tlb))

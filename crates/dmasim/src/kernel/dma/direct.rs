@@ -167,7 +167,7 @@ impl System {
             );
             return (DMA_MAPPING_ERROR, None);
         }
-        if !self.dev_is_dma_coherent(dev) {
+        if !self.dev_is_dma_coherent(dev) && !self.kernel.dma_skip_cpu_sync {
             self.arch_sync_dma_for_device(pa, size, dir);
         }
         (addr, None)

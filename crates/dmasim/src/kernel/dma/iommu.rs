@@ -170,7 +170,8 @@ impl System {
                 None => return (DMA_MAPPING_ERROR, None),
             }
         }
-        if !coherent {
+        // iommu_dma_map_page: no maintenance under DMA_ATTR_SKIP_CPU_SYNC.
+        if !coherent && !self.kernel.dma_skip_cpu_sync {
             self.arch_sync_dma_for_device(phys, size, dir);
         }
         let prot = dma_info_to_prot(dir, coherent);
@@ -348,7 +349,7 @@ impl System {
             }
             return Ok((entries.len(), true));
         }
-        if !coherent {
+        if !coherent && !self.kernel.dma_skip_cpu_sync {
             for e in entries.iter() {
                 self.arch_sync_dma_for_device(e.phys, e.len, dir);
             }

@@ -6,10 +6,10 @@
 //! operation. Results are Linux's: a bus address or `DMA_MAPPING_ERROR`, 0 or −errno,
 //! `None` for NULL.
 
-use crate::check::{BufferRef, HistoryEvent, MapKind, NewMapping};
+use crate::check::{BufferRef, HistoryEvent, MapKind, NewMapping, SKIP_CPU_SYNC_FIRST};
 use crate::config::PAGE_SIZE;
 use crate::hw::mmu::MemType;
-use crate::kernel::dma::{dma_bit_mask, DmaDirection, DMA_MAPPING_ERROR};
+use crate::kernel::dma::{dma_bit_mask, DmaDirection, DMA_ATTR_SKIP_CPU_SYNC, DMA_MAPPING_ERROR};
 use crate::kernel::mm::page_alloc::get_order;
 use crate::kernel::{errno, Backing, BufKind, Buffer};
 use crate::system::{Result, SimError, System};
@@ -204,6 +204,49 @@ impl System {
         self.map_linear(dev, va, size, dir, MapKind::Page)
     }
 
+    /// `dma_map_single_attrs()` / `dma_map_page_attrs()` (by `kind`). Of the
+    /// attributes only `DMA_ATTR_SKIP_CPU_SYNC` changes a streaming map: no cache
+    /// maintenance (a bounce buffer is still filled), and the driver owes the
+    /// first `dma_sync_single_for_device` — page_pool maps its pages this way and
+    /// syncs each one before the NIC gets it (`PP_FLAG_DMA_SYNC_DEV`).
+    ///
+    /// # Errors
+    /// As [`System::dma_map_single`].
+    pub fn dma_map_attrs(
+        &mut self,
+        dev: usize,
+        va: u64,
+        size: u64,
+        dir: DmaDirection,
+        kind: MapKind,
+        attrs: u64,
+    ) -> Result<u64> {
+        self.kernel.dma_skip_cpu_sync = attrs & DMA_ATTR_SKIP_CPU_SYNC != 0;
+        let r = self.map_linear(dev, va, size, dir, kind);
+        self.kernel.dma_skip_cpu_sync = false;
+        r
+    }
+
+    /// `dma_unmap_single_attrs()` / `dma_unmap_page_attrs()`: with
+    /// `DMA_ATTR_SKIP_CPU_SYNC` no invalidate and no copy out of a bounce buffer.
+    ///
+    /// # Errors
+    /// As [`System::dma_unmap`].
+    pub fn dma_unmap_attrs(
+        &mut self,
+        dev: usize,
+        addr: u64,
+        size: u64,
+        dir: DmaDirection,
+        kind: MapKind,
+        attrs: u64,
+    ) -> Result<()> {
+        self.kernel.dma_skip_cpu_sync = attrs & DMA_ATTR_SKIP_CPU_SYNC != 0;
+        let r = self.dma_unmap(dev, addr, size, dir, kind);
+        self.kernel.dma_skip_cpu_sync = false;
+        r
+    }
+
     fn map_linear(
         &mut self,
         dev: usize,
@@ -279,9 +322,12 @@ impl System {
         };
         if addr != DMA_MAPPING_ERROR {
             let buffer = self.buffer_ref(va);
+            let mut m = NewMapping::new(dev, name, addr, size, pa, dir, kind);
+            if self.kernel.dma_skip_cpu_sync {
+                m = m.cpu_first(SKIP_CPU_SYNC_FIRST);
+            }
             self.sanitizer_map(
-                NewMapping::new(dev, name, addr, size, pa, dir, kind)
-                    .buffer(buffer)
+                m.buffer(buffer)
                     .bounce(bounce)
                     .what(std::borrow::Cow::Borrowed(match (kind, dir) {
                         (MapKind::Single, DmaDirection::ToDevice) => "dma_map_single TO_DEVICE",
@@ -326,8 +372,9 @@ impl System {
         }
         let ctx = self.ctx();
         let name = &self.kernel.devices[dev].name;
+        let skip = self.kernel.dma_skip_cpu_sync;
         self.check
-            .unmap(&mut self.hw, ctx, dev, name, addr, size, dir, kind, false);
+            .unmap(&mut self.hw, ctx, dev, name, addr, size, dir, kind, skip);
         Ok(())
     }
 

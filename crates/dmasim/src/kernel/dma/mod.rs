@@ -15,6 +15,11 @@ use serde::Serialize;
 /// `DMA_MAPPING_ERROR` = `~(dma_addr_t)0` (include/linux/dma-mapping.h).
 pub const DMA_MAPPING_ERROR: u64 = u64::MAX;
 
+/// `DMA_ATTR_WEAK_ORDERING` (include/linux/dma-mapping.h): accepted, no effect here.
+pub const DMA_ATTR_WEAK_ORDERING: u64 = 1 << 1;
+/// `DMA_ATTR_SKIP_CPU_SYNC`: map or unmap without cache maintenance.
+pub const DMA_ATTR_SKIP_CPU_SYNC: u64 = 1 << 5;
+
 /// `DMA_BIT_MASK(n)`: `(1 << n) - 1`, all ones for n = 64.
 pub fn dma_bit_mask(bits: u32) -> u64 {
     if bits >= 64 {

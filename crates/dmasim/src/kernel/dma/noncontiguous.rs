@@ -36,6 +36,7 @@ const NONCONTIGUOUS_FIRST: CpuFirst = CpuFirst {
     alloc: "dma_alloc_noncontiguous",
     sync: "dma_sync_sgtable_for_device",
     args: "dev, sgt, dir",
+    skipped_sync: false,
 };
 
 impl System {
