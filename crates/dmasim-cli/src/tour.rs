@@ -42,6 +42,13 @@ const STOPS: &[Stop] = &[
         fixed: scenario!("rx-sync.rhai"),
     },
     Stop {
+        name: "page-pool",
+        title: "page_pool: pages mapped once with DMA_ATTR_SKIP_CPU_SYNC owe the device a sync at every reuse",
+        explain: "Network drivers map each receive page once and recycle it, with DMA_ATTR_SKIP_CPU_SYNC so that no map does cache work. The syncs are then the driver's: only the received bytes for the CPU, and the page for the device before the NIC gets it again (PP_FLAG_DMA_SYNC_DEV). Without that, lines the CPU wrote (an XDP program rewriting headers) are still dirty when the NIC writes the next packet, and an eviction puts them back over it.",
+        broken: scenario!("page-pool-no-sync-dev.rhai"),
+        fixed: scenario!("page-pool-no-sync-dev-fixed.rhai"),
+    },
+    Stop {
         name: "coherent-memory",
         title: "Coherent memory used as CPU working memory",
         explain: "dma_alloc_coherent on a non-coherent SoC maps the buffer non-cacheable: no syncs needed, but every CPU load goes to DRAM. Bulk data the CPU processes belongs in a streaming mapping.",
@@ -317,6 +324,11 @@ pub fn run(name: Option<&str>, list: bool, html: Option<&std::path::Path>) -> Re
         crate::write_file(&dir.join("index.html"), &index_page(&index))?;
         crate::outln!("Tour reports: {}/index.html", dir.display());
     }
-    crate::outln!("Run one yourself: cargo run --release -- run scenarios/rx-no-sync.rhai");
+    // One stop: its own scenario; the whole tour: the classic first one.
+    let example = match index.as_slice() {
+        [(s, ..)] => s.broken.0,
+        _ => "rx-no-sync.rhai",
+    };
+    crate::outln!("Run one yourself: cargo run --release -- run scenarios/{example}");
     Ok(if ok { 0 } else { 1 })
 }

@@ -216,6 +216,16 @@ fn the_tour_lists_and_runs_its_stops() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
     assert!(text.contains("stale-cpu-read"), "{text}");
     assert!(text.contains("reported on 20/20 seeds"), "{text}");
+    assert!(
+        text.contains("Run one yourself: cargo run --release -- run scenarios/rx-no-sync.rhai"),
+        "{text}"
+    );
+    let out = dmasim(&["tour", "page-pool"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("run scenarios/page-pool-no-sync-dev.rhai"),
+        "a single stop points to its own scenario: {text}"
+    );
     // The README's main command: the whole tour succeeds.
     let out = dmasim(&["tour"]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&["tour"], &out));
@@ -230,6 +240,8 @@ fn the_tour_lists_and_runs_its_stops() {
         "coherent-memory",
         "noncoherent-memory",
         "dma-pool",
+        "dma-buf",
+        "page-pool",
         "user-mmap",
         "scatter-gather",
         "unpinned-pages",
