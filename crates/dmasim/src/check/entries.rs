@@ -135,6 +135,11 @@ impl<E: Indexed> Entries<E> {
         &self.map[&id].0
     }
 
+    /// Entry `id` if it is live.
+    pub(super) fn try_get(&self, id: u64) -> Option<&E> {
+        self.map.get(&id).map(|(e, _)| &**e)
+    }
+
     pub(super) fn get_mut(&mut self, id: u64) -> &mut E {
         &mut self.map.get_mut(&id).expect("live entry").0
     }

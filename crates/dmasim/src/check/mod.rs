@@ -40,6 +40,8 @@ pub struct Ctx {
     pub line: u32,
 }
 
+/// Finding keys of dma-bufs (see `Sanitizer::group_key`), apart from entry ids.
+const DMABUF_KEYS: u64 = 1 << 62;
 /// Why a read of coherent memory was stale: it went through a cacheable alias.
 const COHERENT_ALIAS: &str = "through a cacheable alias of coherent memory";
 
@@ -698,6 +700,17 @@ impl Sanitizer {
 
     /// Reports a finding about a device access: the device, bus address and length
     /// come from the access itself.
+    /// The key a finding about entry `id` is kept under: the entry, or for the
+    /// entries of a dma-buf mapping (one per scatterlist entry, one per chunk of
+    /// the system heap) the dma-buf, so that one missing `DMA_BUF_IOCTL_SYNC` is one
+    /// finding per script line and not one per chunk.
+    fn group_key(&self, id: u64) -> u64 {
+        self.entries
+            .try_get(id)
+            .and_then(|e| e.dmabuf)
+            .map_or(id, |n| DMABUF_KEYS | n)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn report_access(
         &mut self,
@@ -1282,11 +1295,12 @@ impl Sanitizer {
             }
             e.snapshot()
         };
+        let key = self.group_key(id);
         for (pid, msg, help) in problems {
             let manifested = (pid == "cpu-access-device-owned").then_some(false);
             self.report(
                 pid,
-                id,
+                key,
                 manifested,
                 Some(dev_name),
                 Some(addr),
@@ -1396,6 +1410,7 @@ impl Sanitizer {
                 ),
                 },
             };
+            let key = self.group_key(key);
             self.report(
                 id,
                 key,
@@ -1764,8 +1779,9 @@ impl Sanitizer {
             return;
         }
         let hist = e.snapshot();
+        let key = self.group_key(id);
         for (fid, manifested, msg, help) in out {
-            self.report_access(fid, id, manifested, &a, ctx, msg, help, hist.clone());
+            self.report_access(fid, key, manifested, &a, ctx, msg, help, hist.clone());
         }
     }
 
