@@ -80,8 +80,9 @@ fn random_script(seed: u64) -> String {
                     "dma_buf_begin_cpu_access(dbs[-1], 2)",
                     "dma_buf_end_cpu_access(dbs[-1], 1)",
                     "dma_buf_ioctl_sync(dbs[-1], 6)",
-                    "{ let q = v4l2_open(d, #{ alloc: \"dma-contig\" }); let n = v4l2_reqbufs_dmabuf(q, 3, 4096); let k = v4l2_qbuf_dmabuf(q, 0, dbs[-1]); v4l2_qbuf_dmabuf(q, 1, dbs[0]); v4l2_streamon(q); v4l2_capture(q, pattern(\"inc\", 64)); v4l2_dqbuf(q); v4l2_reqbufs_dmabuf(q, 0, 4096) }"
-                ][r.below(5)]
+                    "{ let q = v4l2_open(d, #{ alloc: \"dma-contig\" }); let n = v4l2_reqbufs_dmabuf(q, 3, 4096); let k = v4l2_qbuf_dmabuf(q, 0, dbs[-1]); v4l2_qbuf_dmabuf(q, 1, dbs[0]); v4l2_streamon(q); v4l2_capture(q, pattern(\"inc\", 64)); v4l2_dqbuf(q); v4l2_reqbufs_dmabuf(q, 0, 4096) }",
+                    "{ let q = v4l2_open(d, #{ alloc: \"dma-sg\" }); if v4l2_reqbufs(q, 3, 8192) > 0 { let e = v4l2_expbuf(q, 1); if type_of(e) == \"DmaBuf\" { dbs.push(e); let a = dma_buf_attach(e, d); let t = dma_buf_map_attachment(a, 0); dma_buf_ioctl_sync(e, 7); } v4l2_reqbufs(q, 0, 8192); } }"
+                ][r.below(6)]
             ),
             38 => format!(
                 "if bufs.len() > 0 {{ let u = {}; let x = p.read(u, 0, 8); }}",

@@ -453,3 +453,67 @@ fn a_kernel_importer_reads_through_its_vmap_after_begin_cpu_access() {
     assert_eq!(r.exit_code(), 2);
     assert!(r.error.unwrap().contains("is not the vmap of dma-buf #1"));
 }
+
+#[test]
+fn a_coherent_camera_s_exported_frame_is_stale_for_a_non_coherent_display() {
+    let (r, j) = scenario("v4l2-expbuf-coherency.rhai", 0, None);
+    assert_eq!(r.exit_code(), 1, "{:?}", r.error);
+    assert_eq!(ids(&j), ["stale-device-read"]);
+    let f = finding(&j, "stale-device-read");
+    assert_eq!(f["manifested"], true);
+    assert!(f["message"]
+        .as_str()
+        .unwrap()
+        .contains("DMA_BUF_IOCTL_SYNC changes nothing"));
+    assert!(f["help"].as_str().unwrap().contains("dma-buf heap"));
+    assert!(log_has(&j, "128 of 128 overlay lines missing"));
+    for seed in 0..3 {
+        let (r, j) = scenario("v4l2-expbuf-coherency-fixed.rhai", seed, None);
+        ok(&r);
+        assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    }
+}
+
+#[test]
+fn an_exported_vb2_buffer_outlives_its_queue_and_keeps_its_attributes() {
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent", #{ iommu: "smmu" });
+        let cam = device("csi0");                          // behind the SMMU
+        let lcd = device("lcdif0", #{ iommu: false, max_segment: 4294967295 });
+        let app = process("app");
+        let q = v4l2_open(cam, #{ alloc: "dma-contig" });
+        v4l2_reqbufs(q, 3, "256 KiB");
+        print(`userptr-style index ${v4l2_expbuf(q, 7)}`);
+        let fb = v4l2_expbuf(q, 1);
+        let a = dma_buf_attach(fb, lcd);
+        let t = dma_buf_map_attachment(a, DMA_BIDIRECTIONAL);
+        print(`display segments ${t.nents}`);             // scattered without its IOMMU
+        let v = app.mmap(fb);
+        let free0 = zoneinfo()["DMA"].free;
+        v4l2_reqbufs(q, 0, "256 KiB");                   // the dma-buf keeps buffer 1
+        print(`freed ${zoneinfo()["DMA"].free - free0}`);
+        dma_buf_unmap_attachment(a, t, DMA_BIDIRECTIONAL);
+        dma_buf_detach(fb, a);
+        app.munmap(v);
+        close(fb);"#,
+    );
+    ok(&r);
+    assert!(log_has(&j, "userptr-style index -22"));
+    let segs: u64 = j["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .find_map(|l| l.split("display segments ").nth(1))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        segs > 1,
+        "IOVA-contiguous for the camera, scattered for the display"
+    );
+    // Two of the three 256 KiB buffers went back; the exported one stayed.
+    assert!(log_has(&j, "freed 524288"), "{:?}", j["log"]);
+    assert!(log_has(&j, "vb2: buffer freed with its last dma-buf #1"));
+}

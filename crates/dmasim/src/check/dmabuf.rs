@@ -65,3 +65,30 @@ pub(super) fn stale_device_read(
 ) -> String {
     format!("{dev} read {len} bytes of dma-buf #{n} that the CPU wrote with no DMA_BUF_IOCTL_SYNC(DMA_BUF_SYNC_END) since; {bad_lines} of {lines} lines were stale in DRAM [device address={addr:#x}]")
 }
+
+/// The fix when the exporter's syncs do nothing (vb2-dma-contig).
+pub(super) const SYNCLESS_HELP: &str = "vb2-dma-contig's DMA_BUF_IOCTL_SYNC does no cache maintenance: its memory is coherent for the exporting device only, and a buffer a coherent device exports is cacheable. Share frames with a non-coherent importer through a dma-buf heap buffer both devices import (the heap syncs every attachment), or keep the CPU out of them";
+
+/// `stale-device-read` through an exporter whose syncs do nothing.
+pub(super) fn syncless_device_read(
+    n: u64,
+    dev: &str,
+    len: u64,
+    bad_lines: u64,
+    lines: u64,
+    addr: u64,
+) -> String {
+    format!("{dev} read {len} bytes of dma-buf #{n} that the CPU wrote through a cacheable mapping; its exporter (vb2-dma-contig) does no cache maintenance for importers, so DMA_BUF_IOCTL_SYNC changes nothing: {bad_lines} of {lines} lines were stale in DRAM [device address={addr:#x}]")
+}
+
+/// `stale-cpu-read` through an exporter whose syncs do nothing.
+pub(super) fn syncless_cpu_read(
+    n: u64,
+    dev: &str,
+    len: u64,
+    bad_lines: u64,
+    lines: u64,
+    addr: u64,
+) -> String {
+    format!("CPU read {len} bytes of dma-buf #{n} that {dev} wrote; its exporter (vb2-dma-contig) does no cache maintenance, so DMA_BUF_IOCTL_SYNC changes nothing: {bad_lines} of {lines} lines held stale data [device address={addr:#x}]")
+}

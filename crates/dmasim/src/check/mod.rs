@@ -116,8 +116,9 @@ pub struct NewMapping {
     /// device), instead of a mapping the device owns from the start.
     pub cpu_first: Option<CpuFirst>,
     /// The dma-buf (id) an exporter mapped for an importer: the CPU hands it over
-    /// with `DMA_BUF_IOCTL_SYNC`, which the messages name.
-    pub dmabuf: Option<u64>,
+    /// with `DMA_BUF_IOCTL_SYNC`, which the messages name; and whether that
+    /// exporter's syncs do nothing (vb2-dma-contig), so no call can help.
+    pub dmabuf: Option<(u64, bool)>,
 }
 
 /// An allocation that starts out CPU-owned: the call that made it and the sync
@@ -247,7 +248,7 @@ impl NewMapping {
     }
 
     /// The dma-buf an exporter mapped this for, if any.
-    pub fn dmabuf(mut self, d: Option<u64>) -> NewMapping {
+    pub fn dmabuf(mut self, d: Option<(u64, bool)>) -> NewMapping {
         self.dmabuf = d;
         self
     }
@@ -315,6 +316,8 @@ struct Entry {
     map_event: Option<MapEvent>,
     /// The dma-buf an exporter mapped this for (see `check::dmabuf`).
     dmabuf: Option<u64>,
+    /// Its exporter's CPU-access syncs do nothing.
+    dmabuf_syncless: bool,
 }
 
 /// A map event whose text is built lazily (most mappings never appear in a finding).
@@ -881,7 +884,8 @@ impl Sanitizer {
                 .map_or_else(Vec::new, |p| scattered_runs(p, m.size)),
             pages: m.pages,
             map_event: None,
-            dmabuf: m.dmabuf,
+            dmabuf: m.dmabuf.map(|d| d.0),
+            dmabuf_syncless: m.dmabuf.is_some_and(|d| d.1),
         };
         e.push(ctx, Text::EMPTY);
         e.map_event = Some(MapEvent {
@@ -1367,18 +1371,22 @@ impl Sanitizer {
                     e.snapshot(),
                     e.dir,
                     why,
-                    e.dmabuf,
+                    e.dmabuf.map(|n| (n, e.dmabuf_syncless)),
                 ));
             }
         }
         for (id, key, manifested, bad_lines, len, dev, addr, hist, dir, why, dmabuf) in out {
             let lines = len.div_ceil(line);
             let (msg, help) = match (id, dmabuf) {
-                ("stale-cpu-read", Some(n)) if why.starts_with("without") => (
+                ("stale-cpu-read", Some((n, true))) => (
+                    dmabuf::syncless_cpu_read(n, &dev, len, bad_lines, lines, addr),
+                    dmabuf::SYNCLESS_HELP.into(),
+                ),
+                ("stale-cpu-read", Some((n, false))) if why.starts_with("without") => (
                     dmabuf::stale_cpu_read(n, &dev, len, bad_lines, lines, addr),
                     dmabuf::HELP.into(),
                 ),
-                ("cpu-access-device-owned", Some(n)) => (
+                ("cpu-access-device-owned", Some((n, _))) => (
                     dmabuf::read_device_owned(n, &dev, len, addr),
                     dmabuf::HELP.into(),
                 ),
@@ -1752,12 +1760,18 @@ impl Sanitizer {
                 ));
             } else if let (true, Some(n)) = (pending > 0 || bad > 0, e.dmabuf) {
                 let lines = len.div_ceil(line);
-                out.push((
-                    "stale-device-read",
-                    Some(bad > 0),
-                    dmabuf::stale_device_read(n, a.dev_name, len, bad_lines, lines, a.bus),
-                    dmabuf::HELP.into(),
-                ));
+                let (msg, help) = if e.dmabuf_syncless {
+                    (
+                        dmabuf::syncless_device_read(n, a.dev_name, len, bad_lines, lines, a.bus),
+                        dmabuf::SYNCLESS_HELP,
+                    )
+                } else {
+                    (
+                        dmabuf::stale_device_read(n, a.dev_name, len, bad_lines, lines, a.bus),
+                        dmabuf::HELP,
+                    )
+                };
+                out.push(("stale-device-read", Some(bad > 0), msg, help.into()));
                 e.cpu_dirty.remove(os, ot);
                 e.owned_writes.remove(os, ot);
             } else if pending > 0 || bad > 0 {

@@ -295,7 +295,8 @@ pub struct Kernel {
     pub(crate) next_dmabuf: u64,
     /// The dma-buf whose attachment an exporter is mapping (set only around
     /// `dma_buf_map_attachment`): its mappings tell the sanitizer so.
-    pub(crate) mapping_dmabuf: Option<u64>,
+    /// With it, whether that exporter's CPU-access syncs do nothing (vb2-dma-contig).
+    pub(crate) mapping_dmabuf: Option<(u64, bool)>,
 }
 
 impl Kernel {

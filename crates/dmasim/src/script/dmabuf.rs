@@ -3,7 +3,7 @@
 //! importer's `dma_buf_attach`, `dma_buf_vmap`, `dma_buf_vunmap`, `dma_buf_map_attachment`,
 //! `dma_buf_unmap_attachment`, `dma_buf_detach`, `dma_buf_begin_cpu_access` and
 //! `dma_buf_end_cpu_access`; V4L2's DMABUF import (`v4l2_reqbufs_dmabuf`,
-//! `v4l2_qbuf_dmabuf`). Calls that fail as Linux's do return the negative errno.
+//! `v4l2_qbuf_dmabuf`) and export (`v4l2_expbuf`). Calls that fail as Linux's do return the negative errno.
 
 use rhai::{Dynamic, Engine, NativeCallContext, INT};
 
@@ -122,6 +122,16 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             let dir = dir_of(&ctx, dir)?;
             with_sys(&s1, &ctx, |sys| {
                 sys.dma_buf_unmap_attachment(a.id, t.id, dir)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "v4l2_expbuf",
+        move |ctx: NativeCallContext, q: INT, i: INT| {
+            with_sys(&s1, &ctx, |sys| {
+                let r = sys.v4l2_expbuf(q as u64, i as u64)?;
+                Ok(or_errno(r, |id| Dynamic::from(DmaBufObj { id })))
             })
         },
     );

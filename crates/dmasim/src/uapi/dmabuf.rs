@@ -68,23 +68,51 @@ const HIGH_ORDER_GFP: u64 =
 /// `LOW_ORDER_GFP`: single pages, which may reclaim and warn on failure.
 const LOW_ORDER_GFP: u64 = GFP_USER | GFP_HIGHMEM | GFP_ZERO;
 
-/// Where a dma-buf's memory comes from.
+/// Where a dma-buf's memory comes from: a heap, or a videobuf2 buffer exported
+/// with `VIDIOC_EXPBUF` (`uapi::v4l2_expbuf`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heap {
     /// `/dev/dma_heap/system`.
     System,
     /// `/dev/dma_heap/<default CMA area>`.
     Cma,
+    /// `vb2_dc_dmabuf_ops`: a dma-contig buffer (coherent memory).
+    Vb2Contig,
+    /// `vb2_dma_sg_dmabuf_ops`: a dma-sg buffer (vmalloc'd pages).
+    Vb2Sg,
 }
 
 impl Heap {
-    /// The heap's name (`exp_name` of its buffers).
+    /// The heap's or exporter's name.
     pub fn name(self) -> &'static str {
         match self {
             Heap::System => "system",
             Heap::Cma => "reserved",
+            Heap::Vb2Contig => "vb2-dma-contig",
+            Heap::Vb2Sg => "vb2-dma-sg",
         }
     }
+
+    /// "system heap", "exported by vb2-dma-contig": for log lines and labels.
+    fn describe(self) -> String {
+        match self {
+            Heap::System | Heap::Cma => format!("{} heap", self.name()),
+            _ => format!("exported by {}", self.name()),
+        }
+    }
+}
+
+/// The videobuf2 buffer behind an exported dma-buf.
+#[derive(Debug, Clone, Copy)]
+pub struct Vb2Export {
+    /// The capture device (its mappings and syncs are the exporter's).
+    pub dev: usize,
+    /// The vb2 buffer's kernel buffer (kept while a dma-buf holds it).
+    pub kbuf: u64,
+    /// dma-sg: the buffer's own mapped table.
+    pub sgt: Option<u64>,
+    /// Bytes (the queue's buffer size).
+    pub size: u64,
 }
 
 /// A dma-buf (`struct dma_buf` with its heap buffer).
@@ -106,6 +134,8 @@ pub struct DmaBuf {
     pub mmaps: Vec<(u32, u64)>,
     /// The kernel's vmap `(address, vmap_cnt)`, while there is one.
     pub vmap: Option<(u64, u32)>,
+    /// The vb2 buffer, for a dma-buf videobuf2 exported.
+    pub vb2: Option<Vb2Export>,
 }
 
 impl DmaBuf {
@@ -141,7 +171,7 @@ fn released(id: u64) -> SimError {
 
 /// The memory map's label of a dma-buf.
 fn dmabuf_label(id: u64, heap: Heap) -> String {
-    format!("dma-buf #{id} ({} heap)", heap.name())
+    format!("dma-buf #{id} ({})", heap.describe())
 }
 
 impl System {
@@ -192,9 +222,10 @@ impl System {
         if size == 0 {
             return Ok(Err(-EINVAL));
         }
-        let chunks = match heap {
-            Heap::System => self.system_heap_pages(size),
-            Heap::Cma => self.cma_heap_pages(size),
+        let chunks = if heap == Heap::System {
+            self.system_heap_pages(size)
+        } else {
+            self.cma_heap_pages(size)
         };
         let Some(chunks) = chunks else {
             return Ok(Err(-ENOMEM));
@@ -217,8 +248,8 @@ impl System {
         self.printk(
             "dma-buf",
             format!(
-                "{} heap: dma-buf #{id} of {size} bytes in {} chunk(s), {runs} physically contiguous run(s), first phys={:#x}",
-                heap.name(),
+                "{}: dma-buf #{id} of {size} bytes in {} chunk(s), {runs} physically contiguous run(s), first phys={:#x}",
+                heap.describe(),
                 chunks.len(),
                 chunks[0].0 << PAGE_SHIFT
             ),
@@ -247,6 +278,7 @@ impl System {
                 fd_open: true,
                 mmaps: Vec::new(),
                 vmap: None,
+                vb2: None,
             },
         );
         Ok(Ok(id))
@@ -318,10 +350,15 @@ impl System {
         if !b.fd_open {
             return Ok(Err(-EBADF));
         }
-        let pfns = b.pfns();
+        let (pfns, vb2) = (b.pfns(), b.vb2);
         // system_heap_mmap: remap_pfn_range(..., vma->vm_page_prot); the CMA heap
-        // inserts the pfns at fault time with the same cacheable protection.
-        let va = self.map_frames(pid, &pfns, MemType::Normal)?;
+        // inserts the pfns at fault time with the same cacheable protection;
+        // vb2-dma-contig maps with dma_mmap_attrs (the kernel's own attributes).
+        let memtype = match (b.heap, vb2) {
+            (Heap::Vb2Contig, Some(v)) if !self.dev_is_dma_coherent(v.dev) => MemType::NormalNc,
+            _ => MemType::Normal,
+        };
+        let va = self.map_frames(pid, &pfns, memtype)?;
         self.dmabuf_mut(id)?.mmaps.push((pid, va));
         Ok(Ok(va))
     }
@@ -369,7 +406,7 @@ impl System {
             return;
         }
         let b = self.kernel.dmabufs.remove(&id).expect("checked above");
-        if let Some((va, _)) = b.vmap {
+        if let (Some((va, _)), None) = (b.vmap, b.vb2) {
             // system_heap_dma_buf_release / cma_heap_dma_buf_release.
             self.printk(
                 "dma-buf",
@@ -378,6 +415,7 @@ impl System {
             self.unmap_kernel_pages(va, b.size);
         }
         match b.heap {
+            Heap::Vb2Contig | Heap::Vb2Sg => self.vb2_export_put(&b),
             Heap::System => {
                 for &(pfn, n) in &b.chunks {
                     self.kernel.pages.free_pages(pfn, n.trailing_zeros());
@@ -391,7 +429,7 @@ impl System {
         }
         self.printk(
             "dma-buf",
-            format!("{} heap: dma-buf #{id} released", b.heap.name()),
+            format!("{}: dma-buf #{id} released", b.heap.describe()),
         );
         if self.kernel.record_buffers {
             self.kernel.freed_labels.push(dmabuf_label(id, b.heap));
@@ -410,6 +448,12 @@ impl System {
         let b = self.dmabuf(id)?;
         if let Some((va, n)) = b.vmap {
             self.dmabuf_mut(id)?.vmap = Some((va, n + 1));
+            return Ok(va);
+        }
+        if let Some(v) = b.vb2 {
+            // vb2_dc_vaddr / vb2_dma_sg_vaddr: the buffer's own kernel mapping.
+            let va = self.kernel.buffers.get(&v.kbuf).map_or(0, |k| k.va);
+            self.dmabuf_mut(id)?.vmap = Some((va, 1));
             return Ok(va);
         }
         let (pfns, size) = (b.pfns(), b.size);
@@ -438,8 +482,10 @@ impl System {
             Some((v, n)) if v == va && n > 1 => b.vmap = Some((v, n - 1)),
             Some((v, _)) if v == va => {
                 b.vmap = None;
-                let size = b.size;
-                self.unmap_kernel_pages(va, size);
+                let (size, exported) = (b.size, b.vb2.is_some());
+                if !exported {
+                    self.unmap_kernel_pages(va, size);
+                }
             }
             _ => {
                 return Err(SimError::Invalid(format!(
@@ -476,7 +522,12 @@ impl System {
                 self.sg_from_chunks(&pieces)?
             }
             // sg_alloc_table_from_pages: UINT_MAX rounded down to a page.
-            Heap::Cma => self.sg_from_pfns(&pfns, u64::from(u32::MAX) & !(PAGE_SIZE - 1))?,
+            // vb2: a copy of the buffer's table (`dma_get_sgtable` of coherent
+            // memory, the dma-sg pages' table), entries merged as
+            // sg_alloc_table_from_pages does.
+            Heap::Cma | Heap::Vb2Contig | Heap::Vb2Sg => {
+                self.sg_from_pfns(&pfns, u64::from(u32::MAX) & !(PAGE_SIZE - 1))?
+            }
         };
         let att = self.kernel.next_dmabuf;
         self.kernel.next_dmabuf += 1;
@@ -509,6 +560,11 @@ impl System {
                 a.dmabuf
             )));
         }
+        // vb2's exporters keep the mapping until detach and unmap it then
+        // (DMA_ATTR_SKIP_CPU_SYNC); the heaps do not.
+        if let (true, Some(d)) = (self.dmabuf(id)?.vb2.is_some(), a.mapped) {
+            self.dma_unmap_sg_attrs(a.dev, a.sgt, d, true)?;
+        }
         self.kernel.dmabuf_attachments.remove(&att);
         self.kernel.sg_tables.remove(&a.sgt);
         if let Some(b) = self.kernel.dmabufs.get_mut(&id) {
@@ -529,12 +585,29 @@ impl System {
         dir: DmaDirection,
     ) -> Result<std::result::Result<u64, i64>> {
         let a = self.attachment_ref(att)?.clone();
-        self.kernel.mapping_dmabuf = Some(a.dmabuf);
+        let vb2 = self.dmabuf(a.dmabuf)?.vb2.is_some();
+        if vb2 {
+            // vb2_dc_dmabuf_ops_map / vb2_dma_sg_dmabuf_ops_map: the mapping is cached
+            // per direction and made with DMA_ATTR_SKIP_CPU_SYNC.
+            match a.mapped {
+                Some(d) if d == dir => return Ok(Ok(a.sgt)),
+                Some(d) => self.dma_unmap_sg_attrs(a.dev, a.sgt, d, true)?,
+                None => {}
+            }
+            self.kernel.dma_skip_cpu_sync = true;
+        }
+        let syncless = self.dmabuf(a.dmabuf)?.heap == Heap::Vb2Contig;
+        self.kernel.mapping_dmabuf = Some((a.dmabuf, syncless));
         let r = self.dma_map_sgtable(a.dev, a.sgt, dir);
         self.kernel.mapping_dmabuf = None;
+        self.kernel.dma_skip_cpu_sync = false;
         let r = r?;
         if r < 0 {
-            return Ok(Err(r));
+            if let Some(a) = self.kernel.dmabuf_attachments.get_mut(&att) {
+                a.mapped = None;
+            }
+            // vb2's exporters say "failed to map scatterlist" and return -EIO.
+            return Ok(Err(if vb2 { -crate::kernel::errno::EIO } else { r }));
         }
         if let Some(a) = self.kernel.dmabuf_attachments.get_mut(&att) {
             a.mapped = Some(dir);
@@ -560,6 +633,10 @@ impl System {
                 "dma_buf_unmap_attachment: scatterlist #{sgt} is not the mapped table of attachment #{att}"
             )));
         }
+        if self.dmabuf(a.dmabuf)?.vb2.is_some() {
+            // vb2_dc_dmabuf_ops_unmap: "nothing to be done here" (kept until detach).
+            return Ok(());
+        }
         self.dma_unmap_sg(a.dev, a.sgt, dir)?;
         if let Some(a) = self.kernel.dmabuf_attachments.get_mut(&att) {
             a.mapped = None;
@@ -577,7 +654,24 @@ impl System {
         for_cpu: bool,
         call: &str,
     ) -> Result<i64> {
-        let atts = self.dmabuf(id)?.attachments.clone();
+        let b = self.dmabuf(id)?;
+        match (b.heap, b.vb2) {
+            // vb2_dc_dmabuf_ops_begin/end_cpu_access: nothing (coherent memory, as
+            // far as the exporter is concerned).
+            (Heap::Vb2Contig, _) => return Ok(0),
+            // vb2_dma_sg_dmabuf_ops_begin/end_cpu_access: the exporter's own table.
+            (
+                Heap::Vb2Sg,
+                Some(Vb2Export {
+                    dev, sgt: Some(t), ..
+                }),
+            ) => {
+                self.dma_sync_sg(dev, t, dir, for_cpu, call)?;
+                return Ok(0);
+            }
+            _ => {}
+        }
+        let atts = b.attachments.clone();
         for att in atts {
             let a = self.attachment_ref(att)?.clone();
             if a.mapped.is_some() {

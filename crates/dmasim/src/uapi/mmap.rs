@@ -64,7 +64,7 @@ impl PgProt {
 impl System {
     /// The frames of every page kernel buffer `buffer` touches, through the kernel's
     /// page tables (a coherent buffer behind an IOMMU is scattered).
-    fn buffer_frames(&self, buffer: u64) -> Result<Vec<u64>> {
+    pub(crate) fn buffer_frames(&self, buffer: u64) -> Result<Vec<u64>> {
         let b = self
             .kernel
             .buffers

@@ -7,4 +7,5 @@ pub mod mmap;
 pub mod pmd;
 pub mod process;
 pub mod v4l2;
+pub mod v4l2_expbuf;
 pub mod vfio;

@@ -27,7 +27,8 @@
 //! `finish`): user space must bracket its reads with `DMA_BUF_IOCTL_SYNC`.
 //!
 //! Simplifications: single-planar capture queues only; `min_queued_buffers` = 2
-//! (a typical CSI receiver), so REQBUFS needs at least 3; no `VIDIOC_EXPBUF`; no
+//! (a typical CSI receiver), so REQBUFS needs at least 3 (`VIDIOC_EXPBUF` is
+//! `uapi::v4l2_expbuf`); no
 //! O_NONBLOCK distinction (DQBUF with nothing done returns −EAGAIN); the device
 //! fills the oldest active buffer when the script calls `v4l2_capture`.
 
@@ -276,6 +277,11 @@ impl System {
                 if let (Some(im), Some(t)) = (b.imported, b.sgt) {
                     self.vb2_put_dmabuf(im, t)?;
                 }
+                continue;
+            }
+            if self.vb2_buffer_exported(b.buf) {
+                // A dma-buf holds a reference: the memory goes at its release
+                // (`vb2_dc_put`), not here.
                 continue;
             }
             match b.sgt {
