@@ -116,9 +116,27 @@ pub struct NewMapping {
     /// device), instead of a mapping the device owns from the start.
     pub cpu_first: Option<CpuFirst>,
     /// The dma-buf (id) an exporter mapped for an importer: the CPU hands it over
-    /// with `DMA_BUF_IOCTL_SYNC`, which the messages name; and whether that
-    /// exporter's syncs do nothing (vb2-dma-contig), so no call can help.
-    pub dmabuf: Option<(u64, bool)>,
+    /// with `DMA_BUF_IOCTL_SYNC`, which the messages name; and how that exporter
+    /// syncs.
+    pub dmabuf: Option<(u64, DmaBufSync)>,
+    /// Mapped with `DMA_ATTR_SKIP_CPU_SYNC`: dma-debug does not complain when its
+    /// first cache line is another mapping's (`add_dma_entry`).
+    pub skip_cpu_sync: bool,
+}
+
+/// How the exporter of a dma-buf keeps an importer's mapping in sync with the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmaBufSync {
+    /// The heaps: `DMA_BUF_IOCTL_SYNC` syncs every mapped attachment, so each
+    /// importer mapping follows the ownership rules of a streaming mapping.
+    Attachments,
+    /// vb2-dma-sg: only the exporter's own mapping is synced (the same lines, so
+    /// the data is right); the importer's mapping never changes hands, and only
+    /// bytes that really are stale are reported.
+    Exporter,
+    /// vb2-dma-contig: no sync at all (coherent memory for the exporter); only
+    /// stale bytes are reported, with a message saying no call can help.
+    Nothing,
 }
 
 /// An allocation that starts out CPU-owned: the call that made it and the sync
@@ -220,6 +238,7 @@ impl NewMapping {
             what: std::borrow::Cow::Borrowed(""),
             cpu_first: None,
             dmabuf: None,
+            skip_cpu_sync: false,
         }
     }
 
@@ -247,8 +266,14 @@ impl NewMapping {
         self
     }
 
+    /// Made with `DMA_ATTR_SKIP_CPU_SYNC`.
+    pub fn skip_cpu_sync(mut self, skip: bool) -> NewMapping {
+        self.skip_cpu_sync = skip;
+        self
+    }
+
     /// The dma-buf an exporter mapped this for, if any.
-    pub fn dmabuf(mut self, d: Option<(u64, bool)>) -> NewMapping {
+    pub fn dmabuf(mut self, d: Option<(u64, DmaBufSync)>) -> NewMapping {
         self.dmabuf = d;
         self
     }
@@ -318,6 +343,9 @@ struct Entry {
     dmabuf: Option<u64>,
     /// Its exporter's CPU-access syncs do nothing.
     dmabuf_syncless: bool,
+    /// The exporter, not this mapping, carries the ownership (vb2's exporters):
+    /// CPU and device accesses are checked against the truth only.
+    exporter_synced: bool,
 }
 
 /// A map event whose text is built lazily (most mappings never appear in a finding).
@@ -818,7 +846,8 @@ impl Sanitizer {
             let clash = self
                 .entries
                 .with_first_line(line)
-                .map(|cid| self.entries.get(cid));
+                .map(|cid| self.entries.get(cid))
+                .filter(|_| !m.skip_cpu_sync);
             if let Some(e) = clash {
                 let msg = format!(
                     "cacheline tracking EEXIST, overlapping mappings aren't supported [cacheline={:#x}] [first mapping: {}]",
@@ -885,7 +914,8 @@ impl Sanitizer {
             pages: m.pages,
             map_event: None,
             dmabuf: m.dmabuf.map(|d| d.0),
-            dmabuf_syncless: m.dmabuf.is_some_and(|d| d.1),
+            dmabuf_syncless: m.dmabuf.is_some_and(|d| d.1 == DmaBufSync::Nothing),
+            exporter_synced: m.dmabuf.is_some_and(|d| d.1 != DmaBufSync::Attachments),
         };
         e.push(ctx, Text::EMPTY);
         e.map_event = Some(MapEvent {
@@ -1341,10 +1371,10 @@ impl Sanitizer {
             // Which rule this read breaks, if any: bytes the device wrote and nobody
             // synced for the CPU; any read while the device owns a streaming buffer;
             // or, with no rule broken, bytes that still differ from the truth.
-            let verdict = if e.kind != MapKind::Coherent && e.dev_written.overlap(os, os + len) > 0
-            {
+            let ruled = e.kind != MapKind::Coherent && !e.exporter_synced;
+            let verdict = if ruled && e.dev_written.overlap(os, os + len) > 0 {
                 Some(("stale-cpu-read", "without a sync for the CPU"))
-            } else if e.kind != MapKind::Coherent && e.device_owns {
+            } else if ruled && e.device_owns {
                 Some((
                     "cpu-access-device-owned",
                     "while the device owns the buffer",
@@ -1566,6 +1596,10 @@ impl Sanitizer {
             if e.kind == MapKind::Coherent {
                 continue;
             }
+            if e.exporter_synced {
+                e.push(ctx, format!("CPU wrote {} bytes at +{os:#x}", t - s));
+                continue;
+            }
             let ot = os + (t - s);
             e.cpu_dirty.insert(os, ot);
             e.dev_written.remove(os, ot);
@@ -1726,7 +1760,9 @@ impl Sanitizer {
                         "write to a streaming buffer only before dma_map_* or between dma_sync_single_for_cpu and dma_sync_single_for_device".into(),
                     ));
                 }
-                e.dev_written.insert(os, ot);
+                if !e.exporter_synced {
+                    e.dev_written.insert(os, ot);
+                }
                 e.cpu_dirty.remove(os, ot);
                 e.owned_writes.remove(os, ot);
                 e.dev_wrote_unsynced |= e.cpu_first.is_some() && !e.handed_over;

@@ -295,8 +295,8 @@ pub struct Kernel {
     pub(crate) next_dmabuf: u64,
     /// The dma-buf whose attachment an exporter is mapping (set only around
     /// `dma_buf_map_attachment`): its mappings tell the sanitizer so.
-    /// With it, whether that exporter's CPU-access syncs do nothing (vb2-dma-contig).
-    pub(crate) mapping_dmabuf: Option<(u64, bool)>,
+    /// With it, how that exporter syncs the CPU's accesses.
+    pub(crate) mapping_dmabuf: Option<(u64, crate::check::DmaBufSync)>,
 }
 
 impl Kernel {
@@ -381,6 +381,13 @@ impl Kernel {
     /// `virt_addr_valid()`: is `va` in the linear map.
     pub fn is_linear(&self, va: u64) -> bool {
         self.virt_to_phys(va).is_some()
+    }
+
+    /// A new id for a dma-buf or an attachment (one sequence, as for fds).
+    pub(crate) fn new_dmabuf_id(&mut self) -> u64 {
+        let id = self.next_dmabuf;
+        self.next_dmabuf += 1;
+        id
     }
 
     /// Free pages in the page allocator.

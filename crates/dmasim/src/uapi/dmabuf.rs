@@ -37,6 +37,7 @@
 //! modelled); `__GFP_NORETRY` has no effect (the model's page allocator never
 //! retries); the fd is the DmaBuf object itself, shared by every process.
 
+use crate::check::DmaBufSync;
 use crate::config::{PAGE_SHIFT, PAGE_SIZE};
 use crate::hw::mmu::MemType;
 use crate::kernel::dma::direct::page_align;
@@ -139,6 +140,27 @@ pub struct DmaBuf {
 }
 
 impl DmaBuf {
+    /// A new dma-buf with its fd open and nothing attached or mapped.
+    pub fn new(
+        id: u64,
+        heap: Heap,
+        size: u64,
+        chunks: Vec<(u64, u64)>,
+        vb2: Option<Vb2Export>,
+    ) -> DmaBuf {
+        DmaBuf {
+            id,
+            heap,
+            size,
+            chunks,
+            attachments: Vec::new(),
+            fd_open: true,
+            mmaps: Vec::new(),
+            vmap: None,
+            vb2,
+        }
+    }
+
     /// Every frame, in buffer order.
     pub fn pfns(&self) -> Vec<u64> {
         self.chunks
@@ -239,8 +261,7 @@ impl System {
             }
             self.check_limits()?;
         }
-        let id = self.kernel.next_dmabuf;
-        self.kernel.next_dmabuf += 1;
+        let id = self.kernel.new_dmabuf_id();
         let runs = 1 + chunks
             .windows(2)
             .filter(|w| w[0].0 + w[0].1 != w[1].0)
@@ -267,20 +288,9 @@ impl System {
             };
             self.kernel.new_buffers.push(view);
         }
-        self.kernel.dmabufs.insert(
-            id,
-            DmaBuf {
-                id,
-                heap,
-                size,
-                chunks,
-                attachments: Vec::new(),
-                fd_open: true,
-                mmaps: Vec::new(),
-                vmap: None,
-                vb2: None,
-            },
-        );
+        self.kernel
+            .dmabufs
+            .insert(id, DmaBuf::new(id, heap, size, chunks, None));
         Ok(Ok(id))
     }
 
@@ -529,8 +539,7 @@ impl System {
                 self.sg_from_pfns(&pfns, u64::from(u32::MAX) & !(PAGE_SIZE - 1))?
             }
         };
-        let att = self.kernel.next_dmabuf;
-        self.kernel.next_dmabuf += 1;
+        let att = self.kernel.new_dmabuf_id();
         self.kernel.dmabuf_attachments.insert(
             att,
             Attachment {
@@ -596,8 +605,12 @@ impl System {
             }
             self.kernel.dma_skip_cpu_sync = true;
         }
-        let syncless = self.dmabuf(a.dmabuf)?.heap == Heap::Vb2Contig;
-        self.kernel.mapping_dmabuf = Some((a.dmabuf, syncless));
+        let how = match self.dmabuf(a.dmabuf)?.heap {
+            Heap::Vb2Contig => DmaBufSync::Nothing,
+            Heap::Vb2Sg => DmaBufSync::Exporter,
+            Heap::System | Heap::Cma => DmaBufSync::Attachments,
+        };
+        self.kernel.mapping_dmabuf = Some((a.dmabuf, how));
         let r = self.dma_map_sgtable(a.dev, a.sgt, dir);
         self.kernel.mapping_dmabuf = None;
         self.kernel.dma_skip_cpu_sync = false;

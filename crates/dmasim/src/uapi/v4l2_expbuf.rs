@@ -62,8 +62,7 @@ impl System {
             Vb2Alloc::Contig => Heap::Vb2Contig,
             Vb2Alloc::Sg => Heap::Vb2Sg,
         };
-        let id = self.kernel.next_dmabuf;
-        self.kernel.next_dmabuf += 1;
+        let id = self.kernel.new_dmabuf_id();
         let name = self.kernel.devices[dev].name.clone();
         self.printk(
             &name,
@@ -72,25 +71,15 @@ impl System {
                 heap.name()
             ),
         );
-        self.kernel.dmabufs.insert(
-            id,
-            DmaBuf {
-                id,
-                heap,
-                size,
-                chunks,
-                attachments: Vec::new(),
-                fd_open: true,
-                mmaps: Vec::new(),
-                vmap: None,
-                vb2: Some(Vb2Export {
-                    dev,
-                    kbuf,
-                    sgt,
-                    size,
-                }),
-            },
-        );
+        let vb2 = Vb2Export {
+            dev,
+            kbuf,
+            sgt,
+            size,
+        };
+        self.kernel
+            .dmabufs
+            .insert(id, DmaBuf::new(id, heap, size, chunks, Some(vb2)));
         Ok(Ok(id))
     }
 

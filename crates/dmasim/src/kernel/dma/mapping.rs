@@ -322,8 +322,9 @@ impl System {
         };
         if addr != DMA_MAPPING_ERROR {
             let buffer = self.buffer_ref(va);
-            let mut m = NewMapping::new(dev, name, addr, size, pa, dir, kind);
-            if self.kernel.dma_skip_cpu_sync {
+            let skip = self.kernel.dma_skip_cpu_sync;
+            let mut m = NewMapping::new(dev, name, addr, size, pa, dir, kind).skip_cpu_sync(skip);
+            if skip {
                 m = m.cpu_first(SKIP_CPU_SYNC_FIRST);
             }
             self.sanitizer_map(

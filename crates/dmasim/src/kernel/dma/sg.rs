@@ -270,6 +270,7 @@ impl System {
                     .buffer(buffer)
                     .bounce(bounce)
                     .dmabuf(self.kernel.mapping_dmabuf)
+                    .skip_cpu_sync(self.kernel.dma_skip_cpu_sync)
                     .what(format!("{call} {} [entry {i} of {total}]", dir.name())),
             );
             // dma_map_sg's result is checked by testing for 0, not dma_mapping_error.
