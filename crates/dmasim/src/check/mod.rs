@@ -1408,14 +1408,11 @@ impl Sanitizer {
         for (id, key, manifested, bad_lines, len, dev, addr, hist, dir, why, dmabuf) in out {
             let lines = len.div_ceil(line);
             let (msg, help) = match (id, dmabuf) {
-                ("stale-cpu-read", Some((n, true))) => (
-                    dmabuf::syncless_cpu_read(n, &dev, len, bad_lines, lines, addr),
-                    dmabuf::SYNCLESS_HELP.into(),
-                ),
-                ("stale-cpu-read", Some((n, false))) if why.starts_with("without") => (
-                    dmabuf::stale_cpu_read(n, &dev, len, bad_lines, lines, addr),
-                    dmabuf::HELP.into(),
-                ),
+                ("stale-cpu-read", Some((n, syncless))) if syncless || why.starts_with("without") => {
+                    let (msg, help) = dmabuf::StaleRead { n, dev: &dev, len, bad_lines, lines, addr }
+                        .by_cpu(syncless);
+                    (msg, help.into())
+                }
                 ("cpu-access-device-owned", Some((n, _))) => (
                     dmabuf::read_device_owned(n, &dev, len, addr),
                     dmabuf::HELP.into(),
@@ -1796,17 +1793,15 @@ impl Sanitizer {
                 ));
             } else if let (true, Some(n)) = (pending > 0 || bad > 0, e.dmabuf) {
                 let lines = len.div_ceil(line);
-                let (msg, help) = if e.dmabuf_syncless {
-                    (
-                        dmabuf::syncless_device_read(n, a.dev_name, len, bad_lines, lines, a.bus),
-                        dmabuf::SYNCLESS_HELP,
-                    )
-                } else {
-                    (
-                        dmabuf::stale_device_read(n, a.dev_name, len, bad_lines, lines, a.bus),
-                        dmabuf::HELP,
-                    )
+                let read = dmabuf::StaleRead {
+                    n,
+                    dev: a.dev_name,
+                    len,
+                    bad_lines,
+                    lines,
+                    addr: a.bus,
                 };
+                let (msg, help) = read.by_device(e.dmabuf_syncless);
                 out.push(("stale-device-read", Some(bad > 0), msg, help.into()));
                 e.cpu_dirty.remove(os, ot);
                 e.owned_writes.remove(os, ot);
