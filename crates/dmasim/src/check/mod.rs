@@ -341,11 +341,8 @@ struct Entry {
     map_event: Option<MapEvent>,
     /// The dma-buf an exporter mapped this for (see `check::dmabuf`).
     dmabuf: Option<u64>,
-    /// Its exporter's CPU-access syncs do nothing.
-    dmabuf_syncless: bool,
-    /// The exporter, not this mapping, carries the ownership (vb2's exporters):
-    /// CPU and device accesses are checked against the truth only.
-    exporter_synced: bool,
+    /// How its exporter syncs (see `DmaBufSync`).
+    dmabuf_sync: Option<DmaBufSync>,
 }
 
 /// A map event whose text is built lazily (most mappings never appear in a finding).
@@ -399,6 +396,18 @@ fn scattered_runs(pfns: &[u64], size: u64) -> Vec<(u64, u64, u64)> {
 }
 
 impl Entry {
+    /// The exporter's CPU-access syncs do nothing (vb2-dma-contig).
+    fn dmabuf_syncless(&self) -> bool {
+        self.dmabuf_sync == Some(DmaBufSync::Nothing)
+    }
+
+    /// The exporter, not this mapping, carries the ownership (vb2's exporters):
+    /// CPU and device accesses are checked against the truth only.
+    fn exporter_synced(&self) -> bool {
+        self.dmabuf_sync
+            .is_some_and(|d| d != DmaBufSync::Attachments)
+    }
+
     fn push(&mut self, ctx: Ctx, event: impl Into<Text>) {
         self.last_wb = None;
         self.last_cpu = None;
@@ -914,8 +923,7 @@ impl Sanitizer {
             pages: m.pages,
             map_event: None,
             dmabuf: m.dmabuf.map(|d| d.0),
-            dmabuf_syncless: m.dmabuf.is_some_and(|d| d.1 == DmaBufSync::Nothing),
-            exporter_synced: m.dmabuf.is_some_and(|d| d.1 != DmaBufSync::Attachments),
+            dmabuf_sync: m.dmabuf.map(|d| d.1),
         };
         e.push(ctx, Text::EMPTY);
         e.map_event = Some(MapEvent {
@@ -1371,7 +1379,7 @@ impl Sanitizer {
             // Which rule this read breaks, if any: bytes the device wrote and nobody
             // synced for the CPU; any read while the device owns a streaming buffer;
             // or, with no rule broken, bytes that still differ from the truth.
-            let ruled = e.kind != MapKind::Coherent && !e.exporter_synced;
+            let ruled = e.kind != MapKind::Coherent && !e.exporter_synced();
             let verdict = if ruled && e.dev_written.overlap(os, os + len) > 0 {
                 Some(("stale-cpu-read", "without a sync for the CPU"))
             } else if ruled && e.device_owns {
@@ -1401,7 +1409,7 @@ impl Sanitizer {
                     e.snapshot(),
                     e.dir,
                     why,
-                    e.dmabuf.map(|n| (n, e.dmabuf_syncless)),
+                    e.dmabuf.map(|n| (n, e.dmabuf_syncless())),
                 ));
             }
         }
@@ -1593,7 +1601,7 @@ impl Sanitizer {
             if e.kind == MapKind::Coherent {
                 continue;
             }
-            if e.exporter_synced {
+            if e.exporter_synced() {
                 e.push(ctx, format!("CPU wrote {} bytes at +{os:#x}", t - s));
                 continue;
             }
@@ -1757,7 +1765,7 @@ impl Sanitizer {
                         "write to a streaming buffer only before dma_map_* or between dma_sync_single_for_cpu and dma_sync_single_for_device".into(),
                     ));
                 }
-                if !e.exporter_synced {
+                if !e.exporter_synced() {
                     e.dev_written.insert(os, ot);
                 }
                 e.cpu_dirty.remove(os, ot);
@@ -1801,7 +1809,7 @@ impl Sanitizer {
                     lines,
                     addr: a.bus,
                 };
-                let (msg, help) = read.by_device(e.dmabuf_syncless);
+                let (msg, help) = read.by_device(e.dmabuf_syncless());
                 out.push(("stale-device-read", Some(bad > 0), msg, help.into()));
                 e.cpu_dirty.remove(os, ot);
                 e.owned_writes.remove(os, ot);
