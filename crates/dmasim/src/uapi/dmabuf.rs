@@ -94,6 +94,15 @@ impl Heap {
         }
     }
 
+    /// How the exporter keeps importers' mappings in sync with the CPU.
+    pub fn sync(self) -> DmaBufSync {
+        match self {
+            Heap::System | Heap::Cma => DmaBufSync::Attachments,
+            Heap::Vb2Sg => DmaBufSync::Exporter,
+            Heap::Vb2Contig => DmaBufSync::Nothing,
+        }
+    }
+
     /// "system heap", "exported by vb2-dma-contig": for log lines and labels.
     fn describe(self) -> String {
         match self {
@@ -594,7 +603,8 @@ impl System {
         dir: DmaDirection,
     ) -> Result<std::result::Result<u64, i64>> {
         let a = self.attachment_ref(att)?.clone();
-        let vb2 = self.dmabuf(a.dmabuf)?.vb2.is_some();
+        let how = self.dmabuf(a.dmabuf)?.heap.sync();
+        let vb2 = how != DmaBufSync::Attachments;
         if vb2 {
             // vb2_dc_dmabuf_ops_map / vb2_dma_sg_dmabuf_ops_map: the mapping is cached
             // per direction and made with DMA_ATTR_SKIP_CPU_SYNC.
@@ -603,17 +613,10 @@ impl System {
                 Some(d) => self.dma_unmap_sg_attrs(a.dev, a.sgt, d, true)?,
                 None => {}
             }
-            self.kernel.dma_skip_cpu_sync = true;
         }
-        let how = match self.dmabuf(a.dmabuf)?.heap {
-            Heap::Vb2Contig => DmaBufSync::Nothing,
-            Heap::Vb2Sg => DmaBufSync::Exporter,
-            Heap::System | Heap::Cma => DmaBufSync::Attachments,
-        };
         self.kernel.mapping_dmabuf = Some((a.dmabuf, how));
-        let r = self.dma_map_sgtable(a.dev, a.sgt, dir);
+        let r = self.skipping_cpu_sync(vb2, |sys| sys.dma_map_sgtable(a.dev, a.sgt, dir));
         self.kernel.mapping_dmabuf = None;
-        self.kernel.dma_skip_cpu_sync = false;
         let r = r?;
         if r < 0 {
             if let Some(a) = self.kernel.dmabuf_attachments.get_mut(&att) {

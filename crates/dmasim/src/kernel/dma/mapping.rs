@@ -221,8 +221,16 @@ impl System {
         kind: MapKind,
         attrs: u64,
     ) -> Result<u64> {
-        self.kernel.dma_skip_cpu_sync = attrs & DMA_ATTR_SKIP_CPU_SYNC != 0;
-        let r = self.map_linear(dev, va, size, dir, kind);
+        self.skipping_cpu_sync(attrs & DMA_ATTR_SKIP_CPU_SYNC != 0, |sys| {
+            sys.map_linear(dev, va, size, dir, kind)
+        })
+    }
+
+    /// Runs `f` as a call made with `DMA_ATTR_SKIP_CPU_SYNC` when `skip`: no cache
+    /// maintenance, no copy out of a bounce buffer (the flag lives only for `f`).
+    pub(crate) fn skipping_cpu_sync<T>(&mut self, skip: bool, f: impl FnOnce(&mut Self) -> T) -> T {
+        self.kernel.dma_skip_cpu_sync = skip;
+        let r = f(self);
         self.kernel.dma_skip_cpu_sync = false;
         r
     }
@@ -241,10 +249,9 @@ impl System {
         kind: MapKind,
         attrs: u64,
     ) -> Result<()> {
-        self.kernel.dma_skip_cpu_sync = attrs & DMA_ATTR_SKIP_CPU_SYNC != 0;
-        let r = self.dma_unmap(dev, addr, size, dir, kind);
-        self.kernel.dma_skip_cpu_sync = false;
-        r
+        self.skipping_cpu_sync(attrs & DMA_ATTR_SKIP_CPU_SYNC != 0, |sys| {
+            sys.dma_unmap(dev, addr, size, dir, kind)
+        })
     }
 
     fn map_linear(

@@ -54,10 +54,8 @@ impl System {
         };
         let pa = pfn * PAGE_SIZE;
         let addr = if iommu {
-            self.kernel.dma_skip_cpu_sync = true;
-            let (addr, _) = self.iommu_dma_map_phys(dev, pa, bytes, dir);
-            self.kernel.dma_skip_cpu_sync = false;
-            addr
+            self.skipping_cpu_sync(true, |sys| sys.iommu_dma_map_phys(dev, pa, bytes, dir))
+                .0
         } else {
             self.kernel.devices[dev].phys_to_dma(pa)
         };
@@ -177,9 +175,8 @@ impl System {
         };
         if let Some(b) = &live {
             if self.use_dma_iommu(dev) {
-                self.kernel.dma_skip_cpu_sync = true;
-                self.iommu_dma_unmap_phys(dev, addr, page_align(b.len), dir);
-                self.kernel.dma_skip_cpu_sync = false;
+                let len = page_align(b.len);
+                self.skipping_cpu_sync(true, |sys| sys.iommu_dma_unmap_phys(dev, addr, len, dir));
             }
         }
         let ctx = self.ctx();

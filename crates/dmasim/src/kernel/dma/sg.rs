@@ -360,10 +360,7 @@ impl System {
         dir: DmaDirection,
         skip_cpu_sync: bool,
     ) -> Result<()> {
-        self.kernel.dma_skip_cpu_sync = skip_cpu_sync;
-        let r = self.dma_unmap_sg_inner(dev, id, dir);
-        self.kernel.dma_skip_cpu_sync = false;
-        r
+        self.skipping_cpu_sync(skip_cpu_sync, |sys| sys.dma_unmap_sg_inner(dev, id, dir))
     }
 
     fn dma_unmap_sg_inner(&mut self, dev: usize, id: u64, dir: DmaDirection) -> Result<()> {
