@@ -212,6 +212,11 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "the CPU touched a streaming buffer while the device owned it",
     ),
     (
+        "cpu-access-benign",
+        Severity::Info,
+        "the CPU touched a streaming buffer the device owned in a way no supported platform corrupts (a DMA-API-HOWTO rule, not a data hazard)",
+    ),
+    (
         "dirty-writeback-clobber",
         Severity::Error,
         "a dirty line was written back over bytes a device had written",

@@ -18,12 +18,14 @@ mod entries;
 pub mod finding;
 pub mod oracle;
 mod ordset;
+mod ownership;
 mod pool;
 pub mod ranges;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use entries::{Entries, Indexed};
+use ownership::early_store_verdict;
 
 use crate::hw::Machine;
 use crate::kernel::dma::{DmaDirection, DMA_MAPPING_ERROR};
@@ -178,6 +180,14 @@ impl CpuFirst {
         if self.skipped_sync {
             format!(
                 "{} left the lines the CPU had dirtied in the cache",
+                self.alloc
+            )
+        } else if self.alloc == "dma_alloc_noncoherent" {
+            // Linux 6.12 dma_direct_alloc_pages (kernel/dma/direct.c) and
+            // dma_common_alloc_pages (kernel/dma/ops_helpers.c) memset the pages
+            // through the cacheable linear map and clean nothing.
+            format!(
+                "{} zeroed the buffer through the cache and cleaned nothing (dma_direct_alloc_pages / dma_common_alloc_pages: memset, no cache maintenance)",
                 self.alloc
             )
         } else {
@@ -1207,6 +1217,25 @@ impl Sanitizer {
             bytes += self.oracle.diff(e.phys + s, &now, self.line).0;
         }
         let n = e.owned_writes.overlap(0, e.size);
+        if e.dir == DmaDirection::ToDevice {
+            // No architecture invalidates a TO_DEVICE mapping at unmap and swiotlb
+            // copies nothing back: the stores stay the CPU's (a device read of them
+            // before a sync is stale-device-read, reported on its own).
+            let (msg, help) = ownership::benign_unsynced_store(&e.dev_name, n, e.dev_addr);
+            self.report(
+                "cpu-access-benign",
+                e.dev_addr,
+                None,
+                Some(&e.dev_name),
+                Some(e.dev_addr),
+                Some(e.size),
+                ctx,
+                msg,
+                help,
+                hist,
+            );
+            return;
+        }
         self.report(
             "cpu-access-device-owned",
             e.dev_addr,
@@ -1228,6 +1257,7 @@ impl Sanitizer {
     #[allow(clippy::too_many_arguments)]
     pub fn sync(
         &mut self,
+        hw: &Machine,
         ctx: Ctx,
         dev: usize,
         dev_name: &str,
@@ -1261,7 +1291,7 @@ impl Sanitizer {
             );
             return;
         };
-        let mut problems = Vec::new();
+        let mut problems: Vec<(&'static str, String, String, Option<bool>)> = Vec::new();
         {
             let e = self.entries.get(id);
             if addr + size > e.dev_addr + e.size {
@@ -1269,6 +1299,7 @@ impl Sanitizer {
                     "sync-out-of-bounds",
                     format!("device driver syncs DMA memory outside allocated range [device address={:#x}] [allocation size={} bytes] [sync offset+size={}]", e.dev_addr, e.size, addr - e.dev_addr + size),
                     format!("keep the sync inside the mapping ({} bytes from {:#x})", e.size, e.dev_addr),
+                    None,
                 ));
             }
             if e.dir != DmaDirection::Bidirectional {
@@ -1280,6 +1311,7 @@ impl Sanitizer {
                             Some(_) => dmabuf::sync_flags_help(e.dir),
                             None => format!("sync with the direction used to map ({})", e.dir.name()),
                         },
+                        None,
                     ));
                 } else if for_cpu
                     && e.dir != DmaDirection::FromDevice
@@ -1289,6 +1321,7 @@ impl Sanitizer {
                         "sync-dir-mismatch",
                         "device driver syncs device read-only DMA memory for cpu".into(),
                         "only DMA_FROM_DEVICE and DMA_BIDIRECTIONAL mappings need a sync for the CPU".into(),
+                        None,
                     ));
                 }
             }
@@ -1316,19 +1349,26 @@ impl Sanitizer {
                             e.dir.name(),
                         ),
                         dmabuf::HELP.into(),
+                        Some(false),
                     ));
                 } else if touched > 0 {
-                    // Stored while the device owned the buffer, then handed over: the
-                    // bytes are right this time (the sync cleaned them), the protocol
-                    // was not followed.
-                    problems.push((
-                        "cpu-access-device-owned",
-                        format!(
-                            "CPU stored {touched} bytes into a buffer {} owned, without dma_sync_single_for_cpu first [device address={:#x}] [mapped with {}]",
-                            e.dev_name, e.dev_addr, e.dir.name()
-                        ),
-                        "call dma_sync_single_for_cpu before the CPU touches a mapped buffer, and dma_sync_single_for_device when it is done".into(),
-                    ));
+                    // Stored while the device owned the buffer, then handed over with
+                    // this sync: whether that can lose data depends on the direction
+                    // and on what the sync does on each architecture.
+                    let verdict = early_store_verdict(e, self.line, s, t);
+                    let manifested = verdict.lost.is_some().then(|| {
+                        let mut lost = 0;
+                        for &(a, b) in e.owned_writes.ranges() {
+                            let (x, y) = (a.max(s), b.min(t));
+                            if x < y {
+                                let mut now = vec![0u8; (y - x) as usize];
+                                hw.cpu_view(e.phys_at(x), &mut now);
+                                lost += self.oracle.diff(e.phys_at(x), &now, self.line).0;
+                            }
+                        }
+                        lost > 0
+                    });
+                    problems.push(verdict.finding(e, touched, call, manifested));
                 }
                 e.owned_writes.remove(s, t);
             }
@@ -1338,8 +1378,7 @@ impl Sanitizer {
             e.snapshot()
         };
         let key = self.group_key(id);
-        for (pid, msg, help) in problems {
-            let manifested = (pid == "cpu-access-device-owned").then_some(false);
+        for (pid, msg, help, manifested) in problems {
             self.report(
                 pid,
                 key,
@@ -1382,6 +1421,10 @@ impl Sanitizer {
             let ruled = e.kind != MapKind::Coherent && !e.exporter_synced();
             let verdict = if ruled && e.dev_written.overlap(os, os + len) > 0 {
                 Some(("stale-cpu-read", "without a sync for the CPU"))
+            } else if ruled && e.device_owns && e.dir == DmaDirection::ToDevice {
+                // The device never writes a TO_DEVICE mapping: the load returns the
+                // CPU's own bytes on every platform (see check::ownership).
+                Some(("cpu-access-benign", "while the device owns the buffer"))
             } else if ruled && e.device_owns {
                 Some((
                     "cpu-access-device-owned",
@@ -1425,6 +1468,7 @@ impl Sanitizer {
                     dmabuf::read_device_owned(n, &dev, len, addr),
                     dmabuf::HELP.into(),
                 ),
+                ("cpu-access-benign", _) => ownership::benign_read(&dev, len, addr),
                 _ => match id {
                 "stale-cpu-read" if why == COHERENT_ALIAS => (
                     format!(
@@ -1457,7 +1501,7 @@ impl Sanitizer {
             self.report(
                 id,
                 key,
-                Some(manifested),
+                (id != "cpu-access-benign").then_some(manifested),
                 Some(&dev),
                 Some(addr),
                 Some(len),
@@ -1528,9 +1572,19 @@ impl Sanitizer {
             );
             let (dev, addr, dir, hist) = (e.dev_name.clone(), e.dev_addr, e.dir, e.snapshot());
             let (msg, help) = if let (Some(first), false) = (e.cpu_first, e.handed_over) {
+                // The CPU's own stores since the allocation dirty lines too (ALSA's
+                // snd_pcm_hw_params memsets the buffer it just allocated).
+                let stores = e
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|ev| ev.event.starts_with("CPU wrote"))
+                    .map_or(String::new(), |ev| {
+                        format!(", the CPU stored into it at line {} (still dirty)", ev.line)
+                    });
                 (
                     format!(
-                        "a dirty CPU cache line was written back to DRAM over {lost} bytes the device had written: {} and it was never handed to {dev} with {} [device address={addr:#x}] [{} {}]",
+                        "a dirty CPU cache line was written back to DRAM over {lost} bytes the device had written: {}{stores}, and it was never handed to {dev} with {} [device address={addr:#x}] [{} {}]",
                         first.how(), first.sync, first.dir_tag(),
                         dir.name()
                     ),

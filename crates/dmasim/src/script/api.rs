@@ -1045,6 +1045,44 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             sg_build(&s1, &ctx, &b, m)
         },
     );
+    // sg_init_one / sg_alloc_table + sg_set_buf: tables over chosen sub-ranges.
+    let s1 = s.clone();
+    engine.register_fn(
+        "sg_init_one",
+        move |ctx: NativeCallContext, b: BufferObj, off: Dynamic, len: Dynamic| {
+            let off = size_of(&ctx, &off, "sg_init_one")?;
+            let len = size_of(&ctx, &len, "sg_init_one")?;
+            check_range(&ctx, &b, off, len, "sg_init_one")?;
+            with_sys(&s1, &ctx, |sys| {
+                let id = sys.sg_alloc_table(1)?;
+                sys.sg_set_buf(id, 0, b.va + off, len)?;
+                Ok(SgObj { id })
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn("sg_alloc_table", move |ctx: NativeCallContext, n: INT| {
+        let n = u64::try_from(n).map_err(|_| err(&ctx, format!("sg_alloc_table: {n} entries")))?;
+        with_sys(&s1, &ctx, |sys| {
+            sys.sg_alloc_table(n).map(|id| SgObj { id })
+        })
+    });
+    let s1 = s.clone();
+    engine.register_fn(
+        "sg_set_buf",
+        move |ctx: NativeCallContext,
+              t: SgObj,
+              i: INT,
+              b: BufferObj,
+              off: Dynamic,
+              len: Dynamic| {
+            let off = size_of(&ctx, &off, "sg_set_buf")?;
+            let len = size_of(&ctx, &len, "sg_set_buf")?;
+            check_range(&ctx, &b, off, len, "sg_set_buf")?;
+            let i = u64::try_from(i).map_err(|_| err(&ctx, format!("sg_set_buf: entry {i}")))?;
+            with_sys(&s1, &ctx, |sys| sys.sg_set_buf(t.id, i, b.va + off, len))
+        },
+    );
     let s1 = s.clone();
     engine.register_fn(
         "dma_map_sg",
@@ -1063,6 +1101,40 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             with_sys(&s1, &ctx, |sys| sys.dma_map_sgtable(d.idx, t.id, dir))
         },
     );
+    // The _attrs forms: DMA_ATTR_SKIP_CPU_SYNC skips the cache work of the map or
+    // unmap (dma_map_sgtable(dev, sgt, dir, attrs) is the kernel's own signature).
+    for (name, sgtable) in [("dma_map_sgtable", true), ("dma_map_sg_attrs", false)] {
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, d: DeviceObj, t: SgObj, dir: INT, attrs: INT| {
+                let dir = dir_of(&ctx, dir)?;
+                let skip = attrs as u64 & crate::kernel::dma::DMA_ATTR_SKIP_CPU_SYNC != 0;
+                with_sys(&s1, &ctx, |sys| {
+                    sys.skipping_cpu_sync(skip, |sys| {
+                        if sgtable {
+                            sys.dma_map_sgtable(d.idx, t.id, dir)
+                        } else {
+                            sys.dma_map_sg(d.idx, t.id, dir).map(|n| n as i64)
+                        }
+                    })
+                })
+            },
+        );
+    }
+    for name in ["dma_unmap_sgtable", "dma_unmap_sg_attrs"] {
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, d: DeviceObj, t: SgObj, dir: INT, attrs: INT| {
+                let dir = dir_of(&ctx, dir)?;
+                let skip = attrs as u64 & crate::kernel::dma::DMA_ATTR_SKIP_CPU_SYNC != 0;
+                with_sys(&s1, &ctx, |sys| {
+                    sys.dma_unmap_sg_attrs(d.idx, t.id, dir, skip)
+                })
+            },
+        );
+    }
     // dma_unmap_sgtable and the sgtable syncs pass sgt->orig_nents to the sg calls;
     // the model's table always carries its original entries, so they are the same.
     for name in ["dma_unmap_sg", "dma_unmap_sgtable"] {

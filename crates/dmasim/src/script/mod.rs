@@ -10,6 +10,7 @@ mod dmabuf;
 mod dmapool;
 mod mmap;
 mod noncontiguous;
+mod resolve;
 mod values;
 
 use std::cell::RefCell;
@@ -97,8 +98,9 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-/// `file:line:col: message` for a Rhai error.
-fn describe_error(name: &str, err: &EvalAltResult) -> String {
+/// `file:line:col: message` for a Rhai error; an unknown function names the closest
+/// existing ones (`engine` and `ast` tell which exist).
+fn describe_error(name: &str, err: &EvalAltResult, engine: &Engine, ast: &rhai::AST) -> String {
     let inner = err.unwrap_inner();
     let pos = if inner.position().is_none() {
         err.position()
@@ -106,6 +108,10 @@ fn describe_error(name: &str, err: &EvalAltResult) -> String {
         inner.position()
     };
     let msg = match inner {
+        EvalAltResult::ErrorFunctionNotFound(sig, _) => {
+            let (f, n) = resolve::parse_not_found(sig);
+            resolve::Api::of(engine, Some(ast)).explain(&f, n)
+        }
         EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
         EvalAltResult::ErrorTooManyOperations(_) => {
             "the script ran out of operations (an endless loop?); raise the limit with --max-ops"
@@ -147,12 +153,29 @@ pub fn function_names() -> Vec<String> {
 ///
 /// # Errors
 /// `file:line:col: message` for the first syntax error.
+/// Every call is resolved against the registered API, Rhai's built-ins and the
+/// script's own functions, so a misspelt name in a branch no run takes is found too.
+///
+/// # Errors
+/// `file:line:col: message` for the first syntax error, or one such line per call
+/// to a function that does not exist (with the closest names).
 pub fn check_source(name: &str, src: &str) -> Result<(), String> {
-    let engine = engine_for_check();
-    engine.compile(src).map(|_| ()).map_err(|e| {
+    let mut engine = engine_for_check();
+    // Keep dead branches (`if false { ... }`): their calls must resolve too.
+    engine.set_optimization_level(rhai::OptimizationLevel::None);
+    let ast = engine.compile(src).map_err(|e| {
         let pos = e.position();
         locate(name, pos, &strip_position(&e.to_string()))
-    })
+    })?;
+    let unresolved = resolve::Api::of(&engine, Some(&ast)).unresolved(&ast);
+    if unresolved.is_empty() {
+        return Ok(());
+    }
+    Err(unresolved
+        .iter()
+        .map(|(pos, msg)| locate(name, *pos, msg))
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// Runs a script and returns its report. Never panics on bad input: syntax errors,
@@ -184,7 +207,7 @@ pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
                 .engine
                 .run_ast(&ast)
                 .err()
-                .map(|e| describe_error(name, &e));
+                .map(|e| describe_error(name, &e, &cached.engine, &ast));
             cached.ast = Some((text, ast));
             r
         }

@@ -430,7 +430,7 @@ impl System {
         let name = self.kernel.devices[dev].name.clone();
         let ctx = self.ctx();
         self.check
-            .sync(ctx, dev, &name, addr, size, dir, for_cpu, call);
+            .sync(&self.hw, ctx, dev, &name, addr, size, dir, for_cpu, call);
         Ok(())
     }
 

@@ -148,6 +148,76 @@ impl System {
         Ok(self.sg_register(entries))
     }
 
+    /// `sg_alloc_table(sgt, n, GFP_KERNEL)`: a table of `n` empty entries, each to be
+    /// set with [`System::sg_set_buf`] before the table is mapped.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for 0 or more than [`MAX_SG_ENTRIES`] entries
+    /// (`sg_alloc_table` returns -EINVAL for 0).
+    pub fn sg_alloc_table(&mut self, n: u64) -> Result<u64> {
+        if n == 0 || n > MAX_SG_ENTRIES as u64 {
+            return Err(SimError::Invalid(format!(
+                "sg_alloc_table: {n} entries (1..={MAX_SG_ENTRIES})"
+            )));
+        }
+        let empty = SgEntry {
+            phys: 0,
+            len: 0,
+            dma_address: DMA_MAPPING_ERROR,
+            dma_len: 0,
+            iova: DMA_MAPPING_ERROR,
+        };
+        Ok(self.sg_register(vec![empty; n as usize]))
+    }
+
+    /// `sg_set_buf(&sgt->sgl[i], va, len)` (include/linux/scatterlist.h): entry `i`
+    /// describes `[va, va+len)`, which must be one physically contiguous run (Linux
+    /// takes `virt_to_page(va)`; for vmalloc memory drivers set one entry per page, as
+    /// `spi_map_buf` does with `vmalloc_to_page`). `sg_init_one` is a one-entry table
+    /// set this way.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown or mapped table, an entry out of range, a
+    /// zero length or a range that is not physically contiguous;
+    /// [`SimError::PagingRequest`] for an unmapped address.
+    pub fn sg_set_buf(&mut self, id: u64, i: u64, va: u64, len: u64) -> Result<()> {
+        if len == 0 || len > u64::from(u32::MAX) {
+            return Err(SimError::Invalid(format!(
+                "sg_set_buf: length {len} (an entry holds 1..=4 GiB - 1 bytes)"
+            )));
+        }
+        let segs = self
+            .hw
+            .mmu
+            .segments(0, va, len)
+            .map_err(SimError::PagingRequest)?;
+        let contiguous = segs.windows(2).all(|w| w[0].pa + w[0].len == w[1].pa);
+        if !contiguous {
+            return Err(SimError::Invalid(format!(
+                "sg_set_buf: {va:#x}+{len} is not physically contiguous (it spans {} pages in different frames); give each page run its own entry, as spi_map_buf does for vmalloc memory",
+                segs.len()
+            )));
+        }
+        let t = self
+            .kernel
+            .sg_tables
+            .get_mut(&id)
+            .ok_or_else(|| SimError::Invalid(format!("no scatterlist #{id}")))?;
+        if t.mapped > 0 || t.dev.is_some() || t.alloc.is_some() {
+            return Err(SimError::Invalid(format!(
+                "sg_set_buf: scatterlist #{id} is mapped; unmap it before changing its entries"
+            )));
+        }
+        let n = t.entries.len();
+        let e = usize::try_from(i)
+            .ok()
+            .and_then(|i| t.entries.get_mut(i))
+            .ok_or_else(|| SimError::Invalid(format!("sg_set_buf: entry {i} out of 0..{n}")))?;
+        e.phys = segs[0].pa;
+        e.len = len;
+        Ok(())
+    }
+
     /// Registers a new, unmapped table; its id.
     fn sg_register(&mut self, entries: Vec<SgEntry>) -> u64 {
         let id = self.kernel.next_sg;
@@ -219,6 +289,11 @@ impl System {
         self.sg_checks(dev, call, dir)?;
         self.not_an_allocation(id, call)?;
         let mut entries = self.sg_table(id)?.entries.clone();
+        if let Some(i) = entries.iter().position(|e| e.len == 0) {
+            return Err(SimError::Invalid(format!(
+                "{call}: scatterlist entry {i} is empty (set it with sg_set_buf before mapping)"
+            )));
+        }
         self.step();
         self.hw.advance(self.cfg.cost.dma_call_ps);
         let name = self.kernel.devices[dev].name.clone();
@@ -438,12 +513,13 @@ impl System {
             if !alloc {
                 let ctx = self.ctx();
                 self.check
-                    .sync(ctx, dev, &name, e.iova, e.len, dir, for_cpu, call);
+                    .sync(&self.hw, ctx, dev, &name, e.iova, e.len, dir, for_cpu, call);
             }
         }
         if let (true, Some(seg)) = (alloc, entries.first()) {
             let ctx = self.ctx();
             self.check.sync(
+                &self.hw,
                 ctx,
                 dev,
                 &name,
