@@ -142,6 +142,8 @@ pub struct System {
     pub streams: Vec<crate::throughput::StreamResult>,
     /// The pictures' recorder, when the run records.
     pub(crate) recorder: Option<Box<crate::report::visual::Recorder>>,
+    /// dmaengine channels and descriptors (`kernel::dmaengine`).
+    pub dmaengine: crate::kernel::dmaengine::DmaEngine,
     jobs: BTreeMap<u64, Job>,
     /// Pending pieces in time order: (time in ps, job id).
     queue: BTreeSet<(u64, u64)>,
@@ -215,6 +217,7 @@ impl System {
             cpu: 0,
             streams: Vec::new(),
             recorder: None,
+            dmaengine: crate::kernel::dmaengine::DmaEngine::default(),
             jobs: BTreeMap::new(),
             queue: BTreeSet::new(),
             next_job: 1,
@@ -584,6 +587,31 @@ impl System {
         len: u64,
         data: Option<Vec<u8>>,
     ) -> Result<u64> {
+        if len > MAX_ACCESS {
+            return Err(SimError::Invalid(format!(
+                "a single transfer is limited to {}",
+                human_size(MAX_ACCESS)
+            )));
+        }
+        self.step();
+        let now = self.hw.now_ps();
+        self.dev_start_at(dev, addr, len, data, now)
+    }
+
+    /// Starts a device transfer as [`System::dev_start`] does, at `start_ps` (not
+    /// before the last piece the machine ran): a DMA controller chaining the next
+    /// segment at the moment the last one ended.
+    ///
+    /// # Errors
+    /// As [`System::dev_start`].
+    pub(crate) fn dev_start_at(
+        &mut self,
+        dev: usize,
+        addr: u64,
+        len: u64,
+        data: Option<Vec<u8>>,
+        start_ps: u64,
+    ) -> Result<u64> {
         let d = self
             .kernel
             .devices
@@ -592,12 +620,6 @@ impl System {
         if !d.bound {
             return Err(SimError::Invalid(format!("device {} was removed", d.name)));
         }
-        if len > MAX_ACCESS {
-            return Err(SimError::Invalid(format!(
-                "a single transfer is limited to {}",
-                human_size(MAX_ACCESS)
-            )));
-        }
         if self.jobs.len() >= MAX_JOBS_IN_FLIGHT {
             return Err(SimError::Invalid(format!(
                 "more than {MAX_JOBS_IN_FLIGHT} DMA transfers in flight: wait() for them"
@@ -605,7 +627,6 @@ impl System {
         }
         let ps_per_kib = 1024 * 1_000_000 / d.bandwidth.max(1);
         let latency_ps = d.latency_ns * 1000;
-        self.step();
         let job = Job {
             dev,
             write: data.is_some(),
@@ -613,7 +634,7 @@ impl System {
             len,
             data: data.unwrap_or_else(|| Vec::with_capacity(len as usize)),
             done: 0,
-            start_ps: self.hw.now_ps(),
+            start_ps,
             ps_per_kib,
             latency_ps,
             bus_error: false,
@@ -626,6 +647,30 @@ impl System {
         }
         self.jobs.insert(id, job);
         Ok(id)
+    }
+
+    /// When a job's last byte moves (ps), if it exists.
+    pub(crate) fn job_end_ps(&self, job: u64) -> Option<u64> {
+        self.jobs.get(&job).map(Job::end_ps)
+    }
+
+    /// Bytes a job has moved so far.
+    pub(crate) fn job_done_bytes(&self, job: u64) -> u64 {
+        self.jobs.get(&job).map_or(0, |j| j.done)
+    }
+
+    /// Removes a finished job: the bytes a read got (`None` for a write or a bus
+    /// error).
+    pub(crate) fn job_finish(&mut self, job: u64) -> Option<Vec<u8>> {
+        let j = self.jobs.remove(&job)?;
+        self.queue.retain(|&(_, id)| id != job);
+        (!j.write && !j.bus_error).then_some(j.data)
+    }
+
+    /// Stops a job where it is (the pieces already moved stay moved).
+    pub(crate) fn job_abort(&mut self, job: u64) {
+        self.jobs.remove(&job);
+        self.queue.retain(|&(_, id)| id != job);
     }
 
     /// Waits for a job: the CPU idles until it completes. Returns the bytes a read
@@ -678,7 +723,8 @@ impl System {
         self.check_limits()
     }
 
-    fn idle_until(&mut self, end_ps: u64) {
+    /// Lets time pass until `end_ps` with background activity and device pieces.
+    pub(crate) fn idle_until(&mut self, end_ps: u64) {
         let now = self.hw.now_ps();
         let span = end_ps.saturating_sub(now);
         let points = (span / 1_000_000).clamp(1, MAX_NOISE_POINTS_PER_WAIT);

@@ -464,8 +464,11 @@ fn a_mask_wider_than_the_device_can_drive_sends_dma_elsewhere() {
     assert!(r.findings[0].help.contains("dma_set_mask(dev, 32)"));
 }
 
+/// Issue 17: a store into a mapped TO_DEVICE buffer handed over with a sync for the
+/// device (the SPI core's TX refill) cannot lose data on any architecture: a note,
+/// not an error, and the run exits 0.
 #[test]
-fn writing_a_device_owned_buffer_then_syncing_is_still_a_finding_but_latent() {
+fn writing_a_device_owned_to_device_buffer_then_syncing_is_only_a_note() {
     let r = misuse(
         "let a = dma_map_single(d, b, DMA_TO_DEVICE);\ndma_mapping_error(d, a);\n\
          cpu_write(b, 0, pattern(\"inc\", 256));\n\
@@ -474,8 +477,10 @@ fn writing_a_device_owned_buffer_then_syncing_is_still_a_finding_but_latent() {
          dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);",
     );
     assert_eq!(r.expectations.failed, 0);
-    assert_eq!(ids(&r), vec!["cpu-access-device-owned"]);
-    assert_eq!(r.findings[0].manifested, Some(false));
+    assert_eq!(ids(&r), vec!["cpu-access-benign"]);
+    assert_eq!(r.findings[0].severity, dmasim::check::Severity::Info);
+    assert_eq!(r.findings[0].manifested, None);
+    assert_eq!(r.exit_code(), 0);
     // The same with the hand-back first is clean.
     let r = misuse(
         "let a = dma_map_single(d, b, DMA_TO_DEVICE);\ndma_mapping_error(d, a);\n\
@@ -486,6 +491,83 @@ fn writing_a_device_owned_buffer_then_syncing_is_still_a_finding_but_latent() {
          dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);",
     );
     assert_eq!(r.exit_code(), 0, "{:?}", ids(&r));
+}
+
+/// Issue 17: the same hand-over of FROM_DEVICE bytes is an error where it loses them:
+/// whole cache lines (ARMv7's v7_dma_inv_range invalidates them; latent on arm64),
+/// and any bytes of a bounced mapping (__swiotlb_sync_single_for_device copies
+/// nothing for DMA_FROM_DEVICE; the sync for the CPU copies the slot back over them).
+#[test]
+fn stores_into_from_device_buffers_handed_over_are_errors_where_they_are_lost() {
+    let body = "let a = dma_map_single(d, b, DMA_FROM_DEVICE);\ndma_mapping_error(d, a);\n\
+         cpu_write(b, 0, pattern(\"inc\", 256));\n\
+         dma_sync_single_for_device(d, a, 256, DMA_FROM_DEVICE);\n\
+         dma_sync_single_for_cpu(d, a, 256, DMA_FROM_DEVICE);\n\
+         expect_eq(cpu_read(b, 0, 256), pattern(\"inc\", 256), \"the stores survived\");\n\
+         dma_unmap_single(d, a, 4096, DMA_FROM_DEVICE);";
+    for (preset, lost) in [("arm64-noncoherent", false), ("arm32", true)] {
+        let r = src(&format!(
+            "boot(\"{preset}\", #{{ noise: \"off\" }});\nlet d = device(\"d\");\nlet b = kmalloc(4096);\n{body}"
+        ));
+        assert!(r.error.is_none(), "{preset}: {:?}", r.error);
+        let f = r
+            .findings
+            .iter()
+            .find(|f| f.id == "cpu-access-device-owned")
+            .unwrap_or_else(|| panic!("{preset}: {:?}", ids(&r)));
+        assert!(f.message.contains("v7_dma_inv_range"), "{}", f.message);
+        assert_eq!(f.manifested, Some(lost), "{preset}");
+        assert_eq!(r.expectations.failed, u64::from(lost), "{preset}");
+    }
+    // Two bytes at the start of a line: every architecture cleans a partial line.
+    let r = src(
+        "boot(\"arm32\", #{ noise: \"off\" });\nlet d = device(\"d\");\nlet b = kmalloc(4096);\n\
+         let a = dma_map_single(d, b, DMA_FROM_DEVICE);\ndma_mapping_error(d, a);\n\
+         cpu_write(b, 0, pattern(\"inc\", 2));\n\
+         dma_sync_single_for_device(d, a, 2, DMA_FROM_DEVICE);\n\
+         dma_sync_single_for_cpu(d, a, 2, DMA_FROM_DEVICE);\n\
+         expect_eq(cpu_read(b, 0, 2), pattern(\"inc\", 2), \"the partial line was cleaned\");\n\
+         dma_unmap_single(d, a, 4096, DMA_FROM_DEVICE);",
+    );
+    assert_eq!(r.expectations.failed, 0);
+    assert_eq!(ids(&r), vec!["cpu-access-benign"]);
+    // Bounced: lost everywhere.
+    let r = src("boot(\"arm64-coherent\", #{ noise: \"off\", swiotlb_force: true });\nlet d = device(\"d\");\nlet b = kmalloc(4096);\n\
+         let a = dma_map_single(d, b, DMA_FROM_DEVICE);\ndma_mapping_error(d, a);\n\
+         cpu_write(b, 0, pattern(\"inc\", 2));\n\
+         dma_sync_single_for_device(d, a, 2, DMA_FROM_DEVICE);\n\
+         dma_sync_single_for_cpu(d, a, 2, DMA_FROM_DEVICE);\n\
+         expect_eq(cpu_read(b, 0, 2), pattern(\"inc\", 2), \"lost to the slot's copy back\");\n\
+         dma_unmap_single(d, a, 4096, DMA_FROM_DEVICE);");
+    assert_eq!(r.expectations.failed, 1, "{:?}", ids(&r));
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.id == "cpu-access-device-owned")
+        .expect("error");
+    assert!(
+        f.message.contains("__swiotlb_sync_single_for_device"),
+        "{}",
+        f.message
+    );
+}
+
+/// Issue 17: a CPU load of a mapped TO_DEVICE buffer (the SPI PIO prologue) is a note.
+#[test]
+fn reading_a_device_owned_to_device_buffer_is_only_a_note() {
+    let r = misuse(
+        "cpu_fill(b, 7);\nlet a = dma_map_single(d, b, DMA_TO_DEVICE);\ndma_mapping_error(d, a);\n\
+         expect_eq(cpu_read(b, 0, 4), blob(4, 7), \"the CPU's own bytes\");\n\
+         dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);",
+    );
+    assert_eq!(ids(&r), vec!["cpu-access-benign"]);
+    assert_eq!(r.exit_code(), 0);
+    let r = misuse(
+        "let a = dma_map_single(d, b, DMA_FROM_DEVICE);\ndma_mapping_error(d, a);\n\
+         cpu_read(b, 0, 4);\n\
+         dma_unmap_single(d, a, 4096, DMA_FROM_DEVICE);",
+    );
+    assert_eq!(ids(&r), vec!["cpu-access-device-owned"]);
 }
 
 #[test]

@@ -217,6 +217,11 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "the CPU touched a streaming buffer the device owned in a way no supported platform corrupts (a DMA-API-HOWTO rule, not a data hazard)",
     ),
     (
+        "dmaengine-unsynchronized",
+        Severity::Error,
+        "memory or a channel released after dmaengine_terminate_async without dmaengine_synchronize, while a completion callback may still run",
+    ),
+    (
         "dirty-writeback-clobber",
         Severity::Error,
         "a dirty line was written back over bytes a device had written",

@@ -8,6 +8,7 @@
 
 pub mod device;
 pub mod dma;
+pub mod dmaengine;
 pub mod iommu;
 pub mod mm;
 

@@ -336,6 +336,7 @@ fn pattern(ctx: &NativeCallContext, kind: &str, len: u64, seed: u64) -> RResult<
 
 #[allow(deprecated)]
 fn register_constants(engine: &mut Engine) {
+    use crate::kernel::dmaengine;
     use crate::uapi::dmabuf::{
         DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_RW, DMA_BUF_SYNC_START,
         DMA_BUF_SYNC_WRITE,
@@ -371,6 +372,15 @@ fn register_constants(engine: &mut Engine) {
             "DMA_BUF_SYNC_RW" => DMA_BUF_SYNC_RW as INT,
             "DMA_BUF_SYNC_START" => DMA_BUF_SYNC_START as INT,
             "DMA_BUF_SYNC_END" => DMA_BUF_SYNC_END as INT,
+            // include/linux/dmaengine.h: enum dma_transfer_direction, dma_ctrl_flags,
+            // enum dma_status.
+            "DMA_MEM_TO_DEV" => dmaengine::DMA_MEM_TO_DEV as INT,
+            "DMA_DEV_TO_MEM" => dmaengine::DMA_DEV_TO_MEM as INT,
+            "DMA_PREP_INTERRUPT" => dmaengine::DMA_PREP_INTERRUPT as INT,
+            "DMA_CTRL_ACK" => dmaengine::DMA_CTRL_ACK as INT,
+            "DMA_COMPLETE" => dmaengine::DMA_COMPLETE as INT,
+            "DMA_IN_PROGRESS" => dmaengine::DMA_IN_PROGRESS as INT,
+            "DMA_ERROR" => dmaengine::DMA_ERROR as INT,
             _ => return Ok(None),
         };
         Ok(Some(Dynamic::from(v)))
@@ -1893,7 +1903,20 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                 "run_for: expected a duration like \"10 us\" or nanoseconds",
             ));
         };
-        with_sys(&s1, &ctx, |sys| sys.run_for(ns))
+        let dmaengine = s1
+            .borrow()
+            .sys
+            .as_ref()
+            .is_some_and(|sys| sys.dmaengine.in_use());
+        if dmaengine {
+            // DMA channels run: time passes completion by completion, callbacks
+            // included (script::dmaengine).
+            let end = with_sys(&s1, &ctx, |sys| {
+                Ok(sys.hw.now_ps().saturating_add(ns.saturating_mul(1000)))
+            })?;
+            super::dmaengine::advance_with_callbacks(&s1, &ctx, end)?;
+        }
+        with_sys(&s1, &ctx, |sys| sys.run_for(if dmaengine { 0 } else { ns }))
     });
 
     // ---- machine events ----

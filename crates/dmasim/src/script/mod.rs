@@ -7,6 +7,7 @@
 
 mod api;
 mod dmabuf;
+mod dmaengine;
 mod dmapool;
 mod mmap;
 mod noncontiguous;
@@ -64,6 +65,8 @@ pub(crate) struct Session {
     pub(crate) opts: ScriptOptions,
     pub(crate) expectations: Expectations,
     pub(crate) early_log: Vec<String>,
+    /// dmaengine completion callbacks by descriptor: the function and its param.
+    pub(crate) callbacks: std::collections::BTreeMap<u64, (rhai::FnPtr, Option<rhai::Dynamic>)>,
 }
 
 pub(crate) type Shared = Rc<RefCell<Session>>;
@@ -82,6 +85,7 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
     dmapool::register(&mut engine, session);
     mmap::register(&mut engine, session);
     noncontiguous::register(&mut engine, session);
+    dmaengine::register(&mut engine, session);
     engine
 }
 
@@ -242,6 +246,7 @@ impl Session {
             opts: opts.clone(),
             expectations: Expectations::default(),
             early_log: Vec::new(),
+            callbacks: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -370,6 +370,7 @@ impl System {
         self.device_checked(dev, call)?;
         Self::valid_dir(call, dir)?;
         self.step();
+        self.dmaengine_release_check(dev, addr, size, call);
         self.hw.advance(self.cfg.cost.dma_call_ps);
         if self.use_dma_iommu(dev) {
             if addr != DMA_MAPPING_ERROR {
@@ -633,6 +634,7 @@ impl System {
             return Ok(());
         };
         let addr = b.dma.unwrap_or(DMA_MAPPING_ERROR);
+        self.dmaengine_release_check(dev, addr, b.len, "dma_free_coherent");
         if b.dev != Some(dev) {
             self.check.report_plain(
                 "coherent-free-mismatch",

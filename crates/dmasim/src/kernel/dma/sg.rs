@@ -443,6 +443,9 @@ impl System {
         self.not_an_allocation(id, "dma_unmap_sg")?;
         let t = self.sg_table(id)?.clone();
         self.step();
+        for e in t.entries.iter().take(t.mapped) {
+            self.dmaengine_release_check(dev, e.dma_address, e.dma_len, "dma_unmap_sg");
+        }
         self.hw.advance(self.cfg.cost.dma_call_ps);
         let name = self.kernel.devices[dev].name.clone();
         let iommu = self.use_dma_iommu(dev) && t.mapped > 0;
