@@ -36,6 +36,7 @@ pub mod fasthash;
 pub mod hw;
 pub mod kernel;
 pub mod report;
+pub mod ring;
 pub mod script;
 pub mod system;
 pub mod throughput;

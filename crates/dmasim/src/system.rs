@@ -144,6 +144,8 @@ pub struct System {
     pub(crate) recorder: Option<Box<crate::report::visual::Recorder>>,
     /// dmaengine channels and descriptors (`kernel::dmaengine`).
     pub dmaengine: crate::kernel::dmaengine::DmaEngine,
+    /// Descriptor rings declared by the script (`ring`).
+    pub rings: crate::ring::Rings,
     jobs: BTreeMap<u64, Job>,
     /// Pending pieces in time order: (time in ps, job id).
     queue: BTreeSet<(u64, u64)>,
@@ -218,6 +220,7 @@ impl System {
             streams: Vec::new(),
             recorder: None,
             dmaengine: crate::kernel::dmaengine::DmaEngine::default(),
+            rings: crate::ring::Rings::default(),
             jobs: BTreeMap::new(),
             queue: BTreeSet::new(),
             next_job: 1,
@@ -545,6 +548,7 @@ impl System {
         let mut done = 0usize;
         for s in segs {
             let n = s.len as usize;
+            self.ring_note_store(s.pa, s.len);
             self.hw
                 .cpu_write_phys(self.cpu, s.pa, s.memtype, &data[done..done + n]);
             let ctx = self.ctx();

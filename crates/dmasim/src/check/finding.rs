@@ -222,6 +222,11 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "memory or a channel released after dmaengine_terminate_async without dmaengine_synchronize, while a completion callback may still run",
     ),
     (
+        "descriptor-order",
+        Severity::Error,
+        "a device fetched a descriptor whose OWN bit was not ordered after its other fields (no dma_wmb), or after a writel_relaxed doorbell",
+    ),
+    (
         "dirty-writeback-clobber",
         Severity::Error,
         "a dirty line was written back over bytes a device had written",

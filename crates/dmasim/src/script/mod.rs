@@ -12,6 +12,7 @@ mod dmapool;
 mod mmap;
 mod noncontiguous;
 mod resolve;
+mod ring;
 mod values;
 
 use std::cell::RefCell;
@@ -86,6 +87,7 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
     mmap::register(&mut engine, session);
     noncontiguous::register(&mut engine, session);
     dmaengine::register(&mut engine, session);
+    ring::register(&mut engine, session);
     engine
 }
 
