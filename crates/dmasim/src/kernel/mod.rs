@@ -73,13 +73,15 @@ pub fn boot_reservations(p: &PlatformConfig) -> Vec<(u64, u64)> {
 /// `CONFIG_DMA_BOUNCE_UNALIGNED_KMALLOC` (arm64) and a swiotlb pool, small kmalloc
 /// caches are only `ARCH_KMALLOC_MINALIGN` (8) aligned, because dma-direct bounces
 /// the unaligned ones a non-coherent device writes; otherwise objects are aligned
-/// for DMA (`ARCH_DMA_MINALIGN`; Linux uses the runtime cache line size, which the
-/// model takes as the compile-time bound).
+/// for DMA to `dma_get_cache_alignment()`: on arm64 the run-time
+/// `cache_line_size()` (64 on Cortex-A53/A72), not the compile-time
+/// `ARCH_DMA_MINALIGN` of 128. x86's 1 leaves SLUB's own 8.
 pub fn kmalloc_minalign(p: &PlatformConfig) -> u64 {
     if p.arch == Arch::Arm64 && dma::swiotlb::boot_plan(p).nslabs > 0 {
         8
     } else {
-        p.dma_minalign
+        // mm/slab_common.c: __kmalloc_minalign, max(minalign, arch_slab_minalign()).
+        p.dma_get_cache_alignment().max(8)
     }
 }
 

@@ -118,7 +118,8 @@ impl System {
     /// `dma_kmalloc_needs_bounce()` (include/linux/dma-map-ops.h; arm64 selects
     /// `CONFIG_DMA_BOUNCE_UNALIGNED_KMALLOC`): a non-coherent device may write a
     /// buffer smaller than 2 × `ARCH_DMA_MINALIGN` whose kmalloc size class is not a
-    /// whole number of cache lines, so invalidating it could destroy a neighbour.
+    /// multiple of `dma_get_cache_alignment()` (the run-time cache line size), so
+    /// invalidating it could destroy a neighbour (dma_kmalloc_size_aligned).
     pub fn dma_kmalloc_needs_bounce(&self, dev: usize, size: u64, dir: DmaDirection) -> bool {
         if self.cfg.arch != Arch::Arm64
             || self.dev_is_dma_coherent(dev)
@@ -128,7 +129,7 @@ impl System {
             return false;
         }
         let rounded = self.kernel.slab.class_for(size).unwrap_or(size);
-        rounded % self.hw.line() != 0
+        rounded % self.cfg.dma_get_cache_alignment() != 0
     }
 
     /// `dma_direct_map_phys()` (`dma_direct_map_page` in direct.h): the bus address

@@ -1,0 +1,117 @@
+//! One test per Linux 6.12 fact the model must follow, each named for the fact and
+//! citing the kernel file and function it comes from. docs/fidelity.md lists them.
+
+mod common;
+
+use common::{log_has, ok, script};
+
+/// mm/slab_common.c: __kmalloc_minalign = dma_get_cache_alignment(), which arm64
+/// defines as cache_line_size() (arch/arm64/include/asm/cache.h), 4 << CTR_EL0.CWG =
+/// 64 on Cortex-A53, not the compile-time ARCH_DMA_MINALIGN of 128. Without a
+/// swiotlb pool there is no kmalloc bouncing, so kmalloc(8) objects sit 64 apart.
+#[test]
+fn kmalloc_minalign_is_cache_line_size_arm64_no_bounce() {
+    let (r, _) = script(
+        r#"boot("arm64-noncoherent", #{ swiotlb: "off" });
+        let a = kmalloc(8);
+        let b = kmalloc(8);
+        expect_eq(b.phys - a.phys, 64, "kmalloc-64 is the smallest cache: 64 bytes apart");
+        let c = kmalloc(100);
+        let d = kmalloc(100);
+        expect_eq(d.phys - c.phys, 128, "100 bytes use kmalloc-128 (96 is not 64-aligned)");
+        let e = kmalloc(150);
+        let f = kmalloc(150);
+        expect_eq(f.phys - e.phys, 192, "kmalloc-192 survives a 64-byte minimum alignment");"#,
+    );
+    ok(&r);
+}
+
+/// The same with a CPU that reports a 128-byte writeback granule: the caches
+/// follow cache_line_size() (mm/slab_common.c: new_kmalloc_cache).
+#[test]
+fn kmalloc_minalign_follows_the_writeback_granule() {
+    let (r, _) = script(
+        r#"boot("arm64-noncoherent", #{ swiotlb: "off", cache_writeback_granule: 128 });
+        let a = kmalloc(8);
+        let b = kmalloc(8);
+        expect_eq(b.phys - a.phys, 128, "CWG 128: kmalloc-128 is the smallest cache");
+        let e = kmalloc(150);
+        let f = kmalloc(150);
+        expect_eq(f.phys - e.phys, 256, "192 is not 128-aligned: kmalloc-256");"#,
+    );
+    ok(&r);
+}
+
+/// drivers/media/common/videobuf2/videobuf2-dma-contig.c: vb2_dc_get_userptr checks
+/// IS_ALIGNED(vaddr | size, dma_get_cache_alignment()): 64 on arm64 Cortex-A53, so a
+/// user buffer at +64 is accepted and one at +32 is -EINVAL.
+#[test]
+fn vb2_dc_userptr_alignment_is_dma_get_cache_alignment_64_on_arm64() {
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent", #{ iommu: "smmu" });
+        let app = process("cam");
+        let b = app.malloc(65536);
+        let q = v4l2_open(device("csi0"), #{ alloc: "dma-contig" });
+        expect_eq(v4l2_reqbufs_userptr(q, 3, 4096), 3, "three");
+        expect_eq(v4l2_qbuf_userptr(q, 0, app, b.va + 64, 4096), 0, "+64 is cache-line aligned");
+        expect_eq(v4l2_qbuf_userptr(q, 1, app, b.va + 8192 + 32, 4096), -EINVAL, "+32 is not");
+        v4l2_reqbufs_userptr(q, 0, 0);"#,
+    );
+    ok(&r);
+    assert!(log_has(&j, "user data must be aligned to 64 bytes"));
+}
+
+/// videobuf2-dma-sg.c: vb2_dma_sg_get_userptr has no alignment check (only
+/// dma-contig's get_userptr has one): any user address is accepted.
+#[test]
+fn vb2_dma_sg_userptr_has_no_alignment_check() {
+    let (r, _) = script(
+        r#"boot("arm64-noncoherent");
+        let app = process("cam");
+        let b = app.malloc(65536);
+        let q = v4l2_open(device("csi0"), #{ alloc: "dma-sg" });
+        expect_eq(v4l2_reqbufs_userptr(q, 3, 4096), 3, "three");
+        expect_eq(v4l2_qbuf_userptr(q, 0, app, b.va + 8, 4096), 0, "dma-sg takes +8");
+        v4l2_reqbufs_userptr(q, 0, 0);"#,
+    );
+    ok(&r);
+}
+
+/// include/linux/dma-mapping.h: dma_get_cache_alignment() returns 1 on x86 (no
+/// ARCH_HAS_DMA_MINALIGN), so vb2_dc_get_userptr accepts any address there.
+#[test]
+fn dma_get_cache_alignment_is_1_on_x86_so_vb2_dc_userptr_takes_any_address() {
+    let (r, _) = script(
+        r#"boot("x86-64", #{ iommu: "smmu" });
+        let app = process("cam");
+        let b = app.malloc(65536);
+        let q = v4l2_open(device("csi0"), #{ alloc: "dma-contig" });
+        expect_eq(v4l2_reqbufs_userptr(q, 3, 4096), 3, "three");
+        expect_eq(v4l2_qbuf_userptr(q, 0, app, b.va + 8, 4096), 0, "x86 takes +8");
+        v4l2_reqbufs_userptr(q, 0, 0);"#,
+    );
+    ok(&r);
+}
+
+/// include/linux/dma-map-ops.h: dma_kmalloc_needs_bounce / dma_kmalloc_size_aligned
+/// bounce a small FROM_DEVICE kmalloc buffer whose size class is not a multiple of
+/// dma_get_cache_alignment() (the run-time cache_line_size() on arm64): a
+/// 192-byte object is whole 64-byte lines but not whole 128-byte granules.
+#[test]
+fn dma_kmalloc_needs_bounce_uses_the_runtime_cache_line_size() {
+    for (cwg, bounced) in [(64, false), (128, true)] {
+        let (r, _) = script(&format!(
+            r#"boot("arm64-noncoherent", #{{ cache_writeback_granule: {cwg} }});
+            let d = device("nic");
+            let b = kmalloc(192);
+            let h = dma_map_single(d, b, DMA_FROM_DEVICE);
+            expect_eq(h != b.phys, {bounced}, "bounced through swiotlb");
+            dma_unmap_single(d, h, 192, DMA_FROM_DEVICE);
+            let s = kmalloc(96);
+            let h2 = dma_map_single(d, s, DMA_FROM_DEVICE);
+            expect_eq(h2 != s.phys, true, "kmalloc-96 is never whole lines");
+            dma_unmap_single(d, h2, 96, DMA_FROM_DEVICE);"#
+        ));
+        ok(&r);
+    }
+}
