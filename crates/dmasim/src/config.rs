@@ -176,6 +176,10 @@ pub struct PlatformConfig {
     /// `vfio.enable_unsafe_noiommu_mode=1`: VFIO hands devices without an IOMMU to
     /// user space (no protection; the kernel is tainted).
     pub vfio_noiommu: bool,
+    /// `iommu.forcedac=1`: PCI devices get IOVAs from their whole mask at once
+    /// instead of below 4 GiB first (drivers/iommu/dma-iommu.c:
+    /// iommu_dma_forcedac_setup).
+    pub iommu_forcedac: bool,
     /// `swiotlb=`: the bounce-buffer pool size in bytes; `None` lets the platform
     /// decide as Linux does (64 MiB when RAM reaches past what 32-bit DMA or the
     /// DMA zone covers, arm64's small kmalloc-bounce pool otherwise), `Some(0)` is
@@ -300,6 +304,7 @@ impl PlatformConfig {
                 iommu_skip_pte_sync: false,
                 iommu_cost: crate::hw::iommu::IommuCost::default(),
                 vfio_noiommu: false,
+                iommu_forcedac: false,
                 // Decided at boot: with all RAM below 4 GiB arm64 creates only the
                 // small pool for kmalloc bouncing, 1 MiB per GiB of RAM
                 // (arch/arm64/mm/init.c mem_init); with more RAM, 64 MiB.
@@ -442,6 +447,7 @@ impl PlatformConfig {
                 iommu_skip_pte_sync: false,
                 iommu_cost: crate::hw::iommu::IommuCost::default(),
                 vfio_noiommu: false,
+                iommu_forcedac: false,
                 // x86 enables swiotlb only with RAM above 4 GiB (arch/x86/kernel/pci-dma.c
                 // pci_swiotlb_detect); decided at boot.
                 swiotlb: None,
@@ -546,6 +552,7 @@ impl PlatformConfig {
             ("dev_latency_ns", "setup latency of a descriptor-driven transfer, order of magnitude"),
             ("iotlb_entries", "pcie-bench: 64 B random DMA reads lose nothing up to a 256 KiB window of 4 KiB pages and fall off beyond, i.e. about 64 IOTLB entries (perf-anchors §1.2, DERIVED)"),
             ("iommu_cost", "walk_level_ps: pcie-bench 0.35x at a 64 MiB window = ~33 ns throughput cost per miss over 4 levels; inv_page_ps and sync_ps: Morello SMMUv3 strict unmap 0.6 us at 4 KiB, +80 ns per extra page (perf-anchors §1.2, §1.3)"),
+            ("iommu_forcedac", "iommu.forcedac=0 by default: PCI devices try IOVAs below 4 GiB first (drivers/iommu/dma-iommu.c: iommu_dma_alloc_iova)"),
             ("iommu_strict", "null = arch default: strict on arm64, lazy on x86 (drivers/iommu/Kconfig IOMMU_DEFAULT_DMA_STRICT / _LAZY)"),
             ("write_streaming", "off (l1 = l2 = 0) so stores always leave dirty lines; Arm cores stream long whole-line store runs past L1 after 3 lines and past L2 after 127 (Arm FAQ ka16133 Cortex-A7, Cortex-A35 TRM A5.6); turn on with write_streaming: true"),
         ];

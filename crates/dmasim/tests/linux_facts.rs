@@ -115,3 +115,77 @@ fn dma_kmalloc_needs_bounce_uses_the_runtime_cache_line_size() {
         ok(&r);
     }
 }
+
+/// drivers/iommu/dma-iommu.c: __iommu_dma_map refuses a device whose
+/// min_align_mask is wider than the IOVA granule's mask: dev_WARN_ONCE "Unsupported
+/// alignment constraint" and DMA_MAPPING_ERROR; 0xfff (NVMe) still maps.
+#[test]
+fn iommu_dma_map_refuses_min_align_mask_above_the_granule() {
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent", #{ iommu: "smmu" });
+        let d = device("odd", #{ min_align_mask: 0x1fff });
+        let b = kmalloc(4096);
+        let h = dma_map_single(d, b, DMA_TO_DEVICE);
+        expect_eq(dma_mapping_error(d, h), true, "min_align_mask 0x1fff > granule mask 0xfff");
+        let h2 = dma_map_single(d, b, DMA_TO_DEVICE);
+        expect_eq(dma_mapping_error(d, h2), true, "every time");
+        let n = device("nvme0", #{ min_align_mask: 0xfff });
+        let h3 = dma_map_single(n, b, DMA_TO_DEVICE);
+        expect_eq(dma_mapping_error(n, h3), false, "0xfff fits the 4 KiB granule");
+        dma_unmap_single(n, h3, 4096, DMA_TO_DEVICE);"#,
+    );
+    ok(&r);
+    let warns = j["log"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter(|l| {
+            l.as_str()
+                .unwrap_or("")
+                .contains("Unsupported alignment constraint")
+        })
+        .count();
+    assert_eq!(warns, 1, "dev_WARN_ONCE prints once");
+}
+
+/// drivers/iommu/dma-iommu.c: iommu_dma_alloc_iova tries IOVAs below 4 GiB first for
+/// a PCI device (pci_32bit_workaround, set by iommu_dma_probe_finalize unless
+/// iommu.forcedac=1), even with a 64-bit mask; a platform device gets the top of its
+/// range. Untrusted devices are PCI devices (dev_is_untrusted).
+#[test]
+fn iommu_dma_alloc_iova_tries_32bit_first_for_pci_devices() {
+    let src = |forcedac: bool| {
+        format!(
+            r#"boot("arm64-noncoherent", #{{ iommu: "smmu", iommu_forcedac: {forcedac} }});
+            let plat = device("plat");
+            let pci = device("nvme", #{{ bus: "pci" }});
+            let ext = device("tb", #{{ untrusted: true }});
+            for d in [plat, pci, ext] {{ dma_set_mask_and_coherent(d, 64); }}
+            let b = kmalloc(4096);
+            let hp = dma_map_single(plat, b, DMA_TO_DEVICE);
+            let hn = dma_map_single(pci, b, DMA_TO_DEVICE);
+            let he = dma_map_single(ext, b, DMA_TO_DEVICE);
+            print(`plat=${{hp}} pci=${{hn}} ext=${{he}}`);
+            expect_eq(hp > 0xffffffff, true, "a platform device gets the top of its 48-bit range");
+            expect_eq(hn <= 0xffffffff, {pci_low}, "PCI below 4 GiB first");
+            expect_eq(he <= 0xffffffff, {pci_low}, "an untrusted device is a PCI device");"#,
+            pci_low = !forcedac
+        )
+    };
+    for forcedac in [false, true] {
+        let (r, _) = script(&src(forcedac));
+        ok(&r);
+    }
+}
+
+/// The `bus` option: an untrusted device cannot be a platform device, since
+/// pci_dev->untrusted exists only for PCI (drivers/iommu/dma-iommu.c: dev_is_untrusted).
+#[test]
+fn untrusted_platform_device_is_refused() {
+    let (r, _) = script(
+        r#"boot("arm64-noncoherent", #{ iommu: "smmu" });
+        device("x", #{ bus: "platform", untrusted: true });"#,
+    );
+    let e = r.error.expect("an error");
+    assert!(e.contains("only a PCI device"), "{e}");
+}

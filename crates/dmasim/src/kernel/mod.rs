@@ -299,6 +299,8 @@ pub struct Kernel {
     /// `dma_buf_map_attachment`): its mappings tell the sanitizer so.
     /// With it, how that exporter syncs the CPU's accesses.
     pub(crate) mapping_dmabuf: Option<(u64, crate::check::DmaBufSync)>,
+    /// `WARN_ONCE` call sites that have fired: the kernel prints each only once.
+    pub(crate) warned_once: std::collections::BTreeSet<&'static str>,
 }
 
 impl Kernel {
@@ -316,6 +318,7 @@ impl Kernel {
             vmalloc_next: p.vmalloc_start,
             pages: Node::new(p.ram_base, ram_end, &layout, &boot_reservations(p)),
             slab: Slab::new(kmalloc_minalign(p)),
+            warned_once: std::collections::BTreeSet::new(),
             devices: Vec::new(),
             buffers: BTreeMap::new(),
             by_va: BTreeMap::new(),

@@ -305,8 +305,9 @@ fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> 
             }
             // arch/arm64/include/asm/cache.h: cache_line_size_of_cpu, 4 << CTR_EL0.CWG.
             "cache_writeback_granule" => p.cache_writeback_granule = num(v)?,
+            "iommu_forcedac" => p.iommu_forcedac = v.as_bool().map_err(|_| err(ctx, "iommu_forcedac: expected true or false"))?,
             "vfio_noiommu" => p.vfio_noiommu = v.as_bool().map_err(|_| err(ctx, "vfio_noiommu: expected true or false"))?,
-            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, vfio_noiommu, write_streaming, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, cache_writeback_granule, noise, coherent)"))),
+            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, iommu_forcedac, vfio_noiommu, write_streaming, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, cache_writeback_granule, noise, coherent)"))),
         }
     }
     Ok(())
@@ -474,6 +475,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             Ok(d)
         })?;
         {
+            let mut pci_set = None;
             if let Some(m) = opts {
                 for (k, v) in &m {
                     match k.as_str() {
@@ -488,6 +490,15 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                         "iommu" => d.iommu = v.as_bool().map_err(|_| err(ctx, "iommu: expected true or false"))?,
                         "sg" => d.sg = v.as_bool().map_err(|_| err(ctx, "sg: expected true or false"))?,
                         "untrusted" => d.untrusted = v.as_bool().map_err(|_| err(ctx, "untrusted: expected true or false"))?,
+                        "bus" => {
+                            let b = v.clone().into_string().map_err(|_| err(ctx, "bus: expected \"pci\" or \"platform\""))?;
+                            d.pci = match b.as_str() {
+                                "pci" => true,
+                                "platform" => false,
+                                other => return Err(err(ctx, format!("bus: {other:?} is not \"pci\" or \"platform\""))),
+                            };
+                            pci_set = Some(d.pci);
+                        }
                         "dma_offset" => d.dma_offset = size_of(ctx, v, "dma_offset")?,
                         "max_segment" => d.max_segment = size_of(ctx, v, "max_segment")?,
                         "bus_dma_limit" => d.bus_dma_limit = size_of(ctx, v, "bus_dma_limit")?,
@@ -517,9 +528,20 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                             }
                             d.iommu_group = Some(g);
                         }
-                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, iommu_group, sg, untrusted, dma_offset, max_segment, bandwidth, bus_dma_limit, min_align_mask, seg_boundary)"))),
+                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, iommu_group, sg, untrusted, bus, dma_offset, max_segment, bandwidth, bus_dma_limit, min_align_mask, seg_boundary)"))),
                     }
                 }
+            }
+            // include/linux/pci.h: pci_dev->untrusted exists only on PCI devices
+            // (drivers/iommu/dma-iommu.c: dev_is_untrusted checks dev_is_pci first).
+            if d.untrusted {
+                if pci_set == Some(false) {
+                    return Err(err(
+                        ctx,
+                        "untrusted: only a PCI device (bus: \"pci\") can be untrusted",
+                    ));
+                }
+                d.pci = true;
             }
             let idx = with_sys(s, ctx, |sys| Ok(sys.add_device(d.clone())))?;
             Ok(DeviceObj {
