@@ -189,3 +189,31 @@ fn untrusted_platform_device_is_refused() {
     let e = r.error.expect("an error");
     assert!(e.contains("only a PCI device"), "{e}");
 }
+
+/// drivers/iommu/dma-iommu.c: fq_full() is `((tail + 1) & mod_mask) == head`, so a
+/// ring of IOVA_DEFAULT_FQ_SIZE = 256 slots holds 255 entries and queue_iova
+/// flushes the IOTLB at the 256th lazy unmap, not the 257th. Seen from the device:
+/// the IOTLB entry of the first unmapped IOVA survives 255 lazy unmaps and is gone
+/// after the 256th.
+#[test]
+fn flush_queue_holds_255_entries_and_flushes_at_the_256th_lazy_unmap() {
+    let (r, _) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu", iommu_strict: false, cpus: 1 });
+        let d = device("nic0");
+        let b = kmalloc(4096);
+        let first = dma_map_single(d, b, DMA_FROM_DEVICE);
+        dev_write(d, first, pattern("inc", 64));          // fills the IOTLB
+        dma_unmap_single(d, first, 4096, DMA_FROM_DEVICE);  // lazy unmap 1
+        for i in 0..254 {
+            let a = dma_map_single(d, b, DMA_TO_DEVICE);
+            dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);    // lazy unmaps 2..=255
+        }
+        dev_write(d, first, pattern("ones", 64));
+        expect_eq(stats().iommu.faults, 0, "255 entries wait in the ring: the stale IOTLB entry still translates");
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);        // lazy unmap 256: ring full
+        dev_write(d, first, pattern("zero", 64));
+        expect_eq(stats().iommu.faults, 1, "the 256th unmap flushed the IOTLB");"#,
+    );
+    ok(&r);
+}
