@@ -619,6 +619,18 @@ impl PlatformConfig {
         }
     }
 
+    /// kernel/dma/direct.c's `zone_dma_limit` variable, which
+    /// `dma_direct_supported` and `dma_direct_optimal_gfp_mask` read. It starts at
+    /// `DMA_BIT_MASK(24)` and only arm64 (arch/arm64/mm/init.c: zone_sizes_init),
+    /// powerpc and s390 change it: 32-bit ARM keeps its ZONE_DMA top in
+    /// `arm_dma_limit` instead, and x86's ZONE_DMA is those 16 MiB anyway.
+    pub fn dma_direct_zone_dma_limit(&self) -> u64 {
+        match self.arch {
+            Arch::Arm64 => self.zone_dma_limit,
+            Arch::Arm32 | Arch::X86_64 => crate::kernel::dma::dma_bit_mask(24),
+        }
+    }
+
     /// Line size shared by both cache levels.
     pub fn line(&self) -> u64 {
         u64::from(self.l1.line)

@@ -217,3 +217,19 @@ fn flush_queue_holds_255_entries_and_flushes_at_the_256th_lazy_unmap() {
     );
     ok(&r);
 }
+
+/// kernel/dma/direct.c: dma_direct_supported compares a mask below 32 bits with the
+/// zone_dma_limit variable, which stays DMA_BIT_MASK(24) on 32-bit ARM (only arm64,
+/// powerpc and s390 set it; ARM keeps arm_dma_limit): 24- and 30-bit masks are
+/// accepted on the arm32 preset, 20 bits is -EIO.
+#[test]
+fn dma_direct_supported_arm32_keeps_zone_dma_limit_24_bits() {
+    let (r, _) = script(
+        r#"boot("arm32");
+        let d = device("d");
+        expect_eq(dma_set_mask(d, 24), 0, "24 bits cover DMA_BIT_MASK(24)");
+        expect_eq(dma_set_mask(d, 30), 0, "30 bits too");
+        expect_eq(dma_set_mask(d, 20), -EIO, "20 bits do not");"#,
+    );
+    ok(&r);
+}

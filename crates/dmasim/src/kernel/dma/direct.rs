@@ -197,12 +197,15 @@ impl System {
     }
 
     /// `dma_direct_supported()`: every mask of 32 bits or more is accepted; a smaller
-    /// one only if it covers ZONE_DMA (or all of RAM, if that is smaller).
+    /// one only if it covers the `zone_dma_limit` variable (or all of RAM, if that
+    /// is smaller): ZONE_DMA on arm64, 16 MiB on 32-bit ARM and x86.
     pub fn dma_direct_supported(&self, dev: usize, mask: u64) -> bool {
         if mask >= dma_bit_mask(32) {
             return true;
         }
-        let top = (self.kernel.ram_end - 1).min(self.kernel.zone_dma_limit);
+        // kernel/dma/direct.c: dma_direct_supported reads the zone_dma_limit
+        // variable, DMA_BIT_MASK(24) on 32-bit ARM whatever arm_dma_limit is.
+        let top = (self.kernel.ram_end - 1).min(self.cfg.dma_direct_zone_dma_limit());
         mask >= self.kernel.devices[dev].phys_to_dma(top)
     }
 
@@ -261,7 +264,8 @@ impl System {
         let d = &self.kernel.devices[dev];
         let phys_limit = d.dma_to_phys(d.coherent_limit());
         let mut gfp = GFP_KERNEL
-            | if phys_limit <= self.kernel.zone_dma_limit {
+            // kernel/dma/direct.c: dma_direct_optimal_gfp_mask, the same variable.
+            | if phys_limit <= self.cfg.dma_direct_zone_dma_limit() {
                 GFP_DMA
             } else if phys_limit <= dma_bit_mask(32) {
                 GFP_DMA32
