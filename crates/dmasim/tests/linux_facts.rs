@@ -233,3 +233,31 @@ fn dma_direct_supported_arm32_keeps_zone_dma_limit_24_bits() {
     );
     ok(&r);
 }
+
+/// drivers/media/common/videobuf2/videobuf2-v4l2.c: __fill_v4l2_buffer sets
+/// QUERYBUF's `length` to vb->planes[0].length (the size REQBUFS set up, or the user
+/// memory's length after a USERPTR QBUF); `m.offset` is the mmap cookie
+/// index << (PAGE_SHIFT + 3) (videobuf2-core.c: __setup_offsets).
+#[test]
+fn vidioc_querybuf_length_is_the_plane_length_and_offset_is_the_mmap_cookie() {
+    let (r, _) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu" });
+        let cam = device("csi0");
+        let q = v4l2_open(cam, #{ alloc: "dma-sg" });
+        expect_eq(v4l2_reqbufs(q, 3, 65536), 3, "three");
+        expect_eq(v4l2_querybuf(q, 2), 65536, "length = planes[0].length");
+        expect_eq(v4l2_querybuf_offset(q, 2), 2 << 15, "offset cookie of buffer 2");
+        expect_eq(v4l2_querybuf(q, 3), -EINVAL, "no buffer 3");
+        v4l2_reqbufs(q, 0, 65536);
+        let app = process("app");
+        let b = app.malloc(3 * 65536);
+        let u = v4l2_open(device("csi1"), #{ alloc: "dma-sg" });
+        expect_eq(v4l2_reqbufs_userptr(u, 3, 4096), 3, "three");
+        expect_eq(v4l2_querybuf(u, 0), 4096, "the format's size before QBUF");
+        expect_eq(v4l2_qbuf_userptr(u, 0, app, b.va, 65536), 0, "a longer user buffer");
+        expect_eq(v4l2_querybuf(u, 0), 65536, "the user memory's length after QBUF");
+        expect_eq(v4l2_querybuf_offset(u, 0), -EINVAL, "USERPTR buffers have no mmap offset");
+        v4l2_reqbufs_userptr(u, 0, 0);"#,
+    );
+    ok(&r);
+}

@@ -1426,6 +1426,15 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     );
     let s1 = s.clone();
     engine.register_fn(
+        "v4l2_querybuf_offset",
+        move |ctx: NativeCallContext, q: INT, i: INT| {
+            with_sys(&s1, &ctx, |sys| {
+                sys.v4l2_querybuf_offset(q as u64, i as u64)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
         "v4l2_reqbufs_userptr",
         move |ctx: NativeCallContext, q: INT, count: INT, size: Dynamic| {
             let n = size_of(&ctx, &size, "v4l2_reqbufs_userptr")?;

@@ -302,14 +302,41 @@ impl System {
         Ok(())
     }
 
-    /// `VIDIOC_QUERYBUF`: the `m.offset` cookie of buffer `index` for mmap, or
-    /// −EINVAL for an index not allocated.
+    /// `VIDIOC_QUERYBUF`'s `length`: `vb->planes[0].length`
+    /// (videobuf2-v4l2.c: __fill_v4l2_buffer), the format's size from REQBUFS, or
+    /// for USERPTR and DMABUF the length of the memory acquired at the last QBUF
+    /// (videobuf2-core.c: __prepare_userptr, __prepare_dmabuf); −EINVAL for an index
+    /// not allocated.
     ///
     /// # Errors
     /// [`SimError::Invalid`] for an unknown queue.
     pub fn v4l2_querybuf(&mut self, q: u64, index: u64) -> Result<i64> {
         let queue = self.queue_mut(q)?;
-        if index as usize >= queue.bufs.len() {
+        let Some(b) = queue.bufs.get(index as usize) else {
+            return Ok(-EINVAL);
+        };
+        let size = queue.size;
+        let len = match (&b.user, &b.imported) {
+            (Some(u), _) => u.len,
+            (None, Some(i)) => {
+                let dbuf = i.dmabuf;
+                self.kernel.dmabufs.get(&dbuf).map_or(size, |d| d.size)
+            }
+            (None, None) => size,
+        };
+        Ok(len as i64)
+    }
+
+    /// `VIDIOC_QUERYBUF`'s `m.offset` for an MMAP buffer: the cookie `mmap()` takes,
+    /// `index << (PAGE_SHIFT + 3)` for plane 0 (videobuf2-core.c: __setup_offsets);
+    /// −EINVAL for an index not allocated or a queue not of MMAP buffers (which
+    /// have no offset).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown queue.
+    pub fn v4l2_querybuf_offset(&mut self, q: u64, index: u64) -> Result<i64> {
+        let queue = self.queue_mut(q)?;
+        if index as usize >= queue.bufs.len() || queue.memory != Vb2Memory::Mmap {
             return Ok(-EINVAL);
         }
         Ok((index << (crate::config::PAGE_SHIFT + 3)) as i64)
