@@ -261,3 +261,26 @@ fn vidioc_querybuf_length_is_the_plane_length_and_offset_is_the_mmap_cookie() {
     );
     ok(&r);
 }
+
+/// kernel/dma/contiguous.c: dma_alloc_contiguous returns NULL when
+/// !gfpflags_allow_blocking(gfp), so a GFP_ATOMIC coherent allocation never comes
+/// from CMA (a GFP_KERNEL one of several pages does).
+#[test]
+fn dma_alloc_contiguous_refuses_gfp_atomic() {
+    for preset in ["arm64-coherent", "arm64-noncoherent"] {
+        let (r, _) = script(&format!(
+            r#"boot("{preset}");
+            let d = device("d");
+            let a = dma_alloc_coherent(d, 65536, GFP_ATOMIC);
+            expect_eq(stats().cma.used_pages, 0, "GFP_ATOMIC: not from CMA");
+            let k = dma_alloc_coherent(d, 65536, GFP_KERNEL);
+            expect_eq(stats().cma.used_pages, 16, "GFP_KERNEL: 16 pages of CMA");
+            let k2 = dma_alloc_coherent(d, 65536);
+            expect_eq(stats().cma.used_pages, 32, "the default GFP_KERNEL too");
+            dma_free_coherent(d, 65536, a);
+            dma_free_coherent(d, 65536, k);
+            dma_free_coherent(d, 65536, k2);"#
+        ));
+        ok(&r);
+    }
+}

@@ -814,27 +814,31 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     });
 
     // ---- DMA mapping API ----
-    let alloc_coherent =
-        |s: &Shared, ctx: &NativeCallContext, d: &DeviceObj, size: &Dynamic| -> RResult<Dynamic> {
-            let n = size_of(ctx, size, "dma_alloc_coherent")?;
-            if n > 1 << 40 {
-                return Ok(Dynamic::UNIT);
-            }
-            let id = with_sys(s, ctx, |sys| sys.dma_alloc_coherent(d.idx, n))?;
-            Ok(opt_buffer(s, id))
-        };
+    let alloc_coherent = |s: &Shared,
+                          ctx: &NativeCallContext,
+                          d: &DeviceObj,
+                          size: &Dynamic,
+                          gfp: u64|
+     -> RResult<Dynamic> {
+        let n = size_of(ctx, size, "dma_alloc_coherent")?;
+        if n > 1 << 40 {
+            return Ok(Dynamic::UNIT);
+        }
+        let id = with_sys(s, ctx, |sys| sys.dma_alloc_coherent_gfp(d.idx, n, gfp))?;
+        Ok(opt_buffer(s, id))
+    };
     let s1 = s.clone();
     engine.register_fn(
         "dma_alloc_coherent",
         move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic| {
-            alloc_coherent(&s1, &ctx, &d, &size)
+            alloc_coherent(&s1, &ctx, &d, &size, GFP_KERNEL)
         },
     );
     let s1 = s.clone();
     engine.register_fn(
         "dma_alloc_coherent",
-        move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic, _gfp: INT| {
-            alloc_coherent(&s1, &ctx, &d, &size)
+        move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic, gfp: INT| {
+            alloc_coherent(&s1, &ctx, &d, &size, gfp as u64)
         },
     );
     let s1 = s.clone();
