@@ -284,3 +284,26 @@ fn dma_alloc_contiguous_refuses_gfp_atomic() {
         ok(&r);
     }
 }
+
+/// kernel/dma/debug.c: check_sync looks the range up with containing_match, so a
+/// sync that runs past the mapping's end finds no entry and dma-debug says "device
+/// driver tries to sync DMA memory it has not allocated".
+#[test]
+fn check_sync_past_the_end_says_not_allocated() {
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent");
+        let d = device("d");
+        let b = kmalloc(4096);
+        let a = dma_map_single(d, b, 0, 256, DMA_FROM_DEVICE);
+        dma_sync_single_for_cpu(d, a, 512, DMA_FROM_DEVICE);
+        dma_unmap_single(d, a, 256, DMA_FROM_DEVICE);"#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let f = common::finding(&j, "sync-out-of-bounds");
+    let m = f["message"].as_str().expect("message");
+    assert!(
+        m.contains("device driver tries to sync DMA memory it has not allocated"),
+        "{m}"
+    );
+    assert!(!m.contains("outside allocated range"), "{m}");
+}
