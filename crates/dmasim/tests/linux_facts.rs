@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{log_has, ok, script};
+use common::{ids, log_has, ok, script};
 
 /// mm/slab_common.c: __kmalloc_minalign = dma_get_cache_alignment(), which arm64
 /// defines as cache_line_size() (arch/arm64/include/asm/cache.h), 4 << CTR_EL0.CWG =
@@ -306,4 +306,33 @@ fn check_sync_past_the_end_says_not_allocated() {
         "{m}"
     );
     assert!(!m.contains("outside allocated range"), "{m}");
+}
+
+/// docs/script-api.md (iommu_faults): every IOMMU fault is logged as the SMMU's
+/// event (drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.c: arm_smmu_evtq_thread) and
+/// becomes a finding; one at a just-unmapped IOVA is `dma-after-unmap`, latent,
+/// and not also `iommu-fault`.
+#[test]
+fn fault_at_a_just_unmapped_iova_is_dma_after_unmap_not_iommu_fault() {
+    let (r, j) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu" });
+        let d = device("nic0");
+        let b = kmalloc(4096);
+        let a = dma_map_single(d, b, DMA_FROM_DEVICE);
+        if dma_mapping_error(d, a) { throw "map"; }
+        dma_unmap_single(d, a, 4096, DMA_FROM_DEVICE);
+        dev_write(d, a, pattern("ones", 64));
+        dev_write(d, 0x10000000, pattern("ones", 64));
+        expect_eq(iommu_faults(d).len(), 2, "the IOMMU recorded both");"#,
+    );
+    ok(&r);
+    assert_eq!(ids(&j), vec!["dma-after-unmap", "iommu-fault"]);
+    assert_eq!(common::finding(&j, "dma-after-unmap")["manifested"], false);
+    let events = j["log"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter(|l| l.as_str().unwrap_or("").contains("F_TRANSLATION"))
+        .count();
+    assert_eq!(events, 2, "both faults are in the log");
 }
