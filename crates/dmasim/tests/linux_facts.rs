@@ -336,3 +336,207 @@ fn fault_at_a_just_unmapped_iova_is_dma_after_unmap_not_iommu_fault() {
         .count();
     assert_eq!(events, 2, "both faults are in the log");
 }
+
+/// include/linux/dma-direction.h (BIDIRECTIONAL 0, TO_DEVICE 1, FROM_DEVICE 2,
+/// NONE 3), include/linux/dma-mapping.h (DMA_MAPPING_ERROR = ~0, DMA_ATTR_WEAK_ORDERING
+/// 1 << 1, DMA_ATTR_SKIP_CPU_SYNC 1 << 5) and include/linux/gfp_types.h (GFP_KERNEL
+/// 0xcc0, GFP_ATOMIC 0x820, __GFP_DMA 0x01, __GFP_DMA32 0x04).
+#[test]
+fn script_constants_have_the_kernel_values() {
+    let (r, _) = script(
+        r#"boot("arm64-noncoherent");
+        expect_eq([DMA_BIDIRECTIONAL, DMA_TO_DEVICE, DMA_FROM_DEVICE, DMA_NONE], [0, 1, 2, 3], "enum dma_data_direction");
+        expect_eq(DMA_MAPPING_ERROR, -1, "all ones");
+        expect_eq(DMA_ATTR_WEAK_ORDERING, 2, "1 << 1");
+        expect_eq(DMA_ATTR_SKIP_CPU_SYNC, 32, "1 << 5");
+        expect_eq([GFP_KERNEL, GFP_ATOMIC, GFP_DMA, GFP_DMA32], [0xcc0, 0x820, 1, 4], "v6.12 gfp bits");"#,
+    );
+    ok(&r);
+}
+
+/// A 4 KiB buffer of dirty lines mapped and unmapped in each direction; returns the
+/// lines (cleaned at map, invalidated at map, invalidated at unmap) per direction.
+fn cache_ops(preset: &str) -> Vec<(i64, i64, i64)> {
+    let (r, j) = script(&format!(
+        r#"boot("{preset}");
+        let d = device("d");
+        let b = kmalloc(4096);
+        for dir in [DMA_TO_DEVICE, DMA_FROM_DEVICE, DMA_BIDIRECTIONAL] {{
+            cpu_write(b, 0, pattern("inc", 4096));
+            let s0 = stats().cache;
+            let a = dma_map_single(d, b, dir);
+            dma_mapping_error(d, a);
+            let s1 = stats().cache;
+            dma_unmap_single(d, a, 4096, dir);
+            let s2 = stats().cache;
+            print(`ops ${{s1.clean_lines - s0.clean_lines}} ${{s1.invalidate_lines - s0.invalidate_lines}} ${{s2.invalidate_lines - s1.invalidate_lines}}`);
+        }}"#
+    ));
+    ok(&r);
+    j["log"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter_map(|l| l.as_str()?.split("script: ops ").nth(1).map(str::to_string))
+        .map(|l| {
+            let v: Vec<i64> = l.split(' ').map(|x| x.parse().expect("number")).collect();
+            (v[0], v[1], v[2])
+        })
+        .collect()
+}
+
+/// arch/arm64/mm/dma-mapping.c: arch_sync_dma_for_device cleans (dcache_clean_poc)
+/// for every direction; arch_sync_dma_for_cpu does nothing for TO_DEVICE and
+/// invalidates (dcache_inval_poc) for FROM_DEVICE and BIDIRECTIONAL.
+#[test]
+fn arm64_map_cleans_every_direction_and_unmap_invalidates_all_but_to_device() {
+    // 4096 bytes of 64-byte lines.
+    assert_eq!(
+        cache_ops("arm64-noncoherent"),
+        vec![(64, 0, 0), (64, 0, 64), (64, 0, 64)]
+    );
+}
+
+/// arch/arm/mm/cache-v7.S: v7_dma_map_area invalidates for FROM_DEVICE and cleans
+/// otherwise; v7_dma_unmap_area invalidates for all but TO_DEVICE (32-byte lines on
+/// the Cortex-A9 preset).
+#[test]
+fn armv7_map_invalidates_from_device_and_cleans_the_rest() {
+    assert_eq!(
+        cache_ops("arm32"),
+        vec![(128, 0, 0), (0, 128, 128), (128, 0, 128)]
+    );
+}
+
+/// kernel/dma/direct.h: dma_direct_map_page / dma_direct_unmap_page skip the arch
+/// cache maintenance for a coherent device (dev_is_dma_coherent), and x86 devices
+/// are all coherent.
+#[test]
+fn a_coherent_device_gets_no_cache_maintenance() {
+    for preset in ["arm64-coherent", "x86-64"] {
+        assert_eq!(cache_ops(preset), vec![(0, 0, 0); 3], "{preset}");
+    }
+}
+
+/// drivers/iommu/Kconfig: IOMMU_DEFAULT_DMA_STRICT is the default on arm64 and
+/// IOMMU_DEFAULT_DMA_LAZY on x86; drivers/iommu/iommu.c: iommu_subsys_init logs
+/// "DMA domain TLB invalidation policy: strict|lazy mode".
+#[test]
+fn default_iommu_invalidation_is_strict_on_arm64_and_lazy_on_x86() {
+    for (preset, mode) in [("arm64-noncoherent", "strict"), ("x86-64", "lazy")] {
+        let (r, j) = script(&format!(r#"boot("{preset}", #{{ iommu: "smmu" }});"#));
+        ok(&r);
+        assert!(
+            log_has(
+                &j,
+                &format!("DMA domain TLB invalidation policy: {mode} mode")
+            ),
+            "{preset}"
+        );
+    }
+}
+
+/// kernel/dma/mapping.c: dma_supported is true for every mask when the device uses
+/// dma-iommu (the IOVA allocator honours the mask); dma-direct refuses a 20-bit mask
+/// that cannot cover ZONE_DMA (kernel/dma/direct.c: dma_direct_supported).
+#[test]
+fn dma_iommu_accepts_every_mask() {
+    let (r, _) = script(
+        r#"boot("arm64-noncoherent", #{ iommu: "smmu" });
+        let d = device("d");
+        let p = device("p", #{ iommu: false });
+        expect_eq(dma_set_mask(d, 20), 0, "dma-iommu: any mask");
+        expect_eq(dma_set_mask(p, 20), -EIO, "dma-direct: 20 bits cannot cover ZONE_DMA");"#,
+    );
+    ok(&r);
+}
+
+/// kernel/dma/contiguous.c: dma_alloc_contiguous never takes a single page from the
+/// global CMA area ("size <= PAGE_SIZE" goes to the buddy allocator); two pages do.
+#[test]
+fn cma_never_serves_single_page_coherent_allocations() {
+    let (r, _) = script(
+        r#"boot("arm64-coherent");
+        let d = device("d");
+        let a = dma_alloc_coherent(d, 4096);
+        expect_eq(stats().cma.used_pages, 0, "one page: buddy");
+        let b = dma_alloc_coherent(d, 8192);
+        expect_eq(stats().cma.used_pages, 2, "two pages: CMA");
+        dma_free_coherent(d, 4096, a);
+        dma_free_coherent(d, 8192, b);"#,
+    );
+    ok(&r);
+}
+
+/// Documentation/core-api/dma-api-howto.rst: dma_alloc_coherent memory is aligned
+/// to the smallest PAGE_SIZE order that holds it, and it is zeroed
+/// (kernel/dma/direct.c: dma_direct_alloc; mm/cma.c: cma_alloc with
+/// align = get_order(size), kernel/dma/contiguous.c: dma_alloc_contiguous).
+#[test]
+fn dma_alloc_coherent_is_zeroed_and_aligned_to_its_order() {
+    for preset in ["arm64-noncoherent", "arm64-coherent", "x86-64"] {
+        let (r, _) = script(&format!(
+            r#"boot("{preset}");
+            let d = device("d");
+            let junk = kmalloc(65536);
+            cpu_write(junk, 0, pattern("ones", 65536));
+            kfree(junk);
+            let c = dma_alloc_coherent(d, 12288);
+            expect_eq(c.dma % 16384, 0, "12 KiB: order 2, 16 KiB aligned");
+            expect_eq(cpu_read(c, 0, 12288), pattern("zero", 12288), "zeroed");
+            dma_free_coherent(d, 12288, c);"#
+        ));
+        ok(&r);
+    }
+}
+
+/// include/media/videobuf2-core.h: VB2_MAX_FRAME = 32; vb2_core_reqbufs clamps the
+/// count to [min_reqbufs_allocation, max_num_buffers].
+#[test]
+fn vb2_reqbufs_clamps_to_vb2_max_frame() {
+    let (r, _) = script(
+        r#"boot("arm64-coherent");
+        let q = v4l2_open(device("csi0"), #{ alloc: "dma-sg" });
+        expect_eq(v4l2_reqbufs(q, 40, 4096), 32, "at most VB2_MAX_FRAME");
+        expect_eq(v4l2_querybuf(q, 31), 4096, "buffer 31 exists");
+        expect_eq(v4l2_querybuf(q, 32), -EINVAL, "buffer 32 does not");
+        v4l2_reqbufs(q, 0, 4096);"#,
+    );
+    ok(&r);
+}
+
+/// kernel/dma/swiotlb.c: swiotlb_max_mapping_size = IO_TLB_SIZE * IO_TLB_SEGSIZE
+/// (256 KiB) minus min_align_mask rounded up to IO_TLB_SIZE; dma-direct reports it
+/// when bouncing is forced (kernel/dma/direct.c: dma_direct_max_mapping_size).
+#[test]
+fn swiotlb_max_mapping_size_is_256k_less_the_min_align_mask() {
+    let (r, _) = script(
+        r#"boot("arm64-noncoherent", #{ swiotlb_force: true });
+        let d = device("d");
+        let n = device("nvme", #{ min_align_mask: 0xfff });
+        expect_eq(dma_max_mapping_size(d), 262144, "128 slots of 2 KiB");
+        expect_eq(dma_max_mapping_size(n), 262144 - 4096, "less roundup(0xfff, 2 KiB)");"#,
+    );
+    ok(&r);
+}
+
+/// kernel/dma/swiotlb.c: swiotlb_tbl_map_single always copies the original into
+/// the bounce buffer (swiotlb_bounce(..., DMA_TO_DEVICE)) whatever the direction,
+/// so bytes a FROM_DEVICE transfer does not write come back unchanged at unmap.
+#[test]
+fn swiotlb_map_copies_the_original_even_for_from_device() {
+    let (r, _) = script(
+        r#"boot("arm64-coherent", #{ swiotlb_force: true });
+        let d = device("d");
+        let b = kmalloc(4096);
+        cpu_write(b, 0, pattern("inc", 4096));
+        let a = dma_map_single(d, b, DMA_FROM_DEVICE);
+        expect_eq(dma_mapping_error(d, a), false, "bounced");
+        expect(a != b.phys, "the device sees the bounce buffer");
+        dev_write(d, a, pattern("ones", 64));
+        dma_unmap_single(d, a, 4096, DMA_FROM_DEVICE);
+        expect_eq(cpu_read(b, 0, 64), pattern("ones", 64), "what the device wrote");
+        expect_eq(cpu_read(b, 64, 4032), pattern("inc", 4096).extract(64), "the rest as it was");"#,
+    );
+    ok(&r);
+}
