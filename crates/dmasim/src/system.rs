@@ -389,7 +389,7 @@ impl System {
 
     /// Registers a device and returns its index.
     pub fn add_device(&mut self, mut dev: Device) -> usize {
-        // drivers/iommu/dma-iommu.c: iommu_dma_probe_finalize sets
+        // drivers/iommu/dma-iommu.c: iommu_setup_dma_ops sets
         // pci_32bit_workaround = !iommu_dma_forcedac for a PCI device.
         dev.pci_32bit_workaround = dev.pci && !self.cfg.iommu_forcedac;
         let kind = if dev.coherent {

@@ -149,7 +149,7 @@ fn iommu_dma_map_refuses_min_align_mask_above_the_granule() {
 }
 
 /// drivers/iommu/dma-iommu.c: iommu_dma_alloc_iova tries IOVAs below 4 GiB first for
-/// a PCI device (pci_32bit_workaround, set by iommu_dma_probe_finalize unless
+/// a PCI device (pci_32bit_workaround, set by iommu_setup_dma_ops unless
 /// iommu.forcedac=1), even with a 64-bit mask; a platform device gets the top of its
 /// range. Untrusted devices are PCI devices (dev_is_untrusted).
 #[test]
@@ -539,4 +539,52 @@ fn swiotlb_map_copies_the_original_even_for_from_device() {
         expect_eq(cpu_read(b, 64, 4032), pattern("inc", 4096).extract(64), "the rest as it was");"#,
     );
     ok(&r);
+}
+
+/// docs/fidelity.md lists at least 60 facts, and every test it names exists: a
+/// renamed or deleted test cannot leave the table pointing at nothing.
+#[test]
+fn the_fidelity_table_names_only_tests_that_exist() {
+    let root = format!("{}/../..", env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(format!("{root}/docs/fidelity.md")).expect("fidelity.md");
+    let mut sources = String::new();
+    for dir in ["crates/dmasim/tests", "crates/dmasim/src"] {
+        let mut stack = vec![std::path::PathBuf::from(format!("{root}/{dir}"))];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("dir").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    sources.push_str(&std::fs::read_to_string(&p).expect("source"));
+                }
+            }
+        }
+    }
+    let mut facts = 0;
+    for row in doc
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| fact"))
+    {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let Some(tests) = cells.last() else { continue };
+        let names: Vec<&str> = tests
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|n| !n.ends_with(".rs"))
+            .map(|n| n.rsplit("::").next().unwrap_or(n))
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        facts += 1;
+        for n in names {
+            assert!(
+                sources.contains(&format!("fn {n}(")),
+                "docs/fidelity.md names a missing test {n}"
+            );
+        }
+    }
+    assert!(facts >= 60, "only {facts} facts in docs/fidelity.md");
 }

@@ -62,7 +62,7 @@ pub struct Device {
     pub pci: bool,
     /// `dev->iommu->pci_32bit_workaround`: set at probe for a PCI device unless
     /// `iommu.forcedac=1`; cleared for good once the 32-bit IOVA space is full
-    /// (drivers/iommu/dma-iommu.c: iommu_dma_probe_finalize, iommu_dma_alloc_iova).
+    /// (drivers/iommu/dma-iommu.c: iommu_setup_dma_ops, iommu_dma_alloc_iova).
     pub pci_32bit_workaround: bool,
 }
 
