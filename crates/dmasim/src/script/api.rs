@@ -177,6 +177,25 @@ fn set_map(pairs: &[(String, String)]) -> Map {
         })
 }
 
+/// A transfer latency: nanoseconds or a duration string ("600 ns"), at most 1 s
+/// (so that picoseconds never overflow).
+fn latency_of(ctx: &NativeCallContext, v: &Dynamic, key: &str) -> RResult<u64> {
+    let ns = if let Ok(i) = v.as_int() {
+        u64::try_from(i).map_err(|_| err(ctx, format!("{key}: negative latency")))?
+    } else if let Some(t) = v.read_lock::<ImmutableString>() {
+        parse_duration_ns(&t).map_err(|e| err(ctx, format!("{key}: {e}")))?
+    } else {
+        return Err(err(
+            ctx,
+            format!("{key}: expected nanoseconds or a duration like \"600 ns\""),
+        ));
+    };
+    if ns > 1_000_000_000 {
+        return Err(err(ctx, format!("{key}: at most 1 s")));
+    }
+    Ok(ns)
+}
+
 fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> RResult<()> {
     for (k, v) in m {
         let key = k.as_str();
@@ -305,9 +324,10 @@ fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> 
             }
             // arch/arm64/include/asm/cache.h: cache_line_size_of_cpu, 4 << CTR_EL0.CWG.
             "cache_writeback_granule" => p.cache_writeback_granule = num(v)?,
+            "dev_latency" => p.dev_latency_ns = latency_of(ctx, v, key)?,
             "iommu_forcedac" => p.iommu_forcedac = v.as_bool().map_err(|_| err(ctx, "iommu_forcedac: expected true or false"))?,
             "vfio_noiommu" => p.vfio_noiommu = v.as_bool().map_err(|_| err(ctx, "vfio_noiommu: expected true or false"))?,
-            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, iommu_forcedac, vfio_noiommu, write_streaming, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, cache_writeback_granule, noise, coherent)"))),
+            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, iommu_forcedac, vfio_noiommu, write_streaming, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, cache_writeback_granule, dev_latency, noise, coherent)"))),
         }
     }
     Ok(())
@@ -515,6 +535,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                             }
                             d.seg_boundary_mask = m;
                         }
+                        "latency" => d.latency_ns = latency_of(ctx, v, "latency")?,
                         "bandwidth" => {
                             d.bandwidth = size_of(ctx, v, "bandwidth")?;
                             if d.bandwidth == 0 {
@@ -528,7 +549,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                             }
                             d.iommu_group = Some(g);
                         }
-                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, iommu_group, sg, untrusted, bus, dma_offset, max_segment, bandwidth, bus_dma_limit, min_align_mask, seg_boundary)"))),
+                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, iommu_group, sg, untrusted, bus, dma_offset, max_segment, bandwidth, latency, bus_dma_limit, min_align_mask, seg_boundary)"))),
                     }
                 }
             }
