@@ -176,6 +176,10 @@ pub struct PlatformConfig {
     /// `vfio.enable_unsafe_noiommu_mode=1`: VFIO hands devices without an IOMMU to
     /// user space (no protection; the kernel is tainted).
     pub vfio_noiommu: bool,
+    /// `iommu.forcedac=1`: PCI devices get IOVAs from their whole mask at once
+    /// instead of below 4 GiB first (drivers/iommu/dma-iommu.c:
+    /// iommu_dma_forcedac_setup).
+    pub iommu_forcedac: bool,
     /// `swiotlb=`: the bounce-buffer pool size in bytes; `None` lets the platform
     /// decide as Linux does (64 MiB when RAM reaches past what 32-bit DMA or the
     /// DMA zone covers, arm64's small kmalloc-bounce pool otherwise), `Some(0)` is
@@ -193,9 +197,16 @@ pub struct PlatformConfig {
     pub cma: u64,
     /// Top of ZONE_DMA as a physical limit (`zone_dma_limit`, v6.12).
     pub zone_dma_limit: u64,
-    /// `ARCH_DMA_MINALIGN`: kmalloc objects are aligned to this so that a DMA buffer
-    /// never shares a cache line with other data.
+    /// `ARCH_DMA_MINALIGN`: the compile-time bound on the cache line a DMA buffer
+    /// must not share (arm64: 128). Linux uses it where it needs a constant, e.g.
+    /// `dma_kmalloc_size_aligned`'s `size >= 2 * ARCH_DMA_MINALIGN`; the run-time
+    /// alignment is [`PlatformConfig::dma_get_cache_alignment`].
     pub dma_minalign: u64,
+    /// The CPU's cache writeback granule in bytes, `4 << CTR_EL0.CWG` (64 on
+    /// Cortex-A53/A72): the largest block a cache may write back. arm64's
+    /// `dma_get_cache_alignment()` is `cache_line_size()`, which reads it
+    /// (arch/arm64/include/asm/cache.h: cache_line_size_of_cpu).
+    pub cache_writeback_granule: u64,
     /// Virtual address of the linear map's first byte (`PAGE_OFFSET`).
     pub page_offset: u64,
     /// Start of the vmalloc area, where coherent remaps and vmalloc live.
@@ -293,6 +304,7 @@ impl PlatformConfig {
                 iommu_skip_pte_sync: false,
                 iommu_cost: crate::hw::iommu::IommuCost::default(),
                 vfio_noiommu: false,
+                iommu_forcedac: false,
                 // Decided at boot: with all RAM below 4 GiB arm64 creates only the
                 // small pool for kmalloc bouncing, 1 MiB per GiB of RAM
                 // (arch/arm64/mm/init.c mem_init); with more RAM, 64 MiB.
@@ -306,6 +318,9 @@ impl PlatformConfig {
                 zone_dma_limit: 0xffff_ffff,
                 // ARCH_DMA_MINALIGN = 128 on arm64 (arch/arm64/include/asm/cache.h).
                 dma_minalign: 128,
+                // Cortex-A53 CTR_EL0.CWG = 4: 4 << 4 = 64 bytes (Cortex-A53 TRM,
+                // CTR_EL0); the same on Cortex-A72.
+                cache_writeback_granule: 64,
                 // 48-bit VA: PAGE_OFFSET = 0xffff_0000_0000_0000 (arch/arm64/include/asm/memory.h).
                 page_offset: 0xffff_0000_0000_0000,
                 // VMALLOC_START = MODULES_END, 2 GiB above _PAGE_END(48).
@@ -383,6 +398,10 @@ impl PlatformConfig {
                 p.cma = 16 << 20;
                 // ARCH_DMA_MINALIGN = L1_CACHE_BYTES = 64 (CONFIG_ARM_L1_CACHE_SHIFT 6).
                 p.dma_minalign = 64;
+                // Cortex-A9 CTR.CWG = 3: 32 bytes. 32-bit ARM's
+                // dma_get_cache_alignment() is the constant ARCH_DMA_MINALIGN, so
+                // the model does not use it there.
+                p.cache_writeback_granule = 32;
                 // VMSPLIT_3G: PAGE_OFFSET 0xC000_0000; 240 MiB of vmalloc leaves 760 MiB
                 // of lowmem (arch/arm/mm/mmu.c, vmalloc_size default).
                 p.page_offset = 0xC000_0000;
@@ -428,6 +447,7 @@ impl PlatformConfig {
                 iommu_skip_pte_sync: false,
                 iommu_cost: crate::hw::iommu::IommuCost::default(),
                 vfio_noiommu: false,
+                iommu_forcedac: false,
                 // x86 enables swiotlb only with RAM above 4 GiB (arch/x86/kernel/pci-dma.c
                 // pci_swiotlb_detect); decided at boot.
                 swiotlb: None,
@@ -440,6 +460,8 @@ impl PlatformConfig {
                 zone_dma_limit: (16 << 20) - 1,
                 // x86 has no ARCH_DMA_MINALIGN; kmalloc aligns to 8 (ARCH_KMALLOC_MINALIGN).
                 dma_minalign: 8,
+                // 64-byte lines; unused: x86's dma_get_cache_alignment() is 1.
+                cache_writeback_granule: 64,
                 // __PAGE_OFFSET_BASE_L4 (arch/x86/include/asm/page_64_types.h).
                 page_offset: 0xffff_8880_0000_0000,
                 // VMALLOC_BASE_L4 (arch/x86/include/asm/pgtable_64_types.h).
@@ -501,6 +523,15 @@ impl PlatformConfig {
         {
             return Err("ram must end below 16 TiB (44-bit physical addresses)".into());
         }
+        if !self.cache_writeback_granule.is_power_of_two()
+            || !(16..=2048).contains(&self.cache_writeback_granule)
+        {
+            // CTR_EL0.CWG is 4 bits of log2(words): 16 to 2048 bytes in practice.
+            return Err(format!(
+                "cache_writeback_granule must be a power of two from 16 to 2048, not {}",
+                self.cache_writeback_granule
+            ));
+        }
         for (n, r) in [
             ("evict", self.noise.evict),
             ("prefetch", self.noise.prefetch),
@@ -521,6 +552,7 @@ impl PlatformConfig {
             ("dev_latency_ns", "setup latency of a descriptor-driven transfer, order of magnitude"),
             ("iotlb_entries", "pcie-bench: 64 B random DMA reads lose nothing up to a 256 KiB window of 4 KiB pages and fall off beyond, i.e. about 64 IOTLB entries (perf-anchors §1.2, DERIVED)"),
             ("iommu_cost", "walk_level_ps: pcie-bench 0.35x at a 64 MiB window = ~33 ns throughput cost per miss over 4 levels; inv_page_ps and sync_ps: Morello SMMUv3 strict unmap 0.6 us at 4 KiB, +80 ns per extra page (perf-anchors §1.2, §1.3)"),
+            ("iommu_forcedac", "iommu.forcedac=0 by default: PCI devices try IOVAs below 4 GiB first (drivers/iommu/dma-iommu.c: iommu_dma_alloc_iova)"),
             ("iommu_strict", "null = arch default: strict on arm64, lazy on x86 (drivers/iommu/Kconfig IOMMU_DEFAULT_DMA_STRICT / _LAZY)"),
             ("write_streaming", "off (l1 = l2 = 0) so stores always leave dirty lines; Arm cores stream long whole-line store runs past L1 after 3 lines and past L2 after 127 (Arm FAQ ka16133 Cortex-A7, Cortex-A35 TRM A5.6); turn on with write_streaming: true"),
         ];
@@ -549,7 +581,8 @@ impl PlatformConfig {
                 ("bus_dma_limit", "devicetree dma-ranges end (of_dma_configure_id): Raspberry Pi 4 legacy DMA reaches bus 0xFFFF_FFFF, the first GiB"),
                 ("cma", "CONFIG_CMA_SIZE_MBYTES default 16 (kernel/dma/Kconfig)"),
                 ("zone_dma_limit", "arm64 caps zone_dma_limit at 4 GiB - 1 when DRAM starts below 4 GiB (arch/arm64/mm/init.c)"),
-                ("dma_minalign", "ARCH_DMA_MINALIGN 128 (arch/arm64/include/asm/cache.h)"),
+                ("dma_minalign", "ARCH_DMA_MINALIGN 128 (arch/arm64/include/asm/cache.h), the compile-time bound"),
+                ("cache_writeback_granule", "4 << CTR_EL0.CWG = 64 on Cortex-A53/A72: dma_get_cache_alignment() = cache_line_size() (arch/arm64/include/asm/cache.h); set with boot(preset, #{ cache_writeback_granule: 128 })"),
                 ("page_offset", "PAGE_OFFSET for 48-bit VA (arch/arm64/include/asm/memory.h)"),
                 ("vmalloc_start", "VMALLOC_START = MODULES_END (arch/arm64/include/asm/pgtable.h)"),
                 ("cost", "Cortex-A53 at 1.5 GHz; uncached read/write beats from perf-anchors §3.1 (udmabuf #16, Genode #4456); cache maintenance per line from perf-anchors §3.2 (estimate)"),
@@ -569,6 +602,33 @@ impl PlatformConfig {
             ],
         };
         specific.iter().chain(common).copied().collect()
+    }
+
+    /// `dma_get_cache_alignment()`: the alignment a buffer needs so that DMA never
+    /// shares a cache line with other data. arm64 overrides it with
+    /// `cache_line_size()`, the run-time writeback granule (at least the modelled
+    /// line); 32-bit ARM has `ARCH_HAS_DMA_MINALIGN` and returns
+    /// `ARCH_DMA_MINALIGN`; x86 defines neither and returns 1
+    /// (include/linux/dma-mapping.h: dma_get_cache_alignment;
+    /// arch/arm64/include/asm/cache.h: `#define dma_get_cache_alignment cache_line_size`).
+    pub fn dma_get_cache_alignment(&self) -> u64 {
+        match self.arch {
+            Arch::Arm64 => self.cache_writeback_granule.max(self.line()),
+            Arch::Arm32 => self.dma_minalign,
+            Arch::X86_64 => 1,
+        }
+    }
+
+    /// kernel/dma/direct.c's `zone_dma_limit` variable, which
+    /// `dma_direct_supported` and `dma_direct_optimal_gfp_mask` read. It starts at
+    /// `DMA_BIT_MASK(24)` and only arm64 (arch/arm64/mm/init.c: zone_sizes_init),
+    /// powerpc and s390 change it: 32-bit ARM keeps its ZONE_DMA top in
+    /// `arm_dma_limit` instead, and x86's ZONE_DMA is those 16 MiB anyway.
+    pub fn dma_direct_zone_dma_limit(&self) -> u64 {
+        match self.arch {
+            Arch::Arm64 => self.zone_dma_limit,
+            Arch::Arm32 | Arch::X86_64 => crate::kernel::dma::dma_bit_mask(24),
+        }
     }
 
     /// Line size shared by both cache levels.

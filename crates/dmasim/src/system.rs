@@ -375,6 +375,14 @@ impl System {
         ));
     }
 
+    /// `WARN_ONCE` / `dev_WARN_ONCE`: prints `msg` the first time the call site
+    /// `site` warns and never again in this run.
+    pub fn warn_once(&mut self, site: &'static str, subsys: &str, msg: String) {
+        if self.kernel.warned_once.insert(site) {
+            self.printk(subsys, msg);
+        }
+    }
+
     /// Fails when a simulator limit was hit during the last operation.
     pub fn check_limits(&self) -> Result<()> {
         if self.hw.dram.cap_exceeded() {
@@ -386,7 +394,10 @@ impl System {
     }
 
     /// Registers a device and returns its index.
-    pub fn add_device(&mut self, dev: Device) -> usize {
+    pub fn add_device(&mut self, mut dev: Device) -> usize {
+        // drivers/iommu/dma-iommu.c: iommu_setup_dma_ops sets
+        // pci_32bit_workaround = !iommu_dma_forcedac for a PCI device.
+        dev.pci_32bit_workaround = dev.pci && !self.cfg.iommu_forcedac;
         let kind = if dev.coherent {
             "coherent"
         } else {

@@ -1177,3 +1177,40 @@ fn write_streaming_limits_a_missing_clean_to_the_first_lines() {
     let bad = src("boot(\"arm64-noncoherent\", #{ write_streaming: #{ l2: 9 } });");
     assert!(bad.error.as_deref().unwrap().contains("l2 needs l1"));
 }
+
+#[test]
+fn transfer_latency_is_set_per_device_or_at_boot() {
+    // A 64 B read at 1000 bytes/µs moves its data in 64 ns, after the latency: the
+    // platform's (here set at boot to 600 ns) or the device's own.
+    let r = src("boot(\"arm64-coherent\", #{ dev_latency: \"600 ns\" });\n\
+         let d = device(\"d\", #{ bandwidth: 1000 });\n\
+         let e = device(\"e\", #{ bandwidth: 1000, latency: 0 });\n\
+         let f = device(\"f\", #{ bandwidth: 1000, latency: \"2 us\" });\n\
+         let b = kmalloc(4096);\n\
+         for x in [[d, 664], [e, 64], [f, 2064]] {\n\
+             let a = dma_map_single(x[0], b, DMA_TO_DEVICE); dma_mapping_error(x[0], a);\n\
+             let t0 = now();\n\
+             dev_read(x[0], a, 64);\n\
+             expect_eq(now() - t0, x[1], \"latency + 64 ns\");\n\
+             dma_unmap_single(x[0], a, 4096, DMA_TO_DEVICE);\n\
+         }");
+    assert_eq!(
+        r.exit_code(),
+        0,
+        "{:?} {:?}",
+        r.error,
+        r.expectations.failures
+    );
+    assert_eq!(r.expectations.passed, 3);
+    for bad in ["latency: -1", "latency: \"2 s\"", "latency: true"] {
+        let r = src(&format!(
+            "boot(\"arm64-coherent\");\nlet d = device(\"d\", #{{ {bad} }});"
+        ));
+        assert_eq!(r.exit_code(), 2, "{bad}");
+        assert!(
+            r.error.as_deref().unwrap_or("").contains("latency"),
+            "{bad}: {:?}",
+            r.error
+        );
+    }
+}

@@ -57,6 +57,13 @@ pub struct Device {
     /// zeroed padding (`drivers/pci/probe.c`: `set_pcie_untrusted`;
     /// `drivers/iommu/dma-iommu.c`: `dev_use_swiotlb`).
     pub untrusted: bool,
+    /// `dev_is_pci()`: on a PCI(e) bus (`bus: "pci"`, or implied by `untrusted`).
+    /// dma-iommu gives PCI devices IOVAs below 4 GiB first.
+    pub pci: bool,
+    /// `dev->iommu->pci_32bit_workaround`: set at probe for a PCI device unless
+    /// `iommu.forcedac=1`; cleared for good once the 32-bit IOVA space is full
+    /// (drivers/iommu/dma-iommu.c: iommu_setup_dma_ops, iommu_dma_alloc_iova).
+    pub pci_32bit_workaround: bool,
 }
 
 impl Device {
@@ -84,6 +91,8 @@ impl Device {
             vfio: false,
             iommu_group: None,
             untrusted: false,
+            pci: false,
+            pci_32bit_workaround: false,
         }
     }
 

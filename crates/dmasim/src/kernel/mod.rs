@@ -74,13 +74,15 @@ pub fn boot_reservations(p: &PlatformConfig) -> Vec<(u64, u64)> {
 /// `CONFIG_DMA_BOUNCE_UNALIGNED_KMALLOC` (arm64) and a swiotlb pool, small kmalloc
 /// caches are only `ARCH_KMALLOC_MINALIGN` (8) aligned, because dma-direct bounces
 /// the unaligned ones a non-coherent device writes; otherwise objects are aligned
-/// for DMA (`ARCH_DMA_MINALIGN`; Linux uses the runtime cache line size, which the
-/// model takes as the compile-time bound).
+/// for DMA to `dma_get_cache_alignment()`: on arm64 the run-time
+/// `cache_line_size()` (64 on Cortex-A53/A72), not the compile-time
+/// `ARCH_DMA_MINALIGN` of 128. x86's 1 leaves SLUB's own 8.
 pub fn kmalloc_minalign(p: &PlatformConfig) -> u64 {
     if p.arch == Arch::Arm64 && dma::swiotlb::boot_plan(p).nslabs > 0 {
         8
     } else {
-        p.dma_minalign
+        // mm/slab_common.c: __kmalloc_minalign, max(minalign, arch_slab_minalign()).
+        p.dma_get_cache_alignment().max(8)
     }
 }
 
@@ -298,6 +300,8 @@ pub struct Kernel {
     /// `dma_buf_map_attachment`): its mappings tell the sanitizer so.
     /// With it, how that exporter syncs the CPU's accesses.
     pub(crate) mapping_dmabuf: Option<(u64, crate::check::DmaBufSync)>,
+    /// `WARN_ONCE` call sites that have fired: the kernel prints each only once.
+    pub(crate) warned_once: std::collections::BTreeSet<&'static str>,
 }
 
 impl Kernel {
@@ -315,6 +319,7 @@ impl Kernel {
             vmalloc_next: p.vmalloc_start,
             pages: Node::new(p.ram_base, ram_end, &layout, &boot_reservations(p)),
             slab: Slab::new(kmalloc_minalign(p)),
+            warned_once: std::collections::BTreeSet::new(),
             devices: Vec::new(),
             buffers: BTreeMap::new(),
             by_va: BTreeMap::new(),

@@ -177,6 +177,25 @@ fn set_map(pairs: &[(String, String)]) -> Map {
         })
 }
 
+/// A transfer latency: nanoseconds or a duration string ("600 ns"), at most 1 s
+/// (so that picoseconds never overflow).
+fn latency_of(ctx: &NativeCallContext, v: &Dynamic, key: &str) -> RResult<u64> {
+    let ns = if let Ok(i) = v.as_int() {
+        u64::try_from(i).map_err(|_| err(ctx, format!("{key}: negative latency")))?
+    } else if let Some(t) = v.read_lock::<ImmutableString>() {
+        parse_duration_ns(&t).map_err(|e| err(ctx, format!("{key}: {e}")))?
+    } else {
+        return Err(err(
+            ctx,
+            format!("{key}: expected nanoseconds or a duration like \"600 ns\""),
+        ));
+    };
+    if ns > 1_000_000_000 {
+        return Err(err(ctx, format!("{key}: at most 1 s")));
+    }
+    Ok(ns)
+}
+
 fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> RResult<()> {
     for (k, v) in m {
         let key = k.as_str();
@@ -303,8 +322,12 @@ fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> 
                     t
                 };
             }
+            // arch/arm64/include/asm/cache.h: cache_line_size_of_cpu, 4 << CTR_EL0.CWG.
+            "cache_writeback_granule" => p.cache_writeback_granule = num(v)?,
+            "dev_latency" => p.dev_latency_ns = latency_of(ctx, v, key)?,
+            "iommu_forcedac" => p.iommu_forcedac = v.as_bool().map_err(|_| err(ctx, "iommu_forcedac: expected true or false"))?,
             "vfio_noiommu" => p.vfio_noiommu = v.as_bool().map_err(|_| err(ctx, "vfio_noiommu: expected true or false"))?,
-            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, vfio_noiommu, write_streaming, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, noise, coherent)"))),
+            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, iommu_forcedac, vfio_noiommu, write_streaming, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, cache_writeback_granule, dev_latency, noise, coherent)"))),
         }
     }
     Ok(())
@@ -482,6 +505,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             Ok(d)
         })?;
         {
+            let mut pci_set = None;
             if let Some(m) = opts {
                 for (k, v) in &m {
                     match k.as_str() {
@@ -496,6 +520,15 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                         "iommu" => d.iommu = v.as_bool().map_err(|_| err(ctx, "iommu: expected true or false"))?,
                         "sg" => d.sg = v.as_bool().map_err(|_| err(ctx, "sg: expected true or false"))?,
                         "untrusted" => d.untrusted = v.as_bool().map_err(|_| err(ctx, "untrusted: expected true or false"))?,
+                        "bus" => {
+                            let b = v.clone().into_string().map_err(|_| err(ctx, "bus: expected \"pci\" or \"platform\""))?;
+                            d.pci = match b.as_str() {
+                                "pci" => true,
+                                "platform" => false,
+                                other => return Err(err(ctx, format!("bus: {other:?} is not \"pci\" or \"platform\""))),
+                            };
+                            pci_set = Some(d.pci);
+                        }
                         "dma_offset" => d.dma_offset = size_of(ctx, v, "dma_offset")?,
                         "max_segment" => d.max_segment = size_of(ctx, v, "max_segment")?,
                         "bus_dma_limit" => d.bus_dma_limit = size_of(ctx, v, "bus_dma_limit")?,
@@ -512,6 +545,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                             }
                             d.seg_boundary_mask = m;
                         }
+                        "latency" => d.latency_ns = latency_of(ctx, v, "latency")?,
                         "bandwidth" => {
                             d.bandwidth = size_of(ctx, v, "bandwidth")?;
                             if d.bandwidth == 0 {
@@ -525,9 +559,20 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                             }
                             d.iommu_group = Some(g);
                         }
-                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, iommu_group, sg, untrusted, dma_offset, max_segment, bandwidth, bus_dma_limit, min_align_mask, seg_boundary)"))),
+                        other => return Err(err(ctx, format!("device: unknown option {other:?} (coherent, dma_bits, iommu, iommu_group, sg, untrusted, bus, dma_offset, max_segment, bandwidth, latency, bus_dma_limit, min_align_mask, seg_boundary)"))),
                     }
                 }
+            }
+            // include/linux/pci.h: pci_dev->untrusted exists only on PCI devices
+            // (drivers/iommu/dma-iommu.c: dev_is_untrusted checks dev_is_pci first).
+            if d.untrusted {
+                if pci_set == Some(false) {
+                    return Err(err(
+                        ctx,
+                        "untrusted: only a PCI device (bus: \"pci\") can be untrusted",
+                    ));
+                }
+                d.pci = true;
             }
             let idx = with_sys(s, ctx, |sys| Ok(sys.add_device(d.clone())))?;
             Ok(DeviceObj {
@@ -800,27 +845,31 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     });
 
     // ---- DMA mapping API ----
-    let alloc_coherent =
-        |s: &Shared, ctx: &NativeCallContext, d: &DeviceObj, size: &Dynamic| -> RResult<Dynamic> {
-            let n = size_of(ctx, size, "dma_alloc_coherent")?;
-            if n > 1 << 40 {
-                return Ok(Dynamic::UNIT);
-            }
-            let id = with_sys(s, ctx, |sys| sys.dma_alloc_coherent(d.idx, n))?;
-            Ok(opt_buffer(s, id))
-        };
+    let alloc_coherent = |s: &Shared,
+                          ctx: &NativeCallContext,
+                          d: &DeviceObj,
+                          size: &Dynamic,
+                          gfp: u64|
+     -> RResult<Dynamic> {
+        let n = size_of(ctx, size, "dma_alloc_coherent")?;
+        if n > 1 << 40 {
+            return Ok(Dynamic::UNIT);
+        }
+        let id = with_sys(s, ctx, |sys| sys.dma_alloc_coherent_gfp(d.idx, n, gfp))?;
+        Ok(opt_buffer(s, id))
+    };
     let s1 = s.clone();
     engine.register_fn(
         "dma_alloc_coherent",
         move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic| {
-            alloc_coherent(&s1, &ctx, &d, &size)
+            alloc_coherent(&s1, &ctx, &d, &size, GFP_KERNEL)
         },
     );
     let s1 = s.clone();
     engine.register_fn(
         "dma_alloc_coherent",
-        move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic, _gfp: INT| {
-            alloc_coherent(&s1, &ctx, &d, &size)
+        move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic, gfp: INT| {
+            alloc_coherent(&s1, &ctx, &d, &size, gfp as u64)
         },
     );
     let s1 = s.clone();
@@ -1480,6 +1529,15 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         "v4l2_querybuf",
         move |ctx: NativeCallContext, q: INT, i: INT| {
             with_sys(&s1, &ctx, |sys| sys.v4l2_querybuf(q as u64, i as u64))
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "v4l2_querybuf_offset",
+        move |ctx: NativeCallContext, q: INT, i: INT| {
+            with_sys(&s1, &ctx, |sys| {
+                sys.v4l2_querybuf_offset(q as u64, i as u64)
+            })
         },
     );
     let s1 = s.clone();

@@ -302,14 +302,41 @@ impl System {
         Ok(())
     }
 
-    /// `VIDIOC_QUERYBUF`: the `m.offset` cookie of buffer `index` for mmap, or
-    /// −EINVAL for an index not allocated.
+    /// `VIDIOC_QUERYBUF`'s `length`: `vb->planes[0].length`
+    /// (videobuf2-v4l2.c: __fill_v4l2_buffer), the format's size from REQBUFS, or
+    /// for USERPTR and DMABUF the length of the memory acquired at the last QBUF
+    /// (videobuf2-core.c: __prepare_userptr, __prepare_dmabuf); −EINVAL for an index
+    /// not allocated.
     ///
     /// # Errors
     /// [`SimError::Invalid`] for an unknown queue.
     pub fn v4l2_querybuf(&mut self, q: u64, index: u64) -> Result<i64> {
         let queue = self.queue_mut(q)?;
-        if index as usize >= queue.bufs.len() {
+        let Some(b) = queue.bufs.get(index as usize) else {
+            return Ok(-EINVAL);
+        };
+        let size = queue.size;
+        let len = match (&b.user, &b.imported) {
+            (Some(u), _) => u.len,
+            (None, Some(i)) => {
+                let dbuf = i.dmabuf;
+                self.kernel.dmabufs.get(&dbuf).map_or(size, |d| d.size)
+            }
+            (None, None) => size,
+        };
+        Ok(len as i64)
+    }
+
+    /// `VIDIOC_QUERYBUF`'s `m.offset` for an MMAP buffer: the cookie `mmap()` takes,
+    /// `index << (PAGE_SHIFT + 3)` for plane 0 (videobuf2-core.c: __setup_offsets);
+    /// −EINVAL for an index not allocated or a queue not of MMAP buffers (which
+    /// have no offset).
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown queue.
+    pub fn v4l2_querybuf_offset(&mut self, q: u64, index: u64) -> Result<i64> {
+        let queue = self.queue_mut(q)?;
+        if index as usize >= queue.bufs.len() || queue.memory != Vb2Memory::Mmap {
             return Ok(-EINVAL);
         }
         Ok((index << (crate::config::PAGE_SHIFT + 3)) as i64)
@@ -447,8 +474,8 @@ impl System {
     /// mapped pages; another releases them and acquires the new ones
     /// (`vb2_dc_get_userptr` / `vb2_dma_sg_get_userptr`). Then the buffer is synced
     /// for the device (`prepare`) and queued. Returns 0; −EINVAL for a bad index, a
-    /// buffer not dequeued, a length below the format's size or an address or
-    /// length not aligned to the cache line (`dma_get_cache_alignment`); −EFAULT
+    /// buffer not dequeued, a length below the format's size or (dma-contig only)
+    /// an address or length not aligned to `dma_get_cache_alignment()`; −EFAULT
     /// for memory the process has not mapped, or when dma-contig gets no single
     /// contiguous DMA range; −ENOMEM when a page cannot leave CMA; −EIO when the
     /// scatterlist cannot be mapped.
@@ -529,8 +556,12 @@ impl System {
     ) -> Result<std::result::Result<(UserPtr, u64), i64>> {
         let dev = queue.dev;
         let name = self.kernel.devices[dev].name.clone();
-        let align = self.cfg.dma_minalign.max(1);
-        if (va | len) % align != 0 {
+        // videobuf2-dma-contig.c: vb2_dc_get_userptr, "Only cache aligned DMA
+        // transfers are reliable": IS_ALIGNED(vaddr | size, dma_get_cache_alignment()),
+        // 64 on arm64 Cortex-A53/A72 and 1 (no check) on x86. videobuf2-dma-sg.c:
+        // vb2_dma_sg_get_userptr has no such check.
+        let align = self.cfg.dma_get_cache_alignment().max(1);
+        if queue.alloc == Vb2Alloc::Contig && (va | len) % align != 0 {
             self.printk(
                 &name,
                 format!("vb2-dc: user data must be aligned to {align} bytes"),

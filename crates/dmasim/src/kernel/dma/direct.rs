@@ -118,7 +118,8 @@ impl System {
     /// `dma_kmalloc_needs_bounce()` (include/linux/dma-map-ops.h; arm64 selects
     /// `CONFIG_DMA_BOUNCE_UNALIGNED_KMALLOC`): a non-coherent device may write a
     /// buffer smaller than 2 × `ARCH_DMA_MINALIGN` whose kmalloc size class is not a
-    /// whole number of cache lines, so invalidating it could destroy a neighbour.
+    /// multiple of `dma_get_cache_alignment()` (the run-time cache line size), so
+    /// invalidating it could destroy a neighbour (dma_kmalloc_size_aligned).
     pub fn dma_kmalloc_needs_bounce(&self, dev: usize, size: u64, dir: DmaDirection) -> bool {
         if self.cfg.arch != Arch::Arm64
             || self.dev_is_dma_coherent(dev)
@@ -128,7 +129,7 @@ impl System {
             return false;
         }
         let rounded = self.kernel.slab.class_for(size).unwrap_or(size);
-        rounded % self.hw.line() != 0
+        rounded % self.cfg.dma_get_cache_alignment() != 0
     }
 
     /// `dma_direct_map_phys()` (`dma_direct_map_page` in direct.h): the bus address
@@ -196,12 +197,15 @@ impl System {
     }
 
     /// `dma_direct_supported()`: every mask of 32 bits or more is accepted; a smaller
-    /// one only if it covers ZONE_DMA (or all of RAM, if that is smaller).
+    /// one only if it covers the `zone_dma_limit` variable (or all of RAM, if that
+    /// is smaller): ZONE_DMA on arm64, 16 MiB on 32-bit ARM and x86.
     pub fn dma_direct_supported(&self, dev: usize, mask: u64) -> bool {
         if mask >= dma_bit_mask(32) {
             return true;
         }
-        let top = (self.kernel.ram_end - 1).min(self.kernel.zone_dma_limit);
+        // kernel/dma/direct.c: dma_direct_supported reads the zone_dma_limit
+        // variable, DMA_BIT_MASK(24) on 32-bit ARM whatever arm_dma_limit is.
+        let top = (self.kernel.ram_end - 1).min(self.cfg.dma_direct_zone_dma_limit());
         mask >= self.kernel.devices[dev].phys_to_dma(top)
     }
 
@@ -260,7 +264,8 @@ impl System {
         let d = &self.kernel.devices[dev];
         let phys_limit = d.dma_to_phys(d.coherent_limit());
         let mut gfp = GFP_KERNEL
-            | if phys_limit <= self.kernel.zone_dma_limit {
+            // kernel/dma/direct.c: dma_direct_optimal_gfp_mask, the same variable.
+            | if phys_limit <= self.cfg.dma_direct_zone_dma_limit() {
                 GFP_DMA
             } else if phys_limit <= dma_bit_mask(32) {
                 GFP_DMA32

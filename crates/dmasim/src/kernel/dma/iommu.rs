@@ -12,7 +12,7 @@
 //! padding around the bounce buffer zeroed, and every `dma_map_sg` entry mapped on
 //! its own (`dev_use_sg_swiotlb`).
 //!
-//! Simplifications: no PCI SAC-address first try; the coherent allocation always blocks (no atomic pool) and
+//! Simplifications: the coherent allocation always blocks (no atomic pool) and
 //! never retries a failed 2 MiB block with reclaim or compaction.
 
 use crate::check::{HistoryEvent, MapKind, NewMapping};
@@ -68,6 +68,26 @@ impl System {
         fails: &str,
     ) -> Option<u64> {
         let cpu = self.cpu;
+        // drivers/iommu/dma-iommu.c: iommu_dma_alloc_iova tries the 32-bit PCI
+        // addresses first (without flushing the rcaches); once that space is full
+        // the device uses its whole limit for good, with a notice.
+        let dac = crate::kernel::dma::dma_bit_mask(32);
+        if limit > dac && self.kernel.devices[dev].pci_32bit_workaround {
+            let st = self.kernel.iommu.as_mut().expect("IOMMU");
+            let pfn = st.domains[domain].iovad.alloc_fast(
+                cpu,
+                len >> PAGE_SHIFT,
+                dac >> PAGE_SHIFT,
+                false,
+            );
+            if let Some(p) = pfn {
+                return Some(p << PAGE_SHIFT);
+            }
+            self.kernel.devices[dev].pci_32bit_workaround = false;
+            let name = self.kernel.devices[dev].name.clone();
+            let bits = 64 - limit.leading_zeros();
+            self.printk(&name, format!("Using {bits}-bit DMA addresses"));
+        }
         let st = self.kernel.iommu.as_mut().expect("IOMMU");
         let pfn =
             st.domains[domain]
@@ -103,6 +123,18 @@ impl System {
         prot: u32,
         limit: u64,
     ) -> Option<u64> {
+        // drivers/iommu/dma-iommu.c: __iommu_dma_map refuses a min_align_mask the
+        // IOVA granule cannot honour ("If anyone ever wants this we'd need support
+        // in the IOVA allocator"): dev_WARN_ONCE and DMA_MAPPING_ERROR.
+        if self.kernel.devices[dev].min_align_mask > GRANULE - 1 {
+            let name = self.kernel.devices[dev].name.clone();
+            self.warn_once(
+                "__iommu_dma_map: min_align_mask",
+                &name,
+                "Unsupported alignment constraint".into(),
+            );
+            return None;
+        }
         let domain = self.domain_of(dev);
         let off = phys & (GRANULE - 1);
         let len = granule_align(size + off);

@@ -506,6 +506,25 @@ impl System {
     /// # Errors
     /// [`SimError::Invalid`] for an unknown device; the memory cap.
     pub fn dma_alloc_coherent(&mut self, dev: usize, size: u64) -> Result<Option<u64>> {
+        self.dma_alloc_coherent_gfp(dev, size, crate::kernel::mm::gfp::GFP_KERNEL)
+    }
+
+    /// [`System::dma_alloc_coherent`] with the caller's `gfp`. A context that
+    /// cannot sleep (`GFP_ATOMIC`, no `__GFP_DIRECT_RECLAIM`) never gets CMA:
+    /// `dma_alloc_contiguous` returns NULL when `!gfpflags_allow_blocking(gfp)`
+    /// (kernel/dma/contiguous.c), since cma_alloc may migrate pages and sleep; the
+    /// pages come from the buddy allocator. (Linux serves a non-coherent device from
+    /// the atomic pool then; the model remaps buddy pages instead.)
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown device; the memory cap.
+    pub fn dma_alloc_coherent_gfp(
+        &mut self,
+        dev: usize,
+        size: u64,
+        gfp: u64,
+    ) -> Result<Option<u64>> {
+        let blocking = gfp & crate::kernel::mm::gfp::GFP_DIRECT_RECLAIM != 0;
         let name = self.dma_alloc_prologue(dev, "dma_alloc_coherent", None)?;
         let order = get_order(size);
         let bytes = page_align(size);
@@ -516,8 +535,15 @@ impl System {
         if self.use_dma_iommu(dev) {
             return self.iommu_dma_alloc(dev, size);
         }
-        let cma = self.dma_alloc_contiguous(dev, &name, bytes);
-        if cma.is_none() && self.kernel.pages.cma.is_some() && order > crate::config::MAX_PAGE_ORDER
+        let cma = if blocking {
+            self.dma_alloc_contiguous(dev, &name, bytes)
+        } else {
+            None
+        };
+        if blocking
+            && cma.is_none()
+            && self.kernel.pages.cma.is_some()
+            && order > crate::config::MAX_PAGE_ORDER
         {
             // Only CMA could serve a block this large; its failure was reported.
             return Ok(None);

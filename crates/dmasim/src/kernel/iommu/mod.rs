@@ -3,7 +3,7 @@
 //! one default domain per device behind the SMMU, the domain's stage-1 page tables
 //! written into simulated DRAM by CPU stores, `iommu_map`/`iommu_unmap` with Linux's
 //! page-size choice and rules, and IOTLB invalidation — at once (strict) or through
-//! a per-CPU flush queue of 256 entries with a 10 ms timer (lazy).
+//! a per-CPU flush queue of 256 slots (255 entries) with a 10 ms timer (lazy).
 //!
 //! Groups: a device is alone in its group unless the script puts devices in one
 //! (`iommu_group: "name"`, as PCIe functions behind a bridge without ACS share
@@ -43,7 +43,7 @@ pub const IOMMU_PRIV: u32 = 1 << 5;
 pub const PGSIZE_BITMAP: u64 = (1 << 12) | (1 << 21) | (1 << 30);
 /// The IOVA granule (the smallest page size).
 pub const GRANULE: u64 = 4096;
-/// Flush-queue entries per CPU (`IOVA_DEFAULT_FQ_SIZE`).
+/// Flush-queue ring slots per CPU (`IOVA_DEFAULT_FQ_SIZE`); it holds one fewer.
 pub const FQ_SIZE: usize = 256;
 /// Flush-queue timeout (`IOVA_DEFAULT_FQ_TIMEOUT`, 10 ms), in ps.
 pub const FQ_TIMEOUT_PS: u64 = 10_000_000_000;
@@ -685,11 +685,14 @@ impl System {
 
     /// `queue_iova`: an unmapped IOVA waits in this CPU's ring until the next full
     /// IOTLB flush; a full ring flushes at once; the first entry arms the timer.
+    /// The ring of `FQ_SIZE` slots holds `FQ_SIZE - 1` entries: one slot stays
+    /// empty to tell full from empty, so the 256th lazy unmap flushes
+    /// (drivers/iommu/dma-iommu.c: fq_full, `((tail + 1) & mod_mask) == head`).
     pub(crate) fn iommu_queue_iova(&mut self, domain: usize, pfn: u64, pages: u64) {
         let cpu = self.cpu;
         let full = {
             let d = &self.kernel.iommu.as_ref().expect("IOMMU").domains[domain];
-            d.fq.rings[cpu % d.fq.rings.len()].len() >= FQ_SIZE
+            d.fq.rings[cpu % d.fq.rings.len()].len() >= FQ_SIZE - 1
         };
         if full {
             self.iommu_fq_flush(domain, true);
