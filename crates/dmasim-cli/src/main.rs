@@ -152,7 +152,8 @@ enum Command {
         /// The finding id; without it, the list of ids.
         id: Option<String>,
     },
-    /// Compile a script and report syntax errors without running it.
+    /// Compile a script and resolve every call against the API (unknown functions and
+    /// wrong argument counts, with the closest names) without running it.
     Check {
         /// The script (*.rhai).
         script: PathBuf,

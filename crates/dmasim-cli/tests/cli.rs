@@ -173,6 +173,31 @@ fn script_errors_exit_2_with_file_line_col() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown preset"));
     let good = dmasim(&["check", "scenarios/rx-sync.rhai"]);
     assert_eq!(good.status.code(), Some(0));
+    // Issue 17: `check` resolves every call, even in a branch no run takes, and an
+    // unknown function names the closest ones, at check time and at run time.
+    let typo = dir.join("typo.rhai");
+    std::fs::write(
+        &typo,
+        "boot(\"arm64-noncoherent\");\nlet d = device(\"d\");\nlet b = kmalloc(4096);\nif false { dma_map_singel(d, b, DMA_TO_DEVICE); }\ndma_sync_single_for_cpu(d, 0, 4);\n",
+    )
+    .unwrap();
+    let out = dmasim(&["check", typo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("typo.rhai:4:") && err.contains("did you mean `dma_map_single`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("typo.rhai:5:") && err.contains("takes 4 argument(s), not 3"),
+        "{err}"
+    );
+    let (code, v) = json_run(&["run", unknown.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 2);
+    assert!(
+        v["error"].as_str().unwrap().contains("unknown function `no_such_call`"),
+        "{v}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -438,6 +438,15 @@ impl System {
     /// "between" two script operations.
     pub fn step(&mut self) {
         self.run_devices(self.hw.now_ps());
+        if self.dmaengine.in_use() {
+            // DMA channels chain their next segment or period as the clock passes
+            // (their callbacks wait for the script's next time-passing call). A
+            // controller removed under a running channel just stops it.
+            let now = self.hw.now_ps();
+            if self.dmaengine_complete_until(now).is_err() {
+                self.dmaengine_stop_all();
+            }
+        }
         self.hw.noise_point(self.cpu);
         if self.cfg.noise.migrate > 0.0 {
             self.noise_migrate();

@@ -30,6 +30,7 @@ const MEMORY: &[&str] = &[
     "dma-after-unmap",
     "user-dma-without-iommu",
     "mmap-beyond-buffer",
+    "descriptor-order",
 ];
 
 #[test]

@@ -1256,8 +1256,11 @@ fn ring_own_before_fields_corrupts_on_some_seeds_and_the_fix_never_does() {
     for seed in 0..20 {
         let r = run("ring-own-before-fields.rhai", seed, Some("x86-64"), false);
         assert_eq!(r.expectations.failed, 0, "x86 seed {seed}");
-        assert_eq!(ids(&r), vec!["descriptor-order"], "x86 seed {seed}");
-        assert_eq!(r.findings[0].manifested, Some(false));
+        assert!(!r.findings.is_empty(), "x86 seed {seed}");
+        for f in &r.findings {
+            assert_eq!(f.id, "descriptor-order", "x86 seed {seed}");
+            assert_eq!(f.manifested, Some(false), "x86 seed {seed}");
+        }
     }
 }
 
@@ -1325,4 +1328,27 @@ fn alsa_noncoherent_capture_names_the_memset_and_the_missing_sync() {
         );
         assert_eq!(r.exit_code(), 0, "seed {seed}: {:?}", ids(&r));
     }
+}
+
+/// A Cortex-A9 kernel has a 32-bit dma_addr_t (no LPAE): behind its SMMU no IOVA lies
+/// above 4 GiB even with a 64-bit mask, so a dma_pool block's handle (stored in the
+/// pool's free list as a dma_addr_t) is the address the device can use. Before, the
+/// IOVA came from the top of the 48-bit space and the pool's handle was truncated.
+#[test]
+fn arm32_iovas_fit_a_32_bit_dma_addr_t() {
+    let r = src("boot(\"arm32\", #{ iommu: \"smmu\", noise: \"off\" });\n\
+         let d = device(\"nvme0\");\n\
+         expect_eq(dma_set_mask_and_coherent(d, 64), 0, \"the mask is accepted\");\n\
+         let c = dma_alloc_coherent(d, 4096);\n\
+         expect(c.dma < 0x100000000, \"coherent IOVA below 4 GiB\");\n\
+         let pool = dma_pool_create(\"prp\", d, 4096, 4096, 0);\n\
+         let blk = dma_pool_alloc(pool, GFP_KERNEL);\n\
+         cpu_write(blk, 0, pattern(\"inc\", 16));\n\
+         expect_eq(dev_read(d, blk.dma, 16), pattern(\"inc\", 16), \"the pool handle reaches the block\");\n\
+         dma_pool_free(pool, blk);\n\
+         dma_pool_destroy(pool);\n\
+         dma_free_coherent(d, 4096, c);");
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
+    assert!(r.findings.is_empty(), "{:?}", ids(&r));
 }

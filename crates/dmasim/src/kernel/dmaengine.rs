@@ -435,6 +435,19 @@ impl System {
         Ok(())
     }
 
+    /// Stops every channel's hardware (its controller went away under it).
+    pub(crate) fn dmaengine_stop_all(&mut self) {
+        let jobs: Vec<u64> = self
+            .dmaengine
+            .chans
+            .values_mut()
+            .filter_map(|c| c.active.take().map(|(_, job)| job))
+            .collect();
+        for job in jobs {
+            self.job_abort(job);
+        }
+    }
+
     /// `dmaengine_synchronize`: waits until no callback of the channel can run any
     /// more (the script runs the pending ones first).
     ///

@@ -1944,6 +1944,16 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     );
     let s1 = s.clone();
     engine.register_fn("wait", move |ctx: NativeCallContext, j: JobObj| {
+        // With DMA channels running, their callbacks run while the CPU waits.
+        let end = s1.borrow().sys.as_ref().and_then(|sys| {
+            sys.dmaengine
+                .in_use()
+                .then(|| sys.job_end_ps(j.id))
+                .flatten()
+        });
+        if let Some(end) = end {
+            super::dmaengine::advance_with_callbacks(&s1, &ctx, end)?;
+        }
         with_sys(&s1, &ctx, |sys| {
             sys.wait(j.id)
                 .map(|r| r.map_or(Dynamic::UNIT, Dynamic::from_blob))

@@ -115,8 +115,8 @@ fn describe_error(name: &str, err: &EvalAltResult, engine: &Engine, ast: &rhai::
     };
     let msg = match inner {
         EvalAltResult::ErrorFunctionNotFound(sig, _) => {
-            let (f, n) = resolve::parse_not_found(sig);
-            resolve::Api::of(engine, Some(ast)).explain(&f, n)
+            let (f, n, types) = resolve::parse_not_found(sig);
+            resolve::Api::of(engine, Some(ast)).explain(&f, n, Some(&types))
         }
         EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
         EvalAltResult::ErrorTooManyOperations(_) => {

@@ -59,8 +59,16 @@ impl Api {
             || self.arities.get(name).is_some_and(|a| a.contains(&nargs))
     }
 
-    /// Why `name` with `nargs` arguments cannot be called, with the closest names.
-    pub(super) fn explain(&self, name: &str, nargs: usize) -> String {
+    /// Why `name` with `nargs` arguments (of `types`, when Rhai said which) cannot be
+    /// called, with the closest names.
+    pub(super) fn explain(&self, name: &str, nargs: usize, types: Option<&str>) -> String {
+        if let (Some(a), Some(t)) = (self.arities.get(name), types) {
+            if a.contains(&nargs) {
+                return format!(
+                    "no `{name}` takes arguments of these types ({t}): check each argument (a `()` is what a failed call or a missing value gives)"
+                );
+            }
+        }
         if let Some(a) = self.arities.get(name) {
             let takes: Vec<String> = a.iter().map(ToString::to_string).collect();
             return format!(
@@ -117,7 +125,7 @@ impl Api {
                     return true;
                 }
                 if !self.known(&call.name, nargs) {
-                    out.push((pos, self.explain(&call.name, nargs)));
+                    out.push((pos, self.explain(&call.name, nargs, None)));
                 }
             }
             true
@@ -190,8 +198,8 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// "name (i64, bool)" from Rhai's `ErrorFunctionNotFound` → (name, 2).
-pub(super) fn parse_not_found(sig: &str) -> (String, usize) {
+/// "name (i64, bool)" from Rhai's `ErrorFunctionNotFound` → (name, 2, "i64, bool").
+pub(super) fn parse_not_found(sig: &str) -> (String, usize, String) {
     match sig.find(" (") {
         Some(i) => {
             let args = sig[i + 2..].trim_end_matches(')');
@@ -200,9 +208,9 @@ pub(super) fn parse_not_found(sig: &str) -> (String, usize) {
             } else {
                 args.split(',').count()
             };
-            (sig[..i].trim().to_string(), n)
+            (sig[..i].trim().to_string(), n, args.trim().to_string())
         }
-        None => (sig.trim().to_string(), 0),
+        None => (sig.trim().to_string(), 0, String::new()),
     }
 }
 
@@ -228,7 +236,10 @@ mod tests {
             parse_signature("evict_all() -> core::result::Result<(),Box<E>>"),
             Some(("evict_all".into(), 0))
         );
-        assert_eq!(parse_not_found("foo (i64, bool)"), ("foo".into(), 2));
-        assert_eq!(parse_not_found("bar ()"), ("bar".into(), 0));
+        assert_eq!(
+            parse_not_found("foo (i64, bool)"),
+            ("foo".into(), 2, "i64, bool".into())
+        );
+        assert_eq!(parse_not_found("bar ()"), ("bar".into(), 0, String::new()));
     }
 }

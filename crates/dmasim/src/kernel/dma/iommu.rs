@@ -68,6 +68,16 @@ impl System {
         fails: &str,
     ) -> Option<u64> {
         let cpu = self.cpu;
+        // A Cortex-A9 kernel has no LPAE, so dma_addr_t is 32 bits
+        // (CONFIG_ARCH_DMA_ADDR_T_64BIT needs ARM_LPAE) and its SMMU domains use the
+        // 32-bit-input ARMv7 short-descriptor format (io-pgtable-arm-v7s): no IOVA
+        // above 4 GiB, whatever the mask (a wider one would be truncated in every
+        // dma_addr_t the kernel stores, as the dma_pool free list does).
+        let limit = if self.cfg.arch == crate::config::Arch::Arm32 {
+            limit.min(u64::from(u32::MAX))
+        } else {
+            limit
+        };
         // drivers/iommu/dma-iommu.c: iommu_dma_alloc_iova tries the 32-bit PCI
         // addresses first (without flushing the rcaches); once that space is full
         // the device uses its whole limit for good, with a notice.
