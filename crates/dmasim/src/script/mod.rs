@@ -293,3 +293,28 @@ pub fn run_file(path: &std::path::Path, opts: &ScriptOptions) -> Report {
         },
     }
 }
+
+/// Boots `preset` as a script's `boot(preset)` would, with `opts.boot_set` over it
+/// and `opts.noise_off`, and hands the machine to Rust code (`dmasim replay`): one
+/// place decides what `--set` means.
+///
+/// # Errors
+/// An unknown preset, a bad `--set` value, or a platform that cannot boot.
+pub fn boot_system(preset: &str, opts: &ScriptOptions) -> Result<System, String> {
+    let name = crate::config::PRESET_NAMES
+        .iter()
+        .find(|p| **p == preset)
+        .ok_or_else(|| {
+            format!(
+                "unknown preset {preset:?}; known: {}",
+                crate::config::PRESET_NAMES.join(", ")
+            )
+        })?;
+    let session = new_session(opts);
+    let engine = build_engine(&session, opts);
+    engine
+        .run(&format!("boot({name:?});"))
+        .map_err(|e| describe_error("boot", &e))?;
+    let sys = session.borrow_mut().sys.take();
+    sys.ok_or_else(|| "boot: the platform did not boot".to_string())
+}
