@@ -373,8 +373,8 @@ struct LiveSg {
     dir: DmaDirection,
     /// Segment addresses the trace gave (for sg syncs).
     trace_first_dma: u64,
-    /// Pages the model allocated for entries the trace truncated.
-    filler: Vec<u64>,
+    /// Blocks (pfn, order) the model allocated for entries the trace truncated.
+    filler: Vec<(u64, u32)>,
     cpu_owns: bool,
     len: u64,
 }
@@ -755,8 +755,8 @@ impl Replayer<'_> {
                 let (dir, skip) = (*dir, attrs & DMA_ATTR_SKIP_CPU_SYNC != 0);
                 self.call(|s| s.dma_unmap_sg_attrs(dev, live.table, dir, skip))?;
                 self.sys.kernel.sg_tables.remove(&live.table);
-                for pfn in live.filler {
-                    self.sys.kernel.pages.free_pages(pfn, 0);
+                for (pfn, order) in live.filler {
+                    self.sys.kernel.pages.free_pages(pfn, order);
                 }
                 self.counts.replayed += 1;
             }
@@ -910,7 +910,8 @@ impl Replayer<'_> {
             self.counts.failed_in_trace += 1;
             return Ok(());
         }
-        let mut entries = sg_entries(phys, *nents, dma, sizes, *ents);
+        let max_seg = self.sys.kernel.devices[dev].max_segment;
+        let mut entries = sg_entries(phys, *nents, dma, sizes, *ents, max_seg);
         let mut filler = Vec::new();
         let mut placed = Vec::with_capacity(entries.len());
         for (p, len) in entries.drain(..) {
@@ -923,17 +924,22 @@ impl Replayer<'_> {
                     }
                 },
                 None => {
-                    // An entry past the kernel's 128: a page of the model's own.
+                    // An entry past the kernel's 128: a block of the model's own.
+                    let order = crate::kernel::mm::page_alloc::get_order(len);
                     let pfn = self
                         .sys
                         .kernel
                         .pages
-                        .alloc_pages(0, crate::kernel::mm::gfp::GFP_KERNEL, &mut self.sys.hw.rng)
+                        .alloc_pages(
+                            order,
+                            crate::kernel::mm::gfp::GFP_KERNEL,
+                            &mut self.sys.hw.rng,
+                        )
                         .map_err(|x| {
                             format!("line {}: no memory for an sg entry: {x:?}", e.line)
                         })?;
-                    filler.push(pfn);
-                    placed.push((pfn * PAGE_SIZE, len.min(PAGE_SIZE)));
+                    filler.push((pfn, order));
+                    placed.push((pfn * PAGE_SIZE, len));
                 }
             }
         }
@@ -953,8 +959,8 @@ impl Replayer<'_> {
         self.per_dev[e.dev as usize].maps += 1;
         if n == 0 {
             self.sys.kernel.sg_tables.remove(&table);
-            for pfn in filler {
-                self.sys.kernel.pages.free_pages(pfn, 0);
+            for (pfn, order) in filler {
+                self.sys.kernel.pages.free_pages(pfn, order);
             }
             self.failed(e, "dma_map_sg", len, before);
             return Ok(());
@@ -1058,65 +1064,87 @@ impl Replayer<'_> {
 
 /// The entries of a `dma_map_sg` call, as (physical address or `None` when the
 /// kernel's 128-entry cap hid it, length). The trace gives each entry's address but
-/// only the DMA segments' lengths: without merging (dma-direct) entry `i` is
-/// segment `i`; under an IOMMU, `__finalise_sg` (drivers/iommu/dma-iommu.c) joins an
-/// entry to the previous segment only when that one ended on a page boundary and
-/// this one starts at offset 0, so every entry but a segment's last ends on a page
-/// boundary: each gets the rest of its page (the block layer's page-sized bio
-/// vectors), and the segment's last entry the remainder of the segment's length.
+/// only the DMA segments' lengths. Without merging (`nents == ents`, as dma-direct
+/// always maps) entry `i` is segment `i`. Under an IOMMU, `__finalise_sg`
+/// (drivers/iommu/dma-iommu.c) joins an entry to the previous segment only when that
+/// one ended on a page boundary, this one starts at offset 0, and the sum stays
+/// within the device's `max_seg` (`dma_get_max_seg_size`); a segment that ends short
+/// of `max_seg` although the next one starts aligned was ended by a first entry too
+/// long to fit. So each segment gets as many entries as that rule allows (the
+/// surplus going to the earliest segments), its last entries a page each (the
+/// segment's tail for the last) and its first entry the rest: merged again by the
+/// model's `dma_map_sg`, they give the trace's segments, hence its IOVA ranges.
 pub fn sg_entries(
     phys: &[u64],
     nents: u32,
     dma: &[u64],
     sizes: &[u64],
     ents: u32,
+    max_seg: u64,
 ) -> Vec<(Option<u64>, u64)> {
     let nents = nents as usize;
     let mut out: Vec<(Option<u64>, u64)> = Vec::with_capacity(nents);
-    if nents == ents as usize {
+    let merged = nents != ents as usize && !sizes.is_empty() && sizes.len() == ents as usize;
+    if !merged {
         for i in 0..nents {
             let len = sizes.get(i).copied().unwrap_or(PAGE_SIZE).max(1);
             out.push((phys.get(i).copied(), len));
         }
         return out;
     }
-    let _ = dma;
-    let segs = ents as usize;
-    let mut i = 0usize;
-    for (k, &seg_len) in sizes.iter().enumerate().take(segs) {
-        let remaining_segs = segs - k - 1;
-        let mut left = seg_len;
-        loop {
-            let p = phys.get(i).copied();
-            let off = p.map_or(0, |p| p & (PAGE_SIZE - 1));
-            let room = PAGE_SIZE - off;
-            // Another entry joins this segment if it starts page-aligned, there is
-            // length left beyond this entry's page, and entries remain for the
-            // segments after it.
-            let next_aligned = match phys.get(i + 1) {
-                Some(n) => n & (PAGE_SIZE - 1) == 0,
-                None => i + 1 < nents,
-            };
-            let entries_after = nents.saturating_sub(i + 1);
-            if left > room && next_aligned && entries_after > remaining_segs {
-                out.push((p, room));
-                left -= room;
-                i += 1;
-            } else {
-                out.push((p, left.max(1)));
-                i += 1;
-                break;
-            }
+    let m = sizes.len();
+    let pages = |k: usize| -> u64 {
+        let off = dma.get(k).map_or(0, |d| d & (PAGE_SIZE - 1));
+        (off + sizes[k]).div_ceil(PAGE_SIZE).max(1)
+    };
+    // The most entries segment k can hold and still be split from segment k-1 by
+    // length (its first entry longer than max_seg - L[k-1]).
+    let cap = |k: usize| -> u64 {
+        let p = pages(k);
+        if k == 0 || sizes[k - 1] + sizes[k] <= max_seg {
+            return p;
         }
-        if i >= nents {
-            break;
+        let over = sizes[k - 1] + sizes[k] - max_seg;
+        over.div_ceil(PAGE_SIZE).clamp(1, p)
+    };
+    let mut counts = vec![1u64; m];
+    let mut extra = (nents as u64).saturating_sub(m as u64);
+    for (k, c) in counts.iter_mut().enumerate() {
+        let add = extra.min(cap(k) - 1);
+        *c += add;
+        extra -= add;
+    }
+    for (k, c) in counts.iter_mut().enumerate() {
+        let add = extra.min(pages(k) - *c);
+        *c += add;
+        extra -= add;
+    }
+    if let Some(c) = counts.last_mut() {
+        *c += extra;
+    }
+    for (k, &c) in counts.iter().enumerate() {
+        let off = dma.get(k).map_or(0, |d| d & (PAGE_SIZE - 1));
+        let span = off + sizes[k];
+        let tail_last = match span % PAGE_SIZE {
+            0 => PAGE_SIZE,
+            r => r,
+        };
+        // Tail entries: c - 1 of them, full pages, the very last maybe partial.
+        let tail: u64 = if c > 1 {
+            (c - 2) * PAGE_SIZE + tail_last
+        } else {
+            0
+        };
+        let first = sizes[k].saturating_sub(tail).max(1);
+        let i = out.len();
+        out.push((phys.get(i).copied(), first));
+        for t in 1..c {
+            let i = out.len();
+            let len = if t == c - 1 { tail_last } else { PAGE_SIZE };
+            out.push((phys.get(i).copied(), len));
         }
     }
-    // Segments the trace truncated, or entries left over: a page each.
-    while out.len() < nents {
-        let p = phys.get(out.len()).copied();
-        out.push((p, PAGE_SIZE));
-    }
+    out.truncate(nents.max(m));
     out
 }
 
@@ -1133,15 +1161,29 @@ mod tests {
 
     #[test]
     fn unmerged_sg_entries_are_the_segments() {
-        let e = sg_entries(&[0x1000, 0x5200], 2, &[0x1000, 0x5200], &[0x1000, 0x200], 2);
+        let e = sg_entries(
+            &[0x1000, 0x5200],
+            2,
+            &[0x1000, 0x5200],
+            &[0x1000, 0x200],
+            2,
+            1 << 16,
+        );
         assert_eq!(e, [(Some(0x1000), 0x1000), (Some(0x5200), 0x200)]);
     }
 
     #[test]
-    fn merged_sg_entries_end_on_page_boundaries_as_finalise_sg_needs() {
+    fn merged_sg_entries_merge_back_into_the_trace_segments() {
         // Three pages merged into one 0x2800-byte segment starting 0x800 into a page
         // (dma-iommu.c __finalise_sg): 0x800 + 0x1000 + 0x1000.
-        let e = sg_entries(&[0x7800, 0x3000, 0x9000], 3, &[0xffff_d800], &[0x2800], 1);
+        let e = sg_entries(
+            &[0x7800, 0x3000, 0x9000],
+            3,
+            &[0xffff_d800],
+            &[0x2800],
+            1,
+            1 << 16,
+        );
         assert_eq!(
             e,
             [
@@ -1150,21 +1192,44 @@ mod tests {
                 (Some(0x9000), 0x1000)
             ]
         );
-        // Two segments of two entries each.
-        let e = sg_entries(
-            &[0x1000, 0x8000, 0x3000, 0x4000],
-            4,
-            &[0xa000, 0xc000],
-            &[0x2000, 0x1800],
-            2,
+        // The AHCI list of the iommu-strict capture (line 3875): 52 entries, 9
+        // segments; a 0xe000 segment was ended by an entry of more than 2 pages.
+        let sizes = [
+            0x10000, 0xe000, 0xd000, 0x10000, 0x10000, 0x10000, 0x10000, 0x10000, 0x5000,
+        ];
+        let dma: Vec<u64> = sizes
+            .iter()
+            .scan(0xffe8_0000u64, |a, s| {
+                let d = *a;
+                *a += s;
+                Some(d)
+            })
+            .collect();
+        let phys: Vec<u64> = (0..52).map(|i| 0x100_0000 + i * 0x10_0000).collect();
+        let e = sg_entries(&phys, 52, &dma, &sizes, 9, 1 << 16);
+        assert_eq!(e.len(), 52);
+        assert_eq!(
+            e.iter().map(|x| x.1).sum::<u64>(),
+            sizes.iter().sum::<u64>()
         );
-        let lens: Vec<u64> = e.iter().map(|x| x.1).collect();
-        assert_eq!(lens, [0x1000, 0x1000, 0x1000, 0x800]);
+        // Re-merge as __finalise_sg does: the same 9 segments.
+        let mut segs: Vec<u64> = Vec::new();
+        let mut cur = 0u64;
+        for (_, len) in &e {
+            if cur > 0 && cur % 0x1000 == 0 && (1u64 << 16) - cur >= *len {
+                cur += len;
+                *segs.last_mut().unwrap() = cur;
+            } else {
+                cur = *len;
+                segs.push(cur);
+            }
+        }
+        assert_eq!(segs, sizes);
     }
 
     #[test]
     fn truncated_entries_are_filled_with_pages() {
-        let e = sg_entries(&[0x1000], 3, &[0xf000_0000], &[0x3000], 1);
+        let e = sg_entries(&[0x1000], 3, &[0xf000_0000], &[0x3000], 1, 1 << 16);
         assert_eq!(e.len(), 3);
         assert_eq!(e[0], (Some(0x1000), 0x1000));
         assert_eq!(e[1].0, None);

@@ -180,6 +180,9 @@ pub struct Event {
     pub cpu: u32,
     /// Timestamp in ns.
     pub ts_ns: u64,
+    /// The context it ran in, from the flags column: 0 task, 1 softirq, 2 hardirq,
+    /// 3 NMI (unknown without flags: 0).
+    pub irq_level: u8,
     /// Index into [`Trace::devices`].
     pub dev: u32,
     /// The call.
@@ -204,8 +207,12 @@ pub struct Trace {
     pub first_bad: Option<(u32, String)>,
     /// Events whose arrays the kernel truncated at 128 entries.
     pub truncated: u64,
-    /// The file was not in timestamp order (per-CPU files concatenated): sorted.
+    /// The file was not in timestamp order (per-CPU files concatenated): the CPUs'
+    /// streams were merged by timestamp, each keeping its own order.
     pub reordered: bool,
+    /// Calls moved before the interrupt handler's calls traced just ahead of them
+    /// (see [`nested_first`]).
+    pub moved_before_irq: u64,
 }
 
 /// The event names this parser reads.
@@ -290,14 +297,81 @@ pub fn parse(bytes: &[u8]) -> Result<Trace, String> {
             ),
         });
     }
+    t.moved_before_irq = nested_first(&mut t.events);
     if t.reordered {
-        t.events.sort_by_key(|e| e.ts_ns);
+        t.events = merge_cpus(std::mem::take(&mut t.events));
     }
     Ok(t)
 }
 
-/// The prefix of a trace line: (cpu, timestamp ns, event name, the rest).
-fn split_prefix(s: &str) -> Result<(u32, u64, &str, &str), String> {
+/// Merges the CPUs' streams by timestamp; each CPU keeps its file order (ties go to
+/// the earlier line).
+fn merge_cpus(events: Vec<Event>) -> Vec<Event> {
+    let mut per_cpu: BTreeMap<u32, std::collections::VecDeque<Event>> = BTreeMap::new();
+    for e in events {
+        per_cpu.entry(e.cpu).or_default().push_back(e);
+    }
+    let mut out = Vec::new();
+    loop {
+        let next = per_cpu
+            .iter()
+            .filter_map(|(c, q)| q.front().map(|e| (e.ts_ns, e.line, *c)))
+            .min();
+        let Some((_, _, c)) = next else { break };
+        if let Some(e) = per_cpu
+            .get_mut(&c)
+            .and_then(std::collections::VecDeque::pop_front)
+        {
+            out.push(e);
+        }
+    }
+    out
+}
+
+/// Every DMA tracepoint fires at the end of its call (`dma_map_page_attrs`,
+/// `dma_unmap_page_attrs`... in kernel/dma/mapping.c trace after the work): when an
+/// interrupt arrives between a call's work and its tracepoint, the handler's calls
+/// are traced first although the interrupted call's work (its IOVA freed into the
+/// per-CPU cache, say) came before them. A call traced on the same CPU in the same
+/// microsecond as the last of a run of calls from a deeper context (the flags'
+/// hardirq/softirq column) is moved back before that run. Returns how many moved.
+pub fn nested_first(events: &mut [Event]) -> u64 {
+    let mut moved = 0;
+    let mut i = 1;
+    while i < events.len() {
+        let e = &events[i];
+        let prev = &events[i - 1];
+        if prev.cpu == e.cpu && prev.irq_level > e.irq_level && prev.ts_ns / 1000 == e.ts_ns / 1000
+        {
+            // The run of deeper calls just before, on this CPU.
+            let mut start = i - 1;
+            while start > 0
+                && events[start - 1].cpu == e.cpu
+                && events[start - 1].irq_level > e.irq_level
+            {
+                start -= 1;
+            }
+            events[start..=i].rotate_right(1);
+            moved += 1;
+        }
+        i += 1;
+    }
+    moved
+}
+
+/// The hardirq/softirq column of the flags (`d.h1.`: third character): 0 task, 1
+/// softirq, 2 hardirq, 3 NMI.
+fn irq_level(flags: &str) -> u8 {
+    match flags.as_bytes().get(2) {
+        Some(b's') => 1,
+        Some(b'h' | b'H') => 2,
+        Some(b'z' | b'Z') => 3,
+        _ => 0,
+    }
+}
+
+/// The prefix of a trace line: (cpu, timestamp ns, irq level, event name, the rest).
+fn split_prefix(s: &str) -> Result<(u32, u64, u8, &str, &str), String> {
     // The CPU field: the first "[digits]" (task names may hold '-', ' ', digits).
     let mut cpu = None;
     let mut after = 0;
@@ -322,7 +396,9 @@ fn split_prefix(s: &str) -> Result<(u32, u64, &str, &str), String> {
     // Optional flags, then "seconds.fraction:", then "event:".
     let mut words = rest.split_whitespace();
     let mut first = words.next().ok_or("nothing after [CPU]")?;
+    let mut level = 0;
     if !first.ends_with(':') {
+        level = irq_level(first);
         first = words.next().ok_or("no timestamp")?;
     }
     let ts = first
@@ -338,7 +414,7 @@ fn split_prefix(s: &str) -> Result<(u32, u64, &str, &str), String> {
     }
     // trace-cmd may prefix the system ("dma:dma_map_page" never appears in ftrace).
     let name = name.rsplit(':').next().unwrap_or(name);
-    Ok((cpu, ts_ns, name, tail[colon + 1..].trim()))
+    Ok((cpu, ts_ns, level, name, tail[colon + 1..].trim()))
 }
 
 /// `12.345678` (µs, the default clock's print) or `12.345678901` → ns; a bare
@@ -364,7 +440,7 @@ fn parse_line(
     t: &mut Trace,
     dev_index: &mut BTreeMap<String, u32>,
 ) -> Result<Option<Event>, String> {
-    let (cpu, ts_ns, name, fields) = split_prefix(s)?;
+    let (cpu, ts_ns, irq_level, name, fields) = split_prefix(s)?;
     if name == "tracing_mark_write" || name == "print" {
         t.markers.push((ts_ns, fields.chars().take(200).collect()));
         *t.skipped.entry(name.to_string()).or_default() += 1;
@@ -397,6 +473,7 @@ fn parse_line(
         line: no,
         cpu,
         ts_ns,
+        irq_level,
         dev,
         kind,
     }))
