@@ -168,8 +168,8 @@ pub(crate) fn render(r: &ReplayReport) -> String {
     );
     let _ = writeln!(
         o,
-        "  events {}: replayed {} (maps {}, sg maps {}, allocations {}, syncs {}); unmatched {}, failed in the trace {}, not modelled {}, unplaced {}, truncated sg {}; other lines {}, unreadable {}",
-        c.events, c.replayed, c.maps, c.sg_maps, c.allocs, c.syncs, c.unmatched, c.failed_in_trace, c.not_modelled, c.unplaced, c.truncated_sg, c.skipped_lines, c.bad_lines
+        "  events {}: replayed {} (maps {}, sg maps {}, allocations {}, syncs {}); unmatched {}, failed in the trace {}, not modelled {}, unplaced {}, after a model failure {}, truncated sg {}; other lines {}, unreadable {}",
+        c.events, c.replayed, c.maps, c.sg_maps, c.allocs, c.syncs, c.unmatched, c.failed_in_trace, c.not_modelled, c.unplaced, c.after_failure, c.truncated_sg, c.skipped_lines, c.bad_lines
     );
     if let Some((no, why)) = &r.first_bad_line {
         let _ = writeln!(o, "  first unreadable line {no}: {why}");

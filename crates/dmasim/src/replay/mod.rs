@@ -107,6 +107,15 @@ pub struct DeviceSummary {
     pub bounced_maps: u64,
     /// Bytes copied to or from bounce slots in the model.
     pub bounced_bytes: u64,
+    /// Of them, because the buffer was beyond the mask or bus limit.
+    pub bounced_beyond_limit: u64,
+    /// Of them, because a small buffer of a non-coherent device was not cache-line
+    /// aligned (`dma_kmalloc_needs_bounce`).
+    pub bounced_kmalloc_unaligned: u64,
+    /// Of them, because of `swiotlb=force`.
+    pub bounced_forced: u64,
+    /// Maps that failed because the pool was full or a mapping too large for it.
+    pub swiotlb_full: u64,
     /// Bounces the trace itself shows (`swiotlb:swiotlb_bounced`).
     pub trace_bounced: u64,
     /// Bytes the device moved in the model.
@@ -204,6 +213,9 @@ pub struct Counts {
     pub unplaced: u64,
     /// Calls the model failed while the real kernel succeeded.
     pub model_failures: u64,
+    /// Unmaps and frees of what was not replayed (unplaced, or failed in the
+    /// model): skipped.
+    pub after_failure: u64,
     /// sg maps whose arrays the kernel truncated at 128 entries (the rest of the
     /// list was filled in with page-sized entries of the model's own pages).
     pub truncated_sg: u64,
@@ -391,6 +403,9 @@ struct Replayer<'a> {
     ranges: Vec<BTreeMap<u64, u64>>,
     sgs: HashMap<(u32, u64), Vec<LiveSg>>,
     sg_by_dma: HashMap<(u32, u64), u64>,
+    /// Trace addresses (single maps, sg lists by first entry, allocations) the
+    /// model failed: their unmaps are skipped.
+    failed_keys: std::collections::HashSet<(u32, u64)>,
     allocs: HashMap<(u32, u64), (u64, u64, AllocKind, DmaDirection)>,
     counts: Counts,
     fidelity: Fidelity,
@@ -509,6 +524,10 @@ pub fn replay(trace: &Trace, name: &str, opts: &ReplayOptions) -> Result<ReplayR
             maps: 0,
             bounced_maps: 0,
             bounced_bytes: 0,
+            bounced_beyond_limit: 0,
+            bounced_kmalloc_unaligned: 0,
+            bounced_forced: 0,
+            swiotlb_full: 0,
             trace_bounced: 0,
             dma_bytes: 0,
             live_at_end: 0,
@@ -525,6 +544,7 @@ pub fn replay(trace: &Trace, name: &str, opts: &ReplayOptions) -> Result<ReplayR
         ranges: vec![BTreeMap::new(); n],
         sgs: HashMap::new(),
         sg_by_dma: HashMap::new(),
+        failed_keys: std::collections::HashSet::new(),
         allocs: HashMap::new(),
         counts: Counts {
             events: trace.events.len() as u64,
@@ -595,6 +615,16 @@ impl Replayer<'_> {
             size,
             why,
         });
+    }
+
+    /// An unmap or free with nothing live at its address: of a call the model
+    /// failed, or of a map the capture did not see.
+    fn skip_unmap(&mut self, dev: u32, key: u64) {
+        if self.failed_keys.remove(&(dev, key)) {
+            self.counts.after_failure += 1;
+        } else {
+            self.counts.unmatched += 1;
+        }
     }
 
     /// Lets the model's clock catch up with the trace's (the model never runs
@@ -677,6 +707,7 @@ impl Replayer<'_> {
                     return Ok(());
                 }
                 let Some(pa) = self.place(*phys, *size) else {
+                    self.failed_keys.insert((e.dev, *dma));
                     self.counts.unplaced += 1;
                     return Ok(());
                 };
@@ -689,6 +720,7 @@ impl Replayer<'_> {
                 self.counts.maps += 1;
                 self.per_dev[e.dev as usize].maps += 1;
                 if addr == DMA_MAPPING_ERROR {
+                    self.failed_keys.insert((e.dev, *dma));
                     self.failed(e, "dma_map_page", size, before);
                     return Ok(());
                 }
@@ -723,7 +755,7 @@ impl Replayer<'_> {
                     return Ok(());
                 }
                 let Some(m) = self.singles.remove(&(e.dev, *dma)) else {
-                    self.counts.unmatched += 1;
+                    self.skip_unmap(e.dev, *dma);
                     return Ok(());
                 };
                 self.ranges[e.dev as usize].remove(dma);
@@ -742,7 +774,7 @@ impl Replayer<'_> {
                 };
                 let key = (e.dev, *first);
                 let Some(live) = self.sgs.get_mut(&key).and_then(Vec::pop) else {
-                    self.counts.unmatched += 1;
+                    self.skip_unmap(e.dev, *first);
                     return Ok(());
                 };
                 if self.sgs.get(&key).is_some_and(Vec::is_empty) {
@@ -790,6 +822,7 @@ impl Replayer<'_> {
                     "dma_alloc_pages"
                 };
                 let Some(id) = id else {
+                    self.failed_keys.insert((e.dev, *dma));
                     self.failed(e, call, size, before);
                     return Ok(());
                 };
@@ -805,7 +838,7 @@ impl Replayer<'_> {
             }
             EventKind::Free { dma, size, dir, .. } => {
                 let Some((id, _, kind, _)) = self.allocs.remove(&(e.dev, *dma)) else {
-                    self.counts.unmatched += 1;
+                    self.skip_unmap(e.dev, *dma);
                     return Ok(());
                 };
                 let (size, dir) = (*size, *dir);
@@ -919,6 +952,7 @@ impl Replayer<'_> {
                 Some(p) => match self.place(p, len) {
                     Some(pa) => placed.push((pa, len)),
                     None => {
+                        self.failed_keys.insert((e.dev, phys[0]));
                         self.counts.unplaced += 1;
                         return Ok(());
                     }
@@ -962,6 +996,7 @@ impl Replayer<'_> {
             for (pfn, order) in filler {
                 self.sys.kernel.pages.free_pages(pfn, order);
             }
+            self.failed_keys.insert((e.dev, phys[0]));
             self.failed(e, "dma_map_sg", len, before);
             return Ok(());
         }
@@ -1011,6 +1046,10 @@ impl Replayer<'_> {
             let d = &self.sys.kernel.devices[idx];
             self.per_dev[i].bounced_maps = d.bounce.maps;
             self.per_dev[i].bounced_bytes = d.bounce.bytes;
+            self.per_dev[i].bounced_beyond_limit = d.bounce.beyond_limit;
+            self.per_dev[i].bounced_kmalloc_unaligned = d.bounce.kmalloc_unaligned;
+            self.per_dev[i].bounced_forced = d.bounce.forced;
+            self.per_dev[i].swiotlb_full = d.bounce.full;
         }
         let stats = Stats::of(&self.sys);
         let findings = self.sys.check.findings().to_vec();
