@@ -33,7 +33,8 @@ fn device_map(s: &str) -> Result<(String, String), String> {
 
 /// The kit's `pci.txt` beside the trace (`0000:00:06.0 ... driver=e1000 ...
 /// dma_mask_bits=32 ...`): each device's mask as the guest had it, and NVMe's
-/// `min_align_mask` (`nvme_probe`: `dma_set_min_align_mask(NVME_CTRL_PAGE_SIZE - 1)`).
+/// `min_align_mask` (drivers/nvme/host/pci.c `nvme_pci_alloc_dev`:
+/// `dma_set_min_align_mask(NVME_CTRL_PAGE_SIZE - 1)`).
 pub(crate) fn pci_txt_options(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -271,9 +272,9 @@ type Row = (&'static str, Box<dyn Fn(&ReplayReport) -> String>);
 fn render_compare(rs: &[(String, ReplayReport)]) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    let w = rs.iter().map(|(l, _)| l.len()).max().unwrap_or(8).max(14);
+    let widths: Vec<usize> = rs.iter().map(|(l, _)| l.len().max(12)).collect();
     let _ = write!(o, "{:<24}", "");
-    for (l, _) in rs {
+    for ((l, _), w) in rs.iter().zip(&widths) {
         let _ = write!(o, " {l:>w$}");
     }
     o.push('\n');
@@ -335,7 +336,7 @@ fn render_compare(rs: &[(String, ReplayReport)]) -> String {
     ];
     for (label, f) in rows {
         let _ = write!(o, "{label:<24}");
-        for (_, r) in rs {
+        for ((_, r), w) in rs.iter().zip(&widths) {
             let _ = write!(o, " {:>w$}", f(r));
         }
         o.push('\n');
