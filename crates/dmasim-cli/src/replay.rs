@@ -96,9 +96,9 @@ fn device_map_entry(d: &str) -> Result<(String, String), String> {
 pub(crate) fn run(a: &Args) -> Result<u8, String> {
     let bytes = std::fs::read(&a.trace).map_err(|e| format!("{}: {e}", a.trace.display()))?;
     let name = a.trace.display().to_string();
-    let trace = replay::parse::parse(&bytes).map_err(|e| format!("{name}: {e}"))?;
     if a.compare.is_empty() {
-        let r = replay::replay(&trace, &name, &options(a, None, &a.set)?)?;
+        let r = replay::replay_bytes(&bytes, &name, &options(a, None, &a.set)?)
+            .map_err(|e| format!("{name}: {e}"))?;
         if a.json {
             outln!(
                 "{}",
@@ -120,7 +120,7 @@ pub(crate) fn run(a: &Args) -> Result<u8, String> {
         let cfg = dmasim::compare::Config::parse(c).map_err(|e| format!("--compare {e}"))?;
         let mut set = a.set.clone();
         set.extend(cfg.set.iter().cloned());
-        let r = replay::replay(&trace, &name, &options(a, cfg.preset, &set)?)
+        let r = replay::replay_bytes(&bytes, &name, &options(a, cfg.preset, &set)?)
             .map_err(|e| format!("--compare {c}: {e}"))?;
         reports.push((cfg.label, r));
     }

@@ -111,6 +111,29 @@ fn the_excerpts_replay_with_no_error_findings_on_their_own_platform() {
 }
 
 #[test]
+fn a_streamed_replay_is_the_in_memory_one() {
+    // replay_bytes holds only the events whose place is not final yet; its report
+    // must be the one of the whole parsed trace.
+    for f in ["direct-excerpt.txt", "iommu-strict-excerpt.txt"] {
+        let bytes = std::fs::read(data(f)).unwrap();
+        let o = capture_platform(f.starts_with("iommu"));
+        let a = dmasim::replay::replay_bytes(&bytes, f, &o).unwrap();
+        let b = replay(&parse(&bytes).unwrap(), f, &o).unwrap();
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            serde_json::to_string(&b).unwrap(),
+            "{f}"
+        );
+    }
+    // Garbage: the same error.
+    let junk = b"one\ntwo\n";
+    assert_eq!(
+        dmasim::replay::replay_bytes(junk, "j", &ReplayOptions::default()).unwrap_err(),
+        parse(junk).unwrap_err()
+    );
+}
+
+#[test]
 fn without_the_pci_32bit_workaround_iovas_come_from_the_top_of_the_64_bit_space() {
     // dma-iommu.c iommu_dma_alloc_iova tries below 4 GiB first only for PCI devices:
     // turned off, the 64-bit devices' IOVAs no longer match the capture.

@@ -223,6 +223,9 @@ pub struct Counts {
     pub skipped_lines: u64,
     /// Lines that could not be read.
     pub bad_lines: u64,
+    /// Calls replayed before the interrupt handler's calls traced just ahead of
+    /// them (a tracepoint fires after its call's work; see `parse::Nester`).
+    pub moved_before_irq: u64,
 }
 
 /// The whole replay report (`dmasim.replay/v1`).
@@ -416,153 +419,227 @@ struct Replayer<'a> {
     t0: u64,
 }
 
-/// Replays a parsed trace.
-///
-/// # Errors
-/// A configuration that cannot boot, a bad `--device-map`, or a simulator limit
-/// (the memory cap) hit during the replay.
-pub fn replay(trace: &Trace, name: &str, opts: &ReplayOptions) -> Result<ReplayReport, String> {
-    let sopts = ScriptOptions {
-        seed: opts.seed,
-        noise_off: true,
-        boot_set: opts.set.clone(),
-        ..ScriptOptions::default()
-    };
-    let mut sys = crate::script::boot_system(&opts.preset, &sopts)?;
-    let ram_end = sys.cfg.ram_base + sys.cfg.ram.min(sys.cfg.lowmem);
-    // The trace's RAM: up to the highest physical byte it maps.
-    let span = trace
-        .events
-        .iter()
-        .filter_map(|e| match &e.kind {
+/// What a replay needs to know of the whole trace before its first event: the
+/// trace's RAM (up to the highest physical byte it maps), the longest DMA segment
+/// per device, the first timestamp.
+#[derive(Debug, Clone, Default)]
+struct Prescan {
+    span: u64,
+    max_seg: Vec<u64>,
+    t0: Option<u64>,
+}
+
+impl Prescan {
+    fn see(&mut self, e: &Event) {
+        self.t0.get_or_insert(e.ts_ns);
+        let top = match &e.kind {
             EventKind::Map {
                 phys,
                 size,
                 resource: false,
                 ..
-            } => Some(phys + size),
-            EventKind::MapSg { phys, .. } => phys.iter().max().map(|p| p + PAGE_SIZE),
+            } => phys.checked_add(*size),
+            EventKind::MapSg { phys, .. } => phys.iter().max().map(|p| p.saturating_add(PAGE_SIZE)),
             _ => None,
-        })
-        .max()
-        .unwrap_or(0);
-    let offset = match opts.placement {
-        Placement::Trace => sys.cfg.ram_base,
-        Placement::High => {
-            let span = span.div_ceil(2 << 20) * (2 << 20);
-            ram_end.saturating_sub(span).max(sys.cfg.ram_base)
-        }
-    };
-    // The largest DMA segment the real kernel merged: the device's max segment
-    // size was at least that (`dma_get_max_seg_size`, checked by __finalise_sg).
-    let mut max_seg = vec![64u64 << 10; trace.devices.len()];
-    for e in &trace.events {
-        if let EventKind::MapSg { sizes, .. } = &e.kind {
-            let m = sizes.iter().copied().max().unwrap_or(0);
-            let s = &mut max_seg[e.dev as usize];
-            *s = (*s).max(m);
-        }
-    }
-    let mut devs = Vec::new();
-    let mut per_dev = Vec::new();
-    for (i, dname) in trace.devices.iter().enumerate() {
-        let mut o = DevOpts {
-            mask_bits: 64,
-            coherent: None,
-            iommu: true,
-            dma_bits: None,
-            min_align_mask: 0,
-            max_segment: Some(max_seg[i]),
-            untrusted: false,
-            bus_dma_limit: None,
-            pci32: None,
         };
-        for (n, spec) in &opts.device_map {
-            if n == "*" || n == dname {
-                o.apply(spec)
-                    .map_err(|e| format!("--device-map {n}: {e}"))?;
+        self.span = self.span.max(top.unwrap_or(0));
+        // The largest DMA segment the real kernel merged: the device's max segment
+        // size was at least that (`dma_get_max_seg_size`, checked by __finalise_sg).
+        if let EventKind::MapSg { sizes, .. } = &e.kind {
+            let d = e.dev as usize;
+            if self.max_seg.len() <= d {
+                self.max_seg.resize(d + 1, 64 << 10);
             }
+            let m = sizes.iter().copied().max().unwrap_or(0);
+            self.max_seg[d] = self.max_seg[d].max(m);
         }
-        let mut d = Device::new(
-            dname,
-            o.coherent.unwrap_or(sys.cfg.coherent_default),
-            sys.cfg.dev_bandwidth,
-            sys.cfg.dev_latency_ns,
-        );
-        d.dma_offset = sys.cfg.dma_offset;
-        d.bus_dma_limit = o.bus_dma_limit.unwrap_or(sys.cfg.bus_dma_limit);
-        d.dma_mask = dma_bit_mask(o.mask_bits);
-        d.coherent_dma_mask = d.dma_mask;
-        d.dma_bits = o.dma_bits.unwrap_or(o.mask_bits.max(32));
-        d.mask_set = true;
-        d.iommu = o.iommu;
-        d.untrusted = o.untrusted;
-        d.min_align_mask = o.min_align_mask;
-        d.max_segment = o.max_segment.unwrap_or(64 << 10);
-        let idx = sys.add_device(d);
-        let iommu = sys.use_dma_iommu(idx);
-        // dma-iommu's pci_32bit_workaround (iommu_dma_alloc_iova): a PCI device
-        // gets IOVAs below 4 GiB first, whatever its mask. The replay applies it as
-        // a 32-bit bus limit on the device's IOVA space (Linux falls back to the
-        // full mask when that space is full; this replay then reports
-        // `iova-exhausted` instead).
-        let pci32 = iommu && o.pci32.unwrap_or(is_pci_name(dname)) && o.mask_bits > 32;
-        if pci32 {
-            let dev = &mut sys.kernel.devices[idx];
-            dev.bus_dma_limit = match dev.bus_dma_limit {
-                0 => dma_bit_mask(32),
-                l => l.min(dma_bit_mask(32)),
-            };
-        }
-        devs.push(idx);
-        per_dev.push(DeviceSummary {
-            name: dname.clone(),
-            mask_bits: o.mask_bits,
-            coherent: sys.kernel.devices[idx].coherent,
-            iommu,
-            pci_32bit_iova: pci32,
-            maps: 0,
-            bounced_maps: 0,
-            bounced_bytes: 0,
-            bounced_beyond_limit: 0,
-            bounced_kmalloc_unaligned: 0,
-            bounced_forced: 0,
-            swiotlb_full: 0,
-            trace_bounced: 0,
-            dma_bytes: 0,
-            live_at_end: 0,
-        });
     }
-    let n = trace.devices.len();
-    let mut r = Replayer {
-        sys,
-        trace,
-        devs,
-        offset,
-        ram_end,
-        singles: HashMap::new(),
-        ranges: vec![BTreeMap::new(); n],
-        sgs: HashMap::new(),
-        sg_by_dma: HashMap::new(),
-        failed_keys: std::collections::HashSet::new(),
-        allocs: HashMap::new(),
-        counts: Counts {
-            events: trace.events.len() as u64,
-            skipped_lines: trace.skipped.values().sum(),
-            bad_lines: trace.bad_lines,
-            ..Counts::default()
-        },
-        fidelity: Fidelity::default(),
-        first_failure: None,
-        per_dev,
-        api_ps: 0,
-        transfer_ps: 0,
-        t0: trace.events.first().map_or(0, |e| e.ts_ns),
-    };
+}
+
+/// Replays a parsed trace (held in memory).
+///
+/// # Errors
+/// A configuration that cannot boot, a bad `--device-map`, or a simulator limit
+/// (the memory cap) hit during the replay.
+pub fn replay(trace: &Trace, name: &str, opts: &ReplayOptions) -> Result<ReplayReport, String> {
+    let mut pre = Prescan::default();
+    for e in &trace.events {
+        pre.see(e);
+    }
+    let mut r = Replayer::new(trace, &pre, opts)?;
     for e in &trace.events {
         r.event(e)?;
     }
     Ok(r.finish(name, opts))
+}
+
+/// Replays a trace file as it streams: a first pass reads what the replay must
+/// know beforehand, the second replays each event as soon as its place is final,
+/// so memory follows the live mappings, not the file's length. A file whose
+/// timestamps go backwards (per-CPU files one after the other) is read into
+/// memory to merge its CPUs.
+///
+/// # Errors
+/// As [`parse::parse`] for a file with no DMA event, then as [`replay`].
+pub fn replay_bytes(
+    bytes: &[u8],
+    name: &str,
+    opts: &ReplayOptions,
+) -> Result<ReplayReport, String> {
+    let text = parse::text_of(bytes);
+    let mut first = parse::LineReader::default();
+    let mut pre = Prescan::default();
+    for (i, raw) in text.split('\n').enumerate() {
+        if let Some(e) = first.line(i, raw) {
+            pre.see(&e);
+        }
+    }
+    if first.events == 0 {
+        return Err(first.no_events_error());
+    }
+    if first.summary.reordered {
+        return replay(&parse::parse(bytes)?, name, opts);
+    }
+    let summary = first.summary;
+    let mut reader = parse::LineReader::default();
+    let mut nest = parse::Nester::default();
+    let mut ready = Vec::new();
+    let mut r = Replayer::new(&summary, &pre, opts)?;
+    r.counts.events = first.events;
+    for (i, raw) in text.split('\n').enumerate() {
+        if let Some(e) = reader.line(i, raw) {
+            nest.push(e, &mut ready);
+            for e in ready.drain(..) {
+                r.event(&e)?;
+            }
+        }
+    }
+    nest.finish(&mut ready);
+    for e in ready.drain(..) {
+        r.event(&e)?;
+    }
+    r.counts.moved_before_irq = nest.moved;
+    Ok(r.finish(name, opts))
+}
+
+impl<'a> Replayer<'a> {
+    /// Boots the platform and creates the trace's devices.
+    fn new(trace: &'a Trace, pre: &Prescan, opts: &ReplayOptions) -> Result<Replayer<'a>, String> {
+        let sopts = ScriptOptions {
+            seed: opts.seed,
+            noise_off: true,
+            boot_set: opts.set.clone(),
+            ..ScriptOptions::default()
+        };
+        let mut sys = crate::script::boot_system(&opts.preset, &sopts)?;
+        let ram_end = sys.cfg.ram_base + sys.cfg.ram.min(sys.cfg.lowmem);
+        let offset = match opts.placement {
+            Placement::Trace => sys.cfg.ram_base,
+            Placement::High => {
+                let span = pre.span.div_ceil(2 << 20) * (2 << 20);
+                ram_end.saturating_sub(span).max(sys.cfg.ram_base)
+            }
+        };
+        let mut max_seg = pre.max_seg.clone();
+        max_seg.resize(trace.devices.len().max(max_seg.len()), 64 << 10);
+        let mut devs = Vec::new();
+        let mut per_dev = Vec::new();
+        for (i, dname) in trace.devices.iter().enumerate() {
+            let mut o = DevOpts {
+                mask_bits: 64,
+                coherent: None,
+                iommu: true,
+                dma_bits: None,
+                min_align_mask: 0,
+                max_segment: Some(max_seg[i]),
+                untrusted: false,
+                bus_dma_limit: None,
+                pci32: None,
+            };
+            for (n, spec) in &opts.device_map {
+                if n == "*" || n == dname {
+                    o.apply(spec)
+                        .map_err(|e| format!("--device-map {n}: {e}"))?;
+                }
+            }
+            let mut d = Device::new(
+                dname,
+                o.coherent.unwrap_or(sys.cfg.coherent_default),
+                sys.cfg.dev_bandwidth,
+                sys.cfg.dev_latency_ns,
+            );
+            d.dma_offset = sys.cfg.dma_offset;
+            d.bus_dma_limit = o.bus_dma_limit.unwrap_or(sys.cfg.bus_dma_limit);
+            d.dma_mask = dma_bit_mask(o.mask_bits);
+            d.coherent_dma_mask = d.dma_mask;
+            d.dma_bits = o.dma_bits.unwrap_or(o.mask_bits.max(32));
+            d.mask_set = true;
+            d.iommu = o.iommu;
+            d.untrusted = o.untrusted;
+            d.min_align_mask = o.min_align_mask;
+            d.max_segment = o.max_segment.unwrap_or(64 << 10);
+            let idx = sys.add_device(d);
+            let iommu = sys.use_dma_iommu(idx);
+            // dma-iommu's pci_32bit_workaround (iommu_dma_alloc_iova): a PCI device
+            // gets IOVAs below 4 GiB first, whatever its mask. The replay applies it as
+            // a 32-bit bus limit on the device's IOVA space (Linux falls back to the
+            // full mask when that space is full; this replay then reports
+            // `iova-exhausted` instead).
+            let pci32 = iommu && o.pci32.unwrap_or(is_pci_name(dname)) && o.mask_bits > 32;
+            if pci32 {
+                let dev = &mut sys.kernel.devices[idx];
+                dev.bus_dma_limit = match dev.bus_dma_limit {
+                    0 => dma_bit_mask(32),
+                    l => l.min(dma_bit_mask(32)),
+                };
+            }
+            devs.push(idx);
+            per_dev.push(DeviceSummary {
+                name: dname.clone(),
+                mask_bits: o.mask_bits,
+                coherent: sys.kernel.devices[idx].coherent,
+                iommu,
+                pci_32bit_iova: pci32,
+                maps: 0,
+                bounced_maps: 0,
+                bounced_bytes: 0,
+                bounced_beyond_limit: 0,
+                bounced_kmalloc_unaligned: 0,
+                bounced_forced: 0,
+                swiotlb_full: 0,
+                trace_bounced: 0,
+                dma_bytes: 0,
+                live_at_end: 0,
+            });
+        }
+        let n = trace.devices.len();
+        Ok(Replayer {
+            sys,
+            trace,
+            devs,
+            offset,
+            ram_end,
+            singles: HashMap::new(),
+            ranges: vec![BTreeMap::new(); n],
+            sgs: HashMap::new(),
+            sg_by_dma: HashMap::new(),
+            failed_keys: std::collections::HashSet::new(),
+            allocs: HashMap::new(),
+            counts: Counts {
+                events: trace.events.len() as u64,
+                moved_before_irq: trace.moved_before_irq,
+                skipped_lines: trace.skipped.values().sum(),
+                bad_lines: trace.bad_lines,
+                ..Counts::default()
+            },
+            fidelity: Fidelity::default(),
+            first_failure: None,
+            per_dev,
+            api_ps: 0,
+            transfer_ps: 0,
+            t0: pre.t0.unwrap_or(0),
+        })
+    }
 }
 
 impl Replayer<'_> {

@@ -211,7 +211,7 @@ pub struct Trace {
     /// streams were merged by timestamp, each keeping its own order.
     pub reordered: bool,
     /// Calls moved before the interrupt handler's calls traced just ahead of them
-    /// (see [`nested_first`]).
+    /// (see [`Nester`]).
     pub moved_before_irq: u64,
 }
 
@@ -240,67 +240,108 @@ pub const EVENT_NAMES: &[&str] = &[
     "swiotlb_bounced",
 ];
 
-/// Parses a whole trace file (bytes: binary junk is read as text and fails line by
-/// line).
-///
-/// # Errors
-/// When no line holds a readable event: a message with the first unreadable line's
-/// number, or saying that the file has no `dma:` events at all.
-pub fn parse(bytes: &[u8]) -> Result<Trace, String> {
-    let text = String::from_utf8_lossy(bytes);
-    let mut t = Trace::default();
-    let mut dev_index: BTreeMap<String, u32> = BTreeMap::new();
-    let mut last_ts = 0u64;
-    let mut trace_lines = 0u64;
-    for (i, raw) in text.split('\n').enumerate() {
+/// Reads a trace's lines one at a time, keeping what [`parse`] keeps between lines
+/// (device names, counts of other events, the first unreadable line), so that a
+/// replay can stream a file without holding its events.
+#[derive(Debug, Default)]
+pub struct LineReader {
+    /// Everything about the trace but its events (`events` stays empty).
+    pub summary: Trace,
+    /// Events read so far.
+    pub events: u64,
+    dev_index: BTreeMap<String, u32>,
+    last_ts: u64,
+    trace_lines: u64,
+}
+
+impl LineReader {
+    /// Reads line `i` (0-based): its event, or `None` for a comment, another event
+    /// (counted) or an unreadable line (counted, the first one kept).
+    pub fn line(&mut self, i: usize, raw: &str) -> Option<Event> {
         let no = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let line = raw.trim_end_matches('\r');
-        let s = line.trim_start();
+        let s = raw.trim_end_matches('\r').trim_start();
         if s.is_empty() || s.starts_with('#') {
-            continue;
+            return None;
         }
         // trace-cmd report's header ("version = 6", "cpus=1", "CPU 0 is empty").
         if i < 64 && (s.starts_with("version =") || s.starts_with("cpus=") || s.starts_with("CPU "))
         {
-            continue;
+            return None;
         }
-        trace_lines += 1;
-        match parse_line(s, no, &mut t, &mut dev_index) {
+        self.trace_lines += 1;
+        let t = &mut self.summary;
+        match parse_line(s, no, t, &mut self.dev_index) {
             Ok(Some(ev)) => {
-                if ev.ts_ns < last_ts {
+                if ev.ts_ns < self.last_ts {
                     t.reordered = true;
                 }
-                last_ts = last_ts.max(ev.ts_ns);
-                t.events.push(ev);
+                self.last_ts = self.last_ts.max(ev.ts_ns);
+                self.events += 1;
+                Some(ev)
             }
-            Ok(None) => {}
+            Ok(None) => None,
             Err(why) => {
                 t.bad_lines += 1;
                 if t.first_bad.is_none() {
                     t.first_bad = Some((no, why));
                 }
+                None
             }
         }
     }
-    if t.events.is_empty() {
+
+    /// Why a file where no line held a DMA event is refused.
+    pub fn no_events_error(&self) -> String {
+        let t = &self.summary;
         let skipped: u64 = t.skipped.values().sum();
-        return Err(match (&t.first_bad, trace_lines) {
+        match (&t.first_bad, self.trace_lines) {
             (Some((no, why)), _) if skipped == 0 => {
                 format!("line {no}: not an ftrace line of a dma: event ({why}); nothing in the file could be read")
             }
             (_, 0) => "no trace lines at all (an empty file, or only # comments)".to_string(),
             _ => format!(
-                "no dma: events among {trace_lines} trace lines ({skipped} of other events{}); enable them with `echo 1 > /sys/kernel/tracing/events/dma/enable` (or `trace-cmd record -e dma`)",
+                "no dma: events among {} trace lines ({skipped} of other events{}); enable them with `echo 1 > /sys/kernel/tracing/events/dma/enable` (or `trace-cmd record -e dma`)",
+                self.trace_lines,
                 t.first_bad
                     .as_ref()
                     .map_or(String::new(), |(no, why)| format!(", first unreadable line {no}: {why}"))
             ),
-        });
+        }
     }
-    t.moved_before_irq = nested_first(&mut t.events);
-    if t.reordered {
-        t.events = merge_cpus(std::mem::take(&mut t.events));
+}
+
+/// The lines of a file read as text (binary junk becomes replacement characters
+/// and fails line by line).
+pub fn text_of(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
+
+/// Parses a whole trace file into memory.
+///
+/// # Errors
+/// When no line holds a readable event: a message with the first unreadable line's
+/// number, or saying that the file has no `dma:` events at all.
+pub fn parse(bytes: &[u8]) -> Result<Trace, String> {
+    let text = text_of(bytes);
+    let mut r = LineReader::default();
+    let mut nest = Nester::default();
+    let mut events = Vec::new();
+    for (i, raw) in text.split('\n').enumerate() {
+        if let Some(ev) = r.line(i, raw) {
+            nest.push(ev, &mut events);
+        }
     }
+    nest.finish(&mut events);
+    if events.is_empty() {
+        return Err(r.no_events_error());
+    }
+    let mut t = r.summary;
+    t.moved_before_irq = nest.moved;
+    t.events = if t.reordered {
+        merge_cpus(events)
+    } else {
+        events
+    };
     Ok(t)
 }
 
@@ -334,29 +375,52 @@ fn merge_cpus(events: Vec<Event>) -> Vec<Event> {
 /// are traced first although the interrupted call's work (its IOVA freed into the
 /// per-CPU cache, say) came before them. A call traced on the same CPU in the same
 /// microsecond as the last of a run of calls from a deeper context (the flags'
-/// hardirq/softirq column) is moved back before that run. Returns how many moved.
-pub fn nested_first(events: &mut [Event]) -> u64 {
-    let mut moved = 0;
-    let mut i = 1;
-    while i < events.len() {
-        let e = &events[i];
-        let prev = &events[i - 1];
-        if prev.cpu == e.cpu && prev.irq_level > e.irq_level && prev.ts_ns / 1000 == e.ts_ns / 1000
-        {
-            // The run of deeper calls just before, on this CPU.
-            let mut start = i - 1;
+/// hardirq/softirq column) is moved back before that run. Events stream through:
+/// an event is handed on once no later one can move before it (a task-context
+/// event ends every run).
+#[derive(Debug, Default)]
+pub struct Nester {
+    buf: std::collections::VecDeque<Event>,
+    /// Events moved.
+    pub moved: u64,
+}
+
+/// Events a [`Nester`] holds at most (a run of interrupt calls is a few).
+const NEST_WINDOW: usize = 4096;
+
+impl Nester {
+    /// Takes the next event in file order; appends to `out` those whose place is
+    /// final.
+    pub fn push(&mut self, e: Event, out: &mut Vec<Event>) {
+        let jumps = self.buf.back().is_some_and(|prev| {
+            prev.cpu == e.cpu && prev.irq_level > e.irq_level && prev.ts_ns / 1000 == e.ts_ns / 1000
+        });
+        if jumps {
+            let mut start = self.buf.len() - 1;
             while start > 0
-                && events[start - 1].cpu == e.cpu
-                && events[start - 1].irq_level > e.irq_level
+                && self.buf[start - 1].cpu == e.cpu
+                && self.buf[start - 1].irq_level > e.irq_level
             {
                 start -= 1;
             }
-            events[start..=i].rotate_right(1);
-            moved += 1;
+            self.buf.insert(start, e);
+            self.moved += 1;
+        } else {
+            self.buf.push_back(e);
         }
-        i += 1;
+        // Nothing moves across a task-context event: all up to the last one is final.
+        if let Some(last0) = self.buf.iter().rposition(|x| x.irq_level == 0) {
+            out.extend(self.buf.drain(..=last0));
+        }
+        while self.buf.len() > NEST_WINDOW {
+            out.extend(self.buf.pop_front());
+        }
     }
-    moved
+
+    /// Hands on what is left at the end of the file.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        out.extend(self.buf.drain(..));
+    }
 }
 
 /// The hardirq/softirq column of the flags (`d.h1.`: third character): 0 task, 1
