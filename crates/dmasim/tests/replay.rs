@@ -251,6 +251,50 @@ fn the_direct_capture_retargeted_to_an_8_gib_machine_bounces_and_hits_the_segmen
     assert_eq!(r.errors, 0);
 }
 
+fn synthetic(lines: &[&str]) -> ReplayReport {
+    let text: String = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("  kworker/0:1-12 [000] ..... 1.{:06}: {l}\n", i + 1))
+        .collect();
+    let o = ReplayOptions {
+        set: vec![("ram".into(), "1GiB".into())],
+        ..ReplayOptions::default()
+    };
+    dmasim::replay::replay_bytes(text.as_bytes(), "synthetic", &o).unwrap()
+}
+
+#[test]
+fn one_page_mapped_twice_at_once_is_unmapped_twice() {
+    // dma-direct returns the physical address: two live TO_DEVICE maps of one page
+    // share it, and each unmap ends one of them.
+    let r = synthetic(&[
+        "dma_map_page: 0000:00:02.0 dir=TO_DEVICE dma_addr=100000 size=4096 phys_addr=100000 attrs=",
+        "dma_map_page: 0000:00:02.0 dir=TO_DEVICE dma_addr=100000 size=512 phys_addr=100000 attrs=",
+        "dma_unmap_page: 0000:00:02.0 dir=TO_DEVICE dma_addr=100000 size=4096 attrs=",
+        "dma_unmap_page: 0000:00:02.0 dir=TO_DEVICE dma_addr=100000 size=512 attrs=",
+    ]);
+    assert_eq!((r.counts.replayed, r.counts.unmatched, r.errors), (4, 0, 0));
+    assert_eq!(r.devices[0].live_at_end, 0);
+}
+
+#[test]
+fn dma_debug_checks_judge_the_real_sequence() {
+    // kernel/dma/debug.c check_unmap: "frees DMA memory with different size".
+    let r = synthetic(&[
+        "dma_map_page: 0000:00:02.0 dir=FROM_DEVICE dma_addr=200000 size=4096 phys_addr=200000 attrs=",
+        "dma_unmap_page: 0000:00:02.0 dir=FROM_DEVICE dma_addr=200000 size=2048 attrs=",
+    ]);
+    assert_eq!(r.errors, 1);
+    assert_eq!(r.findings[0].id, "unmap-size-mismatch");
+    assert_eq!(r.findings[0].line, 2, "the trace's line");
+    // A sync of an address the trace never mapped is counted, not judged.
+    let r = synthetic(&[
+        "dma_sync_single_for_cpu: 0000:00:02.0 dir=FROM_DEVICE dma_addr=300000 size=64",
+    ]);
+    assert_eq!((r.counts.unmatched, r.errors), (1, 0));
+}
+
 #[test]
 fn garbage_is_a_clear_error_with_the_first_bad_line() {
     let e = parse(b"# tracer: nop\n\nthis is not ftrace\n\x7fELF\x02\x01\x01\n").unwrap_err();

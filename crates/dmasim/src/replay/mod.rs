@@ -401,7 +401,9 @@ struct Replayer<'a> {
     devs: Vec<usize>,
     offset: u64,
     ram_end: u64,
-    singles: HashMap<(u32, u64), LiveMap>,
+    /// Live single maps by the trace's address; dma-direct gives one address to
+    /// two live maps of the same buffer (a page mapped twice), so each is a stack.
+    singles: HashMap<(u32, u64), Vec<LiveMap>>,
     /// Per device: trace address → live single (for syncs of a sub-range).
     ranges: Vec<BTreeMap<u64, u64>>,
     sgs: HashMap<(u32, u64), Vec<LiveSg>>,
@@ -805,20 +807,17 @@ impl Replayer<'_> {
                 // the drivers of a capture are assumed to check, as mature ones do).
                 self.sys.dma_mapping_error(dev, addr);
                 self.diff(e, "dma_map_page", *dma, addr, size);
-                if let Some(old) = self.singles.insert(
-                    (e.dev, *dma),
-                    LiveMap {
+                self.singles
+                    .entry((e.dev, *dma))
+                    .or_default()
+                    .push(LiveMap {
                         model: addr,
                         size,
                         dir,
                         cpu_owns: false,
-                    },
-                ) {
-                    // The real kernel handed out an address still mapped in the
-                    // model's view: the earlier mapping was lost track of.
-                    let _ = old;
-                }
-                self.ranges[e.dev as usize].insert(*dma, size);
+                    });
+                let r = self.ranges[e.dev as usize].entry(*dma).or_insert(0);
+                *r = (*r).max(size);
             }
             EventKind::Unmap {
                 dma,
@@ -831,11 +830,22 @@ impl Replayer<'_> {
                     self.counts.not_modelled += 1;
                     return Ok(());
                 }
-                let Some(m) = self.singles.remove(&(e.dev, *dma)) else {
+                let key = (e.dev, *dma);
+                // The live map of that address with the unmap's size, else the last.
+                let Some(m) = self.singles.get_mut(&key).and_then(|v| {
+                    let i = v
+                        .iter()
+                        .rposition(|m| m.size == *size)
+                        .unwrap_or(v.len().checked_sub(1)?);
+                    Some(v.remove(i))
+                }) else {
                     self.skip_unmap(e.dev, *dma);
                     return Ok(());
                 };
-                self.ranges[e.dev as usize].remove(dma);
+                if self.singles.get(&key).is_some_and(Vec::is_empty) {
+                    self.singles.remove(&key);
+                    self.ranges[e.dev as usize].remove(dma);
+                }
                 if !m.cpu_owns {
                     self.access(dev, m.model, m.size, m.dir)?;
                 }
@@ -940,14 +950,26 @@ impl Replayer<'_> {
                     self.counts.unmatched += 1;
                     return Ok(());
                 };
-                let m = self.singles[&(e.dev, base)].clone();
+                let Some(m) = self
+                    .singles
+                    .get(&(e.dev, base))
+                    .and_then(|v| v.last())
+                    .cloned()
+                else {
+                    self.counts.unmatched += 1;
+                    return Ok(());
+                };
                 let at = m.model + (dma - base);
                 if *for_cpu && !m.cpu_owns {
                     self.access(dev, m.model, m.size, m.dir)?;
                 }
                 let (size, dir, for_cpu) = (*size, *dir, *for_cpu);
                 self.call(|s| s.dma_sync_single(dev, at, size, dir, for_cpu))?;
-                if let Some(l) = self.singles.get_mut(&(e.dev, base)) {
+                if let Some(l) = self
+                    .singles
+                    .get_mut(&(e.dev, base))
+                    .and_then(|v| v.last_mut())
+                {
                     l.cpu_owns = for_cpu;
                 }
                 self.counts.replayed += 1;
@@ -1113,8 +1135,8 @@ impl Replayer<'_> {
         // Transfers still running end; no leak check: the drivers were still bound
         // when tracing stopped (dma-debug reports leaks only at unbind).
         self.sys.run_for(0).ok();
-        for (d, _) in self.singles.keys() {
-            self.per_dev[*d as usize].live_at_end += 1;
+        for ((d, _), v) in &self.singles {
+            self.per_dev[*d as usize].live_at_end += v.len() as u64;
         }
         for ((d, _), v) in &self.sgs {
             self.per_dev[*d as usize].live_at_end += v.len() as u64;
