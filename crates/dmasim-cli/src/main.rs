@@ -14,6 +14,7 @@ use dmasim::script::{self, ScriptOptions};
 use dmasim::units::parse_size;
 
 mod explain;
+mod replay;
 mod tour;
 
 /// Writes to stdout; a closed pipe (`dmasim presets | head`) is not an error.
@@ -143,6 +144,39 @@ enum Command {
         #[arg(long)]
         jobs: Option<usize>,
         /// Print only the JSON (schema dmasim.compare/v1).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay an ftrace capture of the kernel's `dma:` events (`trace.txt`; convert a
+    /// trace.dat with `trace-cmd report`) through the model: findings, what the
+    /// sequence costs on the chosen platform, and how many addresses equal the real
+    /// kernel's (docs/replay.md).
+    Replay {
+        /// The trace (ftrace text).
+        trace: PathBuf,
+        /// The platform (default x86-64).
+        #[arg(long)]
+        preset: Option<String>,
+        /// A boot option (`iommu=smmu`, `ram=8GiB`, `swiotlb=force`; repeat for more).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        set: Vec<(String, String)>,
+        /// Options of a trace device: `0000:00:06.0=mask=32,coherent=false` (`*` for
+        /// every device; keys mask, coherent, iommu, dma_bits, min_align_mask,
+        /// max_segment, untrusted, bus_dma_limit, pci32). Repeat for more.
+        #[arg(long = "device-map", value_name = "NAME=OPTIONS")]
+        device_map: Vec<String>,
+        /// Where the trace's buffers go in the model's RAM: `trace` (same offset from
+        /// the start of RAM) or `high` (at the top of RAM).
+        #[arg(long, default_value = "trace")]
+        placement: String,
+        /// Replay on several configurations side by side (as `compare --with`:
+        /// "rpi4,ram=8GiB"); repeat for each column.
+        #[arg(long, value_name = "CONFIG")]
+        compare: Vec<String>,
+        /// Do not read the masks from a `pci.txt` beside the trace.
+        #[arg(long)]
+        no_pci_txt: bool,
+        /// Print only the JSON (schema dmasim.replay/v1).
         #[arg(long)]
         json: bool,
     },
@@ -528,6 +562,25 @@ fn try_main() -> Result<u8, String> {
             Ok(r.exit_code() as u8)
         }
         Command::Explain { id } => explain::run(id.as_deref()),
+        Command::Replay {
+            trace,
+            preset,
+            set,
+            device_map,
+            placement,
+            compare,
+            no_pci_txt,
+            json,
+        } => replay::run(&replay::Args {
+            trace,
+            preset,
+            set,
+            device_map,
+            placement,
+            compare,
+            json,
+            no_pci_txt,
+        }),
         Command::Check { script } => {
             let src = std::fs::read_to_string(&script)
                 .map_err(|e| format!("{}: {e}", script.display()))?;

@@ -195,7 +195,10 @@ fn script_errors_exit_2_with_file_line_col() {
     let (code, v) = json_run(&["run", unknown.to_str().unwrap(), "--json"]);
     assert_eq!(code, 2);
     assert!(
-        v["error"].as_str().unwrap().contains("unknown function `no_such_call`"),
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown function `no_such_call`"),
         "{v}"
     );
     std::fs::remove_dir_all(&dir).ok();

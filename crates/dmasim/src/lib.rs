@@ -35,6 +35,7 @@ pub mod explore;
 pub mod fasthash;
 pub mod hw;
 pub mod kernel;
+pub mod replay;
 pub mod report;
 pub mod ring;
 pub mod script;

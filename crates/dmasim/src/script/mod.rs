@@ -106,7 +106,7 @@ fn strip_position(msg: &str) -> String {
 
 /// `file:line:col: message` for a Rhai error; an unknown function names the closest
 /// existing ones (`engine` and `ast` tell which exist).
-fn describe_error(name: &str, err: &EvalAltResult, engine: &Engine, ast: &rhai::AST) -> String {
+fn describe_error(name: &str, err: &EvalAltResult, api: Option<(&Engine, &rhai::AST)>) -> String {
     let inner = err.unwrap_inner();
     let pos = if inner.position().is_none() {
         err.position()
@@ -114,7 +114,8 @@ fn describe_error(name: &str, err: &EvalAltResult, engine: &Engine, ast: &rhai::
         inner.position()
     };
     let msg = match inner {
-        EvalAltResult::ErrorFunctionNotFound(sig, _) => {
+        EvalAltResult::ErrorFunctionNotFound(sig, _) if api.is_some() => {
+            let (engine, ast) = api.expect("checked by the guard");
             let (f, n, types) = resolve::parse_not_found(sig);
             resolve::Api::of(engine, Some(ast)).explain(&f, n, Some(&types))
         }
@@ -213,7 +214,7 @@ pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
                 .engine
                 .run_ast(&ast)
                 .err()
-                .map(|e| describe_error(name, &e, &cached.engine, &ast));
+                .map(|e| describe_error(name, &e, Some((&cached.engine, &ast))));
             cached.ast = Some((text, ast));
             r
         }
@@ -322,4 +323,29 @@ pub fn run_file(path: &std::path::Path, opts: &ScriptOptions) -> Report {
             visual: None,
         },
     }
+}
+
+/// Boots `preset` as a script's `boot(preset)` would, with `opts.boot_set` over it
+/// and `opts.noise_off`, and hands the machine to Rust code (`dmasim replay`): one
+/// place decides what `--set` means.
+///
+/// # Errors
+/// An unknown preset, a bad `--set` value, or a platform that cannot boot.
+pub fn boot_system(preset: &str, opts: &ScriptOptions) -> Result<System, String> {
+    let name = crate::config::PRESET_NAMES
+        .iter()
+        .find(|p| **p == preset)
+        .ok_or_else(|| {
+            format!(
+                "unknown preset {preset:?}; known: {}",
+                crate::config::PRESET_NAMES.join(", ")
+            )
+        })?;
+    let session = new_session(opts);
+    let engine = build_engine(&session, opts);
+    engine
+        .run(&format!("boot({name:?});"))
+        .map_err(|e| describe_error("boot", &e, None))?;
+    let sys = session.borrow_mut().sys.take();
+    sys.ok_or_else(|| "boot: the platform did not boot".to_string())
 }
