@@ -10,6 +10,7 @@ pub mod device;
 pub mod dma;
 pub mod iommu;
 pub mod mm;
+pub mod page_pool;
 
 use std::collections::BTreeMap;
 
@@ -136,6 +137,8 @@ pub struct Buffer {
     pub dev: Option<usize>,
     /// Allocation event for histories.
     pub alloc: HistoryEvent,
+    /// Device-managed (`dmam_alloc_coherent`): devres frees it at driver unbind.
+    pub managed: bool,
     /// How to give the memory back.
     pub(crate) backing: Backing,
 }
@@ -160,6 +163,7 @@ impl Buffer {
             dma: None,
             dev: None,
             alloc,
+            managed: false,
             backing,
         }
     }
@@ -288,6 +292,8 @@ pub struct Kernel {
     pub netdev_rx: crate::uapi::pmd::RxPathStats,
     /// DMA pools (`dma_pool_create`) by id, destroyed ones included.
     pub dma_pools: Vec<mm::dmapool::DmaPool>,
+    /// Page pools (`page_pool_create`) by id, destroyed ones included.
+    pub page_pools: Vec<page_pool::PagePool>,
     /// Live dma-bufs by id (`uapi::dmabuf`).
     pub dmabufs: BTreeMap<u64, crate::uapi::dmabuf::DmaBuf>,
     /// Their attachments by id.
@@ -350,6 +356,7 @@ impl Kernel {
             next_pmd: 1,
             netdev_rx: Default::default(),
             dma_pools: Vec::new(),
+            page_pools: Vec::new(),
             dmabufs: BTreeMap::new(),
             dmabuf_attachments: BTreeMap::new(),
             next_dmabuf: 1,

@@ -35,6 +35,22 @@ fn remap(
 
 /// Registers `dma_mmap_coherent` and `remap_pfn_range`.
 pub(super) fn register(engine: &mut Engine, s: &Shared) {
+    // dma_mmap_wc is dma_mmap_attrs with DMA_ATTR_WRITE_COMBINE: dma_pgprot gives
+    // pgprot_writecombine, Normal-NC on arm64 like pgprot_dmacoherent (and the
+    // unchanged cacheable protection for a coherent device), so it maps as
+    // dma_mmap_coherent does; a dma_alloc_wc buffer is a coherent buffer here.
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_mmap_wc",
+        move |ctx: NativeCallContext,
+              d: DeviceObj,
+              p: ProcessObj,
+              b: BufferObj|
+              -> RResult<Dynamic> {
+            let va = with_sys(&s1, &ctx, |sys| sys.dma_mmap_coherent(d.idx, p.pid, b.id))?;
+            Ok(user_buffer(va, b.len))
+        },
+    );
     let s1 = s.clone();
     engine.register_fn(
         "dma_mmap_coherent",
