@@ -728,7 +728,7 @@ impl System {
             .filter(|b| b.managed && b.dev == Some(dev) && b.kind == BufKind::Coherent)
             .map(|b| (b.id, b.len))
             .collect();
-        ids.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        ids.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
         for (id, len) in ids {
             self.dma_free_coherent(dev, len, id)?;
         }
