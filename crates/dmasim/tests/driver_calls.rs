@@ -1,5 +1,6 @@
 //! The DMA calls real drivers make beyond map/unmap/sync: dma_get_cache_alignment,
-//! dmam_alloc_coherent (devres), dma_alloc_wc / dma_free_wc / dma_mmap_wc, and the
+//! dmam_alloc_coherent (devres), dma_alloc_wc / dma_free_wc / dma_mmap_wc,
+//! dma_mmap_pages, and the
 //! network page_pool with PP_FLAG_DMA_MAP | PP_FLAG_DMA_SYNC_DEV — each checked on
 //! addresses, data and the sanitizer's findings in the JSON report.
 
@@ -191,4 +192,28 @@ fn page_pool_create_refuses_what_page_pool_init_refuses() {
         expect(type_of(page_pool_create(nic, #{ flags: PP_FLAG_DMA_MAP })) == "PagePool", "FROM_DEVICE by default");"#,
     );
     ok(&r);
+}
+
+/// kernel/dma/mapping.c dma_mmap_pages: the buffer's pages with the vma's own
+/// (cacheable) protection; the process sees what the CPU stored, and what the
+/// device wrote once the driver synced for the CPU; a vma larger than
+/// PAGE_ALIGN(size) is -ENXIO.
+#[test]
+fn dma_mmap_pages_maps_a_noncoherent_buffer_cacheable() {
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent", #{ noise: "off" });
+        let d = device("isp0");
+        let b = dma_alloc_noncoherent(d, 8192, DMA_FROM_DEVICE);
+        let p = process("app");
+        expect_eq(dma_mmap_pages(d, p, 8192, b, 12288), -ENXIO, "vma beyond the buffer");
+        let u = dma_mmap_pages(d, p, 8192, b);
+        expect_eq(u.len, 8192, "the whole buffer");
+        dma_sync_single_for_device(d, b.dma, 8192, DMA_FROM_DEVICE);
+        dev_write(d, b.dma + 4096, pattern("random", 256, 3));
+        dma_sync_single_for_cpu(d, b.dma, 8192, DMA_FROM_DEVICE);
+        expect_eq(p.read(u, 4096, 256), pattern("random", 256, 3), "the frame through the user mapping");
+        dma_free_noncoherent(d, 8192, b, DMA_FROM_DEVICE);"#,
+    );
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
 }

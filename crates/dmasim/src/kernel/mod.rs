@@ -467,6 +467,8 @@ pub mod errno {
     pub const ENOENT: i64 = 2;
     /// I/O error.
     pub const EIO: i64 = 5;
+    /// No such device or address (`dma_mmap_pages` of a vma larger than the buffer).
+    pub const ENXIO: i64 = 6;
     /// Bad file number.
     pub const EBADF: i64 = 9;
     /// Out of memory.

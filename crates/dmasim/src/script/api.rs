@@ -386,6 +386,7 @@ fn register_constants(engine: &mut Engine) {
             "EPERM" => errno::EPERM,
             "ENOENT" => errno::ENOENT,
             "EIO" => errno::EIO,
+            "ENXIO" => errno::ENXIO,
             "ENOMEM" => errno::ENOMEM,
             "EFAULT" => errno::EFAULT,
             "EBUSY" => errno::EBUSY,
