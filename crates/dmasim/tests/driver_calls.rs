@@ -1,6 +1,6 @@
 //! The DMA calls real drivers make beyond map/unmap/sync: dma_get_cache_alignment,
 //! dmam_alloc_coherent (devres), dma_alloc_wc / dma_free_wc / dma_mmap_wc,
-//! dma_mmap_pages, and the
+//! dma_mmap_pages, dma_map_resource / dma_unmap_resource, and the
 //! network page_pool with PP_FLAG_DMA_MAP | PP_FLAG_DMA_SYNC_DEV — each checked on
 //! addresses, data and the sanitizer's findings in the JSON report.
 
@@ -216,4 +216,58 @@ fn dma_mmap_pages_maps_a_noncoherent_buffer_cacheable() {
     );
     ok(&r);
     assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+}
+
+/// kernel/dma/direct.c dma_direct_map_resource: without an IOMMU the bus address
+/// of an MMIO range is its physical address, refused (DMA_MAPPING_ERROR) beyond
+/// the device's mask; drivers/iommu/dma-iommu.c iommu_dma_map_resource: behind an
+/// IOMMU an IOVA with the same page offset. dma-debug checks the unmap like any
+/// other ("resource" type) and reports one never undone at driver unbind.
+#[test]
+fn dma_map_resource_gives_the_fifo_a_bus_address_and_is_checked_as_a_mapping() {
+    let fifo = "0x0900_0040";
+    let (r, j) = script(&format!(
+        r#"boot("arm64-noncoherent", #{{ noise: "off" }});
+        let dmac = device("dmac");
+        let a = dma_map_resource(dmac, {fifo}, 4, DMA_FROM_DEVICE, 0);
+        expect(!dma_mapping_error(dmac, a), "mapped");
+        expect_eq(a, {fifo}, "dma-direct: the physical address itself");
+        dma_unmap_resource(dmac, a, 4, DMA_FROM_DEVICE, 0);
+        let d32 = device("d32");               // the default 32-bit mask
+        let bad = dma_map_resource(d32, 0x8_0000_0040, 4, DMA_FROM_DEVICE, 0);
+        expect(dma_mapping_error(d32, bad), "beyond the 32-bit mask");"#
+    ));
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    assert!(log_has(&j, "overflow (mask ffffffff"), "{}", j["log"]);
+    let (r, j) = script(&format!(
+        r#"boot("arm64-noncoherent", #{{ noise: "off", iommu: "smmu" }});
+        let dmac = device("dmac");
+        let a = dma_map_resource(dmac, {fifo}, 4, DMA_FROM_DEVICE, 0);
+        expect(!dma_mapping_error(dmac, a), "mapped");
+        expect(a != {fifo}, "an IOVA");
+        expect_eq(a & 0xfff, 0x40, "the FIFO's offset in its page");
+        dma_unmap_single(dmac, a, 4, DMA_FROM_DEVICE);
+        let b = dma_map_resource(dmac, {fifo}, 4, DMA_FROM_DEVICE, 0);
+        dma_mapping_error(dmac, b);
+        remove_device(dmac);"#
+    ));
+    ok(&r);
+    let f = finding(&j, "unmap-type-mismatch");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("[mapped as resource]"),
+        "{f}"
+    );
+    let leak = finding(&j, "mapping-leak");
+    assert_eq!(leak["line"], 10, "{leak}");
+    assert!(
+        leak["help"]
+            .as_str()
+            .unwrap()
+            .contains("dma_unmap_resource"),
+        "{leak}"
+    );
 }

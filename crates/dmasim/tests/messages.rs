@@ -236,3 +236,35 @@ fn cpu_write_discarded_after_a_sync_for_the_cpu_names_it_and_the_unmap() {
     );
     assert!(m.contains("unmap at line 8"), "{m}");
 }
+
+/// A bounce's story labels every address: the bus address the map returned, the
+/// buffer's and the slots' physical addresses — never a bare address beside a
+/// physical one (the slot used to be "swiotlb 0x…", a physical address that read
+/// like the bus address before it).
+#[test]
+fn bounce_events_label_physical_and_bus_addresses() {
+    let (_, j) = common::scenario("bounce-rx-no-sync.rhai", 0, None);
+    let events: Vec<String> = j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["history"].as_array().unwrap().iter())
+        .filter_map(|e| e["event"].as_str())
+        .filter(|e| e.contains("swiotlb"))
+        .map(str::to_string)
+        .collect();
+    assert!(events.len() >= 2, "{events:#?}");
+    for e in &events {
+        assert!(!e.contains("via swiotlb 0x"), "{e}");
+        assert!(e.contains("swiotlb slots at phys"), "{e}");
+    }
+    let stolen = events
+        .iter()
+        .find(|e| e.contains("bytes at phys"))
+        .expect("the bounce-buffering event");
+    assert!(
+        stolen.contains("bounced through the swiotlb slots at phys 0x")
+            && stolen.contains("beyond what the device can address"),
+        "{stolen}"
+    );
+}

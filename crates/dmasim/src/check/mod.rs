@@ -60,6 +60,8 @@ pub enum MapKind {
     Coherent,
     /// `dma_alloc_noncoherent`: a streaming mapping that starts out CPU-owned.
     Noncoherent,
+    /// `dma_map_resource`: an MMIO range (a peripheral's FIFO), no RAM behind it.
+    Resource,
 }
 
 impl MapKind {
@@ -70,6 +72,7 @@ impl MapKind {
             MapKind::Sg => "scatter-gather",
             MapKind::Coherent => "coherent",
             MapKind::Noncoherent => "noncoherent",
+            MapKind::Resource => "resource",
         }
     }
 }
@@ -387,9 +390,10 @@ struct MapEvent {
 impl MapEvent {
     fn fill(&self, h: &mut [HistoryEvent]) {
         if let Some(ev) = h.get_mut(self.idx) {
-            let via = self
-                .bounce
-                .map_or(String::new(), |b| format!(" [bounced via swiotlb {b:#x}]"));
+            let via = self.bounce.map_or(String::new(), |b| {
+                format!(" [bounced: swiotlb slots at phys={b:#x}]")
+            });
+            // The bus address the map returned, then physical ones, labelled.
             ev.event = format!(
                 "{} → {:#x} [phys={:#x}] [size={}]{via}",
                 self.what, self.dev_addr, self.phys, self.size
@@ -935,6 +939,8 @@ impl Sanitizer {
                         .hold(hw, p << crate::config::PAGE_SHIFT, crate::config::PAGE_SIZE);
                 }
             }
+            // An MMIO range holds no RAM to keep the truth of.
+            None if m.kind == MapKind::Resource => {}
             None => self.oracle.hold(hw, m.phys, m.size),
         }
         let mut history = Vec::with_capacity(4);
@@ -1045,6 +1051,9 @@ impl Sanitizer {
     }
 
     fn release_entry(oracle: &mut Oracle, hw: &mut Machine, e: &Entry) {
+        if e.kind == MapKind::Resource {
+            return;
+        }
         match &e.pages {
             Some(pfns) => {
                 for &p in pfns {
@@ -1083,6 +1092,7 @@ impl Sanitizer {
         let what = match kind {
             MapKind::Coherent => "dma_free_coherent",
             MapKind::Noncoherent => "dma_free_noncoherent",
+            MapKind::Resource => "dma_unmap_resource",
             _ => "unmap",
         };
         let Some(id) = found else {
@@ -2408,6 +2418,7 @@ impl Sanitizer {
                         .to_string()
                 }
                 MapKind::Noncoherent => "free dma_alloc_noncoherent buffers with dma_free_noncoherent before the driver goes away".to_string(),
+                MapKind::Resource => "undo every dma_map_resource with dma_unmap_resource when the transfers are done".to_string(),
                 _ => format!(
                     "unmap every mapping (dma_unmap_{}) when the device is done with it",
                     if e.kind == MapKind::Page {

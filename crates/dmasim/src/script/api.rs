@@ -1050,6 +1050,42 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             },
         );
     }
+    // dma_map_resource / dma_unmap_resource (kernel/dma/mapping.c): an MMIO range
+    // (a peripheral FIFO) for device-to-device DMA; attrs change nothing (no CPU
+    // sync is ever done for a resource).
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_map_resource",
+        move |ctx: NativeCallContext,
+              d: DeviceObj,
+              phys: INT,
+              size: Dynamic,
+              dir: INT,
+              _attrs: INT| {
+            let dir = dir_of(&ctx, dir)?;
+            let n = size_of(&ctx, &size, "dma_map_resource")?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.dma_map_resource(d.idx, phys as u64, n, dir)
+                    .map(|a| a as INT)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_unmap_resource",
+        move |ctx: NativeCallContext,
+              d: DeviceObj,
+              addr: INT,
+              size: Dynamic,
+              dir: INT,
+              _attrs: INT| {
+            let dir = dir_of(&ctx, dir)?;
+            let n = size_of(&ctx, &size, "dma_unmap_resource")?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.dma_unmap_resource(d.idx, addr as u64, n, dir)
+            })
+        },
+    );
     // dma_sync_single_range_*: the sync of `size` bytes at `addr + offset`.
     for (name, for_cpu) in [
         ("dma_sync_single_range_for_cpu", true),
