@@ -110,6 +110,14 @@ pub struct Finding {
     pub time_ns: u64,
     /// Script line.
     pub line: u32,
+    /// When `line` is inside script functions: the lines of the calls that led
+    /// there, innermost first (`line 82 ← 140 ← 171` is `line` 82 and `[140, 171]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub called_from: Vec<u32>,
+    /// On how many mappings (chunks, packets, buffers) this mistake was seen at
+    /// this line: the same id and device, and a history with the same script
+    /// lines, is one mistake repeated. Repeats on one mapping count once.
+    pub count: u64,
     /// What went wrong, dma-debug style: fixed phrase plus `[key=value]` facts.
     pub message: String,
     /// The concrete fix.

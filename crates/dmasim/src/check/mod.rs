@@ -60,6 +60,8 @@ pub enum MapKind {
     Coherent,
     /// `dma_alloc_noncoherent`: a streaming mapping that starts out CPU-owned.
     Noncoherent,
+    /// `dma_map_resource`: an MMIO range (a peripheral's FIFO), no RAM behind it.
+    Resource,
 }
 
 impl MapKind {
@@ -70,6 +72,7 @@ impl MapKind {
             MapKind::Sg => "scatter-gather",
             MapKind::Coherent => "coherent",
             MapKind::Noncoherent => "noncoherent",
+            MapKind::Resource => "resource",
         }
     }
 }
@@ -318,11 +321,18 @@ struct Entry {
     clobbered: bool,
     /// CPU stores since the last hand-over to the device (offsets).
     cpu_dirty: RangeSet,
+    /// The last change of owner: what did it, at which line.
+    owner_since: (Handover, u32),
+    /// The first of the stores in `cpu_dirty`: its line, and the change of owner
+    /// it came after (to tell the sequence that lost them).
+    dirty_from: Option<(u32, Handover, u32)>,
     /// CPU stores made while the device owned the buffer (offsets).
     owned_writes: RangeSet,
     /// Device writes since the last hand-over to the CPU (offsets).
     dev_written: RangeSet,
     history: Vec<HistoryEvent>,
+    /// Events left out of `history` (it keeps its first and latest ones).
+    skipped: u64,
     uncached_read_bytes: u64,
     uncached_read_ps: u64,
     /// The last device transfer in the history, to merge its pages into one event:
@@ -355,6 +365,17 @@ struct Entry {
     dmabuf_sync: Option<DmaBufSync>,
 }
 
+/// What last changed a streaming mapping's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handover {
+    /// The map or allocation.
+    Map,
+    /// A sync for the device.
+    ForDevice,
+    /// A sync for the CPU.
+    ForCpu,
+}
+
 /// A map event whose text is built lazily (most mappings never appear in a finding).
 #[derive(Debug, Clone)]
 struct MapEvent {
@@ -369,9 +390,10 @@ struct MapEvent {
 impl MapEvent {
     fn fill(&self, h: &mut [HistoryEvent]) {
         if let Some(ev) = h.get_mut(self.idx) {
-            let via = self
-                .bounce
-                .map_or(String::new(), |b| format!(" [bounced via swiotlb {b:#x}]"));
+            let via = self.bounce.map_or(String::new(), |b| {
+                format!(" [bounced: swiotlb slots at phys={b:#x}]")
+            });
+            // The bus address the map returned, then physical ones, labelled.
             ev.event = format!(
                 "{} → {:#x} [phys={:#x}] [size={}]{via}",
                 self.what, self.dev_addr, self.phys, self.size
@@ -382,6 +404,23 @@ impl MapEvent {
 }
 
 const HISTORY_MAX: usize = 48;
+
+/// A hash of the device and the script lines of a history's events, leaving out what the machine
+/// did on its own (prefetches, write-backs: they differ from one buffer to the next
+/// by chance): two findings with the same id, line and story lines are one mistake
+/// repeated.
+fn history_lines(device: Option<&str>, h: &[HistoryEvent]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    device.hash(&mut hasher);
+    let chance = |e: &HistoryEvent| {
+        e.line == 0 || e.event.ends_with("(background)") || e.event.contains("written back")
+    };
+    for e in h.iter().filter(|e| !chance(e)) {
+        e.line.hash(&mut hasher);
+    }
+    hasher.finish()
+}
 
 /// The physically contiguous runs `(phys, offset, len)` of a mapping of `size`
 /// bytes over the frames `pfns`, in order, sorted by `phys` (empty when the frames
@@ -428,8 +467,21 @@ impl Entry {
             }
         }
         if self.history.len() >= HISTORY_MAX {
-            // Keep the first events (allocation, map) and the most recent ones.
+            // Keep the first events (allocation, map), a marker that says how many
+            // were left out, and the most recent ones.
+            // Two removals: two events the first time (one slot goes to the
+            // marker), then the old marker and one event.
             self.history.remove(8);
+            self.history.remove(8);
+            self.skipped += if self.skipped == 0 { 2 } else { 1 };
+            self.history.insert(
+                8,
+                HistoryEvent {
+                    time_ns: ctx.time_ns,
+                    line: 0,
+                    event: format!("… {} earlier events skipped …", self.skipped).into(),
+                },
+            );
         }
         self.history.push(HistoryEvent {
             time_ns: ctx.time_ns,
@@ -514,6 +566,16 @@ impl Entry {
         h
     }
 
+    /// `" at line N"`: where the mapping was made (for messages), or nothing when
+    /// the machine made it.
+    fn mapped_at(&self) -> String {
+        self.map_event
+            .as_ref()
+            .and_then(|m| self.history.get(m.idx))
+            .filter(|ev| ev.line != 0)
+            .map_or(String::new(), |ev| format!(" made at line {}", ev.line))
+    }
+
     fn describe(&self) -> String {
         format!(
             "[device address={:#x}] [size={} bytes] [mapped with {}] [mapped as {}]",
@@ -542,6 +604,9 @@ impl Indexed for Entry {
         &self.runs
     }
 }
+
+/// The fix for `cpu-write-discarded`.
+const DISCARD_HELP: &str = "after the CPU modifies a DMA_FROM_DEVICE or DMA_BIDIRECTIONAL buffer, call dma_sync_single_for_device before the next sync for the CPU or the unmap (and store only between dma_sync_single_for_cpu and that sync); or map it DMA_TO_DEVICE if the device only reads it";
 
 /// Most live mappings a run may hold (a driver that never unmaps ends the run
 /// instead of eating host memory); dma-debug preallocates 65536 entries.
@@ -605,6 +670,9 @@ struct RecentUnmap {
     line: u32,
     history: Vec<HistoryEvent>,
     map_event: Option<MapEvent>,
+    /// The allocation the mapping lay in, and when it was freed since: (ns, line).
+    buffer: Option<u64>,
+    freed: Option<(u64, u32)>,
 }
 
 /// A timeline event the sanitizer saw: (track, what, kind, time in ns, script line).
@@ -621,6 +689,12 @@ pub struct Sanitizer {
     pub oracle: Oracle,
     findings: Vec<Finding>,
     seen: BTreeMap<(&'static str, u64, u32), usize>,
+    /// Findings by (id, line, hash of their history's lines): the same mistake
+    /// on another chunk or packet.
+    groups: BTreeMap<(&'static str, u32, u64), usize>,
+    /// The script line of the current call and, when it is inside script
+    /// functions, the lines of the calls that led there (innermost first).
+    pub callers: (u32, Vec<u32>),
     held: crate::fasthash::PageMap<(u64, u64)>,
     allowed: BTreeSet<String>,
     /// Findings not kept because [`MAX_FINDINGS`] were already recorded.
@@ -645,6 +719,8 @@ impl Sanitizer {
             oracle: Oracle::default(),
             findings: Vec::new(),
             seen: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            callers: (0, Vec::new()),
             held: Default::default(),
             allowed: BTreeSet::new(),
             suppressed: 0,
@@ -715,15 +791,27 @@ impl Sanitizer {
         if self.allowed.contains(id) {
             return;
         }
-        if let Some(&i) = self.seen.get(&(id, key, ctx.line)) {
-            // The same mistake again (a loop): keep one finding, and when this
-            // occurrence is the one that bit, let the finding describe it.
+        // The same mistake again: on the same mapping (a loop), or on another
+        // chunk or packet whose story has the same lines (a loop over a ring). One
+        // finding counts them; when this occurrence is the one that bit, the
+        // finding describes it.
+        let group = (id, ctx.line, history_lines(device, &history));
+        let same = self.seen.get(&(id, key, ctx.line)).copied();
+        let again = same.or_else(|| self.groups.get(&group).copied());
+        if let Some(i) = again {
             let f = &mut self.findings[i];
+            if same.is_none() {
+                // Another mapping (chunk, packet, buffer) with the same mistake.
+                self.seen.insert((id, key, ctx.line), i);
+                f.count += 1;
+            }
             if manifested == Some(true) && f.manifested != Some(true) {
                 f.manifested = Some(true);
                 f.message = message;
                 f.history = history;
                 f.time_ns = ctx.time_ns;
+                f.addr = addr;
+                f.len = len;
             }
             return;
         }
@@ -733,6 +821,12 @@ impl Sanitizer {
             return;
         }
         self.seen.insert((id, key, ctx.line), self.findings.len());
+        self.groups.insert(group, self.findings.len());
+        let called_from = if ctx.line != 0 && ctx.line == self.callers.0 {
+            self.callers.1.clone()
+        } else {
+            Vec::new()
+        };
         self.findings.push(Finding {
             id,
             severity: finding::severity_of(id),
@@ -742,6 +836,8 @@ impl Sanitizer {
             len,
             time_ns: ctx.time_ns,
             line: ctx.line,
+            called_from,
+            count: 1,
             message,
             help,
             history,
@@ -843,6 +939,8 @@ impl Sanitizer {
                         .hold(hw, p << crate::config::PAGE_SHIFT, crate::config::PAGE_SIZE);
                 }
             }
+            // An MMIO range holds no RAM to keep the truth of.
+            None if m.kind == MapKind::Resource => {}
             None => self.oracle.hold(hw, m.phys, m.size),
         }
         let mut history = Vec::with_capacity(4);
@@ -915,9 +1013,12 @@ impl Sanitizer {
             cpu_first,
             clobbered: false,
             cpu_dirty: RangeSet::default(),
+            owner_since: (Handover::Map, ctx.line),
+            dirty_from: None,
             owned_writes: RangeSet::default(),
             dev_written: RangeSet::default(),
             history,
+            skipped: 0,
             uncached_read_bytes: 0,
             uncached_read_ps: 0,
             last_dev: None,
@@ -950,6 +1051,9 @@ impl Sanitizer {
     }
 
     fn release_entry(oracle: &mut Oracle, hw: &mut Machine, e: &Entry) {
+        if e.kind == MapKind::Resource {
+            return;
+        }
         match &e.pages {
             Some(pfns) => {
                 for &p in pfns {
@@ -988,6 +1092,7 @@ impl Sanitizer {
         let what = match kind {
             MapKind::Coherent => "dma_free_coherent",
             MapKind::Noncoherent => "dma_free_noncoherent",
+            MapKind::Resource => "dma_unmap_resource",
             _ => "unmap",
         };
         let Some(id) = found else {
@@ -1112,7 +1217,7 @@ impl Sanitizer {
             );
         }
         if discards {
-            self.cpu_writes_discarded(hw, ctx, &e, hist.clone(), "dma_unmap");
+            self.cpu_writes_discarded(hw, ctx, &e, hist.clone(), what);
         }
         if e.dev_wrote_unsynced && !e.clobbered {
             // No eviction happened to write the allocation's dirty zeros over the
@@ -1163,13 +1268,16 @@ impl Sanitizer {
             line: ctx.line,
             history: e.history,
             map_event: e.map_event,
+            buffer: e.buffer,
+            freed: e.freed,
         });
     }
 
-    /// `cpu-write-discarded`: the CPU stored into a FROM_DEVICE/BIDIRECTIONAL
-    /// mapping after it was last handed to the device and never handed it back, and
-    /// now a sync for the CPU (the unmap's, or another) invalidates those lines or
-    /// copies the bounce buffer over them. Manifested when the bytes are gone.
+    /// `cpu-write-discarded` at an unmap: the CPU stored into a
+    /// FROM_DEVICE/BIDIRECTIONAL mapping after it was last handed to the device and
+    /// never handed it back, and the unmap syncs it for the CPU, which invalidates
+    /// those lines or copies the bounce buffer over them. Manifested when the bytes
+    /// are gone.
     fn cpu_writes_discarded(
         &mut self,
         hw: &Machine,
@@ -1178,13 +1286,7 @@ impl Sanitizer {
         hist: Vec<HistoryEvent>,
         by: &str,
     ) {
-        let mut lost = 0;
-        for &(s, t) in e.cpu_dirty.ranges() {
-            let mut now = vec![0u8; (t - s) as usize];
-            hw.cpu_view(e.phys + s, &mut now);
-            lost += self.oracle.diff(e.phys + s, &now, self.line).0;
-        }
-        let n = e.cpu_dirty.overlap(0, e.size);
+        let (msg, lost) = self.discard_message(hw, e, 0, e.size, by, ctx.line);
         self.report(
             "cpu-write-discarded",
             e.dev_addr,
@@ -1193,13 +1295,56 @@ impl Sanitizer {
             Some(e.dev_addr),
             Some(e.size),
             ctx,
-            format!(
-                "CPU stored {n} bytes into a {} mapping after dma_sync_single_for_cpu and did not hand it back with dma_sync_single_for_device; {by} synced it for the CPU again, which invalidates the cache lines (or copies the bounce buffer back) and discards them: {lost} bytes lost [device address={:#x}]",
-                e.dir.name(), e.dev_addr
-            ),
-            "after the CPU modifies a DMA_FROM_DEVICE or DMA_BIDIRECTIONAL buffer, call dma_sync_single_for_device before the next sync for the CPU or the unmap; or map it DMA_TO_DEVICE if the device only reads it".into(),
+            msg,
+            DISCARD_HELP.into(),
             hist,
         );
+    }
+
+    /// The message of `cpu-write-discarded` for the stores in `[s, t)` of `e` that
+    /// `by` at line `at` discards, naming the sequence that lost them (stored after a
+    /// sync for the CPU, or while the device owned the mapping), and the bytes lost.
+    fn discard_message(
+        &self,
+        hw: &Machine,
+        e: &Entry,
+        s: u64,
+        t: u64,
+        by: &str,
+        at: u32,
+    ) -> (String, u64) {
+        let mut lost = 0;
+        for &(a, b) in e.cpu_dirty.ranges() {
+            let (x, y) = (a.max(s), b.min(t));
+            if x < y {
+                let mut now = vec![0u8; (y - x) as usize];
+                hw.cpu_view(e.phys_at(x), &mut now);
+                lost += self.oracle.diff(e.phys_at(x), &now, self.line).0;
+            }
+        }
+        let n = e.cpu_dirty.overlap(s, t);
+        let dir = e.dir.name();
+        let stored = match e.dirty_from {
+            Some((l, Handover::ForCpu, h)) => format!(
+                "CPU stored {n} bytes into a {dir} mapping at line {l}, after the sync for the CPU at line {h}, and never handed them back with dma_sync_single_for_device"
+            ),
+            Some((l, Handover::ForDevice, h)) => format!(
+                "CPU stored {n} bytes into a {dir} mapping at line {l} while {} owned it (after the sync for the device at line {h}, with no sync for the CPU first)",
+                e.dev_name
+            ),
+            Some((l, Handover::Map, h)) => format!(
+                "CPU stored {n} bytes into a {dir} mapping at line {l} while {} owned it (mapped at line {h}, with no sync for the CPU first)",
+                e.dev_name
+            ),
+            None => format!("CPU stored {n} bytes into a {dir} mapping and never handed them back with dma_sync_single_for_device"),
+        };
+        (
+            format!(
+                "{stored}; {by} at line {at} synced it for the CPU, which invalidates those cache lines (or copies the bounce buffer over them) and discards the stores: {lost} bytes lost there [device address={:#x}]",
+                e.dev_addr
+            ),
+            lost,
+        )
     }
 
     fn cpu_wrote_device_owned(
@@ -1330,6 +1475,7 @@ impl Sanitizer {
                 }
             }
         }
+        let mut discarded = None;
         let hist = {
             let e = self.entries.get_mut(id);
             e.push(ctx, format!("{call} {addr:#x} size={size} {}", dir.name()));
@@ -1337,10 +1483,23 @@ impl Sanitizer {
             if for_cpu {
                 e.device_owns = false;
                 e.dev_written.remove(s, t);
+                e.owner_since = (Handover::ForCpu, ctx.line);
+                // Stores not handed back to the device: this sync invalidates the
+                // lines that hold them (or copies the bounce slots over them).
+                if e.dir != DmaDirection::ToDevice
+                    && e.dmabuf.is_none()
+                    && e.cpu_dirty.overlap(s, t) > 0
+                {
+                    discarded = Some((s, t));
+                }
             } else {
                 e.device_owns = true;
                 e.handed_over = true;
+                e.owner_since = (Handover::ForDevice, ctx.line);
                 e.cpu_dirty.remove(s, t);
+                if e.cpu_dirty.is_empty() {
+                    e.dirty_from = None;
+                }
                 let touched = e.owned_writes.overlap(s, t);
                 if let (true, Some(n)) = (touched > 0, e.dmabuf) {
                     problems.push((
@@ -1376,11 +1535,34 @@ impl Sanitizer {
                 }
                 e.owned_writes.remove(s, t);
             }
-            if problems.is_empty() {
+            if problems.is_empty() && discarded.is_none() {
                 return;
             }
             e.snapshot()
         };
+        if let Some((s, t)) = discarded {
+            let e = self.entries.get(id);
+            let (msg, lost) = self.discard_message(hw, e, s, t, call, ctx.line);
+            let (dev_addr, size) = (e.dev_addr, e.size);
+            self.report(
+                "cpu-write-discarded",
+                dev_addr,
+                Some(lost > 0),
+                Some(dev_name),
+                Some(dev_addr),
+                Some(size),
+                ctx,
+                msg,
+                DISCARD_HELP.into(),
+                hist.clone(),
+            );
+            let e = self.entries.get_mut(id);
+            e.cpu_dirty.remove(s, t);
+            e.owned_writes.remove(s, t);
+            if e.cpu_dirty.is_empty() {
+                e.dirty_from = None;
+            }
+        }
         let key = self.group_key(id);
         for (pid, msg, help, manifested) in problems {
             self.report(
@@ -1664,6 +1846,9 @@ impl Sanitizer {
                 continue;
             }
             let ot = os + (t - s);
+            if e.cpu_dirty.is_empty() {
+                e.dirty_from = Some((ctx.line, e.owner_since.0, e.owner_since.1));
+            }
             e.cpu_dirty.insert(os, ot);
             e.dev_written.remove(os, ot);
             if e.device_owns {
@@ -1788,8 +1973,8 @@ impl Sanitizer {
                     "dir-violation",
                     None,
                     format!(
-                        "{} wrote {len} bytes into a DMA_TO_DEVICE mapping [device address={:#x}]",
-                        a.dev_name, a.bus
+                        "{} wrote {len} bytes into a DMA_TO_DEVICE mapping{} [device address={:#x}]",
+                        a.dev_name, e.mapped_at(), a.bus
                     ),
                     "map with DMA_FROM_DEVICE or DMA_BIDIRECTIONAL if the device writes the buffer"
                         .into(),
@@ -1836,8 +2021,10 @@ impl Sanitizer {
                     "dir-violation",
                     None,
                     format!(
-                        "{} read {len} bytes of a DMA_FROM_DEVICE mapping [device address={:#x}]",
-                        a.dev_name, a.bus
+                        "{} read {len} bytes of a DMA_FROM_DEVICE mapping{} [device address={:#x}]",
+                        a.dev_name,
+                        e.mapped_at(),
+                        a.bus
                     ),
                     "map with DMA_TO_DEVICE or DMA_BIDIRECTIONAL if the device reads the buffer"
                         .into(),
@@ -1916,7 +2103,7 @@ impl Sanitizer {
             (FaultKind::Permission, Some(id)) => {
                 let e = self.entries.get(id);
                 (
-                    format!("a {verb} into a mapping the IOMMU maps read-only (mapped with {})", e.dir.name()),
+                    format!("a {verb} into a mapping the IOMMU maps read-only (mapped with {}{})", e.dir.name(), e.mapped_at()),
                     "map with DMA_FROM_DEVICE or DMA_BIDIRECTIONAL if the device writes the buffer".to_string(),
                     e.snapshot(),
                 )
@@ -2151,6 +2338,47 @@ impl Sanitizer {
             );
             return;
         }
+        if let Some(u) = self.recent_unmap(a) {
+            // dma-direct: the unmap changed nothing the device sees, so the access
+            // reached the memory, which the driver may also have freed by now.
+            let mut hist = u.history.clone();
+            if let Some(m) = &u.map_event {
+                m.fill(&mut hist);
+            }
+            let freed = u.freed.map_or(String::new(), |(t, l)| {
+                hist.push(HistoryEvent {
+                    time_ns: t,
+                    line: l,
+                    event: "the buffer was freed".into(),
+                });
+                format!(" and its memory freed at line {l}")
+            });
+            let unmapped = format!("unmapped at line {} ({} ns){freed}", u.line, u.time_ns);
+            hist.sort_by_key(|h| h.time_ns);
+            hist.push(HistoryEvent {
+                time_ns: ctx.time_ns,
+                line: ctx.line,
+                event: format!(
+                    "{} did a {verb} of {len} bytes at {:#x} after the unmap",
+                    a.dev_name, a.bus
+                )
+                .into(),
+            });
+            self.report_access(
+                "dma-after-unmap",
+                a.bus,
+                Some(a.pa.is_some()),
+                a,
+                ctx,
+                format!(
+                    "{} did a {verb} of {len} bytes at bus address {:#x}, {unmapped}: without an IOMMU nothing stops a device from using an address after its unmap, so {reached}, memory that may belong to someone else by now",
+                    a.dev_name, a.bus
+                ),
+                "stop the device (and wait for it) before dma_unmap_* and before freeing the buffer".into(),
+                hist,
+            );
+            return;
+        }
         self.report_access("dma-outside-mapping", a.bus, Some(a.pa.is_some()), a, ctx, format!(
                 "{} did a {verb} of {len} bytes at bus address {:#x}, which no live mapping of it covers; {reached}",
                 a.dev_name, a.bus
@@ -2164,6 +2392,13 @@ impl Sanitizer {
     pub fn free_buffer(&mut self, hw: &mut Machine, ctx: Ctx, id: u64) {
         if let Some((pa, len)) = self.held.remove(&id) {
             self.oracle.release(hw, pa, len);
+        }
+        // Mappings unmapped a moment ago: a device still using one without an IOMMU
+        // now reaches memory the allocator may hand to someone else.
+        for u in self.recent_unmaps.iter_mut() {
+            if u.buffer == Some(id) && u.freed.is_none() {
+                u.freed = Some((ctx.time_ns, ctx.line));
+            }
         }
         // Mappings still alive over the freed memory: a device using them writes into
         // memory the allocator may already have handed to someone else.
@@ -2187,6 +2422,7 @@ impl Sanitizer {
                         .to_string()
                 }
                 MapKind::Noncoherent => "free dma_alloc_noncoherent buffers with dma_free_noncoherent before the driver goes away".to_string(),
+                MapKind::Resource => "undo every dma_map_resource with dma_unmap_resource when the transfers are done".to_string(),
                 _ => format!(
                     "unmap every mapping (dma_unmap_{}) when the device is done with it",
                     if e.kind == MapKind::Page {

@@ -11,6 +11,7 @@ pub mod dma;
 pub mod dmaengine;
 pub mod iommu;
 pub mod mm;
+pub mod page_pool;
 
 use std::collections::BTreeMap;
 
@@ -139,6 +140,8 @@ pub struct Buffer {
     pub dev: Option<usize>,
     /// Allocation event for histories.
     pub alloc: HistoryEvent,
+    /// Device-managed (`dmam_alloc_coherent`): devres frees it at driver unbind.
+    pub managed: bool,
     /// How to give the memory back.
     pub(crate) backing: Backing,
 }
@@ -163,6 +166,7 @@ impl Buffer {
             dma: None,
             dev: None,
             alloc,
+            managed: false,
             backing,
         }
     }
@@ -291,6 +295,8 @@ pub struct Kernel {
     pub netdev_rx: crate::uapi::pmd::RxPathStats,
     /// DMA pools (`dma_pool_create`) by id, destroyed ones included.
     pub dma_pools: Vec<mm::dmapool::DmaPool>,
+    /// Page pools (`page_pool_create`) by id, destroyed ones included.
+    pub page_pools: Vec<page_pool::PagePool>,
     /// Live dma-bufs by id (`uapi::dmabuf`).
     pub dmabufs: BTreeMap<u64, crate::uapi::dmabuf::DmaBuf>,
     /// Their attachments by id.
@@ -356,6 +362,7 @@ impl Kernel {
             next_pmd: 1,
             netdev_rx: Default::default(),
             dma_pools: Vec::new(),
+            page_pools: Vec::new(),
             dmabufs: BTreeMap::new(),
             dmabuf_attachments: BTreeMap::new(),
             next_dmabuf: 1,
@@ -466,6 +473,8 @@ pub mod errno {
     pub const ENOENT: i64 = 2;
     /// I/O error.
     pub const EIO: i64 = 5;
+    /// No such device or address (`dma_mmap_pages` of a vma larger than the buffer).
+    pub const ENXIO: i64 = 6;
     /// Bad file number.
     pub const EBADF: i64 = 9;
     /// Out of memory.

@@ -57,9 +57,19 @@ pub fn render(r: &Report, color: bool) -> String {
             st.paint(code, &format!("{word}[{}]", f.id)),
             st.paint("1", &f.message)
         );
+        // Inside script functions: the call chain, innermost first (82 ← 140 ← 171).
+        let chain: String = f.called_from.iter().map(|l| format!(" ← {l}")).collect();
+        let times = if f.count > 1 {
+            format!(
+                " (seen {} times at this line: the same mistake on each chunk, packet or buffer)",
+                f.count
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             o,
-            "  {} {}:{} at {}",
+            "  {} {}:{}{chain} at {}{times}",
             st.paint("34", "-->"),
             r.script,
             f.line,

@@ -29,6 +29,30 @@ fn line(ctx: &NativeCallContext) -> u32 {
     ctx.call_position().line().unwrap_or(0) as u32
 }
 
+/// Tells the sanitizer the lines of the script-function calls that led to this
+/// call (Rhai's call stack, kept because `build_engine` registers a debugger),
+/// innermost first, so that a finding inside a function shows `82 ← 140 ← 171`.
+fn note_callers(sys: &mut System, ctx: &NativeCallContext) {
+    let here = ctx.call_position();
+    let callers = &mut sys.check.callers;
+    callers.0 = line(ctx);
+    callers.1.clear();
+    let Some(dbg) = ctx.debugger() else {
+        return;
+    };
+    let mut frames = dbg.call_stack().iter().rev().peekable();
+    // The top frame is this native call itself.
+    if frames.peek().is_some_and(|f| f.pos == here) {
+        frames.next();
+    }
+    callers.1.extend(
+        frames
+            .filter_map(|f| f.pos.line())
+            .map(|l| l as u32)
+            .take(16),
+    );
+}
+
 /// Runs `f` on the booted system with the call's line set.
 pub(super) fn with_sys<T>(
     s: &Shared,
@@ -41,6 +65,7 @@ pub(super) fn with_sys<T>(
         .as_mut()
         .ok_or_else(|| err(ctx, "call boot(preset) before anything else"))?;
     sys.line = line(ctx);
+    note_callers(sys, ctx);
     let t0 = sys.hw.now_ps();
     let r = f(sys);
     if sys.recorder.is_some() {
@@ -379,9 +404,13 @@ fn register_constants(engine: &mut Engine) {
             "DMA_ATTR_WEAK_ORDERING" => crate::kernel::dma::DMA_ATTR_WEAK_ORDERING as INT,
             "DMA_ATTR_SKIP_CPU_SYNC" => crate::kernel::dma::DMA_ATTR_SKIP_CPU_SYNC as INT,
             "PAGE_SIZE" => PAGE_SIZE as INT,
+            // include/net/page_pool/types.h.
+            "PP_FLAG_DMA_MAP" => crate::kernel::page_pool::PP_FLAG_DMA_MAP as INT,
+            "PP_FLAG_DMA_SYNC_DEV" => crate::kernel::page_pool::PP_FLAG_DMA_SYNC_DEV as INT,
             "EPERM" => errno::EPERM,
             "ENOENT" => errno::ENOENT,
             "EIO" => errno::EIO,
+            "ENXIO" => errno::ENXIO,
             "ENOMEM" => errno::ENOMEM,
             "EFAULT" => errno::EFAULT,
             "EBUSY" => errno::EBUSY,
@@ -872,14 +901,51 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             alloc_coherent(&s1, &ctx, &d, &size, gfp as u64)
         },
     );
+    // dma_alloc_wc (include/linux/dma-mapping.h): dma_alloc_attrs with
+    // DMA_ATTR_WRITE_COMBINE. dma_pgprot (kernel/dma/mapping.c) gives a coherent
+    // device the cacheable mapping anyway, and on arm64 and ARMv7
+    // pgprot_writecombine is pgprot_dmacoherent (Normal-NC, ARMv7 bufferable):
+    // the same memory as dma_alloc_coherent.
+    for name in ["dma_alloc_wc", "dmam_alloc_coherent"] {
+        let s1 = s.clone();
+        let managed = name == "dmam_alloc_coherent";
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext,
+                  d: DeviceObj,
+                  size: Dynamic,
+                  _gfp: INT|
+                  -> RResult<Dynamic> {
+                let n = size_of(&ctx, &size, name)?;
+                if n > 1 << 40 {
+                    return Ok(Dynamic::UNIT);
+                }
+                let id = with_sys(&s1, &ctx, |sys| {
+                    if managed {
+                        sys.dmam_alloc_coherent(d.idx, n)
+                    } else {
+                        sys.dma_alloc_coherent(d.idx, n)
+                    }
+                })?;
+                Ok(opt_buffer(&s1, id))
+            },
+        );
+    }
+    // dma_free_wc is dma_free_attrs with DMA_ATTR_WRITE_COMBINE: dma_free_coherent.
+    for name in ["dma_free_coherent", "dma_free_wc"] {
+        let s1 = s.clone();
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic, b: BufferObj| {
+                let n = size_of(&ctx, &size, name)?;
+                with_sys(&s1, &ctx, |sys| sys.dma_free_coherent(d.idx, n, b.id))
+            },
+        );
+    }
     let s1 = s.clone();
-    engine.register_fn(
-        "dma_free_coherent",
-        move |ctx: NativeCallContext, d: DeviceObj, size: Dynamic, b: BufferObj| {
-            let n = size_of(&ctx, &size, "dma_free_coherent")?;
-            with_sys(&s1, &ctx, |sys| sys.dma_free_coherent(d.idx, n, b.id))
-        },
-    );
+    engine.register_fn("dma_get_cache_alignment", move |ctx: NativeCallContext| {
+        with_sys(&s1, &ctx, |sys| Ok(sys.dma_get_cache_alignment() as INT))
+    });
     let s1 = s.clone();
     engine.register_fn(
         "dma_alloc_noncoherent",
@@ -1043,6 +1109,42 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             },
         );
     }
+    // dma_map_resource / dma_unmap_resource (kernel/dma/mapping.c): an MMIO range
+    // (a peripheral FIFO) for device-to-device DMA; attrs change nothing (no CPU
+    // sync is ever done for a resource).
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_map_resource",
+        move |ctx: NativeCallContext,
+              d: DeviceObj,
+              phys: INT,
+              size: Dynamic,
+              dir: INT,
+              _attrs: INT| {
+            let dir = dir_of(&ctx, dir)?;
+            let n = size_of(&ctx, &size, "dma_map_resource")?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.dma_map_resource(d.idx, phys as u64, n, dir)
+                    .map(|a| a as INT)
+            })
+        },
+    );
+    let s1 = s.clone();
+    engine.register_fn(
+        "dma_unmap_resource",
+        move |ctx: NativeCallContext,
+              d: DeviceObj,
+              addr: INT,
+              size: Dynamic,
+              dir: INT,
+              _attrs: INT| {
+            let dir = dir_of(&ctx, dir)?;
+            let n = size_of(&ctx, &size, "dma_unmap_resource")?;
+            with_sys(&s1, &ctx, |sys| {
+                sys.dma_unmap_resource(d.idx, addr as u64, n, dir)
+            })
+        },
+    );
     // dma_sync_single_range_*: the sync of `size` bytes at `addr + offset`.
     for (name, for_cpu) in [
         ("dma_sync_single_range_for_cpu", true),

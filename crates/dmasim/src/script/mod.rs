@@ -11,6 +11,7 @@ mod dmaengine;
 mod dmapool;
 mod mmap;
 mod noncontiguous;
+mod page_pool;
 mod resolve;
 mod ring;
 mod values;
@@ -72,6 +73,8 @@ pub(crate) struct Session {
 
 pub(crate) type Shared = Rc<RefCell<Session>>;
 
+// register_debugger is "volatile", not deprecated (its own note says so).
+#[allow(deprecated)]
 fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
     let mut engine = Engine::new();
     engine
@@ -81,6 +84,12 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
         .set_max_string_size(1 << 20)
         .set_max_array_size(1 << 24)
         .set_max_map_size(1 << 14);
+    // A debugger that never stops: it makes Rhai keep its call stack, from which
+    // a finding inside a script function gets its call chain (`api::with_sys`).
+    engine.register_debugger(
+        |_, dbg| dbg,
+        |_, _, _, _, _| Ok(rhai::debugger::DebuggerCommand::Continue),
+    );
     api::register(&mut engine, session);
     dmabuf::register(&mut engine, session);
     dmapool::register(&mut engine, session);
@@ -88,6 +97,7 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
     noncontiguous::register(&mut engine, session);
     dmaengine::register(&mut engine, session);
     ring::register(&mut engine, session);
+    page_pool::register(&mut engine, session);
     engine
 }
 

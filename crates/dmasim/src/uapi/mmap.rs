@@ -178,6 +178,42 @@ impl System {
         self.map_frames(pid, &pfns, memtype)
     }
 
+    /// `dma_mmap_pages(dev, vma, size, page)` (kernel/dma/mapping.c) for an mmap of
+    /// `vma_len` bytes by process `pid`: the driver's mmap of a `dma_alloc_pages` /
+    /// `dma_alloc_noncoherent` buffer of `size` bytes. Linux maps the pages with
+    /// `remap_pfn_range(..., vma->vm_page_prot)`: cacheable, which is right for this
+    /// memory (the driver syncs it like a streaming mapping). `Err(-ENXIO)` when
+    /// the vma is larger than `PAGE_ALIGN(size)`.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown device, process or buffer, or a `size`
+    /// beyond the buffer's pages.
+    pub fn dma_mmap_pages(
+        &mut self,
+        dev: usize,
+        pid: u32,
+        size: u64,
+        buffer: u64,
+        vma_len: u64,
+    ) -> Result<std::result::Result<u64, i64>> {
+        self.device_checked(dev, "dma_mmap_pages")?;
+        self.step();
+        let count = size.div_ceil(PAGE_SIZE);
+        let pages = vma_len.div_ceil(PAGE_SIZE);
+        if pages == 0 || pages > count {
+            return Ok(Err(-crate::kernel::errno::ENXIO));
+        }
+        let pfns = self.buffer_frames(buffer)?;
+        if count > pfns.len() as u64 {
+            return Err(SimError::Invalid(format!(
+                "dma_mmap_pages: size {size} is beyond buffer #{buffer}'s {} page(s)",
+                pfns.len()
+            )));
+        }
+        self.map_frames(pid, &pfns[..pages as usize], MemType::Normal)
+            .map(Ok)
+    }
+
     /// `remap_pfn_range(vma, addr, pfn, size, prot)` of every page of the kernel
     /// buffer into process `pid`: the user address of the first page (the buffer's
     /// bytes start at its offset in that page). A cacheable mapping of a coherent

@@ -38,6 +38,20 @@ pub enum BounceWhy {
     Untrusted,
 }
 
+impl BounceWhy {
+    /// Why a mapping bounced, in words (for histories).
+    pub fn reason(self) -> &'static str {
+        match self {
+            BounceWhy::Forced => "swiotlb=force",
+            BounceWhy::BeyondLimit => "the buffer is beyond what the device can address",
+            BounceWhy::KmallocUnaligned => {
+                "a small kmalloc buffer that is not whole cache lines, for a non-coherent device"
+            }
+            BounceWhy::Untrusted => "an untrusted device must not see the rest of the IOVA page",
+        }
+    }
+}
+
 impl crate::kernel::Kernel {
     /// `swiotlb_init_remap()`: reserves the pool with `memblock_alloc_low` below the
     /// plan's limit, halving it (to whole sets, down to `IO_TLB_MIN_SLABS`) while
@@ -151,7 +165,9 @@ impl System {
             t.first = Some((
                 ctx.time_ns,
                 ctx.line,
-                format!("{size} bytes at phys {pa:#x} bounced via swiotlb {tlb:#x} ({why:?})"),
+                // Physical addresses only: the buffer's and the slots' (the bus
+                // address the device got is in the map event).
+                format!("{size} bytes at phys {pa:#x} bounced through the swiotlb slots at phys {tlb:#x} ({})", why.reason()),
             ));
         }
         if why == BounceWhy::BeyondLimit && t.beyond_limit == 0 {

@@ -46,7 +46,7 @@ impl System {
 
     /// `dma_limit` of `iommu_dma_alloc_iova`: `min_not_zero(mask, bus_dma_limit)`,
     /// capped at the aperture (48-bit IAS).
-    fn iommu_dma_limit(&self, dev: usize, coherent_mask: bool) -> u64 {
+    pub(crate) fn iommu_dma_limit(&self, dev: usize, coherent_mask: bool) -> u64 {
         let d = &self.kernel.devices[dev];
         let l = if coherent_mask {
             d.coherent_limit()
@@ -125,7 +125,7 @@ impl System {
 
     /// `__iommu_dma_map`: IOVA for `[phys, phys+size)` mapped with `prot`; the
     /// returned address keeps the offset inside the granule.
-    fn iommu_dma_map_raw(
+    pub(crate) fn iommu_dma_map_raw(
         &mut self,
         dev: usize,
         phys: u64,

@@ -729,6 +729,50 @@ impl System {
         self.check.free_buffer(&mut self.hw, ctx, b.id);
     }
 
+    /// `dmam_alloc_coherent(dev, size, &handle, gfp)` (kernel/dma/mapping.c):
+    /// `dma_alloc_coherent` plus a devres entry (`dmam_release`) that frees the
+    /// buffer when the driver unbinds, so it is no leak at `remove_device`.
+    ///
+    /// # Errors
+    /// As [`System::dma_alloc_coherent`].
+    pub fn dmam_alloc_coherent(&mut self, dev: usize, size: u64) -> Result<Option<u64>> {
+        let id = self.dma_alloc_coherent(dev, size)?;
+        if let Some(b) = id.and_then(|id| self.kernel.buffers.get_mut(&id)) {
+            b.managed = true;
+        }
+        Ok(id)
+    }
+
+    /// devres at driver unbind (`devres_release_all`, newest first): every live
+    /// `dmam_alloc_coherent` buffer of `dev` is freed with `dma_free_coherent`.
+    ///
+    /// # Errors
+    /// As [`System::dma_free_coherent`].
+    pub(crate) fn dmam_coherent_release(&mut self, dev: usize) -> Result<()> {
+        let mut ids: Vec<(u64, u64)> = self
+            .kernel
+            .buffers
+            .values()
+            .filter(|b| b.managed && b.dev == Some(dev) && b.kind == BufKind::Coherent)
+            .map(|b| (b.id, b.len))
+            .collect();
+        ids.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
+        for (id, len) in ids {
+            self.dma_free_coherent(dev, len, id)?;
+        }
+        Ok(())
+    }
+
+    /// `dma_get_cache_alignment()` (include/linux/dma-mapping.h): the alignment a
+    /// buffer shared with a non-coherent device needs so that no other data shares
+    /// its cache lines. Linux returns `ARCH_DMA_MINALIGN` (arm64 128, ARMv7
+    /// `L1_CACHE_BYTES`); the model returns the platform's cache-line size, the
+    /// granule its cache maintenance really works on. Kept in this one function so
+    /// that a platform field for the write-back granule can replace it.
+    pub fn dma_get_cache_alignment(&self) -> u64 {
+        u64::from(self.cfg.l1.line.max(self.cfg.l2.line))
+    }
+
     /// `remove_device`: driver unbind. dma-debug reports the device's live mappings.
     ///
     /// # Errors
@@ -738,6 +782,7 @@ impl System {
         self.step();
         // devres runs before the bus notifier that makes dma-debug look for leaks.
         self.dmam_pools_release(dev)?;
+        self.dmam_coherent_release(dev)?;
         let ctx = self.ctx();
         self.check
             .leaks(&mut self.hw, ctx, Some(dev), "while released from device");

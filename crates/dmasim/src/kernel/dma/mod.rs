@@ -7,6 +7,7 @@ pub mod iommu;
 pub mod mapping;
 pub mod noncoherent;
 pub mod noncontiguous;
+pub mod resource;
 pub mod sg;
 pub mod swiotlb;
 
