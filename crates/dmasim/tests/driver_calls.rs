@@ -8,10 +8,21 @@ mod common;
 
 use common::{finding, ids, log_has, ok, script};
 
-/// include/linux/dma-mapping.h dma_get_cache_alignment: the model answers with the
-/// platform's cache line, so a boot with 128-byte lines gives 128.
+/// include/linux/dma-mapping.h dma_get_cache_alignment: arm64's cache_line_size()
+/// (the CTR_EL0.CWG write-back granule, 64 on A53, never below the line the model
+/// runs), 1 on x86 (no non-coherent DMA).
 #[test]
 fn dma_get_cache_alignment_is_the_platforms_cache_line() {
+    let (r, _) = script(
+        r#"boot("arm64-noncoherent", #{ noise: "off" });
+        expect_eq(dma_get_cache_alignment(), 64, "CTR_EL0.CWG on a Cortex-A53");"#,
+    );
+    ok(&r);
+    let (r, _) = script(
+        r#"boot("x86-64", #{ noise: "off" });
+        expect_eq(dma_get_cache_alignment(), 1, "x86: coherent DMA only");"#,
+    );
+    ok(&r);
     let (r, _) = script(
         r#"boot("arm64-noncoherent", #{ noise: "off", cache: #{ line: 128 } });
         expect_eq(dma_get_cache_alignment(), 128, "128-byte lines");"#,

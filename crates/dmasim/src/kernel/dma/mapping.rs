@@ -765,12 +765,11 @@ impl System {
 
     /// `dma_get_cache_alignment()` (include/linux/dma-mapping.h): the alignment a
     /// buffer shared with a non-coherent device needs so that no other data shares
-    /// its cache lines. Linux returns `ARCH_DMA_MINALIGN` (arm64 128, ARMv7
-    /// `L1_CACHE_BYTES`); the model returns the platform's cache-line size, the
-    /// granule its cache maintenance really works on. Kept in this one function so
-    /// that a platform field for the write-back granule can replace it.
+    /// its cache lines — on arm64 `cache_line_size()`, the CTR_EL0 write-back
+    /// granule (64 on A53/A72), on ARMv7 `ARCH_DMA_MINALIGN`, 1 on x86: the one
+    /// platform rule in [`crate::config::PlatformConfig::dma_get_cache_alignment`].
     pub fn dma_get_cache_alignment(&self) -> u64 {
-        u64::from(self.cfg.l1.line.max(self.cfg.l2.line))
+        self.cfg.dma_get_cache_alignment()
     }
 
     /// `remove_device`: driver unbind. dma-debug reports the device's live mappings.
