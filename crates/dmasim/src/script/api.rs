@@ -1956,11 +1956,11 @@ fn short(v: &Dynamic) -> String {
             if b.len() > 8 { " …" } else { "" }
         );
     }
+    // Cut at a character, not a byte: a value is user text (any UTF-8).
     let s = v.to_string();
-    if s.len() > 60 {
-        format!("{}…", &s[..60])
-    } else {
-        s
+    match s.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s,
     }
 }
 
