@@ -25,6 +25,11 @@ pub const DEFAULT_MEMORY_CAP: u64 = 4 << 30;
 pub const MAX_ACCESS: u64 = 256 << 20;
 /// Device transfers that may be in flight at once.
 pub const MAX_JOBS_IN_FLIGHT: usize = 4096;
+/// Default bound on a run's simulated time: one hour (`--max-sim-time`).
+pub const DEFAULT_MAX_SIM_TIME_NS: u64 = 3_600 * 1_000_000_000;
+/// Largest `--max-sim-time` accepted: 100 days, so that the clock (picoseconds in a
+/// `u64`, about 213 days) and every time computed from it keep their headroom.
+pub const MAX_SIM_TIME_NS: u64 = 100 * 86_400 * 1_000_000_000;
 /// Noise points at most per `run_for`/`wait` (one per simulated µs up to this).
 const MAX_NOISE_POINTS_PER_WAIT: u64 = 256;
 
@@ -37,6 +42,14 @@ pub enum SimError {
         /// The cap, formatted.
         cap: String,
     },
+    /// The run's simulated time passed its bound.
+    #[error(
+        "time limit: the run would pass {limit} of simulated time (raise it with --max-sim-time)"
+    )]
+    SimTimeLimit {
+        /// The bound, formatted.
+        limit: String,
+    },
     /// A CPU access to an address with no mapping: a kernel oops in Linux.
     #[error("Unable to handle kernel paging request at virtual address {0:#018x}")]
     PagingRequest(u64),
@@ -46,6 +59,17 @@ pub enum SimError {
     /// A bad platform configuration.
     #[error("platform: {0}")]
     Config(String),
+}
+
+impl SimError {
+    /// A limit of the simulator (host memory, simulated time) rather than a bad
+    /// call: a script cannot catch it, and the run ends with exit 2.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            SimError::MemoryCap { .. } | SimError::SimTimeLimit { .. }
+        )
+    }
 }
 
 /// Result alias for simulator failures.
@@ -72,6 +96,9 @@ pub struct RunOptions {
     pub memory_cap: u64,
     /// Record the timeline, buffers and cache snapshots for `--html` / `--trace`.
     pub record: bool,
+    /// Simulated nanoseconds the run may last (`--max-sim-time`; at most
+    /// [`MAX_SIM_TIME_NS`]).
+    pub max_sim_time_ns: u64,
 }
 
 impl Default for RunOptions {
@@ -80,6 +107,7 @@ impl Default for RunOptions {
             seed: 0,
             memory_cap: DEFAULT_MEMORY_CAP,
             record: false,
+            max_sim_time_ns: DEFAULT_MAX_SIM_TIME_NS,
         }
     }
 }
@@ -102,9 +130,11 @@ pub struct Job {
 
 impl Job {
     fn time_at(&self, bytes: u64) -> u64 {
-        self.start_ps
-            + self.latency_ps
-            + (u128::from(bytes) * u128::from(self.ps_per_kib) / 1024) as u64
+        // Saturates: the run's time bound refuses any wait that would get here.
+        let t = u128::from(self.start_ps)
+            + u128::from(self.latency_ps)
+            + u128::from(bytes) * u128::from(self.ps_per_kib) / 1024;
+        u64::try_from(t).unwrap_or(u64::MAX)
     }
 
     fn next_time(&self) -> Option<u64> {
@@ -146,6 +176,11 @@ pub struct System {
     /// Pending pieces in time order: (time in ps, job id).
     queue: BTreeSet<(u64, u64)>,
     next_job: u64,
+    /// The simulated time the run may reach, in ps.
+    max_sim_ps: u64,
+    /// A limit the run hit; every later call fails with it (a script cannot go on
+    /// past a limit by catching the error).
+    limit_hit: Option<SimError>,
 }
 
 impl System {
@@ -218,6 +253,8 @@ impl System {
             jobs: BTreeMap::new(),
             queue: BTreeSet::new(),
             next_job: 1,
+            max_sim_ps: opts.max_sim_time_ns.min(MAX_SIM_TIME_NS) * 1000,
+            limit_hit: None,
         };
         sys.printk(
             "",
@@ -369,8 +406,14 @@ impl System {
         ));
     }
 
-    /// Fails when a simulator limit was hit during the last operation.
+    /// Fails when a simulator limit was hit during the last operation or before.
     pub fn check_limits(&self) -> Result<()> {
+        if let Some(e) = &self.limit_hit {
+            return Err(e.clone());
+        }
+        if self.hw.now_ps() > self.max_sim_ps {
+            return Err(self.time_limit());
+        }
         if self.hw.dram.cap_exceeded() {
             return Err(SimError::MemoryCap {
                 cap: human_size(self.hw.dram.cap_frames() * PAGE_SIZE),
@@ -634,12 +677,14 @@ impl System {
     /// # Errors
     /// [`SimError::Invalid`] for an unknown job.
     pub fn wait(&mut self, job: u64) -> Result<Option<Vec<u8>>> {
+        self.check_limits()?;
         let mut end = self
             .jobs
             .get(&job)
             .ok_or_else(|| SimError::Invalid(format!("no DMA job #{job} (already waited for?)")))?
             .end_ps();
         loop {
+            self.refuse_past_limit(end)?;
             self.idle_until(end);
             // IOTLB misses may have pushed the end back.
             let later = self.jobs[&job].end_ps();
@@ -672,10 +717,34 @@ impl System {
     }
 
     /// Lets `ns` of simulated time pass with background activity.
+    ///
+    /// # Errors
+    /// [`SimError::SimTimeLimit`] when the wait would pass the run's time bound (the
+    /// clock does not move then).
     pub fn run_for(&mut self, ns: u64) -> Result<()> {
+        self.check_limits()?;
         let end = self.hw.now_ps().saturating_add(ns.saturating_mul(1000));
+        self.refuse_past_limit(end)?;
         self.idle_until(end);
         self.check_limits()
+    }
+
+    /// The error of a run that would pass its simulated-time bound.
+    fn time_limit(&self) -> SimError {
+        SimError::SimTimeLimit {
+            limit: crate::units::human_duration_ns(self.max_sim_ps / 1000),
+        }
+    }
+
+    /// Refuses (and remembers, so that every later call fails too) a wait that
+    /// would take the clock past the run's bound.
+    fn refuse_past_limit(&mut self, end_ps: u64) -> Result<()> {
+        if end_ps > self.max_sim_ps {
+            let e = self.time_limit();
+            self.limit_hit = Some(e.clone());
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn idle_until(&mut self, end_ps: u64) {

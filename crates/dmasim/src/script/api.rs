@@ -25,6 +25,17 @@ pub(super) fn err(ctx: &NativeCallContext, msg: impl Into<String>) -> Box<EvalAl
     EvalAltResult::ErrorRuntime(msg.into().into(), ctx.call_position()).into()
 }
 
+/// A simulator failure as a Rhai error: a limit (host memory, simulated time) ends
+/// the run whatever the script does (`ErrorTerminated` cannot be caught by
+/// `try`/`catch`); anything else is an ordinary runtime error at the call.
+pub(super) fn sim_err(ctx: &NativeCallContext, e: SimError) -> Box<EvalAltResult> {
+    if e.is_limit() {
+        EvalAltResult::ErrorTerminated(e.to_string().into(), ctx.call_position()).into()
+    } else {
+        err(ctx, e.to_string())
+    }
+}
+
 fn line(ctx: &NativeCallContext) -> u32 {
     ctx.call_position().line().unwrap_or(0) as u32
 }
@@ -46,8 +57,8 @@ pub(super) fn with_sys<T>(
     if sys.recorder.is_some() {
         sys.record_after_call(ctx.fn_name(), t0);
     }
-    let r = r.map_err(|e| err(ctx, e.to_string()))?;
-    sys.check_limits().map_err(|e| err(ctx, e.to_string()))?;
+    let r = r.map_err(|e| sim_err(ctx, e))?;
+    sys.check_limits().map_err(|e| sim_err(ctx, e))?;
     Ok(r)
 }
 
@@ -431,6 +442,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                 seed: g.opts.seed,
                 memory_cap: g.opts.memory_cap,
                 record: g.opts.record,
+                max_sim_time_ns: g.opts.max_sim_time_ns,
             };
             let mut sys = System::boot(p, opts).map_err(|e| err(ctx, e.to_string()))?;
             sys.line = line(ctx);

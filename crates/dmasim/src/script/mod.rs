@@ -18,7 +18,7 @@ use std::rc::Rc;
 use rhai::{Engine, EvalAltResult, Position};
 
 use crate::report::{Expectations, Outcome, PlatformSummary, Report, Stats, SCHEMA};
-use crate::system::{System, DEFAULT_MEMORY_CAP};
+use crate::system::{System, DEFAULT_MAX_SIM_TIME_NS, DEFAULT_MEMORY_CAP};
 
 pub use values::{BufferObj, DeviceObj, JobObj, PagesObj, ProcessObj, SgObj};
 
@@ -31,6 +31,8 @@ pub struct ScriptOptions {
     pub memory_cap: u64,
     /// Rhai operations before the run is stopped (an endless loop ends here).
     pub max_operations: u64,
+    /// Simulated nanoseconds a run may last (`--max-sim-time`).
+    pub max_sim_time_ns: u64,
     /// Boot this preset whatever the script's `boot()` names (its overrides still apply).
     pub preset: Option<&'static str>,
     /// Force background noise off (`noise: "off"`), after the script's overrides.
@@ -49,6 +51,7 @@ impl Default for ScriptOptions {
             seed: 0,
             memory_cap: DEFAULT_MEMORY_CAP,
             max_operations: 20_000_000,
+            max_sim_time_ns: DEFAULT_MAX_SIM_TIME_NS,
             preset: None,
             noise_off: false,
             record: false,
@@ -106,7 +109,7 @@ fn describe_error(name: &str, err: &EvalAltResult) -> String {
         inner.position()
     };
     let msg = match inner {
-        EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
+        EvalAltResult::ErrorRuntime(d, _) | EvalAltResult::ErrorTerminated(d, _) => d.to_string(),
         EvalAltResult::ErrorTooManyOperations(_) => {
             "the script ran out of operations (an endless loop?); raise the limit with --max-ops"
                 .to_string()
@@ -227,10 +230,18 @@ impl Session {
 /// through) and collects findings, stats and log from the session.
 fn finish_run(name: &str, opts: &ScriptOptions, session: &Shared, error: Option<String>) -> Report {
     let mut s = session.borrow_mut();
+    let mut error = error;
     if error.is_none() {
         if let Some(sys) = s.sys.as_mut() {
-            sys.line = 0;
-            sys.finish();
+            // A limit the script got past (an `eval` turns every error into one a
+            // `try` can catch) still ends the run as an error.
+            match sys.check_limits() {
+                Err(e) => error = Some(format!("{name}:{}: {e}", sys.line)),
+                Ok(()) => {
+                    sys.line = 0;
+                    sys.finish();
+                }
+            }
         }
     }
     let expectations = std::mem::take(&mut s.expectations);

@@ -268,8 +268,11 @@ impl IoTlbPool {
         };
         for i in found..found + nslots {
             self.slots[i].list = 0;
+            // `size_t` arithmetic as in swiotlb_search_pool_area(): with a
+            // min_align_mask offset the last slot's remainder wraps below zero
+            // there too (only the first slot's size is read back, at release).
             self.slots[i].alloc_size =
-                alloc_size - (offset + (((i - found) as u64) << IO_TLB_SHIFT));
+                alloc_size.wrapping_sub(offset + (((i - found) as u64) << IO_TLB_SHIFT));
         }
         self.renumber_before(found, 0);
         let area = &mut self.areas[ai];
