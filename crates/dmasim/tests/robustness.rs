@@ -135,3 +135,153 @@ fn r19_07_idle_loop_ends_at_the_sim_time_bound() {
     assert!(e.contains("time limit: the run would pass 10 s"), "{e}");
     assert!(t0.elapsed().as_secs() < 30, "{:?}", t0.elapsed());
 }
+
+/// A fresh folder under the target directory for a test's script files.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Item 4: a script that imports itself overflowed the host stack (SIGABRT). The
+/// nesting is now bounded: a clear error, exit 2.
+#[test]
+fn r19_04_self_import_is_bounded() {
+    let d = scratch("r19_04_self");
+    std::fs::write(d.join("me.rhai"), "import \"me\" as m;\n").unwrap();
+    let r = dmasim::script::run_file(&d.join("me.rhai"), &Default::default());
+    let e = r.error.as_deref().expect("an error");
+    assert!(e.contains("nested imports"), "{e}");
+    assert_eq!(r.exit_code(), 2);
+}
+
+/// Item 4: imports read only below the script's folder: `..`, absolute paths and
+/// links that leave it are refused; a module beside the script works.
+#[test]
+fn r19_04_imports_stay_in_the_script_folder() {
+    let d = scratch("r19_04_folder");
+    std::fs::create_dir_all(d.join("lib")).unwrap();
+    std::fs::write(d.join("secret.rhai"), "export const X = 1;\n").unwrap();
+    std::fs::write(d.join("lib/util.rhai"), "fn twice(x) { x * 2 }\n").unwrap();
+    let run = |src: &str| {
+        std::fs::write(d.join("lib/main.rhai"), src).unwrap();
+        dmasim::script::run_file(&d.join("lib/main.rhai"), &Default::default())
+    };
+    let r = run("import \"util\" as u;\nexpect_eq(u::twice(21), 42, \"imported\");\n");
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.passed, 1);
+    for bad in ["../secret", "/etc/passwd"] {
+        let r = run(&format!("import \"{bad}\" as s;\n"));
+        let e = r.error.as_deref().expect("an error");
+        assert!(
+            e.contains("relative path inside the script's folder"),
+            "{bad}: {e}"
+        );
+        assert!(e.contains("main.rhai:1:"), "{e}");
+    }
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(d.join("secret.rhai"), d.join("lib/link.rhai")).unwrap();
+        let r = run("import \"link\" as s;\n");
+        let e = r.error.as_deref().expect("an error");
+        assert!(e.contains("outside the script's folder"), "{e}");
+    }
+    // A script given as text has no folder: import is refused.
+    let (r, _) = script("import \"util\" as u;");
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("no script folder"),
+        "{:?}",
+        r.error
+    );
+}
+
+/// Item 13: a module was cached per worker thread, so the objects it made in one
+/// run (here a boot-time buffer) were seen by the next run. Every run evaluates
+/// its imports afresh now.
+#[test]
+fn r19_13_imports_are_not_cached_between_runs() {
+    let d = scratch("r19_13");
+    std::fs::write(d.join("m.rhai"), "export const BUF = kmalloc(4096);\n").unwrap();
+    std::fs::write(
+        d.join("main.rhai"),
+        "boot(\"arm64-noncoherent\", #{ noise: \"off\" });\nimport \"m\" as m;\nkfree(m::BUF);\n",
+    )
+    .unwrap();
+    for seed in 0..3 {
+        let r = dmasim::script::run_file(
+            &d.join("main.rhai"),
+            &dmasim::script::ScriptOptions {
+                seed,
+                ..Default::default()
+            },
+        );
+        // A cached module would hand the second run the first run's buffer, which
+        // this run's kernel never allocated.
+        assert!(r.error.is_none(), "seed {seed}: {:?}", r.error);
+        assert!(r.findings.is_empty(), "seed {seed}: {:?}", r.findings);
+    }
+}
+
+/// Item 14: a run that panics (a dmasim bug) is an error run with the seed that
+/// reproduces it; explore counts it instead of losing it.
+#[cfg(debug_assertions)]
+#[test]
+fn r19_14_a_panicking_run_is_an_error_with_its_seed() {
+    let src = format!("{}();", dmasim::script::TEST_PANIC_FN);
+    let (r, _) = script(&src);
+    let e = r.error.as_deref().expect("an error");
+    assert!(
+        e.contains("internal error") && e.contains("--seed 0"),
+        "{e}"
+    );
+    assert_eq!(r.exit_code(), 2);
+    let x = dmasim::explore::explore("p.rhai", &src, &Default::default(), 5, 4, 2, &|_| {});
+    assert_eq!(x.runs, 4);
+    assert_eq!(x.errors, 4);
+    assert!(
+        x.first_error.as_deref().unwrap_or("").contains("--seed 5"),
+        "{:?}",
+        x.first_error
+    );
+    assert_eq!(x.exit_code(), 2);
+}
+
+/// Item 15: the seed range ends at the last `u64`, inclusive.
+#[test]
+fn r19_15_seed_range_reaches_the_last_seed() {
+    let r: Vec<u64> = dmasim::explore::seed_range(u64::MAX - 1, 2).collect();
+    assert_eq!(r, vec![u64::MAX - 1, u64::MAX]);
+    assert_eq!(dmasim::explore::seed_range(3, 0).count(), 0);
+}
+
+/// Item 17: an error inside `eval("...")` named line 1 of the script (the line in
+/// the eval'd text); it names the `eval` call's line now.
+#[test]
+fn r19_17_eval_error_names_the_eval_line() {
+    let (r, _) = script("let a = 1;\nlet b = 2;\neval(\"let x = 1;\\nundefined_fn();\");\n");
+    let e = r.error.as_deref().expect("an error");
+    assert!(e.starts_with("t.rhai:3:"), "{e}");
+    assert!(e.contains("undefined_fn"), "{e}");
+}
+
+/// Item 17: `--max-ops` met between two kernel calls (here in a constant lookup
+/// loop) gave an error without a line; it names the last kernel call's line.
+#[test]
+fn r19_17_ops_limit_has_a_line() {
+    let (r, _) = common::run_json(
+        "t.rhai",
+        "boot(\"arm64-coherent\");\nconst K = 5;\nlet x = 0;\nlet b = kmalloc(64);\nloop { x = K; }\n",
+        &dmasim::script::ScriptOptions {
+            max_operations: 10_000,
+            ..Default::default()
+        },
+    );
+    let e = r.error.as_deref().expect("an error");
+    assert!(e.contains("ran out of operations"), "{e}");
+    assert!(e.starts_with("t.rhai:"), "{e}");
+    assert!(!e.starts_with("t.rhai: "), "a line: {e}");
+}

@@ -8,6 +8,7 @@
 mod api;
 mod dmabuf;
 mod dmapool;
+mod imports;
 mod mmap;
 mod noncontiguous;
 mod values;
@@ -20,6 +21,7 @@ use rhai::{Engine, EvalAltResult, Position};
 use crate::report::{Expectations, Outcome, PlatformSummary, Report, Stats, SCHEMA};
 use crate::system::{System, DEFAULT_MAX_SIM_TIME_NS, DEFAULT_MEMORY_CAP};
 
+pub use imports::{MAX_IMPORTS_PER_RUN, MAX_IMPORT_DEPTH};
 pub use values::{BufferObj, DeviceObj, JobObj, PagesObj, ProcessObj, SgObj};
 
 /// Limits and options of a script run.
@@ -43,6 +45,10 @@ pub struct ScriptOptions {
     /// after them, in order. Values are read as `true`/`false`, integers (decimal or
     /// `0x` hex) or else strings (sizes like `"64 MiB"`, `"smmu"`), as in a script.
     pub boot_set: Vec<(String, String)>,
+    /// The folder `import "name"` reads `name.rhai` from: the script's own folder
+    /// for a script file (`--lib DIR` chooses another); none for a script given
+    /// as text, where `import` is refused.
+    pub lib_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ScriptOptions {
@@ -56,6 +62,7 @@ impl Default for ScriptOptions {
             noise_off: false,
             record: false,
             boot_set: Vec::new(),
+            lib_dir: None,
         }
     }
 }
@@ -66,6 +73,10 @@ pub(crate) struct Session {
     pub(crate) opts: ScriptOptions,
     pub(crate) expectations: Expectations,
     pub(crate) early_log: Vec<String>,
+    /// Imports being evaluated, one inside the other.
+    pub(crate) import_depth: usize,
+    /// Imports evaluated so far in the run.
+    pub(crate) imports: usize,
 }
 
 pub(crate) type Shared = Rc<RefCell<Session>>;
@@ -78,13 +89,30 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
         .set_max_expr_depths(128, 64)
         .set_max_string_size(1 << 20)
         .set_max_array_size(1 << 24)
-        .set_max_map_size(1 << 14);
+        .set_max_map_size(1 << 14)
+        .set_max_modules(MAX_IMPORTS_PER_RUN);
+    engine.set_module_resolver(imports::FolderResolver {
+        session: session.clone(),
+    });
     api::register(&mut engine, session);
     dmabuf::register(&mut engine, session);
     dmapool::register(&mut engine, session);
     mmap::register(&mut engine, session);
     noncontiguous::register(&mut engine, session);
+    // Test builds only: a call that panics, so the tests of the path that turns a
+    // dmasim bug into an error run (exit 2 with the seed) have a bug to meet.
+    #[cfg(debug_assertions)]
+    engine.register_fn(TEST_PANIC_FN, test_panic);
     engine
+}
+
+/// The name of the test-build hook that panics (not in release builds).
+#[cfg(debug_assertions)]
+pub const TEST_PANIC_FN: &str = "__dmasim_test_panic";
+
+#[cfg(debug_assertions)]
+fn test_panic() {
+    panic!("the test hook {TEST_PANIC_FN}() was called");
 }
 
 /// Builds the engine without running anything (for `dmasim check` and docs tools).
@@ -101,13 +129,46 @@ fn strip_position(msg: &str) -> String {
 }
 
 /// `file:line:col: message` for a Rhai error.
-fn describe_error(name: &str, err: &EvalAltResult) -> String {
+///
+/// The position is the innermost one that is a line of this script: an error
+/// inside `eval("...")` or an imported module has positions in that other text, so
+/// the `eval` call or the `import` is named instead (with the module's name).
+/// `last_line` (the line of the last kernel call) stands in for an error Rhai
+/// gives no position (an operation limit met between calls).
+fn describe_error(name: &str, err: &EvalAltResult, last_line: u32) -> String {
     let inner = err.unwrap_inner();
-    let pos = if inner.position().is_none() {
-        err.position()
-    } else {
-        inner.position()
-    };
+    let mut pos = err.position();
+    let mut layer = err;
+    let mut module = None;
+    loop {
+        match layer {
+            EvalAltResult::ErrorInFunctionCall(f, _, e, p) => {
+                if f == "eval" {
+                    break;
+                }
+                if !p.is_none() {
+                    pos = *p;
+                }
+                layer = e;
+            }
+            EvalAltResult::ErrorInModule(m, _, p) => {
+                if !p.is_none() {
+                    pos = *p;
+                }
+                module = Some(m.clone());
+                break;
+            }
+            other => {
+                if !other.position().is_none() {
+                    pos = other.position();
+                }
+                break;
+            }
+        }
+    }
+    if pos.is_none() && last_line > 0 {
+        pos = Position::new(last_line.min(u16::MAX as u32) as u16, 0);
+    }
     let msg = match inner {
         EvalAltResult::ErrorRuntime(d, _) | EvalAltResult::ErrorTerminated(d, _) => d.to_string(),
         EvalAltResult::ErrorTooManyOperations(_) => {
@@ -115,6 +176,10 @@ fn describe_error(name: &str, err: &EvalAltResult) -> String {
                 .to_string()
         }
         other => strip_position(&other.to_string()),
+    };
+    let msg = match module {
+        Some(m) => format!("in module {m:?}: {msg}"),
+        None => msg,
     };
     locate(name, pos, &msg)
 }
@@ -137,8 +202,11 @@ pub fn function_names() -> Vec<String> {
             let name = sig.split('(').next()?.trim().to_string();
             // Property getters/setters and operators are not called by name.
             let name = name.rsplit(' ').next()?.to_string();
-            (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-                .then_some(name)
+            // Names starting `__` are test hooks, not part of the API.
+            (!name.is_empty()
+                && !name.starts_with("__")
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .then_some(name)
         })
         .collect();
     names.sort();
@@ -160,7 +228,35 @@ pub fn check_source(name: &str, src: &str) -> Result<(), String> {
 
 /// Runs a script and returns its report. Never panics on bad input: syntax errors,
 /// unknown functions, wrong types and limits end in a report with outcome `error`.
+/// A panic of dmasim itself (a bug) is caught too and ends the run with an error
+/// that says so and names the seed, so `explore` and `compare` count it as an
+/// error run (exit 2) instead of losing it.
 pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_source_inner(name, src, opts)
+    })) {
+        Ok(r) => r,
+        Err(payload) => {
+            // The thread's engine may be mid-call: drop it, the next run builds one.
+            let _ = ENGINE.try_with(|c| c.try_borrow_mut().map(|mut c| c.take()));
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            error_report(
+                name,
+                opts,
+                format!(
+                    "{name}: internal error (a dmasim bug, please report it with this script and --seed {}): {what}",
+                    opts.seed
+                ),
+            )
+        }
+    }
+}
+
+fn run_source_inner(name: &str, src: &str, opts: &ScriptOptions) -> Report {
     // Building an engine (Rhai's standard package and our few hundred functions)
     // costs more than a short run itself, and `explore` runs one script thousands
     // of times per thread: each thread keeps its engine, its session slot and the
@@ -183,11 +279,10 @@ pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
     let error = match compiled {
         Err(e) => Some(locate(name, e.position(), &strip_position(&e.to_string()))),
         Ok((text, ast)) => {
-            let r = cached
-                .engine
-                .run_ast(&ast)
-                .err()
-                .map(|e| describe_error(name, &e));
+            let r = cached.engine.run_ast(&ast).err().map(|e| {
+                let last_line = cached.session.borrow().sys.as_ref().map_or(0, |s| s.line);
+                describe_error(name, &e, last_line)
+            });
             cached.ast = Some((text, ast));
             r
         }
@@ -222,6 +317,8 @@ impl Session {
             opts: opts.clone(),
             expectations: Expectations::default(),
             early_log: Vec::new(),
+            import_depth: 0,
+            imports: 0,
         }
     }
 }
@@ -283,24 +380,48 @@ fn finish_run(name: &str, opts: &ScriptOptions, session: &Shared, error: Option<
     }
 }
 
-/// Reads and runs a script file; an unreadable file gives an error report.
+/// The report of a run that ended before it could start or in a dmasim bug.
+fn error_report(name: &str, opts: &ScriptOptions, error: String) -> Report {
+    Report {
+        schema: SCHEMA,
+        script: name.to_string(),
+        seed: opts.seed,
+        platform: None,
+        outcome: Outcome::Error,
+        error: Some(error),
+        expectations: Expectations::default(),
+        findings: Vec::new(),
+        stats: Stats::default(),
+        streams: Vec::new(),
+        log: Vec::new(),
+        visual: None,
+    }
+}
+
+/// The folder a script file imports from: its own.
+pub fn script_folder(path: &std::path::Path) -> std::path::PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+/// Reads and runs a script file; an unreadable file gives an error report. Its
+/// imports resolve in its own folder unless `opts.lib_dir` names another.
 pub fn run_file(path: &std::path::Path, opts: &ScriptOptions) -> Report {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(src) => run_source(&name, &src, opts),
-        Err(e) => Report {
-            schema: SCHEMA,
-            script: name.clone(),
-            seed: opts.seed,
-            platform: None,
-            outcome: Outcome::Error,
-            error: Some(format!("{name}: cannot read the script: {e}")),
-            expectations: Expectations::default(),
-            findings: Vec::new(),
-            stats: Stats::default(),
-            streams: Vec::new(),
-            log: Vec::new(),
-            visual: None,
-        },
+        Ok(src) => {
+            let opts = ScriptOptions {
+                lib_dir: Some(opts.lib_dir.clone().unwrap_or_else(|| script_folder(path))),
+                ..opts.clone()
+            };
+            run_source(&name, &src, &opts)
+        }
+        Err(e) => error_report(
+            name.as_str(),
+            opts,
+            format!("{name}: cannot read the script: {e}"),
+        ),
     }
 }
