@@ -285,3 +285,61 @@ fn r19_17_ops_limit_has_a_line() {
     assert!(e.starts_with("t.rhai:"), "{e}");
     assert!(!e.starts_with("t.rhai: "), "a line: {e}");
 }
+
+/// Item 2: a CMA heap buffer mapped into a process (cma_heap_vm_fault inserts the
+/// pages), pinned, closed, unmapped and unpinned: the unpin freed the driver's frame,
+/// so the next allocations handed it out twice and `cma_alloc` panicked. The pin now
+/// takes a reference of its own on the driver's page and the release drops only
+/// that (mm/gup.c: try_grab_folio / unpin_user_pages).
+#[test]
+fn r19_02_pin_of_a_cma_heap_mapping_does_not_free_the_driver_page() {
+    let (r, _) = script(
+        r#"
+        boot("arm64-noncoherent", #{ noise: "off" });
+        let p = process("app");
+        let b = dma_heap_alloc(p, "reserved", 4096);
+        let m = p.mmap(b);
+        let pins = pin_user_pages(p, m);
+        expect(type_of(pins) != "i64", "the CMA heap's pages may be pinned");
+        close(b);
+        p.munmap(m);
+        unpin_user_pages(pins);
+        let c = dma_heap_alloc(p, "reserved", 4096);
+        let d = dma_heap_alloc(p, "reserved", 4096);
+        let e = dma_heap_alloc(p, "reserved", 4096);
+        expect(type_of(c) != "i64" && type_of(d) != "i64" && type_of(e) != "i64", "allocated");
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
+}
+
+/// Item 2: `remap_pfn_range` and `dma_mmap_coherent` give `VM_IO | VM_PFNMAP`
+/// mappings, which get_user_pages refuses with -EFAULT (mm/gup.c:
+/// check_vma_flags); before, the pin "worked" and its release freed the driver's
+/// page (a silent double free).
+#[test]
+fn r19_02_gup_on_pfnmap_is_efault() {
+    let (r, _) = script(
+        r#"
+        boot("arm64-noncoherent", #{ noise: "off" });
+        let dev = device("cam");
+        let p = process("app");
+        let k = kmalloc(4096);
+        let u = remap_pfn_range(p, k);
+        expect_eq(pin_user_pages(p, u), -EFAULT, "remap_pfn_range: VM_PFNMAP");
+        expect_eq(get_user_pages(p, u), -EFAULT, "get_user_pages too");
+        let c = dma_alloc_coherent(dev, 4096);
+        let cu = dma_mmap_coherent(dev, p, c);
+        expect_eq(pin_user_pages(p, cu), -EFAULT, "dma_mmap_coherent: VM_PFNMAP");
+        p.munmap(u);
+        p.munmap(cu);
+        kfree(k);
+        dma_free_coherent(dev, 4096, c);
+        let again = kmalloc(4096);
+        expect(again.phys != 0, "allocations go on");
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
+}

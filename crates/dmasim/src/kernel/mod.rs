@@ -245,6 +245,12 @@ pub struct Kernel {
     /// Page sets taken with get_user_pages / pin_user_pages, by id.
     pub pins: BTreeMap<u64, crate::uapi::process::PinnedPages>,
     pub(crate) next_pins: u64,
+    /// References `get_user_pages`/`pin_user_pages` hold on kernel-owned pages a
+    /// driver mapped into a process with `vm_insert_page` (the CMA heap's fault
+    /// handler, vb2-dma-sg's `vm_map_pages`): frame → references. Dropping them never
+    /// frees the frame, which stays its driver's (mm/gup.c: try_grab_folio takes a
+    /// reference; put_page drops it; the driver holds its own).
+    pub kernel_page_refs: BTreeMap<u64, u32>,
     /// Pages migrated so far.
     pub migrated_pages: u64,
     /// Pages pinned so far (`nr_foll_pin_acquired`).
@@ -328,6 +334,7 @@ impl Kernel {
             user_pages: mm::page::Pages::default(),
             pins: BTreeMap::new(),
             next_pins: 1,
+            kernel_page_refs: BTreeMap::new(),
             migrated_pages: 0,
             pins_acquired: 0,
             cma_migrated: 0,

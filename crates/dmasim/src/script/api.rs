@@ -1945,11 +1945,14 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     engine.on_debug(|_, _, _| {});
 }
 
-/// A pinned-pages object, or `-ENOMEM` when a long-term pin could not move a page
-/// out of CMA (what `pin_user_pages` returns then).
+/// A pinned-pages object, `-ENOMEM` when a long-term pin could not move a page
+/// out of CMA, or `-EFAULT` for a `VM_IO | VM_PFNMAP` mapping (what
+/// `pin_user_pages` returns then).
 fn pages_result(id: u64, len: u64) -> Dynamic {
-    if id == u64::MAX {
+    if id == crate::uapi::process::GUP_ENOMEM {
         Dynamic::from(-errno::ENOMEM)
+    } else if id == crate::uapi::process::GUP_EFAULT {
+        Dynamic::from(-errno::EFAULT)
     } else {
         Dynamic::from(PagesObj {
             id,

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use crate::check::{MapKind, NewMapping};
 use crate::config::{PAGE_SHIFT, PAGE_SIZE};
 use crate::kernel::dma::DmaDirection;
-use crate::kernel::errno::{EBUSY, EEXIST, EINVAL, ENOMEM, ENOSPC, EPERM};
+use crate::kernel::errno::{EBUSY, EEXIST, EFAULT, EINVAL, ENOMEM, ENOSPC, EPERM};
 use crate::kernel::iommu::{DomainType, IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE};
 use crate::system::{Result, SimError, System};
 
@@ -265,8 +265,13 @@ impl System {
             return Ok(-ENOMEM);
         }
         let pins = self.gup(cont.pid, vaddr, size, true, true)?;
-        if pins == u64::MAX {
+        if pins == crate::uapi::process::GUP_ENOMEM {
             return Ok(-ENOMEM);
+        }
+        // A VM_PFNMAP range: vfio type1 would map the raw pfns unpinned
+        // (vaddr_get_pfns → follow_fault_pfn); not modelled, refused as GUP does.
+        if pins == crate::uapi::process::GUP_EFAULT {
+            return Ok(-EFAULT);
         }
         let pfns = self.kernel.pins[&pins].pfns.clone();
         let prot = (if read { IOMMU_READ } else { 0 })
