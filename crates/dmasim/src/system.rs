@@ -941,7 +941,8 @@ impl System {
                 us % 1_000_000,
                 dev.name,
                 if write { "write" } else { "read" },
-                bus
+                // What reached the SMMU: the bits the device drives.
+                lines
             ));
         } else if !ok {
             let us = t / 1_000_000;

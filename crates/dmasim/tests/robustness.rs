@@ -343,3 +343,52 @@ fn r19_02_gup_on_pfnmap_is_efault() {
     assert!(r.error.is_none(), "{:?}", r.error);
     assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
 }
+
+/// Item 16: a 32-bit device behind the SMMU given a mapped IOVA + 2^40 read the
+/// mapped page (the device drives only 32 address bits, so the SMMU saw the mapped
+/// IOVA) but was reported as a manifested `dma-after-unmap` of a stale IOTLB entry;
+/// a write at + 2^60 said F_PERMISSION "no mapping at that IOVA". Both now say the
+/// address was wider than the device's bus and what the IOMMU saw; a 64-bit device
+/// gets the SMMU's address-size fault (input address size 48 bits).
+#[test]
+fn r19_16_iova_wider_than_the_bus() {
+    let (r, j) = script(
+        r#"
+        boot("arm64-noncoherent", #{ iommu: "smmu" });
+        let d = device("dev");
+        let b = kmalloc(4096);
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        dma_mapping_error(d, a);
+        dev_read(d, a + (1 << 40), 16);
+        dev_write(d, a + (1 << 60), blob(16, 1));
+        dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);
+        let w = device("wide", #{ dma_bits: 64 });
+        let a2 = dma_map_single(w, b, DMA_TO_DEVICE);
+        dma_mapping_error(w, a2);
+        dev_read(w, a2 + (1 << 60), 16);
+        expect_eq(iommu_faults(w)[0].kind, "address-size", "F_ADDR_SIZE");
+        dma_unmap_single(w, a2, 4096, DMA_TO_DEVICE);
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
+    let ids = common::ids(&j);
+    assert_eq!(
+        ids,
+        vec!["dma-outside-mapping", "dma-outside-mapping", "iommu-fault"],
+        "{}",
+        j["findings"]
+    );
+    let m0 = j["findings"][0]["message"].as_str().unwrap();
+    assert!(
+        m0.contains("drives only 32 address bits") && m0.contains("translated"),
+        "{m0}"
+    );
+    let m1 = j["findings"][1]["message"].as_str().unwrap();
+    assert!(m1.contains("refused it (Permission"), "{m1}");
+    let m2 = j["findings"][2]["message"].as_str().unwrap();
+    assert!(
+        m2.contains("F_ADDR_SIZE") && m2.contains("48-bit input address size"),
+        "{m2}"
+    );
+}
