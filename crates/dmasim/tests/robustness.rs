@@ -392,3 +392,47 @@ fn r19_16_iova_wider_than_the_bus() {
         "{m2}"
     );
 }
+
+/// Item 17: a double `kfree` was only a logged warning; Linux stops there (SLUB's
+/// freelist check BUGs, mm/slub.c:set_freepointer), so it is a `double-free` error
+/// finding (exit 1); freeing with the wrong call is the same error.
+#[test]
+fn r19_17_double_kfree_is_an_error_finding() {
+    let (r, j) = script(
+        r#"
+        boot("arm64-coherent");
+        let b = kmalloc(64);
+        kfree(b);
+        kfree(b);
+        let v = vmalloc(8192);
+        kfree(v);
+        vfree(v);
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(common::ids(&j), vec!["double-free", "double-free"]);
+    assert_eq!(j["findings"][0]["line"], 5);
+    assert_eq!(j["findings"][1]["line"], 7);
+    assert!(j["findings"][1]["message"]
+        .as_str()
+        .unwrap()
+        .contains("a live vmalloc buffer, not a kmalloc one"));
+    assert_eq!(r.exit_code(), 1);
+}
+
+/// Item 17: `mapping-leak` findings at the end of the run said line 0; they name
+/// the line that made the mapping.
+#[test]
+fn r19_17_mapping_leak_names_the_map_line() {
+    let (_, j) = script(
+        r#"
+        boot("arm64-noncoherent");
+        let d = device("d");
+        let b = kmalloc(4096);
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        dma_mapping_error(d, a);
+        "#,
+    );
+    assert_eq!(common::ids(&j), vec!["mapping-leak"]);
+    assert_eq!(j["findings"][0]["line"], 5);
+}

@@ -2171,6 +2171,19 @@ impl Sanitizer {
         let ids = self.entries.of_device(dev);
         for id in ids {
             let e = self.entries.remove(id).expect("listed above");
+            // At the end of the run no script line is running: name the line that
+            // made the mapping (or allocation) instead of line 0.
+            let ctx = if ctx.line == 0 {
+                let line = e
+                    .map_event
+                    .as_ref()
+                    .and_then(|m| e.history.get(m.idx))
+                    .or_else(|| e.history.first())
+                    .map_or(0, |h| h.line);
+                Ctx { line, ..ctx }
+            } else {
+                ctx
+            };
             let help = match e.kind {
                 MapKind::Coherent => {
                     "free coherent buffers with dma_free_coherent before the driver goes away"
