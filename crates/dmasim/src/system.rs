@@ -25,6 +25,21 @@ pub const DEFAULT_MEMORY_CAP: u64 = 4 << 30;
 pub const MAX_ACCESS: u64 = 256 << 20;
 /// Device transfers that may be in flight at once.
 pub const MAX_JOBS_IN_FLIGHT: usize = 4096;
+/// Log lines a run keeps; later ones are counted, not kept (a script printing in
+/// a loop cannot exhaust host memory).
+pub const MAX_LOG_LINES: usize = 20_000;
+/// Characters of one log line kept (a longer `print` is cut, with an ellipsis).
+pub const MAX_LOG_LINE_CHARS: usize = 2_000;
+
+/// `line` cut to [`MAX_LOG_LINE_CHARS`] characters.
+pub(crate) fn cap_line(mut line: String) -> String {
+    if let Some((cut, _)) = line.char_indices().nth(MAX_LOG_LINE_CHARS) {
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
+}
+
 /// Default bound on a run's simulated time: one hour (`--max-sim-time`).
 pub const DEFAULT_MAX_SIM_TIME_NS: u64 = 3_600 * 1_000_000_000;
 /// Largest `--max-sim-time` accepted: 100 days, so that the clock (picoseconds in a
@@ -178,6 +193,8 @@ pub struct System {
     next_job: u64,
     /// The simulated time the run may reach, in ps.
     max_sim_ps: u64,
+    /// Log lines not kept past [`MAX_LOG_LINES`].
+    pub log_dropped: u64,
     /// A limit the run hit; every later call fails with it (a script cannot go on
     /// past a limit by catching the error).
     limit_hit: Option<SimError>,
@@ -254,6 +271,7 @@ impl System {
             queue: BTreeSet::new(),
             next_job: 1,
             max_sim_ps: opts.max_sim_time_ns.min(MAX_SIM_TIME_NS) * 1000,
+            log_dropped: 0,
             limit_hit: None,
         };
         sys.printk(
@@ -399,11 +417,25 @@ impl System {
         } else {
             format!("{subsys}: ")
         };
-        self.log.push(format!(
+        self.push_log(format!(
             "[{:5}.{:06}] {prefix}{msg}",
             us / 1_000_000,
             us % 1_000_000
         ));
+    }
+
+    /// Appends a line to dmesg within the run's caps ([`MAX_LOG_LINES`] lines of at
+    /// most [`MAX_LOG_LINE_CHARS`] characters); past them the line is counted.
+    pub fn push_log(&mut self, line: String) {
+        Self::push_capped(&mut self.log, &mut self.log_dropped, line);
+    }
+
+    fn push_capped(log: &mut Vec<String>, dropped: &mut u64, line: String) {
+        if log.len() >= MAX_LOG_LINES {
+            *dropped += 1;
+            return;
+        }
+        log.push(cap_line(line));
     }
 
     /// Fails when a simulator limit was hit during the last operation or before.
@@ -935,7 +967,7 @@ impl System {
                 crate::hw::iommu::FaultKind::Permission => (0x13, "F_PERMISSION"),
                 crate::hw::iommu::FaultKind::Blocked => (0x04, "C_BAD_STE"),
             };
-            self.log.push(format!(
+            Self::push_capped(&mut self.log, &mut self.log_dropped, format!(
                 "[{:5}.{:06}] arm-smmu-v3: event {code:#04x} received ({name}): {} {} at IOVA {:#x}",
                 us / 1_000_000,
                 us % 1_000_000,
@@ -946,13 +978,17 @@ impl System {
             ));
         } else if !ok {
             let us = t / 1_000_000;
-            self.log.push(format!(
-                "[{:5}.{:06}] {}: DMA bus error at {:#x} (physical {pa:#x} is not RAM)",
-                us / 1_000_000,
-                us % 1_000_000,
-                dev.name,
-                bus
-            ));
+            Self::push_capped(
+                &mut self.log,
+                &mut self.log_dropped,
+                format!(
+                    "[{:5}.{:06}] {}: DMA bus error at {:#x} (physical {pa:#x} is not RAM)",
+                    us / 1_000_000,
+                    us % 1_000_000,
+                    dev.name,
+                    bus
+                ),
+            );
         }
         j.bus_error |= !ok;
         j.done += n;

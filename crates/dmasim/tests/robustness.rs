@@ -436,3 +436,36 @@ fn r19_17_mapping_leak_names_the_map_line() {
     assert_eq!(common::ids(&j), vec!["mapping-leak"]);
     assert_eq!(j["findings"][0]["line"], 5);
 }
+
+/// Item 5: `print` and failed `expect` messages were kept without a cap (a 1 MB
+/// string printed 20,000 times exhausted memory). A run keeps at most
+/// `MAX_LOG_LINES` lines of `MAX_LOG_LINE_CHARS` characters and
+/// `MAX_EXPECTATION_FAILURES` messages, and counts the rest.
+#[test]
+fn r19_05_log_and_expectation_messages_are_capped() {
+    use dmasim::system::{MAX_LOG_LINES, MAX_LOG_LINE_CHARS};
+    let (r, _) = script(
+        r#"
+        let s = "x";
+        for i in 0..16 { s += s; }            // 65,536 characters
+        for i in 0..30000 { print(s); }
+        boot("arm64-coherent");
+        for i in 0..30000 { print(s); expect(false, s); }
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert!(r.log.len() <= MAX_LOG_LINES + 1, "{}", r.log.len());
+    assert!(r
+        .log
+        .iter()
+        .all(|l| l.chars().count() <= MAX_LOG_LINE_CHARS + 1));
+    let last = r.log.last().unwrap();
+    assert!(last.contains("more log lines were not kept"), "{last}");
+    assert_eq!(r.expectations.failed, 30_000);
+    assert_eq!(
+        r.expectations.failures.len(),
+        dmasim::script::MAX_EXPECTATION_FAILURES
+    );
+    let json = r.to_json();
+    assert!(json.len() < 200 << 20, "{} bytes", json.len());
+}

@@ -1936,9 +1936,14 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     let s1 = s.clone();
     engine.on_print(move |text| {
         if let Ok(mut g) = s1.try_borrow_mut() {
+            let g = &mut *g;
             match g.sys.as_mut() {
                 Some(sys) => sys.printk("script", text.to_string()),
-                None => g.early_log.push(format!("[    0.000000] script: {text}")),
+                None if g.early_log.len() < crate::system::MAX_LOG_LINES => {
+                    let line = crate::system::cap_line(format!("[    0.000000] script: {text}"));
+                    g.early_log.push(line);
+                }
+                None => g.early_dropped += 1,
             }
         }
     });
@@ -1986,10 +1991,14 @@ fn record_expectation(s: &Shared, ctx: &NativeCallContext, ok: bool, msg: &str) 
     } else {
         g.expectations.failed += 1;
         let line = line(ctx);
-        g.expectations.failures.push(ExpectationFailure {
-            msg: msg.to_string(),
-            line,
-        });
+        // The count goes on; the messages kept are bounded (a failing expect in a
+        // loop cannot exhaust host memory).
+        if g.expectations.failures.len() < super::MAX_EXPECTATION_FAILURES {
+            g.expectations.failures.push(ExpectationFailure {
+                msg: crate::system::cap_line(msg.to_string()),
+                line,
+            });
+        }
         if let Some(sys) = g.sys.as_mut() {
             sys.printk(
                 "script",

@@ -73,6 +73,8 @@ pub(crate) struct Session {
     pub(crate) opts: ScriptOptions,
     pub(crate) expectations: Expectations,
     pub(crate) early_log: Vec<String>,
+    /// `print` lines before `boot` not kept past the log's cap.
+    pub(crate) early_dropped: u64,
     /// Imports being evaluated, one inside the other.
     pub(crate) import_depth: usize,
     /// Imports evaluated so far in the run.
@@ -105,6 +107,9 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
     engine.register_fn(TEST_PANIC_FN, test_panic);
     engine
 }
+
+/// Failed expectations whose message a report keeps (the count goes on).
+pub const MAX_EXPECTATION_FAILURES: usize = 1_000;
 
 /// The name of the test-build hook that panics (not in release builds).
 #[cfg(debug_assertions)]
@@ -317,6 +322,7 @@ impl Session {
             opts: opts.clone(),
             expectations: Expectations::default(),
             early_log: Vec::new(),
+            early_dropped: 0,
             import_depth: 0,
             imports: 0,
         }
@@ -341,12 +347,26 @@ fn finish_run(name: &str, opts: &ScriptOptions, session: &Shared, error: Option<
             }
         }
     }
+    let early_dropped = s.early_dropped;
     let expectations = std::mem::take(&mut s.expectations);
     let mut log = std::mem::take(&mut s.early_log);
     let (platform, findings, stats, streams, visual) = match s.sys.as_mut() {
         Some(sys) => {
             let visual = sys.finish_recording().map(Box::new);
             log.append(&mut sys.log);
+            let mut dropped = sys.log_dropped + early_dropped;
+            // The lines before boot and the machine's each had the cap: keep it
+            // for the whole log.
+            if log.len() > crate::system::MAX_LOG_LINES {
+                dropped += (log.len() - crate::system::MAX_LOG_LINES) as u64;
+                log.truncate(crate::system::MAX_LOG_LINES);
+            }
+            if dropped > 0 {
+                log.push(format!(
+                    "dmasim: {dropped} more log lines were not kept (at most {} per run)",
+                    crate::system::MAX_LOG_LINES
+                ));
+            }
             (
                 Some(PlatformSummary::of(&sys.cfg)),
                 sys.check.findings().to_vec(),
