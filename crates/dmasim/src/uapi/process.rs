@@ -152,6 +152,9 @@ pub const GUP_ENOMEM: u64 = u64::MAX;
 /// What [`System::gup`] returns for a `VM_IO | VM_PFNMAP` mapping (-EFAULT).
 pub const GUP_EFAULT: u64 = u64::MAX - 1;
 
+/// The first process's pid; the n-th process gets `FIRST_PID + n`.
+const FIRST_PID: u32 = 100;
+
 /// A fixmap slot for `kmap_local_page` of highmem pages (arm32 `FIXADDR_START`).
 const KMAP_VA: u64 = 0xfff0_0000;
 
@@ -196,7 +199,7 @@ impl System {
     /// `fork`+`exec` of a new process with an empty address space; returns its pid.
     pub fn process_new(&mut self, name: &str) -> u32 {
         let asid = self.hw.mmu.new_space();
-        let pid = 100 + self.kernel.procs.len() as u32;
+        let pid = FIRST_PID + self.kernel.procs.len() as u32;
         let (base, top) = user_layout(self.cfg.arch);
         self.kernel.procs.push(Process {
             pid,
@@ -214,11 +217,13 @@ impl System {
         pid
     }
 
+    /// The index of process `pid` in `kernel.procs`. Processes are never removed
+    /// and pids are `FIRST_PID + index`, so this is O(1) (a scan by pid on every
+    /// user access made creating processes quadratic).
     pub(crate) fn proc_index(&self, pid: u32) -> Result<usize> {
-        self.kernel
-            .procs
-            .iter()
-            .position(|p| p.pid == pid)
+        pid.checked_sub(FIRST_PID)
+            .map(|i| i as usize)
+            .filter(|&i| self.kernel.procs.get(i).is_some_and(|p| p.pid == pid))
             .ok_or_else(|| SimError::Invalid(format!("no process {pid}")))
     }
 
@@ -737,7 +742,7 @@ impl System {
         let mut buf = vec![0u8; PAGE_SIZE as usize];
         self.kmap_read(pfn << PAGE_SHIFT, &mut buf);
         self.kmap_write(new << PAGE_SHIFT, &buf);
-        let Some(i) = self.kernel.procs.iter().position(|p| p.pid == pg.owner.pid) else {
+        let Ok(i) = self.proc_index(pg.owner.pid) else {
             return false;
         };
         let asid = self.kernel.procs[i].asid;
