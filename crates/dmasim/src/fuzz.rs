@@ -24,6 +24,7 @@ pub fn fuzz_options(seed: u64) -> ScriptOptions {
         memory_cap: 256 << 20,
         max_operations: 200_000,
         max_sim_time_ns: 10_000_000_000,
+        check_invariants: true,
         ..ScriptOptions::default()
     }
 }

@@ -1,4 +1,4 @@
-//! The fuzzer in CI, bounded: generated scripts for at most ~40 s of host time
+//! The fuzzer in CI, bounded: generated scripts for at most ~30 s of host time
 //! (issue 19's harness). Every script must end in a report with exit 0, 1 or 2,
 //! never a panic, and every 4th is run twice for a byte-identical report; a few are
 //! explored with 1 and 2 workers for the same summary.
@@ -8,7 +8,7 @@ use dmasim::fuzz::{check, fuzz_options, generate, minimise};
 #[test]
 fn generated_scripts_never_panic_and_are_deterministic() {
     let start = std::time::Instant::now();
-    let budget = std::time::Duration::from_secs(40);
+    let budget = std::time::Duration::from_secs(30);
     let mut seed = 0u64;
     let mut failures = Vec::new();
     while start.elapsed() < budget && seed < 5_000 {

@@ -47,6 +47,7 @@ pub(super) fn with_sys<T>(
     f: impl FnOnce(&mut System) -> Result<T, SimError>,
 ) -> RResult<T> {
     let mut g = s.borrow_mut();
+    let invariants = g.opts.check_invariants;
     let sys = g
         .sys
         .as_mut()
@@ -59,6 +60,10 @@ pub(super) fn with_sys<T>(
     }
     let r = r.map_err(|e| sim_err(ctx, e))?;
     sys.check_limits().map_err(|e| sim_err(ctx, e))?;
+    if invariants {
+        sys.check_invariants()
+            .map_err(|e| err(ctx, format!("internal error (a dmasim bug): {e}")))?;
+    }
     Ok(r)
 }
 

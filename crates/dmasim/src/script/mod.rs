@@ -49,6 +49,10 @@ pub struct ScriptOptions {
     /// for a script file (`--lib DIR` chooses another); none for a script given
     /// as text, where `import` is refused.
     pub lib_dir: Option<std::path::PathBuf>,
+    /// Check Linux invariants of the memory model after every call (tests and the
+    /// fuzzer; [`System::check_invariants`]): a broken one ends the run with an
+    /// "internal error".
+    pub check_invariants: bool,
 }
 
 impl Default for ScriptOptions {
@@ -63,6 +67,7 @@ impl Default for ScriptOptions {
             record: false,
             boot_set: Vec::new(),
             lib_dir: None,
+            check_invariants: false,
         }
     }
 }

@@ -217,6 +217,47 @@ impl System {
         pid
     }
 
+    /// Linux invariants of the memory model (the invariant check mode of tests and
+    /// the fuzzer): every page a process maps as its own and every page a pin or
+    /// reference holds is off the free lists, and the swiotlb pool's books agree.
+    ///
+    /// # Errors
+    /// The first broken invariant.
+    pub fn check_invariants(&self) -> Result<()> {
+        let bad = |m: String| Err(SimError::Invalid(format!("invariant: {m}")));
+        for p in &self.kernel.procs {
+            for (&vpn, &pfn) in &p.present {
+                let own = p.vma_at(vpn << PAGE_SHIFT).is_some_and(|v| !v.pfnmap);
+                if own && self.kernel.pages.is_free(pfn) {
+                    return bad(format!(
+                        "frame {pfn:#x} is mapped by {} (pid {}) at {:#x} and free in the page allocator",
+                        p.name,
+                        p.pid,
+                        vpn << PAGE_SHIFT
+                    ));
+                }
+            }
+        }
+        for (id, set) in &self.kernel.pins {
+            for &pfn in set.pfns.iter().filter(|pfn| !set.kernel_pfns.contains(pfn)) {
+                if self.kernel.pages.is_free(pfn) {
+                    return bad(format!(
+                        "frame {pfn:#x} is held by pinned-pages set #{id} and free in the page allocator"
+                    ));
+                }
+            }
+        }
+        for (pfn, pg) in self.kernel.user_pages.iter() {
+            if pg.refcount == 0 {
+                return bad(format!("user page {pfn:#x} has refcount 0 while mapped"));
+            }
+        }
+        if let Some(pool) = &self.kernel.swiotlb {
+            pool.consistent().or_else(bad)?;
+        }
+        Ok(())
+    }
+
     /// The index of process `pid` in `kernel.procs`. Processes are never removed
     /// and pids are `FIRST_PID + index`, so this is O(1) (a scan by pid on every
     /// user access made creating processes quadratic).

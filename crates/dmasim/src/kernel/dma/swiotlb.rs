@@ -302,6 +302,24 @@ impl IoTlbPool {
         }
     }
 
+    /// The pool's books agree (an invariant check): the areas' `used` counts add
+    /// up to `used`, and exactly that many slots are taken (`list` 0), so no slot
+    /// was handed out twice or lost.
+    ///
+    /// # Errors
+    /// What disagrees.
+    pub fn consistent(&self) -> Result<(), String> {
+        let areas: usize = self.areas.iter().map(|a| a.used).sum();
+        let taken = self.slots.iter().filter(|s| s.list == 0).count();
+        if areas as u64 != self.used || taken as u64 != self.used {
+            return Err(format!(
+                "swiotlb: {} slots used by the count, {areas} by the areas, {taken} taken",
+                self.used
+            ));
+        }
+        Ok(())
+    }
+
     /// `swiotlb_tbl_map_single()` without the copy: reserves slots for
     /// `mapping_size` bytes of `orig_addr`, searching from the area of `cpu`, and
     /// records where each slot's bytes come from. Returns the bounce address.
