@@ -17,11 +17,22 @@ mod explain;
 mod replay;
 mod tour;
 
-/// Writes to stdout; a closed pipe (`dmasim presets | head`) is not an error.
+/// The first error writing to stdout other than a closed pipe: the command then
+/// exits 2 with it (`--json > /dev/full`), whatever the run's own outcome.
+static WRITE_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Writes to stdout; a closed pipe (`dmasim presets | head`) is not an error, any
+/// other failure is remembered for the exit status.
 pub(crate) fn emit(text: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            if let Ok(mut w) = WRITE_ERROR.lock() {
+                w.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
 }
 
 /// `emit` with `format!` arguments and a newline.
@@ -42,6 +53,72 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// Limits of each script run and where its imports come from, shared by every
+/// command that runs scripts.
+#[derive(clap::Args, Clone)]
+struct Limits {
+    /// The folder `import "name"` reads `name.rhai` from (default: the script's
+    /// folder); paths outside it are refused.
+    #[arg(long, value_name = "DIR")]
+    lib: Option<PathBuf>,
+    /// Host memory the simulated DRAM of one run may use ("4 GiB").
+    #[arg(long, default_value = "4 GiB")]
+    max_memory: String,
+    /// Script operations before a run is stopped (endless loops end here).
+    #[arg(long, default_value_t = 20_000_000)]
+    max_ops: u64,
+    /// Simulated time a run may last ("1 h", "30 s"; at most 100 days): a wait past
+    /// it ends the run with exit 2.
+    #[arg(long, default_value = "1 h")]
+    max_sim_time: String,
+}
+
+impl Limits {
+    /// The run options these limits give, over `base`, for `script`.
+    fn apply(
+        &self,
+        script: &std::path::Path,
+        base: ScriptOptions,
+    ) -> Result<ScriptOptions, String> {
+        let memory_cap = parse_size(&self.max_memory).map_err(|e| format!("--max-memory: {e}"))?;
+        let max_sim_time_ns = dmasim::units::parse_duration_ns(&self.max_sim_time)
+            .map_err(|e| format!("--max-sim-time: {e}"))?;
+        if max_sim_time_ns == 0 || max_sim_time_ns > dmasim::system::MAX_SIM_TIME_NS {
+            return Err(format!(
+                "--max-sim-time: {:?} is not between 1 ns and 100 days",
+                self.max_sim_time
+            ));
+        }
+        Ok(ScriptOptions {
+            memory_cap,
+            max_operations: self.max_ops,
+            max_sim_time_ns,
+            lib_dir: Some(
+                self.lib
+                    .clone()
+                    .unwrap_or_else(|| script::script_folder(script)),
+            ),
+            ..base
+        })
+    }
+}
+
+/// The worker threads of a command running many scripts: `--jobs` (else the CPUs),
+/// fewer when `--max-total-memory` cannot hold that many runs at their
+/// `--max-memory` each. The number of workers never changes a result.
+fn worker_count(jobs: Option<usize>, per_run: u64, total: &str) -> Result<usize, String> {
+    let total = parse_size(total).map_err(|e| format!("--max-total-memory: {e}"))?;
+    if total < per_run {
+        return Err(format!(
+            "--max-total-memory ({}) is less than --max-memory ({}) of one run",
+            dmasim::units::human_size(total),
+            dmasim::units::human_size(per_run)
+        ));
+    }
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    Ok(jobs.clamp(1, (total / per_run.max(1)).max(1) as usize))
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run one scenario script and report what happened.
@@ -54,12 +131,8 @@ enum Command {
         /// Print only the JSON report (schema dmasim.report/v1).
         #[arg(long)]
         json: bool,
-        /// Host memory the simulated DRAM may use ("4 GiB").
-        #[arg(long, default_value = "4 GiB")]
-        max_memory: String,
-        /// Script operations before the run is stopped (endless loops end here).
-        #[arg(long, default_value_t = 20_000_000)]
-        max_ops: u64,
+        #[command(flatten)]
+        limits: Limits,
         /// Boot this preset instead of the one the script names.
         #[arg(long)]
         preset: Option<String>,
@@ -92,6 +165,12 @@ enum Command {
         /// Worker threads (default: the number of CPUs).
         #[arg(long)]
         jobs: Option<usize>,
+        #[command(flatten)]
+        limits: Limits,
+        /// Host memory all runs in flight may use together: fewer workers run when
+        /// --jobs runs of --max-memory each would pass it.
+        #[arg(long, default_value = "16 GiB")]
+        max_total_memory: String,
         /// Print only the JSON summary (schema dmasim.explore/v1).
         #[arg(long)]
         json: bool,
@@ -143,6 +222,12 @@ enum Command {
         /// Worker threads (default: the number of CPUs).
         #[arg(long)]
         jobs: Option<usize>,
+        #[command(flatten)]
+        limits: Limits,
+        /// Host memory all runs in flight may use together: fewer workers run when
+        /// --jobs runs of --max-memory each would pass it.
+        #[arg(long, default_value = "16 GiB")]
+        max_total_memory: String,
         /// Print only the JSON (schema dmasim.compare/v1).
         #[arg(long)]
         json: bool,
@@ -351,7 +436,12 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match try_main() {
+    let result = try_main();
+    if let Some(e) = WRITE_ERROR.lock().ok().and_then(|mut w| w.take()) {
+        eprintln!("dmasim: cannot write to standard output: {e}");
+        return ExitCode::from(2);
+    }
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(msg) => {
             eprintln!("dmasim: {msg}");
@@ -371,25 +461,25 @@ fn try_main() -> Result<u8, String> {
             script,
             seed,
             json,
-            max_memory,
-            max_ops,
+            limits,
             preset,
             noise,
             set,
             html,
             trace,
         } => {
-            let memory_cap = parse_size(&max_memory).map_err(|e| format!("--max-memory: {e}"))?;
             let preset = preset.as_deref().map(preset_named).transpose()?;
-            let opts = ScriptOptions {
-                seed,
-                memory_cap,
-                max_operations: max_ops,
-                preset,
-                noise_off: parse_noise(noise.as_deref())?,
-                record: html.is_some() || trace.is_some(),
-                boot_set: set,
-            };
+            let opts = limits.apply(
+                &script,
+                ScriptOptions {
+                    seed,
+                    preset,
+                    noise_off: parse_noise(noise.as_deref())?,
+                    record: html.is_some() || trace.is_some(),
+                    boot_set: set,
+                    ..ScriptOptions::default()
+                },
+            )?;
             let report = script::run_file(&script, &opts);
             if let Some(path) = &html {
                 write_file(path, &dmasim::report::html::render(&report, None))?;
@@ -409,12 +499,22 @@ fn try_main() -> Result<u8, String> {
             seeds,
             from,
             jobs,
+            limits,
+            max_total_memory,
             json,
             shard,
             preset,
             set,
             html,
         } => {
+            // Seeds are u64: a range that would pass the last one is refused
+            // rather than cut short (or wrapped) without a word.
+            if seeds == 0 || from.checked_add(seeds - 1).is_none() {
+                return Err(format!(
+                    "--from {from} --seeds {seeds}: expected at least one seed, the last at most {}",
+                    u64::MAX
+                ));
+            }
             let src = std::fs::read_to_string(&script)
                 .map_err(|e| format!("{}: {e}", script.display()))?;
             let preset = preset.as_deref().map(preset_named).transpose()?;
@@ -423,18 +523,20 @@ fn try_main() -> Result<u8, String> {
                 Some(p) => format!("{} --preset {p}", script.display()),
                 None => script.display().to_string(),
             } + set_flags(&set).as_str();
-            let base = ScriptOptions {
-                preset,
-                boot_set: set,
-                ..ScriptOptions::default()
-            };
-            let jobs =
-                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let base = limits.apply(
+                &script,
+                ScriptOptions {
+                    preset,
+                    boot_set: set,
+                    ..ScriptOptions::default()
+                },
+            )?;
+            let jobs = worker_count(jobs, base.memory_cap, &max_total_memory)?;
             let (part, parts) = match &shard {
                 None => (0, 1),
                 Some(sh) => parse_shard(sh)?,
             };
-            let total = (from..from.saturating_add(seeds))
+            let total = dmasim::explore::seed_range(from, seeds)
                 .filter(|s| (s - from) % parts == part)
                 .count() as u64;
             let bar = progress_bar(total);
@@ -515,6 +617,8 @@ fn try_main() -> Result<u8, String> {
             seeds,
             noise,
             jobs,
+            limits,
+            max_total_memory,
             json,
         } => {
             let src = std::fs::read_to_string(&script)
@@ -535,13 +639,21 @@ fn try_main() -> Result<u8, String> {
             if seeds == 0 || seeds > 100_000 {
                 return Err("--seeds: expected 1..=100000".into());
             }
-            let base = ScriptOptions {
-                seed,
-                noise_off: parse_noise(noise.as_deref())?,
-                ..ScriptOptions::default()
-            };
-            let jobs =
-                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if seed.checked_add(seeds - 1).is_none() {
+                return Err(format!(
+                    "--seed {seed} --seeds {seeds}: the last seed would pass {}",
+                    u64::MAX
+                ));
+            }
+            let base = limits.apply(
+                &script,
+                ScriptOptions {
+                    seed,
+                    noise_off: parse_noise(noise.as_deref())?,
+                    ..ScriptOptions::default()
+                },
+            )?;
+            let jobs = worker_count(jobs, base.memory_cap, &max_total_memory)?;
             let bar = progress_bar(configs.len() as u64 * seeds);
             let progress = || bar.inc(1);
             let r = dmasim::compare::compare(

@@ -164,7 +164,7 @@ pub fn compare(
 ) -> CompareReport {
     let (seed, seeds) = (base.seed, seeds.max(1));
     let work: Vec<(usize, u64)> = (0..configs.len())
-        .flat_map(|c| (seed..seed.saturating_add(seeds)).map(move |s| (c, s)))
+        .flat_map(|c| crate::explore::seed_range(seed, seeds).map(move |s| (c, s)))
         .collect();
     // Only the first seed keeps its whole report.
     let done = crate::explore::par_map(&work, jobs, |&(c, s)| {

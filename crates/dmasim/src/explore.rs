@@ -134,7 +134,7 @@ pub fn run_shard(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Vec<RunRecord> {
     let of = of.max(1);
-    let seeds: Vec<u64> = (from..from.saturating_add(runs))
+    let seeds: Vec<u64> = seed_range(from, runs)
         .filter(|s| (s - from) % of == shard)
         .collect();
     let done = std::sync::atomic::AtomicU64::new(0);
@@ -150,6 +150,20 @@ pub fn run_shard(
         progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
         RunRecord::of(name, seed, &r)
     })
+}
+
+/// The seeds `from`, `from + 1`, … : `runs` of them, or as many as there are up
+/// to the last `u64` (the command line refuses a range that passes it).
+pub fn seed_range(from: u64, runs: u64) -> std::ops::RangeInclusive<u64> {
+    match runs.checked_sub(1) {
+        Some(n) => from..=from.saturating_add(n),
+        // An empty range: `RangeInclusive` cannot be built empty from bounds alone.
+        None => {
+            let mut r = 0..=0;
+            r.next();
+            r
+        }
+    }
 }
 
 /// `f` over `items` on `jobs` threads (1 to 64), each taking every `jobs`-th item;
@@ -171,9 +185,12 @@ pub fn par_map<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R +
                 })
             })
             .collect();
+        // A worker that panicked takes its results with it: pass the panic on
+        // rather than summarise the runs that are left (run_source catches the
+        // panics of a run, so this is a bug of the caller's `f`).
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
     out.sort_by_key(|(i, _)| *i);

@@ -33,6 +33,7 @@ pub mod compare;
 pub mod config;
 pub mod explore;
 pub mod fasthash;
+pub mod fuzz;
 pub mod hw;
 pub mod kernel;
 pub mod replay;

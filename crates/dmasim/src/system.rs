@@ -25,6 +25,26 @@ pub const DEFAULT_MEMORY_CAP: u64 = 4 << 30;
 pub const MAX_ACCESS: u64 = 256 << 20;
 /// Device transfers that may be in flight at once.
 pub const MAX_JOBS_IN_FLIGHT: usize = 4096;
+/// Log lines a run keeps; later ones are counted, not kept (a script printing in
+/// a loop cannot exhaust host memory).
+pub const MAX_LOG_LINES: usize = 20_000;
+/// Characters of one log line kept (a longer `print` is cut, with an ellipsis).
+pub const MAX_LOG_LINE_CHARS: usize = 2_000;
+
+/// `line` cut to [`MAX_LOG_LINE_CHARS`] characters.
+pub(crate) fn cap_line(mut line: String) -> String {
+    if let Some((cut, _)) = line.char_indices().nth(MAX_LOG_LINE_CHARS) {
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
+}
+
+/// Default bound on a run's simulated time: one hour (`--max-sim-time`).
+pub const DEFAULT_MAX_SIM_TIME_NS: u64 = 3_600 * 1_000_000_000;
+/// Largest `--max-sim-time` accepted: 100 days, so that the clock (picoseconds in a
+/// `u64`, about 213 days) and every time computed from it keep their headroom.
+pub const MAX_SIM_TIME_NS: u64 = 100 * 86_400 * 1_000_000_000;
 /// Noise points at most per `run_for`/`wait` (one per simulated µs up to this).
 const MAX_NOISE_POINTS_PER_WAIT: u64 = 256;
 
@@ -37,6 +57,14 @@ pub enum SimError {
         /// The cap, formatted.
         cap: String,
     },
+    /// The run's simulated time passed its bound.
+    #[error(
+        "time limit: the run would pass {limit} of simulated time (raise it with --max-sim-time)"
+    )]
+    SimTimeLimit {
+        /// The bound, formatted.
+        limit: String,
+    },
     /// A CPU access to an address with no mapping: a kernel oops in Linux.
     #[error("Unable to handle kernel paging request at virtual address {0:#018x}")]
     PagingRequest(u64),
@@ -46,6 +74,17 @@ pub enum SimError {
     /// A bad platform configuration.
     #[error("platform: {0}")]
     Config(String),
+}
+
+impl SimError {
+    /// A limit of the simulator (host memory, simulated time) rather than a bad
+    /// call: a script cannot catch it, and the run ends with exit 2.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            SimError::MemoryCap { .. } | SimError::SimTimeLimit { .. }
+        )
+    }
 }
 
 /// Result alias for simulator failures.
@@ -72,6 +111,9 @@ pub struct RunOptions {
     pub memory_cap: u64,
     /// Record the timeline, buffers and cache snapshots for `--html` / `--trace`.
     pub record: bool,
+    /// Simulated nanoseconds the run may last (`--max-sim-time`; at most
+    /// [`MAX_SIM_TIME_NS`]).
+    pub max_sim_time_ns: u64,
 }
 
 impl Default for RunOptions {
@@ -80,6 +122,7 @@ impl Default for RunOptions {
             seed: 0,
             memory_cap: DEFAULT_MEMORY_CAP,
             record: false,
+            max_sim_time_ns: DEFAULT_MAX_SIM_TIME_NS,
         }
     }
 }
@@ -102,9 +145,11 @@ pub struct Job {
 
 impl Job {
     fn time_at(&self, bytes: u64) -> u64 {
-        self.start_ps
-            + self.latency_ps
-            + (u128::from(bytes) * u128::from(self.ps_per_kib) / 1024) as u64
+        // Saturates: the run's time bound refuses any wait that would get here.
+        let t = u128::from(self.start_ps)
+            + u128::from(self.latency_ps)
+            + u128::from(bytes) * u128::from(self.ps_per_kib) / 1024;
+        u64::try_from(t).unwrap_or(u64::MAX)
     }
 
     fn next_time(&self) -> Option<u64> {
@@ -150,6 +195,13 @@ pub struct System {
     /// Pending pieces in time order: (time in ps, job id).
     queue: BTreeSet<(u64, u64)>,
     next_job: u64,
+    /// The simulated time the run may reach, in ps.
+    max_sim_ps: u64,
+    /// Log lines not kept past [`MAX_LOG_LINES`].
+    pub log_dropped: u64,
+    /// A limit the run hit; every later call fails with it (a script cannot go on
+    /// past a limit by catching the error).
+    limit_hit: Option<SimError>,
 }
 
 impl System {
@@ -224,6 +276,9 @@ impl System {
             jobs: BTreeMap::new(),
             queue: BTreeSet::new(),
             next_job: 1,
+            max_sim_ps: opts.max_sim_time_ns.min(MAX_SIM_TIME_NS) * 1000,
+            log_dropped: 0,
+            limit_hit: None,
         };
         sys.printk(
             "",
@@ -368,7 +423,7 @@ impl System {
         } else {
             format!("{subsys}: ")
         };
-        self.log.push(format!(
+        self.push_log(format!(
             "[{:5}.{:06}] {prefix}{msg}",
             us / 1_000_000,
             us % 1_000_000
@@ -383,8 +438,28 @@ impl System {
         }
     }
 
-    /// Fails when a simulator limit was hit during the last operation.
+    /// Appends a line to dmesg within the run's caps ([`MAX_LOG_LINES`] lines of at
+    /// most [`MAX_LOG_LINE_CHARS`] characters); past them the line is counted.
+    pub fn push_log(&mut self, line: String) {
+        Self::push_capped(&mut self.log, &mut self.log_dropped, line);
+    }
+
+    fn push_capped(log: &mut Vec<String>, dropped: &mut u64, line: String) {
+        if log.len() >= MAX_LOG_LINES {
+            *dropped += 1;
+            return;
+        }
+        log.push(cap_line(line));
+    }
+
+    /// Fails when a simulator limit was hit during the last operation or before.
     pub fn check_limits(&self) -> Result<()> {
+        if let Some(e) = &self.limit_hit {
+            return Err(e.clone());
+        }
+        if self.hw.now_ps() > self.max_sim_ps {
+            return Err(self.time_limit());
+        }
         if self.hw.dram.cap_exceeded() {
             return Err(SimError::MemoryCap {
                 cap: human_size(self.hw.dram.cap_frames() * PAGE_SIZE),
@@ -703,12 +778,14 @@ impl System {
     /// # Errors
     /// [`SimError::Invalid`] for an unknown job.
     pub fn wait(&mut self, job: u64) -> Result<Option<Vec<u8>>> {
+        self.check_limits()?;
         let mut end = self
             .jobs
             .get(&job)
             .ok_or_else(|| SimError::Invalid(format!("no DMA job #{job} (already waited for?)")))?
             .end_ps();
         loop {
+            self.refuse_past_limit(end)?;
             self.idle_until(end);
             // IOTLB misses may have pushed the end back.
             let later = self.jobs[&job].end_ps();
@@ -741,10 +818,34 @@ impl System {
     }
 
     /// Lets `ns` of simulated time pass with background activity.
+    ///
+    /// # Errors
+    /// [`SimError::SimTimeLimit`] when the wait would pass the run's time bound (the
+    /// clock does not move then).
     pub fn run_for(&mut self, ns: u64) -> Result<()> {
+        self.check_limits()?;
         let end = self.hw.now_ps().saturating_add(ns.saturating_mul(1000));
+        self.refuse_past_limit(end)?;
         self.idle_until(end);
         self.check_limits()
+    }
+
+    /// The error of a run that would pass its simulated-time bound.
+    fn time_limit(&self) -> SimError {
+        SimError::SimTimeLimit {
+            limit: crate::units::human_duration_ns(self.max_sim_ps / 1000),
+        }
+    }
+
+    /// Refuses (and remembers, so that every later call fails too) a wait that
+    /// would take the clock past the run's bound.
+    pub(crate) fn refuse_past_limit(&mut self, end_ps: u64) -> Result<()> {
+        if end_ps > self.max_sim_ps {
+            let e = self.time_limit();
+            self.limit_hit = Some(e.clone());
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Lets time pass until `end_ps` with background activity and device pieces.
@@ -936,23 +1037,28 @@ impl System {
                 crate::hw::iommu::FaultKind::Permission => (0x13, "F_PERMISSION"),
                 crate::hw::iommu::FaultKind::Blocked => (0x04, "C_BAD_STE"),
             };
-            self.log.push(format!(
+            Self::push_capped(&mut self.log, &mut self.log_dropped, format!(
                 "[{:5}.{:06}] arm-smmu-v3: event {code:#04x} received ({name}): {} {} at IOVA {:#x}",
                 us / 1_000_000,
                 us % 1_000_000,
                 dev.name,
                 if write { "write" } else { "read" },
-                bus
+                // What reached the SMMU: the bits the device drives.
+                lines
             ));
         } else if !ok {
             let us = t / 1_000_000;
-            self.log.push(format!(
-                "[{:5}.{:06}] {}: DMA bus error at {:#x} (physical {pa:#x} is not RAM)",
-                us / 1_000_000,
-                us % 1_000_000,
-                dev.name,
-                bus
-            ));
+            Self::push_capped(
+                &mut self.log,
+                &mut self.log_dropped,
+                format!(
+                    "[{:5}.{:06}] {}: DMA bus error at {:#x} (physical {pa:#x} is not RAM)",
+                    us / 1_000_000,
+                    us % 1_000_000,
+                    dev.name,
+                    bus
+                ),
+            );
         }
         j.bus_error |= !ok;
         j.done += n;

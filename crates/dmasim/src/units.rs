@@ -84,6 +84,8 @@ pub fn parse_duration_ns(text: &str) -> Result<u64, UnitError> {
         "us" | "µs" => 1e3,
         "ms" => 1e6,
         "s" => 1e9,
+        "min" => 60e9,
+        "h" => 3600e9,
         _ => return Err(UnitError::BadDuration(text.to_string())),
     };
     let ns = value * scale;
@@ -91,6 +93,30 @@ pub fn parse_duration_ns(text: &str) -> Result<u64, UnitError> {
         return Err(UnitError::Overflow(text.to_string()));
     }
     Ok(ns.round() as u64)
+}
+
+/// Formats a duration in nanoseconds with the largest unit that divides it:
+/// `1 h`, `90 s`, `250 us`, `7 ns`.
+///
+/// # Examples
+/// ```
+/// assert_eq!(dmasim::units::human_duration_ns(3_600_000_000_000), "1 h");
+/// assert_eq!(dmasim::units::human_duration_ns(1_500_000), "1500 us");
+/// ```
+pub fn human_duration_ns(ns: u64) -> String {
+    const UNITS: [(u64, &str); 5] = [
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "min"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+    ];
+    for (scale, unit) in UNITS {
+        if ns >= scale && ns % scale == 0 {
+            return format!("{} {unit}", ns / scale);
+        }
+    }
+    format!("{ns} ns")
 }
 
 /// Formats a byte count the way the kernel log does: `64MB`, `4KB`, or bytes.

@@ -336,6 +336,11 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "dma_pool_destroy while blocks were still allocated: the pool's pages leak",
     ),
     (
+        "double-free",
+        Severity::Error,
+        "kfree, vfree or free_pages of a buffer that is not a live allocation of that kind (freed twice, or with the wrong call)",
+    ),
+    (
         "dma-mask-default",
         Severity::Warning,
         "a device kept the default 32-bit DMA mask on a machine with RAM above 4 GiB",

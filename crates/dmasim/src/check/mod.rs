@@ -1862,6 +1862,9 @@ impl Sanitizer {
     pub fn device_access(&mut self, ctx: Ctx, a: DeviceAccess<'_>) {
         let len = a.data.len() as u64;
         let cover = self.entries.containing(a.dev, a.bus, Some(len), |_| true);
+        if cover.is_none() && (a.translated || a.fault.is_some()) && self.wider_than_bus(ctx, &a) {
+            return;
+        }
         if let Some(kind) = a.fault {
             self.iommu_fault(ctx, &a, kind, cover);
             return;
@@ -2085,6 +2088,43 @@ impl Sanitizer {
 
     /// The IOMMU stopped an access: `dma-after-unmap` (latent) when the address was
     /// this device's until a recent unmap, else `iommu-fault`.
+    /// A device behind an IOMMU given a bus address wider than it drives: the
+    /// IOMMU saw only the low `dma_bits` (the device cannot put the rest on the
+    /// bus), so what it translated or refused is another address than the script
+    /// meant; said so instead of a stale-IOTLB or no-mapping story about the wide
+    /// one. True when reported.
+    fn wider_than_bus(&mut self, ctx: Ctx, a: &DeviceAccess<'_>) -> bool {
+        if a.dma_bits >= 64 || a.bus >> a.dma_bits == 0 {
+            return false;
+        }
+        let len = a.data.len() as u64;
+        let seen = a.bus & ((1u64 << a.dma_bits) - 1);
+        let verb = if a.write { "write" } else { "read" };
+        let outcome = match (a.fault, a.pa) {
+            (Some(k), _) => format!("the IOMMU refused it ({k:?} fault)"),
+            (None, Some(pa)) => format!("the IOMMU translated it to physical {pa:#x}"),
+            (None, None) => "it ended in a bus error".to_string(),
+        };
+        let msg = format!(
+            "{} drives only {} address bits: the {verb} of {len} bytes at bus address {:#x} reached the IOMMU as IOVA {seen:#x}, and {outcome}",
+            a.dev_name, a.dma_bits, a.bus
+        );
+        self.report_access(
+            "dma-outside-mapping",
+            a.bus,
+            Some(a.pa.is_some()),
+            a,
+            ctx,
+            msg,
+            "give the device only addresses returned by dma_map_* or dma_alloc_coherent; they fit its DMA mask".into(),
+            vec![],
+        );
+        if let (true, Some(pa)) = (a.write, a.pa) {
+            self.oracle.store(pa, a.data);
+        }
+        true
+    }
+
     fn iommu_fault(
         &mut self,
         ctx: Ctx,
@@ -2108,6 +2148,14 @@ impl Sanitizer {
                     e.snapshot(),
                 )
             }
+            (FaultKind::AddressSize, _) => (
+                format!(
+                    "the IOVA is beyond the IOMMU's {}-bit input address size",
+                    crate::hw::iommu::IAS
+                ),
+                "give the device only addresses returned by dma_map_* or dma_alloc_coherent".to_string(),
+                vec![],
+            ),
             (FaultKind::Blocked, _) => (
                 "the device's domain blocks all DMA".to_string(),
                 "a device is blocked while its group has no owner (VFIO took it, or the driver unbound); attach a domain first".to_string(),
@@ -2416,6 +2464,19 @@ impl Sanitizer {
         let ids = self.entries.of_device(dev);
         for id in ids {
             let e = self.entries.remove(id).expect("listed above");
+            // At the end of the run no script line is running: name the line that
+            // made the mapping (or allocation) instead of line 0.
+            let ctx = if ctx.line == 0 {
+                let line = e
+                    .map_event
+                    .as_ref()
+                    .and_then(|m| e.history.get(m.idx))
+                    .or_else(|| e.history.first())
+                    .map_or(0, |h| h.line);
+                Ctx { line, ..ctx }
+            } else {
+                ctx
+            };
             let help = match e.kind {
                 MapKind::Coherent => {
                     "free coherent buffers with dma_free_coherent before the driver goes away"

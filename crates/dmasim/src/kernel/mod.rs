@@ -233,6 +233,11 @@ pub struct Kernel {
     /// Live buffers by id.
     pub buffers: BTreeMap<u64, Buffer>,
     by_va: BTreeMap<u64, u64>,
+    /// Physically contiguous live buffers by (physical start, id), and the longest
+    /// such buffer ever: `buffer_at_phys` looks only at starts within that length
+    /// below the address instead of scanning every buffer.
+    by_phys: std::collections::BTreeSet<(u64, u64)>,
+    max_phys_len: u64,
     next_buffer: u64,
     /// Record each buffer's frames for the report's pictures.
     pub(crate) record_buffers: bool,
@@ -252,6 +257,12 @@ pub struct Kernel {
     /// Page sets taken with get_user_pages / pin_user_pages, by id.
     pub pins: BTreeMap<u64, crate::uapi::process::PinnedPages>,
     pub(crate) next_pins: u64,
+    /// References `get_user_pages`/`pin_user_pages` hold on kernel-owned pages a
+    /// driver mapped into a process with `vm_insert_page` (the CMA heap's fault
+    /// handler, vb2-dma-sg's `vm_map_pages`): frame → references. Dropping them never
+    /// frees the frame, which stays its driver's (mm/gup.c: try_grab_folio takes a
+    /// reference; put_page drops it; the driver holds its own).
+    pub kernel_page_refs: BTreeMap<u64, u32>,
     /// Pages migrated so far.
     pub migrated_pages: u64,
     /// Pages pinned so far (`nr_foll_pin_acquired`).
@@ -329,6 +340,8 @@ impl Kernel {
             devices: Vec::new(),
             buffers: BTreeMap::new(),
             by_va: BTreeMap::new(),
+            by_phys: std::collections::BTreeSet::new(),
+            max_phys_len: 0,
             next_buffer: 1,
             record_buffers: false,
             new_buffers: Vec::new(),
@@ -340,6 +353,7 @@ impl Kernel {
             user_pages: mm::page::Pages::default(),
             pins: BTreeMap::new(),
             next_pins: 1,
+            kernel_page_refs: BTreeMap::new(),
             migrated_pages: 0,
             pins_acquired: 0,
             cma_migrated: 0,
@@ -413,6 +427,10 @@ impl Kernel {
         b.id = self.next_buffer;
         self.next_buffer += 1;
         self.by_va.insert(b.va, b.id);
+        if b.kind != BufKind::Vmalloc {
+            self.by_phys.insert((b.phys, b.id));
+            self.max_phys_len = self.max_phys_len.max(b.len.max(1));
+        }
         let id = b.id;
         if self.record_buffers {
             let runs = match &b.backing {
@@ -437,6 +455,7 @@ impl Kernel {
     pub(crate) fn remove_buffer(&mut self, id: u64) -> Option<Buffer> {
         let b = self.buffers.remove(&id)?;
         self.by_va.remove(&b.va);
+        self.by_phys.remove(&(b.phys, b.id));
         if self.record_buffers {
             self.freed_buffers.push(id);
         }
@@ -451,10 +470,14 @@ impl Kernel {
     }
 
     /// The live physically contiguous buffer (kmalloc, pages, coherent) holding `pa`.
+    /// When several hold it, the oldest (lowest id).
     pub fn buffer_at_phys(&self, pa: u64) -> Option<&Buffer> {
-        self.buffers
-            .values()
-            .find(|b| b.kind != BufKind::Vmalloc && pa >= b.phys && pa - b.phys < b.len.max(1))
+        let lo = pa.saturating_sub(self.max_phys_len.saturating_sub(1));
+        self.by_phys
+            .range((lo, 0)..=(pa, u64::MAX))
+            .map(|&(_, id)| &self.buffers[&id])
+            .filter(|b| pa - b.phys < b.len.max(1))
+            .min_by_key(|b| b.id)
     }
 
     /// A fresh range of the vmalloc area (with a guard page after it).

@@ -25,6 +25,17 @@ pub(super) fn err(ctx: &NativeCallContext, msg: impl Into<String>) -> Box<EvalAl
     EvalAltResult::ErrorRuntime(msg.into().into(), ctx.call_position()).into()
 }
 
+/// A simulator failure as a Rhai error: a limit (host memory, simulated time) ends
+/// the run whatever the script does (`ErrorTerminated` cannot be caught by
+/// `try`/`catch`); anything else is an ordinary runtime error at the call.
+pub(super) fn sim_err(ctx: &NativeCallContext, e: SimError) -> Box<EvalAltResult> {
+    if e.is_limit() {
+        EvalAltResult::ErrorTerminated(e.to_string().into(), ctx.call_position()).into()
+    } else {
+        err(ctx, e.to_string())
+    }
+}
+
 fn line(ctx: &NativeCallContext) -> u32 {
     ctx.call_position().line().unwrap_or(0) as u32
 }
@@ -60,6 +71,7 @@ pub(super) fn with_sys<T>(
     f: impl FnOnce(&mut System) -> Result<T, SimError>,
 ) -> RResult<T> {
     let mut g = s.borrow_mut();
+    let invariants = g.opts.check_invariants;
     let sys = g
         .sys
         .as_mut()
@@ -71,8 +83,12 @@ pub(super) fn with_sys<T>(
     if sys.recorder.is_some() {
         sys.record_after_call(ctx.fn_name(), t0);
     }
-    let r = r.map_err(|e| err(ctx, e.to_string()))?;
-    sys.check_limits().map_err(|e| err(ctx, e.to_string()))?;
+    let r = r.map_err(|e| sim_err(ctx, e))?;
+    sys.check_limits().map_err(|e| sim_err(ctx, e))?;
+    if invariants {
+        sys.check_invariants()
+            .map_err(|e| err(ctx, format!("internal error (a dmasim bug): {e}")))?;
+    }
     Ok(r)
 }
 
@@ -493,6 +509,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                 seed: g.opts.seed,
                 memory_cap: g.opts.memory_cap,
                 record: g.opts.record,
+                max_sim_time_ns: g.opts.max_sim_time_ns,
             };
             let mut sys = System::boot(p, opts).map_err(|e| err(ctx, e.to_string()))?;
             sys.line = line(ctx);
@@ -2189,20 +2206,28 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
     let s1 = s.clone();
     engine.on_print(move |text| {
         if let Ok(mut g) = s1.try_borrow_mut() {
+            let g = &mut *g;
             match g.sys.as_mut() {
                 Some(sys) => sys.printk("script", text.to_string()),
-                None => g.early_log.push(format!("[    0.000000] script: {text}")),
+                None if g.early_log.len() < crate::system::MAX_LOG_LINES => {
+                    let line = crate::system::cap_line(format!("[    0.000000] script: {text}"));
+                    g.early_log.push(line);
+                }
+                None => g.early_dropped += 1,
             }
         }
     });
     engine.on_debug(|_, _, _| {});
 }
 
-/// A pinned-pages object, or `-ENOMEM` when a long-term pin could not move a page
-/// out of CMA (what `pin_user_pages` returns then).
+/// A pinned-pages object, `-ENOMEM` when a long-term pin could not move a page
+/// out of CMA, or `-EFAULT` for a `VM_IO | VM_PFNMAP` mapping (what
+/// `pin_user_pages` returns then).
 fn pages_result(id: u64, len: u64) -> Dynamic {
-    if id == u64::MAX {
+    if id == crate::uapi::process::GUP_ENOMEM {
         Dynamic::from(-errno::ENOMEM)
+    } else if id == crate::uapi::process::GUP_EFAULT {
+        Dynamic::from(-errno::EFAULT)
     } else {
         Dynamic::from(PagesObj {
             id,
@@ -2221,11 +2246,11 @@ fn short(v: &Dynamic) -> String {
             if b.len() > 8 { " …" } else { "" }
         );
     }
+    // Cut at a character, not a byte: a value is user text (any UTF-8).
     let s = v.to_string();
-    if s.len() > 60 {
-        format!("{}…", &s[..60])
-    } else {
-        s
+    match s.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s,
     }
 }
 
@@ -2236,10 +2261,14 @@ fn record_expectation(s: &Shared, ctx: &NativeCallContext, ok: bool, msg: &str) 
     } else {
         g.expectations.failed += 1;
         let line = line(ctx);
-        g.expectations.failures.push(ExpectationFailure {
-            msg: msg.to_string(),
-            line,
-        });
+        // The count goes on; the messages kept are bounded (a failing expect in a
+        // loop cannot exhaust host memory).
+        if g.expectations.failures.len() < super::MAX_EXPECTATION_FAILURES {
+            g.expectations.failures.push(ExpectationFailure {
+                msg: crate::system::cap_line(msg.to_string()),
+                line,
+            });
+        }
         if let Some(sys) = g.sys.as_mut() {
             sys.printk(
                 "script",

@@ -36,6 +36,7 @@ pub(super) fn advance_with_callbacks(
     ctx: &NativeCallContext,
     end_ps: u64,
 ) -> RResult<()> {
+    with_sys(s, ctx, |sys| sys.refuse_past_limit(end_ps))?;
     loop {
         let reached = with_sys(s, ctx, |sys| {
             let next = sys.dmaengine_next_end().filter(|&t| t <= end_ps);

@@ -9,6 +9,7 @@ mod api;
 mod dmabuf;
 mod dmaengine;
 mod dmapool;
+mod imports;
 mod mmap;
 mod noncontiguous;
 mod page_pool;
@@ -22,8 +23,9 @@ use std::rc::Rc;
 use rhai::{Engine, EvalAltResult, Position};
 
 use crate::report::{Expectations, Outcome, PlatformSummary, Report, Stats, SCHEMA};
-use crate::system::{System, DEFAULT_MEMORY_CAP};
+use crate::system::{System, DEFAULT_MAX_SIM_TIME_NS, DEFAULT_MEMORY_CAP};
 
+pub use imports::{MAX_IMPORTS_PER_RUN, MAX_IMPORT_DEPTH};
 pub use values::{BufferObj, DeviceObj, JobObj, PagesObj, ProcessObj, SgObj};
 
 /// Limits and options of a script run.
@@ -35,6 +37,8 @@ pub struct ScriptOptions {
     pub memory_cap: u64,
     /// Rhai operations before the run is stopped (an endless loop ends here).
     pub max_operations: u64,
+    /// Simulated nanoseconds a run may last (`--max-sim-time`).
+    pub max_sim_time_ns: u64,
     /// Boot this preset whatever the script's `boot()` names (its overrides still apply).
     pub preset: Option<&'static str>,
     /// Force background noise off (`noise: "off"`), after the script's overrides.
@@ -45,6 +49,14 @@ pub struct ScriptOptions {
     /// after them, in order. Values are read as `true`/`false`, integers (decimal or
     /// `0x` hex) or else strings (sizes like `"64 MiB"`, `"smmu"`), as in a script.
     pub boot_set: Vec<(String, String)>,
+    /// The folder `import "name"` reads `name.rhai` from: the script's own folder
+    /// for a script file (`--lib DIR` chooses another); none for a script given
+    /// as text, where `import` is refused.
+    pub lib_dir: Option<std::path::PathBuf>,
+    /// Check Linux invariants of the memory model after every call (tests and the
+    /// fuzzer; [`System::check_invariants`]): a broken one ends the run with an
+    /// "internal error".
+    pub check_invariants: bool,
 }
 
 impl Default for ScriptOptions {
@@ -53,10 +65,13 @@ impl Default for ScriptOptions {
             seed: 0,
             memory_cap: DEFAULT_MEMORY_CAP,
             max_operations: 20_000_000,
+            max_sim_time_ns: DEFAULT_MAX_SIM_TIME_NS,
             preset: None,
             noise_off: false,
             record: false,
             boot_set: Vec::new(),
+            lib_dir: None,
+            check_invariants: false,
         }
     }
 }
@@ -69,6 +84,12 @@ pub(crate) struct Session {
     pub(crate) early_log: Vec<String>,
     /// dmaengine completion callbacks by descriptor: the function and its param.
     pub(crate) callbacks: std::collections::BTreeMap<u64, (rhai::FnPtr, Option<rhai::Dynamic>)>,
+    /// `print` lines before `boot` not kept past the log's cap.
+    pub(crate) early_dropped: u64,
+    /// Imports being evaluated, one inside the other.
+    pub(crate) import_depth: usize,
+    /// Imports evaluated so far in the run.
+    pub(crate) imports: usize,
 }
 
 pub(crate) type Shared = Rc<RefCell<Session>>;
@@ -83,7 +104,11 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
         .set_max_expr_depths(128, 64)
         .set_max_string_size(1 << 20)
         .set_max_array_size(1 << 24)
-        .set_max_map_size(1 << 14);
+        .set_max_map_size(1 << 14)
+        .set_max_modules(MAX_IMPORTS_PER_RUN);
+    engine.set_module_resolver(imports::FolderResolver {
+        session: session.clone(),
+    });
     // A debugger that never stops: it makes Rhai keep its call stack, from which
     // a finding inside a script function gets its call chain (`api::with_sys`).
     engine.register_debugger(
@@ -98,7 +123,23 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
     dmaengine::register(&mut engine, session);
     ring::register(&mut engine, session);
     page_pool::register(&mut engine, session);
+    // Test builds only: a call that panics, so the tests of the path that turns a
+    // dmasim bug into an error run (exit 2 with the seed) have a bug to meet.
+    #[cfg(debug_assertions)]
+    engine.register_fn(TEST_PANIC_FN, test_panic);
     engine
+}
+
+/// Failed expectations whose message a report keeps (the count goes on).
+pub const MAX_EXPECTATION_FAILURES: usize = 1_000;
+
+/// The name of the test-build hook that panics (not in release builds).
+#[cfg(debug_assertions)]
+pub const TEST_PANIC_FN: &str = "__dmasim_test_panic";
+
+#[cfg(debug_assertions)]
+fn test_panic() {
+    panic!("the test hook {TEST_PANIC_FN}() was called");
 }
 
 /// Builds the engine without running anything (for `dmasim check` and docs tools).
@@ -114,27 +155,69 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-/// `file:line:col: message` for a Rhai error; an unknown function names the closest
-/// existing ones (`engine` and `ast` tell which exist).
-fn describe_error(name: &str, err: &EvalAltResult, api: Option<(&Engine, &rhai::AST)>) -> String {
+/// `file:line:col: message` for a Rhai error.
+///
+/// The position is the innermost one that is a line of this script: an error
+/// inside `eval("...")` or an imported module has positions in that other text, so
+/// the `eval` call or the `import` is named instead (with the module's name).
+/// `last_line` (the line of the last kernel call) stands in for an error Rhai
+/// gives no position (an operation limit met between calls). An unknown function
+/// names the closest existing ones (`api`: the engine and script that tell which).
+fn describe_error(
+    name: &str,
+    err: &EvalAltResult,
+    last_line: u32,
+    api: Option<(&Engine, &rhai::AST)>,
+) -> String {
     let inner = err.unwrap_inner();
-    let pos = if inner.position().is_none() {
-        err.position()
-    } else {
-        inner.position()
-    };
+    let mut pos = err.position();
+    let mut layer = err;
+    let mut module = None;
+    loop {
+        match layer {
+            EvalAltResult::ErrorInFunctionCall(f, _, e, p) => {
+                if f == "eval" {
+                    break;
+                }
+                if !p.is_none() {
+                    pos = *p;
+                }
+                layer = e;
+            }
+            EvalAltResult::ErrorInModule(m, _, p) => {
+                if !p.is_none() {
+                    pos = *p;
+                }
+                module = Some(m.clone());
+                break;
+            }
+            other => {
+                if !other.position().is_none() {
+                    pos = other.position();
+                }
+                break;
+            }
+        }
+    }
+    if pos.is_none() && last_line > 0 {
+        pos = Position::new(last_line.min(u16::MAX as u32) as u16, 0);
+    }
     let msg = match inner {
         EvalAltResult::ErrorFunctionNotFound(sig, _) if api.is_some() => {
             let (engine, ast) = api.expect("checked by the guard");
             let (f, n, types) = resolve::parse_not_found(sig);
             resolve::Api::of(engine, Some(ast)).explain(&f, n, Some(&types))
         }
-        EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
+        EvalAltResult::ErrorRuntime(d, _) | EvalAltResult::ErrorTerminated(d, _) => d.to_string(),
         EvalAltResult::ErrorTooManyOperations(_) => {
             "the script ran out of operations (an endless loop?); raise the limit with --max-ops"
                 .to_string()
         }
         other => strip_position(&other.to_string()),
+    };
+    let msg = match module {
+        Some(m) => format!("in module {m:?}: {msg}"),
+        None => msg,
     };
     locate(name, pos, &msg)
 }
@@ -157,8 +240,11 @@ pub fn function_names() -> Vec<String> {
             let name = sig.split('(').next()?.trim().to_string();
             // Property getters/setters and operators are not called by name.
             let name = name.rsplit(' ').next()?.to_string();
-            (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-                .then_some(name)
+            // Names starting `__` are test hooks, not part of the API.
+            (!name.is_empty()
+                && !name.starts_with("__")
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .then_some(name)
         })
         .collect();
     names.sort();
@@ -197,7 +283,35 @@ pub fn check_source(name: &str, src: &str) -> Result<(), String> {
 
 /// Runs a script and returns its report. Never panics on bad input: syntax errors,
 /// unknown functions, wrong types and limits end in a report with outcome `error`.
+/// A panic of dmasim itself (a bug) is caught too and ends the run with an error
+/// that says so and names the seed, so `explore` and `compare` count it as an
+/// error run (exit 2) instead of losing it.
 pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_source_inner(name, src, opts)
+    })) {
+        Ok(r) => r,
+        Err(payload) => {
+            // The thread's engine may be mid-call: drop it, the next run builds one.
+            let _ = ENGINE.try_with(|c| c.try_borrow_mut().map(|mut c| c.take()));
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            error_report(
+                name,
+                opts,
+                format!(
+                    "{name}: internal error (a dmasim bug, please report it with this script and --seed {}): {what}",
+                    opts.seed
+                ),
+            )
+        }
+    }
+}
+
+fn run_source_inner(name: &str, src: &str, opts: &ScriptOptions) -> Report {
     // Building an engine (Rhai's standard package and our few hundred functions)
     // costs more than a short run itself, and `explore` runs one script thousands
     // of times per thread: each thread keeps its engine, its session slot and the
@@ -220,11 +334,10 @@ pub fn run_source(name: &str, src: &str, opts: &ScriptOptions) -> Report {
     let error = match compiled {
         Err(e) => Some(locate(name, e.position(), &strip_position(&e.to_string()))),
         Ok((text, ast)) => {
-            let r = cached
-                .engine
-                .run_ast(&ast)
-                .err()
-                .map(|e| describe_error(name, &e, Some((&cached.engine, &ast))));
+            let r = cached.engine.run_ast(&ast).err().map(|e| {
+                let last_line = cached.session.borrow().sys.as_ref().map_or(0, |s| s.line);
+                describe_error(name, &e, last_line, Some((&cached.engine, &ast)))
+            });
             cached.ast = Some((text, ast));
             r
         }
@@ -260,6 +373,9 @@ impl Session {
             expectations: Expectations::default(),
             early_log: Vec::new(),
             callbacks: std::collections::BTreeMap::new(),
+            early_dropped: 0,
+            import_depth: 0,
+            imports: 0,
         }
     }
 }
@@ -268,18 +384,40 @@ impl Session {
 /// through) and collects findings, stats and log from the session.
 fn finish_run(name: &str, opts: &ScriptOptions, session: &Shared, error: Option<String>) -> Report {
     let mut s = session.borrow_mut();
+    let mut error = error;
     if error.is_none() {
         if let Some(sys) = s.sys.as_mut() {
-            sys.line = 0;
-            sys.finish();
+            // A limit the script got past (an `eval` turns every error into one a
+            // `try` can catch) still ends the run as an error.
+            match sys.check_limits() {
+                Err(e) => error = Some(format!("{name}:{}: {e}", sys.line)),
+                Ok(()) => {
+                    sys.line = 0;
+                    sys.finish();
+                }
+            }
         }
     }
+    let early_dropped = s.early_dropped;
     let expectations = std::mem::take(&mut s.expectations);
     let mut log = std::mem::take(&mut s.early_log);
     let (platform, findings, stats, streams, visual) = match s.sys.as_mut() {
         Some(sys) => {
             let visual = sys.finish_recording().map(Box::new);
             log.append(&mut sys.log);
+            let mut dropped = sys.log_dropped + early_dropped;
+            // The lines before boot and the machine's each had the cap: keep it
+            // for the whole log.
+            if log.len() > crate::system::MAX_LOG_LINES {
+                dropped += (log.len() - crate::system::MAX_LOG_LINES) as u64;
+                log.truncate(crate::system::MAX_LOG_LINES);
+            }
+            if dropped > 0 {
+                log.push(format!(
+                    "dmasim: {dropped} more log lines were not kept (at most {} per run)",
+                    crate::system::MAX_LOG_LINES
+                ));
+            }
             (
                 Some(PlatformSummary::of(&sys.cfg)),
                 sys.check.findings().to_vec(),
@@ -313,25 +451,49 @@ fn finish_run(name: &str, opts: &ScriptOptions, session: &Shared, error: Option<
     }
 }
 
-/// Reads and runs a script file; an unreadable file gives an error report.
+/// The report of a run that ended before it could start or in a dmasim bug.
+fn error_report(name: &str, opts: &ScriptOptions, error: String) -> Report {
+    Report {
+        schema: SCHEMA,
+        script: name.to_string(),
+        seed: opts.seed,
+        platform: None,
+        outcome: Outcome::Error,
+        error: Some(error),
+        expectations: Expectations::default(),
+        findings: Vec::new(),
+        stats: Stats::default(),
+        streams: Vec::new(),
+        log: Vec::new(),
+        visual: None,
+    }
+}
+
+/// The folder a script file imports from: its own.
+pub fn script_folder(path: &std::path::Path) -> std::path::PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+/// Reads and runs a script file; an unreadable file gives an error report. Its
+/// imports resolve in its own folder unless `opts.lib_dir` names another.
 pub fn run_file(path: &std::path::Path, opts: &ScriptOptions) -> Report {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(src) => run_source(&name, &src, opts),
-        Err(e) => Report {
-            schema: SCHEMA,
-            script: name.clone(),
-            seed: opts.seed,
-            platform: None,
-            outcome: Outcome::Error,
-            error: Some(format!("{name}: cannot read the script: {e}")),
-            expectations: Expectations::default(),
-            findings: Vec::new(),
-            stats: Stats::default(),
-            streams: Vec::new(),
-            log: Vec::new(),
-            visual: None,
-        },
+        Ok(src) => {
+            let opts = ScriptOptions {
+                lib_dir: Some(opts.lib_dir.clone().unwrap_or_else(|| script_folder(path))),
+                ..opts.clone()
+            };
+            run_source(&name, &src, &opts)
+        }
+        Err(e) => error_report(
+            name.as_str(),
+            opts,
+            format!("{name}: cannot read the script: {e}"),
+        ),
     }
 }
 
@@ -355,7 +517,7 @@ pub fn boot_system(preset: &str, opts: &ScriptOptions) -> Result<System, String>
     let engine = build_engine(&session, opts);
     engine
         .run(&format!("boot({name:?});"))
-        .map_err(|e| describe_error("boot", &e, None))?;
+        .map_err(|e| describe_error("boot", &e, 0, None))?;
     let sys = session.borrow_mut().sys.take();
     sys.ok_or_else(|| "boot: the platform did not boot".to_string())
 }

@@ -377,7 +377,13 @@ impl System {
             (Heap::Vb2Contig, Some(v)) if !self.dev_is_dma_coherent(v.dev) => MemType::NormalNc,
             _ => MemType::Normal,
         };
-        let va = self.map_frames(pid, &pfns, memtype)?;
+        // The CMA heap (cma_heap_vm_fault) and vb2-dma-sg (vm_map_pages) insert
+        // pages; the system heap and vb2-dma-contig remap pfns (VM_PFNMAP).
+        let va = if matches!(b.heap, Heap::Cma | Heap::Vb2Sg) {
+            self.map_inserted_pages(pid, &pfns, memtype)?
+        } else {
+            self.map_frames(pid, &pfns, memtype)?
+        };
         self.dmabuf_mut(id)?.mmaps.push((pid, va));
         Ok(Ok(va))
     }

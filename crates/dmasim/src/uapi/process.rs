@@ -61,6 +61,11 @@ pub struct Vma {
     /// `VM_PFNMAP`: a driver's frames mapped into the process (V4L2 mmap); not
     /// anonymous memory, never migrated, swapped or freed by munmap.
     pub pfnmap: bool,
+    /// The driver's pages were inserted as pages (`vm_insert_page`, `VM_MIXEDMAP`)
+    /// rather than remapped as raw pfns (`remap_pfn_range`, `VM_IO | VM_PFNMAP`):
+    /// only then may `get_user_pages` take them (mm/gup.c: check_vma_flags refuses
+    /// `VM_IO | VM_PFNMAP` with -EFAULT).
+    pub gup_ok: bool,
 }
 
 /// A process.
@@ -137,7 +142,18 @@ pub struct PinnedPages {
     pub pinned: bool,
     /// Whose pages.
     pub pid: u32,
+    /// The frames of `pfns` that are a driver's pages (counted in
+    /// `Kernel::kernel_page_refs`), not the process's own.
+    pub kernel_pfns: Vec<u64>,
 }
+
+/// What [`System::gup`] returns when a page could not leave CMA (-ENOMEM).
+pub const GUP_ENOMEM: u64 = u64::MAX;
+/// What [`System::gup`] returns for a `VM_IO | VM_PFNMAP` mapping (-EFAULT).
+pub const GUP_EFAULT: u64 = u64::MAX - 1;
+
+/// The first process's pid; the n-th process gets `FIRST_PID + n`.
+const FIRST_PID: u32 = 100;
 
 /// A fixmap slot for `kmap_local_page` of highmem pages (arm32 `FIXADDR_START`).
 const KMAP_VA: u64 = 0xfff0_0000;
@@ -183,7 +199,7 @@ impl System {
     /// `fork`+`exec` of a new process with an empty address space; returns its pid.
     pub fn process_new(&mut self, name: &str) -> u32 {
         let asid = self.hw.mmu.new_space();
-        let pid = 100 + self.kernel.procs.len() as u32;
+        let pid = FIRST_PID + self.kernel.procs.len() as u32;
         let (base, top) = user_layout(self.cfg.arch);
         self.kernel.procs.push(Process {
             pid,
@@ -201,11 +217,54 @@ impl System {
         pid
     }
 
+    /// Linux invariants of the memory model (the invariant check mode of tests and
+    /// the fuzzer): every page a process maps as its own and every page a pin or
+    /// reference holds is off the free lists, and the swiotlb pool's books agree.
+    ///
+    /// # Errors
+    /// The first broken invariant.
+    pub fn check_invariants(&self) -> Result<()> {
+        let bad = |m: String| Err(SimError::Invalid(format!("invariant: {m}")));
+        for p in &self.kernel.procs {
+            for (&vpn, &pfn) in &p.present {
+                let own = p.vma_at(vpn << PAGE_SHIFT).is_some_and(|v| !v.pfnmap);
+                if own && self.kernel.pages.is_free(pfn) {
+                    return bad(format!(
+                        "frame {pfn:#x} is mapped by {} (pid {}) at {:#x} and free in the page allocator",
+                        p.name,
+                        p.pid,
+                        vpn << PAGE_SHIFT
+                    ));
+                }
+            }
+        }
+        for (id, set) in &self.kernel.pins {
+            for &pfn in set.pfns.iter().filter(|pfn| !set.kernel_pfns.contains(pfn)) {
+                if self.kernel.pages.is_free(pfn) {
+                    return bad(format!(
+                        "frame {pfn:#x} is held by pinned-pages set #{id} and free in the page allocator"
+                    ));
+                }
+            }
+        }
+        for (pfn, pg) in self.kernel.user_pages.iter() {
+            if pg.refcount == 0 {
+                return bad(format!("user page {pfn:#x} has refcount 0 while mapped"));
+            }
+        }
+        if let Some(pool) = &self.kernel.swiotlb {
+            pool.consistent().or_else(bad)?;
+        }
+        Ok(())
+    }
+
+    /// The index of process `pid` in `kernel.procs`. Processes are never removed
+    /// and pids are `FIRST_PID + index`, so this is O(1) (a scan by pid on every
+    /// user access made creating processes quadratic).
     pub(crate) fn proc_index(&self, pid: u32) -> Result<usize> {
-        self.kernel
-            .procs
-            .iter()
-            .position(|p| p.pid == pid)
+        pid.checked_sub(FIRST_PID)
+            .map(|i| i as usize)
+            .filter(|&i| self.kernel.procs.get(i).is_some_and(|p| p.pid == pid))
             .ok_or_else(|| SimError::Invalid(format!("no process {pid}")))
     }
 
@@ -232,6 +291,7 @@ impl System {
                 locked,
                 huge: false,
                 pfnmap: false,
+                gup_ok: true,
             },
         );
         Ok(start)
@@ -267,6 +327,7 @@ impl System {
                 locked: true,
                 huge: true,
                 pfnmap: false,
+                gup_ok: true,
             },
         );
         let (asid, pid) = (p.asid, p.pid);
@@ -325,6 +386,26 @@ impl System {
     /// # Errors
     /// [`SimError::Invalid`] for an unknown process or an empty list.
     pub fn map_frames(&mut self, pid: u32, pfns: &[u64], memtype: MemType) -> Result<u64> {
+        self.map_driver_pages(pid, pfns, memtype, false)
+    }
+
+    /// Maps a driver's pages into `pid` with `vm_insert_page` (`VM_MIXEDMAP`: the
+    /// CMA heap's fault handler, vb2-dma-sg's `vm_map_pages`): like
+    /// [`System::map_frames`], but `get_user_pages` may take these pages.
+    ///
+    /// # Errors
+    /// [`SimError::Invalid`] for an unknown process or an empty list.
+    pub fn map_inserted_pages(&mut self, pid: u32, pfns: &[u64], memtype: MemType) -> Result<u64> {
+        self.map_driver_pages(pid, pfns, memtype, true)
+    }
+
+    fn map_driver_pages(
+        &mut self,
+        pid: u32,
+        pfns: &[u64],
+        memtype: MemType,
+        gup_ok: bool,
+    ) -> Result<u64> {
         let i = self.proc_index(pid)?;
         if pfns.is_empty() {
             return Err(SimError::Invalid("map_frames: no frames".into()));
@@ -340,6 +421,7 @@ impl System {
                 locked: false,
                 huge: false,
                 pfnmap: true,
+                gup_ok,
             },
         );
         let asid = p.asid;
@@ -550,8 +632,10 @@ impl System {
     /// `get_user_pages()` (`pin` = false) or `pin_user_pages()` (`pin` = true) over
     /// `[va, va+len)`: faults the pages in and takes a reference on each (a pin adds
     /// `GUP_PIN_COUNTING_BIAS`); with `longterm` (FOLL_LONGTERM), pages in CMA are
-    /// migrated out first. Returns the pinned-pages id, or `u64::MAX` when a page
-    /// could not leave CMA (Linux's -ENOMEM).
+    /// migrated out first. Returns the pinned-pages id, [`GUP_ENOMEM`] when a page
+    /// could not leave CMA, or [`GUP_EFAULT`] for a `VM_IO | VM_PFNMAP` mapping.
+    /// A driver's page mapped with `vm_insert_page` gets a reference of its own
+    /// (never freed by the release: the driver still owns it).
     ///
     /// # Errors
     /// A segmentation fault outside the mappings.
@@ -559,9 +643,24 @@ impl System {
         let i = self.proc_index(pid)?;
         let first = va & !(PAGE_SIZE - 1);
         let mut pfns = Vec::new();
+        let mut kernel_pfns = Vec::new();
         let mut a = first;
-        while a < va + len.max(1) {
+        while a < va.saturating_add(len.max(1)) {
+            // mm/gup.c: check_vma_flags(): VM_IO | VM_PFNMAP → -EFAULT.
+            if self.kernel.procs[i]
+                .vma_at(a)
+                .is_some_and(|v| v.pfnmap && !v.gup_ok)
+            {
+                return Ok(GUP_EFAULT);
+            }
             let mut pfn = self.fault_in(i, a)?;
+            if self.kernel.procs[i].vma_at(a).is_some_and(|v| v.pfnmap) {
+                // A driver's page: referenced, never migrated here.
+                pfns.push(pfn);
+                kernel_pfns.push(pfn);
+                a += PAGE_SIZE;
+                continue;
+            }
             // FOLL_LONGTERM: a page in CMA moves out before it is pinned
             // (check_and_migrate_movable_folios).
             if longterm && self.kernel.pages.in_cma(pfn) {
@@ -582,6 +681,9 @@ impl System {
                 pg.refcount += add;
             }
         }
+        for &pfn in &kernel_pfns {
+            *self.kernel.kernel_page_refs.entry(pfn).or_insert(0) += 1;
+        }
         let id = self.kernel.next_pins;
         self.kernel.next_pins += 1;
         self.kernel.pins.insert(
@@ -590,6 +692,7 @@ impl System {
                 pfns,
                 pinned: pin,
                 pid,
+                kernel_pfns,
             },
         );
         Ok(id)
@@ -622,7 +725,20 @@ impl System {
         }
         let set = self.kernel.pins.remove(&id).expect("checked above");
         let sub = if set.pinned { GUP_PIN_COUNTING_BIAS } else { 1 };
+        for &pfn in &set.kernel_pfns {
+            // put_page on a driver's page: its own reference keeps it allocated.
+            if let Some(n) = self.kernel.kernel_page_refs.get_mut(&pfn) {
+                *n -= 1;
+                if *n == 0 {
+                    self.kernel.kernel_page_refs.remove(&pfn);
+                }
+            }
+        }
+        let kernel: std::collections::BTreeSet<u64> = set.kernel_pfns.iter().copied().collect();
         for pfn in set.pfns {
+            if kernel.contains(&pfn) {
+                continue;
+            }
             let orphan_huge = self
                 .kernel
                 .huge_orphans
@@ -667,7 +783,7 @@ impl System {
         let mut buf = vec![0u8; PAGE_SIZE as usize];
         self.kmap_read(pfn << PAGE_SHIFT, &mut buf);
         self.kmap_write(new << PAGE_SHIFT, &buf);
-        let Some(i) = self.kernel.procs.iter().position(|p| p.pid == pg.owner.pid) else {
+        let Ok(i) = self.proc_index(pg.owner.pid) else {
             return false;
         };
         let asid = self.kernel.procs[i].asid;

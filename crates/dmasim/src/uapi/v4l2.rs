@@ -374,7 +374,13 @@ impl System {
             } else {
                 crate::hw::mmu::MemType::Normal
             };
-        let va = self.map_frames(pid, &pfns, memtype)?;
+        // vb2_dma_sg_mmap inserts pages (vm_map_pages); vb2_dc_mmap remaps pfns
+        // (dma_mmap_attrs → remap_pfn_range, VM_PFNMAP).
+        let va = if matches!(queue.alloc, Vb2Alloc::Contig) {
+            self.map_frames(pid, &pfns, memtype)?
+        } else {
+            self.map_inserted_pages(pid, &pfns, memtype)?
+        };
         Ok(va as i64)
     }
 
@@ -573,8 +579,11 @@ impl System {
         }
         // get_vaddr_frames: pin_user_pages_fast(FOLL_LONGTERM | FOLL_WRITE).
         let pins = self.gup(pid, va, len, true, true)?;
-        if pins == u64::MAX {
+        if pins == crate::uapi::process::GUP_ENOMEM {
             return Ok(Err(-ENOMEM));
+        }
+        if pins == crate::uapi::process::GUP_EFAULT {
+            return Ok(Err(-EFAULT));
         }
         let pfns = self.kernel.pins[&pins].pfns.clone();
         let sgt = self.sg_from_pfns_range(&pfns, va % PAGE_SIZE, len, u64::from(u32::MAX))?;

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use crate::check::{MapKind, NewMapping};
 use crate::config::{PAGE_SHIFT, PAGE_SIZE};
 use crate::kernel::dma::DmaDirection;
-use crate::kernel::errno::{EBUSY, EEXIST, EINVAL, ENOMEM, ENOSPC, EPERM};
+use crate::kernel::errno::{EBUSY, EEXIST, EFAULT, EINVAL, ENOMEM, ENOSPC, EPERM};
 use crate::kernel::iommu::{DomainType, IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE};
 use crate::system::{Result, SimError, System};
 
@@ -82,7 +82,7 @@ impl System {
             .get(dev)
             .ok_or_else(|| SimError::Invalid(format!("vfio_open: no device #{dev}")))?;
         let name = d.name.clone();
-        if !self.kernel.procs.iter().any(|p| p.pid == pid) {
+        if self.proc_index(pid).is_err() {
             return Err(SimError::Invalid(format!("vfio_open: no process {pid}")));
         }
         if self.vfio_owner(dev).is_some() {
@@ -200,8 +200,12 @@ impl System {
         write: bool,
     ) -> Result<i64> {
         self.step();
-        let cont = self.container(c)?.clone();
-        let Some(domain) = cont.domain else {
+        // The few fields needed, not a copy of every mapping (a container holds up
+        // to 65535): the checks below are O(log n), as vfio_find_dma's rb-tree walk.
+        let cont = self.container(c)?;
+        let (cont_domain, cont_pid, cont_dev, dma_avail) =
+            (cont.domain, cont.pid, cont.dev, cont.dma_avail);
+        let Some(domain) = cont_domain else {
             return Ok(-ENOTTY);
         };
         if !read && !write {
@@ -217,22 +221,23 @@ impl System {
         {
             return Ok(-EINVAL);
         }
-        if cont
+        // Mappings never overlap one another, so only the last one starting before
+        // the new end can overlap it (vfio_find_dma).
+        if self
+            .container(c)?
             .dmas
-            .values()
-            .any(|m| m.iova < iova + size && iova < m.iova + m.size)
+            .range(..iova + size)
+            .next_back()
+            .is_some_and(|(_, m)| iova < m.iova + m.size)
         {
             return Ok(-EEXIST);
         }
-        if cont.dma_avail == 0 {
+        if dma_avail == 0 {
             return Ok(-ENOSPC);
         }
         let pi = self
-            .kernel
-            .procs
-            .iter()
-            .position(|p| p.pid == cont.pid)
-            .ok_or_else(|| SimError::Invalid("the container's process is gone".into()))?;
+            .proc_index(cont_pid)
+            .map_err(|_| SimError::Invalid("the container's process is gone".into()))?;
         // Pages newly pinned count against RLIMIT_MEMLOCK unless CAP_IPC_LOCK.
         let pages = size / PAGE_SIZE;
         let (locked, limit, cap) = {
@@ -240,7 +245,7 @@ impl System {
             (p.locked_vm, p.memlock_limit, p.cap_ipc_lock)
         };
         if !cap && (locked + pages) * PAGE_SIZE > limit {
-            let name = self.kernel.devices[cont.dev].name.clone();
+            let name = self.kernel.devices[cont_dev].name.clone();
             self.printk(
                 "vfio",
                 format!("vfio_pin_pages_remote: RLIMIT_MEMLOCK ({limit}) exceeded"),
@@ -264,9 +269,14 @@ impl System {
             );
             return Ok(-ENOMEM);
         }
-        let pins = self.gup(cont.pid, vaddr, size, true, true)?;
-        if pins == u64::MAX {
+        let pins = self.gup(cont_pid, vaddr, size, true, true)?;
+        if pins == crate::uapi::process::GUP_ENOMEM {
             return Ok(-ENOMEM);
+        }
+        // A VM_PFNMAP range: vfio type1 would map the raw pfns unpinned
+        // (vaddr_get_pfns → follow_fault_pfn); not modelled, refused as GUP does.
+        if pins == crate::uapi::process::GUP_EFAULT {
+            return Ok(-EFAULT);
         }
         let pfns = self.kernel.pins[&pins].pfns.clone();
         let prot = (if read { IOMMU_READ } else { 0 })
@@ -291,7 +301,7 @@ impl System {
             k += n;
         }
         self.kernel.procs[pi].locked_vm += pages;
-        let dev = cont.dev;
+        let dev = cont_dev;
         let name = self.kernel.devices[dev].name.clone();
         let dir = match (read, write) {
             (true, false) => DmaDirection::ToDevice,
@@ -337,29 +347,35 @@ impl System {
     /// [`SimError::Invalid`] for an unknown container.
     pub fn vfio_unmap_dma(&mut self, c: u64, iova: u64, size: u64) -> Result<i64> {
         self.step();
-        let cont = self.container(c)?.clone();
-        let Some(domain) = cont.domain else {
+        let cont = self.container(c)?;
+        let (cont_domain, cont_pid, cont_dev) = (cont.domain, cont.pid, cont.dev);
+        let Some(domain) = cont_domain else {
             return Ok(-ENOTTY);
         };
         if size == 0 || (iova | size) & (PAGE_SIZE - 1) != 0 || iova.checked_add(size).is_none() {
             return Ok(-EINVAL);
         }
         let end = iova + size;
-        let bisects = cont.dmas.values().any(|m| {
-            let (ms, me) = (m.iova, m.iova + m.size);
-            (ms < iova && iova < me) || (ms < end && end < me)
-        });
-        if bisects {
+        // Only the mapping holding `iova` and the one holding `end` can be cut in
+        // two (mappings never overlap): two O(log n) lookups.
+        let holds = |at: u64| {
+            cont.dmas
+                .range(..at)
+                .next_back()
+                .is_some_and(|(_, m)| at < m.iova + m.size)
+        };
+        if holds(iova) || holds(end) {
             return Ok(-EINVAL);
         }
         let victims: Vec<VfioDma> = cont
             .dmas
-            .values()
-            .filter(|m| m.iova >= iova && m.iova + m.size <= end)
+            .range(iova..end)
+            .map(|(_, m)| m)
+            .filter(|m| m.iova + m.size <= end)
             .cloned()
             .collect();
         let mut done = 0;
-        let name = self.kernel.devices[cont.dev].name.clone();
+        let name = self.kernel.devices[cont_dev].name.clone();
         for m in victims {
             let (_, leaves) = self.iommu_unmap_range(domain, m.iova, m.size);
             self.iommu_tlb_inv_range(domain, m.iova, m.size, leaves);
@@ -367,7 +383,7 @@ impl System {
             self.check.unmap(
                 &mut self.hw,
                 ctx,
-                cont.dev,
+                cont_dev,
                 &name,
                 m.iova,
                 m.size,
@@ -376,7 +392,8 @@ impl System {
                 false,
             );
             self.gup_release(m.pins, true)?;
-            if let Some(p) = self.kernel.procs.iter_mut().find(|p| p.pid == cont.pid) {
+            if let Ok(pi) = self.proc_index(cont_pid) {
+                let p = &mut self.kernel.procs[pi];
                 p.locked_vm = p.locked_vm.saturating_sub(m.charged);
             }
             let cm = self.kernel.vfio.get_mut(&c).expect("checked above");

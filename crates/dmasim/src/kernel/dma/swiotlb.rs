@@ -268,8 +268,11 @@ impl IoTlbPool {
         };
         for i in found..found + nslots {
             self.slots[i].list = 0;
+            // `size_t` arithmetic as in swiotlb_search_pool_area(): with a
+            // min_align_mask offset the last slot's remainder wraps below zero
+            // there too (only the first slot's size is read back, at release).
             self.slots[i].alloc_size =
-                alloc_size - (offset + (((i - found) as u64) << IO_TLB_SHIFT));
+                alloc_size.wrapping_sub(offset + (((i - found) as u64) << IO_TLB_SHIFT));
         }
         self.renumber_before(found, 0);
         let area = &mut self.areas[ai];
@@ -297,6 +300,24 @@ impl IoTlbPool {
             count += 1;
             self.slots[i].list = count;
         }
+    }
+
+    /// The pool's books agree (an invariant check): the areas' `used` counts add
+    /// up to `used`, and exactly that many slots are taken (`list` 0), so no slot
+    /// was handed out twice or lost.
+    ///
+    /// # Errors
+    /// What disagrees.
+    pub fn consistent(&self) -> Result<(), String> {
+        let areas: usize = self.areas.iter().map(|a| a.used).sum();
+        let taken = self.slots.iter().filter(|s| s.list == 0).count();
+        if areas as u64 != self.used || taken as u64 != self.used {
+            return Err(format!(
+                "swiotlb: {} slots used by the count, {areas} by the areas, {taken} taken",
+                self.used
+            ));
+        }
+        Ok(())
     }
 
     /// `swiotlb_tbl_map_single()` without the copy: reserves slots for

@@ -175,25 +175,38 @@ impl System {
     }
 
     /// `kfree()` / `free_pages()` / `vfree()`: gives a buffer back. Freeing a buffer
-    /// that is not live (twice, or of the wrong kind) is logged as the kernel's WARN
-    /// and ignored.
+    /// that is not live (twice, or of the wrong kind) is a `double-free` error and is
+    /// otherwise ignored: Linux stops there (SLUB's freelist check in
+    /// mm/slub.c:set_freepointer BUGs on a naive double free; free_pages of a free
+    /// page is "BUG: Bad page state"; vfree of an unknown area WARNs in
+    /// mm/vmalloc.c:vfree).
     pub fn kfree(&mut self, id: u64, call: &str, kind: BufKind) {
         self.step();
-        match self
-            .kernel
-            .buffers
-            .get(&id)
-            .filter(|b| b.kind == kind)
-            .cloned()
-        {
-            Some(b) => self.release_buffer(&b),
-            None => self.printk(
-                "",
-                format!(
-                    "WARNING: {call}: buffer #{id} is not a live {} buffer (double free?)",
-                    kind.name()
-                ),
-            ),
+        let live = self.kernel.buffers.get(&id).map(|b| b.kind);
+        match live {
+            Some(k) if k == kind => {
+                let b = self.kernel.buffers[&id].clone();
+                self.release_buffer(&b);
+            }
+            _ => {
+                let what = match live {
+                    Some(k) => format!("a live {} buffer, not a {} one", k.name(), kind.name()),
+                    None => format!("not a live {} buffer (freed twice?)", kind.name()),
+                };
+                self.printk("", format!("BUG: {call}: buffer #{id} is {what}"));
+                let ctx = self.ctx();
+                self.check.report_plain(
+                    "double-free",
+                    None,
+                    None,
+                    None,
+                    None,
+                    ctx,
+                    format!("{call} of buffer #{id}, which is {what}: Linux stops here (a slab BUG or a bad page state), and a kernel that went on would hand the memory out twice"),
+                    format!("free each buffer once, with the call that matches its allocation ({call} for {} buffers); clear the driver's pointer when it is freed", kind.name()),
+                    vec![],
+                );
+            }
         }
     }
 

@@ -647,6 +647,18 @@ impl Node {
         None
     }
 
+    /// Whether `pfn` is free: on a per-CPU list or inside a free buddy block (for
+    /// the invariant checks: a page in use must not be here).
+    pub fn is_free(&self, pfn: u64) -> bool {
+        let Some(z) = self.zone_of(pfn) else {
+            return false;
+        };
+        let zone = &self.zones[z as usize];
+        zone.pcp.iter().any(|l| l.contains(&pfn))
+            || (0..=MAX_PAGE_ORDER)
+                .any(|o| zone.free.is_free_at(pfn & !((1u64 << o) - 1), o).is_some())
+    }
+
     /// If `pfn` is free in the buddy or per-CPU lists, takes it (for
     /// `alloc_contig_range`).
     pub fn take_free_page(&mut self, pfn: u64) -> bool {

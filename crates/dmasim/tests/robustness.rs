@@ -1,0 +1,516 @@
+//! Regression tests for the defects of issue 19's hostile-input campaign: each test
+//! is named after the item it covers (`r19_NN_...`) and failed before its fix.
+//! A hostile script must end in a report (exit 0, 1 or 2), never a panic, an abort
+//! or unbounded host memory or time.
+
+mod common;
+
+use common::script;
+
+/// Item 1: `expect_eq` shows its values cut to 60 characters; the cut was at byte 60,
+/// which panics inside a multi-byte character.
+#[test]
+fn r19_01_expect_eq_non_ascii() {
+    let (r, _) = script(
+        r#"
+        let a = "a";
+        for i in 0..36 { a += "é"; }
+        expect_eq(a, "b", "m");
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.failed, 1);
+    let msg = &r.expectations.failures[0].msg;
+    // "a" and 36 "é" are 37 characters: under 60, shown whole.
+    assert!(msg.contains(&format!("left: a{}", "é".repeat(36))), "{msg}");
+    let (r, _) = script(
+        r#"
+        let a = "";
+        for i in 0..100 { a += "é"; }
+        expect_eq(a, "b", "m");
+        "#,
+    );
+    let msg = &r.expectations.failures[0].msg;
+    // 100 characters are cut to the first 60 and an ellipsis.
+    assert!(
+        msg.contains(&format!("left: {}…,", "é".repeat(60))),
+        "{msg}"
+    );
+}
+
+/// Item 3: `run_for(i64::MAX)` used to take the clock to the end of `u64` picoseconds,
+/// where the next device transfer's completion time overflowed. A run's simulated
+/// time is now bounded (`--max-sim-time`, one hour by default): the wait is refused
+/// with a limit error and exit 2.
+#[test]
+fn r19_03_clock_overflow_is_a_limit() {
+    let (r, _) = script(
+        r#"
+        boot("arm64-noncoherent");
+        let d = device("dev");
+        let b = kmalloc(4096);
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        run_for(9223372036854775807);
+        let j = dev_start_read(d, a, 4096);
+        wait(j);
+        "#,
+    );
+    let e = r.error.as_deref().expect("an error");
+    assert!(e.contains("t.rhai:6:"), "{e}");
+    assert!(e.contains("time limit"), "{e}");
+    assert!(e.contains("--max-sim-time"), "{e}");
+    assert_eq!(r.exit_code(), 2);
+}
+
+/// Item 3: `swiotlb_force` with an NVMe-like `min_align_mask` of 0xfff and a buffer
+/// that starts 1500 bytes into a page: swiotlb keeps the low 12 bits of the address
+/// in the slot (kernel/dma/swiotlb.c: swiotlb_tbl_map_single, swiotlb_align_offset),
+/// so the 4000 bytes need slots from offset 1500 on. The arithmetic underflowed.
+#[test]
+fn r19_03_swiotlb_min_align_mask_offset() {
+    let (r, _) = script(
+        r#"
+        boot("arm64-noncoherent", #{ swiotlb_force: true, noise: "off" });
+        let d = device("nvme", #{ min_align_mask: 0xfff });
+        let b = kmalloc(8192);
+        let a = dma_map_single(d, b, 1500, 4000, DMA_TO_DEVICE);
+        expect(a != DMA_MAPPING_ERROR, "mapped through swiotlb");
+        expect_eq(a & 0xfff, (b.phys + 1500) & 0xfff, "the offset in the page is kept");
+        dma_unmap_single(d, a, 4000, DMA_TO_DEVICE);
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
+}
+
+/// Item 7: a limit error cannot be caught: a `try` around the wait that passes the
+/// time bound does not let the script go on; the run still ends with exit 2.
+#[test]
+fn r19_07_limit_errors_are_not_catchable() {
+    let (r, _) = script(
+        r#"
+        boot("arm64-noncoherent");
+        let caught = false;
+        try { run_for("2 h"); } catch { caught = true; }
+        print("after: " + caught);
+        "#,
+    );
+    let e = r.error.as_deref().expect("an error");
+    assert!(e.contains("t.rhai:4:"), "{e}");
+    assert!(e.contains("time limit"), "{e}");
+    assert!(!r.log.iter().any(|l| l.contains("after:")), "{:?}", r.log);
+    // An `eval` wraps every error in one that `try` catches: the run still fails.
+    let (r, _) = script(
+        r#"
+        boot("arm64-noncoherent");
+        try { eval("run_for(\"2 h\")"); } catch { print("caught"); }
+        run_for("1 us");
+        "#,
+    );
+    assert!(
+        r.error.as_deref().unwrap_or("").contains("time limit"),
+        "{:?}",
+        r.error
+    );
+    assert_eq!(r.exit_code(), 2);
+}
+
+/// Item 7: `loop { run_for("1 ms") }` ends at the default bound of one simulated
+/// hour, quickly, instead of running for hours of host time until `--max-ops`.
+#[test]
+fn r19_07_idle_loop_ends_at_the_sim_time_bound() {
+    let t0 = std::time::Instant::now();
+    let (r, _) = common::run_json(
+        "t.rhai",
+        r#"
+        boot("arm64-noncoherent");
+        loop { run_for("1 ms"); }
+        "#,
+        &dmasim::script::ScriptOptions {
+            max_sim_time_ns: 10_000_000_000,
+            ..Default::default()
+        },
+    );
+    let e = r.error.as_deref().expect("an error");
+    assert!(e.contains("time limit: the run would pass 10 s"), "{e}");
+    assert!(t0.elapsed().as_secs() < 30, "{:?}", t0.elapsed());
+}
+
+/// A fresh folder under the target directory for a test's script files.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Item 4: a script that imports itself overflowed the host stack (SIGABRT). The
+/// nesting is now bounded: a clear error, exit 2.
+#[test]
+fn r19_04_self_import_is_bounded() {
+    let d = scratch("r19_04_self");
+    std::fs::write(d.join("me.rhai"), "import \"me\" as m;\n").unwrap();
+    let r = dmasim::script::run_file(&d.join("me.rhai"), &Default::default());
+    let e = r.error.as_deref().expect("an error");
+    assert!(e.contains("nested imports"), "{e}");
+    assert_eq!(r.exit_code(), 2);
+}
+
+/// Item 4: imports read only below the script's folder: `..`, absolute paths and
+/// links that leave it are refused; a module beside the script works.
+#[test]
+fn r19_04_imports_stay_in_the_script_folder() {
+    let d = scratch("r19_04_folder");
+    std::fs::create_dir_all(d.join("lib")).unwrap();
+    std::fs::write(d.join("secret.rhai"), "export const X = 1;\n").unwrap();
+    std::fs::write(d.join("lib/util.rhai"), "fn twice(x) { x * 2 }\n").unwrap();
+    let run = |src: &str| {
+        std::fs::write(d.join("lib/main.rhai"), src).unwrap();
+        dmasim::script::run_file(&d.join("lib/main.rhai"), &Default::default())
+    };
+    let r = run("import \"util\" as u;\nexpect_eq(u::twice(21), 42, \"imported\");\n");
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.passed, 1);
+    for bad in ["../secret", "/etc/passwd"] {
+        let r = run(&format!("import \"{bad}\" as s;\n"));
+        let e = r.error.as_deref().expect("an error");
+        assert!(
+            e.contains("relative path inside the script's folder"),
+            "{bad}: {e}"
+        );
+        assert!(e.contains("main.rhai:1:"), "{e}");
+    }
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(d.join("secret.rhai"), d.join("lib/link.rhai")).unwrap();
+        let r = run("import \"link\" as s;\n");
+        let e = r.error.as_deref().expect("an error");
+        assert!(e.contains("outside the script's folder"), "{e}");
+    }
+    // A script given as text has no folder: import is refused.
+    let (r, _) = script("import \"util\" as u;");
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("no script folder"),
+        "{:?}",
+        r.error
+    );
+}
+
+/// Item 13: a module was cached per worker thread, so the objects it made in one
+/// run (here a boot-time buffer) were seen by the next run. Every run evaluates
+/// its imports afresh now.
+#[test]
+fn r19_13_imports_are_not_cached_between_runs() {
+    let d = scratch("r19_13");
+    std::fs::write(d.join("m.rhai"), "export const BUF = kmalloc(4096);\n").unwrap();
+    std::fs::write(
+        d.join("main.rhai"),
+        "boot(\"arm64-noncoherent\", #{ noise: \"off\" });\nimport \"m\" as m;\nkfree(m::BUF);\n",
+    )
+    .unwrap();
+    for seed in 0..3 {
+        let r = dmasim::script::run_file(
+            &d.join("main.rhai"),
+            &dmasim::script::ScriptOptions {
+                seed,
+                ..Default::default()
+            },
+        );
+        // A cached module would hand the second run the first run's buffer, which
+        // this run's kernel never allocated.
+        assert!(r.error.is_none(), "seed {seed}: {:?}", r.error);
+        assert!(r.findings.is_empty(), "seed {seed}: {:?}", r.findings);
+    }
+}
+
+/// Item 14: a run that panics (a dmasim bug) is an error run with the seed that
+/// reproduces it; explore counts it instead of losing it.
+#[cfg(debug_assertions)]
+#[test]
+fn r19_14_a_panicking_run_is_an_error_with_its_seed() {
+    let src = format!("{}();", dmasim::script::TEST_PANIC_FN);
+    let (r, _) = script(&src);
+    let e = r.error.as_deref().expect("an error");
+    assert!(
+        e.contains("internal error") && e.contains("--seed 0"),
+        "{e}"
+    );
+    assert_eq!(r.exit_code(), 2);
+    let x = dmasim::explore::explore("p.rhai", &src, &Default::default(), 5, 4, 2, &|_| {});
+    assert_eq!(x.runs, 4);
+    assert_eq!(x.errors, 4);
+    assert!(
+        x.first_error.as_deref().unwrap_or("").contains("--seed 5"),
+        "{:?}",
+        x.first_error
+    );
+    assert_eq!(x.exit_code(), 2);
+}
+
+/// Item 15: the seed range ends at the last `u64`, inclusive.
+#[test]
+fn r19_15_seed_range_reaches_the_last_seed() {
+    let r: Vec<u64> = dmasim::explore::seed_range(u64::MAX - 1, 2).collect();
+    assert_eq!(r, vec![u64::MAX - 1, u64::MAX]);
+    assert_eq!(dmasim::explore::seed_range(3, 0).count(), 0);
+}
+
+/// Item 17: an error inside `eval("...")` named line 1 of the script (the line in
+/// the eval'd text); it names the `eval` call's line now.
+#[test]
+fn r19_17_eval_error_names_the_eval_line() {
+    let (r, _) = script("let a = 1;\nlet b = 2;\neval(\"let x = 1;\\nundefined_fn();\");\n");
+    let e = r.error.as_deref().expect("an error");
+    assert!(e.starts_with("t.rhai:3:"), "{e}");
+    assert!(e.contains("undefined_fn"), "{e}");
+}
+
+/// Item 17: `--max-ops` met between two kernel calls (here in a constant lookup
+/// loop) gave an error without a line; it names the last kernel call's line.
+#[test]
+fn r19_17_ops_limit_has_a_line() {
+    let (r, _) = common::run_json(
+        "t.rhai",
+        "boot(\"arm64-coherent\");\nconst K = 5;\nlet x = 0;\nlet b = kmalloc(64);\nloop { x = K; }\n",
+        &dmasim::script::ScriptOptions {
+            max_operations: 10_000,
+            ..Default::default()
+        },
+    );
+    let e = r.error.as_deref().expect("an error");
+    assert!(e.contains("ran out of operations"), "{e}");
+    assert!(e.starts_with("t.rhai:"), "{e}");
+    assert!(!e.starts_with("t.rhai: "), "a line: {e}");
+}
+
+/// Item 2: a CMA heap buffer mapped into a process (cma_heap_vm_fault inserts the
+/// pages), pinned, closed, unmapped and unpinned: the unpin freed the driver's frame,
+/// so the next allocations handed it out twice and `cma_alloc` panicked. The pin now
+/// takes a reference of its own on the driver's page and the release drops only
+/// that (mm/gup.c: try_grab_folio / unpin_user_pages).
+#[test]
+fn r19_02_pin_of_a_cma_heap_mapping_does_not_free_the_driver_page() {
+    let (r, _) = script(
+        r#"
+        boot("arm64-noncoherent", #{ noise: "off" });
+        let p = process("app");
+        let b = dma_heap_alloc(p, "reserved", 4096);
+        let m = p.mmap(b);
+        let pins = pin_user_pages(p, m);
+        expect(type_of(pins) != "i64", "the CMA heap's pages may be pinned");
+        close(b);
+        p.munmap(m);
+        unpin_user_pages(pins);
+        let c = dma_heap_alloc(p, "reserved", 4096);
+        let d = dma_heap_alloc(p, "reserved", 4096);
+        let e = dma_heap_alloc(p, "reserved", 4096);
+        expect(type_of(c) != "i64" && type_of(d) != "i64" && type_of(e) != "i64", "allocated");
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
+}
+
+/// Item 2: `remap_pfn_range` and `dma_mmap_coherent` give `VM_IO | VM_PFNMAP`
+/// mappings, which get_user_pages refuses with -EFAULT (mm/gup.c:
+/// check_vma_flags); before, the pin "worked" and its release freed the driver's
+/// page (a silent double free).
+#[test]
+fn r19_02_gup_on_pfnmap_is_efault() {
+    let (r, _) = script(
+        r#"
+        boot("arm64-noncoherent", #{ noise: "off" });
+        let dev = device("cam");
+        let p = process("app");
+        let k = kmalloc(4096);
+        let u = remap_pfn_range(p, k);
+        expect_eq(pin_user_pages(p, u), -EFAULT, "remap_pfn_range: VM_PFNMAP");
+        expect_eq(get_user_pages(p, u), -EFAULT, "get_user_pages too");
+        let c = dma_alloc_coherent(dev, 4096);
+        let cu = dma_mmap_coherent(dev, p, c);
+        expect_eq(pin_user_pages(p, cu), -EFAULT, "dma_mmap_coherent: VM_PFNMAP");
+        p.munmap(u);
+        p.munmap(cu);
+        kfree(k);
+        dma_free_coherent(dev, 4096, c);
+        let again = kmalloc(4096);
+        expect(again.phys != 0, "allocations go on");
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
+}
+
+/// Item 16: a 32-bit device behind the SMMU given a mapped IOVA + 2^40 read the
+/// mapped page (the device drives only 32 address bits, so the SMMU saw the mapped
+/// IOVA) but was reported as a manifested `dma-after-unmap` of a stale IOTLB entry;
+/// a write at + 2^60 said F_PERMISSION "no mapping at that IOVA". Both now say the
+/// address was wider than the device's bus and what the IOMMU saw; a 64-bit device
+/// gets the SMMU's address-size fault (input address size 48 bits).
+#[test]
+fn r19_16_iova_wider_than_the_bus() {
+    let (r, j) = script(
+        r#"
+        boot("arm64-noncoherent", #{ iommu: "smmu" });
+        let d = device("dev");
+        let b = kmalloc(4096);
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        dma_mapping_error(d, a);
+        dev_read(d, a + (1 << 40), 16);
+        dev_write(d, a + (1 << 60), blob(16, 1));
+        dma_unmap_single(d, a, 4096, DMA_TO_DEVICE);
+        let w = device("wide", #{ dma_bits: 64 });
+        let a2 = dma_map_single(w, b, DMA_TO_DEVICE);
+        dma_mapping_error(w, a2);
+        dev_read(w, a2 + (1 << 60), 16);
+        expect_eq(iommu_faults(w)[0].kind, "address-size", "F_ADDR_SIZE");
+        dma_unmap_single(w, a2, 4096, DMA_TO_DEVICE);
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.expectations.failed, 0, "{:?}", r.expectations.failures);
+    let ids = common::ids(&j);
+    assert_eq!(
+        ids,
+        vec!["dma-outside-mapping", "dma-outside-mapping", "iommu-fault"],
+        "{}",
+        j["findings"]
+    );
+    let m0 = j["findings"][0]["message"].as_str().unwrap();
+    assert!(
+        m0.contains("drives only 32 address bits") && m0.contains("translated"),
+        "{m0}"
+    );
+    let m1 = j["findings"][1]["message"].as_str().unwrap();
+    assert!(m1.contains("refused it (Permission"), "{m1}");
+    let m2 = j["findings"][2]["message"].as_str().unwrap();
+    assert!(
+        m2.contains("F_ADDR_SIZE") && m2.contains("48-bit input address size"),
+        "{m2}"
+    );
+}
+
+/// Item 17: a double `kfree` was only a logged warning; Linux stops there (SLUB's
+/// freelist check BUGs, mm/slub.c:set_freepointer), so it is a `double-free` error
+/// finding (exit 1); freeing with the wrong call is the same error.
+#[test]
+fn r19_17_double_kfree_is_an_error_finding() {
+    let (r, j) = script(
+        r#"
+        boot("arm64-coherent");
+        let b = kmalloc(64);
+        kfree(b);
+        kfree(b);
+        let v = vmalloc(8192);
+        kfree(v);
+        vfree(v);
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(common::ids(&j), vec!["double-free", "double-free"]);
+    assert_eq!(j["findings"][0]["line"], 5);
+    assert_eq!(j["findings"][1]["line"], 7);
+    assert!(j["findings"][1]["message"]
+        .as_str()
+        .unwrap()
+        .contains("a live vmalloc buffer, not a kmalloc one"));
+    assert_eq!(r.exit_code(), 1);
+}
+
+/// Item 17: `mapping-leak` findings at the end of the run said line 0; they name
+/// the line that made the mapping.
+#[test]
+fn r19_17_mapping_leak_names_the_map_line() {
+    let (_, j) = script(
+        r#"
+        boot("arm64-noncoherent");
+        let d = device("d");
+        let b = kmalloc(4096);
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        dma_mapping_error(d, a);
+        "#,
+    );
+    assert_eq!(common::ids(&j), vec!["mapping-leak"]);
+    assert_eq!(j["findings"][0]["line"], 5);
+}
+
+/// Item 5: `print` and failed `expect` messages were kept without a cap (a 1 MB
+/// string printed 20,000 times exhausted memory). A run keeps at most
+/// `MAX_LOG_LINES` lines of `MAX_LOG_LINE_CHARS` characters and
+/// `MAX_EXPECTATION_FAILURES` messages, and counts the rest.
+#[test]
+fn r19_05_log_and_expectation_messages_are_capped() {
+    use dmasim::system::{MAX_LOG_LINES, MAX_LOG_LINE_CHARS};
+    let (r, _) = script(
+        r#"
+        let s = "x";
+        for i in 0..16 { s += s; }            // 65,536 characters
+        for i in 0..30000 { print(s); }
+        boot("arm64-coherent");
+        for i in 0..30000 { print(s); expect(false, s); }
+        "#,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert!(r.log.len() <= MAX_LOG_LINES + 1, "{}", r.log.len());
+    assert!(r
+        .log
+        .iter()
+        .all(|l| l.chars().count() <= MAX_LOG_LINE_CHARS + 1));
+    let last = r.log.last().unwrap();
+    assert!(last.contains("more log lines were not kept"), "{last}");
+    assert_eq!(r.expectations.failed, 30_000);
+    assert_eq!(
+        r.expectations.failures.len(),
+        dmasim::script::MAX_EXPECTATION_FAILURES
+    );
+    let json = r.to_json();
+    assert!(json.len() < 200 << 20, "{} bytes", json.len());
+}
+
+/// The invariant check mode: a page a process maps that is also on the free lists
+/// (the double free of item 2) is caught; item 2's sequence keeps every invariant.
+#[test]
+fn r19_invariants_catch_a_mapped_page_on_the_free_lists() {
+    use dmasim::config::PlatformConfig;
+    use dmasim::system::{RunOptions, System};
+    let mut sys = System::boot(
+        PlatformConfig::preset("arm64-coherent").unwrap(),
+        RunOptions::default(),
+    )
+    .unwrap();
+    let pid = sys.process_new("app");
+    let va = sys.mmap(pid, 4096, false).unwrap();
+    sys.user_write(pid, va, &[1; 8]).unwrap();
+    assert!(sys.check_invariants().is_ok());
+    let pfn = sys.pagemap(pid, va).unwrap();
+    sys.kernel.pages.free_pages(pfn, 0);
+    let e = sys.check_invariants().unwrap_err().to_string();
+    assert!(e.contains("free in the page allocator"), "{e}");
+    // Item 2's sequence under the check: no invariant breaks.
+    let (r, _) = common::run_json(
+        "t.rhai",
+        r#"
+        boot("arm64-noncoherent", #{ noise: "off" });
+        let p = process("app");
+        let b = dma_heap_alloc(p, "reserved", 4096);
+        let m = p.mmap(b);
+        let pins = pin_user_pages(p, m);
+        close(b);
+        p.munmap(m);
+        unpin_user_pages(pins);
+        let q = p.malloc(8192);
+        p.write(q, 0, blob(8192, 1));
+        let pins2 = pin_user_pages(p, q);
+        p.munmap(q);
+        unpin_user_pages(pins2);
+        "#,
+        &dmasim::script::ScriptOptions {
+            check_invariants: true,
+            ..Default::default()
+        },
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+}
