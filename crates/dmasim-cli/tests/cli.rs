@@ -352,8 +352,12 @@ fn bench_reports_each_figure_beside_the_host() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["schema"], "dmasim.bench/v1");
     let figs = v["figures"].as_array().unwrap();
-    assert_eq!(figs.len(), 4);
-    assert!(figs[3]["name"]
+    assert_eq!(figs.len(), 6);
+    assert!(["thread-cpu", "wall"].contains(&v["clock"].as_str().unwrap()));
+    assert!(figs
+        .iter()
+        .all(|f| f["rounds"].as_u64() == Some(5) && f["model_median"].as_f64().unwrap() > 0.0));
+    assert!(figs[5]["name"]
         .as_str()
         .unwrap()
         .starts_with("bounced map+unmap"));

@@ -14,17 +14,27 @@ use crate::kernel::device::Device;
 use crate::kernel::dma::DmaDirection;
 use crate::system::{RunOptions, System};
 
-/// One measured figure.
+/// One measured figure: the model and its host baseline, measured in alternating
+/// rounds (model, host, model, host, ...) so that a change in the host's load hits
+/// both alike.
 #[derive(Debug, Clone, Serialize)]
 pub struct Figure {
     /// What was measured.
     pub name: &'static str,
-    /// The model's rate, in `unit`.
+    /// The model's rate in its fastest round, in `unit`.
     pub model: f64,
-    /// The host doing the same bytes with plain memory copies, in `unit`.
+    /// The host doing the same bytes with plain memory copies, fastest round, in `unit`.
     pub host: f64,
-    /// `model / host`.
+    /// `model / host` (fastest rounds).
     pub ratio: f64,
+    /// The model's rate in its median round.
+    pub model_median: f64,
+    /// The host's rate in its median round.
+    pub host_median: f64,
+    /// `model_median / host_median`.
+    pub ratio_median: f64,
+    /// Rounds of each side.
+    pub rounds: usize,
     /// Unit of both rates.
     pub unit: &'static str,
 }
@@ -34,29 +44,94 @@ pub struct Figure {
 pub struct BenchReport {
     /// Always `dmasim.bench/v1`.
     pub schema: &'static str,
+    /// What the rounds were timed with: `thread-cpu` (this thread's CPU time, so
+    /// time spent waiting for a core on a loaded host is not counted) or `wall`.
+    pub clock: &'static str,
     /// The figures.
     pub figures: Vec<Figure>,
 }
 
-/// Best (smallest) seconds of `reps` runs of `f`.
-fn best_secs(reps: usize, mut f: impl FnMut()) -> f64 {
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-        .max(1e-9)
+/// A stopwatch: this thread's CPU time when the caller supplies a clock for it
+/// (the model forbids `unsafe`, so the command line reads `CLOCK_THREAD_CPUTIME_ID`),
+/// else wall time.
+#[derive(Clone, Copy)]
+enum Clock {
+    ThreadCpu(fn() -> u64),
+    Wall,
 }
 
-fn figure(name: &'static str, unit: &'static str, work: f64, model_s: f64, host_s: f64) -> Figure {
-    let (model, host) = (work / model_s, work / host_s);
+impl Clock {
+    fn name(self) -> &'static str {
+        match self {
+            Clock::ThreadCpu(_) => "thread-cpu",
+            Clock::Wall => "wall",
+        }
+    }
+
+    /// Seconds `f` took.
+    fn time(self, f: &mut impl FnMut()) -> f64 {
+        match self {
+            Clock::ThreadCpu(now_ns) => {
+                let t0 = now_ns();
+                f();
+                now_ns().saturating_sub(t0) as f64 / 1e9
+            }
+            Clock::Wall => {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            }
+        }
+    }
+}
+
+/// Fastest and median seconds of each side over `rounds` alternating rounds.
+fn alternate(
+    clock: Clock,
+    rounds: usize,
+    mut model: impl FnMut(),
+    mut host: impl FnMut(),
+) -> ((f64, f64), (f64, f64)) {
+    let mut m = Vec::with_capacity(rounds);
+    let mut h = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        m.push(clock.time(&mut model));
+        h.push(clock.time(&mut host));
+    }
+    (min_median(&mut m), min_median(&mut h))
+}
+
+/// (min, median) of `v`, each at least 1 ns so that rates stay finite.
+fn min_median(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let med = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    (v[0].max(1e-9), med.max(1e-9))
+}
+
+/// Rounds per figure: odd, so the median is a measured round.
+const ROUNDS: usize = 5;
+
+fn figure(
+    name: &'static str,
+    unit: &'static str,
+    work: f64,
+    (model_s, host_s): ((f64, f64), (f64, f64)),
+) -> Figure {
+    let (model, host) = (work / model_s.0, work / host_s.0);
+    let (model_median, host_median) = (work / model_s.1, work / host_s.1);
     Figure {
         name,
         model,
         host,
         ratio: model / host,
+        model_median,
+        host_median,
+        ratio_median: model_median / host_median,
+        rounds: ROUNDS,
         unit,
     }
 }
@@ -80,9 +155,17 @@ pub fn linear_machine(p: &PlatformConfig) -> Machine {
     m
 }
 
-/// Runs the measurements. `scale` divides the work (1 = full size, larger = quicker).
+/// Runs the measurements on wall time. `scale` divides the work (1 = full size,
+/// larger = quicker).
 pub fn run(scale: u64) -> BenchReport {
+    run_timed(scale, None)
+}
+
+/// Runs the measurements, timing each round with `thread_cpu_ns` (this thread's CPU
+/// time in ns, monotonic) when given, else with wall time.
+pub fn run_timed(scale: u64, thread_cpu_ns: Option<fn() -> u64>) -> BenchReport {
     let scale = scale.max(1);
+    let clock = thread_cpu_ns.map_or(Clock::Wall, Clock::ThreadCpu);
     let mut p = PlatformConfig::preset("arm64-noncoherent").expect("built-in preset");
     p.noise = NoiseConfig::OFF;
     let mut figures = Vec::new();
@@ -91,90 +174,160 @@ pub fn run(scale: u64) -> BenchReport {
     let bytes = (64u64 << 20) / scale;
     let mut m = linear_machine(&p);
     let page = [0xa5u8; 4096];
-    let model = best_secs(3, || {
-        for i in 0..bytes / 4096 {
-            let _ = m.cpu_write(0, 0, VA + i * 4096, black_box(&page));
-        }
-    });
     let mut host_buf = vec![0u8; bytes as usize];
-    let host = best_secs(3, || {
-        for c in host_buf.chunks_exact_mut(4096) {
-            c.copy_from_slice(black_box(&page));
-        }
-        black_box(&host_buf);
-    });
+    let t = alternate(
+        clock,
+        ROUNDS,
+        || {
+            for i in 0..bytes / 4096 {
+                let _ = m.cpu_write(0, 0, VA + i * 4096, black_box(&page));
+            }
+        },
+        || {
+            for c in host_buf.chunks_exact_mut(4096) {
+                c.copy_from_slice(black_box(&page));
+            }
+            black_box(&host_buf);
+        },
+    );
+    let lines = bytes as f64 / 64.0 / 1e6;
     figures.push(figure(
         "cpu line writes, all-miss stream",
         "M lines/s",
-        bytes as f64 / 64.0 / 1e6,
-        model,
-        host,
+        lines,
+        t,
+    ));
+
+    // CPU loads streaming through L1 and L2 over the region the stores above
+    // wrote (larger than L2, so every line misses and many victims are dirty).
+    let mut got = [0u8; 4096];
+    let mut host_got = [0u8; 4096];
+    let t = alternate(
+        clock,
+        ROUNDS,
+        || {
+            for i in 0..bytes / 4096 {
+                let _ = m.cpu_read(0, 0, VA + i * 4096, &mut got);
+                black_box(&got);
+            }
+        },
+        || {
+            for c in host_buf.chunks_exact(4096) {
+                host_got.copy_from_slice(black_box(c));
+                black_box(&host_got);
+            }
+        },
+    );
+    figures.push(figure(
+        "cpu line reads, all-miss stream",
+        "M lines/s",
+        lines,
+        t,
     ));
 
     // CPU stores to an L1-resident working set.
     let rounds = 4096 / scale;
-    let model = best_secs(3, || {
-        for _ in 0..rounds {
-            for i in 0..4 {
-                let _ = m.cpu_write(0, 0, VA + i * 4096, black_box(&page));
-            }
-        }
-    });
     let mut small = vec![0u8; 16 << 10];
-    let host = best_secs(3, || {
-        for _ in 0..rounds {
-            for c in small.chunks_exact_mut(4096) {
-                c.copy_from_slice(black_box(&page));
+    let t = alternate(
+        clock,
+        ROUNDS,
+        || {
+            for _ in 0..rounds {
+                for i in 0..4 {
+                    let _ = m.cpu_write(0, 0, VA + i * 4096, black_box(&page));
+                }
             }
-        }
-        black_box(&small);
-    });
+        },
+        || {
+            for _ in 0..rounds {
+                for c in small.chunks_exact_mut(4096) {
+                    c.copy_from_slice(black_box(&page));
+                }
+            }
+            black_box(&small);
+        },
+    );
     figures.push(figure(
         "cpu line writes, L1-resident 16 KiB",
         "M lines/s",
         (rounds * 256) as f64 / 1e6,
-        model,
-        host,
+        t,
     ));
 
-    // A device reads 64 KiB through a non-coherent port with the sanitizer on.
+    // A device reads, then writes new data into, 64 KiB through a non-coherent port
+    // with the sanitizer on.
     if let Ok(mut sys) = System::boot(p.clone(), RunOptions::default()) {
         let dev = sys.add_device(Device::new("bench0", false, 1_000_000, 0));
         if let Ok(Some(id)) = sys.kmalloc(64 << 10, crate::kernel::mm::gfp::GFP_KERNEL) {
             let va = sys.kernel.buffers[&id].va;
             let addr = sys
-                .dma_map_single(dev, va, 64 << 10, DmaDirection::ToDevice)
+                .dma_map_single(dev, va, 64 << 10, DmaDirection::Bidirectional)
                 .unwrap_or(u64::MAX);
             let reps = 2000 / scale;
-            let model = best_secs(3, || {
-                for _ in 0..reps {
-                    if let Ok(j) = sys.dev_start(dev, addr, 64 << 10, None) {
-                        let _ = black_box(sys.wait(j));
-                    }
-                }
-            });
             let src = vec![0x42u8; 64 << 10];
             let mut dst = vec![0u8; 64 << 10];
-            let host = best_secs(3, || {
-                for _ in 0..reps {
-                    dst.copy_from_slice(black_box(&src));
-                    black_box(&dst);
-                }
-            });
+            let gb = (reps * (64 << 10)) as f64 / 1e9;
+            let t = alternate(
+                clock,
+                ROUNDS,
+                || {
+                    for _ in 0..reps {
+                        if let Ok(j) = sys.dev_start(dev, addr, 64 << 10, None) {
+                            let _ = black_box(sys.wait(j));
+                        }
+                    }
+                },
+                || {
+                    for _ in 0..reps {
+                        dst.copy_from_slice(black_box(&src));
+                        black_box(&dst);
+                    }
+                },
+            );
             figures.push(figure(
-                "device DMA 64 KiB, non-coherent, sanitizer on",
+                "device DMA read 64 KiB, non-coherent, sanitizer on",
                 "GB/s",
-                (reps * (64 << 10)) as f64 / 1e9,
-                model,
-                host,
+                gb,
+                t,
+            ));
+            // Each write brings bytes other than the buffer holds (alternating
+            // payloads), and pays for its own copy of the payload as a script's
+            // `dev_write(dev, addr, blob)` does.
+            let payloads = [vec![0x11u8; 64 << 10], vec![0x22u8; 64 << 10]];
+            let mut k = 0;
+            let t = alternate(
+                clock,
+                ROUNDS,
+                || {
+                    for _ in 0..reps {
+                        k ^= 1;
+                        let data = black_box(&payloads[k]).clone();
+                        if let Ok(j) = sys.dev_start(dev, addr, 64 << 10, Some(data)) {
+                            let _ = black_box(sys.wait(j));
+                        }
+                    }
+                },
+                || {
+                    for _ in 0..reps {
+                        dst.copy_from_slice(black_box(&src));
+                        black_box(&dst);
+                    }
+                },
+            );
+            figures.push(figure(
+                "device DMA write 64 KiB of new data, non-coherent, sanitizer on",
+                "GB/s",
+                gb,
+                t,
             ));
         }
     }
-    if let Some(f) = bounced_map_unmap(scale) {
+    if let Some(f) = bounced_map_unmap(clock, scale) {
         figures.push(f);
     }
     BenchReport {
         schema: "dmasim.bench/v1",
+        clock: clock.name(),
         figures,
     }
 }
@@ -183,7 +336,7 @@ pub fn run(scale: u64) -> BenchReport {
 /// device on 8 GiB, sanitizer on) against the host copying 4 KiB into a rotating
 /// pool the size of one swiotlb area — the slots' access pattern, as Linux's
 /// `area->index` moves on with every mapping.
-fn bounced_map_unmap(scale: u64) -> Option<Figure> {
+fn bounced_map_unmap(clock: Clock, scale: u64) -> Option<Figure> {
     use crate::check::MapKind;
     let mut p = PlatformConfig::preset("arm64-coherent").ok()?;
     p.noise = NoiseConfig::OFF;
@@ -198,35 +351,38 @@ fn bounced_map_unmap(scale: u64) -> Option<Figure> {
     let area = sys.kernel.swiotlb.as_ref()?.area_bytes() as usize;
     let pairs = (20_000 / scale).max(1);
     let mut ok = true;
-    let model = best_secs(3, || {
-        for _ in 0..pairs {
-            match sys.dma_map_single(dev, va, 4096, DmaDirection::ToDevice) {
-                Ok(a) if !sys.dma_mapping_error(dev, a) => {
-                    ok &= sys
-                        .dma_unmap(dev, a, 4096, DmaDirection::ToDevice, MapKind::Single)
-                        .is_ok();
-                }
-                _ => ok = false,
-            }
-        }
-    });
     let src = vec![0x42u8; 4096];
     let mut pool = vec![0u8; area.max(4096)];
     let mut off = 0;
-    let host = best_secs(3, || {
-        for _ in 0..pairs {
-            pool[off..off + 4096].copy_from_slice(black_box(&src));
-            off = (off + 4096) % (pool.len() / 4096 * 4096);
-        }
-        black_box(&pool);
-    });
+    let t = alternate(
+        clock,
+        ROUNDS,
+        || {
+            for _ in 0..pairs {
+                match sys.dma_map_single(dev, va, 4096, DmaDirection::ToDevice) {
+                    Ok(a) if !sys.dma_mapping_error(dev, a) => {
+                        ok &= sys
+                            .dma_unmap(dev, a, 4096, DmaDirection::ToDevice, MapKind::Single)
+                            .is_ok();
+                    }
+                    _ => ok = false,
+                }
+            }
+        },
+        || {
+            for _ in 0..pairs {
+                pool[off..off + 4096].copy_from_slice(black_box(&src));
+                off = (off + 4096) % (pool.len() / 4096 * 4096);
+            }
+            black_box(&pool);
+        },
+    );
     ok.then(|| {
         figure(
             "bounced map+unmap 4 KiB (host: memcpy into a swiotlb-area pool)",
             "k pairs/s",
             pairs as f64 / 1e3,
-            model,
-            host,
+            t,
         )
     })
 }
@@ -238,11 +394,42 @@ mod tests {
     #[test]
     fn every_figure_is_measured_and_positive() {
         let r = run(64);
-        assert_eq!(r.figures.len(), 4);
+        assert_eq!(r.figures.len(), 6);
         for f in &r.figures {
             assert!(f.model.is_finite() && f.model > 0.0, "{f:?}");
             assert!(f.host.is_finite() && f.host > 0.0, "{f:?}");
             assert!((f.ratio - f.model / f.host).abs() < 1e-9);
+            assert!((f.ratio_median - f.model_median / f.host_median).abs() < 1e-9);
+            // The fastest round is never slower than the median one.
+            assert!(
+                f.model >= f.model_median && f.host >= f.host_median,
+                "{f:?}"
+            );
+            assert_eq!(f.rounds, ROUNDS);
+        }
+        assert_eq!(r.clock, "wall");
+    }
+
+    #[test]
+    fn min_median_of_odd_and_even_rounds() {
+        assert_eq!(min_median(&mut [3.0, 1.0, 2.0]), (1.0, 2.0));
+        assert_eq!(min_median(&mut [4.0, 1.0, 2.0, 3.0]), (1.0, 2.5));
+    }
+
+    #[test]
+    fn a_supplied_clock_times_the_rounds() {
+        // A fake CPU clock that advances 1 ms per reading: every round then lasts
+        // exactly 1 ms whatever the host does, so the rates are work / 1 ms.
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static T: AtomicU64 = AtomicU64::new(0);
+        fn fake() -> u64 {
+            T.fetch_add(1_000_000, Ordering::Relaxed)
+        }
+        let r = run_timed(256, Some(fake));
+        assert_eq!(r.clock, "thread-cpu");
+        for f in &r.figures {
+            assert!((f.ratio - 1.0).abs() < 1e-9, "{f:?}");
+            assert!((f.model - f.model_median).abs() < 1e-9, "{f:?}");
         }
     }
 }

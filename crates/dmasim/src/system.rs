@@ -635,20 +635,50 @@ impl System {
     /// The store of [`System::cpu_write_as`] without its scheduling point (see
     /// [`System::load_as`]).
     pub(crate) fn store_as(&mut self, asid: usize, va: u64, data: &[u8]) -> Result<()> {
+        self.store_pieces(asid, va, data.len() as u64, |done, n| &data[done..done + n])
+    }
+
+    /// A CPU `memset` of `len` bytes to `byte` at kernel virtual address `va`: the
+    /// same stores as [`System::cpu_write_va`] of `len` copies of `byte`, without
+    /// building a buffer of that size on the host (each page's store reads one
+    /// reused page-sized piece).
+    ///
+    /// # Errors
+    /// As [`System::cpu_write_va`].
+    pub fn cpu_fill_va(&mut self, va: u64, len: u64, byte: u8) -> Result<()> {
+        if len > MAX_ACCESS {
+            return Err(SimError::Invalid(format!(
+                "a single CPU access is limited to {}",
+                human_size(MAX_ACCESS)
+            )));
+        }
+        self.step();
+        let piece = [byte; PAGE_SIZE as usize];
+        self.store_pieces(0, va, len, |_, n| &piece[..n])
+    }
+
+    /// Stores `len` bytes at `va` one page segment at a time; `src(done, n)` gives
+    /// the `n` bytes that go at offset `done` (segments never exceed a page).
+    fn store_pieces<'d>(
+        &mut self,
+        asid: usize,
+        va: u64,
+        len: u64,
+        src: impl Fn(usize, usize) -> &'d [u8],
+    ) -> Result<()> {
         let segs = self
             .hw
             .mmu
-            .segments(asid, va, data.len() as u64)
+            .segments(asid, va, len)
             .map_err(SimError::PagingRequest)?;
         let mut done = 0usize;
         for s in segs {
             let n = s.len as usize;
+            let piece = src(done, n);
             self.ring_note_store(s.pa, s.len);
-            self.hw
-                .cpu_write_phys(self.cpu, s.pa, s.memtype, &data[done..done + n]);
+            self.hw.cpu_write_phys(self.cpu, s.pa, s.memtype, piece);
             let ctx = self.ctx();
-            self.check
-                .cpu_write(&self.hw, ctx, s.pa, &data[done..done + n]);
+            self.check.cpu_write(&self.hw, ctx, s.pa, piece);
             done += n;
         }
         self.check_limits()
@@ -1124,5 +1154,59 @@ impl System {
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Boots the noisy default machine and allocates a watched 16 KiB buffer (a
+    /// mapping makes the oracle hold its pages, so the sanitizer sees the stores).
+    fn machine_with_buffer() -> (System, u64) {
+        let p = PlatformConfig::preset("arm64-noncoherent").expect("preset");
+        let mut sys = System::boot(p, RunOptions::default()).expect("boot");
+        let id = sys
+            .kmalloc(16 << 10, crate::kernel::mm::gfp::GFP_KERNEL)
+            .expect("kmalloc")
+            .expect("memory");
+        let va = sys.kernel.buffers[&id].va;
+        (sys, va)
+    }
+
+    #[test]
+    fn cpu_fill_stores_exactly_what_a_written_buffer_would() {
+        // `cpu_fill` stores from a reused page-sized piece instead of a buffer of
+        // the whole size: the simulated result (bytes, cache counters, time, the
+        // random stream's position) must be the same as writing `len` copies.
+        let (mut a, va) = machine_with_buffer();
+        let (mut b, vb) = machine_with_buffer();
+        assert_eq!(va, vb);
+        let (off, len) = (100u64, 9000usize);
+        a.cpu_fill_va(va + off, len as u64, 0x5a).expect("fill");
+        b.cpu_write_va(vb + off, &vec![0x5a; len]).expect("write");
+        assert_eq!(a.hw.caches.stats, b.hw.caches.stats);
+        assert_eq!(a.hw.stats, b.hw.stats);
+        assert_eq!(a.hw.now_ps(), b.hw.now_ps());
+        let ga = a.cpu_read_va(va, 16 << 10).expect("read");
+        let gb = b.cpu_read_va(vb, 16 << 10).expect("read");
+        assert_eq!(ga, gb);
+        assert!(ga[off as usize..off as usize + len]
+            .iter()
+            .all(|&x| x == 0x5a));
+        assert_eq!(a.hw.caches.stats, b.hw.caches.stats);
+    }
+
+    #[test]
+    fn cpu_fill_refuses_what_cpu_write_refuses() {
+        let (mut sys, va) = machine_with_buffer();
+        assert!(matches!(
+            sys.cpu_fill_va(va, MAX_ACCESS + 1, 0),
+            Err(SimError::Invalid(_))
+        ));
+        assert!(matches!(
+            sys.cpu_fill_va(0x10, 64, 0),
+            Err(SimError::PagingRequest(_))
+        ));
     }
 }

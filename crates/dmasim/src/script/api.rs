@@ -832,9 +832,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         "cpu_fill",
         move |ctx: NativeCallContext, b: BufferObj, byte: INT| {
             let n = blob_len(&ctx, b.len)?;
-            with_sys(&s1, &ctx, |sys| {
-                sys.cpu_write_va(b.va, &vec![byte as u8; n])
-            })
+            with_sys(&s1, &ctx, |sys| sys.cpu_fill_va(b.va, n as u64, byte as u8))
         },
     );
     let s1 = s.clone();
