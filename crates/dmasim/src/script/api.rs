@@ -109,6 +109,26 @@ pub(super) fn size_of(ctx: &NativeCallContext, v: &Dynamic, what: &str) -> RResu
     ))
 }
 
+/// `m[key]` as a non-negative integer (`None` when absent): option maps of calls
+/// such as `dmaengine_slave_config` and `dma_ring_create`; `call` names the call in
+/// the error.
+pub(super) fn map_uint(
+    ctx: &NativeCallContext,
+    m: &Map,
+    key: &str,
+    call: &str,
+) -> RResult<Option<u64>> {
+    match m.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_int()
+            .ok()
+            .and_then(|i| u64::try_from(i).ok())
+            .map(Some)
+            .ok_or_else(|| err(ctx, format!("{call}: {key} must be a non-negative integer"))),
+    }
+}
+
 pub(super) fn dir_of(ctx: &NativeCallContext, d: INT) -> RResult<DmaDirection> {
     DmaDirection::from_int(d).ok_or_else(|| err(ctx, format!("{d} is not a DMA direction (DMA_BIDIRECTIONAL=0, DMA_TO_DEVICE=1, DMA_FROM_DEVICE=2)")))
 }

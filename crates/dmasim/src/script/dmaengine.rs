@@ -86,20 +86,7 @@ fn run_callbacks(s: &Shared, ctx: &NativeCallContext, chan: Option<u64>) -> RRes
 }
 
 fn cfg_int(ctx: &NativeCallContext, m: &Map, key: &str) -> RResult<Option<u64>> {
-    match m.get(key) {
-        None => Ok(None),
-        Some(v) => v
-            .as_int()
-            .ok()
-            .and_then(|i| u64::try_from(i).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                err(
-                    ctx,
-                    format!("dmaengine_slave_config: {key} must be a non-negative integer"),
-                )
-            }),
-    }
+    super::api::map_uint(ctx, m, key, "dmaengine_slave_config")
 }
 
 pub(super) fn register(engine: &mut Engine, s: &Shared) {

@@ -18,20 +18,7 @@ pub struct RingObj {
 }
 
 fn int(ctx: &NativeCallContext, m: &Map, key: &str) -> RResult<Option<u64>> {
-    match m.get(key) {
-        None => Ok(None),
-        Some(v) => v
-            .as_int()
-            .ok()
-            .and_then(|i| u64::try_from(i).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                err(
-                    ctx,
-                    format!("dma_ring_create: {key} must be a non-negative integer"),
-                )
-            }),
-    }
+    super::api::map_uint(ctx, m, key, "dma_ring_create")
 }
 
 fn field(ctx: &NativeCallContext, m: &Map, key: &str) -> RResult<Option<Field>> {
