@@ -982,7 +982,8 @@ impl Sanitizer {
                     ctx,
                     msg,
                     "give each buffer the device writes its own cache lines: allocate them separately \
-                     (kmalloc aligns to ARCH_DMA_MINALIGN) instead of mapping parts of one buffer"
+                     (kmalloc aligns to dma_get_cache_alignment(), or bounces a small buffer it \
+                     cannot align) instead of mapping parts of one buffer"
                         .into(),
                     hist,
                 );
@@ -1782,7 +1783,7 @@ impl Sanitizer {
                         "a CPU cache line dirtied while {dev} owned the buffer was written back to DRAM over {lost} bytes the device had written [device address={addr:#x}] [mapped with {}]",
                         dir.name()
                     ),
-                    "never store to a buffer the device owns: finish CPU writes before dma_map_single, or sync for the CPU first; and keep DMA_FROM_DEVICE buffers in whole cache lines of their own (kmalloc, or ARCH_DMA_MINALIGN alignment), so no neighbour's dirty line shares them".to_string(),
+                    "never store to a buffer the device owns: finish CPU writes before dma_map_single, or sync for the CPU first; and keep DMA_FROM_DEVICE buffers in whole cache lines of their own (kmalloc, or dma_get_cache_alignment() alignment), so no neighbour's dirty line shares them".to_string(),
                 )
             };
             self.report(
