@@ -106,6 +106,13 @@ struct Store {
     line: u32,
 }
 
+impl Store {
+    /// Whether the store touches ring bytes `[off, off + len)`.
+    fn touches(&self, off: u64, len: u64) -> bool {
+        self.off < off + len && off < self.off + self.old.len() as u64
+    }
+}
+
 /// A descriptor ring and the device's position in it.
 #[derive(Debug, Clone)]
 pub struct Ring {
@@ -286,6 +293,11 @@ impl System {
         self.hw.advance(self.cfg.cost.l1_hit_ps);
     }
 
+    /// Ring `id` for changes; callers looked it up with [`System::ring`] first.
+    fn ring_mut(&mut self, id: u64) -> &mut Ring {
+        &mut self.rings.rings[(id - 1) as usize]
+    }
+
     fn ring(&self, id: u64) -> Result<&Ring> {
         usize::try_from(id)
             .ok()
@@ -309,7 +321,7 @@ impl System {
             .unwrap_or_else(|| vec![0; r.layout.stride as usize]);
         let truth = seen.clone();
         // Undo, newest first, the stores into this descriptor the device cannot see.
-        let mine = |s: &Store| s.off < off + r.layout.stride && off < s.off + s.old.len() as u64;
+        let mine = |s: &Store| s.touches(off, r.layout.stride);
         for s in r
             .stores
             .iter()
@@ -387,7 +399,7 @@ impl System {
             }
         }
         // The device has looked: stores it could see are settled.
-        let ring = &mut self.rings.rings[(id - 1) as usize];
+        let ring = self.ring_mut(id);
         ring.stores.retain(|s| s.visible_ps > now);
         Ok(seen)
     }
@@ -412,10 +424,11 @@ impl System {
             // Not available yet: the MAC holds the frame in its FIFO and polls the
             // descriptor again once the CPU's pending stores to it have landed.
             let (off, stride) = (idx * l.stride, l.stride);
-            let settle = self.rings.rings[(id - 1) as usize]
+            let settle = self
+                .ring(id)?
                 .stores
                 .iter()
-                .filter(|s| s.off < off + stride && off < s.off + s.old.len() as u64)
+                .filter(|s| s.touches(off, stride))
                 .map(|s| s.visible_ps)
                 .max();
             if let Some(t) = settle {
@@ -426,7 +439,7 @@ impl System {
             }
         }
         if l.flags.get(&desc) & l.own == 0 {
-            self.rings.rings[(id - 1) as usize].dropped += 1;
+            self.ring_mut(id).dropped += 1;
             return Ok(false);
         }
         let room = l.len.get(&desc).min(frame.len() as u64) as usize;
@@ -440,7 +453,7 @@ impl System {
         l.flags.put(&mut wb, l.flags.get(&desc) & !l.own);
         let job = self.dev_start(r.dev, l.base + idx * l.stride, l.stride, Some(wb))?;
         self.wait(job)?;
-        let ring = &mut self.rings.rings[(id - 1) as usize];
+        let ring = self.ring_mut(id);
         ring.head = (idx + 1) % l.count;
         ring.frames += 1;
         Ok(true)
@@ -475,7 +488,7 @@ impl System {
             l.flags.put(&mut wb, l.flags.get(&desc) & !l.own);
             let job = self.dev_start(r.dev, l.base + idx * l.stride, l.stride, Some(wb))?;
             self.wait(job)?;
-            let ring = &mut self.rings.rings[(id - 1) as usize];
+            let ring = self.ring_mut(id);
             if ring.sent.len() < 4096 {
                 ring.sent.push(data);
             }
@@ -516,15 +529,11 @@ impl System {
     /// [`SimError::Invalid`] for an unknown ring.
     pub fn ring_take_sent(&mut self, id: u64) -> Result<Vec<Vec<u8>>> {
         self.ring(id)?;
-        Ok(std::mem::take(
-            &mut self.rings.rings[(id - 1) as usize].sent,
-        ))
+        Ok(std::mem::take(&mut self.ring_mut(id).sent))
     }
 }
 
 /// Whether store `s` (ring offset) touches field `f` of the descriptor at `off`.
 fn covers_at(f: Field, off: u64, s: &Store) -> bool {
-    let (a, b) = (s.off, s.off + s.old.len() as u64);
-    let (fa, fb) = (off + f.off, off + f.off + f.size);
-    a < fb && fa < b
+    s.touches(off + f.off, f.size)
 }

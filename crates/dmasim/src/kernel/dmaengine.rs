@@ -140,7 +140,8 @@ impl System {
         }
     }
 
-    fn chan_mut(&mut self, id: u64) -> Result<&mut Chan> {
+    /// A live channel, for changes (released channels are refused).
+    pub(crate) fn chan_mut(&mut self, id: u64) -> Result<&mut Chan> {
         self.chan(id)?;
         Ok(self.dmaengine.chans.get_mut(&id).expect("checked"))
     }

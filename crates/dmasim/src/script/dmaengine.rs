@@ -273,9 +273,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         "dma_fifo_push",
         move |ctx: NativeCallContext, c: ChanObj, data: Blob| -> RResult<()> {
             with_sys(&s1, &ctx, |sys| {
-                let ch = sys.dmaengine.chans.get_mut(&c.id).ok_or_else(|| {
-                    crate::system::SimError::Invalid(format!("no DMA channel #{}", c.id))
-                })?;
+                let ch = sys.chan_mut(c.id)?;
                 if ch.fifo_in.len() + data.len() > crate::system::MAX_ACCESS as usize {
                     return Err(crate::system::SimError::Invalid(
                         "dma_fifo_push: the peripheral FIFO queue is limited to 256 MiB".into(),
@@ -291,9 +289,7 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
         "dma_fifo_pop",
         move |ctx: NativeCallContext, c: ChanObj| -> RResult<Blob> {
             with_sys(&s1, &ctx, |sys| {
-                let ch = sys.dmaengine.chans.get_mut(&c.id).ok_or_else(|| {
-                    crate::system::SimError::Invalid(format!("no DMA channel #{}", c.id))
-                })?;
+                let ch = sys.chan_mut(c.id)?;
                 Ok(std::mem::take(&mut ch.fifo_out))
             })
         },
