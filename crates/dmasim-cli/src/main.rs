@@ -266,7 +266,7 @@ enum Command {
         set: Vec<(String, String)>,
         /// Options of a trace device: `0000:00:06.0=mask=32,coherent=false` (`*` for
         /// every device; keys mask, coherent, iommu, dma_bits, min_align_mask,
-        /// max_segment, untrusted, bus_dma_limit, pci32). Repeat for more.
+        /// max_segment, untrusted, bus_dma_limit, pci). Repeat for more.
         #[arg(long = "device-map", value_name = "NAME=OPTIONS")]
         device_map: Vec<String>,
         /// Where the trace's buffers go in the model's RAM: `trace` (same offset from
@@ -280,9 +280,17 @@ enum Command {
         /// Do not read the masks from a `pci.txt` beside the trace.
         #[arg(long)]
         no_pci_txt: bool,
+        /// Do not start the model's swiotlb pool where the captured kernel's was
+        /// (`swiotlb_pool.txt` or `dmesg.txt` beside the trace).
+        #[arg(long)]
+        no_pool_txt: bool,
         /// Print only the JSON (schema dmasim.replay/v1).
         #[arg(long)]
         json: bool,
+        /// Write an HTML timeline (mappings per device, swiotlb and IOVA occupancy
+        /// over time) to this file.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
     /// Explain a finding id: what it means, why it matters on real hardware, the fix
     /// and a script that shows it (`dmasim explain stale-cpu-read`).
@@ -701,7 +709,9 @@ fn try_main() -> Result<u8, String> {
             placement,
             compare,
             no_pci_txt,
+            no_pool_txt,
             json,
+            html,
         } => replay::run(&replay::Args {
             trace,
             preset,
@@ -711,6 +721,8 @@ fn try_main() -> Result<u8, String> {
             compare,
             json,
             no_pci_txt,
+            no_pool_txt,
+            html,
         }),
         Command::Check { script } => {
             let src = std::fs::read_to_string(&script)

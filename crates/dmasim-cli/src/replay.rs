@@ -19,6 +19,8 @@ pub(crate) struct Args {
     pub compare: Vec<String>,
     pub json: bool,
     pub no_pci_txt: bool,
+    pub no_pool_txt: bool,
+    pub html: Option<PathBuf>,
 }
 
 /// `NAME=k=v,...` → (NAME, "k=v,...").
@@ -76,6 +78,16 @@ fn options(
     for d in &a.device_map {
         device_map.push(device_map_entry(d)?);
     }
+    // The captured kernel's swiotlb pool: the kit's swiotlb_pool.txt, else dmesg.
+    let dir = a.trace.parent().unwrap_or(Path::new("."));
+    let capture_pool = if a.no_pool_txt {
+        None
+    } else {
+        ["swiotlb_pool.txt", "dmesg.txt"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+            .find_map(|t| replay::capture_pool(&t))
+    };
     Ok(ReplayOptions {
         preset: label_preset
             .map(str::to_string)
@@ -85,6 +97,8 @@ fn options(
         device_map,
         placement: Placement::parse(&a.placement).map_err(|e| format!("--placement: {e}"))?,
         seed: 0,
+        capture_pool,
+        timeline: a.html.is_some(),
     })
 }
 
@@ -96,9 +110,14 @@ fn device_map_entry(d: &str) -> Result<(String, String), String> {
 pub(crate) fn run(a: &Args) -> Result<u8, String> {
     let bytes = std::fs::read(&a.trace).map_err(|e| format!("{}: {e}", a.trace.display()))?;
     let name = a.trace.display().to_string();
+    let bytes = replay::parse::decompress(bytes).map_err(|e| format!("{name}: {e}"))?;
     if a.compare.is_empty() {
         let r = replay::replay_bytes(&bytes, &name, &options(a, None, &a.set)?)
             .map_err(|e| format!("{name}: {e}"))?;
+        if let Some(path) = &a.html {
+            std::fs::write(path, replay::html::render(&r))
+                .map_err(|e| format!("--html {}: {e}", path.display()))?;
+        }
         if a.json {
             outln!(
                 "{}",
@@ -108,6 +127,9 @@ pub(crate) fn run(a: &Args) -> Result<u8, String> {
             emit(&render(&r));
         }
         return Ok(r.exit_code() as u8);
+    }
+    if a.html.is_some() {
+        return Err("--html draws one replay: leave out --compare".into());
     }
     if a.compare.len() > dmasim::compare::MAX_CONFIGS {
         return Err(format!(
@@ -185,6 +207,30 @@ pub(crate) fn render(r: &ReplayReport) -> String {
         f.sg_segments_equal,
         f.sg_segments
     );
+    if let Some(p) = &r.swiotlb_pool {
+        let _ = writeln!(
+            o,
+            "  swiotlb pool [{:#x}-{:#x}) placed by the {}{}{}",
+            p.start,
+            p.end,
+            if p.from == "capture" {
+                "capture's kernel"
+            } else {
+                "model"
+            },
+            if p.note.is_some() { ": " } else { "" },
+            p.note.as_deref().unwrap_or("")
+        );
+    }
+    if f.slots_compared > 0 {
+        let _ = writeln!(
+            o,
+            "  swiotlb slot addresses: {} of {} equal ({:.2} %)",
+            f.slots_equal,
+            f.slots_compared,
+            f.slots_equal as f64 * 100.0 / f.slots_compared as f64
+        );
+    }
     for d in &f.first_differences {
         let _ = writeln!(
             o,
@@ -231,13 +277,13 @@ pub(crate) fn render(r: &ReplayReport) -> String {
     );
     let _ = writeln!(
         o,
-        "  {:<18} {:>4} {:>5} {:>6} {:>7} {:>8} {:>10} {:>6}",
-        "device", "mask", "iommu", "maps", "bounced", "trace-b", "bytes", "live"
+        "  {:<18} {:>4} {:>5} {:>6} {:>7} {:>8} {:>14} {:>14} {:>6}",
+        "device", "mask", "iommu", "maps", "bounced", "trace-b", "bounced bytes", "moved", "live"
     );
     for d in &r.devices {
         let _ = writeln!(
             o,
-            "  {:<18} {:>4} {:>5} {:>6} {:>7} {:>8} {:>10} {:>6}",
+            "  {:<18} {:>4} {:>5} {:>6} {:>7} {:>8} {:>14} {:>14} {:>6}",
             d.name,
             d.mask_bits,
             if d.iommu { "yes" } else { "no" },
@@ -245,6 +291,7 @@ pub(crate) fn render(r: &ReplayReport) -> String {
             d.bounced_maps,
             d.trace_bounced,
             human_size(d.bounced_bytes),
+            human_size(d.dma_bytes),
             d.live_at_end
         );
     }

@@ -104,3 +104,70 @@ fn garbage_is_exit_2_with_the_line_number() {
     assert!(String::from_utf8_lossy(&bad_map.stderr).contains("mask=3"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_gzipped_capture_with_its_pool_file_replays_and_draws_a_timeline() {
+    let dir = std::env::temp_dir().join(format!("dmasim-replay-html-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let html = dir.join("timeline.html");
+    let out = dmasim(&[
+        "replay",
+        excerpt("swiotlb-force/trace.txt.gz").to_str().unwrap(),
+        "--set",
+        "ram=1GiB",
+        "--set",
+        "cpus=1",
+        "--set",
+        "swiotlb=force",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // swiotlb_pool.txt beside the trace placed the pool; the slot figure is printed.
+    assert!(
+        text.contains("swiotlb pool [0x3aa00000-0x3ea00000) placed by the capture's kernel"),
+        "{text}"
+    );
+    let slots = text
+        .lines()
+        .find(|l| l.contains("swiotlb slot addresses:"))
+        .expect("slot line");
+    let nums: Vec<u64> = slots
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(nums[0] * 100 >= nums[1] * 99, "{slots}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg class=\"chk\" id=\"mappings\""));
+    assert!(page.contains("id=\"swiotlb-slots\""));
+    // --no-pool-txt: the model's own pool, and no slot line.
+    let out = dmasim(&[
+        "replay",
+        excerpt("swiotlb-force/trace.txt.gz").to_str().unwrap(),
+        "--set",
+        "ram=1GiB",
+        "--set",
+        "swiotlb=force",
+        "--no-pool-txt",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("placed by the model"), "{text}");
+    assert!(!text.contains("swiotlb slot addresses:"), "{text}");
+    // A broken gzip stream and --html with --compare: exit 2 with the reason.
+    let bad = dir.join("broken.txt.gz");
+    std::fs::write(&bad, b"\x1f\x8b\x08junk").unwrap();
+    let out = dmasim(&["replay", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gzip"));
+    let out = dmasim(&[
+        "replay",
+        excerpt("direct-excerpt.txt").to_str().unwrap(),
+        "--compare",
+        "rpi4",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).ok();
+}

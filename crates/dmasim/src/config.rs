@@ -190,6 +190,12 @@ pub struct PlatformConfig {
     pub swiotlb_force: bool,
     /// `swiotlb=,<nareas>`: areas (per-CPU search domains); 0 = one per CPU.
     pub swiotlb_areas: u32,
+    /// Where the bounce pool starts (physical; 0 = where `memblock_alloc_low` puts
+    /// it, top-down below the limit). Not a Linux option: a replay of a real
+    /// capture sets it to the pool the captured kernel reported, because that
+    /// kernel's memblock held early allocations (initrd, page tables) the model
+    /// does not have.
+    pub swiotlb_base: u64,
     /// Devicetree `dma-ranges` limit: the highest bus address devices can reach
     /// (`dev->bus_dma_limit`); 0 = none.
     pub bus_dma_limit: u64,
@@ -311,6 +317,7 @@ impl PlatformConfig {
                 swiotlb: None,
                 swiotlb_force: false,
                 swiotlb_areas: 0,
+                swiotlb_base: 0,
                 bus_dma_limit: 0,
                 // CONFIG_CMA_SIZE_MBYTES default 16 (kernel/dma/Kconfig).
                 cma: 16 << 20,
@@ -453,6 +460,7 @@ impl PlatformConfig {
                 swiotlb: None,
                 swiotlb_force: false,
                 swiotlb_areas: 0,
+                swiotlb_base: 0,
                 bus_dma_limit: 0,
                 // CMA_SIZE_MBYTES is 0 on x86 (kernel/dma/Kconfig).
                 cma: 0,

@@ -245,7 +245,7 @@ impl System {
             kernel.pages.reserve_cma(cfg.cma, limit)
         });
         let swiotlb = crate::kernel::dma::swiotlb::boot_plan(&cfg);
-        let swiotlb_pool = kernel.swiotlb_init(&swiotlb);
+        let swiotlb_pool = kernel.swiotlb_init(&swiotlb).map_err(SimError::Config)?;
         let mut boot_data = kernel.pages.age(&mut hw.rng);
         boot_data.sort_unstable();
         let aged = boot_data.len() as u64;

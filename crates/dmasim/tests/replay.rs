@@ -138,7 +138,7 @@ fn without_the_pci_32bit_workaround_iovas_come_from_the_top_of_the_64_bit_space(
     // dma-iommu.c iommu_dma_alloc_iova tries below 4 GiB first only for PCI devices:
     // turned off, the 64-bit devices' IOVAs no longer match the capture.
     let mut o = capture_platform(true);
-    o.device_map.push(("*".into(), "pci32=false".into()));
+    o.device_map.push(("*".into(), "pci=false".into()));
     let r = run(&data("iommu-strict-excerpt.txt"), &o);
     assert!(
         r.fidelity.equal < r.fidelity.compared / 2,
@@ -214,7 +214,7 @@ fn the_direct_capture_retargeted_to_an_8_gib_machine_bounces_and_hits_the_segmen
         set: vec![("ram".into(), "8GiB".into())],
         device_map: vec![("*".into(), "mask=32".into())],
         placement: Placement::High,
-        seed: 0,
+        ..ReplayOptions::default()
     };
     let r = run(&dir.join("trace.txt"), &o);
     assert_eq!(r.errors, 0);
@@ -330,4 +330,143 @@ proptest! {
         }
         let _ = parse(&junk);
     }
+}
+
+/// The kit's `swiotlb=force` capture (shipped gzipped with its `swiotlb_pool.txt`).
+fn swiotlb_force(capture_pool: bool, timeline: bool) -> ReplayReport {
+    let dir = data("swiotlb-force");
+    let bytes = dmasim::replay::parse::decompress(std::fs::read(dir.join("trace.txt.gz")).unwrap())
+        .unwrap();
+    let pool = std::fs::read_to_string(dir.join("swiotlb_pool.txt")).unwrap();
+    let mut o = capture_platform(false);
+    o.set.push(("swiotlb".into(), "force".into()));
+    o.capture_pool = capture_pool.then(|| dmasim::replay::capture_pool(&pool).unwrap());
+    o.timeline = timeline;
+    dmasim::replay::replay_bytes(&bytes, "swiotlb-force", &o).unwrap()
+}
+
+#[test]
+fn swiotlb_force_replayed_with_the_captures_pool_gives_the_kernels_slot_addresses() {
+    // kernel/dma/swiotlb.c: next-fit from the pool start, page alignment from 4 KiB,
+    // NVMe's min_align_mask; the pool where the captured kernel's memblock put it.
+    let r = swiotlb_force(true, false);
+    let f = &r.fidelity;
+    assert_eq!(r.errors, 0, "{:?}", r.findings.first());
+    let pool = r.swiotlb_pool.as_ref().unwrap();
+    assert_eq!((pool.start, pool.from), (0x3aa0_0000, "capture"));
+    assert!(f.slots_compared > 8000, "{}", f.slots_compared);
+    assert!(
+        f.slots_equal * 100 >= f.slots_compared * 99,
+        "{} of {} slot addresses",
+        f.slots_equal,
+        f.slots_compared
+    );
+    // virtio-gpu's 175-entry framebuffer list is truncated at 128 in the map event;
+    // its swiotlb_bounced events give the rest, so every segment is the kernel's.
+    assert_eq!(r.counts.truncated_sg, 1);
+    assert_eq!(f.sg_segments_equal, f.sg_segments);
+    // Every map of the capture bounced, in the model as in the kernel.
+    for d in &r.devices {
+        assert_eq!(d.bounced_maps, d.trace_bounced, "{}", d.name);
+    }
+    // The per-device bytes add up to the model's own count.
+    let moved: u64 = r.devices.iter().map(|d| d.dma_bytes).sum();
+    assert_eq!(moved, r.stats.dma_bytes);
+}
+
+#[test]
+fn without_the_captures_pool_no_slot_address_is_the_kernels() {
+    // The model's memblock puts the 64 MiB pool at the top of the first 4 GiB it sees
+    // free (0x3c000000 on 1 GiB), the captured kernel's 22 MiB lower: every slot
+    // differs by that much.
+    let r = swiotlb_force(false, false);
+    let pool = r.swiotlb_pool.as_ref().unwrap();
+    assert_eq!(pool.from, "model");
+    assert_ne!(pool.start, 0x3aa0_0000);
+    assert_eq!(
+        r.fidelity.slots_compared, 0,
+        "no capture pool, nothing known to be a slot"
+    );
+    assert!(r.fidelity.equal * 100 < r.fidelity.compared * 5);
+}
+
+#[test]
+fn swiotlb_base_places_the_pool_or_refuses() {
+    use dmasim::script::{boot_system, ScriptOptions};
+    let boot = |base: &str| {
+        let o = ScriptOptions {
+            boot_set: vec![
+                ("ram".into(), "1GiB".into()),
+                ("swiotlb".into(), "force".into()),
+                ("swiotlb_base".into(), base.into()),
+            ],
+            ..ScriptOptions::default()
+        };
+        boot_system("x86-64", &o)
+    };
+    let s = boot("0x3aa00000").unwrap();
+    assert_eq!(s.kernel.swiotlb.as_ref().unwrap().start, 0x3aa0_0000);
+    // Past the end of RAM, not page aligned, or a run the model's memblock cannot
+    // give (across the end of ZONE_DMA): refused.
+    for bad in ["0x3f000000", "0x3aa00800", "0x1000"] {
+        let e = boot(bad).err().unwrap_or_default();
+        assert!(e.contains("swiotlb_base"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn the_timeline_holds_every_mapping_life_and_the_page_draws_them() {
+    let r = swiotlb_force(true, true);
+    let t = r.timeline.as_ref().unwrap();
+    let maps = r.counts.maps + r.counts.sg_maps + r.counts.allocs;
+    assert_eq!(t.spans.len() as u64 + t.dropped, maps);
+    // Every span of this capture bounced except the coherent allocations.
+    let bounced = t.spans.iter().filter(|s| s.bounced).count() as u64;
+    assert_eq!(bounced, r.counts.maps + r.counts.sg_maps);
+    assert_eq!(t.swiotlb_slots.iter().max(), Some(&r.swiotlb_slots_hiwater));
+    let live = t.spans.iter().filter(|s| s.end_ns.is_none()).count() as u64;
+    let live_maps: u64 = r.devices.iter().map(|d| d.live_at_end).sum();
+    assert!(live >= live_maps, "{live} {live_maps}");
+    let page = dmasim::replay::html::render(&r);
+    assert_eq!(page.matches("<title>line ").count(), t.spans.len());
+    for id in ["id=\"mappings\"", "id=\"swiotlb-slots\"", "data-render"] {
+        assert!(page.contains(id), "{id}");
+    }
+    assert!(
+        !page.contains("id=\"iova-pages\""),
+        "no IOMMU, no IOVA chart"
+    );
+    // Without --html nothing is collected.
+    assert!(swiotlb_force(true, false).timeline.is_none());
+}
+
+#[test]
+fn map_resource_and_alloc_sgt_are_replayed_through_the_model() {
+    // kernel/dma/mapping.c dma_map_resource (dma-direct: the bus address is the
+    // physical one, no cache maintenance, no device access to RAM) and
+    // dma_alloc_noncontiguous / dma_free_noncontiguous (the trace's dma_alloc_sgt).
+    let r = synthetic(&[
+        "dma_map_resource: 0000:00:02.0 dir=TO_DEVICE dma_addr=fe000040 size=4 phys_addr=fe000040 attrs=",
+        "dma_alloc_sgt: 0000:00:02.0 dir=FROM_DEVICE dma_addr=200000 size=16384 phys_addrs={0x200000,0x201000,0x202000,0x203000} flags=GFP_KERNEL attrs=",
+        "dma_free_sgt: 0000:00:02.0 dir=FROM_DEVICE dma_addr=200000 size=16384 phys_addrs={0x200000,0x201000,0x202000,0x203000}",
+        "dma_unmap_resource: 0000:00:02.0 dir=TO_DEVICE dma_addr=fe000040 size=4 attrs=",
+    ]);
+    assert_eq!(r.counts.not_modelled, 0);
+    assert_eq!(r.counts.replayed, 4);
+    assert_eq!((r.counts.maps, r.counts.allocs), (1, 1));
+    assert_eq!(r.errors, 0, "{:?}", r.findings.first());
+    assert_eq!(r.devices[0].live_at_end, 0);
+    assert_eq!(r.devices[0].dma_bytes, 0, "MMIO: nothing moved from RAM");
+    // dma-direct: the resource's bus address is the trace's.
+    assert!(r.fidelity.compared >= 1);
+    assert!(r.fidelity.equal >= 1);
+    // An unmap with the wrong size is dma-debug's check on the resource too.
+    let r = synthetic(&[
+        "dma_map_resource: 0000:00:02.0 dir=TO_DEVICE dma_addr=fe000040 size=4 phys_addr=fe000040 attrs=",
+        "dma_unmap_resource: 0000:00:02.0 dir=TO_DEVICE dma_addr=fe000040 size=8 attrs=",
+    ]);
+    assert_eq!(
+        r.findings.first().map(|f| f.id),
+        Some("unmap-size-mismatch")
+    );
 }

@@ -12,7 +12,10 @@
 //! have; [`Placement`] puts the trace's RAM into the model's (at the same offset
 //! from the start of RAM, or at its top). Coherent allocations are the model's own.
 
+pub mod capture;
+pub mod html;
 pub mod parse;
+pub mod timeline;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -25,12 +28,19 @@ use crate::kernel::dma::{dma_bit_mask, DmaDirection, DMA_ATTR_SKIP_CPU_SYNC, DMA
 use crate::report::Stats;
 use crate::script::ScriptOptions;
 use crate::system::System;
+pub use capture::{capture_pool, CapturePool};
 use parse::{AllocKind, Event, EventKind, Trace};
+use timeline::{SpanId, SpanKind, Timeline};
 
 /// Schema of the JSON report.
 pub const SCHEMA: &str = "dmasim.replay/v1";
 /// Differences listed in the report at most.
 const MAX_DIFFS: usize = 20;
+/// `swiotlb_bounced` events kept per device between maps at most (an sg list's
+/// entries, `SG_MAX_SEGMENTS`-sized chains included).
+const MAX_SG_BOUNCES: usize = 8192;
+/// Of them, coherent allocations at most.
+const MAX_ALLOC_DIFFS: usize = 3;
 
 /// Where the trace's physical memory goes in the model's RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -73,6 +83,11 @@ pub struct ReplayOptions {
     pub placement: Placement,
     /// Seed of the model's random stream.
     pub seed: u64,
+    /// The captured kernel's swiotlb pool ([`capture_pool`]): with `placement
+    /// trace` and a model pool of the same size, the model's pool starts there.
+    pub capture_pool: Option<CapturePool>,
+    /// Collect the [`Timeline`] for `--html`.
+    pub timeline: bool,
 }
 
 impl Default for ReplayOptions {
@@ -83,6 +98,8 @@ impl Default for ReplayOptions {
             device_map: Vec::new(),
             placement: Placement::Trace,
             seed: 0,
+            capture_pool: None,
+            timeline: false,
         }
     }
 }
@@ -149,12 +166,31 @@ pub struct Fidelity {
     pub compared: u64,
     /// Of them, equal.
     pub equal: u64,
+    /// Of the compared addresses, those the trace shows in its swiotlb pool (known
+    /// from the capture's `swiotlb_pool.txt` or dmesg): bounced maps' slot addresses.
+    pub slots_compared: u64,
+    /// Of them, equal.
+    pub slots_equal: u64,
     /// sg segments compared (address and length).
     pub sg_segments: u64,
     /// Of them, equal.
     pub sg_segments_equal: u64,
     /// The first differences.
     pub first_differences: Vec<AddressDiff>,
+}
+
+/// Where the model's bounce pool is.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolPlacement {
+    /// First byte (physical).
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// `capture` (the captured kernel's pool address) or `model` (the model's
+    /// `memblock_alloc_low`).
+    pub from: &'static str,
+    /// Why the capture's address was not used, when a capture pool was known.
+    pub note: Option<String>,
 }
 
 /// The first call the model could not do although the real kernel did.
@@ -249,6 +285,8 @@ pub struct ReplayReport {
     pub fidelity: Fidelity,
     /// swiotlb slots used at most (of `stats.swiotlb.slots_total`).
     pub swiotlb_slots_hiwater: u64,
+    /// The model's swiotlb pool, and whether it was placed where the capture's was.
+    pub swiotlb_pool: Option<PoolPlacement>,
     /// The first call the model failed.
     pub first_failure: Option<FirstFailure>,
     /// Time.
@@ -265,6 +303,10 @@ pub struct ReplayReport {
     pub first_bad_line: Option<(u32, String)>,
     /// The model's dmesg.
     pub log: Vec<String>,
+    /// Mapping lives and occupancy over time, when asked for (`--html`; not in the
+    /// JSON).
+    #[serde(skip)]
+    pub timeline: Option<Timeline>,
 }
 
 impl ReplayReport {
@@ -306,7 +348,8 @@ struct DevOpts {
     max_segment: Option<u64>,
     untrusted: bool,
     bus_dma_limit: Option<u64>,
-    pci32: Option<bool>,
+    /// `dev_is_pci()`; `None`: from the name.
+    pci: Option<bool>,
 }
 
 fn parse_num(v: &str) -> Option<u64> {
@@ -343,7 +386,7 @@ impl DevOpts {
                 "coherent" => self.coherent = Some(parse_bool(k, v)?),
                 "iommu" => self.iommu = parse_bool(k, v)?,
                 "untrusted" => self.untrusted = parse_bool(k, v)?,
-                "pci32" => self.pci32 = Some(parse_bool(k, v)?),
+                "pci" | "pci32" => self.pci = Some(parse_bool(k, v)?),
                 "dma_bits" => {
                     let b = num()?;
                     if !(8..=64).contains(&b) {
@@ -362,7 +405,7 @@ impl DevOpts {
                 "bus_dma_limit" => self.bus_dma_limit = Some(num()?),
                 other => {
                     return Err(format!(
-                    "unknown device option {other:?} (mask, coherent, iommu, dma_bits, min_align_mask, max_segment, untrusted, bus_dma_limit, pci32)"
+                    "unknown device option {other:?} (mask, coherent, iommu, dma_bits, min_align_mask, max_segment, untrusted, bus_dma_limit, pci)"
                 ))
                 }
             }
@@ -379,6 +422,9 @@ struct LiveMap {
     dir: DmaDirection,
     /// The CPU owns it (after a sync_for_cpu): no device access at the unmap.
     cpu_owns: bool,
+    span: SpanId,
+    /// `dma_map_resource` (MMIO: no device access, `dma_unmap_resource`).
+    resource: bool,
 }
 
 /// A live sg mapping.
@@ -392,7 +438,11 @@ struct LiveSg {
     filler: Vec<(u64, u32)>,
     cpu_owns: bool,
     len: u64,
+    span: SpanId,
 }
+
+/// A live allocation: (model buffer or table id, size, kind, direction, span).
+type LiveAlloc = (u64, u64, AllocKind, DmaDirection, SpanId);
 
 struct Replayer<'a> {
     sys: System,
@@ -411,7 +461,7 @@ struct Replayer<'a> {
     /// Trace addresses (single maps, sg lists by first entry, allocations) the
     /// model failed: their unmaps are skipped.
     failed_keys: std::collections::HashSet<(u32, u64)>,
-    allocs: HashMap<(u32, u64), (u64, u64, AllocKind, DmaDirection)>,
+    allocs: HashMap<(u32, u64), LiveAlloc>,
     counts: Counts,
     fidelity: Fidelity,
     first_failure: Option<FirstFailure>,
@@ -419,6 +469,17 @@ struct Replayer<'a> {
     api_ps: u64,
     transfer_ps: u64,
     t0: u64,
+    /// The model's pool and where it came from.
+    pool: Option<PoolPlacement>,
+    /// The captured kernel's pool (slot addresses are counted apart).
+    capture_pool: Option<CapturePool>,
+    /// Per device: the trace's `swiotlb_bounced` events (buffer, size) since the
+    /// device's last map; a truncated `dma_map_sg` whose every entry bounced gets
+    /// its hidden entries from them.
+    bounced_since_map: Vec<Vec<(u64, u64)>>,
+    timeline: Option<Timeline>,
+    /// The trace time of the event being replayed, ns.
+    now_ns: u64,
 }
 
 /// What a replay needs to know of the whole trace before its first event: the
@@ -429,11 +490,13 @@ struct Prescan {
     span: u64,
     max_seg: Vec<u64>,
     t0: Option<u64>,
+    t_end: u64,
 }
 
 impl Prescan {
     fn see(&mut self, e: &Event) {
         self.t0.get_or_insert(e.ts_ns);
+        self.t_end = self.t_end.max(e.ts_ns);
         let top = match &e.kind {
             EventKind::Map {
                 phys,
@@ -524,6 +587,80 @@ pub fn replay_bytes(
     Ok(r.finish(name, opts))
 }
 
+/// With a known capture pool, `placement trace` and a model pool of the same
+/// size, boots again with the pool where the captured kernel had it
+/// (`swiotlb_base`); otherwise keeps the model's. A `swiotlb_base` of the user's
+/// own (`--set`) wins.
+fn place_pool(
+    sys: System,
+    opts: &ReplayOptions,
+    sopts: &ScriptOptions,
+) -> Result<(System, Option<PoolPlacement>), String> {
+    let Some((start, end)) = sys.kernel.swiotlb.as_ref().map(|p| (p.start, p.end())) else {
+        return Ok((sys, None));
+    };
+    let model = |note: Option<String>| PoolPlacement {
+        start,
+        end,
+        from: "model",
+        note,
+    };
+    let Some(cp) = opts.capture_pool else {
+        return Ok((sys, Some(model(None))));
+    };
+    let why_not = if opts.set.iter().any(|(k, _)| k == "swiotlb_base") {
+        Some("swiotlb_base set by the user".to_string())
+    } else if opts.placement != Placement::Trace {
+        Some("placement high: the capture's pool address belongs to placement trace".into())
+    } else if cp.end - cp.start != end - start {
+        Some(format!(
+            "the capture's pool has {} slots, the model's {}",
+            cp.nslabs(),
+            (end - start) >> crate::kernel::dma::swiotlb::IO_TLB_SHIFT
+        ))
+    } else {
+        None
+    };
+    if why_not.is_some() {
+        return Ok((sys, Some(model(why_not))));
+    }
+    let base = sys.cfg.ram_base.saturating_add(cp.start);
+    if base == start {
+        return Ok((
+            sys,
+            Some(PoolPlacement {
+                start,
+                end,
+                from: "capture",
+                note: None,
+            }),
+        ));
+    }
+    let mut again = sopts.clone();
+    again
+        .boot_set
+        .push(("swiotlb_base".into(), format!("{base:#x}")));
+    match crate::script::boot_system(&opts.preset, &again) {
+        Ok(s2) => {
+            let (start, end) = s2
+                .kernel
+                .swiotlb
+                .as_ref()
+                .map_or((base, base), |p| (p.start, p.end()));
+            Ok((
+                s2,
+                Some(PoolPlacement {
+                    start,
+                    end,
+                    from: "capture",
+                    note: None,
+                }),
+            ))
+        }
+        Err(e) => Ok((sys, Some(model(Some(e))))),
+    }
+}
+
 impl<'a> Replayer<'a> {
     /// Boots the platform and creates the trace's devices.
     fn new(trace: &'a Trace, pre: &Prescan, opts: &ReplayOptions) -> Result<Replayer<'a>, String> {
@@ -534,6 +671,8 @@ impl<'a> Replayer<'a> {
             ..ScriptOptions::default()
         };
         let mut sys = crate::script::boot_system(&opts.preset, &sopts)?;
+        let (sys2, pool_placement) = place_pool(sys, opts, &sopts)?;
+        sys = sys2;
         let ram_end = sys.cfg.ram_base + sys.cfg.ram.min(sys.cfg.lowmem);
         let offset = match opts.placement {
             Placement::Trace => sys.cfg.ram_base,
@@ -556,7 +695,7 @@ impl<'a> Replayer<'a> {
                 max_segment: Some(max_seg[i]),
                 untrusted: false,
                 bus_dma_limit: None,
-                pci32: None,
+                pci: None,
             };
             for (n, spec) in &opts.device_map {
                 if n == "*" || n == dname {
@@ -580,21 +719,13 @@ impl<'a> Replayer<'a> {
             d.untrusted = o.untrusted;
             d.min_align_mask = o.min_align_mask;
             d.max_segment = o.max_segment.unwrap_or(64 << 10);
+            // dev_is_pci(): a PCI name (or `pci=true`); an untrusted device is PCI.
+            // Behind an IOMMU a PCI device gets IOVAs below 4 GiB first, unless
+            // `iommu_forcedac` (dma-iommu.c: iommu_dma_alloc_iova).
+            d.pci = o.untrusted || o.pci.unwrap_or(is_pci_name(dname));
             let idx = sys.add_device(d);
             let iommu = sys.use_dma_iommu(idx);
-            // dma-iommu's pci_32bit_workaround (iommu_dma_alloc_iova): a PCI device
-            // gets IOVAs below 4 GiB first, whatever its mask. The replay applies it as
-            // a 32-bit bus limit on the device's IOVA space (Linux falls back to the
-            // full mask when that space is full; this replay then reports
-            // `iova-exhausted` instead).
-            let pci32 = iommu && o.pci32.unwrap_or(is_pci_name(dname)) && o.mask_bits > 32;
-            if pci32 {
-                let dev = &mut sys.kernel.devices[idx];
-                dev.bus_dma_limit = match dev.bus_dma_limit {
-                    0 => dma_bit_mask(32),
-                    l => l.min(dma_bit_mask(32)),
-                };
-            }
+            let pci32 = iommu && sys.kernel.devices[idx].pci_32bit_workaround && o.mask_bits > 32;
             devs.push(idx);
             per_dev.push(DeviceSummary {
                 name: dname.clone(),
@@ -615,6 +746,10 @@ impl<'a> Replayer<'a> {
             });
         }
         let n = trace.devices.len();
+        let timeline = opts.timeline.then(|| {
+            let slots = sys.kernel.swiotlb.as_ref().map_or(0, |p| p.nslabs as u64);
+            Timeline::new(pre.t0.unwrap_or(0), pre.t_end, slots)
+        });
         Ok(Replayer {
             sys,
             trace,
@@ -640,6 +775,11 @@ impl<'a> Replayer<'a> {
             api_ps: 0,
             transfer_ps: 0,
             t0: pre.t0.unwrap_or(0),
+            pool: pool_placement,
+            capture_pool: opts.capture_pool,
+            bounced_since_map: vec![Vec::new(); n],
+            timeline,
+            now_ns: 0,
         })
     }
 }
@@ -656,9 +796,19 @@ impl Replayer<'_> {
 
     fn diff(&mut self, e: &Event, call: &str, trace: u64, model: u64, size: u64) {
         self.fidelity.compared += 1;
+        let slot = self.capture_pool.is_some_and(|p| p.contains(trace));
+        self.fidelity.slots_compared += u64::from(slot);
         if trace == model {
             self.fidelity.equal += 1;
-        } else if self.fidelity.first_differences.len() < MAX_DIFFS {
+            self.fidelity.slots_equal += u64::from(slot);
+        } else if self.fidelity.first_differences.len() < MAX_DIFFS
+            && (call != "dma_alloc_coherent" || {
+                // Coherent allocations come from the model's own page allocator and
+                // differ by design: a few of them, not a list that hides the rest.
+                let allocs = self.fidelity.first_differences.iter();
+                allocs.filter(|d| d.call == call).count() < MAX_ALLOC_DIFFS
+            })
+        {
             self.fidelity.first_differences.push(AddressDiff {
                 line: e.line,
                 device: self.dev_name(e.dev).to_string(),
@@ -743,7 +893,15 @@ impl Replayer<'_> {
             .map_err(|x| x.to_string())?;
         self.sys.wait(job).map_err(|x| x.to_string())?;
         self.transfer_ps += self.sys.hw.now_ps() - t;
+        self.count_bytes(dev, len);
         Ok(())
+    }
+
+    /// Bytes a device moved, on its summary.
+    fn count_bytes(&mut self, dev: usize, len: u64) {
+        if let Some(i) = self.devs.iter().position(|&d| d == dev) {
+            self.per_dev[i].dma_bytes += len;
+        }
     }
 
     fn access_sg(
@@ -759,15 +917,54 @@ impl Replayer<'_> {
             .dev_sg(dev, table, len, data)
             .map_err(|x| x.to_string())?;
         self.transfer_ps += self.sys.hw.now_ps() - t;
+        self.count_bytes(dev, len);
         Ok(())
     }
 
     fn event(&mut self, e: &Event) -> Result<(), String> {
+        self.now_ns = e.ts_ns;
+        self.event_inner(e)?;
+        if self.timeline.is_some() {
+            let slots = self.sys.kernel.swiotlb.as_ref().map_or(0, |p| p.used);
+            let iova = self.sys.kernel.iommu.as_ref().map_or(0, |st| {
+                st.domains.iter().map(|d| d.iovad.allocated_pages()).sum()
+            });
+            if let Some(t) = self.timeline.as_mut() {
+                t.sample(e.ts_ns, slots, iova);
+            }
+        }
+        Ok(())
+    }
+
+    /// A life on the timeline begins (when one is collected).
+    fn open_span(&mut self, e: &Event, bytes: u64, kind: SpanKind, model: u64) -> SpanId {
+        let bounced = self
+            .sys
+            .kernel
+            .swiotlb
+            .as_ref()
+            .is_some_and(|p| (p.start..p.end()).contains(&model));
+        self.timeline.as_mut().map_or(timeline::NONE, |t| {
+            t.open(e.dev, e.line, e.ts_ns, bytes, kind, bounced)
+        })
+    }
+
+    fn close_span(&mut self, id: SpanId) {
+        let now = self.now_ns;
+        if let Some(t) = self.timeline.as_mut() {
+            t.close(id, now);
+        }
+    }
+
+    fn event_inner(&mut self, e: &Event) -> Result<(), String> {
         self.follow_clock(e)?;
         let dev = self.devs[e.dev as usize];
         // The trace's CPU: per-CPU IOVA caches and flush queues follow it.
         self.sys.cpu = (e.cpu % self.sys.cfg.cpus.max(1)) as usize;
         self.sys.line = e.line;
+        if matches!(e.kind, EventKind::Map { .. }) {
+            self.bounced_since_map[e.dev as usize].clear();
+        }
         match &e.kind {
             EventKind::Map {
                 phys,
@@ -777,36 +974,42 @@ impl Replayer<'_> {
                 attrs,
                 resource,
             } => {
-                if *resource {
-                    self.counts.not_modelled += 1;
-                    return Ok(());
-                }
                 if *dma == DMA_MAPPING_ERROR || *size == 0 {
                     self.counts.failed_in_trace += 1;
                     return Ok(());
                 }
-                let Some(pa) = self.place(*phys, *size) else {
-                    self.failed_keys.insert((e.dev, *dma));
-                    self.counts.unplaced += 1;
-                    return Ok(());
-                };
-                let va = self.sys.kernel.phys_to_virt(pa);
                 let before = self.sys.check.findings().len();
-                let (size, dir, attrs) = (*size, *dir, *attrs);
-                let addr =
-                    self.call(|s| s.dma_map_attrs(dev, va, size, dir, MapKind::Page, attrs))?;
+                let (size, dir, attrs, resource) = (*size, *dir, *attrs, *resource);
+                let (addr, call) = if resource {
+                    // MMIO of another device (a FIFO register): its bus address is
+                    // the same on the model's platform, not a RAM page to place.
+                    let phys = *phys;
+                    let a = self.call(|s| s.dma_map_resource(dev, phys, size, dir))?;
+                    (a, "dma_map_resource")
+                } else {
+                    let Some(pa) = self.place(*phys, size) else {
+                        self.failed_keys.insert((e.dev, *dma));
+                        self.counts.unplaced += 1;
+                        return Ok(());
+                    };
+                    let va = self.sys.kernel.phys_to_virt(pa);
+                    let a =
+                        self.call(|s| s.dma_map_attrs(dev, va, size, dir, MapKind::Page, attrs))?;
+                    (a, "dma_map_page")
+                };
                 self.counts.replayed += 1;
                 self.counts.maps += 1;
                 self.per_dev[e.dev as usize].maps += 1;
                 if addr == DMA_MAPPING_ERROR {
                     self.failed_keys.insert((e.dev, *dma));
-                    self.failed(e, "dma_map_page", size, before);
+                    self.failed(e, call, size, before);
                     return Ok(());
                 }
                 // The driver checked the address (dma_mapping_error is not traced;
                 // the drivers of a capture are assumed to check, as mature ones do).
                 self.sys.dma_mapping_error(dev, addr);
-                self.diff(e, "dma_map_page", *dma, addr, size);
+                self.diff(e, call, *dma, addr, size);
+                let span = self.open_span(e, size, SpanKind::Map, addr);
                 self.singles
                     .entry((e.dev, *dma))
                     .or_default()
@@ -815,6 +1018,8 @@ impl Replayer<'_> {
                         size,
                         dir,
                         cpu_owns: false,
+                        span,
+                        resource,
                     });
                 let r = self.ranges[e.dev as usize].entry(*dma).or_insert(0);
                 *r = (*r).max(size);
@@ -826,10 +1031,6 @@ impl Replayer<'_> {
                 attrs,
                 resource,
             } => {
-                if *resource {
-                    self.counts.not_modelled += 1;
-                    return Ok(());
-                }
                 let key = (e.dev, *dma);
                 // The live map of that address with the unmap's size, else the last.
                 let Some(m) = self.singles.get_mut(&key).and_then(|v| {
@@ -846,11 +1047,18 @@ impl Replayer<'_> {
                     self.singles.remove(&key);
                     self.ranges[e.dev as usize].remove(dma);
                 }
+                let (size, dir, attrs) = (*size, *dir, *attrs);
+                if *resource || m.resource {
+                    self.call(|s| s.dma_unmap_resource(dev, m.model, size, dir))?;
+                    self.close_span(m.span);
+                    self.counts.replayed += 1;
+                    return Ok(());
+                }
                 if !m.cpu_owns {
                     self.access(dev, m.model, m.size, m.dir)?;
                 }
-                let (size, dir, attrs) = (*size, *dir, *attrs);
                 self.call(|s| s.dma_unmap_attrs(dev, m.model, size, dir, MapKind::Page, attrs))?;
+                self.close_span(m.span);
                 self.counts.replayed += 1;
             }
             EventKind::MapSg { .. } => self.map_sg(e, dev)?,
@@ -873,6 +1081,7 @@ impl Replayer<'_> {
                 }
                 let (dir, skip) = (*dir, attrs & DMA_ATTR_SKIP_CPU_SYNC != 0);
                 self.call(|s| s.dma_unmap_sg_attrs(dev, live.table, dir, skip))?;
+                self.close_span(live.span);
                 self.sys.kernel.sg_tables.remove(&live.table);
                 for (pfn, order) in live.filler {
                     self.sys.kernel.pages.free_pages(pfn, order);
@@ -887,10 +1096,6 @@ impl Replayer<'_> {
                 dir,
                 ..
             } => {
-                if *kind == AllocKind::Sgt {
-                    self.counts.not_modelled += 1;
-                    return Ok(());
-                }
                 if *dma == 0 || *dma == DMA_MAPPING_ERROR {
                     self.counts.failed_in_trace += 1;
                     return Ok(());
@@ -899,40 +1104,53 @@ impl Replayer<'_> {
                 let (size, dir, kind) = (*size, *dir, *kind);
                 let id = self.call(|s| match kind {
                     AllocKind::Coherent => s.dma_alloc_coherent(dev, size),
+                    AllocKind::Sgt => s.dma_alloc_noncontiguous(dev, size, dir, false),
                     _ => s.dma_alloc_noncoherent(dev, size, dir),
                 })?;
                 self.counts.replayed += 1;
                 self.counts.allocs += 1;
-                let call = if kind == AllocKind::Coherent {
-                    "dma_alloc_coherent"
-                } else {
-                    "dma_alloc_pages"
+                let call = match kind {
+                    AllocKind::Coherent => "dma_alloc_coherent",
+                    AllocKind::Sgt => "dma_alloc_noncontiguous",
+                    _ => "dma_alloc_pages",
                 };
                 let Some(id) = id else {
                     self.failed_keys.insert((e.dev, *dma));
                     self.failed(e, call, size, before);
                     return Ok(());
                 };
-                let model = self
-                    .sys
-                    .kernel
-                    .buffers
-                    .get(&id)
-                    .and_then(|b| b.dma)
-                    .unwrap_or(DMA_MAPPING_ERROR);
+                let model = if kind == AllocKind::Sgt {
+                    // The table's first DMA segment, as the trace's dma_addrs start.
+                    self.sys
+                        .sg(id)
+                        .ok()
+                        .and_then(|t| t.entries.first().map(|s| s.dma_address))
+                        .unwrap_or(DMA_MAPPING_ERROR)
+                } else {
+                    self.sys
+                        .kernel
+                        .buffers
+                        .get(&id)
+                        .and_then(|b| b.dma)
+                        .unwrap_or(DMA_MAPPING_ERROR)
+                };
                 self.diff(e, call, *dma, model, size);
-                self.allocs.insert((e.dev, *dma), (id, size, kind, dir));
+                let span = self.open_span(e, size, SpanKind::Alloc, model);
+                self.allocs
+                    .insert((e.dev, *dma), (id, size, kind, dir, span));
             }
             EventKind::Free { dma, size, dir, .. } => {
-                let Some((id, _, kind, _)) = self.allocs.remove(&(e.dev, *dma)) else {
+                let Some((id, _, kind, _, span)) = self.allocs.remove(&(e.dev, *dma)) else {
                     self.skip_unmap(e.dev, *dma);
                     return Ok(());
                 };
                 let (size, dir) = (*size, *dir);
                 self.call(|s| match kind {
                     AllocKind::Coherent => s.dma_free_coherent(dev, size, id),
+                    AllocKind::Sgt => s.dma_free_noncontiguous(dev, size, id, dir),
                     _ => s.dma_free_noncoherent(dev, size, id, dir),
                 })?;
+                self.close_span(span);
                 self.counts.replayed += 1;
             }
             EventKind::SyncSingle {
@@ -1015,8 +1233,14 @@ impl Replayer<'_> {
                 self.counts.replayed += 1;
                 self.counts.syncs += 1;
             }
-            EventKind::Bounced { .. } => {
+            EventKind::Bounced { dev_addr, size, .. } => {
                 self.per_dev[e.dev as usize].trace_bounced += 1;
+                let b = &mut self.bounced_since_map[e.dev as usize];
+                // More than an sg list can hold: not the entries of one map.
+                if b.len() >= MAX_SG_BOUNCES {
+                    b.clear();
+                }
+                b.push((*dev_addr, *size));
             }
         }
         Ok(())
@@ -1043,7 +1267,23 @@ impl Replayer<'_> {
             return Ok(());
         }
         let max_seg = self.sys.kernel.devices[dev].max_segment;
-        let mut entries = sg_entries(phys, *nents, dma, sizes, *ents, max_seg);
+        let bounced = std::mem::take(&mut self.bounced_since_map[e.dev as usize]);
+        let mut entries = if *truncated
+            && bounced.len() == *nents as usize
+            && bounced.iter().zip(phys).all(|(b, p)| b.0 == *p)
+        {
+            // dma_direct_map_sg bounced every entry in order (swiotlb_bounced comes
+            // from swiotlb_tbl_map_single, one per entry): their buffers and sizes
+            // are the whole list, past the 128 the map event shows.
+            // The device took these segments: its max segment was at least the
+            // longest (the prescan saw only the 128 shown).
+            let longest = bounced.iter().map(|b| b.1).max().unwrap_or(0);
+            let d = &mut self.sys.kernel.devices[dev];
+            d.max_segment = d.max_segment.max(longest);
+            bounced.iter().map(|&(p, l)| (Some(p), l)).collect()
+        } else {
+            sg_entries(phys, *nents, dma, sizes, *ents, max_seg)
+        };
         let mut filler = Vec::new();
         let mut placed = Vec::with_capacity(entries.len());
         for (p, len) in entries.drain(..) {
@@ -1119,6 +1359,8 @@ impl Replayer<'_> {
             self.diff(e, "dma_map_sg", td, md, tl);
         }
         let key = (e.dev, phys[0]);
+        let first_model = segs.first().map_or(DMA_MAPPING_ERROR, |s| s.0);
+        let span = self.open_span(e, len, SpanKind::Sg, first_model);
         self.sg_by_dma.insert((e.dev, dma[0]), phys[0]);
         self.sgs.entry(key).or_default().push(LiveSg {
             table,
@@ -1127,6 +1369,7 @@ impl Replayer<'_> {
             filler,
             cpu_owns: false,
             len,
+            span,
         });
         Ok(())
     }
@@ -1188,6 +1431,7 @@ impl Replayer<'_> {
             devices: self.per_dev,
             fidelity: self.fidelity,
             swiotlb_slots_hiwater: stats.swiotlb.slots_used_max,
+            swiotlb_pool: self.pool,
             first_failure: self.first_failure,
             time,
             stats,
@@ -1196,6 +1440,7 @@ impl Replayer<'_> {
             findings,
             first_bad_line: self.trace.first_bad.clone(),
             log: std::mem::take(&mut self.sys.log),
+            timeline: self.timeline,
         }
     }
 }

@@ -310,6 +310,34 @@ impl LineReader {
     }
 }
 
+/// Decompressed traces larger than this are refused (a gzip bomb must not take
+/// the host's memory): 1 GiB of text is some 8 million events.
+pub const MAX_TRACE_BYTES: u64 = 1 << 30;
+
+/// A trace file's bytes, gunzipped when they start with the gzip magic
+/// (`trace.txt.gz`, as `gzip` or `trace-cmd report | gzip` write it).
+///
+/// # Errors
+/// A corrupt gzip stream, or one that decompresses past [`MAX_TRACE_BYTES`].
+pub fn decompress(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes);
+    }
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(&bytes[..])
+        .take(MAX_TRACE_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("gzip: {e}"))?;
+    if out.len() as u64 > MAX_TRACE_BYTES {
+        return Err(format!(
+            "gzip: the trace decompresses to more than {}",
+            crate::units::human_size(MAX_TRACE_BYTES)
+        ));
+    }
+    Ok(out)
+}
+
 /// The lines of a file read as text (binary junk becomes replacement characters
 /// and fails line by line).
 pub fn text_of(bytes: &[u8]) -> std::borrow::Cow<'_, str> {

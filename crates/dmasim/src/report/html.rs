@@ -37,7 +37,7 @@ pub fn esc(s: &str) -> String {
     o
 }
 
-const STYLE: &str = r#"
+pub(crate) const STYLE: &str = r#"
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d232b;background:#f6f7f9}
 header{background:#1d2b3a;color:#fff;padding:14px 24px}
 header h1{margin:0;font-size:20px} header p{margin:4px 0 0;color:#c9d4df}
@@ -55,7 +55,7 @@ pre.log{max-height:280px;overflow:auto;background:#0f1720;color:#d7e0ea;padding:
 svg text{font:11px system-ui,sans-serif;fill:#2b3440}
 "#;
 
-const CHECK_SCRIPT: &str = r#"
+pub(crate) const CHECK_SCRIPT: &str = r#"
 (function(){
   var errs=[];window.addEventListener('error',function(e){errs.push(String(e.message));document.body.setAttribute('data-errors',errs.join(' | '));});
   function check(){

@@ -291,6 +291,8 @@ fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> 
                 }
                 p.swiotlb_areas = n as u32;
             }
+            // Not a Linux option: pins the pool where a captured kernel had it.
+            "swiotlb_base" => p.swiotlb_base = num(v)?,
             "bus_dma_limit" => p.bus_dma_limit = num(v)?,
             "cma" => p.cma = num(v)?,
             "hugepages" => p.hugepages = num(v)?.min(1 << 16),
@@ -388,7 +390,7 @@ fn apply_overrides(ctx: &NativeCallContext, p: &mut PlatformConfig, m: &Map) -> 
             "dev_latency" => p.dev_latency_ns = latency_of(ctx, v, key)?,
             "iommu_forcedac" => p.iommu_forcedac = v.as_bool().map_err(|_| err(ctx, "iommu_forcedac: expected true or false"))?,
             "vfio_noiommu" => p.vfio_noiommu = v.as_bool().map_err(|_| err(ctx, "vfio_noiommu: expected true or false"))?,
-            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, iommu_forcedac, vfio_noiommu, write_streaming, swiotlb, swiotlb_force, swiotlb_areas, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, cache_writeback_granule, dev_latency, noise, coherent)"))),
+            other => return Err(err(ctx, format!("boot: unknown override {other:?} (ram, ram_base, cpus, iommu, iommu_strict, iotlb, iommu_coherent_walk, iommu_skip_pte_sync, iommu_forcedac, vfio_noiommu, write_streaming, swiotlb, swiotlb_force, swiotlb_areas, swiotlb_base, bus_dma_limit, cma, hugepages, zone_dma_bits, zone_dma32, cache, l2, cache_writeback_granule, dev_latency, noise, coherent)"))),
         }
     }
     Ok(())

@@ -56,20 +56,40 @@ impl crate::kernel::Kernel {
     /// `swiotlb_init_remap()`: reserves the pool with `memblock_alloc_low` below the
     /// plan's limit, halving it (to whole sets, down to `IO_TLB_MIN_SLABS`) while
     /// it does not fit. Returns the slots it asked for first, when it had to shrink.
-    pub(crate) fn swiotlb_init(&mut self, plan: &BootPlan) -> Option<usize> {
+    ///
+    /// # Errors
+    /// A `swiotlb_base` whose pool is not free RAM below the limit.
+    pub(crate) fn swiotlb_init(&mut self, plan: &BootPlan) -> Result<Option<usize>, String> {
         let mut nslabs = plan.nslabs;
         let mut nareas = plan.nareas;
         if nslabs == 0 {
-            return None;
+            return Ok(None);
+        }
+        if plan.base != 0 {
+            // A pool placed where a captured kernel's memblock put it: the run of
+            // free pages ending at base + size must start exactly at base.
+            let bytes = (nslabs as u64) << IO_TLB_SHIFT;
+            let end = plan.base.checked_add(bytes).filter(|&e| e <= plan.limit);
+            let got = end.and_then(|e| self.pages.memblock_alloc_low(bytes, e));
+            if got != Some(plan.base) || plan.base % PAGE_SIZE != 0 {
+                return Err(format!(
+                    "swiotlb_base {:#x}: the {} pool there is not free RAM below {:#x}",
+                    plan.base,
+                    human_size(bytes),
+                    plan.limit
+                ));
+            }
+            self.swiotlb = Some(IoTlbPool::new(plan.base, nslabs, nareas, plan.force));
+            return Ok(None);
         }
         loop {
             let bytes = (nslabs as u64) << IO_TLB_SHIFT;
             if let Some(start) = self.pages.memblock_alloc_low(bytes, plan.limit) {
                 self.swiotlb = Some(IoTlbPool::new(start, nslabs, nareas, plan.force));
-                return (nslabs != plan.nslabs).then_some(plan.nslabs);
+                return Ok((nslabs != plan.nslabs).then_some(plan.nslabs));
             }
             if nslabs <= IO_TLB_MIN_SLABS {
-                return None;
+                return Ok(None);
             }
             nslabs = (nslabs >> 1).next_multiple_of(IO_TLB_SEGSIZE);
             nareas = limit_nareas(nareas, nslabs);

@@ -457,6 +457,8 @@ pub struct BootPlan {
     /// The pool must end at or below this physical address (`ARCH_LOW_ADDRESS_LIMIT`
     /// + 1: arm64 `arm64_dma_phys_limit`, 4 GiB elsewhere).
     pub limit: u64,
+    /// A fixed start for the pool (`swiotlb_base`), or 0.
+    pub base: u64,
     /// Why there is, or is not, a pool (for the boot log).
     pub why: String,
 }
@@ -474,6 +476,7 @@ pub fn boot_plan(p: &crate::config::PlatformConfig) -> BootPlan {
         nareas: 0,
         force: false,
         limit: 0,
+        base: 0,
         why: why.to_string(),
     };
     if p.arch == Arch::Arm32 {
@@ -523,6 +526,7 @@ pub fn boot_plan(p: &crate::config::PlatformConfig) -> BootPlan {
         nareas,
         force: p.swiotlb_force,
         limit,
+        base: p.swiotlb_base,
         why: if p.swiotlb_force {
             "swiotlb=force: every DMA bounces".into()
         } else {

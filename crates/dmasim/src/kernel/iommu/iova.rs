@@ -44,6 +44,8 @@ pub struct IovaDomain {
     max32_alloc_size: u64,
     rcaches: Vec<Rcache>,
     ncpus: usize,
+    /// Frames in allocated ranges (the anchor excluded).
+    pages: u64,
 }
 
 fn fls(x: u64) -> u32 {
@@ -71,6 +73,7 @@ impl IovaDomain {
             start_pfn: start_pfn.max(1),
             dma_32bit_pfn,
             ranges,
+            pages: 0,
             cached_node: IOVA_ANCHOR,
             cached32_node: IOVA_ANCHOR,
             max32_alloc_size: dma_32bit_pfn,
@@ -88,6 +91,11 @@ impl IovaDomain {
     /// allocated in the tree while they sit in a magazine).
     pub fn allocated(&self) -> usize {
         self.ranges.len() - 1
+    }
+
+    /// Frames in allocated ranges (cached ones included), for occupancy pictures.
+    pub fn allocated_pages(&self) -> u64 {
+        self.pages
     }
 
     fn prev_node(&self, lo: u64) -> Option<(u64, u64)> {
@@ -155,6 +163,7 @@ impl IovaDomain {
             }
             let hi = new_pfn + size - 1;
             self.ranges.insert(new_pfn, hi);
+            self.pages += size;
             if hi < self.dma_32bit_pfn {
                 self.cached32_node = new_pfn;
             } else {
@@ -183,6 +192,7 @@ impl IovaDomain {
             self.cached_node = self.next_node(pfn);
         }
         self.ranges.remove(&pfn);
+        self.pages -= hi - pfn + 1;
         true
     }
 
