@@ -265,6 +265,24 @@ pub(crate) fn render(r: &ReplayReport) -> String {
         s.iommu.walks,
         s.iommu.faults
     );
+    let zones: Vec<String> = r
+        .zones
+        .iter()
+        .map(|z| {
+            format!(
+                "{} {} of {} (min watermark {})",
+                z.zone, z.free_min_pages, z.managed_pages, z.watermark_min_pages
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        o,
+        "  memory: CMA {} of {} pages at most, {} failures; fewest free pages after an allocation: {}",
+        s.cma.used_pages,
+        s.cma.total_pages,
+        s.cma.failures,
+        zones.join(", ")
+    );
     let t = &r.time;
     let _ = writeln!(
         o,
@@ -368,6 +386,26 @@ fn render_compare(rs: &[(String, ReplayReport)]) -> String {
         (
             "IOTLB misses",
             Box::new(|r| r.stats.iommu.iotlb_misses.to_string()),
+        ),
+        (
+            "CMA pages max/all",
+            Box::new(|r| format!("{}/{}", r.stats.cma.used_pages, r.stats.cma.total_pages)),
+        ),
+        (
+            "DMA zones free min",
+            Box::new(|r| {
+                let z: Vec<String> = r
+                    .zones
+                    .iter()
+                    .filter(|z| z.zone.starts_with("DMA"))
+                    .map(|z| format!("{} {}", z.zone, z.free_min_pages))
+                    .collect();
+                if z.is_empty() {
+                    "-".into()
+                } else {
+                    z.join(", ")
+                }
+            }),
         ),
         (
             "addresses equal",

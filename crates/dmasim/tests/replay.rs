@@ -470,3 +470,28 @@ fn map_resource_and_alloc_sgt_are_replayed_through_the_model() {
         Some("unmap-size-mismatch")
     );
 }
+
+#[test]
+fn zone_and_cma_pressure_follow_the_allocations() {
+    // Two coherent allocations of 64 KiB on arm64 (CMA serves blocking coherent
+    // allocations: kernel/dma/contiguous.c dma_alloc_contiguous): CMA's peak holds
+    // both, and the DMA zone's fewest free pages fall by at least as much.
+    let lines = [
+        "dma_alloc: 0000:00:02.0 dir=BIDIRECTIONAL dma_addr=100000 size=65536 virt_addr=0000000022fe9c69 flags=GFP_KERNEL attrs=",
+        "dma_alloc: 0000:00:02.0 dir=BIDIRECTIONAL dma_addr=110000 size=65536 virt_addr=000000007d72e2e2 flags=GFP_KERNEL attrs=",
+    ];
+    let text: String = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("  kworker/0:1-12 [000] ..... 1.{:06}: {l}\n", i + 1))
+        .collect();
+    let o = ReplayOptions {
+        preset: "arm64-noncoherent".into(),
+        ..ReplayOptions::default()
+    };
+    let r = dmasim::replay::replay_bytes(text.as_bytes(), "cma", &o).unwrap();
+    assert_eq!(r.counts.allocs, 2);
+    assert_eq!(r.stats.cma.used_pages, 32, "2 × 16 pages");
+    let dma = r.zones.iter().find(|z| z.zone == "DMA").unwrap();
+    assert!(dma.free_min_pages + 32 <= dma.managed_pages, "{dma:?}");
+}

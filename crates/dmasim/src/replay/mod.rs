@@ -179,6 +179,20 @@ pub struct Fidelity {
     pub first_differences: Vec<AddressDiff>,
 }
 
+/// How close a zone came to running out during the replay (the allocations'
+/// pressure: coherent buffers of 32-bit devices come from ZONE_DMA32 or ZONE_DMA).
+#[derive(Debug, Clone, Serialize)]
+pub struct ZonePressure {
+    /// `DMA`, `DMA32`, `Normal`, `HighMem`.
+    pub zone: &'static str,
+    /// Pages the zone manages.
+    pub managed_pages: u64,
+    /// Fewest free pages after any allocation of the replay.
+    pub free_min_pages: u64,
+    /// The zone's min watermark: below it only atomic allocations succeed.
+    pub watermark_min_pages: u64,
+}
+
 /// Where the model's bounce pool is.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolPlacement {
@@ -287,6 +301,9 @@ pub struct ReplayReport {
     pub swiotlb_slots_hiwater: u64,
     /// The model's swiotlb pool, and whether it was placed where the capture's was.
     pub swiotlb_pool: Option<PoolPlacement>,
+    /// Per populated zone: the fewest free pages after an allocation (CMA's peak
+    /// use is `stats.cma.used_pages`).
+    pub zones: Vec<ZonePressure>,
     /// The first call the model failed.
     pub first_failure: Option<FirstFailure>,
     /// Time.
@@ -480,6 +497,8 @@ struct Replayer<'a> {
     timeline: Option<Timeline>,
     /// The trace time of the event being replayed, ns.
     now_ns: u64,
+    /// Per zone: the fewest free pages after an allocation.
+    zone_free_min: Vec<u64>,
 }
 
 /// What a replay needs to know of the whole trace before its first event: the
@@ -780,6 +799,7 @@ impl<'a> Replayer<'a> {
             bounced_since_map: vec![Vec::new(); n],
             timeline,
             now_ns: 0,
+            zone_free_min: Vec::new(),
         })
     }
 }
@@ -895,6 +915,15 @@ impl Replayer<'_> {
         self.transfer_ps += self.sys.hw.now_ps() - t;
         self.count_bytes(dev, len);
         Ok(())
+    }
+
+    /// The zones' free pages after an allocation: keep each one's lowest.
+    fn note_zone_pressure(&mut self) {
+        let zones = &self.sys.kernel.pages.zones;
+        self.zone_free_min.resize(zones.len(), u64::MAX);
+        for (m, z) in self.zone_free_min.iter_mut().zip(zones) {
+            *m = (*m).min(z.free_pages());
+        }
     }
 
     /// Bytes a device moved, on its summary.
@@ -1138,6 +1167,7 @@ impl Replayer<'_> {
                 let span = self.open_span(e, size, SpanKind::Alloc, model);
                 self.allocs
                     .insert((e.dev, *dma), (id, size, kind, dir, span));
+                self.note_zone_pressure();
             }
             EventKind::Free { dma, size, dir, .. } => {
                 let Some((id, _, kind, _, span)) = self.allocs.remove(&(e.dev, *dma)) else {
@@ -1432,6 +1462,26 @@ impl Replayer<'_> {
             fidelity: self.fidelity,
             swiotlb_slots_hiwater: stats.swiotlb.slots_used_max,
             swiotlb_pool: self.pool,
+            zones: self
+                .sys
+                .kernel
+                .pages
+                .zones
+                .iter()
+                .enumerate()
+                .filter(|(_, z)| z.managed > 0)
+                .map(|(i, z)| ZonePressure {
+                    zone: z.kind.name(),
+                    managed_pages: z.managed,
+                    free_min_pages: self
+                        .zone_free_min
+                        .get(i)
+                        .copied()
+                        .unwrap_or(u64::MAX)
+                        .min(z.free_pages()),
+                    watermark_min_pages: z.watermark_min,
+                })
+                .collect(),
             first_failure: self.first_failure,
             time,
             stats,
