@@ -257,13 +257,14 @@ pub(crate) fn render(r: &ReplayReport) -> String {
     }
     let _ = writeln!(
         o,
-        "  iommu: {} maps, {} unmaps, IOTLB {} hits / {} misses, {} walks, {} faults",
+        "  iommu: {} maps, {} unmaps, IOTLB {} hits / {} misses, {} walks, {} faults; IOVA pages allocated at most {}",
         s.iommu.maps,
         s.iommu.unmaps,
         s.iommu.iotlb_hits,
         s.iommu.iotlb_misses,
         s.iommu.walks,
-        s.iommu.faults
+        s.iommu.faults,
+        r.iova_pages_hiwater
     );
     let zones: Vec<String> = r
         .zones
@@ -386,6 +387,10 @@ fn render_compare(rs: &[(String, ReplayReport)]) -> String {
         (
             "IOTLB misses",
             Box::new(|r| r.stats.iommu.iotlb_misses.to_string()),
+        ),
+        (
+            "IOVA pages max",
+            Box::new(|r| r.iova_pages_hiwater.to_string()),
         ),
         (
             "CMA pages max/all",

@@ -252,16 +252,7 @@ fn the_direct_capture_retargeted_to_an_8_gib_machine_bounces_and_hits_the_segmen
 }
 
 fn synthetic(lines: &[&str]) -> ReplayReport {
-    let text: String = lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| format!("  kworker/0:1-12 [000] ..... 1.{:06}: {l}\n", i + 1))
-        .collect();
-    let o = ReplayOptions {
-        set: vec![("ram".into(), "1GiB".into())],
-        ..ReplayOptions::default()
-    };
-    dmasim::replay::replay_bytes(text.as_bytes(), "synthetic", &o).unwrap()
+    synthetic_on(&[], lines)
 }
 
 #[test]
@@ -494,4 +485,40 @@ fn zone_and_cma_pressure_follow_the_allocations() {
     assert_eq!(r.stats.cma.used_pages, 32, "2 × 16 pages");
     let dma = r.zones.iter().find(|z| z.zone == "DMA").unwrap();
     assert!(dma.free_min_pages + 32 <= dma.managed_pages, "{dma:?}");
+}
+
+#[test]
+fn iova_high_water_counts_the_live_ranges_and_the_timeline_agrees() {
+    // Three live 8 KiB maps through a strict IOMMU domain: alloc_iova_fast rounds
+    // each to a power of two (2 pages), so at least 6 IOVA pages at the peak.
+    let r = synthetic_on(
+        &[("iommu", "smmu"), ("iommu_strict", "true")],
+        &[
+            "dma_map_page: 0000:00:02.0 dir=TO_DEVICE dma_addr=fffe0000 size=8192 phys_addr=200000 attrs=",
+            "dma_map_page: 0000:00:02.0 dir=TO_DEVICE dma_addr=fffdc000 size=8192 phys_addr=210000 attrs=",
+            "dma_map_page: 0000:00:02.0 dir=TO_DEVICE dma_addr=fffd8000 size=8192 phys_addr=220000 attrs=",
+            "dma_unmap_page: 0000:00:02.0 dir=TO_DEVICE dma_addr=fffe0000 size=8192 attrs=",
+        ],
+    );
+    assert_eq!(r.errors, 0);
+    assert!(r.iova_pages_hiwater >= 6, "{}", r.iova_pages_hiwater);
+    let t = r.timeline.as_ref().unwrap();
+    assert_eq!(t.iova_pages.iter().max(), Some(&r.iova_pages_hiwater));
+    assert!(dmasim::replay::html::render(&r).contains("id=\"iova-pages\""));
+}
+
+fn synthetic_on(set: &[(&str, &str)], lines: &[&str]) -> ReplayReport {
+    let text: String = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("  kworker/0:1-12 [000] ..... 1.{:06}: {l}\n", i + 1))
+        .collect();
+    let mut o = ReplayOptions {
+        set: vec![("ram".into(), "1GiB".into())],
+        timeline: true,
+        ..ReplayOptions::default()
+    };
+    o.set
+        .extend(set.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    dmasim::replay::replay_bytes(text.as_bytes(), "synthetic", &o).unwrap()
 }

@@ -299,6 +299,8 @@ pub struct ReplayReport {
     pub fidelity: Fidelity,
     /// swiotlb slots used at most (of `stats.swiotlb.slots_total`).
     pub swiotlb_slots_hiwater: u64,
+    /// IOVA pages (4 KiB) allocated at most, all domains, per-CPU caches included.
+    pub iova_pages_hiwater: u64,
     /// The model's swiotlb pool, and whether it was placed where the capture's was.
     pub swiotlb_pool: Option<PoolPlacement>,
     /// Per populated zone: the fewest free pages after an allocation (CMA's peak
@@ -499,6 +501,7 @@ struct Replayer<'a> {
     now_ns: u64,
     /// Per zone: the fewest free pages after an allocation.
     zone_free_min: Vec<u64>,
+    iova_pages_hiwater: u64,
 }
 
 /// What a replay needs to know of the whole trace before its first event: the
@@ -800,6 +803,7 @@ impl<'a> Replayer<'a> {
             timeline,
             now_ns: 0,
             zone_free_min: Vec::new(),
+            iova_pages_hiwater: 0,
         })
     }
 }
@@ -953,11 +957,12 @@ impl Replayer<'_> {
     fn event(&mut self, e: &Event) -> Result<(), String> {
         self.now_ns = e.ts_ns;
         self.event_inner(e)?;
+        let iova = self.sys.kernel.iommu.as_ref().map_or(0, |st| {
+            st.domains.iter().map(|d| d.iovad.allocated_pages()).sum()
+        });
+        self.iova_pages_hiwater = self.iova_pages_hiwater.max(iova);
         if self.timeline.is_some() {
             let slots = self.sys.kernel.swiotlb.as_ref().map_or(0, |p| p.used);
-            let iova = self.sys.kernel.iommu.as_ref().map_or(0, |st| {
-                st.domains.iter().map(|d| d.iovad.allocated_pages()).sum()
-            });
             if let Some(t) = self.timeline.as_mut() {
                 t.sample(e.ts_ns, slots, iova);
             }
@@ -1461,6 +1466,7 @@ impl Replayer<'_> {
             devices: self.per_dev,
             fidelity: self.fidelity,
             swiotlb_slots_hiwater: stats.swiotlb.slots_used_max,
+            iova_pages_hiwater: self.iova_pages_hiwater,
             swiotlb_pool: self.pool,
             zones: self
                 .sys
