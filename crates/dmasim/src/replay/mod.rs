@@ -39,6 +39,11 @@ const MAX_DIFFS: usize = 20;
 /// `swiotlb_bounced` events kept per device between maps at most (an sg list's
 /// entries, `SG_MAX_SEGMENTS`-sized chains included).
 const MAX_SG_BOUNCES: usize = 8192;
+/// A lazy IOMMU's flush-queue timer (armed 10 ms ahead, `IOVA_DEFAULT_FQ_TIMEOUT`;
+/// 8 to 12 ms at HZ=250, up to 15 ms seen under QEMU TCG) surely fired once it is
+/// this much past due: the replay flushes then, when the trace has not shown the
+/// flush earlier by handing out a queued IOVA again.
+const FQ_SURELY_FIRED_PS: u64 = 100_000_000_000;
 /// Of them, coherent allocations at most.
 const MAX_ALLOC_DIFFS: usize = 3;
 
@@ -276,6 +281,10 @@ pub struct Counts {
     /// Calls replayed before the interrupt handler's calls traced just ahead of
     /// them (a tracepoint fires after its call's work; see `parse::Nester`).
     pub moved_before_irq: u64,
+    /// Lazy-IOMMU flush-queue flushes the trace showed: an IOVA still queued by a
+    /// lazy unmap was handed out again, so the kernel had flushed (the model's own
+    /// flush-queue timer is off in a replay; a full ring still flushes).
+    pub fq_flushes_seen: u64,
 }
 
 /// The whole replay report (`dmasim.replay/v1`).
@@ -695,6 +704,9 @@ impl<'a> Replayer<'a> {
         let mut sys = crate::script::boot_system(&opts.preset, &sopts)?;
         let (sys2, pool_placement) = place_pool(sys, opts, &sopts)?;
         sys = sys2;
+        if let Some(st) = sys.kernel.iommu.as_mut() {
+            st.fq_flush_by_evidence = true;
+        }
         let ram_end = sys.cfg.ram_base + sys.cfg.ram.min(sys.cfg.lowmem);
         let offset = match opts.placement {
             Placement::Trace => sys.cfg.ram_base,
@@ -998,6 +1010,26 @@ impl Replayer<'_> {
         self.sys.line = e.line;
         if matches!(e.kind, EventKind::Map { .. }) {
             self.bounced_since_map[e.dev as usize].clear();
+        }
+        // Flush-queue timers long past due have surely fired in the kernel.
+        let now = self.sys.hw.now_ps();
+        self.sys.iommu_fq_expire(now, FQ_SURELY_FIRED_PS);
+        // An address the kernel handed out again while the model still holds it in
+        // the flush queue: the kernel's timer had fired.
+        let iova = match &e.kind {
+            EventKind::Map {
+                dma,
+                resource: false,
+                ..
+            }
+            | EventKind::Alloc { dma, .. } => Some(*dma),
+            EventKind::MapSg { dma, .. } => dma.first().copied(),
+            _ => None,
+        };
+        if let Some(a) = iova.filter(|&a| a != DMA_MAPPING_ERROR) {
+            if self.sys.iommu_fq_flush_if_queued(dev, a & !(PAGE_SIZE - 1)) {
+                self.counts.fq_flushes_seen += 1;
+            }
         }
         match &e.kind {
             EventKind::Map {

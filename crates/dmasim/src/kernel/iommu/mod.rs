@@ -90,6 +90,8 @@ struct FqEntry {
     pfn: u64,
     pages: u64,
     counter: u64,
+    /// Queueing order across the CPUs' rings (the model's; not in Linux).
+    seq: u64,
 }
 
 /// The flush queue of a DMA-FQ domain: per-CPU rings and the shared timer.
@@ -98,8 +100,29 @@ pub struct FlushQueue {
     rings: Vec<VecDeque<FqEntry>>,
     start_cnt: u64,
     finish_cnt: u64,
+    next_seq: u64,
     /// When the timer fires (ps), if armed.
     pub timer: Option<u64>,
+}
+
+impl FlushQueue {
+    /// When the range at `pfn` is queued: the queueing order of the first entry
+    /// queued after it in the same IOVA cache class (`order_base_2(pages)`), or
+    /// one past the last entry. A flush between the two frees `pfn` and leaves
+    /// that entry queued, the only order in which `pfn` is the next one its
+    /// class's per-CPU cache hands out (the caches are LIFO).
+    fn flush_point_for(&self, pfn: u64) -> Option<u64> {
+        let class = |p: u64| p.max(1).next_power_of_two();
+        let hit = self.rings.iter().flatten().find(|e| e.pfn == pfn)?;
+        let next_same = self
+            .rings
+            .iter()
+            .flatten()
+            .filter(|e| e.seq > hit.seq && class(e.pages) == class(hit.pages))
+            .map(|e| e.seq)
+            .min();
+        Some(next_same.unwrap_or(self.next_seq))
+    }
 }
 
 /// One domain.
@@ -150,6 +173,12 @@ pub struct IommuState {
     pub unmaps: u64,
     /// IOVA allocation failures.
     pub iova_failures: u64,
+    /// The flush-queue timers never fire on the model's clock: `dmasim replay`
+    /// flushes a domain when the trace hands out again an IOVA still queued there
+    /// (a real kernel's timer fires 8–12 ms after arming at HZ=250, on a jiffies
+    /// clock the trace's timestamps do not show; under QEMU TCG it lags more), or
+    /// when the timer is long past due.
+    pub fq_flush_by_evidence: bool,
 }
 
 /// `dma_info_to_prot()`: the IOMMU permissions of a DMA direction.
@@ -683,6 +712,77 @@ impl System {
         }
     }
 
+    /// A replay's flush-queue timers (see [`IommuState::fq_flush_by_evidence`]):
+    /// every domain whose timer was due `margin_ps` or more before `t_ps` has
+    /// surely been flushed by the kernel by now.
+    pub(crate) fn iommu_fq_expire(&mut self, t_ps: u64, margin_ps: u64) {
+        let Some(st) = self.kernel.iommu.as_ref() else {
+            return;
+        };
+        let due: Vec<usize> = st
+            .domains
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| {
+                d.fq.timer
+                    .is_some_and(|t| t.saturating_add(margin_ps) <= t_ps)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for d in due {
+            self.iommu_fq_flush(d, false);
+        }
+    }
+
+    /// The flush a trace shows: when `iova` (an address the real kernel just
+    /// returned to `dev`) starts a range still queued in the device's flush queue,
+    /// the kernel must have flushed it first; flush now. True when it did.
+    ///
+    /// The flush is placed as late as the trace allows: it frees the entries
+    /// queued before the next entry of `iova`'s size class, which stays queued
+    /// (had the kernel flushed it too, its LIFO cache would have handed that one
+    /// out first).
+    pub(crate) fn iommu_fq_flush_if_queued(&mut self, dev: usize, iova: u64) -> bool {
+        let Some(domain) = self.dev_domain(dev) else {
+            return false;
+        };
+        let cpu = self.cpu;
+        let ctx = {
+            let st = self.kernel.iommu.as_ref().expect("IOMMU");
+            let d = &st.domains[domain];
+            let Some(limit) = d.fq.flush_point_for(iova >> d.iovad.shift) else {
+                return false;
+            };
+            let ctx = d.ctx;
+            let d = &mut self.kernel.iommu.as_mut().expect("IOMMU").domains[domain];
+            // fq_flush_iotlb, then fq_ring_free on every CPU's ring, in ring order;
+            // what was queued after the flush gets the new counter.
+            d.fq.start_cnt += 1;
+            d.fq.finish_cnt += 1;
+            let counter = d.fq.start_cnt;
+            let mut freed = Vec::new();
+            for ring in &mut d.fq.rings {
+                let (done, kept): (VecDeque<FqEntry>, VecDeque<FqEntry>) =
+                    ring.drain(..).partition(|e| e.seq < limit);
+                freed.extend(done);
+                *ring = kept;
+                for e in ring.iter_mut() {
+                    e.counter = counter;
+                }
+            }
+            if d.fq.rings.iter().all(VecDeque::is_empty) {
+                d.fq.timer = None;
+            }
+            for e in freed {
+                d.iovad.free_fast(cpu, e.pfn, e.pages);
+            }
+            ctx
+        };
+        self.hw.iommu.iotlb.invalidate_domain(ctx);
+        self.hw.iommu.stats.invalidate_all += 1;
+        true
+    }
+
     /// `queue_iova`: an unmapped IOVA waits in this CPU's ring until the next full
     /// IOTLB flush; a full ring flushes at once; the first entry arms the timer.
     /// The ring of `FQ_SIZE` slots holds `FQ_SIZE - 1` entries: one slot stays
@@ -701,10 +801,13 @@ impl System {
         let d = &mut self.kernel.iommu.as_mut().expect("IOMMU").domains[domain];
         let n = d.fq.rings.len();
         let counter = d.fq.start_cnt;
+        let seq = d.fq.next_seq;
+        d.fq.next_seq += 1;
         d.fq.rings[cpu % n].push_back(FqEntry {
             pfn,
             pages,
             counter,
+            seq,
         });
         if d.fq.timer.is_none() {
             d.fq.timer = Some(now + FQ_TIMEOUT_PS);
@@ -713,7 +816,12 @@ impl System {
 
     /// Fires every flush-queue timer due at or before `t_ps` (`fq_flush_timeout`).
     pub(crate) fn iommu_timers(&mut self, t_ps: u64) {
-        let Some(st) = self.kernel.iommu.as_ref() else {
+        let Some(st) = self
+            .kernel
+            .iommu
+            .as_ref()
+            .filter(|s| !s.fq_flush_by_evidence)
+        else {
             return;
         };
         let due: Vec<usize> = st
