@@ -63,10 +63,34 @@ pub(crate) fn pci_txt_options(text: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The kit's `iommu_groups.txt` (`group 6 type=DMA devices: 0000:00:01.0`): when
+/// it lists any group, the devices in a translating group (`DMA`, `DMA-FQ`) sit
+/// behind the IOMMU and every other device (the SMMU itself, a device in an
+/// `identity` group, one with no group) does not.
+pub(crate) fn iommu_groups_options(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((head, devs)) = line.split_once("devices:") else {
+            continue;
+        };
+        let translating = head
+            .split_whitespace()
+            .any(|w| w == "type=DMA" || w == "type=DMA-FQ");
+        for d in devs.split_whitespace() {
+            out.push((d.to_string(), format!("iommu={translating}")));
+        }
+    }
+    if !out.is_empty() {
+        out.insert(0, ("*".to_string(), "iommu=false".to_string()));
+    }
+    out
+}
+
 fn options(
     a: &Args,
     label_preset: Option<&str>,
     set: &[(String, String)],
+    trace_bytes: &[u8],
 ) -> Result<ReplayOptions, String> {
     let mut device_map = Vec::new();
     if !a.no_pci_txt {
@@ -75,11 +99,25 @@ fn options(
             device_map.extend(pci_txt_options(&text));
         }
     }
+    let dir = a.trace.parent().unwrap_or(Path::new("."));
+    if !a.no_pci_txt {
+        let groups = dir.join("iommu_groups.txt");
+        if let Ok(text) = std::fs::read_to_string(&groups) {
+            device_map.extend(iommu_groups_options(&text));
+        }
+        // arm64's MSI doorbell page, mapped into each device's domain at probe.
+        if let Ok(iomem) = std::fs::read_to_string(dir.join("iomem.txt")) {
+            let ram = replay::capture::system_ram(&iomem);
+            let text = String::from_utf8_lossy(trace_bytes);
+            if let Some(pa) = replay::capture::msi_doorbell(&text, &ram) {
+                device_map.push(("*".into(), format!("msi_doorbell={pa:#x}")));
+            }
+        }
+    }
     for d in &a.device_map {
         device_map.push(device_map_entry(d)?);
     }
     // The captured kernel's swiotlb pool: the kit's swiotlb_pool.txt, else dmesg.
-    let dir = a.trace.parent().unwrap_or(Path::new("."));
     let capture_pool = if a.no_pool_txt {
         None
     } else {
@@ -112,7 +150,7 @@ pub(crate) fn run(a: &Args) -> Result<u8, String> {
     let name = a.trace.display().to_string();
     let bytes = replay::parse::decompress(bytes).map_err(|e| format!("{name}: {e}"))?;
     if a.compare.is_empty() {
-        let r = replay::replay_bytes(&bytes, &name, &options(a, None, &a.set)?)
+        let r = replay::replay_bytes(&bytes, &name, &options(a, None, &a.set, &bytes)?)
             .map_err(|e| format!("{name}: {e}"))?;
         if let Some(path) = &a.html {
             std::fs::write(path, replay::html::render(&r))
@@ -142,7 +180,7 @@ pub(crate) fn run(a: &Args) -> Result<u8, String> {
         let cfg = dmasim::compare::Config::parse(c).map_err(|e| format!("--compare {e}"))?;
         let mut set = a.set.clone();
         set.extend(cfg.set.iter().cloned());
-        let r = replay::replay_bytes(&bytes, &name, &options(a, cfg.preset, &set)?)
+        let r = replay::replay_bytes(&bytes, &name, &options(a, cfg.preset, &set, &bytes)?)
             .map_err(|e| format!("--compare {c}: {e}"))?;
         reports.push((cfg.label, r));
     }

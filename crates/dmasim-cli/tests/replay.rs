@@ -171,3 +171,54 @@ fn a_gzipped_capture_with_its_pool_file_replays_and_draws_a_timeline() {
     assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn an_arm64_smmuv3_capture_replays_at_its_own_addresses_with_the_msi_doorbell() {
+    // The kit's arm64-smmuv3 capture (QEMU virt, RAM at 1 GiB, SMMUv3 strict): the
+    // trace's physical addresses are the model's own (same RAM base), the SMMU's
+    // own queues are not behind it (iommu_groups.txt), and each domain's first IOVA
+    // is the GICv3 ITS doorbell page (iomem.txt + the trace's iommu:map events).
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "replay",
+            "--json",
+            "--preset",
+            "arm64-coherent",
+            "--set",
+            "ram=1GiB",
+            "--set",
+            "ram_base=0x40000000",
+            "--set",
+            "cpus=1",
+            "--set",
+            "iommu=smmu",
+            "--set",
+            "iommu_strict=true",
+        ];
+        args.extend_from_slice(extra);
+        let p = excerpt("arm64-smmuv3/trace.txt.gz");
+        args.push(p.to_str().unwrap());
+        let out = dmasim(&args);
+        assert_eq!(out.status.code(), Some(0));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let v = run(&[]);
+    let f = &v["fidelity"];
+    let (eq, n) = (
+        f["equal"].as_u64().unwrap(),
+        f["compared"].as_u64().unwrap(),
+    );
+    assert!(eq * 100 >= n * 98, "{eq} of {n}");
+    assert_eq!(v["counts"]["unplaced"], 0);
+    let smmu = v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "9050000.smmuv3")
+        .unwrap();
+    assert_eq!(smmu["iommu"], false);
+    // Without the capture's files (no groups, no doorbell) far fewer are equal.
+    let bare = run(&["--no-pci-txt"]);
+    let eq2 = bare["fidelity"]["equal"].as_u64().unwrap();
+    assert!(eq2 * 100 < n * 80, "{eq2} of {n}");
+}

@@ -71,6 +71,51 @@ pub fn capture_pool(text: &str) -> Option<CapturePool> {
     None
 }
 
+/// The `System RAM` ranges of a capture's `iomem.txt` (`40000000-7fffffff : System
+/// RAM`), `[start, end)`.
+pub fn system_ram(iomem: &str) -> Vec<(u64, u64)> {
+    iomem
+        .lines()
+        .filter(|l| l.trim_end().ends_with(": System RAM"))
+        .filter_map(|l| {
+            let (range, _) = l.trim().split_once(' ')?;
+            let (a, b) = range.split_once('-')?;
+            Some((hex(a)?, hex(b)?.checked_add(1)?))
+        })
+        .collect()
+}
+
+/// The MSI doorbell page a trace's `iommu:map` events show: on arm64 with a GICv3
+/// ITS behind an SMMU, every device that sets up MSIs maps the ITS's
+/// `GITS_TRANSLATER` page into its domain (`iommu_dma_get_msi_page`), a page
+/// outside RAM mapped once per domain with no DMA API call around it. The page
+/// mapped most often outside `ram` (at least twice), or `None`.
+pub fn msi_doorbell(trace: &str, ram: &[(u64, u64)]) -> Option<u64> {
+    if ram.is_empty() {
+        return None;
+    }
+    let mut seen: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+    for line in trace.lines().filter(|l| l.contains(" map: IOMMU: iova=")) {
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(hex)
+        };
+        let (Some(pa), Some(size)) = (field("paddr="), field("size=").or(None)) else {
+            continue;
+        };
+        // size= is decimal in the event; 4096 reads as hex 0x4096.
+        if size != 0x4096 || ram.iter().any(|&(a, b)| (a..b).contains(&pa)) {
+            continue;
+        }
+        *seen.entry(pa).or_default() += 1;
+    }
+    seen.into_iter()
+        .filter(|&(_, n)| n >= 2)
+        .max_by_key(|&(pa, n)| (n, std::cmp::Reverse(pa)))
+        .map(|(pa, _)| pa)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +140,34 @@ mod tests {
         assert!(
             capture_pool("junk start=zz end=\n[ 1.0] software IO TLB: mapped [mem x-y]").is_none()
         );
+    }
+
+    #[test]
+    fn the_doorbell_is_the_page_outside_ram_that_many_domains_map() {
+        let ram = system_ram("08000000-0800ffff : GICD\n40000000-7fffffff : System RAM\n");
+        assert_eq!(ram, vec![(0x4000_0000, 0x8000_0000)]);
+        let map = |pa: u64, size: u32| {
+            format!("insmod-1 [000] ..... 4.37: map: IOMMU: iova=0x00000000fffff000 - 0x0000000100000000 paddr=0x{pa:016x} size={size}\n")
+        };
+        let t = [
+            map(0x0809_0000, 4096),
+            map(0x4733_6000, 4096),
+            map(0x4733_6000, 4096),
+            map(0x0809_0000, 4096),
+            map(0x0900_0000, 8192),
+            map(0x0900_0000, 8192),
+        ]
+        .concat();
+        assert_eq!(
+            msi_doorbell(&t, &ram),
+            Some(0x0809_0000),
+            "RAM pages and 8 KiB maps do not count"
+        );
+        assert_eq!(
+            msi_doorbell(&map(0x0809_0000, 4096), &ram),
+            None,
+            "once is not a pattern"
+        );
+        assert_eq!(msi_doorbell(&t, &[]), None, "without iomem.txt, no guess");
     }
 }

@@ -378,6 +378,8 @@ struct DevOpts {
     bus_dma_limit: Option<u64>,
     /// `dev_is_pci()`; `None`: from the name.
     pci: Option<bool>,
+    /// The MSI doorbell page the device's domain maps first (arm64 GICv3 ITS).
+    msi_doorbell: Option<u64>,
 }
 
 fn parse_num(v: &str) -> Option<u64> {
@@ -415,6 +417,7 @@ impl DevOpts {
                 "iommu" => self.iommu = parse_bool(k, v)?,
                 "untrusted" => self.untrusted = parse_bool(k, v)?,
                 "pci" | "pci32" => self.pci = Some(parse_bool(k, v)?),
+                "msi_doorbell" => self.msi_doorbell = Some(num()? & !(PAGE_SIZE - 1)),
                 "dma_bits" => {
                     let b = num()?;
                     if !(8..=64).contains(&b) {
@@ -433,7 +436,7 @@ impl DevOpts {
                 "bus_dma_limit" => self.bus_dma_limit = Some(num()?),
                 other => {
                     return Err(format!(
-                    "unknown device option {other:?} (mask, coherent, iommu, dma_bits, min_align_mask, max_segment, untrusted, bus_dma_limit, pci)"
+                    "unknown device option {other:?} (mask, coherent, iommu, dma_bits, min_align_mask, max_segment, untrusted, bus_dma_limit, pci, msi_doorbell)"
                 ))
                 }
             }
@@ -477,7 +480,8 @@ struct Replayer<'a> {
     trace: &'a Trace,
     /// Trace device index → model device index.
     devs: Vec<usize>,
-    offset: u64,
+    /// Model physical address = trace physical address + this.
+    offset: i64,
     ram_end: u64,
     /// Live single maps by the trace's address; dma-direct gives one address to
     /// two live maps of the same buffer (a page mapped twice), so each is a stack.
@@ -513,12 +517,33 @@ struct Replayer<'a> {
     iova_pages_hiwater: u64,
 }
 
+/// Model address minus trace address. `trace`: the same address when the trace's
+/// buffers lie in the model's RAM (a capture of the same platform: q35 RAM at 0,
+/// arm64 virt at 1 GiB), else the same offset from the start of RAM (an x86
+/// capture on an arm64 preset). `high`: the trace's highest buffer byte at the end
+/// of the model's RAM (2 MiB aligned), its lowest not below the model's RAM.
+fn placement_offset(p: Placement, pre: &Prescan, ram_base: u64, ram_end: u64) -> i64 {
+    let low = pre.low.unwrap_or(0);
+    let as_i = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+    match p {
+        Placement::Trace if low >= ram_base && pre.span <= ram_end => 0,
+        Placement::Trace => as_i(ram_base),
+        Placement::High => {
+            let top = pre.span.div_ceil(2 << 20) * (2 << 20);
+            let off = as_i(ram_end).saturating_sub(as_i(top));
+            off.max(as_i(ram_base).saturating_sub(as_i(low)))
+        }
+    }
+}
+
 /// What a replay needs to know of the whole trace before its first event: the
 /// trace's RAM (up to the highest physical byte it maps), the longest DMA segment
 /// per device, the first timestamp.
 #[derive(Debug, Clone, Default)]
 struct Prescan {
     span: u64,
+    /// The lowest physical address the trace maps (`u64::MAX`: none).
+    low: Option<u64>,
     max_seg: Vec<u64>,
     t0: Option<u64>,
     t_end: u64,
@@ -539,6 +564,18 @@ impl Prescan {
             _ => None,
         };
         self.span = self.span.max(top.unwrap_or(0));
+        let bottom = match &e.kind {
+            EventKind::Map {
+                phys,
+                resource: false,
+                ..
+            } => Some(*phys),
+            EventKind::MapSg { phys, .. } => phys.iter().min().copied(),
+            _ => None,
+        };
+        if let Some(b) = bottom {
+            self.low = Some(self.low.map_or(b, |l| l.min(b)));
+        }
         // The largest DMA segment the real kernel merged: the device's max segment
         // size was at least that (`dma_get_max_seg_size`, checked by __finalise_sg).
         if let EventKind::MapSg { sizes, .. } = &e.kind {
@@ -626,6 +663,7 @@ fn place_pool(
     sys: System,
     opts: &ReplayOptions,
     sopts: &ScriptOptions,
+    pre: &Prescan,
 ) -> Result<(System, Option<PoolPlacement>), String> {
     let Some((start, end)) = sys.kernel.swiotlb.as_ref().map(|p| (p.start, p.end())) else {
         return Ok((sys, None));
@@ -655,7 +693,10 @@ fn place_pool(
     if why_not.is_some() {
         return Ok((sys, Some(model(why_not))));
     }
-    let base = sys.cfg.ram_base.saturating_add(cp.start);
+    // Where the trace's buffers go, the pool goes too.
+    let ram_end = sys.cfg.ram_base + sys.cfg.ram.min(sys.cfg.lowmem);
+    let offset = placement_offset(opts.placement, pre, sys.cfg.ram_base, ram_end);
+    let base = cp.start.saturating_add_signed(offset);
     if base == start {
         return Ok((
             sys,
@@ -702,19 +743,13 @@ impl<'a> Replayer<'a> {
             ..ScriptOptions::default()
         };
         let mut sys = crate::script::boot_system(&opts.preset, &sopts)?;
-        let (sys2, pool_placement) = place_pool(sys, opts, &sopts)?;
+        let (sys2, pool_placement) = place_pool(sys, opts, &sopts, pre)?;
         sys = sys2;
         if let Some(st) = sys.kernel.iommu.as_mut() {
             st.fq_flush_by_evidence = true;
         }
         let ram_end = sys.cfg.ram_base + sys.cfg.ram.min(sys.cfg.lowmem);
-        let offset = match opts.placement {
-            Placement::Trace => sys.cfg.ram_base,
-            Placement::High => {
-                let span = pre.span.div_ceil(2 << 20) * (2 << 20);
-                ram_end.saturating_sub(span).max(sys.cfg.ram_base)
-            }
-        };
+        let offset = placement_offset(opts.placement, pre, sys.cfg.ram_base, ram_end);
         let mut max_seg = pre.max_seg.clone();
         max_seg.resize(trace.devices.len().max(max_seg.len()), 64 << 10);
         let mut devs = Vec::new();
@@ -730,6 +765,7 @@ impl<'a> Replayer<'a> {
                 untrusted: false,
                 bus_dma_limit: None,
                 pci: None,
+                msi_doorbell: None,
             };
             for (n, spec) in &opts.device_map {
                 if n == "*" || n == dname {
@@ -760,6 +796,16 @@ impl<'a> Replayer<'a> {
             let idx = sys.add_device(d);
             let iommu = sys.use_dma_iommu(idx);
             let pci32 = iommu && sys.kernel.devices[idx].pci_32bit_workaround && o.mask_bits > 32;
+            if let Some(pa) = o.msi_doorbell.filter(|_| iommu) {
+                // drivers/iommu/dma-iommu.c iommu_dma_get_msi_page: a device whose
+                // MSIs are translated (arm64, GICv3 ITS behind an SMMU) maps the
+                // doorbell page into its domain when its vectors are set up, at
+                // probe, before its DMA: that page takes the domain's first IOVA.
+                // IOMMU_WRITE | IOMMU_NOEXEC (| IOMMU_MMIO, which the tables do not model).
+                let prot = crate::kernel::iommu::IOMMU_WRITE | crate::kernel::iommu::IOMMU_NOEXEC;
+                let limit = sys.iommu_dma_limit(idx, false);
+                sys.iommu_dma_map_raw(idx, pa, PAGE_SIZE, prot, limit);
+            }
             devs.push(idx);
             per_dev.push(DeviceSummary {
                 name: dname.clone(),
@@ -822,7 +868,7 @@ impl<'a> Replayer<'a> {
 
 impl Replayer<'_> {
     fn place(&self, phys: u64, size: u64) -> Option<u64> {
-        let pa = self.offset.checked_add(phys)?;
+        let pa = phys.checked_add_signed(self.offset)?;
         (pa.checked_add(size.max(1))? <= self.ram_end).then_some(pa)
     }
 
