@@ -383,6 +383,8 @@ pub struct Translation {
     pub span: u64,
     /// Throughput cost in ps.
     pub cost_ps: u64,
+    /// The IOTLB missed and the walker walked the tables (`cost_ps` is the walk).
+    pub walked: bool,
 }
 
 impl Iommu {
@@ -446,6 +448,7 @@ impl Iommu {
                     pa: iova,
                     span: u64::MAX,
                     cost_ps: 0,
+                    walked: false,
                 })
             }
             Ste::Abort => return Err(self.fault(stream, iova, write, FaultKind::Blocked)),
@@ -464,6 +467,7 @@ impl Iommu {
                 pa: pa + off,
                 span: (1u64 << shift) - off,
                 cost_ps: self.cost.hit_ps,
+                walked: false,
             });
         }
         self.stats.iotlb_misses += 1;
@@ -497,6 +501,7 @@ impl Iommu {
                 pa: pa_base + off,
                 span: (1u64 << shift) - off,
                 cost_ps: cost,
+                walked: true,
             });
         }
         unreachable!("level 3 always ends the walk")
