@@ -23,9 +23,9 @@
 //! 4 KiB IO pages over a window far larger than the IOTLB's reach every read misses
 //! and costs 18 + 33 ns: 0.36× — the figure pcie-bench measured on an NFP-6000 with
 //! VT-d (Neugebauer et al., "Understanding PCIe performance for end host
-//! networking", SIGCOMM 2018; raw data in the pcie-bench/data repository, read in
-//! the project's reference notes, perf-anchors.md §1.2: 0.35× at a 64 MiB window,
-//! 0.99× at 256 KiB, no loss with superpages). [`System::stream_window`] runs that
+//! networking", SIGCOMM 2018; raw data `bw_dma_win_sweep_rd_rnd_64` in the
+//! pcie-bench/data repository, perf-anchors §1.2: 0.35× at a 64 MiB window, 0.99×
+//! at 256 KiB, no loss with superpages). [`System::stream_window`] runs that
 //! benchmark from a script (`stream_to_device(dev, 64, n, #{ window, outstanding })`).
 //!
 //! Simplifications: a link is a single FIFO of page pieces (no PCIe credits, TLP

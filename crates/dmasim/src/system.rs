@@ -804,26 +804,14 @@ impl System {
 
     /// Device `dev`'s requests wait `ps` from `t_ps` for a table walk of job `id`
     /// (in-order translation, outstanding.rs): that job and every other one of the
-    /// device with bytes still to move move back by `ps`.
+    /// device with bytes still to move move back by `ps`. Their queued pieces keep
+    /// their old, earlier keys; [`System::run_devices`] re-queues a piece whose job
+    /// moved when it comes up.
     fn hold_device(&mut self, dev: usize, id: u64, t_ps: u64, ps: u64) {
-        if let Some(j) = self.jobs.get_mut(&id) {
-            j.start_ps = j.start_ps.saturating_add(ps);
-        }
         self.paths.hold_link(dev, t_ps, ps);
-        let behind: Vec<u64> = self
-            .jobs
-            .iter()
-            .filter(|&(&k, j)| k != id && j.dev == dev && j.done < j.len)
-            .map(|(&k, _)| k)
-            .collect();
-        for k in behind {
-            let j = self.jobs.get_mut(&k).expect("listed above");
-            if let Some(t) = j.next_time() {
-                self.queue.remove(&(t, k));
-            }
-            j.start_ps = j.start_ps.saturating_add(ps);
-            if let Some(t) = j.next_time() {
-                self.queue.insert((t, k));
+        for (&k, j) in &mut self.jobs {
+            if k == id || (j.dev == dev && j.done < j.len) {
+                j.start_ps = j.start_ps.saturating_add(ps);
             }
         }
     }
@@ -950,6 +938,16 @@ impl System {
                 break;
             }
             self.queue.pop_first();
+            // A table walk held the job up after its piece was queued: the piece
+            // runs at its new time.
+            match self.jobs.get(&id).and_then(Job::next_time) {
+                Some(moved) if moved > t => {
+                    self.queue.insert((moved, id));
+                    continue;
+                }
+                None => continue,
+                Some(_) => {}
+            }
             // Run this job's pieces for as long as it stays first in line, without
             // a queue round trip per piece.
             loop {

@@ -686,7 +686,8 @@ fn iommu_faults_lists_a_devices_faults_in_order() {
 /// window of 4 KiB IO pages run at 0.30-0.40x the no-IOMMU rate, a 256 KiB window
 /// loses nothing) from a script alone: the device option `latency: 0` takes away
 /// the per-transfer setup time that pcie-bench hides behind its outstanding reads.
-/// With the platform's 1 µs latency the same reads lose almost nothing.
+/// With the platform's 1 µs latency the same reads lose almost nothing. The window
+/// stream below keeps the reads in flight instead and needs no such device.
 #[test]
 fn a_script_reproduces_the_pcie_bench_iotlb_figure_with_a_zero_latency_device() {
     let src = |latency: &str| {

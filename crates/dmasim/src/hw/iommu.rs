@@ -18,7 +18,9 @@
 //! 0); the IOTLB is tagged by domain (ASID) and set-associative with LRU replacement;
 //! costs are throughput costs (a miss adds the walk's descriptor reads to the
 //! transfer, as a device with several outstanding requests sees it), calibrated to
-//! the pcie-bench IOTLB data (perf-anchors §1.2); no ATS, PRI or stall model: a fault
+//! the pcie-bench IOTLB data (perf-anchors §1.2); the one walker that all devices'
+//! misses queue for, and the device requests a miss holds up, are in
+//! [`crate::outstanding`]; no ATS, PRI or stall model: a fault
 //! terminates the access (SMMU "terminate" mode) and is recorded.
 
 use serde::Serialize;
