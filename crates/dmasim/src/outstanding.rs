@@ -38,7 +38,11 @@
 //! its device and on the walker runs exactly as without this module: the model only
 //! changes timings when requests overlap.
 
+use std::collections::VecDeque;
+
 use serde::Serialize;
+
+use crate::config::PAGE_SIZE;
 
 use crate::kernel::dma::DmaDirection;
 use crate::system::{Result, SimError, System};
@@ -199,25 +203,33 @@ impl System {
         let iommu0 = self.hw.iommu.stats;
         let paths0 = self.paths.stats;
         let t0 = self.hw.now_ps();
-        let mut inflight: Vec<u64> = Vec::with_capacity(outstanding as usize);
+        let mut inflight: VecDeque<u64> = VecDeque::with_capacity(outstanding as usize);
+        // Requests within one page are one piece each: they book the link in the
+        // order they start and a walk's hold moves all of them alike, so they end
+        // in that order and the oldest frees the next slot. A request over a page
+        // boundary takes turns piece by piece and may end out of order.
+        let mut in_order = true;
         for _ in 0..count {
             if inflight.len() as u64 == outstanding {
-                // The slot that frees first takes the next request.
-                let (k, _) = inflight
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|&(k, &j)| (self.job_end_ps(j).unwrap_or(0), k))
-                    .expect("slots in flight");
-                let j = inflight.swap_remove(k);
+                let k = if in_order {
+                    0
+                } else {
+                    // The slot that frees first takes the next request.
+                    (0..inflight.len())
+                        .min_by_key(|&k| (self.job_end_ps(inflight[k]).unwrap_or(0), k))
+                        .expect("slots in flight")
+                };
+                let j = inflight.remove(k).expect("a slot in flight");
                 self.wait(j)?;
             }
             let slot = rng.below(slots);
             let i = segs.partition_point(|&(end, _)| end <= slot);
             let first = if i == 0 { 0 } else { segs[i - 1].0 };
             let addr = segs[i].1 + (slot - first) * size;
+            in_order &= (addr & (PAGE_SIZE - 1)) + size <= PAGE_SIZE;
             let data = (dir == DmaDirection::FromDevice).then(|| pattern.clone());
             let now = self.hw.now_ps();
-            inflight.push(self.dev_start_at(dev, addr, size, data, now)?);
+            inflight.push_back(self.dev_start_at(dev, addr, size, data, now)?);
         }
         for j in inflight {
             self.wait(j)?;

@@ -159,6 +159,31 @@ fn one_read_in_flight_is_latency_bound_and_hides_most_of_the_misses() {
     );
 }
 
+/// Requests of 3000 bytes cross page boundaries (two pieces each, taking turns on
+/// the link): with one in flight each pays latency + transfer, 3000 B per 600 +
+/// 857 ns = 2059 MB/s; with eight in flight the link is never idle, 3500 MB/s.
+#[test]
+fn requests_across_pages_reach_the_link_rate_with_enough_in_flight() {
+    let (r, j) = script(
+        r#"boot("arm64-coherent", #{ noise: "off" });
+        let d = device("d", #{ bandwidth: 3500, latency: "600 ns" });
+        let v = vmalloc(4 * 1024 * 1024);
+        let t = sg_from_buffer(v, 65536);
+        if dma_map_sgtable(d, t, DMA_TO_DEVICE) != 0 { throw "map"; }
+        let one = stream_to_device(d, 3000, 500, #{ window: t, outstanding: 1 });
+        let eight = stream_to_device(d, 3000, 500, #{ window: t, outstanding: 8 });
+        print(`one=${one.mb_s} eight=${eight.mb_s}`);
+        dma_unmap_sgtable(d, t, DMA_TO_DEVICE);
+        vfree(v);"#,
+    );
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    let one = printed(&j, "one");
+    let eight = printed(&j, "eight");
+    assert!((2040.0..2080.0).contains(&one), "{one}");
+    assert!((3450.0..=3500.0).contains(&eight), "{eight}");
+}
+
 /// The map-transfer-unmap form of `stream_to_device` reports no window fields (its
 /// JSON is what it was).
 #[test]
