@@ -34,7 +34,8 @@
 //! IOMMU model was calibrated with, not the unloaded walk latency (pcie-bench's
 //! single-read latency rises by 230–290 ns per miss; here by 33 ns); posted writes
 //! are treated as reads (pcie-bench's 64 B write ratio is 0.46×, this model gives
-//! the read figure); a booked slot is kept when its job is aborted. A job alone on
+//! the read figure); a stopped job gives back its booked piece only when nothing
+//! was booked after it. A job alone on
 //! its device and on the walker runs exactly as without this module: the model only
 //! changes timings when requests overlap.
 
@@ -88,6 +89,16 @@ impl SharedPaths {
         *free = start.saturating_add(dur_ps);
         self.stats.link_wait_ps += start - from_ps;
         start - from_ps
+    }
+
+    /// Gives back a booked piece `[from_ps, end_ps)` of device `dev`'s link that will
+    /// not run (its job was stopped), when nothing was booked after it.
+    pub fn unbook_link(&mut self, dev: usize, from_ps: u64, end_ps: u64) {
+        if let Some(free) = self.link_free_ps.get_mut(dev) {
+            if *free == end_ps {
+                *free = from_ps;
+            }
+        }
     }
 
     /// A walk of `cost_ps` asked for at `t_ps`: the delay to the request, its wait
@@ -245,14 +256,19 @@ impl System {
         } else {
             bytes as f64 * 1000.0 / ns as f64
         };
+        let overlap = if outstanding == 1 {
+            "one in flight: each pays the device's latency in full"
+        } else {
+            "the requests in flight overlap their latencies, not their transfers or table walks"
+        };
         let explain = format!(
-            "{count} random {size}-byte {} over a {} window with {outstanding} in flight: {}; the latency of each is overlapped by the others in flight, the link and the walks are not{}",
+            "{count} random {size}-byte {} over a {} window, {outstanding} in flight: {}; {overlap}{}",
             if dir == DmaDirection::ToDevice { "reads" } else { "writes" },
             crate::units::human_size(window),
             if lookups == 0 {
                 "no IOMMU translation".to_string()
             } else {
-                format!("{misses} of {lookups} IOTLB lookups missed, each stalling the device's requests for a table walk")
+                format!("{misses} of {lookups} IOTLB lookups missed, each holding up the device's requests for a table walk")
             },
             if walker_wait_ns > 0 {
                 format!(" (walks waited {walker_wait_ns} ns for the shared walker)")
@@ -328,5 +344,16 @@ mod tests {
         );
         p.hold_link(0, 1000, 40);
         assert_eq!(p.book_link(0, 1000, 10), 40, "an idle link is held from t");
+    }
+
+    #[test]
+    fn a_stopped_piece_gives_the_link_back_only_when_it_was_the_last_booked() {
+        let mut p = SharedPaths::default();
+        p.book_link(0, 0, 100);
+        p.unbook_link(0, 0, 100);
+        assert_eq!(p.book_link(0, 10, 5), 0, "free again");
+        p.book_link(0, 15, 100);
+        p.unbook_link(0, 10, 15);
+        assert_eq!(p.book_link(0, 20, 5), 95, "a later piece keeps its booking");
     }
 }

@@ -836,7 +836,12 @@ impl System {
 
     /// Stops a job where it is (the pieces already moved stay moved).
     pub(crate) fn job_abort(&mut self, job: u64) {
-        self.jobs.remove(&job);
+        if let Some(j) = self.jobs.remove(&job) {
+            // The piece it had booked will not use the link.
+            if let Some(end) = j.next_time() {
+                self.paths.unbook_link(j.dev, j.time_at(j.done), end);
+            }
+        }
         self.queue.retain(|&(_, id)| id != job);
     }
 
