@@ -35,16 +35,14 @@
 //! single-read latency rises by 230–290 ns per miss; here by 33 ns); posted writes
 //! are treated as reads (pcie-bench's 64 B write ratio is 0.46×, this model gives
 //! the read figure); a stopped job gives back its booked piece only when nothing
-//! was booked after it. A job alone on
-//! its device and on the walker runs exactly as without this module: the model only
-//! changes timings when requests overlap.
+//! was booked after it. A job alone on its device and on the walker runs exactly as
+//! without this module: the model only changes timings when requests overlap.
 
 use std::collections::VecDeque;
 
 use serde::Serialize;
 
 use crate::config::PAGE_SIZE;
-
 use crate::kernel::dma::DmaDirection;
 use crate::system::{Result, SimError, System};
 use crate::throughput::StreamResult;
@@ -54,8 +52,8 @@ use crate::throughput::StreamResult;
 /// request of a function).
 pub const MAX_OUTSTANDING: u64 = 256;
 
-/// Counters of the shared paths (`stats.outstanding` is not reported; streams
-/// explain their own share).
+/// Counters of the shared paths (not in the report; a window stream's explanation
+/// gives its own walker wait).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PathStats {
     /// Time page pieces waited for their device's link, ps.
