@@ -36,6 +36,7 @@ pub mod fasthash;
 pub mod fuzz;
 pub mod hw;
 pub mod kernel;
+pub mod outstanding;
 pub mod replay;
 pub mod report;
 pub mod ring;

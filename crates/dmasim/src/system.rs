@@ -152,13 +152,18 @@ impl Job {
         u64::try_from(t).unwrap_or(u64::MAX)
     }
 
+    /// Bytes of the next piece: up to the end of the bus page, or of the job.
+    fn piece_len(&self) -> u64 {
+        let bus = self.bus.wrapping_add(self.done);
+        (PAGE_SIZE - (bus & (PAGE_SIZE - 1))).min(self.len - self.done)
+    }
+
+    /// When the next piece ends (ps), as booked.
     fn next_time(&self) -> Option<u64> {
         if self.done >= self.len {
             return None;
         }
-        let bus = self.bus.wrapping_add(self.done);
-        let n = (PAGE_SIZE - (bus & (PAGE_SIZE - 1))).min(self.len - self.done);
-        Some(self.time_at(self.done + n))
+        Some(self.time_at(self.done + self.piece_len()))
     }
 
     /// Completion time in ps.
@@ -192,6 +197,8 @@ pub struct System {
     /// Descriptor rings declared by the script (`ring`).
     pub rings: crate::ring::Rings,
     jobs: BTreeMap<u64, Job>,
+    /// The devices' links and the IOMMU's walker, shared by the requests in flight.
+    pub paths: crate::outstanding::SharedPaths,
     /// Pending pieces in time order: (time in ps, job id).
     queue: BTreeSet<(u64, u64)>,
     next_job: u64,
@@ -274,6 +281,7 @@ impl System {
             dmaengine: crate::kernel::dmaengine::DmaEngine::default(),
             rings: crate::ring::Rings::default(),
             jobs: BTreeMap::new(),
+            paths: crate::outstanding::SharedPaths::default(),
             queue: BTreeSet::new(),
             next_job: 1,
             max_sim_ps: opts.max_sim_time_ns.min(MAX_SIM_TIME_NS) * 1000,
@@ -771,11 +779,41 @@ impl System {
         };
         let id = self.next_job;
         self.next_job += 1;
-        if let Some(t) = job.next_time() {
+        self.jobs.insert(id, job);
+        if let Some(t) = self.book_next_piece(id) {
             self.queue.insert((t, id));
         }
-        self.jobs.insert(id, job);
         Ok(id)
+    }
+
+    /// Books the device's link for job `id`'s next piece (outstanding.rs: the
+    /// device's jobs take turns on it) and returns when that piece ends, or `None`
+    /// when the job has moved all its bytes. A job alone on its device finds the
+    /// link free the moment its previous piece ends, and keeps its own times.
+    fn book_next_piece(&mut self, id: u64) -> Option<u64> {
+        let j = self.jobs.get_mut(&id)?;
+        if j.done >= j.len {
+            return None;
+        }
+        let from = j.time_at(j.done);
+        let to = j.time_at(j.done + j.piece_len());
+        let wait = self.paths.book_link(j.dev, from, to - from);
+        j.start_ps = j.start_ps.saturating_add(wait);
+        Some(to.saturating_add(wait))
+    }
+
+    /// Device `dev`'s requests wait `ps` from `t_ps` for a table walk of job `id`
+    /// (in-order translation, outstanding.rs): that job and every other one of the
+    /// device with bytes still to move move back by `ps`. Their queued pieces keep
+    /// their old, earlier keys; [`System::run_devices`] re-queues a piece whose job
+    /// moved when it comes up.
+    fn hold_device(&mut self, dev: usize, id: u64, t_ps: u64, ps: u64) {
+        self.paths.hold_link(dev, t_ps, ps);
+        for (&k, j) in &mut self.jobs {
+            if k == id || (j.dev == dev && j.done < j.len) {
+                j.start_ps = j.start_ps.saturating_add(ps);
+            }
+        }
     }
 
     /// When a job's last byte moves (ps), if it exists.
@@ -798,7 +836,12 @@ impl System {
 
     /// Stops a job where it is (the pieces already moved stay moved).
     pub(crate) fn job_abort(&mut self, job: u64) {
-        self.jobs.remove(&job);
+        if let Some(j) = self.jobs.remove(&job) {
+            // The piece it had booked will not use the link.
+            if let Some(end) = j.next_time() {
+                self.paths.unbook_link(j.dev, j.time_at(j.done), end);
+            }
+        }
         self.queue.retain(|&(_, id)| id != job);
     }
 
@@ -900,11 +943,21 @@ impl System {
                 break;
             }
             self.queue.pop_first();
+            // A table walk held the job up after its piece was queued: the piece
+            // runs at its new time.
+            match self.jobs.get(&id).and_then(Job::next_time) {
+                Some(moved) if moved > t => {
+                    self.queue.insert((moved, id));
+                    continue;
+                }
+                None => continue,
+                Some(_) => {}
+            }
             // Run this job's pieces for as long as it stays first in line, without
             // a queue round trip per piece.
             loop {
                 self.device_piece(id);
-                let Some(next) = self.jobs.get(&id).and_then(Job::next_time) else {
+                let Some(next) = self.book_next_piece(id) else {
                     break;
                 };
                 let first = self.queue.first().copied();
@@ -920,9 +973,14 @@ impl System {
     fn device_piece(&mut self, id: u64) {
         let (devi, write, bus, n, t) = {
             let j = &self.jobs[&id];
-            let bus = j.bus.wrapping_add(j.done);
-            let n = (PAGE_SIZE - (bus & (PAGE_SIZE - 1))).min(j.len - j.done);
-            (j.dev, j.write, bus, n, j.time_at(j.done + n))
+            let n = j.piece_len();
+            (
+                j.dev,
+                j.write,
+                j.bus.wrapping_add(j.done),
+                n,
+                j.time_at(j.done + n),
+            )
         };
         // Through the IOMMU when the device sits behind one: a translation (which
         // may walk the tables and delays the rest of the transfer) or a fault.
@@ -931,7 +989,12 @@ impl System {
             self.iommu_timers(t);
             match self.hw.iommu_translate(devi, lines, write) {
                 Ok(tr) => {
-                    if let Some(j) = self.jobs.get_mut(&id) {
+                    if tr.walked {
+                        // An IOTLB miss: the shared walker (queueing behind other
+                        // devices' walks), and the device's requests behind it wait.
+                        let ps = self.paths.walk(t, tr.cost_ps);
+                        self.hold_device(devi, id, t, ps);
+                    } else if let Some(j) = self.jobs.get_mut(&id) {
                         j.start_ps += tr.cost_ps;
                     }
                     (tr.pa, None, self.use_dma_iommu(devi))

@@ -65,6 +65,16 @@ pub struct StreamResult {
     pub model_mb_s: f64,
     /// One sentence on where the time went.
     pub explain: String,
+    /// A window stream's window: bytes of DMA segments the requests fall in
+    /// (absent for the map-transfer-unmap loop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
+    /// A window stream's requests in flight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outstanding: Option<u64>,
+    /// A window stream's IOTLB misses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iotlb_misses: Option<u64>,
 }
 
 /// A buffer to stream through: one the script owns, or a fresh one of `size`.
@@ -235,6 +245,9 @@ impl System {
             copy_mb_s,
             model_mb_s,
             explain,
+            window: None,
+            outstanding: None,
+            iotlb_misses: None,
         };
         self.streams.push(r.clone());
         self.check_limits()?;

@@ -190,6 +190,37 @@ fn untrusted_platform_device_is_refused() {
     assert!(e.contains("only a PCI device"), "{e}");
 }
 
+/// drivers/iommu/io-pgtable-arm.c: arm_lpae_init_pte replaces a table descriptor
+/// with a block: it unmaps and frees the old table first (__arm_lpae_unmap,
+/// __arm_lpae_free_pgtable). A table left behind by unmapping 4 KiB pages (unmap
+/// clears leaves, never the tables) does not stop a later 2 MiB block at the same
+/// IOVA; only a live leaf does (-EEXIST, "we require an unmap first").
+#[test]
+fn arm_lpae_init_pte_maps_a_block_over_a_table_left_by_4k_pages() {
+    let (r, j) = script(
+        r#"boot("arm64-coherent", #{ iommu: "smmu" });
+        let d = device("d", #{ max_segment: 4 * 1024 * 1024 });
+        let v = vmalloc(4 * 1024 * 1024);
+        let t = sg_from_buffer(v, 65536);
+        if dma_map_sgtable(d, t, DMA_TO_DEVICE) != 0 { throw "map"; }
+        let a0 = sg_dma_address(t, 0);
+        dma_unmap_sgtable(d, t, DMA_TO_DEVICE);
+        vfree(v);
+        let b = alloc_pages(10, GFP_KERNEL);             // 4 MiB, physically contiguous
+        let a = dma_map_single(d, b, DMA_TO_DEVICE);
+        expect(!dma_mapping_error(d, a), "a block over the empty table");
+        expect_eq(a, a0, "the same IOVA as the 4 KiB pages had");
+        let w = stats().iommu.walks;
+        dev_read(d, a + 0x1234, 64);
+        expect_eq(stats().iommu.walks - w, 3, "a 2 MiB block: the walk ends at level 2");
+        dma_unmap_single(d, a, 4 * 1024 * 1024, DMA_TO_DEVICE);
+        free_pages(b);"#,
+    );
+    ok(&r);
+    assert!(ids(&j).is_empty(), "{:?}", ids(&j));
+    assert!(!log_has(&j, "EEXIST"), "{:?}", j["log"]);
+}
+
 /// drivers/iommu/dma-iommu.c: fq_full() is `((tail + 1) & mod_mask) == head`, so a
 /// ring of IOVA_DEFAULT_FQ_SIZE = 256 slots holds 255 entries and queue_iova
 /// flushes the IOTLB at the 256th lazy unmap, not the 257th. Seen from the device:

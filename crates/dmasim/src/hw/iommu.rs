@@ -18,7 +18,9 @@
 //! 0); the IOTLB is tagged by domain (ASID) and set-associative with LRU replacement;
 //! costs are throughput costs (a miss adds the walk's descriptor reads to the
 //! transfer, as a device with several outstanding requests sees it), calibrated to
-//! the pcie-bench IOTLB data (perf-anchors §1.2); no ATS, PRI or stall model: a fault
+//! the pcie-bench IOTLB data (perf-anchors §1.2); the one walker that all devices'
+//! misses queue for, and the device requests a miss holds up, are in
+//! [`crate::outstanding`]; no ATS, PRI or stall model: a fault
 //! terminates the access (SMMU "terminate" mode) and is recorded.
 
 use serde::Serialize;
@@ -383,6 +385,8 @@ pub struct Translation {
     pub span: u64,
     /// Throughput cost in ps.
     pub cost_ps: u64,
+    /// The IOTLB missed and the walker walked the tables (`cost_ps` is the walk).
+    pub walked: bool,
 }
 
 impl Iommu {
@@ -446,6 +450,7 @@ impl Iommu {
                     pa: iova,
                     span: u64::MAX,
                     cost_ps: 0,
+                    walked: false,
                 })
             }
             Ste::Abort => return Err(self.fault(stream, iova, write, FaultKind::Blocked)),
@@ -464,6 +469,7 @@ impl Iommu {
                 pa: pa + off,
                 span: (1u64 << shift) - off,
                 cost_ps: self.cost.hit_ps,
+                walked: false,
             });
         }
         self.stats.iotlb_misses += 1;
@@ -497,6 +503,7 @@ impl Iommu {
                 pa: pa_base + off,
                 span: (1u64 << shift) - off,
                 cost_ps: cost,
+                walked: true,
             });
         }
         unreachable!("level 3 always ends the walk")

@@ -725,6 +725,45 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
                 Ok(json_to_dynamic(serde_json::to_value(r).unwrap_or_default()))
             },
         );
+        // The window form (outstanding.rs): pcie-bench's random requests over a
+        // window mapped once, several in flight.
+        let s1 = s.clone();
+        engine.register_fn(
+            fname,
+            move |ctx: NativeCallContext,
+                  d: DeviceObj,
+                  size: Dynamic,
+                  count: INT,
+                  opts: Map|
+                  -> RResult<Dynamic> {
+                let size = size_of(&ctx, &size, fname)?;
+                let count = u64::try_from(count)
+                    .map_err(|_| err(&ctx, format!("{fname}: negative count")))?;
+                if let Some(k) = opts
+                    .keys()
+                    .find(|k| !matches!(k.as_str(), "window" | "outstanding"))
+                {
+                    return Err(err(
+                        &ctx,
+                        format!("{fname}: unknown option {k:?} (window, outstanding)"),
+                    ));
+                }
+                let window = opts
+                    .get("window")
+                    .and_then(|v| v.clone().try_cast::<SgObj>())
+                    .ok_or_else(|| {
+                        err(
+                            &ctx,
+                            format!("{fname}: the options need a window: a scatter-gather table mapped for the device"),
+                        )
+                    })?;
+                let outstanding = map_uint(&ctx, &opts, "outstanding", fname)?.unwrap_or(1);
+                let r = with_sys(&s1, &ctx, |sys| {
+                    sys.stream_window(d.idx, size, count, dir, window.id, outstanding)
+                })?;
+                Ok(json_to_dynamic(serde_json::to_value(r).unwrap_or_default()))
+            },
+        );
     }
     let s1 = s.clone();
     engine.register_fn(

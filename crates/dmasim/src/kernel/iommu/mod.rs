@@ -12,8 +12,8 @@
 //! Simplifications: no ACS topology is derived, groups are declared; the page-table
 //! walk cache and `iotlb_sync_map` do not exist; an unmap that would split a block
 //! unmaps nothing (Linux 6.12 splits; 6.13 removed splitting) and the caller WARNs;
-//! intermediate tables are never freed (Linux frees them only when a block-sized
-//! unmap covers them).
+//! intermediate tables are freed only when a block is mapped over them
+//! (`arm_lpae_init_pte`), not when a block-sized unmap covers them.
 
 pub mod iova;
 
@@ -538,7 +538,14 @@ impl System {
                 },
             };
             let slot = table + ((a >> level_shift(leaf)) & 511) * 8;
-            if self.iopt_read(slot) & DESC_VALID != 0 {
+            let old = self.iopt_read(slot);
+            if leaf < 3 && old & 0b11 == DESC_TABLE {
+                // A block where a table is: io-pgtable-arm.c arm_lpae_init_pte unmaps
+                // and frees the old table first (a table left behind by unmapping
+                // 4 KiB pages, which __arm_lpae_unmap never frees).
+                self.iopt_free_table(domain, slot, old, leaf + 1);
+                self.iommu_tlb_inv_range(domain, a, pg, 1);
+            } else if old & DESC_VALID != 0 {
                 self.printk(
                     "iommu",
                     format!("io-pgtable: map over a live entry at iova {a:#x}: -EEXIST"),
@@ -592,6 +599,27 @@ impl System {
             table = t;
         }
         Ok(table)
+    }
+
+    /// `__arm_lpae_clear_pte` + `__arm_lpae_free_pgtable`: clears the table
+    /// descriptor `desc` at `slot` and frees the level-`level` table it points to,
+    /// with every table below it.
+    fn iopt_free_table(&mut self, domain: usize, slot: u64, desc: u64, level: u32) {
+        self.iopt_write(slot, 0);
+        let mut stack = vec![(desc & OA_MASK, level)];
+        while let Some((t, lvl)) = stack.pop() {
+            if lvl < 3 {
+                for i in 0..512 {
+                    let d = self.iopt_read(t + i * 8);
+                    if d & 0b11 == DESC_TABLE {
+                        stack.push((d & OA_MASK, lvl + 1));
+                    }
+                }
+            }
+            self.kernel.pages.free_pages(t >> PAGE_SHIFT, 0);
+            let d = &mut self.kernel.iommu.as_mut().expect("IOMMU").domains[domain];
+            d.table_pages = d.table_pages.saturating_sub(1);
+        }
     }
 
     /// Adds the descriptor at `slot` to the run of written descriptors awaiting
