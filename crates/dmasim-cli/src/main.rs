@@ -796,7 +796,7 @@ fn try_main() -> Result<u8, String> {
             } else {
                 let w = r.figures.iter().map(|f| f.name.len()).max().unwrap_or(6);
                 outln!(
-                    "{} rounds each, model and host alternating, timed by {} clock; fastest / median round",
+                    "{} rounds each, model, host copy and peer alternating, timed by {} clock; fastest / median round",
                     r.figures.first().map_or(0, |f| f.rounds),
                     r.clock
                 );
@@ -819,6 +819,17 @@ fn try_main() -> Result<u8, String> {
                         f.ratio_median,
                         f.unit
                     );
+                    if let Some(p) = &f.peer {
+                        outln!(
+                            "{:<w$} {:>21} {:>10.1} / {:<8.1} {:>6.3} / {:.3}",
+                            format!("  ↳ peer: {}", p.name),
+                            "",
+                            p.rate,
+                            p.rate_median,
+                            p.ratio,
+                            p.ratio_median
+                        );
+                    }
                 }
             }
             Ok(0)

@@ -364,6 +364,19 @@ fn bench_reports_each_figure_beside_the_host() {
     assert!(figs
         .iter()
         .all(|f| f["host"].as_f64().unwrap() > 0.0 && f["model"].as_f64().unwrap() > 0.0));
+    // The peer of the CPU figures and the bounce pair: the tag-only model.
+    for i in [0, 1, 2, 5] {
+        assert_eq!(figs[i]["peer"]["name"], "tag-only LRU model", "{}", figs[i]);
+        assert!(figs[i]["peer"]["ratio_median"].as_f64().unwrap() > 0.0);
+    }
+    assert!(figs[3]["peer"].is_null() && figs[4]["peer"].is_null());
+    let text = dmasim(&["bench", "--quick", "64"]);
+    assert_eq!(
+        String::from_utf8_lossy(&text.stdout)
+            .matches("peer: tag-only LRU model")
+            .count(),
+        4
+    );
 }
 
 #[test]
