@@ -454,7 +454,24 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
     Ok(())
 }
 
+/// Keeps large host buffers in the process's heap. glibc serves every allocation
+/// above 32 MiB at most with a fresh `mmap` and gives it back on free, so each
+/// large device job (the payload a script's `dev_write` copies, the bytes a
+/// `dev_read` returns) paid for faulting in new zeroed pages; from the heap, a
+/// freed buffer's pages serve the next one. The simulated DRAM's frames are small
+/// allocations and already come from the heap.
+fn keep_large_buffers_in_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread
+    // starts, with options and values glibc documents (mallopt(3)).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_large_buffers_in_the_heap();
     let result = try_main();
     if let Some(e) = WRITE_ERROR.lock().ok().and_then(|mut w| w.take()) {
         eprintln!("dmasim: cannot write to standard output: {e}");

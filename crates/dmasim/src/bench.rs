@@ -394,11 +394,90 @@ pub fn run_timed(scale: u64, thread_cpu_ns: Option<fn() -> u64>) -> BenchReport 
     if let Some(f) = bounced_map_unmap(clock, scale) {
         figures.push(f);
     }
+    figures.extend(large_device_jobs(clock, scale));
     BenchReport {
         schema: "dmasim.bench/v1",
         clock: clock.name(),
         figures,
     }
+}
+
+/// The large device jobs against `memcpy` of as many bytes: a device
+/// writing 64 MiB of new data into a CMA buffer (`dma_alloc_coherent`, no IOMMU),
+/// paying for the copy of the payload a script's `dev_write` makes; and a device
+/// reading 64 MiB of a `dma_alloc_coherent` buffer behind an SMMU (the IO pages
+/// `iommu_dma_alloc` chose). Non-coherent device, sanitizer on.
+fn large_device_jobs(clock: Clock, scale: u64) -> Vec<Figure> {
+    let mut out = Vec::new();
+    let bytes = (64u64 << 20) / scale;
+    let gb = bytes as f64 / 1e9;
+    let mut src = vec![0x42u8; bytes as usize];
+    let mut dst = vec![0u8; bytes as usize];
+    let mut memcpy = || {
+        src[0] ^= 1;
+        dst.copy_from_slice(black_box(&src));
+        black_box(&dst);
+    };
+    for iommu in ["none", "smmu"] {
+        let Ok(mut p) = PlatformConfig::preset("arm64-noncoherent") else {
+            continue;
+        };
+        p.noise = NoiseConfig::OFF;
+        p.cma = 256 << 20;
+        p.iommu = iommu.into();
+        let Ok(mut sys) = System::boot(p, RunOptions::default()) else {
+            continue;
+        };
+        let dev = sys.add_device(Device::new("bench2", false, 1_000_000, 0));
+        let Some(addr) = sys
+            .dma_alloc_coherent(dev, bytes)
+            .ok()
+            .flatten()
+            .and_then(|id| sys.kernel.buffers[&id].dma)
+        else {
+            continue;
+        };
+        if iommu == "none" {
+            let payloads = [vec![0x11u8; bytes as usize], vec![0x22u8; bytes as usize]];
+            let mut k = 0;
+            let t = alternate(
+                clock,
+                ROUNDS,
+                || {
+                    k ^= 1;
+                    let data = black_box(&payloads[k]).clone();
+                    if let Ok(j) = sys.dev_start(dev, addr, bytes, Some(data)) {
+                        let _ = black_box(sys.wait(j));
+                    }
+                },
+                &mut memcpy,
+            );
+            out.push(figure(
+                "device DMA write 64 MiB of new data, non-coherent, sanitizer on",
+                "GB/s",
+                gb,
+                t,
+            ));
+        } else {
+            let t = alternate(
+                clock,
+                ROUNDS,
+                || {
+                    if let Ok(j) = sys.dev_start(dev, addr, bytes, None) {
+                        let _ = black_box(sys.wait(j));
+                    }
+                },
+                &mut memcpy,
+            );
+            out.push(figure(
+                "device DMA read 64 MiB through the SMMU, non-coherent, sanitizer on",
+                "GB/s",
+                gb,
+                t,
+            ));
+        }
+    }
+    out
 }
 
 /// Bounced `dma_map_single` + `dma_unmap_single` of 4 KiB (`TO_DEVICE`, a 32-bit
@@ -481,7 +560,7 @@ mod tests {
     #[test]
     fn every_figure_is_measured_and_positive() {
         let r = run(64);
-        assert_eq!(r.figures.len(), 6);
+        assert_eq!(r.figures.len(), 8);
         for f in &r.figures {
             assert!(f.model.is_finite() && f.model > 0.0, "{f:?}");
             assert!(f.host.is_finite() && f.host > 0.0, "{f:?}");
