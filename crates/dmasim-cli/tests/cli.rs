@@ -372,7 +372,10 @@ fn bench_reports_each_figure_beside_the_host() {
     assert!([3, 4, 6, 7].iter().all(|&i| figs[i]["peer"].is_null()));
     // The 64 MiB device jobs, beside memcpy of as many bytes.
     assert!(figs[6]["name"].as_str().unwrap().contains("write 64 MiB"));
-    assert!(figs[7]["name"].as_str().unwrap().contains("read 64 MiB through the SMMU"));
+    assert!(figs[7]["name"]
+        .as_str()
+        .unwrap()
+        .contains("read 64 MiB through the SMMU"));
     let text = dmasim(&["bench", "--quick", "64"]);
     assert_eq!(
         String::from_utf8_lossy(&text.stdout)
