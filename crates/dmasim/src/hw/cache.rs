@@ -335,6 +335,12 @@ impl Caches {
             };
             let slot = self.alloc_slot();
             let s = slot as usize * lb;
+            // The linefill's read, as the line-by-line path does: its bytes are
+            // overwritten at once, but on the host it brings the frame's line into
+            // the host's cache for this line's write-back later, which on a stream
+            // larger than the host's caches costs less than a write-back to a cold
+            // line (measured: BENCHMARKS.md, issue 21 second part).
+            dram.read_in_frame(line << self.line_shift, &mut self.pool[s..s + lb]);
             super::copy_bytes(&mut self.pool[s..s + lb], bytes);
             self.l1[cpu].fill(way, line, slot, LineState::Modified);
         }
