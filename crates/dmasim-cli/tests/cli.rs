@@ -352,7 +352,7 @@ fn bench_reports_each_figure_beside_the_host() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["schema"], "dmasim.bench/v1");
     let figs = v["figures"].as_array().unwrap();
-    assert_eq!(figs.len(), 6);
+    assert_eq!(figs.len(), 8);
     assert!(["thread-cpu", "wall"].contains(&v["clock"].as_str().unwrap()));
     assert!(figs
         .iter()
@@ -364,6 +364,25 @@ fn bench_reports_each_figure_beside_the_host() {
     assert!(figs
         .iter()
         .all(|f| f["host"].as_f64().unwrap() > 0.0 && f["model"].as_f64().unwrap() > 0.0));
+    // The peer of the CPU figures and the bounce pair: the tag-only model.
+    for i in [0, 1, 2, 5] {
+        assert_eq!(figs[i]["peer"]["name"], "tag-only LRU model", "{}", figs[i]);
+        assert!(figs[i]["peer"]["ratio_median"].as_f64().unwrap() > 0.0);
+    }
+    assert!([3, 4, 6, 7].iter().all(|&i| figs[i]["peer"].is_null()));
+    // The 64 MiB device jobs, beside memcpy of as many bytes.
+    assert!(figs[6]["name"].as_str().unwrap().contains("write 64 MiB"));
+    assert!(figs[7]["name"]
+        .as_str()
+        .unwrap()
+        .contains("read 64 MiB through the SMMU"));
+    let text = dmasim(&["bench", "--quick", "64"]);
+    assert_eq!(
+        String::from_utf8_lossy(&text.stdout)
+            .matches("peer: tag-only LRU model")
+            .count(),
+        4
+    );
 }
 
 #[test]

@@ -208,7 +208,9 @@ fn ink(png_path: &Path) -> f64 {
     inked as f64 / n as f64
 }
 
+// The slowest test of all (every tour stop rendered in a browser): full suite only.
 #[test]
+#[ignore = "full suite: cargo test -- --ignored"]
 fn every_tour_report_renders_in_headless_chromium() {
     let Some(chrome) = chromium() else {
         assert!(

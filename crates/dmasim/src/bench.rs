@@ -14,6 +14,9 @@ use crate::kernel::device::Device;
 use crate::kernel::dma::DmaDirection;
 use crate::system::{RunOptions, System};
 
+pub mod tag_lru;
+use tag_lru::TagLru;
+
 /// One measured figure: the model and its host baseline, measured in alternating
 /// rounds (model, host, model, host, ...) so that a change in the host's load hits
 /// both alike.
@@ -35,8 +38,27 @@ pub struct Figure {
     pub ratio_median: f64,
     /// Rounds of each side.
     pub rounds: usize,
+    /// The peer for this figure when it is not the host copy: the same line
+    /// accesses through a tag-only LRU cache model, in the same alternating rounds.
+    pub peer: Option<Peer>,
     /// Unit of both rates.
     pub unit: &'static str,
+}
+
+/// A figure's peer: the same work done by a tag-only LRU cache model
+/// ([`tag_lru::TagLru`]: L1 32 KiB 8-way, L2 1 MiB 16-way, 64-byte lines).
+#[derive(Debug, Clone, Serialize)]
+pub struct Peer {
+    /// What the peer is.
+    pub name: &'static str,
+    /// The peer's rate in its fastest round, in the figure's unit.
+    pub rate: f64,
+    /// The peer's rate in its median round.
+    pub rate_median: f64,
+    /// The model's fastest rate over the peer's.
+    pub ratio: f64,
+    /// The model's median rate over the peer's.
+    pub ratio_median: f64,
 }
 
 /// The whole `dmasim bench` result.
@@ -69,7 +91,7 @@ impl Clock {
     }
 
     /// Seconds `f` took.
-    fn time(self, f: &mut impl FnMut()) -> f64 {
+    fn time(self, f: &mut dyn FnMut()) -> f64 {
         match self {
             Clock::ThreadCpu(now_ns) => {
                 let t0 = now_ns();
@@ -92,13 +114,20 @@ fn alternate(
     mut model: impl FnMut(),
     mut host: impl FnMut(),
 ) -> ((f64, f64), (f64, f64)) {
-    let mut m = Vec::with_capacity(rounds);
-    let mut h = Vec::with_capacity(rounds);
+    let t = alternate_all(clock, rounds, &mut [&mut model, &mut host]);
+    (t[0], t[1])
+}
+
+/// Fastest and median seconds of each of `sides`, run one after the other in each of
+/// `rounds` rounds.
+fn alternate_all(clock: Clock, rounds: usize, sides: &mut [&mut dyn FnMut()]) -> Vec<(f64, f64)> {
+    let mut t = vec![Vec::with_capacity(rounds); sides.len()];
     for _ in 0..rounds.max(1) {
-        m.push(clock.time(&mut model));
-        h.push(clock.time(&mut host));
+        for (side, times) in sides.iter_mut().zip(&mut t) {
+            times.push(clock.time(side));
+        }
     }
-    (min_median(&mut m), min_median(&mut h))
+    t.iter_mut().map(|v| min_median(v)).collect()
 }
 
 /// (min, median) of `v`, each at least 1 ns so that rates stay finite.
@@ -133,7 +162,22 @@ fn figure(
         ratio_median: model_median / host_median,
         rounds: ROUNDS,
         unit,
+        peer: None,
     }
+}
+
+/// A figure whose rounds timed the model, the host copy and the tag-only model.
+fn figure_with_peer(name: &'static str, unit: &'static str, work: f64, t: &[(f64, f64)]) -> Figure {
+    let mut f = figure(name, unit, work, (t[0], t[1]));
+    let (rate, rate_median) = (work / t[2].0, work / t[2].1);
+    f.peer = Some(Peer {
+        name: "tag-only LRU model",
+        rate,
+        rate_median,
+        ratio: f.model / rate,
+        ratio_median: f.model_median / rate_median,
+    });
+    f
 }
 
 /// Where [`linear_machine`] maps RAM (arm64's `PAGE_OFFSET`).
@@ -175,84 +219,109 @@ pub fn run_timed(scale: u64, thread_cpu_ns: Option<fn() -> u64>) -> BenchReport 
     let mut m = linear_machine(&p);
     let page = [0xa5u8; 4096];
     let mut host_buf = vec![0u8; bytes as usize];
-    let t = alternate(
+    let mut tags = TagLru::default();
+    let t = alternate_all(
         clock,
         ROUNDS,
-        || {
-            for i in 0..bytes / 4096 {
-                let _ = m.cpu_write(0, 0, VA + i * 4096, black_box(&page));
-            }
-        },
-        || {
-            for c in host_buf.chunks_exact_mut(4096) {
-                c.copy_from_slice(black_box(&page));
-            }
-            black_box(&host_buf);
-        },
+        &mut [
+            &mut || {
+                for i in 0..bytes / 4096 {
+                    let _ = m.cpu_write(0, 0, VA + i * 4096, black_box(&page));
+                }
+            },
+            &mut || {
+                for c in host_buf.chunks_exact_mut(4096) {
+                    c.copy_from_slice(black_box(&page));
+                }
+                black_box(&host_buf);
+            },
+            &mut || {
+                for a in (0..bytes).step_by(tag_lru::LINE as usize) {
+                    tags.access(black_box(a), true);
+                }
+            },
+        ],
     );
     let lines = bytes as f64 / 64.0 / 1e6;
-    figures.push(figure(
+    figures.push(figure_with_peer(
         "cpu line writes, all-miss stream",
         "M lines/s",
         lines,
-        t,
+        &t,
     ));
 
     // CPU loads streaming through L1 and L2 over the region the stores above
     // wrote (larger than L2, so every line misses and many victims are dirty).
     let mut got = [0u8; 4096];
     let mut host_got = [0u8; 4096];
-    let t = alternate(
+    let t = alternate_all(
         clock,
         ROUNDS,
-        || {
-            for i in 0..bytes / 4096 {
-                let _ = m.cpu_read(0, 0, VA + i * 4096, &mut got);
-                black_box(&got);
-            }
-        },
-        || {
-            for c in host_buf.chunks_exact(4096) {
-                host_got.copy_from_slice(black_box(c));
-                black_box(&host_got);
-            }
-        },
+        &mut [
+            &mut || {
+                for i in 0..bytes / 4096 {
+                    let _ = m.cpu_read(0, 0, VA + i * 4096, &mut got);
+                    black_box(&got);
+                }
+            },
+            &mut || {
+                for c in host_buf.chunks_exact(4096) {
+                    host_got.copy_from_slice(black_box(c));
+                    black_box(&host_got);
+                }
+            },
+            &mut || {
+                for a in (0..bytes).step_by(tag_lru::LINE as usize) {
+                    tags.access(black_box(a), false);
+                }
+            },
+        ],
     );
-    figures.push(figure(
+    figures.push(figure_with_peer(
         "cpu line reads, all-miss stream",
         "M lines/s",
         lines,
-        t,
+        &t,
     ));
 
     // CPU stores to an L1-resident working set.
     let rounds = 4096 / scale;
     let mut small = vec![0u8; 16 << 10];
-    let t = alternate(
+    let t = alternate_all(
         clock,
         ROUNDS,
-        || {
-            for _ in 0..rounds {
-                for i in 0..4 {
-                    let _ = m.cpu_write(0, 0, VA + i * 4096, black_box(&page));
+        &mut [
+            &mut || {
+                for _ in 0..rounds {
+                    for i in 0..4 {
+                        let _ = m.cpu_write(0, 0, VA + i * 4096, black_box(&page));
+                    }
                 }
-            }
-        },
-        || {
-            for _ in 0..rounds {
-                for c in small.chunks_exact_mut(4096) {
-                    c.copy_from_slice(black_box(&page));
+            },
+            &mut || {
+                for _ in 0..rounds {
+                    for c in small.chunks_exact_mut(4096) {
+                        c.copy_from_slice(black_box(&page));
+                    }
                 }
-            }
-            black_box(&small);
-        },
+                black_box(&small);
+            },
+            &mut || {
+                for _ in 0..rounds {
+                    for a in (0..16u64 << 10).step_by(tag_lru::LINE as usize) {
+                        tags.access(black_box(a), true);
+                    }
+                }
+            },
+        ],
     );
-    figures.push(figure(
+    figures.push(figure_with_peer(
         "cpu line writes, L1-resident 16 KiB",
         "M lines/s",
         (rounds * 256) as f64 / 1e6,
-        t,
+        &t,
     ));
+    black_box(tags.stats);
 
     // A device reads, then writes new data into, 64 KiB through a non-coherent port
     // with the sanitizer on.
@@ -325,11 +394,90 @@ pub fn run_timed(scale: u64, thread_cpu_ns: Option<fn() -> u64>) -> BenchReport 
     if let Some(f) = bounced_map_unmap(clock, scale) {
         figures.push(f);
     }
+    figures.extend(large_device_jobs(clock, scale));
     BenchReport {
         schema: "dmasim.bench/v1",
         clock: clock.name(),
         figures,
     }
+}
+
+/// The large device jobs against `memcpy` of as many bytes: a device
+/// writing 64 MiB of new data into a CMA buffer (`dma_alloc_coherent`, no IOMMU),
+/// paying for the copy of the payload a script's `dev_write` makes; and a device
+/// reading 64 MiB of a `dma_alloc_coherent` buffer behind an SMMU (the IO pages
+/// `iommu_dma_alloc` chose). Non-coherent device, sanitizer on.
+fn large_device_jobs(clock: Clock, scale: u64) -> Vec<Figure> {
+    let mut out = Vec::new();
+    let bytes = (64u64 << 20) / scale;
+    let gb = bytes as f64 / 1e9;
+    let mut src = vec![0x42u8; bytes as usize];
+    let mut dst = vec![0u8; bytes as usize];
+    let mut memcpy = || {
+        src[0] ^= 1;
+        dst.copy_from_slice(black_box(&src));
+        black_box(&dst);
+    };
+    for iommu in ["none", "smmu"] {
+        let Ok(mut p) = PlatformConfig::preset("arm64-noncoherent") else {
+            continue;
+        };
+        p.noise = NoiseConfig::OFF;
+        p.cma = 256 << 20;
+        p.iommu = iommu.into();
+        let Ok(mut sys) = System::boot(p, RunOptions::default()) else {
+            continue;
+        };
+        let dev = sys.add_device(Device::new("bench2", false, 1_000_000, 0));
+        let Some(addr) = sys
+            .dma_alloc_coherent(dev, bytes)
+            .ok()
+            .flatten()
+            .and_then(|id| sys.kernel.buffers[&id].dma)
+        else {
+            continue;
+        };
+        if iommu == "none" {
+            let payloads = [vec![0x11u8; bytes as usize], vec![0x22u8; bytes as usize]];
+            let mut k = 0;
+            let t = alternate(
+                clock,
+                ROUNDS,
+                || {
+                    k ^= 1;
+                    let data = black_box(&payloads[k]).clone();
+                    if let Ok(j) = sys.dev_start(dev, addr, bytes, Some(data)) {
+                        let _ = black_box(sys.wait(j));
+                    }
+                },
+                &mut memcpy,
+            );
+            out.push(figure(
+                "device DMA write 64 MiB of new data, non-coherent, sanitizer on",
+                "GB/s",
+                gb,
+                t,
+            ));
+        } else {
+            let t = alternate(
+                clock,
+                ROUNDS,
+                || {
+                    if let Ok(j) = sys.dev_start(dev, addr, bytes, None) {
+                        let _ = black_box(sys.wait(j));
+                    }
+                },
+                &mut memcpy,
+            );
+            out.push(figure(
+                "device DMA read 64 MiB through the SMMU, non-coherent, sanitizer on",
+                "GB/s",
+                gb,
+                t,
+            ));
+        }
+    }
+    out
 }
 
 /// Bounced `dma_map_single` + `dma_unmap_single` of 4 KiB (`TO_DEVICE`, a 32-bit
@@ -354,35 +502,53 @@ fn bounced_map_unmap(clock: Clock, scale: u64) -> Option<Figure> {
     let src = vec![0x42u8; 4096];
     let mut pool = vec![0u8; area.max(4096)];
     let mut off = 0;
-    let t = alternate(
+    // The peer: the pair's line accesses (64 loads of the buffer, 64 stores into
+    // the slot, which moves on through the area) through the tag-only model.
+    let mut tags = TagLru::default();
+    let slots = (area as u64 / 4096).max(1);
+    let mut slot = 0;
+    let t = alternate_all(
         clock,
         ROUNDS,
-        || {
-            for _ in 0..pairs {
-                match sys.dma_map_single(dev, va, 4096, DmaDirection::ToDevice) {
-                    Ok(a) if !sys.dma_mapping_error(dev, a) => {
-                        ok &= sys
-                            .dma_unmap(dev, a, 4096, DmaDirection::ToDevice, MapKind::Single)
-                            .is_ok();
+        &mut [
+            &mut || {
+                for _ in 0..pairs {
+                    match sys.dma_map_single(dev, va, 4096, DmaDirection::ToDevice) {
+                        Ok(a) if !sys.dma_mapping_error(dev, a) => {
+                            ok &= sys
+                                .dma_unmap(dev, a, 4096, DmaDirection::ToDevice, MapKind::Single)
+                                .is_ok();
+                        }
+                        _ => ok = false,
                     }
-                    _ => ok = false,
                 }
-            }
-        },
-        || {
-            for _ in 0..pairs {
-                pool[off..off + 4096].copy_from_slice(black_box(&src));
-                off = (off + 4096) % (pool.len() / 4096 * 4096);
-            }
-            black_box(&pool);
-        },
+            },
+            &mut || {
+                for _ in 0..pairs {
+                    pool[off..off + 4096].copy_from_slice(black_box(&src));
+                    off = (off + 4096) % (pool.len() / 4096 * 4096);
+                }
+                black_box(&pool);
+            },
+            &mut || {
+                for _ in 0..pairs {
+                    let dst = (1 << 30) + slot * 4096;
+                    for l in (0..4096).step_by(tag_lru::LINE as usize) {
+                        tags.access(black_box(l), false);
+                        tags.access(black_box(dst + l), true);
+                    }
+                    slot = (slot + 1) % slots;
+                }
+                black_box(tags.stats);
+            },
+        ],
     );
     ok.then(|| {
-        figure(
+        figure_with_peer(
             "bounced map+unmap 4 KiB (host: memcpy into a swiotlb-area pool)",
             "k pairs/s",
             pairs as f64 / 1e3,
-            t,
+            &t,
         )
     })
 }
@@ -394,7 +560,7 @@ mod tests {
     #[test]
     fn every_figure_is_measured_and_positive() {
         let r = run(64);
-        assert_eq!(r.figures.len(), 6);
+        assert_eq!(r.figures.len(), 8);
         for f in &r.figures {
             assert!(f.model.is_finite() && f.model > 0.0, "{f:?}");
             assert!(f.host.is_finite() && f.host > 0.0, "{f:?}");
@@ -406,6 +572,24 @@ mod tests {
                 "{f:?}"
             );
             assert_eq!(f.rounds, ROUNDS);
+        }
+        // The CPU figures and the bounce pair have the tag-only model beside them.
+        let with_peer: Vec<&str> = r
+            .figures
+            .iter()
+            .filter(|f| f.peer.is_some())
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(with_peer.len(), 4, "{with_peer:?}");
+        assert!(with_peer
+            .iter()
+            .all(|n| n.starts_with("cpu") || n.starts_with("bounced")));
+        for f in &r.figures {
+            if let Some(p) = &f.peer {
+                assert!(p.rate.is_finite() && p.rate >= p.rate_median && p.rate_median > 0.0);
+                assert!((p.ratio - f.model / p.rate).abs() < 1e-9, "{f:?}");
+                assert!((p.ratio_median - f.model_median / p.rate_median).abs() < 1e-9);
+            }
         }
         assert_eq!(r.clock, "wall");
     }
@@ -429,6 +613,9 @@ mod tests {
         assert_eq!(r.clock, "thread-cpu");
         for f in &r.figures {
             assert!((f.ratio - 1.0).abs() < 1e-9, "{f:?}");
+            if let Some(p) = &f.peer {
+                assert!((p.ratio - 1.0).abs() < 1e-9, "{f:?}");
+            }
             assert!((f.model - f.model_median).abs() < 1e-9, "{f:?}");
         }
     }

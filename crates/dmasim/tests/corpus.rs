@@ -11,8 +11,12 @@
 
 use dmasim::script::{run_source, ScriptOptions};
 
-/// Seeds per script, preset and IOMMU setting.
+/// Seeds per script, preset and IOMMU setting: the default (fast) suite runs the
+/// first [`FAST_SEEDS`], the full suite (`cargo test -- --ignored`, which CI also
+/// runs) the rest.
 const SEEDS: u64 = 500;
+/// Seeds of the default suite.
+const FAST_SEEDS: u64 = 20;
 
 fn corpus() -> Vec<(String, String)> {
     let dir = format!("{}/tests/corpus", env!("CARGO_MANIFEST_DIR"));
@@ -31,7 +35,7 @@ fn corpus() -> Vec<(String, String)> {
     v
 }
 
-fn run_preset(preset: &str, iommu: &str) {
+fn run_preset(preset: &str, iommu: &str, seeds: std::ops::Range<u64>) {
     let scripts = corpus();
     assert!(
         scripts.len() >= 10,
@@ -49,7 +53,7 @@ fn run_preset(preset: &str, iommu: &str) {
         }
         let src =
             format!("boot(\"{preset}\", #{{ iommu: \"{iommu}\" }});\nlet GFP = {gfp};\n{body}");
-        for seed in 0..SEEDS {
+        for seed in seeds.clone() {
             let r = run_source(
                 name,
                 &src,
@@ -82,40 +86,88 @@ fn run_preset(preset: &str, iommu: &str) {
 
 #[test]
 fn corpus_is_clean_on_arm64_noncoherent() {
-    run_preset("arm64-noncoherent", "none");
+    run_preset("arm64-noncoherent", "none", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn corpus_is_clean_on_arm64_noncoherent_full() {
+    run_preset("arm64-noncoherent", "none", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn corpus_is_clean_on_arm64_noncoherent_behind_an_smmu() {
-    run_preset("arm64-noncoherent", "smmu");
+    run_preset("arm64-noncoherent", "smmu", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn corpus_is_clean_on_arm64_noncoherent_behind_an_smmu_full() {
+    run_preset("arm64-noncoherent", "smmu", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn corpus_is_clean_on_arm64_coherent() {
-    run_preset("arm64-coherent", "none");
+    run_preset("arm64-coherent", "none", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn corpus_is_clean_on_arm64_coherent_full() {
+    run_preset("arm64-coherent", "none", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn corpus_is_clean_on_arm64_coherent_lazy_smmu() {
-    run_preset("arm64-coherent", "smmu");
+    run_preset("arm64-coherent", "smmu", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn corpus_is_clean_on_arm64_coherent_lazy_smmu_full() {
+    run_preset("arm64-coherent", "smmu", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn corpus_is_clean_on_rpi4() {
-    run_preset("rpi4", "none");
+    run_preset("rpi4", "none", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn corpus_is_clean_on_rpi4_full() {
+    run_preset("rpi4", "none", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn corpus_is_clean_on_arm32() {
-    run_preset("arm32", "none");
+    run_preset("arm32", "none", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn corpus_is_clean_on_arm32_full() {
+    run_preset("arm32", "none", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn corpus_is_clean_on_x86_64() {
-    run_preset("x86-64", "none");
+    run_preset("x86-64", "none", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn corpus_is_clean_on_x86_64_full() {
+    run_preset("x86-64", "none", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn corpus_is_clean_on_x86_64_behind_an_iommu() {
-    run_preset("x86-64", "smmu");
+    run_preset("x86-64", "smmu", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn corpus_is_clean_on_x86_64_behind_an_iommu_full() {
+    run_preset("x86-64", "smmu", FAST_SEEDS..SEEDS);
 }

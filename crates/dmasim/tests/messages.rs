@@ -268,3 +268,34 @@ fn bounce_events_label_physical_and_bus_addresses() {
         "{stolen}"
     );
 }
+
+#[test]
+fn a_run_repeated_for_a_call_chain_reports_everything_once() {
+    // A run first goes without Rhai's call stack and runs again with it when a
+    // finding inside a script function needs its chain (script::run_source_inner):
+    // the report must be that of one run — one printed line, one expectation, both
+    // findings, the chain on the nested one only.
+    let (r, j) = script(
+        r#"boot("arm64-noncoherent", #{ noise: "off" });
+        print("once");
+        let d = device("eth0");
+        let b = kmalloc(2048);
+        let a = dma_map_single(d, b, DMA_FROM_DEVICE);
+        if dma_mapping_error(d, a) { throw "map"; }
+        dev_write(d, a, pattern("random", 64, 1));
+        fn rx(b) {
+            cpu_read(b, 0, 14)
+        }
+        let h = rx(b);
+        expect_eq(1, 1, "counted once");
+        let v = kmalloc(64);
+        kfree(v);
+        kfree(v);"#,
+    );
+    let f = finding(&j, "stale-cpu-read");
+    assert_eq!(f["called_from"], serde_json::json!([11]), "{f}");
+    assert!(finding(&j, "double-free").get("called_from").is_none());
+    assert_eq!(r.expectations.passed, 1);
+    let log = j["log"].to_string();
+    assert_eq!(log.matches("script: once").count(), 1, "{log}");
+}

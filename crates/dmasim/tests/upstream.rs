@@ -19,8 +19,12 @@ use dmasim::check::Severity;
 use dmasim::report::Report;
 use dmasim::script::{run_source, ScriptOptions};
 
-/// Seeds per script, preset and IOMMU setting.
+/// Seeds per script, preset and IOMMU setting: the default (fast) suite runs the
+/// first [`FAST_SEEDS`], the full suite (`cargo test -- --ignored`, which CI also
+/// runs) the rest.
 const SEEDS: u64 = 200;
+/// Seeds of the default suite.
+const FAST_SEEDS: u64 = 10;
 /// Lines the harness puts before each script.
 const PROLOGUE_LINES: u32 = 3;
 
@@ -91,7 +95,7 @@ fn run(s: &Script, preset: &str, iommu: &str, bug: bool, seed: u64) -> Report {
     )
 }
 
-fn clean_on(preset: &str, iommu: &str) {
+fn clean_on(preset: &str, iommu: &str, seeds: std::ops::Range<u64>) {
     let scripts = corpus();
     assert!(
         scripts.len() >= 8,
@@ -103,7 +107,7 @@ fn clean_on(preset: &str, iommu: &str) {
         if preset == "rpi4" && iommu == "none" && s.body.contains("vmalloc(") {
             continue;
         }
-        for seed in 0..SEEDS {
+        for seed in seeds.clone() {
             let r = run(s, preset, iommu, false, seed);
             let ctx = format!("{} on {preset} iommu={iommu} seed {seed}", s.name);
             assert!(r.error.is_none(), "{ctx}: {:?}", r.error);
@@ -130,52 +134,112 @@ fn clean_on(preset: &str, iommu: &str) {
 
 #[test]
 fn upstream_clean_on_arm64_noncoherent() {
-    clean_on("arm64-noncoherent", "none");
+    clean_on("arm64-noncoherent", "none", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn upstream_clean_on_arm64_noncoherent_full() {
+    clean_on("arm64-noncoherent", "none", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn upstream_clean_on_arm64_noncoherent_smmu() {
-    clean_on("arm64-noncoherent", "smmu");
+    clean_on("arm64-noncoherent", "smmu", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn upstream_clean_on_arm64_noncoherent_smmu_full() {
+    clean_on("arm64-noncoherent", "smmu", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn upstream_clean_on_arm64_coherent() {
-    clean_on("arm64-coherent", "none");
+    clean_on("arm64-coherent", "none", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn upstream_clean_on_arm64_coherent_full() {
+    clean_on("arm64-coherent", "none", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn upstream_clean_on_arm64_coherent_smmu() {
-    clean_on("arm64-coherent", "smmu");
+    clean_on("arm64-coherent", "smmu", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn upstream_clean_on_arm64_coherent_smmu_full() {
+    clean_on("arm64-coherent", "smmu", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn upstream_clean_on_rpi4() {
-    clean_on("rpi4", "none");
+    clean_on("rpi4", "none", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn upstream_clean_on_rpi4_full() {
+    clean_on("rpi4", "none", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn upstream_clean_on_rpi4_smmu() {
-    clean_on("rpi4", "smmu");
+    clean_on("rpi4", "smmu", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn upstream_clean_on_rpi4_smmu_full() {
+    clean_on("rpi4", "smmu", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn upstream_clean_on_arm32() {
-    clean_on("arm32", "none");
+    clean_on("arm32", "none", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn upstream_clean_on_arm32_full() {
+    clean_on("arm32", "none", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn upstream_clean_on_arm32_smmu() {
-    clean_on("arm32", "smmu");
+    clean_on("arm32", "smmu", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn upstream_clean_on_arm32_smmu_full() {
+    clean_on("arm32", "smmu", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn upstream_clean_on_x86_64() {
-    clean_on("x86-64", "none");
+    clean_on("x86-64", "none", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn upstream_clean_on_x86_64_full() {
+    clean_on("x86-64", "none", FAST_SEEDS..SEEDS);
 }
 
 #[test]
 fn upstream_clean_on_x86_64_iommu() {
-    clean_on("x86-64", "smmu");
+    clean_on("x86-64", "smmu", 0..FAST_SEEDS);
+}
+
+#[test]
+#[ignore = "full suite: cargo test -- --ignored"]
+fn upstream_clean_on_x86_64_iommu_full() {
+    clean_on("x86-64", "smmu", FAST_SEEDS..SEEDS);
 }
 
 /// Each injected bug is caught with its id, at its line, with a help text, on every

@@ -695,6 +695,12 @@ pub struct Sanitizer {
     /// The script line of the current call and, when it is inside script
     /// functions, the lines of the calls that led there (innermost first).
     pub callers: (u32, Vec<u32>),
+    /// The current call is inside a script function (or a callback, or an imported
+    /// module) but the engine keeps no call stack, so `callers` has no chain.
+    pub callers_untracked: bool,
+    /// A finding was made while `callers_untracked` was set: its `called_from` is
+    /// missing, and the run must be repeated with the call stack kept.
+    pub call_chain_missing: bool,
     held: crate::fasthash::PageMap<(u64, u64)>,
     allowed: BTreeSet<String>,
     /// Findings not kept because [`MAX_FINDINGS`] were already recorded.
@@ -721,6 +727,8 @@ impl Sanitizer {
             seen: BTreeMap::new(),
             groups: BTreeMap::new(),
             callers: (0, Vec::new()),
+            callers_untracked: false,
+            call_chain_missing: false,
             held: Default::default(),
             allowed: BTreeSet::new(),
             suppressed: 0,
@@ -823,6 +831,7 @@ impl Sanitizer {
         self.seen.insert((id, key, ctx.line), self.findings.len());
         self.groups.insert(group, self.findings.len());
         let called_from = if ctx.line != 0 && ctx.line == self.callers.0 {
+            self.call_chain_missing |= self.callers_untracked;
             self.callers.1.clone()
         } else {
             Vec::new()

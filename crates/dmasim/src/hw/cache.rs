@@ -255,6 +255,9 @@ pub struct Caches {
     run: Vec<(u32, u64)>,
     /// Lines write streaming stored into watched frames since the sanitizer looked.
     pub watched_streamed: Vec<u64>,
+    /// Whether [`Caches::write_lines_of_uncached_page`] may take its short path
+    /// (tests turn it off to compare it with the line-by-line one).
+    page_store_fast_path: bool,
 }
 
 impl Caches {
@@ -279,7 +282,72 @@ impl Caches {
             stream: StreamThresholds::default(),
             run: vec![(0, INVALID_TAG); cpus],
             watched_streamed: Vec::new(),
+            page_store_fast_path: true,
         }
+    }
+
+    /// Turns the whole-line store short path off (`false`) or on: for tests that
+    /// check it against the line-by-line path.
+    #[cfg(test)]
+    pub(crate) fn set_page_store_fast_path(&mut self, on: bool) {
+        self.page_store_fast_path = on;
+    }
+
+    /// Stores `data`, whole lines at line-aligned `pa` inside one 4 KiB page, when
+    /// no cache level may hold any line of that page and write streaming is off;
+    /// returns the lines stored (each a DRAM fill, as [`Caches::write`] reports it),
+    /// or `None` with nothing done when the store must go line by line.
+    ///
+    /// The result is exactly that of [`Caches::write`] on each line in turn: with
+    /// the page in no level, each line misses in this L1, in every other L1 and in
+    /// L2, so the lookups are skipped; the victim of each line is chosen, moved and
+    /// written back as there, drawing the same random numbers in the same order.
+    /// Only the linefill's read of DRAM is left out: the store replaces every byte
+    /// of the line (write-allocate reads it, but nothing can see that read).
+    pub fn write_lines_of_uncached_page(
+        &mut self,
+        cpu: usize,
+        pa: u64,
+        data: &[u8],
+        dram: &mut Dram,
+        rng: &mut SimRng,
+    ) -> Option<u64> {
+        let lb = self.line_bytes;
+        if !self.page_store_fast_path
+            || self.stream.l1 > 0
+            || data.is_empty()
+            || pa as usize & (lb - 1) != 0
+            || data.len() & (lb - 1) != 0
+            || self.page_may_be_cached(pa)
+        {
+            return None;
+        }
+        let first = pa >> self.line_shift;
+        for (k, bytes) in data.chunks_exact(lb).enumerate() {
+            let line = first + k as u64;
+            let way = match self.l1[cpu].free_way(line) {
+                Some(w) => w,
+                None => {
+                    let v = self.l1[cpu].set_base(line) + rng.below(self.l1[cpu].ways);
+                    self.evict_l1_entry(cpu, v, dram, rng);
+                    v
+                }
+            };
+            let slot = self.alloc_slot();
+            let s = slot as usize * lb;
+            // The linefill's read, as the line-by-line path does: its bytes are
+            // overwritten at once, but on the host it brings the frame's line into
+            // the host's cache for this line's write-back later, which on a stream
+            // larger than the host's caches costs less than a write-back to a cold
+            // line (measured: BENCHMARKS.md, issue 21 second part).
+            dram.read_in_frame(line << self.line_shift, &mut self.pool[s..s + lb]);
+            super::copy_bytes(&mut self.pool[s..s + lb], bytes);
+            self.l1[cpu].fill(way, line, slot, LineState::Modified);
+        }
+        self.l1_busy |= 1 << cpu;
+        let n = (data.len() / lb) as u64;
+        self.stats.misses += n;
+        Some(n)
     }
 
     /// Turns write streaming on with these thresholds (or off with zeros).

@@ -235,11 +235,19 @@ impl Machine {
         self.note_page(pa);
         let wb0 = self.caches.stats.writebacks;
         let mut cost = 0;
-        for (a, r) in line_pieces(pa, data.len(), self.line as usize) {
-            let hit = self
-                .caches
-                .write(cpu, a, &data[r], &mut self.dram, &mut self.rng);
-            cost += self.hit_cost(hit);
+        if let Some(lines) =
+            self.caches
+                .write_lines_of_uncached_page(cpu, pa, data, &mut self.dram, &mut self.rng)
+        {
+            // Whole lines of a page no cache holds: every line a DRAM fill.
+            cost = lines * self.hit_cost(Hit::Dram);
+        } else {
+            for (a, r) in line_pieces(pa, data.len(), self.line as usize) {
+                let hit = self
+                    .caches
+                    .write(cpu, a, &data[r], &mut self.dram, &mut self.rng);
+                cost += self.hit_cost(hit);
+            }
         }
         cost += (self.caches.stats.writebacks - wb0) * self.cost.writeback_ps;
         self.advance(cost);
@@ -583,6 +591,73 @@ mod tests {
             MemType::NormalNc,
         );
         m
+    }
+
+    /// What a run of stores and loads leaves behind: DRAM bytes, what the CPUs
+    /// read back, cache counters, write-backs to watched frames, the clock and the
+    /// next numbers of the random stream.
+    type Outcome = (Vec<u8>, Vec<u8>, cache::CacheStats, Vec<u64>, u64, Vec<u64>);
+
+    /// Stores (whole pages, whole lines, parts of lines) and loads by 4 CPUs over
+    /// 8 MiB (past L2, so victims are dirty and written back), with the whole-page
+    /// short path on or off; also how many stores found their page in no cache.
+    fn store_mix(fast: bool) -> (Outcome, usize) {
+        let mut m = machine();
+        m.caches.set_page_store_fast_path(fast);
+        let pages = 2048u64;
+        for p in (0..pages).step_by(7) {
+            m.dram.set_watched(0x4000_0000 + p * 4096, true);
+        }
+        let mut work = SimRng::new(11);
+        let mut uncached = 0;
+        let mut got = vec![0u8; 4096];
+        for step in 0..6000u64 {
+            let cpu = work.below(4);
+            let va = VA + work.below(pages as usize) as u64 * 4096;
+            let fill = vec![step as u8; 4096];
+            let (off, len) = match work.below(5) {
+                0 | 1 => (0, 4096),
+                2 => (1024, 2048),
+                3 => (13, 100),
+                _ => {
+                    m.cpu_read(cpu, 0, va + 64, &mut got[..256]).unwrap();
+                    continue;
+                }
+            };
+            if off % 64 == 0 && !m.caches.page_may_be_cached(va - VA + 0x4000_0000) {
+                uncached += 1;
+            }
+            m.cpu_write(cpu, 0, va + off, &fill[..len]).unwrap();
+        }
+        let mut dram = vec![0u8; (pages * 4096) as usize];
+        m.dram.read(0x4000_0000, &mut dram);
+        let stats = m.caches.stats;
+        let wbs = std::mem::take(&mut m.caches.watched_writebacks);
+        let now = m.now_ps();
+        let next = (0..4).map(|_| m.rng.next_u64()).collect();
+        let mut seen = vec![0u8; (pages * 4096) as usize];
+        m.cpu_read(1, 0, VA, &mut seen).unwrap();
+        ((dram, seen, stats, wbs, now, next), uncached)
+    }
+
+    #[test]
+    fn whole_page_store_short_path_matches_line_by_line_stores() {
+        // Caches::write_lines_of_uncached_page skips the lookups of stores into a
+        // page no cache holds: bytes, counters, time and random stream must be those
+        // of the line-by-line path (ensure_l1 on each line).
+        let (fast, uncached) = store_mix(true);
+        let (slow, _) = store_mix(false);
+        assert!(uncached > 500, "the short path ran {uncached} times only");
+        assert!(
+            fast.2.writebacks > 10_000 && !fast.3.is_empty(),
+            "{:?}",
+            fast.2
+        );
+        assert!(fast.0 == slow.0, "DRAM bytes differ");
+        assert!(fast.1 == slow.1, "the bytes the CPUs see differ");
+        assert_eq!(fast.2, slow.2);
+        assert_eq!(fast.3, slow.3);
+        assert_eq!((fast.4, &fast.5), (slow.4, &slow.5));
     }
 
     #[test]

@@ -41,14 +41,20 @@ fn line(ctx: &NativeCallContext) -> u32 {
 }
 
 /// Tells the sanitizer the lines of the script-function calls that led to this
-/// call (Rhai's call stack, kept because `build_engine` registers a debugger),
+/// call (Rhai's call stack, kept when `build_engine` registers a debugger),
 /// innermost first, so that a finding inside a function shows `82 ← 140 ← 171`.
-fn note_callers(sys: &mut System, ctx: &NativeCallContext) {
+/// Without the debugger (a run's first try, see `run_source_inner`) it only notes
+/// whether the call is nested (in a function, a callback or an import), which is
+/// when a finding would need the chain.
+fn note_callers(sys: &mut System, ctx: &NativeCallContext, importing: bool) {
     let here = ctx.call_position();
     let callers = &mut sys.check.callers;
     callers.0 = line(ctx);
     callers.1.clear();
     let Some(dbg) = ctx.debugger() else {
+        // A native call at the script's top level runs at level 1; each script
+        // function (or callback, or `call`) it is inside adds one.
+        sys.check.callers_untracked = importing || ctx.call_level() > 1;
         return;
     };
     let mut frames = dbg.call_stack().iter().rev().peekable();
@@ -72,12 +78,13 @@ pub(super) fn with_sys<T>(
 ) -> RResult<T> {
     let mut g = s.borrow_mut();
     let invariants = g.opts.check_invariants;
+    let importing = g.import_depth > 0;
     let sys = g
         .sys
         .as_mut()
         .ok_or_else(|| err(ctx, "call boot(preset) before anything else"))?;
     sys.line = line(ctx);
-    note_callers(sys, ctx);
+    note_callers(sys, ctx, importing);
     let t0 = sys.hw.now_ps();
     let r = f(sys);
     if sys.recorder.is_some() {

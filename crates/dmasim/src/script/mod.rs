@@ -96,7 +96,7 @@ pub(crate) type Shared = Rc<RefCell<Session>>;
 
 // register_debugger is "volatile", not deprecated (its own note says so).
 #[allow(deprecated)]
-fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
+fn build_engine(session: &Shared, opts: &ScriptOptions, call_stack: bool) -> Engine {
     let mut engine = Engine::new();
     engine
         .set_max_operations(opts.max_operations)
@@ -111,10 +111,14 @@ fn build_engine(session: &Shared, opts: &ScriptOptions) -> Engine {
     });
     // A debugger that never stops: it makes Rhai keep its call stack, from which
     // a finding inside a script function gets its call chain (`api::with_sys`).
-    engine.register_debugger(
-        |_, dbg| dbg,
-        |_, _, _, _, _| Ok(rhai::debugger::DebuggerCommand::Continue),
-    );
+    // It costs every call a frame (with copies of its arguments) and every
+    // statement a check, so a run first goes without it (`run_source_inner`).
+    if call_stack {
+        engine.register_debugger(
+            |_, dbg| dbg,
+            |_, _, _, _, _| Ok(rhai::debugger::DebuggerCommand::Continue),
+        );
+    }
     api::register(&mut engine, session);
     dmabuf::register(&mut engine, session);
     dmapool::register(&mut engine, session);
@@ -145,7 +149,7 @@ fn test_panic() {
 /// Builds the engine without running anything (for `dmasim check` and docs tools).
 pub fn engine_for_check() -> Engine {
     let s = new_session(&ScriptOptions::default());
-    build_engine(&s, &ScriptOptions::default())
+    build_engine(&s, &ScriptOptions::default(), true)
 }
 
 fn strip_position(msg: &str) -> String {
@@ -318,15 +322,15 @@ fn run_source_inner(name: &str, src: &str, opts: &ScriptOptions) -> Report {
     // last script's AST, and every run starts from a fresh session.
     let mut cached = ENGINE.with(|c| c.borrow_mut().take()).unwrap_or_else(|| {
         let session = new_session(opts);
-        let engine = build_engine(&session, opts);
+        let engine = build_engine(&session, opts, false);
         CachedEngine {
             session,
             engine,
+            traced: None,
             ast: None,
         }
     });
     *cached.session.borrow_mut() = Session::fresh(opts);
-    cached.engine.set_max_operations(opts.max_operations);
     let compiled = match cached.ast.take() {
         Some((text, ast)) if text == src => Ok((text, ast)),
         _ => cached.engine.compile(src).map(|ast| (src.to_string(), ast)),
@@ -334,10 +338,23 @@ fn run_source_inner(name: &str, src: &str, opts: &ScriptOptions) -> Report {
     let error = match compiled {
         Err(e) => Some(locate(name, e.position(), &strip_position(&e.to_string()))),
         Ok((text, ast)) => {
-            let r = cached.engine.run_ast(&ast).err().map(|e| {
-                let last_line = cached.session.borrow().sys.as_ref().map_or(0, |s| s.line);
-                describe_error(name, &e, last_line, Some((&cached.engine, &ast)))
-            });
+            // First without Rhai's call stack; a run that made a finding inside a
+            // script function, where the report names the calls that led there,
+            // runs again with it (runs are deterministic: the same seed gives the
+            // same run).
+            let mut r = run_ast(&cached.session, &mut cached.engine, opts, name, &ast);
+            let missing = cached
+                .session
+                .borrow()
+                .sys
+                .as_ref()
+                .is_some_and(|s| s.check.call_chain_missing);
+            if missing {
+                let traced = cached
+                    .traced
+                    .get_or_insert_with(|| build_engine(&cached.session, opts, true));
+                r = run_ast(&cached.session, traced, opts, name, &ast);
+            }
             cached.ast = Some((text, ast));
             r
         }
@@ -349,10 +366,28 @@ fn run_source_inner(name: &str, src: &str, opts: &ScriptOptions) -> Report {
     report
 }
 
-/// A thread's engine, bound to its session slot, and the last script compiled.
+/// Runs `ast` on `engine` from a fresh session: the error, if any.
+fn run_ast(
+    session: &Shared,
+    engine: &mut Engine,
+    opts: &ScriptOptions,
+    name: &str,
+    ast: &rhai::AST,
+) -> Option<String> {
+    *session.borrow_mut() = Session::fresh(opts);
+    engine.set_max_operations(opts.max_operations);
+    engine.run_ast(ast).err().map(|e| {
+        let last_line = session.borrow().sys.as_ref().map_or(0, |s| s.line);
+        describe_error(name, &e, last_line, Some((engine, ast)))
+    })
+}
+
+/// A thread's engine, bound to its session slot, the same engine keeping Rhai's
+/// call stack once a run has needed it, and the last script compiled.
 struct CachedEngine {
     session: Shared,
     engine: Engine,
+    traced: Option<Engine>,
     ast: Option<(String, rhai::AST)>,
 }
 
@@ -514,7 +549,7 @@ pub fn boot_system(preset: &str, opts: &ScriptOptions) -> Result<System, String>
             )
         })?;
     let session = new_session(opts);
-    let engine = build_engine(&session, opts);
+    let engine = build_engine(&session, opts, false);
     engine
         .run(&format!("boot({name:?});"))
         .map_err(|e| describe_error("boot", &e, 0, None))?;
