@@ -155,17 +155,7 @@ impl System {
         sgt: u64,
         outstanding: u64,
     ) -> Result<StreamResult> {
-        if dir != DmaDirection::ToDevice && dir != DmaDirection::FromDevice {
-            return Err(SimError::Invalid(
-                "stream: the direction is DMA_TO_DEVICE or DMA_FROM_DEVICE".into(),
-            ));
-        }
-        let name = self
-            .kernel
-            .devices
-            .get(dev)
-            .map(|d| d.name.clone())
-            .ok_or_else(|| SimError::Invalid(format!("stream: no device #{dev}")))?;
+        let name = self.stream_device(dev, dir)?;
         if !(1..=MAX_OUTSTANDING).contains(&outstanding) {
             return Err(SimError::Invalid(format!(
                 "stream: outstanding is 1..={MAX_OUTSTANDING} (8-bit PCIe tags)"

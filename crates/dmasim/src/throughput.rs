@@ -96,6 +96,25 @@ fn mb_s(bytes: u64, ns: u64) -> f64 {
 }
 
 impl System {
+    /// The checks every stream starts with: a streaming direction and a device;
+    /// the device's name.
+    pub(crate) fn stream_device(
+        &self,
+        dev: usize,
+        dir: DmaDirection,
+    ) -> Result<std::sync::Arc<str>> {
+        if dir != DmaDirection::ToDevice && dir != DmaDirection::FromDevice {
+            return Err(SimError::Invalid(
+                "stream: the direction is DMA_TO_DEVICE or DMA_FROM_DEVICE".into(),
+            ));
+        }
+        self.kernel
+            .devices
+            .get(dev)
+            .map(|d| d.name.clone())
+            .ok_or_else(|| SimError::Invalid(format!("stream: no device #{dev}")))
+    }
+
     /// Streams `count` transfers through one buffer in direction `dir`
     /// (`stream_to_device` / `stream_from_device` in scripts) and records the
     /// result for the report.
@@ -109,17 +128,7 @@ impl System {
         count: u64,
         dir: DmaDirection,
     ) -> Result<StreamResult> {
-        if dir != DmaDirection::ToDevice && dir != DmaDirection::FromDevice {
-            return Err(SimError::Invalid(
-                "stream: the direction is DMA_TO_DEVICE or DMA_FROM_DEVICE".into(),
-            ));
-        }
-        let name = self
-            .kernel
-            .devices
-            .get(dev)
-            .map(|d| d.name.clone())
-            .ok_or_else(|| SimError::Invalid(format!("stream: no device #{dev}")))?;
+        let name = self.stream_device(dev, dir)?;
         let (id, fresh) = match buf {
             StreamBuffer::Existing(id) => (id, false),
             StreamBuffer::Fresh(size) => {

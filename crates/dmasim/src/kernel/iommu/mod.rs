@@ -844,23 +844,14 @@ impl System {
 
     /// Fires every flush-queue timer due at or before `t_ps` (`fq_flush_timeout`).
     pub(crate) fn iommu_timers(&mut self, t_ps: u64) {
-        let Some(st) = self
+        if self
             .kernel
             .iommu
             .as_ref()
-            .filter(|s| !s.fq_flush_by_evidence)
-        else {
+            .is_some_and(|s| s.fq_flush_by_evidence)
+        {
             return;
-        };
-        let due: Vec<usize> = st
-            .domains
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.fq.timer.is_some_and(|t| t <= t_ps))
-            .map(|(i, _)| i)
-            .collect();
-        for d in due {
-            self.iommu_fq_flush(d, false);
         }
+        self.iommu_fq_expire(t_ps, 0);
     }
 }
