@@ -102,6 +102,13 @@ pub struct FlushQueue {
     pub timer: Option<u64>,
 }
 
+impl FlushQueue {
+    /// The first frames of the IOVA ranges waiting for the next IOTLB flush.
+    pub fn pending_pfns(&self) -> impl Iterator<Item = u64> + '_ {
+        self.rings.iter().flatten().map(|e| e.pfn)
+    }
+}
+
 /// One domain.
 #[derive(Debug, Clone)]
 pub struct IommuDomain {
