@@ -239,6 +239,33 @@ fn r19_07_idle_noise_work_follows_events_not_time() {
     );
 }
 
+/// Found by the fuzz campaign (seed 30172451): 64 MiB of RAM and a 1 GiB swiotlb
+/// leave no page for the SMMU domain's level-0 table; the domain kept physical 0 as
+/// its table and the first `iommu_map` read "RAM" below the first frame (a panic
+/// on the subtraction, internal error). A paging domain without a table now maps
+/// nothing: iommu_map is -ENOMEM (drivers/iommu/io-pgtable-arm.c:
+/// arm_lpae_alloc_pgtable), so the dma-buf map fails like any failed map.
+#[test]
+fn r19_fuzz_iommu_domain_without_a_table_maps_nothing() {
+    let (r, _) = common::run_json(
+        "t.rhai",
+        r#"
+        boot("arm64-noncoherent", #{ iommu: "smmu", ram: "64 MiB", swiotlb: "1 GiB" });
+        let d = device("dev");
+        let p = process("app");
+        let f = dma_heap_alloc(p, "reserved", 1048576);
+        let sgt = dma_buf_map_attachment(dma_buf_attach(f, d), DMA_FROM_DEVICE);
+        "#,
+        &dmasim::script::ScriptOptions {
+            seed: 30172451,
+            ..Default::default()
+        },
+    );
+    let e = r.error.as_deref().unwrap_or("");
+    assert!(!e.contains("internal error"), "{e}");
+    assert!((0..=2).contains(&r.exit_code()));
+}
+
 /// A fresh folder under the target directory for a test's script files.
 fn scratch(name: &str) -> std::path::PathBuf {
     let d = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
