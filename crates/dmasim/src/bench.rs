@@ -553,6 +553,55 @@ fn bounced_map_unmap(clock: Clock, scale: u64) -> Option<Figure> {
     })
 }
 
+/// The paths issue 19 found quadratic (items 8 to 12), each as a script that makes
+/// `n` objects: `benches/scaling.rs` and `examples/scaling_cpu.rs` time them at 1k
+/// and 100k objects, and the CPU time per object must stay within a factor of 2.
+pub const SCALING_PATHS: [&str; 5] = [
+    "dma_map_sg",
+    "swiotlb_full",
+    "process",
+    "vfio_map_dma",
+    "rhai_push",
+];
+
+/// The script of one of [`SCALING_PATHS`] with `n` objects (`None` for another name).
+pub fn scaling_script(path: &str, n: u64) -> Option<String> {
+    Some(match path {
+        // Item 8: each dma_map_sg looked up its buffer by scanning every buffer.
+        "dma_map_sg" => format!(
+            "boot(\"arm64-noncoherent\", #{{ noise: \"off\" }});\nlet d = device(\"d\");\n\
+             for i in 0..{n} {{ let b = kmalloc(64); let s = sg_from_buffer(b); dma_map_sg(d, s, DMA_TO_DEVICE); }}\n\
+             allow(\"mapping-leak\");\n"
+        ),
+        // Item 9: with the swiotlb pool full, every map fails (noise on).
+        "swiotlb_full" => format!(
+            "boot(\"arm64-noncoherent\", #{{ swiotlb_force: true, swiotlb: \"64 KiB\" }});\nlet d = device(\"d\");\n\
+             let big = kmalloc(65536); dma_map_single(d, big, DMA_TO_DEVICE);\nlet b = kmalloc(4096);\n\
+             for i in 0..{n} {{ dma_map_single(d, b, DMA_TO_DEVICE); }}\n\
+             allow(\"mapping-leak\"); allow(\"swiotlb-full\"); allow(\"mapping-error-unchecked\");\n"
+        ),
+        // Item 10: every user access looked its process up by scanning them all.
+        "process" => format!(
+            "boot(\"arm64-coherent\", #{{ noise: \"off\" }});\n\
+             for i in 0..{n} {{ let p = process(\"p\"); let b = p.malloc(4096); p.write(b, 0, blob(8, 1)); }}\n"
+        ),
+        // Item 11: vfio_map_dma cloned the container and scanned its mappings.
+        "vfio_map_dma" => format!(
+            "boot(\"arm64-coherent\", #{{ iommu: \"smmu\", noise: \"off\" }});\nlet nic = device(\"nic0\");\n\
+             let p = process(\"app\", #{{ cap_ipc_lock: true }});\nlet c = vfio_open(nic, p);\n\
+             let b = p.mmap(4096);\n\
+             for i in 0..{n} {{ vfio_map_dma(c, p, b, 0x100000 + i * 4096, #{{ read: true, write: true }}); }}\n\
+             for i in 0..{n} {{ vfio_unmap_dma(c, 0x100000 + i * 4096, 4096); }}\n"
+        ),
+        // Item 12: a Rhai array grown by push was recounted whole after each push.
+        "rhai_push" => format!(
+            "boot(\"arm64-coherent\", #{{ noise: \"off\" }});\n\
+             let a = [];\nfor i in 0..{n} {{ a.push(i); }}\nexpect_eq(a.len(), {n}, \"all pushed\");\n"
+        ),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

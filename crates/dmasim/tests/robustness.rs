@@ -115,6 +115,56 @@ fn r19_07_limit_errors_are_not_catchable() {
     assert_eq!(r.exit_code(), 2);
 }
 
+/// Item 7: the other limits cannot be caught either: `--max-ops` met inside a `try`
+/// (an endless loop) and `--max-memory` met by a fill inside a `try` end the run
+/// with exit 2; the statements after the `catch` never run.
+#[test]
+fn r19_07_ops_and_memory_limits_are_not_catchable() {
+    let (r, _) = common::run_json(
+        "t.rhai",
+        r#"
+        boot("arm64-noncoherent");
+        try { loop { } } catch { print("caught ops"); }
+        print("after ops");
+        "#,
+        &dmasim::script::ScriptOptions {
+            max_operations: 100_000,
+            ..Default::default()
+        },
+    );
+    assert!(r.error.is_some());
+    assert!(
+        !r.log
+            .iter()
+            .any(|l| l.contains("caught") || l.contains("after")),
+        "{:?}",
+        r.log
+    );
+    assert_eq!(r.exit_code(), 2);
+    let (r, _) = common::run_json(
+        "t.rhai",
+        r#"
+        boot("arm64-noncoherent");
+        try { let b = vmalloc("64 MiB"); cpu_fill(b, 1); } catch { print("caught memory"); }
+        print("after memory");
+        "#,
+        &dmasim::script::ScriptOptions {
+            memory_cap: 16 << 20,
+            ..Default::default()
+        },
+    );
+    let e = r.error.as_deref().expect("an error");
+    assert!(e.contains("memory"), "{e}");
+    assert!(
+        !r.log
+            .iter()
+            .any(|l| l.contains("caught") || l.contains("after")),
+        "{:?}",
+        r.log
+    );
+    assert_eq!(r.exit_code(), 2);
+}
+
 /// Item 7: `loop { run_for("1 ms") }` ends at the default bound of one simulated
 /// hour, quickly, instead of running for hours of host time until `--max-ops`.
 #[test]
@@ -134,6 +184,86 @@ fn r19_07_idle_loop_ends_at_the_sim_time_bound() {
     let e = r.error.as_deref().expect("an error");
     assert!(e.contains("time limit: the run would pass 10 s"), "{e}");
     assert!(t0.elapsed().as_secs() < 30, "{:?}", t0.elapsed());
+}
+
+/// Item 7: background noise works in proportion to what happened, not to idle time.
+/// A wait gives up to 256 noise points; each eviction sweep used to examine every way
+/// of half the sets of L1 and L2 (about 4,400 tags on this preset) even with nothing
+/// cached, so an idle `loop { run_for("1 ms") }` cost ~95 µs of host CPU per call.
+/// Now a sweep visits only sets that hold lines, at most 32 ways
+/// (`CacheGeometry::validate`) per line it drops, and stops when a level is empty:
+/// 2,000 more idle waits (512,000 sweeps here) examine no entry at all.
+#[test]
+fn r19_07_idle_noise_work_follows_events_not_time() {
+    use dmasim::config::{NoiseConfig, PlatformConfig};
+    use dmasim::system::{RunOptions, System};
+    let mut p = PlatformConfig::preset("arm64-noncoherent").unwrap();
+    // Every noise point sweeps; no prefetch, so idle time brings no new lines.
+    p.noise = NoiseConfig {
+        evict: 1.0,
+        prefetch: 0.0,
+        migrate: 0.0,
+    };
+    let mut sys = System::boot(p, RunOptions::default()).unwrap();
+    let pid = sys.process_new("app");
+    let va = sys.mmap(pid, 65536, false).unwrap();
+    sys.user_write(pid, va, &[1; 65536]).unwrap();
+    assert!(sys.hw.caches.valid_lines() > 0);
+    for _ in 0..10 {
+        sys.run_for(1_000_000).unwrap();
+    }
+    assert_eq!(
+        sys.hw.caches.valid_lines(),
+        0,
+        "the sweeps emptied the caches"
+    );
+    let busy = sys.hw.caches.stats.sweep_entries;
+    let sweeps = sys.hw.stats.evict_sweeps;
+    assert!(busy > 0);
+    assert!(
+        busy <= 32 * sys.hw.stats.swept_lines,
+        "{busy} entries for {} lines",
+        sys.hw.stats.swept_lines
+    );
+    for _ in 0..2_000 {
+        sys.run_for(1_000_000).unwrap();
+    }
+    assert_eq!(
+        sys.hw.stats.evict_sweeps - sweeps,
+        2_000 * 256,
+        "every point swept"
+    );
+    assert_eq!(
+        sys.hw.caches.stats.sweep_entries, busy,
+        "idle sweeps examined entries"
+    );
+}
+
+/// Found by the fuzz campaign (seed 30172451): 64 MiB of RAM and a 1 GiB swiotlb
+/// leave no page for the SMMU domain's level-0 table; the domain kept physical 0 as
+/// its table and the first `iommu_map` read "RAM" below the first frame (a panic
+/// on the subtraction, internal error). A paging domain without a table now maps
+/// nothing: iommu_map is -ENOMEM (drivers/iommu/io-pgtable-arm.c:
+/// arm_lpae_alloc_pgtable), so the dma-buf map fails like any failed map.
+#[test]
+fn r19_fuzz_iommu_domain_without_a_table_maps_nothing() {
+    let (r, _) = common::run_json(
+        "t.rhai",
+        r#"
+        boot("arm64-noncoherent", #{ iommu: "smmu", ram: "64 MiB", swiotlb: "1 GiB" });
+        let d = device("dev");
+        let p = process("app");
+        let f = dma_heap_alloc(p, "reserved", 1048576);
+        let sgt = dma_buf_map_attachment(dma_buf_attach(f, d), DMA_FROM_DEVICE);
+        "#,
+        &dmasim::script::ScriptOptions {
+            seed: 30172451,
+            ..Default::default()
+        },
+    );
+    let e = r.error.as_deref().unwrap_or("");
+    assert!(!e.contains("internal error"), "{e}");
+    assert!((0..=2).contains(&r.exit_code()));
 }
 
 /// A fresh folder under the target directory for a test's script files.

@@ -29,6 +29,8 @@ pub struct HwStats {
     pub prefetched_lines: u64,
     /// Eviction sweeps by background noise.
     pub evict_sweeps: u64,
+    /// Lines those sweeps dropped.
+    pub swept_lines: u64,
     /// Bytes devices read or wrote.
     pub dma_bytes: u64,
 }
@@ -549,7 +551,7 @@ impl Machine {
     pub fn noise_point(&mut self, cpu: usize) {
         if self.noise.evict > 0.0 && self.rng.chance(self.noise.evict) {
             self.stats.evict_sweeps += 1;
-            self.caches.evict_sweep(cpu, &mut self.dram, &mut self.rng);
+            self.stats.swept_lines += self.caches.evict_sweep(cpu, &mut self.dram, &mut self.rng);
         }
         if self.noise.prefetch > 0.0 && self.recent_len > 0 && self.rng.chance(self.noise.prefetch)
         {

@@ -219,7 +219,8 @@ impl System {
 
     /// Linux invariants of the memory model (the invariant check mode of tests and
     /// the fuzzer): every page a process maps as its own and every page a pin or
-    /// reference holds is off the free lists, and the swiotlb pool's books agree.
+    /// reference holds is off the free lists, the swiotlb pool's books agree (no
+    /// slot handed out twice), and no IOVA is handed out twice.
     ///
     /// # Errors
     /// The first broken invariant.
@@ -254,6 +255,13 @@ impl System {
         }
         if let Some(pool) = &self.kernel.swiotlb {
             pool.consistent().or_else(bad)?;
+        }
+        // No IOVA handed out twice: each DMA domain's allocator, with the ranges
+        // its flush queue still holds.
+        if let Some(st) = &self.kernel.iommu {
+            for d in &st.domains {
+                d.iovad.consistent(d.fq.pending_pfns()).or_else(bad)?;
+            }
         }
         Ok(())
     }

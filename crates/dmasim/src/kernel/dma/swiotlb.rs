@@ -100,6 +100,14 @@ pub struct IoTlbPool {
     pub bounced_maps: u64,
     /// Simulated time spent copying, in ps.
     pub copy_ps: u64,
+    /// Slot positions the searches examined (host work, for the tests that show a
+    /// failing search stays cheap).
+    pub searched_slots: u64,
+    /// Allocations and releases so far, and the count (with `used`) that
+    /// [`IoTlbPool::consistent`] last verified: the invariant check, run after
+    /// every call, scans the slots only when the pool changed.
+    changes: u64,
+    verified_at: std::cell::Cell<Option<(u64, u64)>>,
 }
 
 /// `nr_slots()`: slots covering `bytes`.
@@ -180,6 +188,9 @@ impl IoTlbPool {
             bounce_bytes: 0,
             bounced_maps: 0,
             copy_ps: 0,
+            searched_slots: 0,
+            changes: 0,
+            verified_at: std::cell::Cell::new(None),
         }
     }
 
@@ -234,6 +245,9 @@ impl IoTlbPool {
         alloc_align_mask |= IO_TLB_SIZE - 1;
         iotlb_align_mask &= !alloc_align_mask;
         let stride = max_slots(alloc_align_mask.max(iotlb_align_mask)) as usize;
+        // kernel/dma/swiotlb.c: swiotlb_search_pool_area() rejects at once when the
+        // area has fewer free slots than asked (`nslots > pool->area_nslabs -
+        // area->used`): a map into a full pool costs no scan, however many fail.
         if nslots > self.area_nslabs - self.areas[ai].used {
             return None;
         }
@@ -242,6 +256,7 @@ impl IoTlbPool {
         let mut checked = 0usize;
         let found = loop {
             if checked >= self.area_nslabs {
+                self.searched_slots += checked as u64;
                 return None;
             }
             let slot_index = slot_base + index;
@@ -266,6 +281,8 @@ impl IoTlbPool {
             index = self.wrap_area_index(index + stride);
             checked += stride;
         };
+        self.searched_slots += checked as u64 + 1;
+        self.changes += 1;
         for i in found..found + nslots {
             self.slots[i].list = 0;
             // `size_t` arithmetic as in swiotlb_search_pool_area(): with a
@@ -309,6 +326,9 @@ impl IoTlbPool {
     /// # Errors
     /// What disagrees.
     pub fn consistent(&self) -> Result<(), String> {
+        if self.verified_at.get() == Some((self.changes, self.used)) {
+            return Ok(());
+        }
         let areas: usize = self.areas.iter().map(|a| a.used).sum();
         let taken = self.slots.iter().filter(|s| s.list == 0).count();
         if areas as u64 != self.used || taken as u64 != self.used {
@@ -317,6 +337,7 @@ impl IoTlbPool {
                 self.used
             ));
         }
+        self.verified_at.set(Some((self.changes, self.used)));
         Ok(())
     }
 
@@ -378,6 +399,7 @@ impl IoTlbPool {
         let nslots = nr_slots(self.slots[index].alloc_size + offset);
         let ai = (index / self.area_nslabs).min(self.areas.len() - 1);
         let set_end = (index + 1).next_multiple_of(IO_TLB_SEGSIZE);
+        self.changes += 1;
         let mut count = if index + nslots < set_end {
             self.slots[index + nslots].list
         } else {
@@ -571,6 +593,63 @@ mod tests {
         assert_eq!(p.release(0, b), 3);
         assert_eq!(p.used, 128);
         assert_eq!(p.used_hiwater, 132);
+    }
+
+    /// The invariant check: a slot taken without being counted (or counted twice)
+    /// is a slot the pool could hand out twice; `consistent` says so.
+    #[test]
+    fn invariant_check_catches_a_slot_handed_out_twice() {
+        let mut p = pool(2 << 20);
+        let a = p.tbl_map_single(&PLAIN, 0, 0x4000_0000, 4096, 0).unwrap();
+        assert_eq!(p.consistent(), Ok(()));
+        // The slots of `a` handed out again by a search that skipped the books.
+        p.used += 2;
+        p.areas[0].used += 2;
+        let e = p.consistent().unwrap_err();
+        assert!(e.contains("taken"), "{e}");
+        p.used -= 2;
+        p.areas[0].used -= 2;
+        p.release(0, a);
+        assert_eq!(p.consistent(), Ok(()));
+    }
+
+    /// Issue 19 item 9: maps into a full pool are refused before any search
+    /// (kernel/dma/swiotlb.c: swiotlb_search_pool_area, `nslots >
+    /// pool->area_nslabs - area->used`), so they examine no slot at all, at 1k as at
+    /// 100k failures. With free but fragmented slots Linux scans each area, the same
+    /// amount for every map: the work per failing map stays the same from 1k to 100k.
+    #[test]
+    fn r19_09_failing_maps_cost_the_same_per_map_from_1k_to_100k() {
+        let per_map = |n: u64, fragmented: bool| {
+            let mut p = pool(2 << 20);
+            let mut got = Vec::new();
+            while let Ok(a) =
+                p.tbl_map_single(&PLAIN, 0, 0x4000_0000 + (got.len() as u64) * 4096, 4096, 0)
+            {
+                got.push(a);
+            }
+            assert_eq!(p.used, 1024, "full");
+            if fragmented {
+                // Every other 2-slot mapping freed: half the pool free, no 4 slots in a row.
+                for a in got.iter().step_by(2) {
+                    p.release(0, *a);
+                }
+            }
+            let before = p.searched_slots;
+            for i in 0..n {
+                let r = p.tbl_map_single(&PLAIN, (i % 4) as usize, 0x8000_0000, 8192, 0);
+                assert!(r.is_err());
+            }
+            (p.searched_slots - before) as f64 / n as f64
+        };
+        assert_eq!(per_map(1_000, false), 0.0, "a full pool is not searched");
+        assert_eq!(per_map(100_000, false), 0.0, "a full pool is not searched");
+        let (small, large) = (per_map(1_000, true), per_map(100_000, true));
+        assert!(small > 0.0, "a fragmented pool is searched");
+        assert!(
+            large <= 2.0 * small && small <= 2.0 * large,
+            "{small} vs {large} slots per map"
+        );
     }
 
     #[test]

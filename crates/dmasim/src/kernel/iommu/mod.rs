@@ -123,6 +123,11 @@ impl FlushQueue {
             .min();
         Some(next_same.unwrap_or(self.next_seq))
     }
+
+    /// The first frames of the IOVA ranges waiting for the next IOTLB flush.
+    pub fn pending_pfns(&self) -> impl Iterator<Item = u64> + '_ {
+        self.rings.iter().flatten().map(|e| e.pfn)
+    }
 }
 
 /// One domain.
@@ -494,6 +499,13 @@ impl System {
         if !kind.is_paging() {
             return Err(-EINVAL);
         }
+        if pgd == 0 {
+            // The domain's level-0 table could not be allocated (no free page at
+            // iommu_domain_alloc): drivers/iommu/io-pgtable-arm.c:
+            // arm_lpae_alloc_pgtable fails with -ENOMEM there, and there is no
+            // table to walk (physical 0 is not RAM on every board).
+            return Err(-crate::kernel::errno::ENOMEM);
+        }
         if (iova | pa | size) & (GRANULE - 1) != 0 || size == 0 {
             self.printk(
                 "iommu",
@@ -647,6 +659,10 @@ impl System {
     /// split. Returns the bytes unmapped and the leaves cleared.
     pub(crate) fn iommu_unmap_range(&mut self, domain: usize, iova: u64, size: u64) -> (u64, u64) {
         let pgd = self.kernel.iommu.as_ref().expect("IOMMU").domains[domain].pgd;
+        if pgd == 0 {
+            // No table (its allocation failed): nothing is mapped.
+            return (0, 0);
+        }
         let mut done = 0;
         let mut leaves = 0;
         let mut run: Option<(u64, u64)> = None;
@@ -686,6 +702,10 @@ impl System {
     /// `iommu_iova_to_phys`: the software walk the kernel does (0 when unmapped).
     pub fn iommu_iova_to_phys(&mut self, domain: usize, iova: u64) -> u64 {
         let pgd = self.kernel.iommu.as_ref().expect("IOMMU").domains[domain].pgd;
+        if pgd == 0 {
+            // No table (its allocation failed): nothing is mapped.
+            return 0;
+        }
         let mut table = pgd;
         for level in 0..4 {
             let d = self.iopt_read(table + ((iova >> level_shift(level)) & 511) * 8);
