@@ -644,3 +644,40 @@ fn r19_invariants_catch_a_mapped_page_on_the_free_lists() {
     );
     assert!(r.error.is_none(), "{:?}", r.error);
 }
+
+#[test]
+fn r19_fuzz_a_page_unmapped_while_pinned_twice_stays_until_the_last_release() {
+    // Fuzz seeds 30437418 and 30406095: two pin sets on one buffer, munmap, then
+    // one set released. mm/gup.c: each get_user_pages/pin_user_pages takes its own
+    // reference, so the frame stays allocated until the last set lets go; the model
+    // freed it at the first release (invariant: pinned page on the free lists).
+    for (take, release) in [
+        ("get_user_pages", "put_page"),
+        ("pin_user_pages", "unpin_user_pages"),
+    ] {
+        let src = format!(
+            r#"
+            boot("x86-64", #{{ noise: "off" }});
+            let p = process("app");
+            let q = p.malloc(8192);
+            p.write(q, 0, blob(8192, 1));
+            let a = {take}(p, q);
+            let b = {take}(p, q);
+            p.munmap(q);
+            {release}(b);
+            let more = [];
+            for i in 0..64 {{ more.push(kmalloc(4096)); }}
+            {release}(a);
+            "#
+        );
+        let (r, _) = common::run_json(
+            "pinned-twice.rhai",
+            &src,
+            &dmasim::script::ScriptOptions {
+                check_invariants: true,
+                ..Default::default()
+            },
+        );
+        assert!(r.error.is_none(), "{take}: {:?}", r.error);
+    }
+}

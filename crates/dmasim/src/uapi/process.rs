@@ -743,8 +743,27 @@ impl System {
             }
         }
         let kernel: std::collections::BTreeSet<u64> = set.kernel_pfns.iter().copied().collect();
+        // Frames unmapped while pinned that another pin set still holds: each set
+        // took its own reference (mm/gup.c try_grab_folio), so dropping this one is
+        // not the last put. Looked up only when this set has such frames.
+        let orphans: std::collections::HashSet<u64> = set
+            .pfns
+            .iter()
+            .copied()
+            .filter(|p| !kernel.contains(p) && self.kernel.user_pages.get(*p).is_none())
+            .collect();
+        let still_held: std::collections::HashSet<u64> = if orphans.is_empty() {
+            Default::default()
+        } else {
+            self.kernel
+                .pins
+                .values()
+                .flat_map(|s| s.pfns.iter().copied())
+                .filter(|p| orphans.contains(p))
+                .collect()
+        };
         for pfn in set.pfns {
-            if kernel.contains(&pfn) {
+            if kernel.contains(&pfn) || still_held.contains(&pfn) {
                 continue;
             }
             let orphan_huge = self
