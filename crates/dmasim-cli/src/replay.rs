@@ -24,7 +24,7 @@ pub(crate) struct Args {
 }
 
 /// `NAME=k=v,...` → (NAME, "k=v,...").
-fn device_map(s: &str) -> Result<(String, String), String> {
+fn parse_device_map(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((n, o)) if !n.trim().is_empty() => Ok((n.trim().to_string(), o.to_string())),
         _ => Err(format!(
@@ -86,27 +86,28 @@ pub(crate) fn iommu_groups_options(text: &str) -> Vec<(String, String)> {
     out
 }
 
-fn options(
-    a: &Args,
-    label_preset: Option<&str>,
-    set: &[(String, String)],
-    trace_bytes: &[u8],
-) -> Result<ReplayOptions, String> {
+/// What the capture kit's files beside the trace say, read once for every
+/// configuration of a `--compare`: device options from `pci.txt`,
+/// `iommu_groups.txt` and `iomem.txt` + the trace's `iommu:map` events (the MSI
+/// doorbell), then the user's `--device-map`; the captured kernel's swiotlb pool.
+struct Capture {
+    device_map: Vec<(String, String)>,
+    pool: Option<replay::CapturePool>,
+}
+
+fn capture_files(a: &Args, trace_bytes: &[u8]) -> Result<Capture, String> {
+    let dir = a.trace.parent().unwrap_or(Path::new("."));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
     let mut device_map = Vec::new();
     if !a.no_pci_txt {
-        let pci = a.trace.parent().unwrap_or(Path::new(".")).join("pci.txt");
-        if let Ok(text) = std::fs::read_to_string(&pci) {
+        if let Some(text) = read("pci.txt") {
             device_map.extend(pci_txt_options(&text));
         }
-    }
-    let dir = a.trace.parent().unwrap_or(Path::new("."));
-    if !a.no_pci_txt {
-        let groups = dir.join("iommu_groups.txt");
-        if let Ok(text) = std::fs::read_to_string(&groups) {
+        if let Some(text) = read("iommu_groups.txt") {
             device_map.extend(iommu_groups_options(&text));
         }
         // arm64's MSI doorbell page, mapped into each device's domain at probe.
-        if let Ok(iomem) = std::fs::read_to_string(dir.join("iomem.txt")) {
+        if let Some(iomem) = read("iomem.txt") {
             let ram = replay::capture::system_ram(&iomem);
             let text = String::from_utf8_lossy(trace_bytes);
             if let Some(pa) = replay::capture::msi_doorbell(&text, &ram) {
@@ -115,33 +116,38 @@ fn options(
         }
     }
     for d in &a.device_map {
-        device_map.push(device_map_entry(d)?);
+        device_map.push(parse_device_map(d)?);
     }
     // The captured kernel's swiotlb pool: the kit's swiotlb_pool.txt, else dmesg.
-    let capture_pool = if a.no_pool_txt {
+    let pool = if a.no_pool_txt {
         None
     } else {
         ["swiotlb_pool.txt", "dmesg.txt"]
             .iter()
-            .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+            .filter_map(|f| read(f))
             .find_map(|t| replay::capture_pool(&t))
     };
+    Ok(Capture { device_map, pool })
+}
+
+fn options(
+    a: &Args,
+    label_preset: Option<&str>,
+    set: &[(String, String)],
+    capture: &Capture,
+) -> Result<ReplayOptions, String> {
     Ok(ReplayOptions {
         preset: label_preset
             .map(str::to_string)
             .or_else(|| a.preset.clone())
             .unwrap_or_else(|| "x86-64".into()),
         set: set.to_vec(),
-        device_map,
+        device_map: capture.device_map.clone(),
         placement: Placement::parse(&a.placement).map_err(|e| format!("--placement: {e}"))?,
         seed: 0,
-        capture_pool,
+        capture_pool: capture.pool,
         timeline: a.html.is_some(),
     })
-}
-
-fn device_map_entry(d: &str) -> Result<(String, String), String> {
-    device_map(d)
 }
 
 /// Runs the subcommand; the exit code.
@@ -149,8 +155,9 @@ pub(crate) fn run(a: &Args) -> Result<u8, String> {
     let bytes = std::fs::read(&a.trace).map_err(|e| format!("{}: {e}", a.trace.display()))?;
     let name = a.trace.display().to_string();
     let bytes = replay::parse::decompress(bytes).map_err(|e| format!("{name}: {e}"))?;
+    let capture = capture_files(a, &bytes)?;
     if a.compare.is_empty() {
-        let r = replay::replay_bytes(&bytes, &name, &options(a, None, &a.set, &bytes)?)
+        let r = replay::replay_bytes(&bytes, &name, &options(a, None, &a.set, &capture)?)
             .map_err(|e| format!("{name}: {e}"))?;
         if let Some(path) = &a.html {
             std::fs::write(path, replay::html::render(&r))
@@ -180,7 +187,7 @@ pub(crate) fn run(a: &Args) -> Result<u8, String> {
         let cfg = dmasim::compare::Config::parse(c).map_err(|e| format!("--compare {e}"))?;
         let mut set = a.set.clone();
         set.extend(cfg.set.iter().cloned());
-        let r = replay::replay_bytes(&bytes, &name, &options(a, cfg.preset, &set, &bytes)?)
+        let r = replay::replay_bytes(&bytes, &name, &options(a, cfg.preset, &set, &capture)?)
             .map_err(|e| format!("--compare {c}: {e}"))?;
         reports.push((cfg.label, r));
     }

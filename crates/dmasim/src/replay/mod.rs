@@ -963,10 +963,11 @@ impl Replayer<'_> {
 
     /// The device reads (TO_DEVICE) or writes (FROM_DEVICE, BIDIRECTIONAL) `len`
     /// bytes at `addr`, as it would between the map and the unmap.
-    fn access(&mut self, dev: usize, addr: u64, len: u64, dir: DmaDirection) -> Result<(), String> {
+    fn access(&mut self, tdev: u32, addr: u64, len: u64, dir: DmaDirection) -> Result<(), String> {
         if len == 0 || len > crate::system::MAX_ACCESS {
             return Ok(());
         }
+        let dev = self.devs[tdev as usize];
         let t = self.sys.hw.now_ps();
         let data = (dir != DmaDirection::ToDevice).then(|| vec![0x5a; len as usize]);
         let job = self
@@ -975,7 +976,7 @@ impl Replayer<'_> {
             .map_err(|x| x.to_string())?;
         self.sys.wait(job).map_err(|x| x.to_string())?;
         self.transfer_ps += self.sys.hw.now_ps() - t;
-        self.count_bytes(dev, len);
+        self.per_dev[tdev as usize].dma_bytes += len;
         Ok(())
     }
 
@@ -988,27 +989,21 @@ impl Replayer<'_> {
         }
     }
 
-    /// Bytes a device moved, on its summary.
-    fn count_bytes(&mut self, dev: usize, len: u64) {
-        if let Some(i) = self.devs.iter().position(|&d| d == dev) {
-            self.per_dev[i].dma_bytes += len;
-        }
-    }
-
     fn access_sg(
         &mut self,
-        dev: usize,
+        tdev: u32,
         table: u64,
         len: u64,
         dir: DmaDirection,
     ) -> Result<(), String> {
+        let dev = self.devs[tdev as usize];
         let t = self.sys.hw.now_ps();
         let data = (dir != DmaDirection::ToDevice).then(|| vec![0x5a; len as usize]);
         self.sys
             .dev_sg(dev, table, len, data)
             .map_err(|x| x.to_string())?;
         self.transfer_ps += self.sys.hw.now_ps() - t;
-        self.count_bytes(dev, len);
+        self.per_dev[tdev as usize].dma_bytes += len;
         Ok(())
     }
 
@@ -1167,7 +1162,7 @@ impl Replayer<'_> {
                     return Ok(());
                 }
                 if !m.cpu_owns {
-                    self.access(dev, m.model, m.size, m.dir)?;
+                    self.access(e.dev, m.model, m.size, m.dir)?;
                 }
                 self.call(|s| s.dma_unmap_attrs(dev, m.model, size, dir, MapKind::Page, attrs))?;
                 self.close_span(m.span);
@@ -1189,7 +1184,7 @@ impl Replayer<'_> {
                 }
                 self.sg_by_dma.remove(&(e.dev, live.trace_first_dma));
                 if !live.cpu_owns {
-                    self.access_sg(dev, live.table, live.len, live.dir)?;
+                    self.access_sg(e.dev, live.table, live.len, live.dir)?;
                 }
                 let (dir, skip) = (*dir, attrs & DMA_ATTR_SKIP_CPU_SYNC != 0);
                 self.call(|s| s.dma_unmap_sg_attrs(dev, live.table, dir, skip))?;
@@ -1292,7 +1287,7 @@ impl Replayer<'_> {
                 };
                 let at = m.model + (dma - base);
                 if *for_cpu && !m.cpu_owns {
-                    self.access(dev, m.model, m.size, m.dir)?;
+                    self.access(e.dev, m.model, m.size, m.dir)?;
                 }
                 let (size, dir, for_cpu) = (*size, *dir, *for_cpu);
                 self.call(|s| s.dma_sync_single(dev, at, size, dir, for_cpu))?;
@@ -1327,7 +1322,7 @@ impl Replayer<'_> {
                     return Ok(());
                 };
                 if *for_cpu && !live.cpu_owns {
-                    self.access_sg(dev, live.table, live.len, live.dir)?;
+                    self.access_sg(e.dev, live.table, live.len, live.dir)?;
                 }
                 let (dir, for_cpu) = (*dir, *for_cpu);
                 let call = if for_cpu {
