@@ -124,14 +124,18 @@ impl Limits {
 
 /// The worker threads of a command running many scripts: `--jobs` (else the CPUs),
 /// fewer when `--max-total-memory` cannot hold that many runs at their
-/// `--max-memory` each. The number of workers never changes a result.
-fn worker_count(jobs: Option<usize>, per_run: u64, total: &str) -> Result<usize, String> {
+/// `--max-memory` each plus the host memory a run may hold beside it
+/// (`HOST_HEAP_SLACK`). The number of workers never changes a result.
+fn worker_count(jobs: Option<usize>, memory_cap: u64, total: &str) -> Result<usize, String> {
     let total = parse_size(total).map_err(|e| format!("--max-total-memory: {e}"))?;
+    let per_run = memory_cap.saturating_add(dmasim::script::HOST_HEAP_SLACK);
     if total < per_run {
         return Err(format!(
-            "--max-total-memory ({}) is less than --max-memory ({}) of one run",
+            "--max-total-memory ({}) is less than one run may hold: --max-memory ({}) plus {} \
+             for the script's values and the model's tables",
             dmasim::units::human_size(total),
-            dmasim::units::human_size(per_run)
+            dmasim::units::human_size(memory_cap),
+            dmasim::units::human_size(dmasim::script::HOST_HEAP_SLACK)
         ));
     }
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -187,7 +191,7 @@ enum Command {
         #[command(flatten)]
         limits: Limits,
         /// Host memory all runs in flight may use together: fewer workers run when
-        /// --jobs runs of --max-memory each would pass it.
+        /// --jobs runs of --max-memory (plus 512 MiB for their values) would pass it.
         #[arg(long, default_value = "16 GiB")]
         max_total_memory: String,
         /// Print only the JSON summary (schema dmasim.explore/v1).
@@ -244,7 +248,7 @@ enum Command {
         #[command(flatten)]
         limits: Limits,
         /// Host memory all runs in flight may use together: fewer workers run when
-        /// --jobs runs of --max-memory each would pass it.
+        /// --jobs runs of --max-memory (plus 512 MiB for their values) would pass it.
         #[arg(long, default_value = "16 GiB")]
         max_total_memory: String,
         /// Print only the JSON (schema dmasim.compare/v1).

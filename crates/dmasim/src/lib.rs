@@ -27,6 +27,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// Every program linking dmasim counts the heap bytes each thread holds, so that a
+/// run's host memory is bounded without Rhai's per-value size checks, which re-measure
+/// a whole array after each `push` (see `dmasim_hostmem` and `script::heap_budget`).
+#[global_allocator]
+static HEAP: dmasim_hostmem::CountingAllocator = dmasim_hostmem::CountingAllocator;
+
 pub mod bench;
 pub mod check;
 pub mod compare;

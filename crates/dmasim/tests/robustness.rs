@@ -570,7 +570,9 @@ fn r19_17_mapping_leak_names_the_map_line() {
 /// Item 5: `print` and failed `expect` messages were kept without a cap (a 1 MB
 /// string printed 20,000 times exhausted memory). A run keeps at most
 /// `MAX_LOG_LINES` lines of `MAX_LOG_LINE_CHARS` characters and
-/// `MAX_EXPECTATION_FAILURES` messages, and counts the rest.
+/// `MAX_EXPECTATION_FAILURES` messages, and counts the rest. Each kept line was cut
+/// but kept its 64 KiB capacity (1.3 GB in all), which the run's heap budget (512 MiB
+/// beside the simulated memory, item 12) now stops: this run must end without error.
 #[test]
 fn r19_05_log_and_expectation_messages_are_capped() {
     use dmasim::system::{MAX_LOG_LINES, MAX_LOG_LINE_CHARS};
@@ -680,4 +682,132 @@ fn r19_fuzz_a_page_unmapped_while_pinned_twice_stays_until_the_last_release() {
         );
         assert!(r.error.is_none(), "{take}: {:?}", r.error);
     }
+}
+
+/// This thread's CPU time in ns (a loaded host does not inflate it).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0);
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Item 12: a Rhai array grown with `push` cost O(n) per push: Rhai's per-value size
+/// limits (`max_array_size` and the others, set for item 5) re-measured the whole
+/// array after every call that may change it (`calc_array_sizes`). The run's host
+/// memory is now bounded as a whole in constant time per operation
+/// (`script::heap_budget`), the engine has no per-value limit, and 100k pushes cost
+/// about 10 times 10k pushes in CPU time (quadratic was about 90 times).
+#[test]
+fn r19_12_push_is_linear() {
+    let e = dmasim::script::engine_for_check();
+    assert_eq!(
+        (e.max_array_size(), e.max_string_size(), e.max_map_size()),
+        (0, 0, 0),
+        "a per-value size limit makes Rhai re-measure a value after each call"
+    );
+    let opts = dmasim::script::ScriptOptions {
+        max_operations: u64::MAX,
+        ..Default::default()
+    };
+    let fastest = |n: u64| {
+        let src = dmasim::bench::scaling_script("rhai_push", n).unwrap();
+        (0..3)
+            .map(|_| {
+                let t0 = thread_cpu_ns();
+                let r = dmasim::script::run_source("push.rhai", &src, &opts);
+                let dt = thread_cpu_ns() - t0;
+                assert!(r.error.is_none() && r.expectations.failed == 0, "{r:?}");
+                dt as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let base = fastest(0);
+    let small = (fastest(10_000) - base).max(1.0);
+    let large = fastest(100_000) - base;
+    assert!(
+        large < 30.0 * small,
+        "100k pushes took {:.1} ms, 10k took {:.1} ms: not linear",
+        large / 1e6,
+        small / 1e6
+    );
+}
+
+/// Items 5 and 12: with Rhai's per-value limits gone, a script's values are bounded by
+/// the run's host-memory budget: whatever grows a value — one operation after another,
+/// many small values, or one call asked for a huge size (`blob(n)`, `pad`) — ends the
+/// run with exit 2, past any `try`/`catch`, before the host runs out. The simulated
+/// memory is bounded by `--max-memory` apart and does not count against the budget.
+#[test]
+fn r19_12_script_values_are_bounded_by_the_run_heap_budget() {
+    let opts = dmasim::script::ScriptOptions {
+        heap_slack: 8 << 20,
+        ..Default::default()
+    };
+    for (what, body) in [
+        ("doubling", r#"let s = "x"; for i in 0..40 { s += s; }"#),
+        (
+            "many values",
+            r#"let a = []; for i in 0..10000000 { a.push("0123456789abcdef" + i); }"#,
+        ),
+        ("blob(n)", "let b = blob(1000000000000, 7);"),
+        ("array pad", "let a = []; a.pad(1 << 40, [1, 2, 3]);"),
+        ("blob pad", "let b = blob(1); b.pad(1 << 40, 1);"),
+        ("string pad", r#"let s = ""; s.pad(1 << 40, '€');"#),
+        (
+            "string pad by string",
+            r#"let s = ""; s.pad(1 << 40, "ab");"#,
+        ),
+    ] {
+        let src = format!("try {{ {body} }} catch {{ print(\"caught\"); }}\nprint(\"after\");");
+        let (r, _) = common::run_json("t.rhai", &src, &opts);
+        let e = r
+            .error
+            .as_deref()
+            .unwrap_or_else(|| panic!("{what}: no error"));
+        assert!(
+            e.contains("8 MiB of host memory beside the simulated memory"),
+            "{what}: {e}"
+        );
+        assert!(r.log.is_empty(), "{what}: {:?}", r.log);
+        assert_eq!(r.exit_code(), 2, "{what}");
+    }
+    // The built-ins the budget stands in for keep Rhai's results.
+    let (r, _) = common::run_json(
+        "t.rhai",
+        r#"
+        let x = [1, 2]; x.pad(4, 9); x.pad(1, 0); x.pad(-1, 0);
+        let b = blob(3, 0x1ff); b.pad(5, 0x42);
+        let s = "ab"; s.pad(7, "xyz"); let t = "é"; t.pad(3, '*');
+        expect_eq(x, [1, 2, 9, 9], "array pad");
+        expect_eq(b, blob(3, 0xff) + blob(2, 0x42), "blob pad");
+        expect_eq(blob(-5).len(), 0, "negative size");
+        expect_eq(s, "abxyzxy", "string pad");
+        expect_eq(t, "é**", "char pad counts characters");
+        "#,
+        &opts,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(
+        (r.expectations.passed, r.expectations.failed),
+        (5, 0),
+        "{:?}",
+        r.expectations
+    );
+    // 32 MiB of simulated memory under an 8 MiB budget: not the budget's business.
+    let (r, _) = common::run_json(
+        "t.rhai",
+        r#"
+        boot("arm64-noncoherent", #{ noise: "off" });
+        let b = vmalloc("32 MiB");
+        cpu_fill(b, 1);
+        vfree(b);
+        "#,
+        &opts,
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
 }

@@ -1,14 +1,15 @@
 //! Scenario scripts: Rhai with the kernel's function names (`SCRIPT_API.md`).
 //!
 //! A script boots a preset, declares devices and then reads like driver code. The
-//! engine runs with resource limits (operations, call depth, string, array and map
-//! sizes), so an endless loop or a hostile size ends in a clear error (exit 2), never
-//! a hang or a host out-of-memory. Errors point at `file:line:col`.
+//! engine runs with resource limits (operations, call depth, simulated time, and the
+//! host memory the run holds, `heap_budget`), so an endless loop or a hostile size
+//! ends in a clear error (exit 2), never a hang or a host out-of-memory. Errors point at `file:line:col`.
 
 mod api;
 mod dmabuf;
 mod dmaengine;
 mod dmapool;
+mod heap_budget;
 mod imports;
 mod mmap;
 mod noncontiguous;
@@ -25,6 +26,7 @@ use rhai::{Engine, EvalAltResult, Position};
 use crate::report::{Expectations, Outcome, PlatformSummary, Report, Stats, SCHEMA};
 use crate::system::{System, DEFAULT_MAX_SIM_TIME_NS, DEFAULT_MEMORY_CAP};
 
+pub use heap_budget::HOST_HEAP_SLACK;
 pub use imports::{MAX_IMPORTS_PER_RUN, MAX_IMPORT_DEPTH};
 pub use values::{BufferObj, DeviceObj, JobObj, PagesObj, ProcessObj, SgObj};
 
@@ -37,6 +39,9 @@ pub struct ScriptOptions {
     pub memory_cap: u64,
     /// Rhai operations before the run is stopped (an endless loop ends here).
     pub max_operations: u64,
+    /// Host bytes the run may hold beside its simulated memory: the script's values,
+    /// the log and the model's tables ([`HOST_HEAP_SLACK`] by default).
+    pub heap_slack: u64,
     /// Simulated nanoseconds a run may last (`--max-sim-time`).
     pub max_sim_time_ns: u64,
     /// Boot this preset whatever the script's `boot()` names (its overrides still apply).
@@ -65,6 +70,7 @@ impl Default for ScriptOptions {
             seed: 0,
             memory_cap: DEFAULT_MEMORY_CAP,
             max_operations: 20_000_000,
+            heap_slack: HOST_HEAP_SLACK,
             max_sim_time_ns: DEFAULT_MAX_SIM_TIME_NS,
             preset: None,
             noise_off: false,
@@ -102,10 +108,10 @@ fn build_engine(session: &Shared, opts: &ScriptOptions, call_stack: bool) -> Eng
         .set_max_operations(opts.max_operations)
         .set_max_call_levels(64)
         .set_max_expr_depths(128, 64)
-        .set_max_string_size(1 << 20)
-        .set_max_array_size(1 << 24)
-        .set_max_map_size(1 << 14)
         .set_max_modules(MAX_IMPORTS_PER_RUN);
+    // No `max_string_size`/`max_array_size`/`max_map_size`: the run's host memory is
+    // bounded as a whole instead, in constant time per operation (`heap_budget`).
+    heap_budget::register(&mut engine, session);
     engine.set_module_resolver(imports::FolderResolver {
         session: session.clone(),
     });
@@ -244,9 +250,11 @@ pub fn function_names() -> Vec<String> {
             let name = sig.split('(').next()?.trim().to_string();
             // Property getters/setters and operators are not called by name.
             let name = name.rsplit(' ').next()?.to_string();
-            // Names starting `__` are test hooks, not part of the API.
+            // Names starting `__` are test hooks, not part of the API; Rhai's own
+            // built-ins that the heap budget re-registers are Rhai's.
             (!name.is_empty()
                 && !name.starts_with("__")
+                && !heap_budget::RHAI_BUILTINS.contains(&name.as_str())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
             .then_some(name)
         })
@@ -376,7 +384,10 @@ fn run_ast(
 ) -> Option<String> {
     *session.borrow_mut() = Session::fresh(opts);
     engine.set_max_operations(opts.max_operations);
-    engine.run_ast(ast).err().map(|e| {
+    heap_budget::start(opts.heap_slack);
+    let result = engine.run_ast(ast);
+    heap_budget::stop();
+    result.err().map(|e| {
         let last_line = session.borrow().sys.as_ref().map_or(0, |s| s.line);
         describe_error(name, &e, last_line, Some((engine, ast)))
     })
