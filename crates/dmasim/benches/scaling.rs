@@ -1,7 +1,8 @@
 //! The paths issue 19 found quadratic, at 1k and 100k objects: the CPU time per
 //! object must stay within a factor of 2 (linear). Each benchmark runs one script
-//! that makes N objects; criterion times whole runs, and BENCHMARKS.md gives the
-//! ratio of the per-object times (100k / 1k). `examples/scaling_cpu.rs` gives the
+//! that makes N objects (`scaling_repeats` times: `rhai_push` makes 100k pushes at
+//! every size); criterion times whole runs, and BENCHMARKS.md gives the ratio of the
+//! per-object times (100k / 1k). `examples/scaling_cpu.rs` gives the
 //! same ratios in thread CPU time from alternating rounds.
 //!
 //! `cargo bench -p dmasim --bench scaling`; `SCALING_QUICK=1` stops at 10k.

@@ -6,10 +6,11 @@
 //! 100k, ...; 3 rounds unless ROUNDS says otherwise), timing each run with this
 //! thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`: waiting for a core on a loaded
 //! host does not count). The cost per object at N is (time(N) - time(0)) / N, boot
-//! excluded; the line gives the ratio 100k / 1k from the fastest and from the
+//! excluded (divided by N times `scaling_repeats` where a script makes its N objects
+//! several times); the line gives the ratio 100k / 1k from the fastest and from the
 //! median rounds (1.0 = linear; issue 19 asks for at most 2).
 
-use dmasim::bench::{scaling_script, SCALING_PATHS};
+use dmasim::bench::{scaling_repeats, scaling_script, SCALING_PATHS};
 use dmasim::script::{run_source, ScriptOptions};
 
 /// This thread's CPU time in ns.
@@ -61,7 +62,10 @@ fn main() {
                 t[k].push(dt as f64 / 1e6);
             }
         }
-        let per = |k: usize, base: f64, at: f64| (at - base).max(0.0) * 1e3 / sizes[k] as f64;
+        let per = |k: usize, base: f64, at: f64| {
+            let objects = sizes[k] * scaling_repeats(path, sizes[k]);
+            (at - base).max(0.0) * 1e3 / objects as f64
+        };
         let (b0, bm) = min_median(&mut t[0].clone());
         let (s0, sm) = min_median(&mut t[1].clone());
         let (l0, lm) = min_median(&mut t[2].clone());

@@ -564,7 +564,20 @@ pub const SCALING_PATHS: [&str; 5] = [
     "rhai_push",
 ];
 
-/// The script of one of [`SCALING_PATHS`] with `n` objects (`None` for another name).
+/// How many times the script of `path` makes its `n` objects: 1, except for
+/// `rhai_push`, which builds a fresh array of `n` elements until 100k pushes are done
+/// (at 1k objects one array costs ~0.2 ms, within the noise of a run's start-up; the
+/// same number of pushes at every size compares like with like).
+pub fn scaling_repeats(path: &str, n: u64) -> u64 {
+    match path {
+        "rhai_push" if n > 0 => (100_000 / n).max(1),
+        _ => 1,
+    }
+}
+
+/// The script of one of [`SCALING_PATHS`] with `n` objects (`None` for another name),
+/// made [`scaling_repeats`] times: the cost per object is
+/// `(time(n) - time(0)) / (n * scaling_repeats(path, n))`.
 pub fn scaling_script(path: &str, n: u64) -> Option<String> {
     Some(match path {
         // Item 8: each dma_map_sg looked up its buffer by scanning every buffer.
@@ -595,8 +608,10 @@ pub fn scaling_script(path: &str, n: u64) -> Option<String> {
         ),
         // Item 12: a Rhai array grown by push was recounted whole after each push.
         "rhai_push" => format!(
-            "boot(\"arm64-coherent\", #{{ noise: \"off\" }});\n\
-             let a = [];\nfor i in 0..{n} {{ a.push(i); }}\nexpect_eq(a.len(), {n}, \"all pushed\");\n"
+            "boot(\"arm64-coherent\", #{{ noise: \"off\" }});\nlet a = [];\n\
+             for r in 0..{reps} {{ a = []; for i in 0..{n} {{ a.push(i); }} }}\n\
+             expect_eq(a.len(), {n}, \"all pushed\");\n",
+            reps = scaling_repeats(path, n)
         ),
         _ => return None,
     })
