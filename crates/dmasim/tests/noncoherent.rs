@@ -219,8 +219,14 @@ expect_eq(small, blob(4096, 7), "the blob is unchanged");
         assert_eq!(a, b, "seed {seed}");
         let found = ids(&a);
         assert!(found.iter().any(|i| i == "dir-violation"), "{found:?}");
-        assert!(found.iter().any(|i| i == "dma-outside-mapping"), "{found:?}");
+        assert!(
+            found.iter().any(|i| i == "dma-outside-mapping"),
+            "{found:?}"
+        );
         assert_eq!(a["expectations"]["failed"], 0, "{a}");
-        assert_eq!(a["expectations"]["passed"], 3, "the script ran to its end: {a}");
+        assert_eq!(
+            a["expectations"]["passed"], 3,
+            "the script ran to its end: {a}"
+        );
     }
 }
