@@ -402,11 +402,64 @@ pub fn run_timed(scale: u64, thread_cpu_ns: Option<fn() -> u64>) -> BenchReport 
     }
 }
 
-/// The large device jobs against `memcpy` of as many bytes: a device
-/// writing 64 MiB of new data into a CMA buffer (`dma_alloc_coherent`, no IOMMU),
-/// paying for the copy of the payload a script's `dev_write` makes; and a device
-/// reading 64 MiB of a `dma_alloc_coherent` buffer behind an SMMU (the IO pages
-/// `iommu_dma_alloc` chose). Non-coherent device, sanitizer on.
+/// A machine for the large device jobs: `arm64-noncoherent` with noise off, a
+/// 256 MiB CMA area and `iommu` (`"none"` or `"smmu"`), and a non-coherent device
+/// that called `dma_set_max_seg_size(dev, UINT_MAX)` (so `dma_map_sg` through the
+/// IOMMU merges a whole table into one DMA segment, `__finalise_sg`).
+fn large_job_system(iommu: &str) -> Option<(System, usize)> {
+    let mut p = PlatformConfig::preset("arm64-noncoherent").ok()?;
+    p.noise = NoiseConfig::OFF;
+    p.cma = 256 << 20;
+    p.iommu = iommu.into();
+    let mut sys = System::boot(p, RunOptions::default()).ok()?;
+    let mut d = Device::new("bench2", false, 1_000_000, 0);
+    d.max_segment = u64::from(u32::MAX);
+    let dev = sys.add_device(d);
+    Some((sys, dev))
+}
+
+/// The device write job: a `dma_alloc_coherent` buffer of `bytes` without an
+/// IOMMU (CMA). Returns the machine, the device and the buffer's DMA address.
+fn write_job_target(bytes: u64) -> Option<(System, usize, u64)> {
+    let (mut sys, dev) = large_job_system("none")?;
+    let id = sys.dma_alloc_coherent(dev, bytes).ok()??;
+    let addr = sys.kernel.buffers[&id].dma?;
+    Some((sys, dev, addr))
+}
+
+/// The IOMMU read job with 4 KiB IO pages, as Linux gets them: a `vmalloc` buffer
+/// (single pages from wherever the buddy allocator finds them, so physically
+/// scattered) filled with `fill`, its `sg_table` (`sg_alloc_table_from_pages`), and
+/// `dma_map_sg(dev, sgt, DMA_TO_DEVICE)` behind the SMMU: `iommu_dma_map_sg` maps each
+/// entry at the next IOVA with the largest page `iommu_pgsize` allows, which for a
+/// run of scattered pages is 4 KiB. Returns the machine, the device and the table.
+fn smmu_scattered_read_target(bytes: u64, fill: u8) -> Option<(System, usize, u64)> {
+    let (mut sys, dev) = large_job_system("smmu")?;
+    let id = sys.vmalloc(bytes).ok()??;
+    let va = sys.kernel.buffers[&id].va;
+    sys.cpu_fill_va(va, bytes, fill).ok()?;
+    let sgt = sys.sg_from_range(va, bytes, u64::from(u32::MAX)).ok()?;
+    (sys.dma_map_sg(dev, sgt, DmaDirection::ToDevice).ok()? > 0).then_some((sys, dev, sgt))
+}
+
+/// The IOMMU read job with the IO pages `iommu_dma_alloc` chooses: a
+/// `dma_alloc_coherent` buffer of `bytes` behind the SMMU (2 MiB blocks where its
+/// pages allow). Returns the machine, the device and the buffer's IOVA.
+fn smmu_coherent_read_target(bytes: u64) -> Option<(System, usize, u64)> {
+    let (mut sys, dev) = large_job_system("smmu")?;
+    let id = sys.dma_alloc_coherent(dev, bytes).ok()??;
+    let addr = sys.kernel.buffers[&id].dma?;
+    Some((sys, dev, addr))
+}
+
+/// The large device jobs against `memcpy` of as many bytes, non-coherent
+/// device, sanitizer on: a device writing 64 MiB of new data into a CMA buffer (no
+/// IOMMU), once as a script's `dev_write(dev, addr, blob)` does it (Rhai copies the
+/// blob into the call) and once as `blob.dev_write(dev, addr)` does (the blob lent
+/// to the transfer); and a device reading 64 MiB through the SMMU, from a scattered
+/// buffer mapped with `dma_map_sg` (4 KiB IO pages, the row) and from a
+/// `dma_alloc_coherent` buffer (2 MiB IO pages). A round whose transfer fails
+/// drops its figure.
 fn large_device_jobs(clock: Clock, scale: u64) -> Vec<Figure> {
     let mut out = Vec::new();
     let bytes = (64u64 << 20) / scale;
@@ -418,59 +471,77 @@ fn large_device_jobs(clock: Clock, scale: u64) -> Vec<Figure> {
         dst.copy_from_slice(black_box(&src));
         black_box(&dst);
     };
-    for iommu in ["none", "smmu"] {
-        let Ok(mut p) = PlatformConfig::preset("arm64-noncoherent") else {
-            continue;
-        };
-        p.noise = NoiseConfig::OFF;
-        p.cma = 256 << 20;
-        p.iommu = iommu.into();
-        let Ok(mut sys) = System::boot(p, RunOptions::default()) else {
-            continue;
-        };
-        let dev = sys.add_device(Device::new("bench2", false, 1_000_000, 0));
-        let Some(addr) = sys
-            .dma_alloc_coherent(dev, bytes)
-            .ok()
-            .flatten()
-            .and_then(|id| sys.kernel.buffers[&id].dma)
-        else {
-            continue;
-        };
-        if iommu == "none" {
-            let payloads = [vec![0x11u8; bytes as usize], vec![0x22u8; bytes as usize]];
+    if let Some((mut sys, dev, addr)) = write_job_target(bytes) {
+        // Each write brings bytes other than the buffer holds (alternating payloads).
+        let mut payloads = [vec![0x11u8; bytes as usize], vec![0x22u8; bytes as usize]];
+        for lent in [false, true] {
             let mut k = 0;
+            let mut ok = true;
             let t = alternate(
                 clock,
                 ROUNDS,
                 || {
                     k ^= 1;
-                    let data = black_box(&payloads[k]).clone();
-                    if let Ok(j) = sys.dev_start(dev, addr, bytes, Some(data)) {
-                        let _ = black_box(sys.wait(j));
-                    }
+                    ok &= if lent {
+                        sys.dev_write_lent(dev, addr, black_box(&mut payloads[k]))
+                            .is_ok()
+                    } else {
+                        let data = black_box(&payloads[k]).clone();
+                        sys.dev_start(dev, addr, bytes, Some(data))
+                            .and_then(|j| sys.wait(j))
+                            .is_ok()
+                    };
                 },
                 &mut memcpy,
             );
+            let name = if lent {
+                "device DMA write 64 MiB of new data, blob lent (blob.dev_write(dev, addr))"
+            } else {
+                "device DMA write 64 MiB of new data, blob copied (dev_write(dev, addr, blob))"
+            };
+            if ok {
+                out.push(figure(name, "GB/s", gb, t));
+            }
+        }
+    }
+    if let Some((mut sys, dev, sgt)) = smmu_scattered_read_target(bytes, 0x5a) {
+        let mut ok = true;
+        let t = alternate(
+            clock,
+            ROUNDS,
+            || {
+                let got = sys.dev_sg(dev, sgt, bytes, None);
+                ok &= matches!(&got, Ok(Some(b)) if b.len() as u64 == bytes);
+                black_box(got).ok();
+            },
+            &mut memcpy,
+        );
+        if ok {
             out.push(figure(
-                "device DMA write 64 MiB of new data, non-coherent, sanitizer on",
+                "device DMA read 64 MiB through the SMMU, 4 KiB IO pages (vmalloc + dma_map_sg)",
                 "GB/s",
                 gb,
                 t,
             ));
-        } else {
-            let t = alternate(
-                clock,
-                ROUNDS,
-                || {
-                    if let Ok(j) = sys.dev_start(dev, addr, bytes, None) {
-                        let _ = black_box(sys.wait(j));
-                    }
-                },
-                &mut memcpy,
-            );
+        }
+    }
+    if let Some((mut sys, dev, addr)) = smmu_coherent_read_target(bytes) {
+        let mut ok = true;
+        let t = alternate(
+            clock,
+            ROUNDS,
+            || {
+                let got = sys
+                    .dev_start(dev, addr, bytes, None)
+                    .and_then(|j| sys.wait(j));
+                ok &= matches!(&got, Ok(Some(b)) if b.len() as u64 == bytes);
+                black_box(got).ok();
+            },
+            &mut memcpy,
+        );
+        if ok {
             out.push(figure(
-                "device DMA read 64 MiB through the SMMU, non-coherent, sanitizer on",
+                "device DMA read 64 MiB through the SMMU, 2 MiB IO pages (dma_alloc_coherent)",
                 "GB/s",
                 gb,
                 t,
@@ -624,7 +695,7 @@ mod tests {
     #[test]
     fn every_figure_is_measured_and_positive() {
         let r = run(64);
-        assert_eq!(r.figures.len(), 8);
+        assert_eq!(r.figures.len(), 10, "{:?}", r.figures);
         for f in &r.figures {
             assert!(f.model.is_finite() && f.model > 0.0, "{f:?}");
             assert!(f.host.is_finite() && f.host > 0.0, "{f:?}");
@@ -682,5 +753,90 @@ mod tests {
             }
             assert!((f.model - f.model_median).abs() < 1e-9, "{f:?}");
         }
+    }
+
+    #[test]
+    fn the_4k_smmu_read_job_maps_scattered_pages_with_4k_io_pages() {
+        // iommu_dma_map_sg maps each entry with the largest page iommu_pgsize
+        // allows (drivers/iommu/dma-iommu.c, drivers/iommu/iommu.c): a vmalloc
+        // buffer's scattered pages get 4 KiB IO pages, every one of which the
+        // device's read walks for (a measurement of 2 MiB blocks would fail here).
+        let bytes = 1u64 << 20;
+        let (mut sys, dev, sgt) = smmu_scattered_read_target(bytes, 0x5a).expect("target");
+        let t = sys.sg(sgt).expect("table").clone();
+        assert!(
+            t.entries.len() > 16,
+            "scattered pages: {} runs",
+            t.entries.len()
+        );
+        assert_eq!(
+            t.mapped, 1,
+            "dma_set_max_seg_size(UINT_MAX): one DMA segment"
+        );
+        let iova = t.entries[0].dma_address;
+        assert_eq!(t.entries[0].dma_len, bytes);
+        let misses = sys.hw.iommu.stats.iotlb_misses;
+        let got = sys
+            .dev_sg(dev, sgt, bytes, None)
+            .expect("read")
+            .expect("bytes");
+        assert_eq!(
+            got,
+            vec![0x5a; bytes as usize],
+            "the device read the buffer"
+        );
+        assert!(
+            sys.hw.iommu.stats.iotlb_misses - misses >= bytes / 4096,
+            "one walk per 4 KiB IO page"
+        );
+        for page in 0..bytes / 4096 {
+            let tr = sys.hw.iommu_translate(dev, iova + page * 4096, false);
+            assert_eq!(tr.map(|t| t.span), Ok(4096), "IO page {page}");
+        }
+        assert!(
+            sys.check.findings().is_empty(),
+            "{:?}",
+            sys.check.findings()
+        );
+    }
+
+    #[test]
+    fn the_coherent_smmu_read_job_gets_2m_io_pages() {
+        // The second SMMU row: iommu_dma_alloc's pages allow 2 MiB blocks.
+        let bytes = 4u64 << 20;
+        let (mut sys, dev, iova) = smmu_coherent_read_target(bytes).expect("target");
+        let tr = sys.hw.iommu_translate(dev, iova, false).expect("mapped");
+        assert_eq!(tr.span, 2 << 20);
+        let j = sys.dev_start(dev, iova, bytes, None).expect("start");
+        assert_eq!(
+            sys.wait(j).expect("wait").map(|b| b.len() as u64),
+            Some(bytes)
+        );
+    }
+
+    #[test]
+    fn the_write_jobs_write_the_payload_both_ways() {
+        // The two write rows measure the same write: a copied payload and a lent
+        // one leave the same bytes in the buffer and the lent blob intact.
+        let bytes = 1u64 << 20;
+        let (mut sys, dev, addr) = write_job_target(bytes).expect("target");
+        let pa = sys.kernel.devices[dev].dma_to_phys(addr);
+        let mut payload = vec![0x11u8; bytes as usize];
+        sys.dev_write_lent(dev, addr, &mut payload).expect("lent");
+        assert_eq!(payload, vec![0x11u8; bytes as usize]);
+        let mut got = vec![0u8; bytes as usize];
+        sys.hw.peek(pa, &mut got);
+        assert_eq!(got, payload);
+        let j = sys
+            .dev_start(dev, addr, bytes, Some(vec![0x22; bytes as usize]))
+            .expect("start");
+        assert_eq!(sys.wait(j).expect("wait"), None);
+        sys.hw.peek(pa, &mut got);
+        assert_eq!(got, vec![0x22u8; bytes as usize]);
+        assert!(
+            sys.check.findings().is_empty(),
+            "{:?}",
+            sys.check.findings()
+        );
     }
 }

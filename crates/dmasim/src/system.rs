@@ -752,18 +752,31 @@ impl System {
         data: Option<Vec<u8>>,
         start_ps: u64,
     ) -> Result<u64> {
-        let d = self
-            .kernel
-            .devices
-            .get(dev)
-            .ok_or_else(|| SimError::Invalid(format!("no device #{dev}")))?;
+        self.start_job(dev, addr, len, data, start_ps)
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`System::dev_start_at`], giving the payload back when the job cannot start.
+    fn start_job(
+        &mut self,
+        dev: usize,
+        addr: u64,
+        len: u64,
+        data: Option<Vec<u8>>,
+        start_ps: u64,
+    ) -> std::result::Result<u64, (SimError, Option<Vec<u8>>)> {
+        let Some(d) = self.kernel.devices.get(dev) else {
+            return Err((SimError::Invalid(format!("no device #{dev}")), data));
+        };
         if !d.bound {
-            return Err(SimError::Invalid(format!("device {} was removed", d.name)));
+            let e = SimError::Invalid(format!("device {} was removed", d.name));
+            return Err((e, data));
         }
         if self.jobs.len() >= MAX_JOBS_IN_FLIGHT {
-            return Err(SimError::Invalid(format!(
+            let e = SimError::Invalid(format!(
                 "more than {MAX_JOBS_IN_FLIGHT} DMA transfers in flight: wait() for them"
-            )));
+            ));
+            return Err((e, data));
         }
         let ps_per_kib = 1024 * 1_000_000 / d.bandwidth.max(1);
         let latency_ps = d.latency_ns * 1000;
@@ -854,14 +867,70 @@ impl System {
     /// # Errors
     /// [`SimError::Invalid`] for an unknown job.
     pub fn wait(&mut self, job: u64) -> Result<Option<Vec<u8>>> {
-        self.check_limits()?;
+        let j = self.wait_job(job).map_err(|(e, _)| e)?;
+        Ok((!j.write && !j.bus_error).then_some(j.data))
+    }
+
+    /// A device writes `data` at bus address `addr` and the CPU waits for it, as
+    /// [`System::dev_start`] and [`System::wait`] do, with the bytes lent to the
+    /// transfer instead of copied into it: `data` holds the same bytes again when
+    /// this returns, error or not. A write never changes its payload, so the
+    /// simulated result is the one of `dev_start(.., Some(data.clone()))` + `wait`
+    /// (`system::tests::a_lent_write_matches_a_copied_one`).
+    ///
+    /// # Errors
+    /// As [`System::dev_start`] and [`System::wait`].
+    pub fn dev_write_lent(&mut self, dev: usize, addr: u64, data: &mut Vec<u8>) -> Result<()> {
+        let len = data.len() as u64;
+        if len > MAX_ACCESS {
+            return Err(SimError::Invalid(format!(
+                "a single transfer is limited to {}",
+                human_size(MAX_ACCESS)
+            )));
+        }
+        self.step();
+        let now = self.hw.now_ps();
+        let job = match self.start_job(dev, addr, len, Some(std::mem::take(data)), now) {
+            Ok(job) => job,
+            Err((e, back)) => {
+                *data = back.unwrap_or_default();
+                return Err(e);
+            }
+        };
+        match self.wait_job(job) {
+            Ok(j) => {
+                *data = j.data;
+                Ok(())
+            }
+            Err((e, Some(j))) => {
+                *data = j.data;
+                Err(e)
+            }
+            Err((e, None)) => {
+                // The job stays queued (the end of the run still moves its bytes):
+                // the caller gets a copy of them back.
+                if let Some(j) = self.jobs.get(&job) {
+                    data.clone_from(&j.data);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for a job (as [`System::wait`]) and removes it. On an error, the job
+    /// when it was already removed (a limit hit as it ended).
+    fn wait_job(&mut self, job: u64) -> std::result::Result<Job, (SimError, Option<Job>)> {
+        self.check_limits().map_err(|e| (e, None))?;
         let mut end = self
             .jobs
             .get(&job)
-            .ok_or_else(|| SimError::Invalid(format!("no DMA job #{job} (already waited for?)")))?
+            .ok_or_else(|| {
+                let e = SimError::Invalid(format!("no DMA job #{job} (already waited for?)"));
+                (e, None)
+            })?
             .end_ps();
         loop {
-            self.refuse_past_limit(end)?;
+            self.refuse_past_limit(end).map_err(|e| (e, None))?;
             self.idle_until(end);
             // IOTLB misses may have pushed the end back.
             let later = self.jobs[&job].end_ps();
@@ -871,8 +940,10 @@ impl System {
             end = later;
         }
         let j = self.jobs.remove(&job).expect("job checked above");
-        self.check_limits()?;
-        Ok((!j.write && !j.bus_error).then_some(j.data))
+        match self.check_limits() {
+            Ok(()) => Ok(j),
+            Err(e) => Err((e, Some(j))),
+        }
     }
 
     /// The IOMMU faults recorded for device `dev`'s stream, oldest first: what
@@ -1226,6 +1297,7 @@ impl System {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::dma::DmaDirection;
 
     /// Boots the noisy default machine and allocates a watched 16 KiB buffer (a
     /// mapping makes the oracle hold its pages, so the sanitizer sees the stores).
@@ -1274,5 +1346,79 @@ mod tests {
             sys.cpu_fill_va(0x10, 64, 0),
             Err(SimError::PagingRequest(_))
         ));
+    }
+
+    /// A device, a `DMA_TO_DEVICE` streaming mapping of a kmalloc buffer and a
+    /// `dma_alloc_coherent` buffer on the noisy default machine: a device write into
+    /// the first is a finding (dir-violation), into the second a plain write.
+    fn machine_with_device() -> (System, usize, u64, u64) {
+        let (mut sys, va) = machine_with_buffer();
+        let dev = sys.add_device(Device::new("w", false, 1_000_000, 0));
+        let streaming = sys
+            .dma_map_single(dev, va, 16 << 10, DmaDirection::ToDevice)
+            .expect("map");
+        let coherent = sys
+            .dma_alloc_coherent(dev, 64 << 10)
+            .expect("alloc")
+            .and_then(|id| sys.kernel.buffers[&id].dma)
+            .expect("memory");
+        (sys, dev, streaming, coherent)
+    }
+
+    #[test]
+    fn a_lent_write_matches_a_copied_one() {
+        // `data.dev_write(dev, addr)` lends the blob to the transfer instead of
+        // copying it (`dev_write_lent`); the simulated result must be the one of the
+        // copying form: memory, counters, time, findings, the random stream.
+        let (mut a, dev, streaming, coherent) = machine_with_device();
+        let (mut b, ..) = machine_with_device();
+        let payload: Vec<u8> = (0..(40u32 << 10)).map(|i| (i * 7 + 3) as u8).collect();
+        for (addr, len) in [(coherent + 100, 40 << 10), (streaming + 8, 5000)] {
+            let mut lent = payload[..len].to_vec();
+            a.dev_write_lent(dev, addr, &mut lent).expect("lent write");
+            assert_eq!(lent, payload[..len], "the blob is given back unchanged");
+            let j = b
+                .dev_start(dev, addr, len as u64, Some(payload[..len].to_vec()))
+                .expect("start");
+            assert_eq!(b.wait(j).expect("wait"), None);
+        }
+        assert_eq!(a.hw.now_ps(), b.hw.now_ps());
+        assert_eq!(a.hw.stats, b.hw.stats);
+        assert_eq!(a.hw.caches.stats, b.hw.caches.stats);
+        assert_eq!(a.check.findings(), b.check.findings());
+        assert!(
+            a.check.findings().iter().any(|f| f.id == "dir-violation"),
+            "the write into the TO_DEVICE mapping is seen: {:?}",
+            a.check.findings()
+        );
+        for addr in [coherent, streaming] {
+            let pa = a.kernel.devices[dev].dma_to_phys(addr);
+            let (mut ga, mut gb) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+            a.hw.peek(pa, &mut ga[..16 << 10]);
+            b.hw.peek(pa, &mut gb[..16 << 10]);
+            assert_eq!(ga, gb);
+        }
+        let pa = a.kernel.devices[dev].dma_to_phys(coherent + 100);
+        let mut got = vec![0u8; 40 << 10];
+        a.hw.peek(pa, &mut got);
+        assert_eq!(got, payload, "the device's bytes reached memory");
+        assert_eq!(a.hw.rng.next_u64(), b.hw.rng.next_u64());
+    }
+
+    #[test]
+    fn a_lent_write_that_cannot_start_gives_the_blob_back() {
+        let (mut sys, dev, _, coherent) = machine_with_device();
+        let mut data = vec![9u8; 4096];
+        assert!(matches!(
+            sys.dev_write_lent(dev + 7, coherent, &mut data),
+            Err(SimError::Invalid(_))
+        ));
+        assert_eq!(data, vec![9u8; 4096]);
+        sys.remove_device(dev).expect("remove");
+        assert!(matches!(
+            sys.dev_write_lent(dev, coherent, &mut data),
+            Err(SimError::Invalid(_))
+        ));
+        assert_eq!(data, vec![9u8; 4096]);
     }
 }

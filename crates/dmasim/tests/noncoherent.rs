@@ -181,3 +181,52 @@ fn frees_are_checked_as_dma_debug_checks_unmaps() {
     assert!(j["error"].is_null(), "{}", j["error"]);
     assert_eq!(ids(&j), Vec::<String>::new());
 }
+
+#[test]
+fn a_lent_dev_write_reports_what_the_copying_form_reports() {
+    // `blob.dev_write(dev, addr)` (the blob lent, not copied) against the
+    // kernel-named `dev_write(dev, addr, blob)`: same report byte for byte, noise
+    // on, two seeds — a correct write, a write into a DMA_TO_DEVICE mapping
+    // (dir-violation), a write at an address no mapping covers — and the blob is
+    // the script's again afterwards.
+    let body = |call: &str| {
+        format!(
+            r#"boot("arm64-noncoherent");
+let dev = device("nic0");
+let rx = kmalloc(65536);
+let rx_dma = dma_map_single(dev, rx, DMA_FROM_DEVICE);
+let tx = kmalloc(8192);
+let tx_dma = dma_map_single(dev, tx, DMA_TO_DEVICE);
+let data = pattern("inc", 65536);
+let small = blob(4096, 7);
+{}
+dma_sync_single_for_cpu(dev, rx_dma, 65536, DMA_FROM_DEVICE);
+expect_eq(cpu_read(rx, 0, 64), pattern("inc", 64), "the CPU sees the device's bytes");
+expect_eq(data, pattern("inc", 65536), "the blob is unchanged");
+expect_eq(small, blob(4096, 7), "the blob is unchanged");
+"#,
+            call
+        )
+    };
+    let copied = body(
+        "dev_write(dev, rx_dma, data); dev_write(dev, tx_dma, small); dev_write(dev, tx_dma + 1048576, small);",
+    );
+    let lent = body(
+        "data.dev_write(dev, rx_dma); small.dev_write(dev, tx_dma); dev_write(small, dev, tx_dma + 1048576);",
+    );
+    for seed in [0, 3] {
+        let (a, b) = (run(&copied, seed), run(&lent, seed));
+        assert_eq!(a, b, "seed {seed}");
+        let found = ids(&a);
+        assert!(found.iter().any(|i| i == "dir-violation"), "{found:?}");
+        assert!(
+            found.iter().any(|i| i == "dma-outside-mapping"),
+            "{found:?}"
+        );
+        assert_eq!(a["expectations"]["failed"], 0, "{a}");
+        assert_eq!(
+            a["expectations"]["passed"], 3,
+            "the script ran to its end: {a}"
+        );
+    }
+}

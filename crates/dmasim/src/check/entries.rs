@@ -193,9 +193,13 @@ impl<E: Indexed> Entries<E> {
             return Some(last);
         }
         let from = addr.saturating_sub(self.max_size - 1);
+        // From the lower bound on, stopping past `addr` (one descent of the tree
+        // instead of the two a closed range makes).
+        let to = bus_key(dev, addr);
         let found = self
             .by_bus
-            .range((bus_key(dev, from), 0)..=(bus_key(dev, addr), u64::MAX))
+            .range((bus_key(dev, from), 0)..)
+            .take_while(|&&(k, _)| k <= to)
             .map(|&(_, id)| id)
             .find(|id| fits(&self.map[id].0));
         if let Some(id) = found {

@@ -8,7 +8,7 @@
 //! (a live mapping, or the buffer until it is freed) and their DRAM frames carry the
 //! "watched" bit so that unwatched accesses pay one bit test.
 
-use crate::config::PAGE_SIZE;
+use crate::config::{PAGE_SHIFT, PAGE_SIZE};
 use crate::fasthash::PageMap;
 use crate::hw::Machine;
 
@@ -22,10 +22,87 @@ struct Page {
     dram_may_differ: bool,
 }
 
+/// Pages per chunk of [`PageTable`] (2 MiB of physical address space).
+const CHUNK_PAGES: usize = 512;
+
+/// The held pages of one 2 MiB stretch of physical memory, by page index.
+struct Chunk {
+    pages: [Option<Page>; CHUNK_PAGES],
+    held: usize,
+}
+
+/// The oracle's pages by physical address: a map of 2 MiB chunks, each an array of
+/// pages. A device transfer or a CPU stream looks its pages up one after the other;
+/// neighbouring pages share a chunk and sit next to each other in it, where a map
+/// keyed by page put every page's entry at a random place (a cache miss or two per
+/// 4 KiB page on a large transfer, with the transfer's copies evicting the map).
+#[derive(Default)]
+struct PageTable {
+    chunks: PageMap<Box<Chunk>>,
+    len: usize,
+}
+
+impl PageTable {
+    fn split(p: &u64) -> (u64, usize) {
+        (
+            p >> (PAGE_SHIFT + 9),
+            (*p >> PAGE_SHIFT) as usize & (CHUNK_PAGES - 1),
+        )
+    }
+
+    #[inline]
+    fn get(&self, p: &u64) -> Option<&Page> {
+        let (c, i) = Self::split(p);
+        self.chunks.get(&c)?.pages[i].as_ref()
+    }
+
+    #[inline]
+    fn get_mut(&mut self, p: &u64) -> Option<&mut Page> {
+        let (c, i) = Self::split(p);
+        self.chunks.get_mut(&c)?.pages[i].as_mut()
+    }
+
+    fn insert(&mut self, p: u64, page: Page) {
+        let (c, i) = Self::split(&p);
+        let chunk = self.chunks.entry(c).or_insert_with(|| {
+            Box::new(Chunk {
+                pages: std::array::from_fn(|_| None),
+                held: 0,
+            })
+        });
+        if chunk.pages[i].replace(page).is_none() {
+            chunk.held += 1;
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, p: &u64) {
+        let (c, i) = Self::split(p);
+        let Some(chunk) = self.chunks.get_mut(&c) else {
+            return;
+        };
+        if chunk.pages[i].take().is_some() {
+            chunk.held -= 1;
+            self.len -= 1;
+            if chunk.held == 0 {
+                self.chunks.remove(&c);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Shadow memory for watched pages.
 #[derive(Default)]
 pub struct Oracle {
-    pages: PageMap<Page>,
+    pages: PageTable,
 }
 
 fn page_of(pa: u64) -> u64 {
@@ -262,6 +339,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_page_table_holds_what_a_map_of_pages_would() {
+        // PageTable (2 MiB chunks of page slots) against a plain map: random
+        // inserts and removes over 8 MiB with page numbers that share and cross
+        // chunks; every lookup, the count and emptiness agree.
+        let mut t = PageTable::default();
+        let mut m = std::collections::HashMap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for k in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let p = 0x4000_0000 + (x % 2048) * PAGE_SIZE;
+            if x >> 60 < 9 {
+                let pg = Page {
+                    data: Box::new([0u8; PAGE_SIZE as usize]),
+                    refs: k,
+                    dram_may_differ: false,
+                };
+                t.insert(p, pg);
+                m.insert(p, k);
+            } else {
+                t.remove(&p);
+                m.remove(&p);
+            }
+            assert_eq!(t.get(&p).map(|pg| pg.refs), m.get(&p).copied());
+            assert_eq!(t.len(), m.len());
+            assert_eq!(t.is_empty(), m.is_empty());
+        }
+        for i in 0..2048 {
+            let p = 0x4000_0000 + i * PAGE_SIZE;
+            assert_eq!(t.get(&p).map(|pg| pg.refs), m.get(&p).copied());
+            t.remove(&p);
+        }
+        assert!(
+            t.is_empty() && t.chunks.is_empty(),
+            "empty chunks are dropped"
+        );
     }
 
     impl Oracle {

@@ -148,7 +148,6 @@ struct TlbEntry {
     /// Output address of the page or block.
     pa: u64,
     writable: bool,
-    lru: u64,
 }
 
 /// The lookup key of an entry: domain, page size and page number in one word, so a
@@ -165,6 +164,9 @@ fn key(domain: usize, iova: u64, shift: u32) -> u64 {
 
 const INVALID: u64 = u64::MAX;
 
+/// No way (the end of a recency list).
+const NIL: u32 = u32::MAX;
+
 /// The page-size code (0: 4 KiB, 1: 2 MiB, 2: 1 GiB) of a valid key.
 #[inline(always)]
 fn size_code(k: u64) -> usize {
@@ -180,7 +182,15 @@ pub struct Iotlb {
     ways: usize,
     keys: Vec<u64>,
     entries: Vec<TlbEntry>,
-    tick: u64,
+    /// Each set's ways in order of last use (fill or hit), a doubly linked list
+    /// by way index: `newer[i]` / `older[i]` are the neighbours of way `i`, `mru` /
+    /// `lru` the ends of each set's list. A hit or a fill moves its way to the
+    /// front; the victim of a full set is the back: the way whose last use is the
+    /// oldest, found without a scan of the set's ways.
+    newer: Vec<u32>,
+    older: Vec<u32>,
+    mru: Vec<u32>,
+    lru: Vec<u32>,
     last: Option<(u64, usize)>,
     /// Key → way of every valid entry: a lookup is a hash probe per page size
     /// instead of a scan of the set (the hardware compares all ways at once).
@@ -201,7 +211,20 @@ impl Iotlb {
             ways,
             keys: vec![INVALID; sets * ways],
             entries: vec![TlbEntry::default(); sets * ways],
-            tick: 0,
+            newer: (0..sets * ways)
+                .map(|i| if i % ways == 0 { NIL } else { i as u32 - 1 })
+                .collect(),
+            older: (0..sets * ways)
+                .map(|i| {
+                    if i % ways == ways - 1 {
+                        NIL
+                    } else {
+                        i as u32 + 1
+                    }
+                })
+                .collect(),
+            mru: (0..sets).map(|s| (s * ways) as u32).collect(),
+            lru: (0..sets).map(|s| (s * ways + ways - 1) as u32).collect(),
             last: None,
             index: crate::fasthash::PageMap::default(),
             by_size: [0; 3],
@@ -213,11 +236,33 @@ impl Iotlb {
         s * self.ways..(s + 1) * self.ways
     }
 
+    /// Moves way `i` to the front of its set's recency list.
+    #[inline]
+    fn touch(&mut self, i: usize) {
+        let set = i / self.ways;
+        let front = self.mru[set] as usize;
+        if front == i {
+            return;
+        }
+        // Unlink (`i` is not the front, so it has a newer neighbour).
+        let (n, o) = (self.newer[i], self.older[i]);
+        self.older[n as usize] = o;
+        if o == NIL {
+            self.lru[set] = n;
+        } else {
+            self.newer[o as usize] = n;
+        }
+        // Push at the front.
+        self.older[i] = front as u32;
+        self.newer[front] = i as u32;
+        self.newer[i] = NIL;
+        self.mru[set] = i as u32;
+    }
+
     #[inline]
     fn hit(&mut self, i: usize) -> (u64, u32, bool) {
-        self.tick += 1;
-        let e = &mut self.entries[i];
-        e.lru = self.tick;
+        self.touch(i);
+        let e = &self.entries[i];
         (e.pa, e.shift, e.writable)
     }
 
@@ -243,17 +288,11 @@ impl Iotlb {
     }
 
     fn insert(&mut self, domain: usize, iova: u64, shift: u32, pa: u64, writable: bool) {
-        self.tick += 1;
         let r = self.set_of(iova, shift);
         let base = r.start;
-        let w = match self.keys[r.clone()].iter().position(|&x| x == INVALID) {
+        let w = match self.keys[r].iter().position(|&x| x == INVALID) {
             Some(w) => w,
-            None => self.entries[r]
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, e)| e.lru)
-                .map(|(w, _)| w)
-                .expect("a set has ways"),
+            None => self.lru[base / self.ways] as usize - base,
         };
         let old = self.keys[base + w];
         if old != INVALID {
@@ -274,8 +313,8 @@ impl Iotlb {
             shift,
             pa,
             writable,
-            lru: self.tick,
         };
+        self.touch(base + w);
     }
 
     /// Invalidates the entries of `domain` that translate any address of
@@ -677,5 +716,75 @@ mod tests {
         t.insert(0, 9 << 12, 12, 0, true);
         assert!(t.lookup(0, 1 << 12).is_none());
         assert!(t.lookup(0, 0).is_some());
+    }
+
+    #[test]
+    fn the_recency_lists_evict_what_the_oldest_last_use_would() {
+        // The victim of a full set is the way with the oldest last use, as a scan
+        // of per-way use times finds it (the IOTLB's former code, kept here as the
+        // reference): random fills, lookups and range invalidations, in a fully
+        // associative and a set-associative IOTLB.
+        for (entries, ways) in [(64usize, 64usize), (32, 4), (8, 1)] {
+            let mut t = Iotlb::new(entries, ways);
+            let sets = entries / ways;
+            // Reference: per way, key and last-use tick.
+            let mut rkeys = vec![INVALID; entries];
+            let mut rused = vec![0u64; entries];
+            let mut tick = 0u64;
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ entries as u64;
+            for _ in 0..20_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let page = (x >> 8) % 200;
+                let iova = page << 12;
+                let k = key(0, iova, 12);
+                let set = (page as usize % sets) * ways;
+                match x % 10 {
+                    0 => {
+                        let n = t.invalidate_range(0, iova, 3 << 12);
+                        let mut rn = 0;
+                        for p in page..page + 3 {
+                            if let Some(w) = rkeys.iter().position(|&r| r == key(0, p << 12, 12)) {
+                                rkeys[w] = INVALID;
+                                rn += 1;
+                            }
+                        }
+                        assert_eq!(n, rn);
+                    }
+                    1..=5 => {
+                        let hit = t.lookup(0, iova).is_some();
+                        let w = rkeys.iter().position(|&r| r == k);
+                        assert_eq!(hit, w.is_some(), "page {page}");
+                        if let Some(w) = w {
+                            tick += 1;
+                            rused[w] = tick;
+                        }
+                    }
+                    _ => {
+                        if rkeys.contains(&k) {
+                            continue;
+                        }
+                        t.insert(0, iova, 12, iova, true);
+                        tick += 1;
+                        let r = set..set + ways;
+                        let w = match rkeys[r.clone()].iter().position(|&r| r == INVALID) {
+                            Some(w) => set + w,
+                            None => {
+                                set + rused[r]
+                                    .iter()
+                                    .enumerate()
+                                    .min_by_key(|(_, &u)| u)
+                                    .unwrap()
+                                    .0
+                            }
+                        };
+                        rkeys[w] = k;
+                        rused[w] = tick;
+                    }
+                }
+                assert_eq!(t.keys, rkeys);
+            }
+        }
     }
 }

@@ -2105,6 +2105,19 @@ pub(super) fn register(engine: &mut Engine, s: &Shared) {
             })
         },
     );
+    // The same write with the blob first: Rhai passes a method call's object (and a
+    // function call's first argument when it is a plain variable) by reference, so
+    // `data.dev_write(dev, addr)` lends the bytes to the transfer where the form
+    // above gets a copy of them (measurable for payloads of megabytes).
+    let s1 = s.clone();
+    engine.register_fn(
+        "dev_write",
+        move |ctx: NativeCallContext, data: &mut Blob, d: DeviceObj, addr: INT| {
+            with_sys(&s1, &ctx, |sys| {
+                sys.dev_write_lent(d.idx, addr as u64, data)
+            })
+        },
+    );
     let s1 = s.clone();
     engine.register_fn(
         "dev_start_read",

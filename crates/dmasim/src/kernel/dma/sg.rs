@@ -572,7 +572,13 @@ impl System {
                 .map(|d| d[done as usize..(done + m) as usize].to_vec());
             let job = self.dev_start(dev, addr, m, piece)?;
             if let Some(bytes) = self.wait(job)? {
-                out.extend_from_slice(&bytes);
+                if out.is_empty() {
+                    // The first segment's bytes become the result (no copy: a table
+                    // mapped as one DMA segment reads straight into it).
+                    out = bytes;
+                } else {
+                    out.extend_from_slice(&bytes);
+                }
             }
             done += m;
         }
