@@ -1,6 +1,10 @@
 //! Hot-path benchmarks of the model, each beside a host baseline measured in the same
 //! run. `cargo bench -p dmasim --bench hw`; BENCHMARKS.md records the figures.
 
+// criterion's API, the part these benches use (`common/criterion.rs`).
+#[path = "common/criterion.rs"]
+mod criterion;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use dmasim::check::MapKind;
 use dmasim::config::{NoiseConfig, PlatformConfig};

@@ -6,6 +6,10 @@
 //!
 //! `cargo bench -p dmasim --bench scaling`; `SCALING_QUICK=1` stops at 10k.
 
+// criterion's API, the part these benches use (`common/criterion.rs`).
+#[path = "common/criterion.rs"]
+mod criterion;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dmasim::bench::{scaling_script, SCALING_PATHS};
 use dmasim::script::{run_source, ScriptOptions};

@@ -8,8 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use thiserror::Error;
-
 use crate::check::{Ctx, DeviceAccess, Sanitizer, UserHit};
 use crate::config::{PlatformConfig, PAGE_SIZE};
 use crate::hw::mmu::{Block, MemType};
@@ -49,32 +47,48 @@ pub const MAX_SIM_TIME_NS: u64 = 100 * 86_400 * 1_000_000_000;
 const MAX_NOISE_POINTS_PER_WAIT: u64 = 256;
 
 /// Failures of the simulation itself (exit 2), as opposed to kernel-level results.
-#[derive(Debug, Error, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SimError {
     /// The run touched more DRAM frames than the cap allows.
-    #[error("memory limit: the run needed more than {cap} of simulated DRAM with data (raise it with --max-memory)")]
     MemoryCap {
         /// The cap, formatted.
         cap: String,
     },
     /// The run's simulated time passed its bound.
-    #[error(
-        "time limit: the run would pass {limit} of simulated time (raise it with --max-sim-time)"
-    )]
     SimTimeLimit {
         /// The bound, formatted.
         limit: String,
     },
     /// A CPU access to an address with no mapping: a kernel oops in Linux.
-    #[error("Unable to handle kernel paging request at virtual address {0:#018x}")]
     PagingRequest(u64),
     /// An argument no kernel function could accept (Linux would BUG or not compile).
-    #[error("{0}")]
     Invalid(String),
     /// A bad platform configuration.
-    #[error("platform: {0}")]
     Config(String),
 }
+
+impl std::fmt::Display for SimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SimError::MemoryCap { cap } => write!(
+                f,
+                "memory limit: the run needed more than {cap} of simulated DRAM with data (raise it with --max-memory)"
+            ),
+            SimError::SimTimeLimit { limit } => write!(
+                f,
+                "time limit: the run would pass {limit} of simulated time (raise it with --max-sim-time)"
+            ),
+            SimError::PagingRequest(va) => write!(
+                f,
+                "Unable to handle kernel paging request at virtual address {va:#018x}"
+            ),
+            SimError::Invalid(s) => write!(f, "{s}"),
+            SimError::Config(s) => write!(f, "platform: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for SimError {}
 
 impl SimError {
     /// A limit of the simulator (host memory, simulated time) rather than a bad

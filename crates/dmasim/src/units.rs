@@ -4,24 +4,37 @@
 //! `ns`, `us`/`µs`, `ms` and `s`. Parsing never panics: a bad string or an overflow is
 //! an [`UnitError`].
 
-use thiserror::Error;
-
 /// Why a size or duration string could not be read.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnitError {
     /// The text is not a number with an optional unit.
-    #[error("cannot read {0:?} as a size (examples: 4096, \"4 KiB\", \"2MiB\", \"1 GiB\")")]
     BadSize(String),
     /// The text is not a number with a time unit.
-    #[error("cannot read {0:?} as a duration (examples: \"10 us\", \"2 ms\", \"500 ns\")")]
     BadDuration(String),
     /// The value does not fit in 64 bits.
-    #[error("{0:?} is too large")]
     Overflow(String),
     /// A negative number where a size is needed.
-    #[error("a size cannot be negative: {0}")]
     Negative(i64),
 }
+
+impl std::fmt::Display for UnitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnitError::BadSize(s) => write!(
+                f,
+                "cannot read {s:?} as a size (examples: 4096, \"4 KiB\", \"2MiB\", \"1 GiB\")"
+            ),
+            UnitError::BadDuration(s) => write!(
+                f,
+                "cannot read {s:?} as a duration (examples: \"10 us\", \"2 ms\", \"500 ns\")"
+            ),
+            UnitError::Overflow(s) => write!(f, "{s:?} is too large"),
+            UnitError::Negative(n) => write!(f, "a size cannot be negative: {n}"),
+        }
+    }
+}
+
+impl std::error::Error for UnitError {}
 
 /// Parses a size: a plain number of bytes or a number with a binary unit.
 ///
