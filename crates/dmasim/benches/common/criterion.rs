@@ -70,6 +70,8 @@ impl Criterion {
     /// A group of benches sharing a sample size and throughput.
     pub fn benchmark_group(&mut self, name: impl Into<String>) -> BenchmarkGroup<'_> {
         BenchmarkGroup {
+            warm_up: self.warm_up,
+            measurement: self.measurement,
             c: self,
             name: name.into(),
             samples: 100,
@@ -82,6 +84,8 @@ impl Criterion {
 pub struct BenchmarkGroup<'a> {
     c: &'a Criterion,
     name: String,
+    warm_up: Duration,
+    measurement: Duration,
     samples: usize,
     throughput: Option<Throughput>,
 }
@@ -90,6 +94,18 @@ impl BenchmarkGroup<'_> {
     /// Samples per bench (each a batch of iterations).
     pub fn sample_size(&mut self, n: usize) -> &mut Self {
         self.samples = n.max(2);
+        self
+    }
+
+    /// Warm-up time of each bench of the group.
+    pub fn warm_up_time(&mut self, d: Duration) -> &mut Self {
+        self.warm_up = d;
+        self
+    }
+
+    /// Measurement time of each bench of the group.
+    pub fn measurement_time(&mut self, d: Duration) -> &mut Self {
+        self.measurement = d;
         self
     }
 
@@ -106,8 +122,8 @@ impl BenchmarkGroup<'_> {
             return self;
         }
         let mut b = Bencher {
-            warm_up: self.c.warm_up,
-            measurement: self.c.measurement,
+            warm_up: self.warm_up,
+            measurement: self.measurement,
             samples: self.samples,
             per_iter: Vec::new(),
         };
