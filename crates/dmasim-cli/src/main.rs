@@ -485,6 +485,9 @@ fn keep_large_buffers_in_the_heap() {
 fn main() -> ExitCode {
     keep_large_buffers_in_the_heap();
     let result = try_main();
+    // The process ends here: the kernel frees the heap at once, so the script
+    // engine's thousands of records need not be freed one by one.
+    script::forget_thread_engine();
     if let Some(e) = WRITE_ERROR.lock().ok().and_then(|mut w| w.take()) {
         eprintln!("dmasim: cannot write to standard output: {e}");
         return ExitCode::from(2);

@@ -698,3 +698,20 @@ fn explain_prints_a_findings_page_and_reports_point_to_it() {
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("For more about a finding, try `dmasim explain stale-cpu-read`."));
 }
+
+/// The binary is linked position-dependent on Linux with the GNU toolchain
+/// (`build.rs`: `-no-pie`), so the dynamic loader has no pointers to relocate at
+/// start-up: the ELF header's `e_type` is `ET_EXEC` (2), not `ET_DYN` (3) as a
+/// position-independent executable's is (elf(5)).
+#[test]
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+fn the_binary_is_linked_position_dependent_so_start_up_relocates_nothing() {
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_dmasim")).expect("the binary is readable");
+    assert_eq!(&bin[..4], b"\x7fELF");
+    let e_type = u16::from_le_bytes([bin[16], bin[17]]);
+    assert_eq!(e_type, 2, "ET_EXEC expected, got e_type {e_type}");
+}

@@ -393,6 +393,18 @@ fn run_ast(
     })
 }
 
+/// Lets this thread's cached engine (and its last script) go without freeing them,
+/// for a process about to exit: freeing an engine's thousands of function records
+/// one by one costs more CPU than a short run, and the kernel takes the whole heap
+/// back at exit anyway. The next run on this thread builds a new engine.
+pub fn forget_thread_engine() {
+    if let Ok(Some(cached)) =
+        ENGINE.try_with(|c| c.try_borrow_mut().map(|mut c| c.take()).ok().flatten())
+    {
+        std::mem::forget(cached);
+    }
+}
+
 /// A thread's engine, bound to its session slot, the same engine keeping Rhai's
 /// call stack once a run has needed it, and the last script compiled.
 struct CachedEngine {
@@ -566,4 +578,41 @@ pub fn boot_system(preset: &str, opts: &ScriptOptions) -> Result<System, String>
         .map_err(|e| describe_error("boot", &e, 0, None))?;
     let sys = session.borrow_mut().sys.take();
     sys.ok_or_else(|| "boot: the platform did not boot".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has_engine() -> bool {
+        ENGINE.with(|c| c.borrow().is_some())
+    }
+
+    /// `forget_thread_engine` (what `dmasim` calls before it exits) empties the
+    /// thread's engine slot, and the next run builds a new engine and gives the
+    /// same report as a run on the kept one.
+    #[test]
+    fn a_forgotten_engine_is_rebuilt_and_the_report_is_the_same() {
+        let src = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scenarios/rx-sync.rhai"
+        ))
+        .expect("scenario");
+        let opts = ScriptOptions {
+            seed: 3,
+            ..ScriptOptions::default()
+        };
+        let first = run_source("rx-sync.rhai", &src, &opts).to_json();
+        assert!(has_engine(), "a run keeps its engine for the next one");
+        let kept = run_source("rx-sync.rhai", &src, &opts).to_json();
+        forget_thread_engine();
+        assert!(
+            !has_engine(),
+            "the slot is empty after forget_thread_engine"
+        );
+        let rebuilt = run_source("rx-sync.rhai", &src, &opts).to_json();
+        assert!(has_engine());
+        assert_eq!(first, kept);
+        assert_eq!(first, rebuilt);
+    }
 }
