@@ -352,7 +352,7 @@ fn bench_reports_each_figure_beside_the_host() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["schema"], "dmasim.bench/v1");
     let figs = v["figures"].as_array().unwrap();
-    assert_eq!(figs.len(), 8);
+    assert_eq!(figs.len(), 10);
     assert!(["thread-cpu", "wall"].contains(&v["clock"].as_str().unwrap()));
     assert!(figs
         .iter()
@@ -369,13 +369,16 @@ fn bench_reports_each_figure_beside_the_host() {
         assert_eq!(figs[i]["peer"]["name"], "tag-only LRU model", "{}", figs[i]);
         assert!(figs[i]["peer"]["ratio_median"].as_f64().unwrap() > 0.0);
     }
-    assert!([3, 4, 6, 7].iter().all(|&i| figs[i]["peer"].is_null()));
-    // The 64 MiB device jobs, beside memcpy of as many bytes.
-    assert!(figs[6]["name"].as_str().unwrap().contains("write 64 MiB"));
-    assert!(figs[7]["name"]
-        .as_str()
-        .unwrap()
-        .contains("read 64 MiB through the SMMU"));
+    assert!([3, 4, 6, 7, 8, 9]
+        .iter()
+        .all(|&i| figs[i]["peer"].is_null()));
+    // The 64 MiB device jobs, beside memcpy of as many bytes: the write with
+    // the blob copied and lent, the SMMU read with 4 KiB and 2 MiB IO pages.
+    let name = |i: usize| figs[i]["name"].as_str().unwrap().to_string();
+    assert!(name(6).contains("write 64 MiB") && name(6).contains("blob copied"));
+    assert!(name(7).contains("write 64 MiB") && name(7).contains("blob lent"));
+    assert!(name(8).contains("read 64 MiB through the SMMU, 4 KiB IO pages"));
+    assert!(name(9).contains("read 64 MiB through the SMMU, 2 MiB IO pages"));
     let text = dmasim(&["bench", "--quick", "64"]);
     assert_eq!(
         String::from_utf8_lossy(&text.stdout)
