@@ -414,6 +414,17 @@ impl IovaDomain {
         Ok(())
     }
 
+    /// Does a per-CPU magazine or the depot hold `pfn` (a range given back and
+    /// not handed out again). A scan of every cached frame: only a misuse asks.
+    pub fn is_cached(&self, pfn: u64) -> bool {
+        self.rcaches.iter().any(|rc| {
+            rc.cpus
+                .iter()
+                .any(|c| c.loaded.contains(&pfn) || c.prev.contains(&pfn))
+                || rc.depot.iter().any(|m| m.contains(&pfn))
+        })
+    }
+
     /// Is `pfn` inside an allocated range (cached ones included).
     pub fn contains(&self, pfn: u64) -> bool {
         self.ranges
