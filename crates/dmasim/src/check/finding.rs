@@ -306,6 +306,11 @@ pub const FINDING_IDS: &[(&str, Severity, &str)] = &[
         "no IOVA space was left below the device's limit",
     ),
     (
+        "allocator-corrupted",
+        Severity::Error,
+        "an unmap with another address, size or device than its map (or a second unmap) left the IOVA allocator or the swiotlb pool inconsistent, as Linux's would be",
+    ),
+    (
         "user-dma-without-iommu",
         Severity::Error,
         "a device a process controls without an IOMMU reached memory outside that process",

@@ -337,11 +337,49 @@ impl System {
 
     /// `swiotlb_tbl_unmap_single()` with `DMA_ATTR_SKIP_CPU_SYNC` (dma-direct copied
     /// already): gives the slots back.
+    ///
+    /// Linux releases the slots the address and the device's `min_align_mask`
+    /// designate without checking that they are in use
+    /// (kernel/dma/swiotlb.c: swiotlb_release_slots): after a double unmap, or an
+    /// unmap with another device, the pool counts fewer slots than are taken and
+    /// may hand a live mapping's slots out again. The model does the same, reports
+    /// `allocator-corrupted` once, and marks the pool so that the invariant check
+    /// of tests no longer judges its books.
     pub(crate) fn swiotlb_release(&mut self, dev: usize, pa: u64) {
         let min_align = self.kernel.devices[dev].min_align_mask;
-        if let Some(pool) = self.kernel.swiotlb.as_mut().filter(|p| p.contains(pa)) {
-            pool.release(min_align, pa);
+        let Some(pool) = self.kernel.swiotlb.as_mut().filter(|p| p.contains(pa)) else {
+            return;
+        };
+        let problem = pool.release_problem(min_align, pa);
+        let slots = pool.release(min_align, pa);
+        let Some(problem) = problem else {
+            return;
+        };
+        if std::mem::replace(&mut pool.corrupted, true) {
+            return;
         }
+        let used = pool.used as i64;
+        let name = self.kernel.devices[dev].name.clone();
+        let ctx = self.ctx();
+        let history = vec![HistoryEvent {
+            time_ns: ctx.time_ns,
+            line: ctx.line,
+            event: format!(
+                "{name}: unmap of the bounce buffer at phys {pa:#x} released {slots} slot(s)"
+            )
+            .into(),
+        }];
+        self.check.report_plain(
+            "allocator-corrupted",
+            None,
+            Some(&name),
+            Some(pa),
+            None,
+            ctx,
+            format!("swiotlb pool is now inconsistent: {problem}; it now counts {used} slot(s) in use, fewer than are taken, and a later mapping can get slots a live mapping still uses [phys={pa:#x}]"),
+            "unmap each bounced mapping once, with the device and address of its map call: swiotlb frees the slots the unmap designates without checking them (kernel/dma/swiotlb.c: swiotlb_release_slots)".into(),
+            history,
+        );
     }
 
     fn swiotlb_full_finding(
@@ -368,7 +406,7 @@ impl System {
             (
                 format!(
                     "swiotlb buffer is full (sz: {sz} bytes), total {total} (slots), used {used} (slots): {} of {} bounce memory is held by live mappings [phys={pa:#x}]",
-                    human_size(used * 2048),
+                    human_size(used.wrapping_mul(2048)),
                     human_size(total * 2048)
                 ),
                 "unmap bounced buffers as soon as each transfer completes, check every map with dma_mapping_error() and retry later; raise the pool with boot(..., #{ swiotlb: \"128 MiB\" }) (swiotlb= on the kernel command line); or stop bouncing: dma_set_mask(dev, 64) if the hardware can, GFP_DMA32 buffers, or an IOMMU".to_string(),

@@ -265,20 +265,95 @@ impl System {
                 format!("WARNING: dma-iommu: unmapped {unmapped:#x} of {len:#x} bytes at IOVA {iova:#x}"),
             );
         }
-        if unmapped == 0 {
-            // Nothing was mapped there (a double unmap): no IOVA to give back.
-            return;
-        }
+        // __iommu_dma_unmap gives the IOVA back whatever iommu_unmap_fast found
+        // there (WARN_ON(unmapped != size) and on): a second dma_unmap_sg or
+        // dma_unmap_resource frees a range that already waits in the per-CPU cache
+        // or the flush queue a second time.
+        self.iova_free_check(
+            dev,
+            domain,
+            addr,
+            size,
+            iova >> PAGE_SHIFT,
+            len >> PAGE_SHIFT,
+            unmapped == 0,
+        );
         if lazy {
             self.iommu_queue_iova(domain, iova >> PAGE_SHIFT, len >> PAGE_SHIFT);
         } else {
-            self.iommu_tlb_inv_range(domain, iova, len, leaves);
+            // An empty gather syncs nothing (arm_smmu_iotlb_sync: no pgsize).
+            if unmapped > 0 {
+                self.iommu_tlb_inv_range(domain, iova, len, leaves);
+            }
             let cpu = self.cpu;
             let st = self.kernel.iommu.as_mut().expect("IOMMU");
             st.domains[domain]
                 .iovad
                 .free_fast(cpu, iova >> PAGE_SHIFT, len >> PAGE_SHIFT);
         }
+    }
+
+    /// Before `iommu_dma_free_iova` gives `pages` frames at `pfn` back: when they
+    /// are not an allocated range of that size (an unmap with another address,
+    /// size or device than its map), Linux's allocator takes them all the same and
+    /// is inconsistent from then on ([`crate::kernel::iommu::iova::IovaDomain::free_problem`]);
+    /// the model does the same, reports `allocator-corrupted` once per domain and
+    /// marks the allocator so that the invariant check of tests no longer judges it.
+    /// When the unmap found nothing mapped (`nothing_unmapped`, a misuse in any
+    /// case) the range may also have been given back already: then it goes into
+    /// the cache or the queue twice.
+    #[allow(clippy::too_many_arguments)]
+    fn iova_free_check(
+        &mut self,
+        dev: usize,
+        domain: usize,
+        addr: u64,
+        size: u64,
+        pfn: u64,
+        pages: u64,
+        nothing_unmapped: bool,
+    ) {
+        let st = self.kernel.iommu.as_mut().expect("IOMMU");
+        let d = &mut st.domains[domain];
+        let again =
+            nothing_unmapped && (d.iovad.is_cached(pfn) || d.fq.pending_pfns().any(|p| p == pfn));
+        let problem = d.iovad.free_problem(pfn, pages).or_else(|| {
+            again.then(|| {
+                format!(
+                    "IOVA {:#x} was given back already and waits in the per-CPU cache or the flush queue, so it is there twice and will be handed out twice",
+                    pfn << PAGE_SHIFT
+                )
+            })
+        });
+        let iovad = &mut d.iovad;
+        let Some(problem) = problem else {
+            return;
+        };
+        if std::mem::replace(&mut iovad.corrupted, true) {
+            return;
+        }
+        let name = self.kernel.devices[dev].name.clone();
+        let ctx = self.ctx();
+        let history = vec![HistoryEvent {
+            time_ns: ctx.time_ns,
+            line: ctx.line,
+            event: format!(
+                "{name}: unmap of {size} bytes at {addr:#x} gave IOVA {:#x} ({pages} granule(s)) back to the domain's allocator",
+                pfn << PAGE_SHIFT
+            )
+            .into(),
+        }];
+        self.check.report_plain(
+            "allocator-corrupted",
+            None,
+            Some(&name),
+            Some(addr),
+            Some(size),
+            ctx,
+            format!("IOVA allocator of {name}'s domain is now inconsistent: {problem}; a later mapping in this domain can get an IOVA a live mapping still uses [device address={addr:#x}] [size={size} bytes]"),
+            "unmap each mapping once, with the device, address and size of its map call: dma-iommu frees the IOVA the unmap's arguments describe without checking them (drivers/iommu/dma-iommu.c: __iommu_dma_unmap, drivers/iommu/iova.c: free_iova_fast)".into(),
+            history,
+        );
     }
 
     /// `iommu_dma_unmap_page`: the physical address from the tables (a WARN and

@@ -108,6 +108,10 @@ pub struct IoTlbPool {
     /// every call, scans the slots only when the pool changed.
     changes: u64,
     verified_at: std::cell::Cell<Option<(u64, u64)>>,
+    /// A release freed slots that were not in use ([`IoTlbPool::release_problem`]):
+    /// the books are now the inconsistent ones Linux would have, and the invariant
+    /// check no longer judges them.
+    pub corrupted: bool,
 }
 
 /// `nr_slots()`: slots covering `bytes`.
@@ -191,6 +195,7 @@ impl IoTlbPool {
             searched_slots: 0,
             changes: 0,
             verified_at: std::cell::Cell::new(None),
+            corrupted: false,
         }
     }
 
@@ -248,7 +253,9 @@ impl IoTlbPool {
         // kernel/dma/swiotlb.c: swiotlb_search_pool_area() rejects at once when the
         // area has fewer free slots than asked (`nslots > pool->area_nslabs -
         // area->used`): a map into a full pool costs no scan, however many fail.
-        if nslots > self.area_nslabs - self.areas[ai].used {
+        // `unsigned long` arithmetic: after a double release `used` has wrapped
+        // below zero (as Linux's would) and the test lets every search through.
+        if nslots > self.area_nslabs.wrapping_sub(self.areas[ai].used) {
             return None;
         }
         let slot_base = ai * self.area_nslabs;
@@ -298,9 +305,13 @@ impl IoTlbPool {
         } else {
             index + nslots
         };
-        area.used += nslots;
-        self.used += nslots as u64;
-        self.used_hiwater = self.used_hiwater.max(self.used);
+        area.used = area.used.wrapping_add(nslots);
+        self.used = self.used.wrapping_add(nslots as u64);
+        // inc_used_and_hiwater(): `total_used` is an atomic_long, signed, so a
+        // count a double release took below zero never raises the high-water mark.
+        if self.used as i64 > self.used_hiwater as i64 {
+            self.used_hiwater = self.used;
+        }
         Some(found)
     }
 
@@ -314,7 +325,7 @@ impl IoTlbPool {
             if io_tlb_offset(i) == IO_TLB_SEGSIZE - 1 || self.slots[i].list == 0 {
                 break;
             }
-            count += 1;
+            count = count.wrapping_add(1);
             self.slots[i].list = count;
         }
     }
@@ -329,7 +340,10 @@ impl IoTlbPool {
         if self.verified_at.get() == Some((self.changes, self.used)) {
             return Ok(());
         }
-        let areas: usize = self.areas.iter().map(|a| a.used).sum();
+        let areas = self
+            .areas
+            .iter()
+            .fold(0usize, |sum, a| sum.wrapping_add(a.used));
         let taken = self.slots.iter().filter(|s| s.list == 0).count();
         if areas as u64 != self.used || taken as u64 != self.used {
             return Err(format!(
@@ -390,13 +404,60 @@ impl IoTlbPool {
         Ok(self.slot_addr(index) + offset)
     }
 
+    /// Where `swiotlb_release_slots()` starts and how many slots it frees for
+    /// `tlb_addr`: the first slot (less the padding slots recorded there) and the
+    /// count from that slot's `alloc_size`, both from the unmap's arguments alone
+    /// (the device's `min_align_mask` and the address). A count past the pool's
+    /// end (an `alloc_size` that had wrapped, read with another device's mask) is
+    /// cut there: Linux stores it in an `int` and goes on with a garbage value
+    /// (writing past its slot array, or freeing nothing), which no model can follow.
+    fn release_span(&self, min_align_mask: u64, tlb_addr: u64) -> (usize, usize, bool) {
+        let offset = swiotlb_align_offset(min_align_mask, 0, tlb_addr);
+        let index = (tlb_addr.saturating_sub(offset + self.start) >> IO_TLB_SHIFT) as usize;
+        let index = index.min(self.nslabs.saturating_sub(1));
+        let index = index.saturating_sub(usize::from(self.slots[index].pad_slots));
+        // `alloc_size` may have wrapped (see search_area), and so may the sum.
+        let nslots = nr_slots(self.slots[index].alloc_size.wrapping_add(offset));
+        let room = self.nslabs - index;
+        (index, nslots.min(room), nslots > room)
+    }
+
+    /// What a `swiotlb_release_slots()` of `tlb_addr` would do to the pool's books
+    /// that a release of a live allocation never does, or `None`: Linux frees the
+    /// slots the unmap's arguments designate without looking whether they are in
+    /// use, so a double unmap (or an unmap with another device's `min_align_mask`)
+    /// frees slots that are already free and takes the `used` counts below the
+    /// slots really taken; a later map may then get slots a live mapping holds.
+    pub fn release_problem(&self, min_align_mask: u64, tlb_addr: u64) -> Option<String> {
+        if !self.contains(tlb_addr) {
+            return None;
+        }
+        let (index, nslots, cut) = self.release_span(min_align_mask, tlb_addr);
+        if cut {
+            return Some(format!(
+                "the release from phys {:#x} counted more slots than the pool has left (an allocation size that had wrapped)",
+                self.slot_addr(index)
+            ));
+        }
+        let free = self.slots[index..index + nslots]
+            .iter()
+            .filter(|s| s.list != 0)
+            .count();
+        (free > 0).then(|| {
+            format!(
+                "{free} of the {nslots} slot(s) it released from phys {:#x} were already free",
+                self.slot_addr(index)
+            )
+        })
+    }
+
     /// `swiotlb_release_slots()`: frees the allocation holding `tlb_addr` and merges
     /// it with free neighbours inside its set. Returns the slots freed.
     pub fn release(&mut self, min_align_mask: u64, tlb_addr: u64) -> usize {
-        let offset = swiotlb_align_offset(min_align_mask, 0, tlb_addr);
-        let mut index = ((tlb_addr - offset - self.start) >> IO_TLB_SHIFT) as usize;
-        index -= usize::from(self.slots[index].pad_slots);
-        let nslots = nr_slots(self.slots[index].alloc_size + offset);
+        let (index, nslots, _) = self.release_span(min_align_mask, tlb_addr);
+        if nslots == 0 {
+            return 0;
+        }
         let ai = (index / self.area_nslabs).min(self.areas.len() - 1);
         let set_end = (index + 1).next_multiple_of(IO_TLB_SEGSIZE);
         self.changes += 1;
@@ -406,7 +467,9 @@ impl IoTlbPool {
             0
         };
         for i in (index..index + nslots).rev() {
-            count += 1;
+            // `++count` stored in an unsigned short: a bogus release longer than a
+            // set wraps it as in Linux.
+            count = count.wrapping_add(1);
             self.slots[i] = Slot {
                 orig_addr: INVALID_PHYS_ADDR,
                 alloc_size: 0,
@@ -415,8 +478,10 @@ impl IoTlbPool {
             };
         }
         self.renumber_before(index, count);
-        self.areas[ai].used -= nslots;
-        self.used -= nslots as u64;
+        // `area->used -= nslots` and dec_used(): unsigned and atomic_long, so a
+        // release of slots that were already free wraps below zero in Linux too.
+        self.areas[ai].used = self.areas[ai].used.wrapping_sub(nslots);
+        self.used = self.used.wrapping_sub(nslots as u64);
         nslots
     }
 
@@ -611,6 +676,48 @@ mod tests {
         p.areas[0].used -= 2;
         p.release(0, a);
         assert_eq!(p.consistent(), Ok(()));
+    }
+
+    /// kernel/dma/swiotlb.c: swiotlb_release_slots frees what the address says
+    /// without checking: a second release of the same bounce buffer frees a free
+    /// slot again and takes `area->used` (unsigned long) and the total below zero,
+    /// without a panic; `release_problem` names it beforehand, and the invariant
+    /// check sees the books disagree.
+    #[test]
+    fn a_double_release_wraps_the_counts_as_linux_and_is_named() {
+        let dev = DevLimits {
+            min_align_mask: 0xfff,
+            ..PLAIN
+        };
+        let mut p = pool(1 << 20);
+        // Fuzz seed 40354591: 0 bytes at offset 0x5dc of a page.
+        let t = p.tbl_map_single(&dev, 0, 0x4000_05dc, 0, 0).unwrap();
+        assert_eq!(p.used, 1);
+        assert_eq!(p.release_problem(0xfff, t), None);
+        assert_eq!(p.release(0xfff, t), 1);
+        assert_eq!(p.consistent(), Ok(()));
+        let e = p.release_problem(0xfff, t).unwrap();
+        assert!(e.contains("already free"), "{e}");
+        assert_eq!(p.release(0xfff, t), 1);
+        assert_eq!(p.used as i64, -1);
+        assert!(p.consistent().is_err());
+        // The pool still maps: the wrapped area count lets the search through.
+        let u = p.tbl_map_single(&PLAIN, 0, 0x4000_1000, 64, 0).unwrap();
+        assert_eq!(p.used, 0, "-1 + 1");
+        assert_eq!(
+            p.used_hiwater, 1,
+            "a count below zero never raises the mark"
+        );
+        p.release(0, u);
+        // Another device's min_align_mask on the last slot of a padded mapping:
+        // the wrapped alloc_size gives a slot count past the pool, which the model
+        // cuts at the pool's end instead of panicking.
+        let mut p = pool(1 << 20);
+        let t = p.tbl_map_single(&dev, 0, 0x4000_05dc, 0x300, 0).unwrap();
+        assert_eq!(p.used, 2);
+        let e = p.release_problem(0, t + 0x800).unwrap();
+        assert!(e.contains("more slots than the pool has left"), "{e}");
+        p.release(0, t + 0x800);
     }
 
     /// Issue 19 item 9: maps into a full pool are refused before any search

@@ -46,6 +46,10 @@ pub struct IovaDomain {
     ncpus: usize,
     /// Frames in allocated ranges (the anchor excluded).
     pages: u64,
+    /// An unmap gave back frames that are not an allocated range of that size
+    /// ([`IovaDomain::free_problem`]): the books are now the inconsistent ones
+    /// Linux would have, and the invariant check no longer judges them.
+    pub corrupted: bool,
 }
 
 fn fls(x: u64) -> u32 {
@@ -84,6 +88,7 @@ impl IovaDomain {
                 })
                 .collect(),
             ncpus: ncpus.max(1),
+            corrupted: false,
         }
     }
 
@@ -173,10 +178,20 @@ impl IovaDomain {
         }
     }
 
-    /// `free_iova` / `__free_iova` of the range starting at `pfn`. False when no
-    /// range starts there.
+    /// The allocated range holding `pfn` (`private_find_iova`), the anchor excluded.
+    fn range_holding(&self, pfn: u64) -> Option<(u64, u64)> {
+        self.ranges
+            .range(..=pfn)
+            .next_back()
+            .filter(|(&lo, &hi)| lo != IOVA_ANCHOR && pfn <= hi)
+            .map(|(&lo, &hi)| (lo, hi))
+    }
+
+    /// `free_iova`: frees the range holding `pfn` (`private_find_iova` finds the
+    /// range that contains the frame, not only one that starts there, as
+    /// `iova_magazine_free_pfns` does for cached frames). False when no range holds it.
     pub fn free(&mut self, pfn: u64) -> bool {
-        let Some(&hi) = self.ranges.get(&pfn) else {
+        let Some((pfn, hi)) = self.range_holding(pfn) else {
             return false;
         };
         // __cached_rbnode_delete_update
@@ -221,6 +236,52 @@ impl IovaDomain {
         }
         self.flush_rcaches();
         self.alloc_range(size, limit_pfn + 1)
+    }
+
+    /// What giving back `size` frames at `pfn` ([`IovaDomain::free_fast`], at once
+    /// or through the flush queue) does to the books that giving back an allocated
+    /// range never does, or `None`. `free_iova_fast` trusts its arguments
+    /// (drivers/iommu/iova.c): a cached size goes into the CPU's magazine whatever
+    /// the tree holds at `pfn`, so a frame that does not start a range of that size
+    /// will be handed out again over a live range (or beyond the one freed); an
+    /// uncached size frees the whole range holding `pfn`, live granules included.
+    /// This is where an unmap with another address, size or device than the map's
+    /// leaves dma-iommu's allocator after `__iommu_dma_unmap`.
+    pub fn free_problem(&self, pfn: u64, size: u64) -> Option<String> {
+        let range = self.range_holding(pfn);
+        let sh = self.shift;
+        let what = |lo: u64, hi: u64| {
+            format!(
+                "{:#x}-{:#x} ({} granule(s))",
+                lo << sh,
+                ((hi + 1) << sh) - 1,
+                hi - lo + 1
+            )
+        };
+        if order_base_2(size) < IOVA_RANGE_CACHE_MAX_SIZE {
+            // alloc_iova_fast rounds a cached size up to a power of two.
+            let want = size.max(1).next_power_of_two();
+            return match range {
+                Some((lo, hi)) if lo == pfn && hi - lo + 1 == want => None,
+                Some((lo, hi)) => Some(format!(
+                    "IOVA {:#x} went into the per-CPU cache of {want}-granule ranges, but the allocated range there is {}",
+                    pfn << sh,
+                    what(lo, hi)
+                )),
+                None => Some(format!(
+                    "IOVA {:#x} went into the per-CPU cache of {want}-granule ranges, but no allocated range holds it",
+                    pfn << sh
+                )),
+            };
+        }
+        match range {
+            Some((lo, hi)) if lo != pfn => Some(format!(
+                "a free at IOVA {:#x} released the whole range {} that holds it",
+                pfn << sh,
+                what(lo, hi)
+            )),
+            _ => None,
+        }
     }
 
     /// `free_iova_fast`: back into the CPU's magazine when the size is cached, else
@@ -353,6 +414,17 @@ impl IovaDomain {
         Ok(())
     }
 
+    /// Does a per-CPU magazine or the depot hold `pfn` (a range given back and
+    /// not handed out again). A scan of every cached frame: only a misuse asks.
+    pub fn is_cached(&self, pfn: u64) -> bool {
+        self.rcaches.iter().any(|rc| {
+            rc.cpus
+                .iter()
+                .any(|c| c.loaded.contains(&pfn) || c.prev.contains(&pfn))
+                || rc.depot.iter().any(|m| m.contains(&pfn))
+        })
+    }
+
     /// Is `pfn` inside an allocated range (cached ones included).
     pub fn contains(&self, pfn: u64) -> bool {
         self.ranges
@@ -413,6 +485,49 @@ mod tests {
         d.ranges.insert(102, 102);
         let e = d.consistent([]).unwrap_err();
         assert!(e.contains("overlaps"), "{e}");
+    }
+
+    /// drivers/iommu/iova.c: free_iova_fast caches a small range whatever the
+    /// tree holds at that frame, and free_iova frees the range that holds the frame
+    /// (private_find_iova). `free_problem` names each free that leaves the books
+    /// as no free of an allocated range does; frees of allocated ranges pass.
+    #[test]
+    fn frees_that_are_not_an_allocated_range_are_named_and_follow_linux() {
+        let mut d = IovaDomain::new(4096, 1, 1);
+        let lim = (1u64 << 32) / 4096 - 1;
+        let two = d.alloc_fast(0, 2, lim, true).unwrap();
+        let three = d.alloc_fast(0, 3, lim, true).unwrap();
+        let big = d.alloc_fast(0, 64, lim, true).unwrap();
+        assert_eq!(d.free_problem(two, 2), None);
+        assert_eq!(d.free_problem(three, 3), None, "3 frames were rounded to 4");
+        assert_eq!(d.free_problem(big, 64), None);
+        // Inside a range, another size, no range at all, an uncached interior frame.
+        let e = d.free_problem(two + 1, 1).unwrap();
+        assert!(e.contains("allocated range there is"), "{e}");
+        assert!(
+            d.free_problem(two, 1).is_some(),
+            "a 2-frame range as 1 frame"
+        );
+        assert!(d.free_problem(two, 8).is_some());
+        let e = d.free_problem(0x10, 1).unwrap();
+        assert!(e.contains("no allocated range"), "{e}");
+        let e = d.free_problem(big + 5, 64).unwrap();
+        assert!(e.contains("released the whole range"), "{e}");
+        assert_eq!(d.free_problem(0x10, 64), None, "nothing to free: a no-op");
+        // What Linux does with them: the interior frame is cached and handed out
+        // again over the live range; an uncached interior free frees its range.
+        d.free_fast(0, two + 1, 1);
+        assert_eq!(d.alloc_fast(0, 1, lim, true), Some(two + 1));
+        d.free_fast(0, big + 5, 64);
+        assert!(
+            !d.contains(big),
+            "the whole range holding the frame is gone"
+        );
+        assert!(
+            d.free(two + 1),
+            "free_iova finds the range holding the frame"
+        );
+        assert!(!d.contains(two));
     }
 
     #[test]
