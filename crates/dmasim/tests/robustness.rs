@@ -811,6 +811,7 @@ fn r19_12_script_values_are_bounded_by_the_run_heap_budget() {
         &opts,
     );
     assert!(r.error.is_none(), "{:?}", r.error);
+}
 
 /// Runs `src` with the invariant check mode on and background noise off.
 fn run_checked(name: &str, src: &str) -> (dmasim::report::Report, serde_json::Value) {
