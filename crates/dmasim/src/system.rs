@@ -51,6 +51,18 @@ pub const MAX_SIM_TIME_NS: u64 = 100 * 86_400 * 1_000_000_000;
 /// Noise points at most per `run_for`/`wait` (one per simulated µs up to this).
 const MAX_NOISE_POINTS_PER_WAIT: u64 = 256;
 
+/// Refuses a device transfer longer than [`MAX_ACCESS`] (host memory: the model
+/// holds a transfer's bytes).
+fn check_transfer_len(len: u64) -> Result<()> {
+    if len > MAX_ACCESS {
+        return Err(SimError::Invalid(format!(
+            "a single transfer is limited to {}",
+            human_size(MAX_ACCESS)
+        )));
+    }
+    Ok(())
+}
+
 /// Failures of the simulation itself (exit 2), as opposed to kernel-level results.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum SimError {
@@ -727,12 +739,7 @@ impl System {
         len: u64,
         data: Option<Vec<u8>>,
     ) -> Result<u64> {
-        if len > MAX_ACCESS {
-            return Err(SimError::Invalid(format!(
-                "a single transfer is limited to {}",
-                human_size(MAX_ACCESS)
-            )));
-        }
+        check_transfer_len(len)?;
         self.step();
         let now = self.hw.now_ps();
         self.dev_start_at(dev, addr, len, data, now)
@@ -882,12 +889,7 @@ impl System {
     /// As [`System::dev_start`] and [`System::wait`].
     pub fn dev_write_lent(&mut self, dev: usize, addr: u64, data: &mut Vec<u8>) -> Result<()> {
         let len = data.len() as u64;
-        if len > MAX_ACCESS {
-            return Err(SimError::Invalid(format!(
-                "a single transfer is limited to {}",
-                human_size(MAX_ACCESS)
-            )));
-        }
+        check_transfer_len(len)?;
         self.step();
         let now = self.hw.now_ps();
         let job = match self.start_job(dev, addr, len, Some(std::mem::take(data)), now) {
