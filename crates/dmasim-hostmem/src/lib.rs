@@ -1,4 +1,5 @@
-//! Per-thread accounting of the host heap, for dmasim's run limits.
+//! Per-thread accounting of host resources — the heap bytes a thread holds and the
+//! CPU time it used — for dmasim's run limits and its CPU-time measurements.
 //!
 //! A dmasim run must not exhaust the host's memory whatever its script does. Rhai's
 //! own data-size limits (`max_array_size`, `max_string_size`, `max_map_size`) bound
@@ -96,6 +97,25 @@ pub fn is_counting() -> bool {
     counted
 }
 
+/// This thread's CPU time in ns (`CLOCK_THREAD_CPUTIME_ID`): what dmasim's
+/// measurements (`dmasim bench`, the fuzzer's time bound, the scaling figures) count,
+/// so that waiting for a core on a loaded host does not. `None` where the clock is
+/// missing.
+#[must_use]
+pub fn thread_cpu_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| {
+        (ts.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec as u64)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +150,19 @@ mod tests {
         );
         drop(w);
         assert_eq!(thread_live_bytes() - before, after_join - (3 << 20));
+    }
+
+    #[test]
+    fn the_thread_clock_counts_this_threads_work_not_a_sleep() {
+        let t0 = thread_cpu_ns().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let slept = thread_cpu_ns().unwrap() - t0;
+        let mut x = 0u64;
+        let t1 = thread_cpu_ns().unwrap();
+        while thread_cpu_ns().unwrap() - t1 < 20_000_000 {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(slept < 20_000_000, "a 50 ms sleep counted {slept} ns");
+        assert!(x > 0);
     }
 }

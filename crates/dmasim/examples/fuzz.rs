@@ -12,16 +12,7 @@ use dmasim::fuzz::{check_with, generate, minimise_with};
 /// This thread's CPU time in ns (`CLOCK_THREAD_CPUTIME_ID`): the time bound of an
 /// execution counts its own work, not the other jobs of a loaded host.
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return dmasim::fuzz::wall_ns();
-    }
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    dmasim_hostmem::thread_cpu_ns().unwrap_or_else(dmasim::fuzz::wall_ns)
 }
 
 fn main() {

@@ -15,14 +15,7 @@ use dmasim::script::{run_source, ScriptOptions};
 
 /// This thread's CPU time in ns.
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID");
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    dmasim_hostmem::thread_cpu_ns().expect("CLOCK_THREAD_CPUTIME_ID")
 }
 
 fn min_median(v: &mut [f64]) -> (f64, f64) {

@@ -686,14 +686,7 @@ fn r19_fuzz_a_page_unmapped_while_pinned_twice_stays_until_the_last_release() {
 
 /// This thread's CPU time in ns (a loaded host does not inflate it).
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0);
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    dmasim_hostmem::thread_cpu_ns().expect("CLOCK_THREAD_CPUTIME_ID")
 }
 
 /// Item 12: a Rhai array grown with `push` cost O(n) per push: Rhai's per-value size
