@@ -359,25 +359,43 @@ impl System {
             return;
         }
         let used = pool.used as i64;
+        let name = &self.kernel.devices[dev].name;
+        self.report_allocator_corrupted(
+            dev,
+            (pa, None),
+            format!("{name}: unmap of the bounce buffer at phys {pa:#x} released {slots} slot(s)"),
+            format!("swiotlb pool is now inconsistent: {problem}; it now counts {used} slot(s) in use, fewer than are taken, and a later mapping can get slots a live mapping still uses [phys={pa:#x}]"),
+            "unmap each bounced mapping once, with the device and address of its map call: swiotlb frees the slots the unmap designates without checking them (kernel/dma/swiotlb.c: swiotlb_release_slots)",
+        );
+    }
+
+    /// The `allocator-corrupted` finding of an unmap by `dev` at `at` (address, and
+    /// size when the unmap gave one), with the unmap as its history: made once per
+    /// allocator, by the caller that marked it corrupted.
+    pub(crate) fn report_allocator_corrupted(
+        &mut self,
+        dev: usize,
+        at: (u64, Option<u64>),
+        event: String,
+        msg: String,
+        help: &str,
+    ) {
         let name = self.kernel.devices[dev].name.clone();
         let ctx = self.ctx();
         let history = vec![HistoryEvent {
             time_ns: ctx.time_ns,
             line: ctx.line,
-            event: format!(
-                "{name}: unmap of the bounce buffer at phys {pa:#x} released {slots} slot(s)"
-            )
-            .into(),
+            event: event.into(),
         }];
         self.check.report_plain(
             "allocator-corrupted",
             None,
             Some(&name),
-            Some(pa),
-            None,
+            Some(at.0),
+            at.1,
             ctx,
-            format!("swiotlb pool is now inconsistent: {problem}; it now counts {used} slot(s) in use, fewer than are taken, and a later mapping can get slots a live mapping still uses [phys={pa:#x}]"),
-            "unmap each bounced mapping once, with the device and address of its map call: swiotlb frees the slots the unmap designates without checking them (kernel/dma/swiotlb.c: swiotlb_release_slots)".into(),
+            msg,
+            help.into(),
             history,
         );
     }

@@ -332,27 +332,16 @@ impl System {
         if std::mem::replace(&mut iovad.corrupted, true) {
             return;
         }
-        let name = self.kernel.devices[dev].name.clone();
-        let ctx = self.ctx();
-        let history = vec![HistoryEvent {
-            time_ns: ctx.time_ns,
-            line: ctx.line,
-            event: format!(
+        let name = &self.kernel.devices[dev].name;
+        self.report_allocator_corrupted(
+            dev,
+            (addr, Some(size)),
+            format!(
                 "{name}: unmap of {size} bytes at {addr:#x} gave IOVA {:#x} ({pages} granule(s)) back to the domain's allocator",
                 pfn << PAGE_SHIFT
-            )
-            .into(),
-        }];
-        self.check.report_plain(
-            "allocator-corrupted",
-            None,
-            Some(&name),
-            Some(addr),
-            Some(size),
-            ctx,
+            ),
             format!("IOVA allocator of {name}'s domain is now inconsistent: {problem}; a later mapping in this domain can get an IOVA a live mapping still uses [device address={addr:#x}] [size={size} bytes]"),
-            "unmap each mapping once, with the device, address and size of its map call: dma-iommu frees the IOVA the unmap's arguments describe without checking them (drivers/iommu/dma-iommu.c: __iommu_dma_unmap, drivers/iommu/iova.c: free_iova_fast)".into(),
-            history,
+            "unmap each mapping once, with the device, address and size of its map call: dma-iommu frees the IOVA the unmap's arguments describe without checking them (drivers/iommu/dma-iommu.c: __iommu_dma_unmap, drivers/iommu/iova.c: free_iova_fast)",
         );
     }
 
