@@ -243,13 +243,10 @@ fn locate(name: &str, pos: Position, msg: &str) -> String {
 /// The names of every function and method a script can call (each once, sorted),
 /// for the API reference and its completeness test.
 pub fn function_names() -> Vec<String> {
-    let mut names: Vec<String> = engine_for_check()
-        .gen_fn_signatures(false)
+    let mut names: Vec<String> = resolve::engine_functions(&engine_for_check(), false)
         .into_iter()
-        .filter_map(|sig| {
-            let name = sig.split('(').next()?.trim().to_string();
+        .filter_map(|(name, _)| {
             // Property getters/setters and operators are not called by name.
-            let name = name.rsplit(' ').next()?.to_string();
             // Names starting `__` are test hooks, not part of the API; Rhai's own
             // built-ins that the heap budget re-registers are Rhai's.
             (!name.is_empty()

@@ -35,10 +35,8 @@ impl Api {
     /// The functions `engine` has (its own and the packages'), plus `script`'s.
     pub(super) fn of(engine: &Engine, script: Option<&AST>) -> Api {
         let mut arities: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-        for sig in engine.gen_fn_signatures(true) {
-            if let Some((name, n)) = parse_signature(&sig) {
-                arities.entry(name).or_default().insert(n);
-            }
+        for (name, n) in engine_functions(engine, true) {
+            arities.entry(name).or_default().insert(n);
         }
         if let Some(ast) = script {
             for f in ast.iter_functions() {
@@ -136,47 +134,27 @@ impl Api {
 
 /// `name(a: T, b: U) -> R` → (name, 2); `Type.name(...)`-style and operator
 /// signatures are kept by name as Rhai prints them.
-fn parse_signature(sig: &str) -> Option<(String, usize)> {
-    let open = sig.find('(')?;
-    let name = sig[..open].trim();
-    let name = name.rsplit(' ').next()?.to_string();
-    // The parameter list ends at the parenthesis matching `open` (return types such
-    // as `Result<(), ...>` have parentheses of their own).
-    let mut depth = 0usize;
-    let close = open
-        + sig[open..].char_indices().find_map(|(i, c)| {
-            match c {
-                '(' => depth += 1,
-                ')' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return Some(i);
-                    }
-                }
-                _ => {}
-            }
-            None
-        })?;
-    let params = sig[open + 1..close].trim();
-    let n = if params.is_empty() {
-        0
-    } else {
-        // Parameter types never contain commas outside angle brackets here, but be
-        // safe and count only top-level commas.
-        let mut depth = 0i32;
-        1 + params
-            .chars()
-            .filter(|&c| {
-                match c {
-                    '<' | '(' | '[' => depth += 1,
-                    '>' | ')' | ']' => depth -= 1,
-                    _ => {}
-                }
-                c == ',' && depth == 0
+/// Every public function `engine` has, as (name, number of parameters): its own
+/// and its packages', and Rhai's standard packages when `include_standard`.
+///
+/// Read from the function metadata Rhai keeps without its `metadata` feature, so
+/// the engine does not format every parameter's type name when it is built.
+pub(super) fn engine_functions(engine: &Engine, include_standard: bool) -> Vec<(String, usize)> {
+    engine.collect_fn_metadata(
+        None,
+        |info| {
+            (info.metadata.access == rhai::FnAccess::Public).then(|| {
+                let name = info.metadata.name.as_str();
+                let name = if info.namespace.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{}::{name}", info.namespace)
+                };
+                (name, info.metadata.num_params)
             })
-            .count()
-    };
-    Some((name, n))
+        },
+        include_standard,
+    )
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -226,16 +204,18 @@ mod tests {
     }
 
     #[test]
-    fn signatures_parse_to_name_and_arity() {
-        assert_eq!(
-            parse_signature("dma_map_single(d: Device, b: Buffer, dir: i64) -> i64"),
-            Some(("dma_map_single".into(), 3))
-        );
-        assert_eq!(parse_signature("now() -> i64"), Some(("now".into(), 0)));
-        assert_eq!(
-            parse_signature("evict_all() -> core::result::Result<(),Box<E>>"),
-            Some(("evict_all".into(), 0))
-        );
+    fn engine_functions_have_name_and_arity() {
+        let engine = crate::script::engine_for_check();
+        let fns = engine_functions(&engine, false);
+        assert!(fns.contains(&("dma_map_single".into(), 3)), "{fns:?}");
+        assert!(fns.contains(&("now".into(), 0)));
+        // Rhai's standard packages only when asked for.
+        assert!(!fns.iter().any(|(n, _)| n == "sqrt"));
+        assert!(engine_functions(&engine, true).contains(&("sqrt".into(), 1)));
+    }
+
+    #[test]
+    fn not_found_messages_parse_to_name_and_arity() {
         assert_eq!(
             parse_not_found("foo (i64, bool)"),
             ("foo".into(), 2, "i64, bool".into())
