@@ -1180,6 +1180,16 @@ impl System {
             time_ns: t / 1000,
             line,
         };
+        // A whole watched page written to DRAM: the oracle shares the frame.
+        let frame = (ok && write && n == PAGE_SIZE && pa & (PAGE_SIZE - 1) == 0)
+            .then(|| {
+                self.hw
+                    .dram
+                    .is_watched(pa)
+                    .then(|| self.hw.dram.shared_frame(pa))
+            })
+            .flatten()
+            .flatten();
         self.check.device_access(
             ctx,
             DeviceAccess {
@@ -1195,6 +1205,7 @@ impl System {
                 translated,
                 fault,
                 noiommu,
+                frame,
             },
         );
         if let Some(k) = fault {

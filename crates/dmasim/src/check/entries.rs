@@ -67,10 +67,11 @@ pub(super) fn piece_of<E: Indexed>(e: &E, pa: u64, end: u64) -> Option<(u64, u64
 
 /// Live entries with their indexes.
 pub(super) struct Entries<E> {
-    /// Entry and the first line it is indexed under; boxed so that inserting and
-    /// removing moves a pointer, not the whole entry. Hashed by id: anything that
-    /// lists entries sorts the ids, so the order never depends on the hash.
-    map: PageMap<(Box<E>, Option<u64>)>,
+    /// Entry, the first line it is indexed under, and whether it counts in
+    /// `overlapping`; boxed so that inserting and removing moves a pointer, not the
+    /// whole entry. Hashed by id: anything that lists entries sorts the ids, so the
+    /// order never depends on the hash.
+    map: PageMap<(Box<E>, Option<u64>, bool)>,
     /// ((device << 64) | bus address, id): one wide compare per search step.
     by_bus: OrdSet<(u128, u64)>,
     /// (physical address << 64) | id.
@@ -86,6 +87,12 @@ pub(super) struct Entries<E> {
     /// mappings this may pick another valid container than the walk would; the
     /// choice still depends only on the run's history, so runs stay deterministic.)
     last: Cell<u64>,
+    /// Live entries that may overlap another entry of their device's bus range:
+    /// those that did when they were inserted, and every entry inserted while
+    /// this was not zero. While it is zero, each device's entries are pairwise
+    /// disjoint (an overlapping pair has a flagged member), so the only entry that
+    /// can hold an address is the one starting last at or below it.
+    overlapping: usize,
 }
 
 impl<E: Indexed> Entries<E> {
@@ -98,6 +105,7 @@ impl<E: Indexed> Entries<E> {
             max_size: 1,
             max_run: 1,
             last: Cell::new(0),
+            overlapping: 0,
         }
     }
 
@@ -108,6 +116,10 @@ impl<E: Indexed> Entries<E> {
     /// Inserts entry `id`; `first_line` indexes it for the overlap check when given.
     pub(super) fn insert(&mut self, id: u64, e: E, first_line: Option<u64>) {
         self.max_size = self.max_size.max(e.size().max(1));
+        // With the entries disjoint so far, a new one overlaps another exactly
+        // when it overlaps the entry before it or the one after it.
+        let flagged = self.overlapping > 0 || self.overlaps_neighbour(&e);
+        self.overlapping += usize::from(flagged);
         self.by_bus.insert((bus_key(e.dev(), e.dev_addr()), id));
         for (pa, _, len) in phys_runs(&e) {
             self.max_run = self.max_run.max(len.max(1));
@@ -116,11 +128,29 @@ impl<E: Indexed> Entries<E> {
         if let Some(l) = first_line {
             self.by_first_line.insert(pair(l, id));
         }
-        self.map.insert(id, (Box::new(e), first_line));
+        self.map.insert(id, (Box::new(e), first_line, flagged));
+    }
+
+    /// Whether `e`'s bus range meets that of the entry of its device starting
+    /// last at or before it, or first after it.
+    fn overlaps_neighbour(&self, e: &E) -> bool {
+        let (dev, start) = (e.dev(), e.dev_addr());
+        let end = start.saturating_add(e.size().max(1));
+        let key = bus_key(dev, start);
+        let before = self.by_bus.range(..=(key, u64::MAX)).next_back();
+        let after = self.by_bus.range((key, u64::MAX)..).next();
+        let meets = |&&(_, id): &&(u128, u64)| {
+            let o = &self.map[&id].0;
+            o.dev() == dev
+                && o.dev_addr() < end
+                && start < o.dev_addr().saturating_add(o.size().max(1))
+        };
+        before.is_some_and(|k| meets(&k)) || after.is_some_and(|k| meets(&k))
     }
 
     pub(super) fn remove(&mut self, id: u64) -> Option<Box<E>> {
-        let (e, first_line) = self.map.remove(&id)?;
+        let (e, first_line, flagged) = self.map.remove(&id)?;
+        self.overlapping -= usize::from(flagged);
         self.by_bus.remove(&(bus_key(e.dev(), e.dev_addr()), id));
         for (pa, _, _) in phys_runs(&*e) {
             self.by_phys.remove(&pair(pa, id));
@@ -137,7 +167,7 @@ impl<E: Indexed> Entries<E> {
 
     /// Entry `id` if it is live.
     pub(super) fn try_get(&self, id: u64) -> Option<&E> {
-        self.map.get(&id).map(|(e, _)| &**e)
+        self.map.get(&id).map(|(e, ..)| &**e)
     }
 
     pub(super) fn get_mut(&mut self, id: u64) -> &mut E {
@@ -189,8 +219,23 @@ impl<E: Indexed> Entries<E> {
                 && pred(e)
         };
         let last = self.last.get();
-        if self.map.get(&last).is_some_and(|(e, _)| fits(e)) {
+        if self.map.get(&last).is_some_and(|(e, ..)| fits(e)) {
             return Some(last);
+        }
+        if self.overlapping == 0 {
+            // Disjoint entries: only the one starting last at or below `addr` can
+            // hold it (the walk below would find the same one, visiting every
+            // entry in the `max_size` before it).
+            let found = self
+                .by_bus
+                .range(..=(bus_key(dev, addr), u64::MAX))
+                .next_back()
+                .map(|&(_, id)| id)
+                .filter(|id| fits(&self.map[id].0));
+            if let Some(id) = found {
+                self.last.set(id);
+            }
+            return found;
         }
         let from = addr.saturating_sub(self.max_size - 1);
         // From the lower bound on, stopping past `addr` (one descent of the tree
@@ -265,10 +310,116 @@ impl<E: Indexed> Entries<E> {
         let mut ids: Vec<u64> = self
             .map
             .iter()
-            .filter(|(_, (e, _))| dev.is_none_or(|d| e.dev() == d))
+            .filter(|(_, (e, ..))| dev.is_none_or(|d| e.dev() == d))
             .map(|(&id, _)| id)
             .collect();
         ids.sort_unstable();
         ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A bare mapping: device, bus address, size.
+    struct M(usize, u64, u64);
+
+    impl Indexed for M {
+        fn dev(&self) -> usize {
+            self.0
+        }
+        fn dev_addr(&self) -> u64 {
+            self.1
+        }
+        fn phys(&self) -> u64 {
+            self.1
+        }
+        fn size(&self) -> u64 {
+            self.2
+        }
+        fn runs(&self) -> &[(u64, u64, u64)] {
+            &[]
+        }
+    }
+
+    proptest! {
+        /// Whatever was inserted and removed (overlapping or not), `containing`
+        /// finds an entry that holds the range exactly when one exists; and while
+        /// the live entries are disjoint it finds that one, whichever it tried
+        /// first. Page-granular addresses in a small window make overlaps, reuse of
+        /// freed ranges and neighbours of several devices common.
+        #[test]
+        fn containing_finds_the_holder_with_or_without_overlaps(
+            ops in proptest::collection::vec((0u8..3, 0usize..2, 0u64..64, 1u64..6), 1..300),
+            probes in proptest::collection::vec((0usize..2, 0u64..70 * 4096, 1u64..8192), 1..40),
+        ) {
+            let mut es: Entries<M> = Entries::new();
+            let mut live: Vec<(u64, usize, u64, u64)> = Vec::new();
+            for (i, (op, dev, page, pages)) in ops.into_iter().enumerate() {
+                if op == 0 && !live.is_empty() {
+                    let (id, ..) = live.remove(page as usize % live.len());
+                    prop_assert!(es.remove(id).is_some());
+                } else {
+                    let id = i as u64 + 1;
+                    es.insert(id, M(dev, page * 4096, pages * 4096), None);
+                    live.push((id, dev, page * 4096, pages * 4096));
+                }
+                for &(dev, addr, len) in &probes {
+                    let holders: Vec<u64> = live
+                        .iter()
+                        .filter(|&&(_, d, a, s)| d == dev && addr >= a && addr + len <= a + s)
+                        .map(|&(id, ..)| id)
+                        .collect();
+                    let got = es.containing(dev, addr, Some(len), |_| true);
+                    match got {
+                        Some(id) => prop_assert!(holders.contains(&id), "{id} holds nothing"),
+                        None => prop_assert!(holders.is_empty(), "missed {holders:?}"),
+                    }
+                }
+                if es.overlapping == 0 {
+                    // Disjoint: no two live entries of a device meet.
+                    for (k, &(_, d, a, s)) in live.iter().enumerate() {
+                        for &(_, d2, a2, s2) in &live[k + 1..] {
+                            prop_assert!(d != d2 || a + s <= a2 || a2 + s2 <= a);
+                        }
+                    }
+                }
+            }
+            // Once every entry is gone, the index is back to disjoint.
+            for (id, ..) in live.drain(..) {
+                es.remove(id);
+            }
+            prop_assert_eq!(es.overlapping, 0);
+        }
+    }
+
+    /// Each new page of a transfer over many small disjoint mappings is found
+    /// without walking the mappings before it: the disjoint path answers from the
+    /// one neighbour below the address.
+    #[test]
+    fn disjoint_mappings_take_the_direct_path() {
+        let mut es: Entries<M> = Entries::new();
+        // One large mapping far below, which sets how far back the walk would look.
+        es.insert(1, M(0, 0, 64 << 20), None);
+        for p in 0..1000u64 {
+            es.insert(p + 2, M(0, (64 << 20) + p * 4096, 4096), None);
+        }
+        assert_eq!(es.overlapping, 0);
+        for p in 0..1000u64 {
+            assert_eq!(
+                es.containing(0, (64 << 20) + p * 4096 + 8, Some(64), |_| true),
+                Some(p + 2)
+            );
+        }
+        // An overlapping mapping turns the walk back on, and it still answers.
+        es.insert(5000, M(0, (64 << 20) + 4096, 8192), None);
+        assert_eq!(es.overlapping, 1);
+        assert!(es
+            .containing(0, (64 << 20) + 4096, Some(4096), |_| true)
+            .is_some_and(|id| id == 3 || id == 5000));
+        es.remove(5000);
+        assert_eq!(es.overlapping, 0);
     }
 }

@@ -657,6 +657,9 @@ pub struct DeviceAccess<'a> {
     /// The process a no-IOMMU VFIO container gave the device to, and the process
     /// whose page the access reached (if it reached a user page).
     pub noiommu: Option<(u32, Option<u32>)>,
+    /// For a write of a whole watched page that reached DRAM: DRAM's frame, which
+    /// holds exactly `data`, for the oracle to share instead of copying.
+    pub frame: Option<crate::hw::dram::SharedFrame>,
 }
 
 /// An unmap the sanitizer remembers, to tell a device's use of a stale address.
@@ -1922,7 +1925,7 @@ impl Sanitizer {
                 hist,
             );
             if let (true, Some(pa)) = (a.write, a.pa) {
-                self.oracle.store(pa, a.data);
+                self.oracle.store_device(pa, a.data, a.frame.as_ref());
             }
             return;
         }
@@ -1998,7 +2001,7 @@ impl Sanitizer {
             match (logical, a.pa) {
                 // The buffer itself is not written until the copy back.
                 (Some(lpa), Some(_)) => self.oracle.store_cpu(lpa, a.data),
-                (None, Some(pa)) => self.oracle.store(pa, a.data),
+                (None, Some(pa)) => self.oracle.store_device(pa, a.data, a.frame.as_ref()),
                 _ => {}
             }
             if e.kind != MapKind::Coherent {
@@ -2132,7 +2135,7 @@ impl Sanitizer {
             vec![],
         );
         if let (true, Some(pa)) = (a.write, a.pa) {
-            self.oracle.store(pa, a.data);
+            self.oracle.store_device(pa, a.data, a.frame.as_ref());
         }
         true
     }

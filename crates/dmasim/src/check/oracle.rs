@@ -7,13 +7,21 @@
 //! A difference is corruption that manifested. Pages stay while anything holds them
 //! (a live mapping, or the buffer until it is freed) and their DRAM frames carry the
 //! "watched" bit so that unwatched accesses pay one bit test.
+//!
+//! A device write of a whole page leaves DRAM equal to the truth there, so the page
+//! then shares DRAM's frame instead of copying it ([`Oracle::store_device`]); either
+//! side copies the frame before its next change (`Rc::make_mut`, and
+//! [`Dram`](crate::hw::dram::Dram)'s own copy on write).
+
+use std::rc::Rc;
 
 use crate::config::{PAGE_SHIFT, PAGE_SIZE};
 use crate::fasthash::PageMap;
+use crate::hw::dram::SharedFrame;
 use crate::hw::Machine;
 
 struct Page {
-    data: Box<[u8; PAGE_SIZE as usize]>,
+    data: SharedFrame,
     refs: u32,
     /// DRAM may hold other bytes than the truth here: set by cacheable CPU stores
     /// (the new bytes may sit in a dirty line) and by write-backs; cleared when a
@@ -121,8 +129,8 @@ impl Oracle {
             match self.pages.get_mut(&p) {
                 Some(pg) => pg.refs += 1,
                 None => {
-                    let mut data = Box::new([0u8; PAGE_SIZE as usize]);
-                    hw.peek(p, &mut data[..]);
+                    let mut data = Rc::new([0u8; PAGE_SIZE as usize]);
+                    hw.peek(p, &mut Rc::make_mut(&mut data)[..]);
                     self.pages.insert(
                         p,
                         Page {
@@ -201,9 +209,24 @@ impl Oracle {
             let off = (a & (PAGE_SIZE - 1)) as usize;
             let n = (PAGE_SIZE as usize - off).min(data.len() - done);
             if let Some(pg) = self.pages.get_mut(&page_of(a)) {
-                pg.data[off..off + n].copy_from_slice(&data[done..done + n]);
+                Rc::make_mut(&mut pg.data)[off..off + n].copy_from_slice(&data[done..done + n]);
             }
             done += n;
+        }
+    }
+
+    /// Records a device write of `data` at `pa` that went to DRAM: as
+    /// [`Oracle::store`], except that a whole page shares `frame` — DRAM's frame,
+    /// which holds exactly `data` now — instead of copying the bytes.
+    pub fn store_device(&mut self, pa: u64, data: &[u8], frame: Option<&SharedFrame>) {
+        match frame {
+            Some(f) if pa & (PAGE_SIZE - 1) == 0 && data.len() as u64 == PAGE_SIZE => {
+                debug_assert!(f[..] == *data, "a shared frame holds the written bytes");
+                if let Some(pg) = self.pages.get_mut(&pa) {
+                    pg.data = Rc::clone(f);
+                }
+            }
+            _ => self.store(pa, data),
         }
     }
 
@@ -295,14 +318,54 @@ mod tests {
         (bytes, lines)
     }
 
+    /// A device's whole-page write shares DRAM's frame; after it, a CPU store to
+    /// the truth and a DRAM write each change only their own side.
+    #[test]
+    fn a_device_page_shares_the_frame_until_either_side_changes() {
+        let mut dram = crate::hw::dram::Dram::new(0, 1 << 20, 16);
+        let mut o = Oracle::default();
+        o.pages.insert(
+            0x1000,
+            Page {
+                data: Rc::new([0u8; PAGE_SIZE as usize]),
+                refs: 1,
+                dram_may_differ: false,
+            },
+        );
+        let page = vec![0x5au8; PAGE_SIZE as usize];
+        dram.write(0x1000, &page);
+        let frame = dram.shared_frame(0x1000);
+        o.store_device(0x1000, &page, frame.as_ref());
+        drop(frame);
+        let shared = o.pages.get(&0x1000).map(|pg| Rc::clone(&pg.data));
+        assert!(
+            shared.is_some_and(|f| Some(&f) == dram.shared_frame(0x1000).as_ref()
+                && Rc::ptr_eq(&f, &dram.shared_frame(0x1000).unwrap()))
+        );
+        o.store_cpu(0x1008, &[1, 2, 3]);
+        assert_eq!(o.get(0x1008, 3), Some(vec![1, 2, 3]));
+        let mut b = [0u8; 3];
+        dram.read(0x1008, &mut b);
+        assert_eq!(b, [0x5a; 3], "DRAM changed with the truth");
+        dram.write(0x1100, &[9; 4]);
+        assert_eq!(
+            o.get(0x1100, 4),
+            Some(vec![0x5a; 4]),
+            "the truth changed with DRAM"
+        );
+        // A part of a page is copied as before.
+        o.store_device(0x1200, &[7; 16], None);
+        assert_eq!(o.get(0x1200, 16), Some(vec![7; 16]));
+    }
+
     #[test]
     fn diff_counts_the_same_bytes_and_lines_as_a_byte_by_byte_compare() {
         let mut o = Oracle::default();
         // Two watched pages with a gap page between them (unwatched bytes count
         // as equal).
         for p in [0x1000u64, 0x3000] {
-            let mut data = Box::new([0u8; PAGE_SIZE as usize]);
-            for (i, b) in data.iter_mut().enumerate() {
+            let mut data = Rc::new([0u8; PAGE_SIZE as usize]);
+            for (i, b) in Rc::make_mut(&mut data).iter_mut().enumerate() {
                 *b = (i as u64 * 7 + p) as u8;
             }
             o.pages.insert(
@@ -356,7 +419,7 @@ mod tests {
             let p = 0x4000_0000 + (x % 2048) * PAGE_SIZE;
             if x >> 60 < 9 {
                 let pg = Page {
-                    data: Box::new([0u8; PAGE_SIZE as usize]),
+                    data: Rc::new([0u8; PAGE_SIZE as usize]),
                     refs: k,
                     dram_may_differ: false,
                 };

@@ -37,6 +37,16 @@ impl<'a, K> Iterator for Range<'a, K> {
     }
 }
 
+impl<K> DoubleEndedIterator for Range<'_, K> {
+    #[inline]
+    fn next_back(&mut self) -> Option<Self::Item> {
+        match self {
+            Range::Small(i) => i.next_back(),
+            Range::Large(i) => i.next_back(),
+        }
+    }
+}
+
 impl<K: Ord + Copy> OrdSet<K> {
     /// An empty set.
     pub(super) fn new() -> Self {

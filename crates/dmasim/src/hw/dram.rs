@@ -8,6 +8,14 @@
 //! Each chunk also holds one "watched" bit per frame: the sanitizer sets it on frames
 //! that hold live DMA buffers, so the hot paths learn with one bit test whether an
 //! access needs the oracle.
+//!
+//! A frame is reference counted so that the sanitizer's oracle can hold the same
+//! bytes instead of a copy when a device has just written a whole page (the truth and
+//! DRAM are then equal): the first later write to either side copies the frame first
+//! (copy on write), and a whole-page write to a shared frame takes a fresh one. This
+//! is host bookkeeping only; what any address reads is unchanged.
+
+use std::rc::Rc;
 
 use crate::config::{PAGE_SHIFT, PAGE_SIZE};
 
@@ -18,9 +26,17 @@ const CHUNK_SHIFT: u32 = 9;
 /// One 4 KiB frame of RAM.
 pub type Frame = [u8; PAGE_SIZE as usize];
 
+/// A frame's bytes as DRAM holds them, which the oracle may share (copy on write).
+pub type SharedFrame = Rc<Frame>;
+
+/// A new frame holding a copy of `data` (one page), copied once into its allocation.
+fn frame_from(data: &[u8]) -> Option<SharedFrame> {
+    Rc::<[u8]>::from(data).try_into().ok()
+}
+
 /// 512 frame pointers and their watched bits, inline (one pointer hop per lookup).
 struct Chunk {
-    frames: [Option<Box<Frame>>; CHUNK_FRAMES],
+    frames: [Option<SharedFrame>; CHUNK_FRAMES],
     watched: [u64; CHUNK_FRAMES / 64],
 }
 
@@ -119,9 +135,16 @@ impl Dram {
                 return None;
             }
             self.touched += 1;
-            chunk.frames[f] = Some(Box::new([0u8; PAGE_SIZE as usize]));
+            chunk.frames[f] = Some(Rc::new([0u8; PAGE_SIZE as usize]));
         }
-        chunk.frames[f].as_deref_mut()
+        chunk.frames[f].as_mut().map(Rc::make_mut)
+    }
+
+    /// Another reference to the bytes of the frame holding `pa` (if it was ever
+    /// written), for the oracle to share while neither side changes them.
+    pub fn shared_frame(&self, pa: u64) -> Option<SharedFrame> {
+        let (c, f) = self.index(pa);
+        self.chunks[c].as_ref()?.frames[f].clone()
     }
 
     /// Copies bytes at `pa` (inside one frame) into `out`.
@@ -138,6 +161,21 @@ impl Dram {
     #[inline]
     pub fn write_in_frame(&mut self, pa: u64, data: &[u8]) {
         let off = (pa & (PAGE_SIZE - 1)) as usize;
+        if data.len() == PAGE_SIZE as usize {
+            // A whole page over a shared frame: a fresh frame, not a copy of the old
+            // bytes that are overwritten at once.
+            let (c, f) = self.index(pa);
+            if let Some(slot) = self.chunks[c]
+                .as_mut()
+                .and_then(|ch| ch.frames[f].as_mut())
+                .filter(|fr| Rc::strong_count(fr) > 1)
+            {
+                if let Some(fresh) = frame_from(data) {
+                    *slot = fresh;
+                    return;
+                }
+            }
+        }
         if let Some(f) = self.frame_mut(pa) {
             f[off..off + data.len()].copy_from_slice(data);
         }
@@ -156,9 +194,9 @@ impl Dram {
                 return chunk.watched[f / 64] & (1 << (f % 64)) != 0;
             }
             self.touched += 1;
-            chunk.frames[f] = Some(Box::new([0u8; PAGE_SIZE as usize]));
+            chunk.frames[f] = Some(Rc::new([0u8; PAGE_SIZE as usize]));
         }
-        if let Some(fr) = chunk.frames[f].as_deref_mut() {
+        if let Some(fr) = chunk.frames[f].as_mut().map(Rc::make_mut) {
             super::copy_bytes(&mut fr[off..off + data.len()], data);
         }
         chunk.watched[f / 64] & (1 << (f % 64)) != 0
@@ -259,6 +297,28 @@ mod tests {
         assert!(!d.contains(0x3fff_ffff, 2));
         assert!(!d.contains(u64::MAX, 2));
         assert!(!d.contains(0x4000_0000, u64::MAX));
+    }
+
+    /// A frame shared with the oracle keeps its bytes whatever DRAM does next:
+    /// a partial write copies it first, a whole-page write takes a fresh frame; and
+    /// neither counts as another touched frame.
+    #[test]
+    fn a_shared_frame_is_copied_on_write() {
+        let mut d = Dram::new(0x4000_0000, 1 << 30, 16);
+        let page = vec![0x11u8; PAGE_SIZE as usize];
+        d.write(0x4000_1000, &page);
+        let held = d.shared_frame(0x4000_1000).expect("written frame");
+        d.write(0x4000_1010, &[0x22; 8]);
+        assert!(held.iter().all(|&b| b == 0x11), "the shared copy changed");
+        let mut b = [0u8; 8];
+        d.read(0x4000_1010, &mut b);
+        assert_eq!(b, [0x22; 8]);
+        let held = d.shared_frame(0x4000_1000).expect("written frame");
+        d.write(0x4000_1000, &vec![0x33u8; PAGE_SIZE as usize]);
+        assert_eq!(held[0x10], 0x22, "the shared copy changed");
+        d.read(0x4000_1010, &mut b);
+        assert_eq!(b, [0x33; 8]);
+        assert_eq!(d.frames_touched(), 1);
     }
 
     #[test]

@@ -290,7 +290,15 @@ impl Iotlb {
     fn insert(&mut self, domain: usize, iova: u64, shift: u32, pa: u64, writable: bool) {
         let r = self.set_of(iova, shift);
         let base = r.start;
-        let w = match self.keys[r].iter().position(|&x| x == INVALID) {
+        // A full IOTLB (every set full: the steady state of a stream through it)
+        // has no free way to look for.
+        let full = self.by_size.iter().sum::<u32>() as usize == self.keys.len();
+        let free = if full {
+            None
+        } else {
+            self.keys[r].iter().position(|&x| x == INVALID)
+        };
+        let w = match free {
             Some(w) => w,
             None => self.lru[base / self.ways] as usize - base,
         };
@@ -300,13 +308,18 @@ impl Iotlb {
             self.by_size[size_code(old)] -= 1;
         }
         let k = key(domain, iova, shift);
-        if let Some(&dup) = self.index.get(&k) {
-            // Already cached (a walk raced a hit): keep one copy.
-            self.keys[dup] = INVALID;
-            self.by_size[size_code(k)] -= 1;
+        match self.index.entry(k) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                // Already cached (a walk raced a hit): keep one copy.
+                self.keys[*o.get()] = INVALID;
+                self.by_size[size_code(k)] -= 1;
+                o.insert(base + w);
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(base + w);
+            }
         }
         self.by_size[size_code(k)] += 1;
-        self.index.insert(k, base + w);
         self.keys[base + w] = k;
         self.entries[base + w] = TlbEntry {
             domain,
