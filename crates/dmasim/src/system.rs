@@ -1208,6 +1208,9 @@ impl System {
                 frame,
             },
         );
+        if let Some(f) = self.check.oracle.take_released() {
+            self.hw.dram.recycle(f);
+        }
         if let Some(k) = fault {
             let us = t / 1_000_000;
             // SMMUv3 event record types (Arm IHI 0070, "Event records").

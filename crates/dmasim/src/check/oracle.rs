@@ -111,6 +111,9 @@ impl PageTable {
 #[derive(Default)]
 pub struct Oracle {
     pages: PageTable,
+    /// Frames a page let go of for a newer shared one, which nothing else holds:
+    /// DRAM reuses them ([`Oracle::take_released`]). At most one waits at a time.
+    released: Option<SharedFrame>,
 }
 
 fn page_of(pa: u64) -> u64 {
@@ -162,6 +165,12 @@ impl Oracle {
             }
             p += PAGE_SIZE;
         }
+    }
+
+    /// The frame the last shared device write let go of, if nothing else holds
+    /// it, for DRAM to reuse ([`Dram::recycle`](crate::hw::dram::Dram::recycle)).
+    pub fn take_released(&mut self) -> Option<SharedFrame> {
+        self.released.take()
     }
 
     /// Records a cacheable CPU store: the truth changes, DRAM may lag behind.
@@ -223,7 +232,10 @@ impl Oracle {
             Some(f) if pa & (PAGE_SIZE - 1) == 0 && data.len() as u64 == PAGE_SIZE => {
                 debug_assert!(f[..] == *data, "a shared frame holds the written bytes");
                 if let Some(pg) = self.pages.get_mut(&pa) {
-                    pg.data = Rc::clone(f);
+                    let old = std::mem::replace(&mut pg.data, Rc::clone(f));
+                    if Rc::strong_count(&old) == 1 {
+                        self.released = Some(old);
+                    }
                 }
             }
             _ => self.store(pa, data),

@@ -58,7 +58,14 @@ pub struct Dram {
     touched: u64,
     cap: u64,
     cap_exceeded: bool,
+    /// Frames nothing else holds any more, for the next whole-page write over a
+    /// shared frame (a device streaming into a watched buffer would otherwise
+    /// allocate and free a frame per page).
+    spares: Vec<SharedFrame>,
 }
+
+/// Spare frames kept at most (256 KiB).
+const MAX_SPARES: usize = 64;
 
 impl Dram {
     /// RAM of `size` bytes starting at physical `base`; at most `cap_frames` frames
@@ -74,6 +81,7 @@ impl Dram {
             touched: 0,
             cap: cap_frames,
             cap_exceeded: false,
+            spares: Vec::new(),
         }
     }
 
@@ -140,6 +148,14 @@ impl Dram {
         chunk.frames[f].as_mut().map(Rc::make_mut)
     }
 
+    /// Takes back a frame that was shared and that nothing else holds now, to hold
+    /// the next whole page written over a shared frame.
+    pub fn recycle(&mut self, frame: SharedFrame) {
+        if Rc::strong_count(&frame) == 1 && self.spares.len() < MAX_SPARES {
+            self.spares.push(frame);
+        }
+    }
+
     /// Another reference to the bytes of the frame holding `pa` (if it was ever
     /// written), for the oracle to share while neither side changes them.
     pub fn shared_frame(&self, pa: u64) -> Option<SharedFrame> {
@@ -170,7 +186,17 @@ impl Dram {
                 .and_then(|ch| ch.frames[f].as_mut())
                 .filter(|fr| Rc::strong_count(fr) > 1)
             {
-                if let Some(fresh) = frame_from(data) {
+                let fresh = match self.spares.pop() {
+                    Some(mut spare) => match Rc::get_mut(&mut spare) {
+                        Some(m) => {
+                            m.copy_from_slice(data);
+                            Some(spare)
+                        }
+                        None => frame_from(data),
+                    },
+                    None => frame_from(data),
+                };
+                if let Some(fresh) = fresh {
                     *slot = fresh;
                     return;
                 }
@@ -319,6 +345,20 @@ mod tests {
         d.read(0x4000_1010, &mut b);
         assert_eq!(b, [0x33; 8]);
         assert_eq!(d.frames_touched(), 1);
+        // The old frame, once nothing else holds it, holds the next whole page
+        // written over a shared frame.
+        d.recycle(held);
+        assert_eq!(d.spares.len(), 1);
+        let held = d.shared_frame(0x4000_1000).expect("written frame");
+        d.write(0x4000_1000, &vec![0x44u8; PAGE_SIZE as usize]);
+        assert!(d.spares.is_empty(), "the spare was not used");
+        assert!(held.iter().all(|&b| b == 0x33), "the shared copy changed");
+        d.read(0x4000_1ff8, &mut b);
+        assert_eq!(b, [0x44; 8]);
+        // A frame something still holds is not taken.
+        let again = d.shared_frame(0x4000_1000).expect("written frame");
+        d.recycle(again);
+        assert!(d.spares.is_empty());
     }
 
     #[test]
