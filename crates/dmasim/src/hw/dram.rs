@@ -23,47 +23,15 @@ use crate::config::{PAGE_SHIFT, PAGE_SIZE};
 const CHUNK_FRAMES: usize = 512;
 const CHUNK_SHIFT: u32 = 9;
 
-/// One 4 KiB frame of RAM, aligned as a host cache line (64 bytes) so that each of
-/// the model's lines is one line of the host's: a copy of a line then touches one
-/// host line instead of two.
-#[derive(Clone)]
-#[repr(C, align(64))]
-pub struct Frame(pub [u8; PAGE_SIZE as usize]);
-
-impl Frame {
-    /// A frame of zeros on the heap.
-    pub fn zeroed() -> SharedFrame {
-        Rc::new(Frame([0; PAGE_SIZE as usize]))
-    }
-}
-
-impl std::fmt::Debug for Frame {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Frame({} bytes)", self.0.len())
-    }
-}
-
-impl std::ops::Deref for Frame {
-    type Target = [u8; PAGE_SIZE as usize];
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Frame {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+/// One 4 KiB frame of RAM.
+pub type Frame = [u8; PAGE_SIZE as usize];
 
 /// A frame's bytes as DRAM holds them, which the oracle may share (copy on write).
 pub type SharedFrame = Rc<Frame>;
 
-/// A new frame holding a copy of `data` (one page).
+/// A new frame holding a copy of `data` (one page), copied once into its allocation.
 fn frame_from(data: &[u8]) -> Option<SharedFrame> {
-    let mut f = Frame::zeroed();
-    Rc::get_mut(&mut f)?.copy_from_slice(data);
-    Some(f)
+    Rc::<[u8]>::from(data).try_into().ok()
 }
 
 /// 512 frame pointers and their watched bits, inline (one pointer hop per lookup).
@@ -175,7 +143,7 @@ impl Dram {
                 return None;
             }
             self.touched += 1;
-            chunk.frames[f] = Some(Frame::zeroed());
+            chunk.frames[f] = Some(Rc::new([0u8; PAGE_SIZE as usize]));
         }
         chunk.frames[f].as_mut().map(Rc::make_mut)
     }
@@ -252,7 +220,7 @@ impl Dram {
                 return chunk.watched[f / 64] & (1 << (f % 64)) != 0;
             }
             self.touched += 1;
-            chunk.frames[f] = Some(Frame::zeroed());
+            chunk.frames[f] = Some(Rc::new([0u8; PAGE_SIZE as usize]));
         }
         if let Some(fr) = chunk.frames[f].as_mut().map(Rc::make_mut) {
             super::copy_bytes(&mut fr[off..off + data.len()], data);
