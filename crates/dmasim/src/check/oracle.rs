@@ -345,6 +345,7 @@ mod tests {
             },
         );
         let page = vec![0x5au8; PAGE_SIZE as usize];
+        dram.set_watched(0x1000, true);
         dram.write(0x1000, &page);
         let frame = dram.shared_frame(0x1000);
         o.store_device(0x1000, &page, frame.as_ref());

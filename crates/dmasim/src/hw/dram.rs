@@ -9,11 +9,13 @@
 //! that hold live DMA buffers, so the hot paths learn with one bit test whether an
 //! access needs the oracle.
 //!
-//! A frame is reference counted so that the sanitizer's oracle can hold the same
-//! bytes instead of a copy when a device has just written a whole page (the truth and
-//! DRAM are then equal): the first later write to either side copies the frame first
-//! (copy on write), and a whole-page write to a shared frame takes a fresh one. This
-//! is host bookkeeping only; what any address reads is unchanged.
+//! A whole page written to a watched frame (a device filling a DMA buffer) is kept
+//! in a reference-counted frame, so that the sanitizer's oracle can hold the same
+//! bytes instead of a copy (the truth and DRAM are then equal): the first later write
+//! to either side copies the frame first (copy on write), and the next whole-page
+//! write over a shared frame takes a fresh one. Every other frame is owned outright,
+//! so the CPU's hot paths pay no reference count. This is host bookkeeping only; what
+//! any address reads is unchanged.
 
 use std::rc::Rc;
 
@@ -34,9 +36,36 @@ fn frame_from(data: &[u8]) -> Option<SharedFrame> {
     Rc::<[u8]>::from(data).try_into().ok()
 }
 
+/// Where a frame's bytes live.
+enum Slot {
+    /// Owned outright (every frame but those below).
+    Owned(Box<Frame>),
+    /// Written as a whole page while watched: the oracle may hold it too.
+    Shared(SharedFrame),
+}
+
+impl Slot {
+    #[inline]
+    fn bytes(&self) -> &Frame {
+        match self {
+            Slot::Owned(b) => b,
+            Slot::Shared(r) => r,
+        }
+    }
+
+    /// The bytes to change, copied first if the oracle holds them too.
+    #[inline]
+    fn bytes_mut(&mut self) -> &mut Frame {
+        match self {
+            Slot::Owned(b) => b,
+            Slot::Shared(r) => Rc::make_mut(r),
+        }
+    }
+}
+
 /// 512 frame pointers and their watched bits, inline (one pointer hop per lookup).
 struct Chunk {
-    frames: [Option<SharedFrame>; CHUNK_FRAMES],
+    frames: [Option<Slot>; CHUNK_FRAMES],
     watched: [u64; CHUNK_FRAMES / 64],
 }
 
@@ -129,7 +158,7 @@ impl Dram {
     #[inline]
     pub fn frame(&self, pa: u64) -> Option<&Frame> {
         let (c, f) = self.index(pa);
-        self.chunks[c].as_ref()?.frames[f].as_deref()
+        self.chunks[c].as_ref()?.frames[f].as_ref().map(Slot::bytes)
     }
 
     /// The frame holding `pa`, allocated (zeroed) if needed; `None` past the cap.
@@ -143,9 +172,9 @@ impl Dram {
                 return None;
             }
             self.touched += 1;
-            chunk.frames[f] = Some(Rc::new([0u8; PAGE_SIZE as usize]));
+            chunk.frames[f] = Some(Slot::Owned(Box::new([0u8; PAGE_SIZE as usize])));
         }
-        chunk.frames[f].as_mut().map(Rc::make_mut)
+        chunk.frames[f].as_mut().map(Slot::bytes_mut)
     }
 
     /// Takes back a frame that was shared and that nothing else holds now, to hold
@@ -156,11 +185,15 @@ impl Dram {
         }
     }
 
-    /// Another reference to the bytes of the frame holding `pa` (if it was ever
-    /// written), for the oracle to share while neither side changes them.
+    /// Another reference to the bytes of the frame holding `pa`, when it holds a
+    /// whole page written while it was watched, for the oracle to share while
+    /// neither side changes them.
     pub fn shared_frame(&self, pa: u64) -> Option<SharedFrame> {
         let (c, f) = self.index(pa);
-        self.chunks[c].as_ref()?.frames[f].clone()
+        match self.chunks[c].as_ref()?.frames[f].as_ref()? {
+            Slot::Shared(r) => Some(Rc::clone(r)),
+            Slot::Owned(_) => None,
+        }
     }
 
     /// Copies bytes at `pa` (inside one frame) into `out`.
@@ -177,34 +210,47 @@ impl Dram {
     #[inline]
     pub fn write_in_frame(&mut self, pa: u64, data: &[u8]) {
         let off = (pa & (PAGE_SIZE - 1)) as usize;
-        if data.len() == PAGE_SIZE as usize {
-            // A whole page over a shared frame: a fresh frame, not a copy of the old
-            // bytes that are overwritten at once.
-            let (c, f) = self.index(pa);
-            if let Some(slot) = self.chunks[c]
-                .as_mut()
-                .and_then(|ch| ch.frames[f].as_mut())
-                .filter(|fr| Rc::strong_count(fr) > 1)
-            {
-                let fresh = match self.spares.pop() {
-                    Some(mut spare) => match Rc::get_mut(&mut spare) {
-                        Some(m) => {
-                            m.copy_from_slice(data);
-                            Some(spare)
-                        }
-                        None => frame_from(data),
-                    },
-                    None => frame_from(data),
-                };
-                if let Some(fresh) = fresh {
-                    *slot = fresh;
-                    return;
-                }
-            }
+        if data.len() == PAGE_SIZE as usize && self.write_shareable_page(pa, data) {
+            return;
         }
         if let Some(f) = self.frame_mut(pa) {
             f[off..off + data.len()].copy_from_slice(data);
         }
+    }
+
+    /// A whole page written to a watched frame: held in a shareable frame (a spare
+    /// or a new one) unless it is one already that nothing else holds, which is
+    /// written in place by the caller. True when written here.
+    fn write_shareable_page(&mut self, pa: u64, data: &[u8]) -> bool {
+        let (c, f) = self.index(pa);
+        let Some(chunk) = self.chunks[c].as_mut() else {
+            return false;
+        };
+        if chunk.watched[f / 64] & (1 << (f % 64)) == 0 {
+            return false;
+        }
+        let new = match &chunk.frames[f] {
+            Some(Slot::Shared(r)) if Rc::strong_count(r) == 1 => return false,
+            Some(_) => false,
+            None if self.touched >= self.cap => return false,
+            None => true,
+        };
+        let fresh = match self.spares.pop() {
+            Some(mut spare) => match Rc::get_mut(&mut spare) {
+                Some(m) => {
+                    m.copy_from_slice(data);
+                    Some(spare)
+                }
+                None => frame_from(data),
+            },
+            None => frame_from(data),
+        };
+        let Some(fresh) = fresh else {
+            return false;
+        };
+        chunk.frames[f] = Some(Slot::Shared(fresh));
+        self.touched += u64::from(new);
+        true
     }
 
     /// Copies `data` to `pa` (inside one frame) and tells whether the frame is watched,
@@ -220,9 +266,9 @@ impl Dram {
                 return chunk.watched[f / 64] & (1 << (f % 64)) != 0;
             }
             self.touched += 1;
-            chunk.frames[f] = Some(Rc::new([0u8; PAGE_SIZE as usize]));
+            chunk.frames[f] = Some(Slot::Owned(Box::new([0u8; PAGE_SIZE as usize])));
         }
-        if let Some(fr) = chunk.frames[f].as_mut().map(Rc::make_mut) {
+        if let Some(fr) = chunk.frames[f].as_mut().map(Slot::bytes_mut) {
             super::copy_bytes(&mut fr[off..off + data.len()], data);
         }
         chunk.watched[f / 64] & (1 << (f % 64)) != 0
@@ -332,6 +378,10 @@ mod tests {
     fn a_shared_frame_is_copied_on_write() {
         let mut d = Dram::new(0x4000_0000, 1 << 30, 16);
         let page = vec![0x11u8; PAGE_SIZE as usize];
+        // Unwatched frames are owned outright: nothing to share.
+        d.write(0x4000_3000, &page);
+        assert!(d.shared_frame(0x4000_3000).is_none());
+        d.set_watched(0x4000_1000, true);
         d.write(0x4000_1000, &page);
         let held = d.shared_frame(0x4000_1000).expect("written frame");
         d.write(0x4000_1010, &[0x22; 8]);
@@ -344,7 +394,7 @@ mod tests {
         assert_eq!(held[0x10], 0x22, "the shared copy changed");
         d.read(0x4000_1010, &mut b);
         assert_eq!(b, [0x33; 8]);
-        assert_eq!(d.frames_touched(), 1);
+        assert_eq!(d.frames_touched(), 2);
         // The old frame, once nothing else holds it, holds the next whole page
         // written over a shared frame.
         d.recycle(held);
@@ -359,6 +409,14 @@ mod tests {
         let again = d.shared_frame(0x4000_1000).expect("written frame");
         d.recycle(again);
         assert!(d.spares.is_empty());
+        // The frame cap holds for shareable pages too.
+        let mut d = Dram::new(0x4000_0000, 1 << 30, 1);
+        d.write(0x4000_0000, &[1]);
+        d.set_watched(0x4000_5000, true);
+        d.write(0x4000_5000, &page);
+        assert_eq!(d.frames_touched(), 1);
+        assert!(d.cap_exceeded());
+        assert!(d.shared_frame(0x4000_5000).is_none());
     }
 
     #[test]
