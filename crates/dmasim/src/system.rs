@@ -1181,15 +1181,12 @@ impl System {
             line,
         };
         // A whole watched page written to DRAM: the oracle shares the frame.
-        let frame = (ok && write && n == PAGE_SIZE && pa & (PAGE_SIZE - 1) == 0)
-            .then(|| {
-                self.hw
-                    .dram
-                    .is_watched(pa)
-                    .then(|| self.hw.dram.shared_frame(pa))
-            })
-            .flatten()
-            .flatten();
+        let whole_page = n == PAGE_SIZE && pa & (PAGE_SIZE - 1) == 0;
+        let frame = if ok && write && whole_page && self.hw.dram.is_watched(pa) {
+            self.hw.dram.shared_frame(pa)
+        } else {
+            None
+        };
         self.check.device_access(
             ctx,
             DeviceAccess {
