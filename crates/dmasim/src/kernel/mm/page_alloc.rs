@@ -92,14 +92,15 @@ impl FreeArea {
         Some((u32::from(order), mt))
     }
 
-    /// `del` of the free block starting at `pfn` when it has order `order` (one
-    /// lookup of the position map instead of `is_free_at` and then `del`): its
-    /// migratetype, or `None` with nothing changed.
-    fn del_at(&mut self, pfn: u64, order: u32) -> Option<MigrateType> {
-        let std::collections::hash_map::Entry::Occupied(e) = self.pos.entry(pfn) else {
+    /// `del` of the free block starting at `start` when it holds `pfn`: its order
+    /// and migratetype, or `None` with nothing changed (one lookup of the position
+    /// map, whatever the block's order).
+    fn del_holding(&mut self, start: u64, pfn: u64) -> Option<(u32, MigrateType)> {
+        let std::collections::hash_map::Entry::Occupied(e) = self.pos.entry(start) else {
             return None;
         };
-        if u32::from(e.get().0) != order {
+        let order = u32::from(e.get().0);
+        if pfn - start >= 1 << order {
             return None;
         }
         let (_, mt, idx) = e.remove();
@@ -112,7 +113,7 @@ impl FreeArea {
             }
         }
         self.nr_free -= 1 << order;
-        Some(mt)
+        Some((order, mt))
     }
 
     /// Takes a block of exactly `order` and `mt`, chosen by the seeded stream.
@@ -325,9 +326,17 @@ impl Zone {
     /// Takes the single page `pfn` out of the free block that holds it, giving the
     /// rest of the block back in aligned pieces. `false` when `pfn` is not free.
     fn take_page(&mut self, pfn: u64) -> bool {
+        // Free blocks are aligned and disjoint, so at most one holds `pfn`: the one
+        // starting at `pfn` rounded down to its order. Each candidate start is
+        // looked up once (orders that round `pfn` down alike share it).
+        let mut last = None;
         for o in 0..=MAX_PAGE_ORDER {
             let start = pfn & !((1u64 << o) - 1);
-            if let Some(mt) = self.free.del_at(start, o) {
+            if last == Some(start) {
+                continue;
+            }
+            last = Some(start);
+            if let Some((o, mt)) = self.free.del_holding(start, pfn) {
                 let end = start + (1 << o);
                 for (a, b) in [(start, pfn), (pfn + 1, end)] {
                     let mut s = a;
@@ -954,38 +963,65 @@ mod tests {
         assert_eq!(n.zones.iter().map(|z| z.allocated).sum::<u64>(), kept);
     }
 
-    /// `FreeArea::del_at` (one lookup) must leave the free area exactly as the
-    /// `is_free_at` check followed by `del` it replaced: the same lists in the same
-    /// order (`take` draws an index into them, so the order is part of the run's
-    /// result) and the same positions, whether the block is there at that order,
-    /// at another order, or not at all.
+    /// `Zone::take_page` (one lookup per distinct candidate start) must leave the
+    /// free area exactly as the search it replaced — `is_free_at` at each order
+    /// from 0 up, then `del` and the split: the same lists in the same order
+    /// (`take` draws an index into them, so the order is part of the run's result)
+    /// and the same positions, for free pages, taken pages and pages in blocks of
+    /// every order.
     #[test]
-    fn del_at_changes_the_free_lists_exactly_as_is_free_at_then_del() {
+    fn take_page_changes_the_free_lists_exactly_as_the_order_by_order_search() {
+        fn reference(free: &mut FreeArea, pfn: u64) -> bool {
+            for o in 0..=MAX_PAGE_ORDER {
+                let start = pfn & !((1u64 << o) - 1);
+                if let Some(mt) = free.is_free_at(start, o) {
+                    free.del(start);
+                    let end = start + (1 << o);
+                    for (a, b) in [(start, pfn), (pfn + 1, end)] {
+                        let mut s = a;
+                        while s < b {
+                            let mut order = s.trailing_zeros().min(o);
+                            while s + (1 << order) > b {
+                                order -= 1;
+                            }
+                            free.add(s, order, mt);
+                            s += 1 << order;
+                        }
+                    }
+                    return true;
+                }
+            }
+            false
+        }
         let mut n = Node::new(0, 256 << 20, &layout(16 << 20, 256 << 20), &[]);
         let mut r = SimRng::new(5);
         n.age(&mut r);
         let mut probe = SimRng::new(6);
-        let mut removed = 0;
+        let (mut taken, mut refused) = (0, 0);
         for z in 0..n.zones.len() {
             let (start, end) = (n.zones[z].start_pfn, n.zones[z].end_pfn);
             if end <= start {
                 continue;
             }
             for _ in 0..3_000 {
-                let order = probe.below(MAX_PAGE_ORDER as usize + 1) as u32;
-                let pfn = (start + probe.next_u64() % (end - start)) & !((1u64 << order) - 1);
+                // Clustered probes, so later ones land in blocks earlier ones split.
+                let pfn = start + probe.next_u64() % (end - start).min(1 << 14);
                 let mut plain = n.zones[z].free.clone();
-                let expected = plain.is_free_at(pfn, order);
-                if expected.is_some() {
-                    plain.del(pfn);
-                    removed += 1;
+                let expected = reference(&mut plain, pfn);
+                let got = n.zones[z].take_page(pfn);
+                assert_eq!(got, expected, "pfn {pfn:#x}");
+                assert!(n.zones[z].free == plain, "pfn {pfn:#x}");
+                if got {
+                    taken += 1;
+                } else {
+                    refused += 1;
                 }
-                let got = n.zones[z].free.del_at(pfn, order);
-                assert_eq!(got, expected, "pfn {pfn:#x} order {order}");
-                assert!(n.zones[z].free == plain, "pfn {pfn:#x} order {order}");
             }
         }
-        assert!(removed > 100, "the probe must hit free blocks: {removed}");
+        assert!(
+            taken > 100 && refused > 100,
+            "taken {taken}, refused {refused}"
+        );
     }
 
     /// Boot's aging reserves room in each zone's free-block map up front (a map
