@@ -883,6 +883,55 @@ let h3 = dma_map_single(d2, q, DMA_TO_DEVICE);
 }
 
 #[test]
+fn r21_fuzz_an_unmap_of_zero_bytes_caches_a_still_mapped_iova_as_linux_reported_not_an_internal_error(
+) {
+    // Fuzz seeds 50639052 (an unmap of 0 bytes, then one of 8 MiB + 1 byte) and
+    // 50650565 (an unmap of 0 bytes, then one of 4096), minimised.
+    // drivers/iommu/dma-iommu.c: __iommu_dma_unmap of 0 bytes aligns the size to 0,
+    // iommu_unmap_fast clears nothing (and WARN_ON(unmapped != size) holds), and
+    // iommu_dma_free_iova -> drivers/iommu/iova.c: free_iova_fast(pfn, 0) puts the
+    // IOVA into the per-CPU cache of 1-granule ranges (order_base_2(0) == 0) while
+    // its page stays mapped: Linux's allocator can hand it out again. The second
+    // unmap then frees the range out of the tree under the cached entry (8 MiB)
+    // or caches it a second time (4096). The invariant mode called the state an
+    // internal error of dmasim.
+    for (seed, second) in [
+        (
+            50639052,
+            "dma_unmap_single(dev, h, 8388609, DMA_TO_DEVICE);",
+        ),
+        (50650565, "dma_unmap_single(dev, h, 4096, DMA_TO_DEVICE);"),
+    ] {
+        let src = format!(
+            r#"boot("arm64-noncoherent", #{{ iommu: "smmu", ram: "64 MiB" }});
+let dev = device("dev");
+let b = kmalloc(4096);
+let h = dma_map_single(dev, b, DMA_FROM_DEVICE);
+dma_unmap_single(dev, h, 0, DMA_TO_DEVICE);
+{second}
+let q = kmalloc(4096);
+let h2 = dma_map_single(dev, q, DMA_TO_DEVICE);
+"#
+        );
+        let (r, j) = run_checked("iova0.rhai", &src);
+        assert!(r.error.is_none(), "seed {seed}: {:?}", r.error);
+        let f = finding_at(&j, "allocator-corrupted", 5);
+        let msg = f["message"].as_str().unwrap();
+        assert!(msg.contains("still maps"), "seed {seed}: {msg}");
+        assert_eq!(
+            j["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["id"] == "allocator-corrupted")
+                .count(),
+            1,
+            "once per domain"
+        );
+    }
+}
+
+#[test]
 fn r19_after_the_misuse_the_next_mapping_gets_an_iova_a_live_range_holds_as_in_linux() {
     // The docs page's script (docs/findings/allocator-corrupted.md): the state the
     // model keeps after the misuse is Linux's, with its consequence: the next

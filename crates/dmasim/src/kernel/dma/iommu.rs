@@ -268,7 +268,10 @@ impl System {
         // __iommu_dma_unmap gives the IOVA back whatever iommu_unmap_fast found
         // there (WARN_ON(unmapped != size) and on): a second dma_unmap_sg or
         // dma_unmap_resource frees a range that already waits in the per-CPU cache
-        // or the flush queue a second time.
+        // or the flush queue a second time. An unmap of 0 bytes clears nothing and
+        // still gives the IOVA back (free_iova_fast(pfn, 0) caches it as a
+        // 1-granule range), its page mapped.
+        let still_mapped = len == 0 && self.iova_translates(domain, iova);
         self.iova_free_check(
             dev,
             domain,
@@ -276,7 +279,7 @@ impl System {
             size,
             iova >> PAGE_SHIFT,
             len >> PAGE_SHIFT,
-            unmapped == 0,
+            (unmapped == 0, still_mapped),
         );
         if lazy {
             self.iommu_queue_iova(domain, iova >> PAGE_SHIFT, len >> PAGE_SHIFT);
@@ -301,7 +304,9 @@ impl System {
     /// marks the allocator so that the invariant check of tests no longer judges it.
     /// When the unmap found nothing mapped (`nothing_unmapped`, a misuse in any
     /// case) the range may also have been given back already: then it goes into
-    /// the cache or the queue twice.
+    /// the cache or the queue twice. When the IOVA given back still translates
+    /// (`still_mapped`: an unmap of 0 bytes), a later mapping can get an IOVA whose
+    /// page is mapped.
     #[allow(clippy::too_many_arguments)]
     fn iova_free_check(
         &mut self,
@@ -311,20 +316,31 @@ impl System {
         size: u64,
         pfn: u64,
         pages: u64,
-        nothing_unmapped: bool,
+        (nothing_unmapped, still_mapped): (bool, bool),
     ) {
         let st = self.kernel.iommu.as_mut().expect("IOMMU");
         let d = &mut st.domains[domain];
         let again =
             nothing_unmapped && (d.iovad.is_cached(pfn) || d.fq.pending_pfns().any(|p| p == pfn));
-        let problem = d.iovad.free_problem(pfn, pages).or_else(|| {
-            again.then(|| {
-                format!(
-                    "IOVA {:#x} was given back already and waits in the per-CPU cache or the flush queue, so it is there twice and will be handed out twice",
-                    pfn << PAGE_SHIFT
-                )
+        let problem = d
+            .iovad
+            .free_problem(pfn, pages)
+            .or_else(|| {
+                still_mapped.then(|| {
+                    format!(
+                        "IOVA {:#x} went into the per-CPU cache of 1-granule ranges while the page table still maps it (the unmap of 0 bytes cleared nothing)",
+                        pfn << PAGE_SHIFT
+                    )
+                })
             })
-        });
+            .or_else(|| {
+                again.then(|| {
+                    format!(
+                        "IOVA {:#x} was given back already and waits in the per-CPU cache or the flush queue, so it is there twice and will be handed out twice",
+                        pfn << PAGE_SHIFT
+                    )
+                })
+            });
         let iovad = &mut d.iovad;
         let Some(problem) = problem else {
             return;

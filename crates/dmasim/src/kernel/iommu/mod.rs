@@ -699,6 +699,34 @@ impl System {
         (done, leaves)
     }
 
+    /// Whether `iova` translates in `domain`'s tables: the model's own look at them
+    /// (through the coherent view, changing no cache and costing no time), not a
+    /// walk the kernel does.
+    pub(crate) fn iova_translates(&self, domain: usize, iova: u64) -> bool {
+        let pgd = self.kernel.iommu.as_ref().expect("IOMMU").domains[domain].pgd;
+        if pgd == 0 {
+            return false;
+        }
+        let mut table = pgd;
+        for level in 0..4 {
+            let pa = table + ((iova >> level_shift(level)) & 511) * 8;
+            if !self.hw.dram.contains(pa, 8) {
+                return false;
+            }
+            let mut b = [0u8; 8];
+            self.hw.peek(pa, &mut b);
+            let d = u64::from_le_bytes(b);
+            if d & DESC_VALID == 0 {
+                return false;
+            }
+            if level == 3 || d & 0b11 == DESC_BLOCK {
+                return true;
+            }
+            table = d & OA_MASK;
+        }
+        false
+    }
+
     /// `iommu_iova_to_phys`: the software walk the kernel does (0 when unmapped).
     pub fn iommu_iova_to_phys(&mut self, domain: usize, iova: u64) -> u64 {
         let pgd = self.kernel.iommu.as_ref().expect("IOMMU").domains[domain].pgd;
