@@ -232,14 +232,35 @@ impl Iotlb {
     }
 
     fn set_of(&self, iova: u64, shift: u32) -> std::ops::Range<usize> {
-        let s = ((iova >> shift) as usize) % self.sets;
+        let s = self.set_index((iova >> shift) as usize);
         s * self.ways..(s + 1) * self.ways
+    }
+
+    /// The set of page number `n`. A fully associative IOTLB (the presets' kind)
+    /// has one set, and divides nothing on its lookups and fills.
+    #[inline(always)]
+    fn set_index(&self, n: usize) -> usize {
+        if self.sets == 1 {
+            0
+        } else {
+            n % self.sets
+        }
+    }
+
+    /// The set way `i` belongs to.
+    #[inline(always)]
+    fn set_of_way(&self, i: usize) -> usize {
+        if self.sets == 1 {
+            0
+        } else {
+            i / self.ways
+        }
     }
 
     /// Moves way `i` to the front of its set's recency list.
     #[inline]
     fn touch(&mut self, i: usize) {
-        let set = i / self.ways;
+        let set = self.set_of_way(i);
         let front = self.mru[set] as usize;
         if front == i {
             return;
@@ -300,7 +321,7 @@ impl Iotlb {
         };
         let w = match free {
             Some(w) => w,
-            None => self.lru[base / self.ways] as usize - base,
+            None => self.lru[self.set_of_way(base)] as usize - base,
         };
         let old = self.keys[base + w];
         if old != INVALID {
