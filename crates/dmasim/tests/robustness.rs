@@ -819,6 +819,16 @@ fn run_checked(name: &str, src: &str) -> (dmasim::report::Report, serde_json::Va
     )
 }
 
+/// How many findings `id` the report has.
+fn count_of(j: &serde_json::Value, id: &str) -> usize {
+    j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == id)
+        .count()
+}
+
 /// The first finding `id` at script line `line`, with its help.
 fn finding_at<'a>(j: &'a serde_json::Value, id: &str, line: u64) -> &'a serde_json::Value {
     let f = j["findings"]
@@ -869,16 +879,7 @@ let h3 = dma_map_single(d2, q, DMA_TO_DEVICE);
         let msg = f["message"].as_str().unwrap();
         assert!(msg.contains("IOVA allocator of d2's domain"), "{msg}");
         assert!(msg.contains("0xffffe000-0xffffffff"), "{msg}");
-        assert_eq!(
-            j["findings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|f| f["id"] == "allocator-corrupted")
-                .count(),
-            1,
-            "once per domain"
-        );
+        assert_eq!(count_of(&j, "allocator-corrupted"), 1, "once per domain");
     }
 }
 
@@ -918,16 +919,7 @@ let h2 = dma_map_single(dev, q, DMA_TO_DEVICE);
         let f = finding_at(&j, "allocator-corrupted", 5);
         let msg = f["message"].as_str().unwrap();
         assert!(msg.contains("still maps"), "seed {seed}: {msg}");
-        assert_eq!(
-            j["findings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|f| f["id"] == "allocator-corrupted")
-                .count(),
-            1,
-            "once per domain"
-        );
+        assert_eq!(count_of(&j, "allocator-corrupted"), 1, "once per domain");
     }
 }
 

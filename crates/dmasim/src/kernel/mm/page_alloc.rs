@@ -116,6 +116,24 @@ impl FreeArea {
         Some((order, mt))
     }
 
+    /// Adds the block of `order` at `start` without the page `pfn` inside it, in
+    /// aligned pieces, smallest next to `pfn` (`expand` for one page taken out of
+    /// the middle).
+    fn add_around(&mut self, start: u64, order: u32, pfn: u64, mt: MigrateType) {
+        let end = start + (1 << order);
+        for (a, b) in [(start, pfn), (pfn + 1, end)] {
+            let mut s = a;
+            while s < b {
+                let mut o = s.trailing_zeros().min(order);
+                while s + (1 << o) > b {
+                    o -= 1;
+                }
+                self.add(s, o, mt);
+                s += 1 << o;
+            }
+        }
+    }
+
     /// Takes a block of exactly `order` and `mt`, chosen by the seeded stream.
     fn take(&mut self, order: u32, mt: MigrateType, rng: &mut SimRng) -> Option<u64> {
         let l = Self::list(order, mt);
@@ -337,18 +355,7 @@ impl Zone {
             }
             last = Some(start);
             if let Some((o, mt)) = self.free.del_holding(start, pfn) {
-                let end = start + (1 << o);
-                for (a, b) in [(start, pfn), (pfn + 1, end)] {
-                    let mut s = a;
-                    while s < b {
-                        let mut order = s.trailing_zeros().min(o);
-                        while s + (1 << order) > b {
-                            order -= 1;
-                        }
-                        self.free.add(s, order, mt);
-                        s += 1 << order;
-                    }
-                }
+                self.free.add_around(start, o, pfn, mt);
                 return true;
             }
         }
@@ -976,18 +983,7 @@ mod tests {
                 let start = pfn & !((1u64 << o) - 1);
                 if let Some(mt) = free.is_free_at(start, o) {
                     free.del(start);
-                    let end = start + (1 << o);
-                    for (a, b) in [(start, pfn), (pfn + 1, end)] {
-                        let mut s = a;
-                        while s < b {
-                            let mut order = s.trailing_zeros().min(o);
-                            while s + (1 << order) > b {
-                                order -= 1;
-                            }
-                            free.add(s, order, mt);
-                            s += 1 << order;
-                        }
-                    }
+                    free.add_around(start, o, pfn, mt);
                     return true;
                 }
             }
