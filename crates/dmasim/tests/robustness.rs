@@ -829,6 +829,19 @@ fn count_of(j: &serde_json::Value, id: &str) -> usize {
         .count()
 }
 
+/// The message of the run's one `allocator-corrupted` finding, which must be at
+/// script line `line` (the finding comes once per IOVA domain or swiotlb pool).
+fn corrupted_at(j: &serde_json::Value, line: u64) -> &str {
+    assert_eq!(
+        count_of(j, "allocator-corrupted"),
+        1,
+        "once per domain or pool"
+    );
+    finding_at(j, "allocator-corrupted", line)["message"]
+        .as_str()
+        .unwrap()
+}
+
 /// The first finding `id` at script line `line`, with its help.
 fn finding_at<'a>(j: &'a serde_json::Value, id: &str, line: u64) -> &'a serde_json::Value {
     let f = j["findings"]
@@ -875,11 +888,9 @@ let h3 = dma_map_single(d2, q, DMA_TO_DEVICE);
         assert!(r.error.is_none(), "seed {seed}: {:?}", r.error);
         common::ok(&r);
         finding_at(&j, "unmap-unknown", 9);
-        let f = finding_at(&j, "allocator-corrupted", 9);
-        let msg = f["message"].as_str().unwrap();
+        let msg = corrupted_at(&j, 9);
         assert!(msg.contains("IOVA allocator of d2's domain"), "{msg}");
         assert!(msg.contains("0xffffe000-0xffffffff"), "{msg}");
-        assert_eq!(count_of(&j, "allocator-corrupted"), 1, "once per domain");
     }
 }
 
@@ -916,10 +927,8 @@ let h2 = dma_map_single(dev, q, DMA_TO_DEVICE);
         );
         let (r, j) = run_checked("iova0.rhai", &src);
         assert!(r.error.is_none(), "seed {seed}: {:?}", r.error);
-        let f = finding_at(&j, "allocator-corrupted", 5);
-        let msg = f["message"].as_str().unwrap();
+        let msg = corrupted_at(&j, 5);
         assert!(msg.contains("still maps"), "seed {seed}: {msg}");
-        assert_eq!(count_of(&j, "allocator-corrupted"), 1, "once per domain");
     }
 }
 
@@ -946,7 +955,7 @@ expect_eq(h2, ring.dma + 4096, "the next mapping gets an IOVA inside the live ri
     );
     common::ok(&r);
     finding_at(&j, "unmap-unknown", 8);
-    finding_at(&j, "allocator-corrupted", 8);
+    corrupted_at(&j, 8);
 }
 
 #[test]
@@ -980,8 +989,7 @@ dma_unmap_single(d1, h, 0, DMA_BIDIRECTIONAL);
         assert!(r.error.is_none(), "noise off {noise_off}: {:?}", r.error);
         finding_at(&j, "unmap-size-mismatch", 6);
         finding_at(&j, "unmap-unknown", 7);
-        let f = finding_at(&j, "allocator-corrupted", 7);
-        let msg = f["message"].as_str().unwrap();
+        let msg = corrupted_at(&j, 7);
         assert!(msg.contains("were already free"), "{msg}");
         if noise_off {
             // Nothing else bounced: the count is -1, as Linux's atomic_long.
@@ -1078,8 +1086,7 @@ dma_unmap_resource(d, a, 4096, DMA_TO_DEVICE, 0);
         assert!(r.error.is_none(), "strict {strict}: {:?}", r.error);
         common::ok(&r);
         finding_at(&j, "unmap-unknown", 5);
-        let f = finding_at(&j, "allocator-corrupted", 5);
-        let msg = f["message"].as_str().unwrap();
+        let msg = corrupted_at(&j, 5);
         assert!(msg.contains("given back already"), "{msg}");
         assert_eq!(
             common::log_has(&j, "iommu_map of 0x1000 bytes at IOVA 0xfffff000 failed"),
