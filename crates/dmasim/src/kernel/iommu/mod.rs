@@ -28,6 +28,29 @@ use crate::hw::mmu::MemType;
 use crate::system::System;
 use iova::IovaDomain;
 
+/// The physical address `iova` translates to in the tables at `pgd` (`None`: no
+/// table, or an invalid descriptor on the way), each descriptor read by
+/// `read_desc` (`None`: unreadable).
+fn walk_tables(pgd: u64, iova: u64, mut read_desc: impl FnMut(u64) -> Option<u64>) -> Option<u64> {
+    if pgd == 0 {
+        // No table (its allocation failed): nothing is mapped.
+        return None;
+    }
+    let mut table = pgd;
+    for level in 0..4 {
+        let d = read_desc(table + ((iova >> level_shift(level)) & 511) * 8)?;
+        if d & DESC_VALID == 0 {
+            return None;
+        }
+        if level == 3 || d & 0b11 == DESC_BLOCK {
+            let mask = (1u64 << level_shift(level)) - 1;
+            return Some((d & OA_MASK & !mask) | (iova & mask));
+        }
+        table = d & OA_MASK;
+    }
+    None
+}
+
 /// `IOMMU_READ`.
 pub const IOMMU_READ: u32 = 1 << 0;
 /// `IOMMU_WRITE`.
@@ -704,49 +727,20 @@ impl System {
     /// walk the kernel does.
     pub(crate) fn iova_translates(&self, domain: usize, iova: u64) -> bool {
         let pgd = self.kernel.iommu.as_ref().expect("IOMMU").domains[domain].pgd;
-        if pgd == 0 {
-            return false;
-        }
-        let mut table = pgd;
-        for level in 0..4 {
-            let pa = table + ((iova >> level_shift(level)) & 511) * 8;
-            if !self.hw.dram.contains(pa, 8) {
-                return false;
-            }
-            let mut b = [0u8; 8];
-            self.hw.peek(pa, &mut b);
-            let d = u64::from_le_bytes(b);
-            if d & DESC_VALID == 0 {
-                return false;
-            }
-            if level == 3 || d & 0b11 == DESC_BLOCK {
-                return true;
-            }
-            table = d & OA_MASK;
-        }
-        false
+        walk_tables(pgd, iova, |pa| {
+            self.hw.dram.contains(pa, 8).then(|| {
+                let mut b = [0u8; 8];
+                self.hw.peek(pa, &mut b);
+                u64::from_le_bytes(b)
+            })
+        })
+        .is_some()
     }
 
     /// `iommu_iova_to_phys`: the software walk the kernel does (0 when unmapped).
     pub fn iommu_iova_to_phys(&mut self, domain: usize, iova: u64) -> u64 {
         let pgd = self.kernel.iommu.as_ref().expect("IOMMU").domains[domain].pgd;
-        if pgd == 0 {
-            // No table (its allocation failed): nothing is mapped.
-            return 0;
-        }
-        let mut table = pgd;
-        for level in 0..4 {
-            let d = self.iopt_read(table + ((iova >> level_shift(level)) & 511) * 8);
-            if d & DESC_VALID == 0 {
-                return 0;
-            }
-            if level == 3 || d & 0b11 == DESC_BLOCK {
-                let mask = (1u64 << level_shift(level)) - 1;
-                return (d & OA_MASK & !mask) | (iova & mask);
-            }
-            table = d & OA_MASK;
-        }
-        0
+        walk_tables(pgd, iova, |pa| Some(self.iopt_read(pa))).unwrap_or(0)
     }
 
     /// Strict invalidation of `leaves` leaf entries of `[iova, iova+size)`: one TLBI
