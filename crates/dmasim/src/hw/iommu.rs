@@ -25,6 +25,8 @@
 
 use serde::Serialize;
 
+use super::tag_index::TagIndex;
+
 /// Descriptor bit 0: valid.
 pub const DESC_VALID: u64 = 1;
 /// Descriptor type bits for a table (levels 0–2) or a page (level 3).
@@ -194,7 +196,7 @@ pub struct Iotlb {
     last: Option<(u64, usize)>,
     /// Key → way of every valid entry: a lookup is a hash probe per page size
     /// instead of a scan of the set (the hardware compares all ways at once).
-    index: crate::fasthash::PageMap<usize>,
+    index: TagIndex,
     /// Valid entries per page size (4 KiB, 2 MiB, 1 GiB): a lookup or a range
     /// invalidation skips the sizes nothing is cached at.
     by_size: [u32; 3],
@@ -226,7 +228,7 @@ impl Iotlb {
             mru: (0..sets).map(|s| (s * ways) as u32).collect(),
             lru: (0..sets).map(|s| (s * ways + ways - 1) as u32).collect(),
             last: None,
-            index: crate::fasthash::PageMap::default(),
+            index: TagIndex::new(sets * ways),
             by_size: [0; 3],
         }
     }
@@ -300,7 +302,7 @@ impl Iotlb {
                 continue;
             }
             let k = key(domain, iova, shift);
-            if let Some(&i) = self.index.get(&k) {
+            if let Some(i) = self.index.get(k) {
                 self.last = Some((k, i));
                 return Some(self.hit(i));
             }
@@ -325,20 +327,14 @@ impl Iotlb {
         };
         let old = self.keys[base + w];
         if old != INVALID {
-            self.index.remove(&old);
+            self.index.remove(old);
             self.by_size[size_code(old)] -= 1;
         }
         let k = key(domain, iova, shift);
-        match self.index.entry(k) {
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                // Already cached (a walk raced a hit): keep one copy.
-                self.keys[*o.get()] = INVALID;
-                self.by_size[size_code(k)] -= 1;
-                o.insert(base + w);
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(base + w);
-            }
+        if let Some(was) = self.index.insert(k, base + w) {
+            // Already cached (a walk raced a hit): keep one copy.
+            self.keys[was] = INVALID;
+            self.by_size[size_code(k)] -= 1;
         }
         self.by_size[size_code(k)] += 1;
         self.keys[base + w] = k;
@@ -369,9 +365,9 @@ impl Iotlb {
                 }
                 for page in (iova >> shift)..(iova >> shift) + count {
                     let k = key(domain, page << shift, shift);
-                    if let Some(&i) = self.index.get(&k) {
+                    if let Some(i) = self.index.get(k) {
                         if self.entries[i].domain == domain {
-                            self.index.remove(&k);
+                            self.index.remove(k);
                             self.keys[i] = INVALID;
                             self.by_size[code] -= 1;
                             n += 1;
@@ -392,7 +388,7 @@ impl Iotlb {
                 let start = (*k >> 18) << e.shift;
                 let stop = start + (1u64 << e.shift);
                 if start < end && iova < stop {
-                    self.index.remove(k);
+                    self.index.remove(*k);
                     self.by_size[size_code(*k)] -= 1;
                     *k = INVALID;
                     n += 1;
@@ -406,7 +402,7 @@ impl Iotlb {
     pub fn invalidate_domain(&mut self, domain: usize) {
         for (k, e) in self.keys.iter_mut().zip(&self.entries) {
             if e.domain == domain && *k != INVALID {
-                self.index.remove(k);
+                self.index.remove(*k);
                 self.by_size[size_code(*k)] -= 1;
                 *k = INVALID;
             }

@@ -11,6 +11,7 @@ pub mod dram;
 pub mod iommu;
 pub mod mmu;
 pub mod rng;
+pub mod tag_index;
 
 use crate::config::{CostTable, NoiseConfig, PlatformConfig, PAGE_SIZE};
 use cache::{Caches, Hit};
