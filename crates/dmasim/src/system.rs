@@ -1113,7 +1113,8 @@ impl System {
         };
         let piece = &j.data[off..off + n as usize];
         // Only an access no mapping covers needs to know whose virtual address it was.
-        let covered = self.check.covers(sdev, bus, n);
+        let cover = self.check.covering(sdev, bus, n);
+        let covered = cover.is_some();
         let user = if covered || !ok {
             None
         } else {
@@ -1203,6 +1204,7 @@ impl System {
                 fault,
                 noiommu,
                 frame,
+                cover: Some(cover),
             },
         );
         if let Some(f) = self.check.oracle.take_released() {

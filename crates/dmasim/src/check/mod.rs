@@ -660,6 +660,10 @@ pub struct DeviceAccess<'a> {
     /// For a write of a whole watched page that reached DRAM: DRAM's frame, which
     /// holds exactly `data`, for the oracle to share instead of copying.
     pub frame: Option<crate::hw::dram::SharedFrame>,
+    /// The live mapping that covers the access, when the caller already asked
+    /// [`Sanitizer::covering`] for it (`Some(None)`: none does); `None` makes
+    /// [`Sanitizer::device_access`] look it up.
+    pub cover: Option<Option<u64>>,
 }
 
 /// An unmap the sanitizer remembers, to tell a device's use of a stale address.
@@ -1874,7 +1878,7 @@ impl Sanitizer {
     /// A device access through its port (one page at most), after the machine did it.
     pub fn device_access(&mut self, ctx: Ctx, a: DeviceAccess<'_>) {
         let len = a.data.len() as u64;
-        let cover = self.entries.containing(a.dev, a.bus, Some(len), |_| true);
+        let cover = a.cover.unwrap_or_else(|| self.covering(a.dev, a.bus, len));
         if cover.is_none() && (a.translated || a.fault.is_some()) && self.wider_than_bus(ctx, &a) {
             return;
         }
@@ -2574,9 +2578,13 @@ impl Sanitizer {
 
     /// True when a live mapping of `dev` covers `[bus, bus+len)`.
     pub fn covers(&self, dev: usize, bus: u64, len: u64) -> bool {
-        self.entries
-            .containing(dev, bus, Some(len), |_| true)
-            .is_some()
+        self.covering(dev, bus, len).is_some()
+    }
+
+    /// The live mapping of `dev` that covers `[bus, bus+len)` (the first in
+    /// bus-address order), for [`DeviceAccess::cover`].
+    pub fn covering(&self, dev: usize, bus: u64, len: u64) -> Option<u64> {
+        self.entries.containing(dev, bus, Some(len), |_| true)
     }
 
     /// Does `dev` hold any live mapping.

@@ -2,7 +2,7 @@
 //! tag with every way at once; the model answers the same question with a small
 //! hash table from key to way.
 //!
-//! The table is open addressing with linear probing, kept at most half full, and
+//! The table is open addressing with linear probing, kept at most a quarter full, and
 //! deletes by backward shift (Knuth, TAOCP vol. 3, 6.4 Algorithm R) instead of
 //! leaving tombstones. An IOTLB that a stream runs through replaces one entry per
 //! page: a general-purpose map would collect a tombstone per eviction and rehash
@@ -23,11 +23,12 @@ pub struct TagIndex {
 }
 
 impl TagIndex {
-    /// An empty index for up to `capacity` keys (twice as many slots, at least 8).
+    /// An empty index for up to `capacity` keys (four times as many slots, at least
+    /// 16: probes stay about one slot long).
     pub fn new(capacity: usize) -> TagIndex {
         let slots = capacity
-            .saturating_mul(2)
-            .max(8)
+            .saturating_mul(4)
+            .max(16)
             .checked_next_power_of_two()
             .unwrap_or(1 << 62);
         TagIndex {

@@ -789,14 +789,20 @@ impl System {
         let Some(st) = self.kernel.iommu.as_ref() else {
             return;
         };
+        let is_due = |d: &IommuDomain| {
+            d.fq.timer
+                .is_some_and(|t| t.saturating_add(margin_ps) <= t_ps)
+        };
+        // Called before every device piece behind the IOMMU: nothing due (the
+        // usual answer) allocates nothing.
+        if !st.domains.iter().any(is_due) {
+            return;
+        }
         let due: Vec<usize> = st
             .domains
             .iter()
             .enumerate()
-            .filter(|(_, d)| {
-                d.fq.timer
-                    .is_some_and(|t| t.saturating_add(margin_ps) <= t_ps)
-            })
+            .filter(|(_, d)| is_due(d))
             .map(|(i, _)| i)
             .collect();
         for d in due {
