@@ -1112,70 +1112,13 @@ impl System {
                 .is_ok()
         };
         let piece = &j.data[off..off + n as usize];
-        // Only an access no mapping covers needs to know whose virtual address it was.
         let cover = self.check.covering(sdev, bus, n);
         let covered = cover.is_some();
-        let user = if covered || !ok {
-            None
+        // Only an access no mapping covers needs to know whose memory it reached.
+        let (user, va_of) = if covered {
+            (None, None)
         } else {
-            let pfn = pa >> crate::config::PAGE_SHIFT;
-            let name_of = |pid: u32| {
-                self.kernel
-                    .procs
-                    .iter()
-                    .find(|p| p.pid == pid)
-                    .map_or(format!("pid {pid}"), |p| format!("{} (pid {pid})", p.name))
-            };
-            match (
-                self.kernel.user_pages.get(pfn),
-                self.kernel.user_pages.tombstones.get(&pfn),
-            ) {
-                (Some(pg), _) if pg.maybe_dma_pinned() => Some(UserHit::Pinned),
-                (Some(pg), None) => Some(UserHit::Unpinned(format!(
-                    "the user page at {:#x} of {}",
-                    pg.owner.va,
-                    name_of(pg.owner.pid)
-                ))),
-                (_, Some(t)) => {
-                    let why = match t.why {
-                        Vacated::Migrated { to_pfn } => {
-                            format!("was migrated to frame {to_pfn:#x}")
-                        }
-                        Vacated::Unmapped => "was unmapped".to_string(),
-                        Vacated::Swapped => "was swapped out".to_string(),
-                    };
-                    Some(UserHit::Gone(
-                        format!(
-                            "the user page at {:#x} of {} used to be; it {why} at {} ns",
-                            t.owner.va,
-                            name_of(t.owner.pid),
-                            t.time_ns
-                        ),
-                        t.time_ns,
-                        format!(
-                            "the user page at {:#x} of {} {why}, leaving frame {pfn:#x}",
-                            t.owner.va,
-                            name_of(t.owner.pid)
-                        ),
-                    ))
-                }
-                _ => None,
-            }
-        };
-        let va_of = if covered {
-            None
-        } else {
-            self.kernel.buffer_at_va(bus).map(|b| {
-                (
-                    format!(
-                        "{} buffer #{} (allocated at line {})",
-                        b.kind.name(),
-                        b.id,
-                        b.alloc.line
-                    ),
-                    b.phys + (bus - b.va),
-                )
-            })
+            Self::uncovered_context(&self.kernel, bus, pa, ok)
         };
         let ctx = Ctx {
             time_ns: t / 1000,
@@ -1210,36 +1153,17 @@ impl System {
         if let Some(f) = self.check.oracle.take_released() {
             self.hw.dram.recycle(f);
         }
-        if let Some(k) = fault {
-            let us = t / 1_000_000;
-            // SMMUv3 event record types (Arm IHI 0070, "Event records").
-            let (code, name) = match k {
-                crate::hw::iommu::FaultKind::Translation => (0x10, "F_TRANSLATION"),
-                crate::hw::iommu::FaultKind::AddressSize => (0x11, "F_ADDR_SIZE"),
-                crate::hw::iommu::FaultKind::Permission => (0x13, "F_PERMISSION"),
-                crate::hw::iommu::FaultKind::Blocked => (0x04, "C_BAD_STE"),
-            };
-            Self::push_capped(&mut self.log, &mut self.log_dropped, format!(
-                "[{:5}.{:06}] arm-smmu-v3: event {code:#04x} received ({name}): {} {} at IOVA {:#x}",
-                us / 1_000_000,
-                us % 1_000_000,
-                dev.name,
-                if write { "write" } else { "read" },
-                // What reached the SMMU: the bits the device drives.
-                lines
-            ));
-        } else if !ok {
-            let us = t / 1_000_000;
-            Self::push_capped(
+        if fault.is_some() || !ok {
+            Self::log_piece_error(
                 &mut self.log,
                 &mut self.log_dropped,
-                format!(
-                    "[{:5}.{:06}] {}: DMA bus error at {:#x} (physical {pa:#x} is not RAM)",
-                    us / 1_000_000,
-                    us % 1_000_000,
-                    dev.name,
-                    bus
-                ),
+                &dev.name,
+                fault,
+                write,
+                t,
+                bus,
+                lines,
+                pa,
             );
         }
         j.bus_error |= !ok;
@@ -1277,6 +1201,129 @@ impl System {
                 );
             }
         }
+    }
+
+    /// The kernel log line of a piece that did not reach memory: the SMMU's event
+    /// record for a fault, or else a bus error. Out of line: pieces rarely fail.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn log_piece_error(
+        log: &mut Vec<String>,
+        dropped: &mut u64,
+        dev_name: &str,
+        fault: Option<crate::hw::iommu::FaultKind>,
+        write: bool,
+        t: u64,
+        bus: u64,
+        lines: u64,
+        pa: u64,
+    ) {
+        if let Some(k) = fault {
+            let us = t / 1_000_000;
+            // SMMUv3 event record types (Arm IHI 0070, "Event records").
+            let (code, name) = match k {
+                crate::hw::iommu::FaultKind::Translation => (0x10, "F_TRANSLATION"),
+                crate::hw::iommu::FaultKind::AddressSize => (0x11, "F_ADDR_SIZE"),
+                crate::hw::iommu::FaultKind::Permission => (0x13, "F_PERMISSION"),
+                crate::hw::iommu::FaultKind::Blocked => (0x04, "C_BAD_STE"),
+            };
+            Self::push_capped(log, dropped, format!(
+                "[{:5}.{:06}] arm-smmu-v3: event {code:#04x} received ({name}): {} {} at IOVA {:#x}",
+                us / 1_000_000,
+                us % 1_000_000,
+                dev_name,
+                if write { "write" } else { "read" },
+                // What reached the SMMU: the bits the device drives.
+                lines
+            ));
+        } else {
+            // Not RAM.
+            let us = t / 1_000_000;
+            Self::push_capped(
+                log,
+                dropped,
+                format!(
+                    "[{:5}.{:06}] {}: DMA bus error at {:#x} (physical {pa:#x} is not RAM)",
+                    us / 1_000_000,
+                    us % 1_000_000,
+                    dev_name,
+                    bus
+                ),
+            );
+        }
+    }
+
+    /// What a device access no live mapping covers reached: the user page at (or
+    /// formerly at) frame `pa` (`ok`: it reached memory), and the live buffer whose
+    /// CPU virtual address `bus` is. Out of line: the common piece is covered.
+    #[cold]
+    #[inline(never)]
+    fn uncovered_context(
+        kernel: &Kernel,
+        bus: u64,
+        pa: u64,
+        ok: bool,
+    ) -> (Option<UserHit>, Option<(String, u64)>) {
+        let user = if !ok {
+            None
+        } else {
+            let pfn = pa >> crate::config::PAGE_SHIFT;
+            let name_of = |pid: u32| {
+                kernel
+                    .procs
+                    .iter()
+                    .find(|p| p.pid == pid)
+                    .map_or(format!("pid {pid}"), |p| format!("{} (pid {pid})", p.name))
+            };
+            match (
+                kernel.user_pages.get(pfn),
+                kernel.user_pages.tombstones.get(&pfn),
+            ) {
+                (Some(pg), _) if pg.maybe_dma_pinned() => Some(UserHit::Pinned),
+                (Some(pg), None) => Some(UserHit::Unpinned(format!(
+                    "the user page at {:#x} of {}",
+                    pg.owner.va,
+                    name_of(pg.owner.pid)
+                ))),
+                (_, Some(t)) => {
+                    let why = match t.why {
+                        Vacated::Migrated { to_pfn } => {
+                            format!("was migrated to frame {to_pfn:#x}")
+                        }
+                        Vacated::Unmapped => "was unmapped".to_string(),
+                        Vacated::Swapped => "was swapped out".to_string(),
+                    };
+                    Some(UserHit::Gone(
+                        format!(
+                            "the user page at {:#x} of {} used to be; it {why} at {} ns",
+                            t.owner.va,
+                            name_of(t.owner.pid),
+                            t.time_ns
+                        ),
+                        t.time_ns,
+                        format!(
+                            "the user page at {:#x} of {} {why}, leaving frame {pfn:#x}",
+                            t.owner.va,
+                            name_of(t.owner.pid)
+                        ),
+                    ))
+                }
+                _ => None,
+            }
+        };
+        let va_of = kernel.buffer_at_va(bus).map(|b| {
+            (
+                format!(
+                    "{} buffer #{} (allocated at line {})",
+                    b.kind.name(),
+                    b.id,
+                    b.alloc.line
+                ),
+                b.phys + (bus - b.va),
+            )
+        });
+        (user, va_of)
     }
 
     /// End of run: waits for transfers still in flight, then reports leaks and
