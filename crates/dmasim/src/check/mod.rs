@@ -1905,52 +1905,11 @@ impl Sanitizer {
             return;
         };
         if a.dma_bits < 64 && a.bus >> a.dma_bits != 0 {
-            // The mapping is right, but the hardware cannot put this address on the
-            // bus: the access went to the address with the high bits cut off.
-            let e = self.entries.get(id);
-            let hist = e.snapshot();
-            let reached =
-                a.pa.map_or("a bus error".to_string(), |pa| format!("physical {pa:#x}"));
-            let msg = format!(
-                "{} drives only {} address bits: bus address {:#x} of a live mapping became {reached} [device address={:#x}] [mask set by the driver covers it]",
-                a.dev_name, a.dma_bits, a.bus, e.dev_addr
-            );
-            self.report_access(
-                "dma-outside-mapping",
-                id,
-                Some(true),
-                &a,
-                ctx,
-                msg,
-                format!(
-                    "set the DMA mask to what the device can address: dma_set_mask(dev, {})",
-                    a.dma_bits
-                ),
-                hist,
-            );
-            if let (true, Some(pa)) = (a.write, a.pa) {
-                self.oracle.store_device(pa, a.data, a.frame.as_ref());
-            }
+            self.cut_bus_address(ctx, &a, id);
             return;
         }
         if let Some((t, l)) = self.entries.get(id).freed {
-            let e = self.entries.get(id);
-            let hist = e.snapshot();
-            let verb = if a.write { "wrote" } else { "read" };
-            let msg = format!(
-                "{} {verb} {len} bytes at {:#x}, a mapping of memory freed at line {l} ({t} ns) [device address={:#x}] [mapped with {}]",
-                a.dev_name, a.bus, e.dev_addr, e.dir.name()
-            );
-            self.report_access(
-                "use-after-free-dma",
-                id,
-                Some(true),
-                &a,
-                ctx,
-                msg,
-                "stop the device and unmap the buffer (dma_unmap_*) before freeing it".into(),
-                hist,
-            );
+            self.use_after_free_dma(ctx, &a, id, t, l);
             return;
         }
         self.pool_access(ctx, &a, id);
@@ -2105,8 +2064,63 @@ impl Sanitizer {
         }
     }
 
-    /// The IOMMU stopped an access: `dma-after-unmap` (latent) when the address was
-    /// this device's until a recent unmap, else `iommu-fault`.
+    /// A covered access whose bus address the device cannot drive: it went to the
+    /// address with the high bits cut off. Out of line: rare.
+    #[cold]
+    #[inline(never)]
+    fn cut_bus_address(&mut self, ctx: Ctx, a: &DeviceAccess<'_>, id: u64) {
+        // The mapping is right, but the hardware cannot put this address on the
+        // bus: the access went to the address with the high bits cut off.
+        let e = self.entries.get(id);
+        let hist = e.snapshot();
+        let reached =
+            a.pa.map_or("a bus error".to_string(), |pa| format!("physical {pa:#x}"));
+        let msg = format!(
+            "{} drives only {} address bits: bus address {:#x} of a live mapping became {reached} [device address={:#x}] [mask set by the driver covers it]",
+            a.dev_name, a.dma_bits, a.bus, e.dev_addr
+        );
+        self.report_access(
+            "dma-outside-mapping",
+            id,
+            Some(true),
+            a,
+            ctx,
+            msg,
+            format!(
+                "set the DMA mask to what the device can address: dma_set_mask(dev, {})",
+                a.dma_bits
+            ),
+            hist,
+        );
+        if let (true, Some(pa)) = (a.write, a.pa) {
+            self.oracle.store_device(pa, a.data, a.frame.as_ref());
+        }
+    }
+
+    /// A device access to a mapping of memory already freed. Out of line: rare.
+    #[cold]
+    #[inline(never)]
+    fn use_after_free_dma(&mut self, ctx: Ctx, a: &DeviceAccess<'_>, id: u64, t: u64, l: u32) {
+        let len = a.data.len();
+        let e = self.entries.get(id);
+        let hist = e.snapshot();
+        let verb = if a.write { "wrote" } else { "read" };
+        let msg = format!(
+            "{} {verb} {len} bytes at {:#x}, a mapping of memory freed at line {l} ({t} ns) [device address={:#x}] [mapped with {}]",
+            a.dev_name, a.bus, e.dev_addr, e.dir.name()
+        );
+        self.report_access(
+            "use-after-free-dma",
+            id,
+            Some(true),
+            a,
+            ctx,
+            msg,
+            "stop the device and unmap the buffer (dma_unmap_*) before freeing it".into(),
+            hist,
+        );
+    }
+
     /// A device behind an IOMMU given a bus address wider than it drives: the
     /// IOMMU saw only the low `dma_bits` (the device cannot put the rest on the
     /// bus), so what it translated or refused is another address than the script
@@ -2144,6 +2158,8 @@ impl Sanitizer {
         true
     }
 
+    /// The IOMMU stopped an access: `dma-after-unmap` (latent) when the address was
+    /// this device's until a recent unmap, else `iommu-fault`.
     fn iommu_fault(
         &mut self,
         ctx: Ctx,
