@@ -364,15 +364,33 @@ impl Machine {
         let end = pa + len;
         let mut a = first;
         while a < end {
-            r.lines += 1;
-            match op {
-                Cmo::Clean => r.writebacks += u64::from(self.caches.clean(a, &mut self.dram)),
-                Cmo::Invalidate => r.discarded += u64::from(self.caches.invalidate(a)),
-                Cmo::CleanInvalidate => {
-                    r.writebacks += u64::from(self.caches.clean_invalidate(a, &mut self.dram))
-                }
+            // The lines of this page the range touches.
+            let stop = ((a | (PAGE_SIZE - 1)) + 1).min(end);
+            let n = (stop - a).div_ceil(self.line);
+            r.lines += n;
+            if !self.caches.page_may_be_cached(a) {
+                // No cache holds a line of this page (the filter has no false
+                // negatives): every line's operation finds nothing, and only counts.
+                let (clean, inval) = match op {
+                    Cmo::Clean => (n, 0),
+                    Cmo::Invalidate => (0, n),
+                    Cmo::CleanInvalidate => (n, n),
+                };
+                self.caches.stats.clean_lines += clean;
+                self.caches.stats.invalidate_lines += inval;
+                a += n * self.line;
+                continue;
             }
-            a += self.line;
+            for _ in 0..n {
+                match op {
+                    Cmo::Clean => r.writebacks += u64::from(self.caches.clean(a, &mut self.dram)),
+                    Cmo::Invalidate => r.discarded += u64::from(self.caches.invalidate(a)),
+                    Cmo::CleanInvalidate => {
+                        r.writebacks += u64::from(self.caches.clean_invalidate(a, &mut self.dram))
+                    }
+                }
+                a += self.line;
+            }
         }
         self.advance(r.lines * self.cost.cmo_line_ps + r.writebacks * self.cost.writeback_ps);
         r
@@ -511,6 +529,13 @@ impl Machine {
     /// The coherent view of physical memory (dirty cache lines over DRAM), without
     /// changing any state. The range must be RAM.
     pub fn peek(&self, pa: u64, out: &mut [u8]) {
+        if !crosses_page(pa, out.len() as u64) && !self.caches.page_may_be_cached(pa) {
+            // No cache holds a line of this page (the filter has no false
+            // negatives): the coherent view is DRAM's, one copy instead of a cache
+            // lookup per line.
+            self.dram.read_in_frame(pa, out);
+            return;
+        }
         for (a, r) in line_pieces(pa, out.len(), self.line as usize) {
             self.caches.peek(a, &mut out[r], &self.dram);
         }
@@ -641,6 +666,96 @@ mod tests {
         let mut seen = vec![0u8; (pages * 4096) as usize];
         m.cpu_read(1, 0, VA, &mut seen).unwrap();
         ((dram, seen, stats, wbs, now, next), uncached)
+    }
+
+    #[test]
+    fn maintenance_skips_uncached_pages_with_the_per_line_result() {
+        // `cmo_phys` skips the line lookups of a page no cache holds. Two machines
+        // get the same stores; one then runs maintenance ranges through
+        // `cmo_phys`, the other line by line as before: results, cache counters,
+        // DRAM and the clock must agree.
+        let (mut fast, mut slow) = (machine(), machine());
+        let mut work = SimRng::new(9);
+        for step in 0..2000u64 {
+            let va = VA + work.below(256) as u64 * 4096 + work.below(4000) as u64;
+            let (cpu, data) = (work.below(4), [step as u8; 80]);
+            fast.cpu_write(cpu, 0, va, &data).unwrap();
+            slow.cpu_write(cpu, 0, va, &data).unwrap();
+        }
+        let base = fast.dram.base();
+        let mut skipped = 0;
+        for k in 0..400u64 {
+            let op = [Cmo::Clean, Cmo::Invalidate, Cmo::CleanInvalidate][(k % 3) as usize];
+            let pa = base + work.below(260) as u64 * 4096 + work.below(4096) as u64;
+            let len = 1 + work.below(3 * 4096) as u64;
+            skipped += usize::from(!fast.caches.page_may_be_cached(pa));
+            let got = fast.cmo_phys(op, pa, len);
+            let mut want = CmoResult::default();
+            let mut a = pa & !(slow.line - 1);
+            while a < pa + len {
+                want.lines += 1;
+                match op {
+                    Cmo::Clean => {
+                        want.writebacks += u64::from(slow.caches.clean(a, &mut slow.dram))
+                    }
+                    Cmo::Invalidate => want.discarded += u64::from(slow.caches.invalidate(a)),
+                    Cmo::CleanInvalidate => {
+                        want.writebacks +=
+                            u64::from(slow.caches.clean_invalidate(a, &mut slow.dram));
+                    }
+                }
+                a += slow.line;
+            }
+            slow.advance(
+                want.lines * slow.cost.cmo_line_ps + want.writebacks * slow.cost.writeback_ps,
+            );
+            assert_eq!(got, want, "range {k}: {op:?} {pa:#x}+{len}");
+            assert_eq!(fast.caches.stats, slow.caches.stats, "range {k}");
+            assert_eq!(fast.now_ps(), slow.now_ps(), "range {k}");
+        }
+        let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
+        for p in 0..260u64 {
+            fast.dram.read(base + p * 4096, &mut a);
+            slow.dram.read(base + p * 4096, &mut b);
+            assert_eq!(a, b, "DRAM page {p}");
+        }
+        // Both paths were taken.
+        assert!(skipped > 20 && skipped < 380, "{skipped}");
+    }
+
+    #[test]
+    fn peek_of_an_uncached_page_is_the_per_line_coherent_view() {
+        // `peek` reads a page no cache holds straight from DRAM: after stores by
+        // 4 CPUs (some lines dirty in an L1 or L2, some pages never cached, some
+        // written back and dropped), every page and piece of a page must read as
+        // the per-line coherent view (dirty copy, else DRAM) says.
+        let mut m = machine();
+        let mut work = SimRng::new(5);
+        let pages = 512u64;
+        for step in 0..3000u64 {
+            let va = VA + work.below(pages as usize) as u64 * 4096 + work.below(4000) as u64;
+            m.cpu_write(work.below(4), 0, va, &[step as u8; 96])
+                .unwrap();
+        }
+        let mut uncached = 0;
+        for p in 0..pages + 8 {
+            let pa = m.dram.base() + p * 4096;
+            uncached += usize::from(!m.caches.page_may_be_cached(pa));
+            for (off, len) in [(0usize, 4096usize), (100, 900), (4000, 96)] {
+                let mut fast = vec![0u8; len];
+                m.peek(pa + off as u64, &mut fast);
+                let mut slow = vec![0u8; len];
+                for (a, r) in line_pieces(pa + off as u64, len, m.line as usize) {
+                    m.caches.peek(a, &mut slow[r], &m.dram);
+                }
+                assert_eq!(fast, slow, "page {p} at +{off}");
+            }
+        }
+        // Both paths were taken.
+        assert!(
+            uncached > 8 && uncached < (pages + 8) as usize,
+            "{uncached}"
+        );
     }
 
     #[test]
