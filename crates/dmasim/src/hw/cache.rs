@@ -758,6 +758,14 @@ impl Caches {
         false
     }
 
+    /// Counts `clean` cleans and `invalidate` invalidates of lines that no cache
+    /// holds (what [`Caches::clean`] and [`Caches::invalidate`] count for such a
+    /// line, with nothing to find): the maintenance of a page the filter rules out.
+    pub fn count_maintenance_of_uncached_lines(&mut self, clean: u64, invalidate: u64) {
+        self.stats.clean_lines += clean;
+        self.stats.invalidate_lines += invalidate;
+    }
+
     /// `DC IVAC` on the line holding `pa`: drop every cached copy, dirty data included.
     /// Returns true if a dirty copy was thrown away.
     pub fn invalidate(&mut self, pa: u64) -> bool {

@@ -164,7 +164,9 @@ fn key(domain: usize, iova: u64, shift: u32) -> u64 {
     ((iova >> shift) << 18) | ((domain as u64 & 0xffff) << 2) | size_code
 }
 
-const INVALID: u64 = u64::MAX;
+/// A free way's key: the index's free-slot key (no valid key is all ones: page
+/// numbers have at most 36 bits).
+const INVALID: u64 = super::tag_index::FREE;
 
 /// No way (the end of a recency list).
 const NIL: u32 = u32::MAX;

@@ -376,8 +376,8 @@ impl Machine {
                     Cmo::Invalidate => (0, n),
                     Cmo::CleanInvalidate => (n, n),
                 };
-                self.caches.stats.clean_lines += clean;
-                self.caches.stats.invalidate_lines += inval;
+                self.caches
+                    .count_maintenance_of_uncached_lines(clean, inval);
                 a += n * self.line;
                 continue;
             }
