@@ -142,6 +142,12 @@ impl Default for RunOptions {
     }
 }
 
+/// A dmesg line at `ps` of simulated time: `[ seconds.micros] text`.
+fn dmesg_line(ps: u64, text: &str) -> String {
+    let us = ps / 1_000_000;
+    format!("[{:5}.{:06}] {text}", us / 1_000_000, us % 1_000_000)
+}
+
 /// A device transfer in flight.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -440,17 +446,12 @@ impl System {
 
     /// Appends a dmesg line: `[ seconds.micros] subsystem: message`.
     pub fn printk(&mut self, subsys: &str, msg: String) {
-        let us = self.hw.now_ps() / 1_000_000;
         let prefix = if subsys.is_empty() {
             String::new()
         } else {
             format!("{subsys}: ")
         };
-        self.push_log(format!(
-            "[{:5}.{:06}] {prefix}{msg}",
-            us / 1_000_000,
-            us % 1_000_000
-        ));
+        self.push_log(dmesg_line(self.hw.now_ps(), &format!("{prefix}{msg}")));
     }
 
     /// `WARN_ONCE` / `dev_WARN_ONCE`: prints `msg` the first time the call site
@@ -1113,9 +1114,8 @@ impl System {
         };
         let piece = &j.data[off..off + n as usize];
         let cover = self.check.covering(sdev, bus, n);
-        let covered = cover.is_some();
         // Only an access no mapping covers needs to know whose memory it reached.
-        let (user, va_of) = if covered {
+        let (user, va_of) = if cover.is_some() {
             (None, None)
         } else {
             Self::uncovered_context(&self.kernel, bus, pa, ok)
@@ -1219,39 +1219,22 @@ impl System {
         lines: u64,
         pa: u64,
     ) {
-        if let Some(k) = fault {
-            let us = t / 1_000_000;
-            // SMMUv3 event record types (Arm IHI 0070, "Event records").
-            let (code, name) = match k {
-                crate::hw::iommu::FaultKind::Translation => (0x10, "F_TRANSLATION"),
-                crate::hw::iommu::FaultKind::AddressSize => (0x11, "F_ADDR_SIZE"),
-                crate::hw::iommu::FaultKind::Permission => (0x13, "F_PERMISSION"),
-                crate::hw::iommu::FaultKind::Blocked => (0x04, "C_BAD_STE"),
-            };
-            Self::push_capped(log, dropped, format!(
-                "[{:5}.{:06}] arm-smmu-v3: event {code:#04x} received ({name}): {} {} at IOVA {:#x}",
-                us / 1_000_000,
-                us % 1_000_000,
-                dev_name,
-                if write { "write" } else { "read" },
-                // What reached the SMMU: the bits the device drives.
-                lines
-            ));
-        } else {
-            // Not RAM.
-            let us = t / 1_000_000;
-            Self::push_capped(
-                log,
-                dropped,
-                format!(
-                    "[{:5}.{:06}] {}: DMA bus error at {:#x} (physical {pa:#x} is not RAM)",
-                    us / 1_000_000,
-                    us % 1_000_000,
-                    dev_name,
-                    bus
-                ),
-            );
-        }
+        let text = match fault {
+            Some(k) => {
+                // SMMUv3 event record types (Arm IHI 0070, "Event records").
+                let (code, name) = match k {
+                    crate::hw::iommu::FaultKind::Translation => (0x10, "F_TRANSLATION"),
+                    crate::hw::iommu::FaultKind::AddressSize => (0x11, "F_ADDR_SIZE"),
+                    crate::hw::iommu::FaultKind::Permission => (0x13, "F_PERMISSION"),
+                    crate::hw::iommu::FaultKind::Blocked => (0x04, "C_BAD_STE"),
+                };
+                let verb = if write { "write" } else { "read" };
+                // What reached the SMMU: the bits the device drives (`lines`).
+                format!("arm-smmu-v3: event {code:#04x} received ({name}): {dev_name} {verb} at IOVA {lines:#x}")
+            }
+            None => format!("{dev_name}: DMA bus error at {bus:#x} (physical {pa:#x} is not RAM)"),
+        };
+        Self::push_capped(log, dropped, dmesg_line(t, &text));
     }
 
     /// What a device access no live mapping covers reached: the user page at (or

@@ -2592,11 +2592,6 @@ impl Sanitizer {
         );
     }
 
-    /// True when a live mapping of `dev` covers `[bus, bus+len)`.
-    pub fn covers(&self, dev: usize, bus: u64, len: u64) -> bool {
-        self.covering(dev, bus, len).is_some()
-    }
-
     /// The live mapping of `dev` that covers `[bus, bus+len)` (the first in
     /// bus-address order), for [`DeviceAccess::cover`].
     pub fn covering(&self, dev: usize, bus: u64, len: u64) -> Option<u64> {
